@@ -1,0 +1,175 @@
+"""The capture loop: trigger → five frames → atomic scan directory → scan.capture.
+
+One thread owns the cameras and takes triggers from a queue, so timer, MQTT requests,
+buttons and the CLI can all ask for a scan without ever driving the cameras concurrently.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import structlog
+
+from amflow_edge import __version__
+from amflow_edge.config import StationConfig
+from amflow_edge.payload import Batch, EventName, Scan, new_scan, timestamp
+from amflow_edge.record import CameraShotRecord, ScanRecord, StationMetadata
+from amflow_edge.store import ScanStore, StoreError, image_file
+from drivers.base import CameraDriver, DriverError, Shot
+
+log = structlog.get_logger(__name__)
+
+
+class Publisher:
+    """What the capture loop needs to announce a scan; the real one is events.EventPublisher."""
+
+    def publish(self, event: EventName, scan: Scan) -> str:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    ok: bool
+    uuid: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Trigger:
+    source: str
+    at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    design_material: str | None = None
+    done: Callable[[CaptureResult], None] | None = None
+
+
+class FrameError(DriverError):
+    """The driver returned frames the station cannot store (wrong size, type, or a camera missing)."""
+
+
+def check_shot(shot: Shot, cfg: StationConfig) -> None:
+    problems = []
+    for camera in cfg.cameras:
+        frame = shot.frames.get(camera.name)
+        if frame is None:
+            problems.append(f"{camera.name}: no frame")
+            continue
+        image = frame.image
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 2:
+            problems.append(f"{camera.name}: expected a 2-D uint8 Mono8 image, got {getattr(image, 'dtype', type(image))}")
+        elif image.shape != (camera.height, camera.width):
+            problems.append(
+                f"{camera.name}: expected {camera.width}×{camera.height}, got {image.shape[1]}×{image.shape[0]}"
+            )
+    unexpected = sorted(set(shot.frames) - {c.name for c in cfg.cameras})
+    if unexpected:
+        problems.append(f"frames from unconfigured cameras {', '.join(unexpected)}")
+    if problems:
+        raise FrameError("; ".join(problems))
+
+
+class CaptureLoop:
+    def __init__(
+        self,
+        cfg: StationConfig,
+        driver: CameraDriver,
+        store: ScanStore,
+        publisher: Publisher,
+        scan_session: str,
+        on_scan: Callable[[ScanRecord], None] | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._driver = driver
+        self._store = store
+        self._publisher = publisher
+        self._scan_session = scan_session
+        self._tz = ZoneInfo(cfg.station.timezone)
+        self._triggers: queue.Queue[Trigger] = queue.Queue(maxsize=8)
+        self._on_scan = on_scan
+        self.scans_stored = 0
+        self.scans_failed = 0
+        self.last_scan: str | None = None
+
+    def submit(self, trigger: Trigger) -> bool:
+        """Queue a trigger; a full queue means the station is far behind, and the trigger is refused, not lost silently."""
+        try:
+            self._triggers.put_nowait(trigger)
+            return True
+        except queue.Full:
+            log.warning("trigger refused: captures are queued up", source=trigger.source)
+            if trigger.done:
+                trigger.done(CaptureResult(ok=False, error="station busy: too many captures queued"))
+            return False
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                trigger = self._triggers.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            result = self.capture(trigger)
+            if trigger.done:
+                trigger.done(result)
+
+    def capture(self, trigger: Trigger) -> CaptureResult:
+        scan_uuid = str(uuid.uuid1())
+        with structlog.contextvars.bound_contextvars(scan=scan_uuid):
+            try:
+                self._driver.trigger()
+                shot = self._driver.grab(self._cfg.rig.grab_timeout_s)
+                check_shot(shot, self._cfg)
+                record = self._record(scan_uuid, trigger, shot)
+                path = self._store.write_scan(record, {n: f.image for n, f in shot.frames.items()})
+            except (DriverError, StoreError) as exc:
+                self.scans_failed += 1
+                log.error("capture failed; no scan stored", source=trigger.source, error=str(exc))
+                return CaptureResult(ok=False, error=str(exc))
+            self.scans_stored += 1
+            self.last_scan = scan_uuid
+            log.info("scan stored", path=str(path), source=trigger.source)
+            self._publisher.publish("scan.capture", record.scan)
+            if self._on_scan is not None:
+                self._on_scan(record)
+            return CaptureResult(ok=True, uuid=scan_uuid)
+
+    def _record(self, scan_uuid: str, trigger: Trigger, shot: Shot) -> ScanRecord:
+        session = self._cfg.session
+        batch = Batch(id=session.batch_id, title=session.batch_title) if session.batch_id and session.batch_title else None
+        scan = new_scan(
+            uuid=scan_uuid,
+            created=trigger.at.astimezone(self._tz),
+            scan_session=self._scan_session,
+            camera_count=len(self._cfg.cameras),
+            design_material=trigger.design_material,
+            batch=batch,
+        )
+        cameras = {}
+        for camera in self._cfg.cameras:
+            frame = shot.frames[camera.name]
+            cameras[camera.name] = CameraShotRecord(
+                file=image_file(camera.name),
+                serial=frame.serial,
+                timestamp=timestamp(frame.timestamp),
+                exposure_us=frame.exposure_us,
+                gain_db=frame.gain_db,
+                width=frame.image.shape[1],
+                height=frame.image.shape[0],
+                calibration=str(camera.calibration),
+                extra=dict(frame.extra),
+            )
+        station = StationMetadata(
+            station_id=self._cfg.station.id,
+            software_version=__version__,
+            driver=self._cfg.rig.driver,
+            trigger_source=trigger.source,
+            triggered_at=timestamp(trigger.at.astimezone(self._tz)),
+            cameras=cameras,
+            rig=dict(shot.metadata),
+        )
+        return ScanRecord(scan=scan, station=station)

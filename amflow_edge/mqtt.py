@@ -1,0 +1,160 @@
+"""The station's MQTT client: availability, events, state and station requests.
+
+Topic contract (documented in the README):
+  <prefix>/<station>/availability      retained "online" / "offline" (the will)
+  <prefix>/<station>/state             retained JSON summary of the station
+  <prefix>/<station>/event/<event>     AM-Vision 3.7 envelopes, QoS 1, user property event_id
+  <prefix>/<station>/request/<command> requests to the station
+  <prefix>/<station>/response/<command> answers (and the v5 response topic when the requester sets one)
+
+Every paho callback is wrapped: an exception escaping a callback silently kills paho's
+network thread, and a station that stops talking without saying so is the worst failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from amflow_edge.config import StationConfig
+
+log = structlog.get_logger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+RequestHandler = Callable[[str, bytes, "Properties | None"], None]
+
+
+def _guarded(func: Callable[P, R]) -> Callable[P, R | None]:
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
+        try:
+            return func(*args, **kwargs)
+        except Exception:
+            log.exception("MQTT callback failed; the client carries on", callback=func.__name__)
+            return None
+
+    return wrapper
+
+
+class StationMqtt:
+    def __init__(self, cfg: StationConfig, on_request: RequestHandler | None = None) -> None:
+        self._cfg = cfg
+        self._on_request = on_request
+        self.on_connected: Callable[[], None] | None = None
+        self.connected = threading.Event()
+        self.availability_topic = cfg.topic("availability")
+        self.state_topic = cfg.topic("state")
+        self.request_prefix = cfg.topic("request") + "/"
+        self._client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            protocol=mqtt.MQTTv5,
+        )
+        self._client.enable_logger()
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.will_set(self.availability_topic, "offline", qos=1, retain=True)
+        if cfg.mqtt.username is not None:
+            password = cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None
+            self._client.username_pw_set(cfg.mqtt.username, password)
+        if cfg.mqtt.tls is not None:
+            tls = cfg.mqtt.tls
+            self._client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        self._client.on_connect = _guarded(self._handle_connect)
+        self._client.on_disconnect = _guarded(self._handle_disconnect)
+        self._client.on_message = _guarded(self._handle_message)
+        self._client.on_connect_fail = _guarded(self._handle_connect_fail)
+
+    def set_request_handler(self, handler: RequestHandler) -> None:
+        self._on_request = handler
+
+    def event_topic(self, event: str) -> str:
+        return self._cfg.topic("event", event)
+
+    def target_for(self, topic: str) -> str:
+        """hook.target: configured, or the URI of the topic the event goes to."""
+        configured = self._cfg.mqtt.hook.target
+        return configured if configured else f"mqtt://{self._cfg.mqtt.host}:{self._cfg.mqtt.port}/{topic}"
+
+    def start(self) -> None:
+        self._client.connect_async(self._cfg.mqtt.host, self._cfg.mqtt.port, keepalive=self._cfg.mqtt.keepalive_s)
+        self._client.loop_start()
+        log.info("connecting to the MQTT broker", host=self._cfg.mqtt.host, port=self._cfg.mqtt.port)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Say 'offline' ourselves: the will only fires on an unclean disconnect."""
+        if self.connected.is_set():
+            info = self._client.publish(self.availability_topic, "offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=timeout_s)
+            except (RuntimeError, ValueError):
+                log.warning("could not publish offline before stopping")
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, user_properties: dict[str, str] | None = None
+    ) -> mqtt.MQTTMessageInfo:
+        properties = None
+        if user_properties:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.UserProperty = list(user_properties.items())
+        return self._client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+
+    def respond(self, command: str, payload: bytes, request_properties: Properties | None) -> None:
+        """Answer on the station's response topic, and on the requester's own response topic if it named one."""
+        self.publish(self._cfg.topic("response", command), payload)
+        response_topic = getattr(request_properties, "ResponseTopic", None)
+        if response_topic:
+            properties = Properties(PacketTypes.PUBLISH)
+            correlation = getattr(request_properties, "CorrelationData", None)
+            if correlation is not None:
+                properties.CorrelationData = correlation
+            self._client.publish(response_topic, payload, qos=1, properties=properties)
+
+    def _handle_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        if reason_code.is_failure:
+            log.error(
+                "the MQTT broker refused the connection; check mqtt.username, the password credential and TLS settings",
+                reason=str(reason_code),
+            )
+            return
+        self.connected.set()
+        client.publish(self.availability_topic, "online", qos=1, retain=True)
+        client.subscribe(self.request_prefix + "+", qos=1)
+        log.info("connected to the MQTT broker", host=self._cfg.mqtt.host, port=self._cfg.mqtt.port)
+        if self.on_connected is not None:
+            self.on_connected()
+
+    def _handle_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        if was_connected:
+            log.warning("disconnected from the MQTT broker; reconnecting", reason=str(reason_code))
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        log.warning("cannot reach the MQTT broker; retrying", host=self._cfg.mqtt.host, port=self._cfg.mqtt.port)
+
+    def _handle_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if not message.topic.startswith(self.request_prefix) or self._on_request is None:
+            return
+        command = message.topic[len(self.request_prefix) :]
+        self._on_request(command, message.payload, getattr(message, "properties", None))

@@ -1,0 +1,151 @@
+"""The AM-Vision 3.7 webhook payload, the contract with every plant subscriber (shared/reference/PAYLOAD.md).
+
+Field order in these models *is* the key order on the wire, so never reorder fields.
+One function, `envelope`, builds every published event from the scan, so no event can drift
+from another in shape.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+EventName = Literal["scan.capture", "scan.quality_control", "scan.assign"]
+
+_TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}[+-]\d{2}:\d{2}$"
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+def timestamp(moment: datetime) -> str:
+    """AM-Vision's timestamps always carry microseconds and the station's UTC offset."""
+    if moment.tzinfo is None:
+        raise ValueError("timestamps must be time-zone aware")
+    return moment.isoformat(timespec="microseconds")
+
+
+class Hook(BaseModel):
+    model_config = _STRICT
+
+    id: int = Field(description="Stable integer per subscription.")
+    event: EventName = Field(description="The event name.")
+    target: str = Field(description="Where the event goes; by default the MQTT topic's URI.")
+
+
+class Assignment(BaseModel):
+    model_config = _STRICT
+
+    assignment: str = Field(description="UUID of the scan assignment.")
+    part_id: str = Field(description="Part id in the order system.")
+    part_title: str = Field(description="Human title of the part.")
+    copies: int = Field(description="Copies of this part in the batch.")
+    last_added_copies: int = Field(description="Copies added by the last assignment.")
+    manual: bool = Field(description="Assigned by an operator rather than by the station.")
+
+
+class Output(BaseModel):
+    model_config = _STRICT
+
+    id: int = Field(description="The output (bin/slot) the part goes to.")
+
+
+class Batch(BaseModel):
+    model_config = _STRICT
+
+    id: str = Field(description="Batch id.")
+    title: str = Field(description="Batch title.")
+
+
+class Scan(BaseModel):
+    """The 19 keys of an AM-Vision 3.7 Scan, in order."""
+
+    model_config = _STRICT
+
+    url: str = Field(description="/api/scan/<uuid>/")
+    created: str = Field(pattern=_TIMESTAMP_PATTERN, description="Capture time, ISO 8601 with µs and UTC offset.")
+    modified: str = Field(pattern=_TIMESTAMP_PATTERN, description="Time of the last change of the scan.")
+    uuid: str = Field(description="Version-1 UUID of the scan.")
+    scan_session: str = Field(description="UUID of the scanning session.")
+    design_material: str | None = Field(
+        pattern=r"^[0-9a-f]{40}_[A-Z0-9]+_[A-Z0-9]+_[A-Z0-9]+$", description="Geometry + material id; null while unknown."
+    )
+    scan_urls: list[str] = Field(description="/data/scans/<uuid>/scan_camNN.png, one per camera.")
+    scan_urls_full: list[str] = Field(description="/api/scan/<uuid>/full_image/N/, one per camera.")
+    assignment: Assignment | None = Field(description="Null until assigned.")
+    output: Output | None = Field(description="The output the part goes to.")
+    batch: Batch | None = Field(description="The active batch.")
+    archived: bool = Field(description="False for live scans.")
+    inspectionreport: str | None = Field(description="UUID of the inspection report; null until inspected.")
+    qc_machine: bool | None = Field(description="Passed the automated inspection; null until inspected.")
+    qc_needs_review: bool = Field(description="A human must review.")
+    qc_operator: bool | None = Field(description="The operator's verdict; null until given.")
+    qc_pass: bool | None = Field(description="Final decision.")
+    qc_comment: str | None = Field(description="Quality-control comment.")
+    qc_reasons: list[str] = Field(description="QualityControlReason ids.")
+
+    @field_validator("uuid")
+    @classmethod
+    def _version_one(cls, value: str) -> str:
+        if UUID(value).version != 1 or str(UUID(value)) != value:
+            raise ValueError("a scan uuid is a canonical RFC 4122 version-1 UUID")
+        return value
+
+    @field_validator("scan_session", "inspectionreport")
+    @classmethod
+    def _canonical_uuid(cls, value: str | None) -> str | None:
+        if value is not None and str(UUID(value)) != value:
+            raise ValueError("expected a canonical UUID string")
+        return value
+
+
+class Envelope(BaseModel):
+    """What goes on the wire: AM-Vision's webhook body."""
+
+    model_config = _STRICT
+
+    hook: Hook = Field(description="Which subscription and event this is.")
+    data: Scan = Field(description="The scan as it is now.")
+
+
+def new_scan(
+    uuid: str,
+    created: datetime,
+    scan_session: str,
+    camera_count: int,
+    design_material: str | None = None,
+    batch: Batch | None = None,
+) -> Scan:
+    """A just-captured scan: everything about quality control still unknown (PAYLOAD.md, 'At scan.capture')."""
+    stamp = timestamp(created)
+    return Scan(
+        url=f"/api/scan/{uuid}/",
+        created=stamp,
+        modified=stamp,
+        uuid=uuid,
+        scan_session=scan_session,
+        design_material=design_material,
+        scan_urls=[f"/data/scans/{uuid}/scan_cam{i:02d}.png" for i in range(1, camera_count + 1)],
+        scan_urls_full=[f"/api/scan/{uuid}/full_image/{i}/" for i in range(1, camera_count + 1)],
+        assignment=None,
+        output=None,
+        batch=batch,
+        archived=False,
+        inspectionreport=None,
+        qc_machine=None,
+        qc_needs_review=False,
+        qc_operator=None,
+        qc_pass=None,
+        qc_comment=None,
+        qc_reasons=[],
+    )
+
+
+def envelope(event: EventName, scan: Scan, hook_id: int, target: str) -> Envelope:
+    return Envelope(hook=Hook(id=hook_id, event=event, target=target), data=scan)
+
+
+def to_wire(message: Envelope) -> bytes:
+    """Compact UTF-8 JSON, keys in model order; pydantic never writes NaN for these types."""
+    return message.model_dump_json().encode("utf-8")

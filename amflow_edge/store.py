@@ -1,0 +1,147 @@
+"""Atomic scan directories: a reader sees a whole scan in <data_root>/scans/<uuid>/ or nothing.
+
+Files are written into <scans>/.incoming/<uuid>/ on the same filesystem, fsynced, then the
+directory is renamed into place and its parent fsynced: rename is the one atomic step a
+POSIX filesystem offers, and the fsyncs make the result survive a power cut. Anything left
+in .incoming by a crash is half a scan and is removed at start.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import structlog
+
+from amflow_edge.record import ScanRecord
+
+log = structlog.get_logger(__name__)
+
+RECORD_FILE = "scan.json"
+INCOMING = ".incoming"
+
+
+class StoreError(RuntimeError):
+    """A scan could not be stored; nothing was left behind and nothing stored before was touched."""
+
+
+def image_file(camera: str) -> str:
+    return f"scan_{camera}.png"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes | memoryview) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _explain(exc: OSError, where: Path) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"disk full while writing {where}: free space on {where.anchor or '/'} or move old scans to backup"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"no permission to write {where}: give the station user write access to the data root"
+    return f"cannot write {where}: {exc.strerror}"
+
+
+class ScanStore:
+    def __init__(self, data_root: Path, compression: int = 1, encode_threads: int = 5) -> None:
+        self.scans_dir = Path(data_root) / "scans"
+        self.incoming_dir = self.scans_dir / INCOMING
+        self._png_params = [cv2.IMWRITE_PNG_COMPRESSION, compression]
+        self._pool = ThreadPoolExecutor(max_workers=encode_threads, thread_name_prefix="png")
+
+    def prepare(self) -> list[str]:
+        """Create the directories and remove half-written scans a crash left; returns what was removed."""
+        try:
+            self.incoming_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(_explain(exc, self.incoming_dir)) from exc
+        removed = []
+        for leftover in sorted(self.incoming_dir.iterdir()):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+            removed.append(leftover.name)
+        if removed:
+            log.warning("removed half-written scans left by a crash", count=len(removed), uuids=removed)
+        return removed
+
+    def scan_dir(self, uuid: str) -> Path:
+        return self.scans_dir / uuid
+
+    def _encode(self, image: np.ndarray) -> np.ndarray:
+        ok, buffer = cv2.imencode(".png", image, self._png_params)
+        if not ok:
+            raise StoreError("PNG encoding failed")
+        return buffer
+
+    def write_scan(
+        self,
+        record: ScanRecord,
+        images: Mapping[str, np.ndarray],
+        before_publish: Callable[[], None] | None = None,
+    ) -> Path:
+        """Store the images and scan.json of one scan atomically; returns the final directory."""
+        uuid = record.scan.uuid
+        final = self.scan_dir(uuid)
+        if final.exists():
+            raise StoreError(f"scan {uuid} already exists at {final}; refusing to overwrite a stored scan")
+        staging = self.incoming_dir / uuid
+        try:
+            staging.mkdir()
+            encoded = dict(zip(images, self._pool.map(self._encode, images.values())))
+            list(
+                self._pool.map(
+                    lambda item: _write_durably(staging / image_file(item[0]), item[1].data), encoded.items()
+                )
+            )
+            _write_durably(staging / RECORD_FILE, record.model_dump_json(indent=2).encode("utf-8"))
+            _fsync_dir(staging)
+            if before_publish is not None:
+                before_publish()
+            os.rename(staging, final)
+            _fsync_dir(self.scans_dir)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise StoreError(_explain(exc, staging)) from exc
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return final
+
+    def read_record(self, uuid: str) -> ScanRecord:
+        return ScanRecord.model_validate_json((self.scan_dir(uuid) / RECORD_FILE).read_bytes())
+
+    def update_record(self, record: ScanRecord) -> None:
+        """Rewrite scan.json atomically (temp file, fsync, rename) so a reader never sees half a record."""
+        directory = self.scan_dir(record.scan.uuid)
+        temporary = directory / f".{RECORD_FILE}.tmp"
+        try:
+            temporary.unlink(missing_ok=True)
+            _write_durably(temporary, record.model_dump_json(indent=2).encode("utf-8"))
+            os.replace(temporary, directory / RECORD_FILE)
+            _fsync_dir(directory)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise StoreError(_explain(exc, directory / RECORD_FILE)) from exc
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

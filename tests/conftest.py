@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mqtt_helpers import Broker
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_PAYLOAD = REPO / "tests" / "data" / "scan.assign-3.7-example.json"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A real mosquitto on a free loopback port; tests may stop() and start() it."""
+    instance = Broker(tmp_path)
+    instance.start()
+    yield instance
+    instance.stop()

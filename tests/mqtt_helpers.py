@@ -1,0 +1,113 @@
+"""A real mosquitto for tests, and a subscriber that records what it receives.
+
+Tests talk to a real broker on loopback because the contract we promise (QoS 1, retained
+availability, v5 user properties) is the broker's behaviour, not something a fake can show.
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Broker:
+    """mosquitto on 127.0.0.1 at a free port; stop() and start() keep the port, as a broker outage would."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(binary).exists():
+            raise RuntimeError("mosquitto is not installed: run scripts/setup (it installs the mosquitto package)")
+        self.binary = binary
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.conf = directory / "mosquitto.conf"
+        self.log = directory / "mosquitto.log"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"log_dest file {self.log}\n"
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self._proc.stderr.read().decode() if self._proc.stderr else ''}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout_s} s")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+        self._proc = None
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    user_properties: dict[str, str]
+
+
+class Subscriber:
+    def __init__(self, broker: Broker, topics: list[str]) -> None:
+        self.messages: queue.Queue[Received] = queue.Queue()
+        self._subscribed = queue.Queue[int]()
+        self._client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5
+        )
+        self._topics = topics
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *a: self._subscribed.put(1)
+        self._client.connect(broker.host, broker.port)
+        self._client.loop_start()
+        self._subscribed.get(timeout=10)
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: object, props: object) -> None:
+        client.subscribe([(t, 1) for t in self._topics])
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        props = getattr(msg.properties, "UserProperty", None) or []
+        self.messages.put(Received(msg.topic, msg.payload, bool(msg.retain), dict(props)))
+
+    def next(self, timeout_s: float = 30.0, topic: str | None = None) -> Received:
+        """The next message (on `topic`, if given; others are skipped) or AssertionError at the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no message on {topic or self._topics} within {timeout_s} s")
+            try:
+                message = self.messages.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if topic is None or message.topic == topic:
+                return message
+
+    def publish(self, topic: str, payload: bytes, properties: object = None) -> None:
+        self._client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(5)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
