@@ -1,0 +1,300 @@
+"""A camera rig without cameras: renders a design placed on the tray, so the whole station runs on a laptop.
+
+Scenes are rendered ahead of the triggers in a background thread, because the capture-latency
+figures the station is judged by must measure the station, not this renderer. Every scene's
+seed follows from the configured seed and the scene's index, so a demo run is reproducible.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from drivers.base import CAMERA_NAMES, CameraHealth, CameraSettings, DriverError, Frame, GrabError, Shot
+
+if TYPE_CHECKING:
+    import trimesh
+
+    from inspection.camera import CameraCalibration
+    from inspection.render import Renderer
+
+_STOP_POLL_S = 0.2
+_JOIN_TIMEOUT_S = 30.0
+
+
+class _Design(Protocol):
+    design_material: str
+    title: str
+
+    def mesh(self) -> trimesh.Trimesh: ...
+
+
+class _DesignSource(Protocol):
+    """The part of inspection.designs.DesignLibrary the mock needs."""
+
+    @property
+    def designs(self) -> list[_Design]: ...
+
+    def get(self, design_material: str) -> _Design: ...
+
+
+class MockDriverSettings(BaseModel):
+    """How the mock rig chooses and renders its scenes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(default=0, description="Seed of the whole run; scene N always shows the same part, pose and noise.")
+    designs: list[str] = Field(
+        default_factory=list,
+        description="design_material ids the mock places on the tray, chosen at random per scene; "
+        "empty = every design in the library.",
+    )
+    scene_pool: int = Field(
+        default=0,
+        ge=0,
+        description="0: render a fresh scene per trigger in a background thread, ahead of time. "
+        "N > 0: render N scenes once at open() and cycle through them (for benchmarks).",
+    )
+    prerender: int = Field(default=1, ge=1, le=16, description="Scenes rendered ahead of the triggers (background mode).")
+    fail_camera: str | None = Field(
+        default=None, description="For tests: this camera fails every grab with a GrabError. None: no failures."
+    )
+    empty_tray: bool = Field(default=False, description="Render the empty tray only (per-camera reference images).")
+
+    @field_validator("fail_camera")
+    @classmethod
+    def _known_camera(cls, value: str | None) -> str | None:
+        if value is not None and value not in CAMERA_NAMES:
+            raise ValueError(f"fail_camera must be one of {', '.join(CAMERA_NAMES)} or absent, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class _Scene:
+    index: int
+    seed: int
+    design_material: str | None
+    pose: np.ndarray | None
+    images: dict[str, np.ndarray]
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "mock_scene": {
+                "design_material": self.design_material,
+                "pose": None if self.pose is None else [[float(v) for v in row] for row in self.pose],
+                "seed": self.seed,
+            }
+        }
+
+
+def scene_seed(run_seed: int, index: int) -> int:
+    """Seed of scene `index`: independent streams per scene, the same on every machine and run."""
+    sequence = np.random.SeedSequence([run_seed & 0xFFFFFFFFFFFFFFFF, index])
+    return int(sequence.generate_state(1, np.uint32)[0])
+
+
+class MockDriver:
+    """Meets drivers.base.CameraDriver with rendered frames instead of cameras."""
+
+    def __init__(self, cameras: list[CameraSettings], settings: MockDriverSettings, designs: _DesignSource) -> None:
+        self._cameras = list(cameras)
+        self._settings = settings
+        self._designs = designs
+        self._renderer: Renderer | None = None
+        self._design_ids: list[str] = []
+        self._meshes: dict[str, trimesh.Trimesh] = {}
+        self._pool: list[_Scene] = []
+        self._ready: queue.Queue[_Scene] = queue.Queue(maxsize=settings.prerender)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure: str | None = None
+        self._triggers: deque[datetime] = deque()
+        self._grabbed = 0
+        self._open = False
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        if self._open:
+            return
+        from inspection.render import Renderer
+
+        calibrations = [self._calibration(camera) for camera in self._cameras]
+        self._design_ids = self._chosen_designs()
+        self._renderer = Renderer(calibrations)
+        self._stop.clear()
+        self._failure = None
+        self._triggers.clear()
+        self._grabbed = 0
+        self._ready = queue.Queue(maxsize=self._settings.prerender)
+        try:
+            if self._settings.scene_pool > 0:
+                self._pool = [self._render_scene(i) for i in range(self._settings.scene_pool)]
+            else:
+                self._thread = threading.Thread(target=self._render_ahead, name="mock-renderer", daemon=True)
+                self._thread.start()
+        except DriverError:
+            self._renderer.close()
+            self._renderer = None
+            raise
+        self._open = True
+
+    def _calibration(self, camera: CameraSettings) -> CameraCalibration:
+        from inspection.camera import CalibrationError, load_calibration
+
+        try:
+            calib = load_calibration(camera.calibration)
+        except CalibrationError as exc:
+            raise DriverError(f"{camera.name}: {exc}") from None
+        if (calib.image_width, calib.image_height) != (camera.width, camera.height):
+            raise DriverError(
+                f"{camera.name}: calibration {camera.calibration} is for {calib.image_width}×{calib.image_height} "
+                f"images but the camera is configured for {camera.width}×{camera.height}; "
+                "fix width/height or use the right calibration"
+            )
+        if calib.serial != camera.serial:
+            raise DriverError(
+                f"{camera.name}: calibration {camera.calibration} was made for the camera with serial {calib.serial}, "
+                f"but {camera.name} is serial {camera.serial}; use this camera's own calibration"
+            )
+        if calib.name != camera.name:
+            raise DriverError(
+                f"{camera.name}: calibration {camera.calibration} belongs to {calib.name}; point {camera.name} at its own file"
+            )
+        return calib
+
+    def _chosen_designs(self) -> list[str]:
+        if self._settings.empty_tray:
+            return []
+        wanted = list(self._settings.designs) or [d.design_material for d in self._designs.designs]
+        if not wanted:
+            raise DriverError("mock: the design library is empty; add designs or set mock.empty_tray = true")
+        for design_material in wanted:
+            try:
+                self._designs.get(design_material)
+            except KeyError as exc:
+                raise DriverError(f"mock.designs: {exc}") from None
+        return wanted
+
+    def _mesh(self, design_material: str) -> trimesh.Trimesh:
+        """One copy per design for the whole run: placement and rendering cache their work per mesh object."""
+        mesh = self._meshes.get(design_material)
+        if mesh is None:
+            mesh = self._designs.get(design_material).mesh()
+            self._meshes[design_material] = mesh
+        return mesh
+
+    def _render_scene(self, index: int) -> _Scene:
+        from inspection.placement import PlacementError, place_on_tray
+
+        assert self._renderer is not None
+        seed = scene_seed(self._settings.seed, index)
+        rng = np.random.default_rng(seed)
+        design_material: str | None = None
+        pose: np.ndarray | None = None
+        mesh = None
+        if self._design_ids:
+            design_material = self._design_ids[int(rng.integers(len(self._design_ids)))]
+            try:
+                mesh = self._mesh(design_material)
+                pose = place_on_tray(mesh, rng, tray_size_mm=self._renderer.tray_size_mm)
+            except (PlacementError, ValueError) as exc:
+                raise DriverError(f"mock scene {index}: design {design_material}: {exc}") from None
+        images = self._renderer.render(mesh, pose, seed)
+        for image in images.values():
+            image.setflags(write=False)
+        return _Scene(index, seed, design_material, pose, images)
+
+    def _render_ahead(self) -> None:
+        index = 0
+        while not self._stop.is_set():
+            try:
+                scene = self._render_scene(index)
+            except Exception as exc:  # noqa: BLE001 - a dead renderer must surface at grab(), not vanish in a thread
+                self._failure = f"mock renderer stopped at scene {index}: {exc}"
+                return
+            index += 1
+            while not self._stop.is_set():
+                try:
+                    self._ready.put(scene, timeout=_STOP_POLL_S)
+                    break
+                except queue.Full:
+                    continue
+
+    def trigger(self) -> None:
+        if not self._open:
+            raise DriverError("mock: trigger() before open(); open the driver first")
+        with self._lock:
+            self._triggers.append(datetime.now(timezone.utc))
+
+    def grab(self, timeout_s: float) -> Shot:
+        if not self._open:
+            raise DriverError("mock: grab() before open(); open the driver first")
+        first = self._cameras[0].name
+        with self._lock:
+            if not self._triggers:
+                raise GrabError(first, "no trigger to grab a frame for; call trigger() first")
+            triggered_at = self._triggers.popleft()
+        scene = self._next_scene(first, timeout_s)
+        self._grabbed += 1
+        if self._settings.fail_camera is not None and any(c.name == self._settings.fail_camera for c in self._cameras):
+            raise GrabError(self._settings.fail_camera, "no frame (failure injected by mock.fail_camera)")
+        frames = {
+            camera.name: Frame(
+                camera=camera.name,
+                image=scene.images[camera.name],
+                timestamp=triggered_at,
+                serial=camera.serial,
+                exposure_us=camera.exposure_us,
+                gain_db=camera.gain_db,
+            )
+            for camera in self._cameras
+        }
+        return Shot(frames=frames, metadata=scene.metadata())
+
+    def _next_scene(self, camera: str, timeout_s: float) -> _Scene:
+        if self._pool:
+            return self._pool[self._grabbed % len(self._pool)]
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        while True:
+            try:
+                return self._ready.get(timeout=max(0.0, min(_STOP_POLL_S, deadline - time.monotonic())))
+            except queue.Empty:
+                if self._failure is not None:
+                    raise DriverError(f"mock: {self._failure}") from None
+                if time.monotonic() >= deadline:
+                    raise GrabError(
+                        camera, f"no frame within {timeout_s:g} s (nor from the other cameras; the mock renderer is behind)"
+                    ) from None
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=_JOIN_TIMEOUT_S)
+            self._thread = None
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        self._pool = []
+        self._open = False
+
+    def health(self) -> list[CameraHealth]:
+        report = []
+        for camera in self._cameras:
+            if not self._open:
+                connected, detail = False, "mock driver not open"
+            elif self._failure is not None:
+                connected, detail = False, self._failure
+            elif camera.name == self._settings.fail_camera:
+                connected, detail = False, "fails every grab (mock.fail_camera)"
+            else:
+                connected, detail = True, ""
+            report.append(CameraHealth(camera=camera.name, serial=camera.serial, connected=connected, detail=detail))
+        return report
