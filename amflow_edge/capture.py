@@ -113,7 +113,11 @@ class CaptureLoop:
                 trigger = self._triggers.get(timeout=0.2)
             except queue.Empty:
                 continue
-            result = self.capture(trigger)
+            try:
+                result = self.capture(trigger)
+            except Exception as exc:  # a bug must cost one scan, never the capture thread
+                log.exception("capture crashed; the station carries on", source=trigger.source)
+                result = CaptureResult(ok=False, error=f"internal error: {exc}")
             if trigger.done:
                 trigger.done(result)
 

@@ -120,8 +120,12 @@ class CaptureSettings(BaseModel):
     timer_interval_s: float | None = Field(
         default=None, gt=0, description="Capture every N seconds (the demo's trigger); absent means no timer."
     )
-    png_compression: int = Field(
-        default=1, ge=0, le=9, description="PNG zlib level: 1 is the measured best trade of size for latency."
+    png_compression: int = Field(default=1, ge=0, le=9, description="PNG zlib level (0 none … 9 smallest, slowest).")
+    png_strategy: Literal["default", "filtered", "huffman_only", "rle", "fixed"] = Field(
+        default="default", description="zlib strategy; see benchmarks/capture_latency.py for the measured trade-offs."
+    )
+    png_filter: Literal["none", "sub", "up", "avg", "paeth", "fast", "all"] = Field(
+        default="fast", description="PNG row filter(s) libpng may choose from."
     )
     encode_threads: int = Field(default=5, ge=1, le=16, description="Images encoded in parallel (OpenCV frees the GIL).")
 

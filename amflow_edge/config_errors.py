@@ -38,7 +38,7 @@ def describe_validation_error(exc: ValidationError) -> list[str]:
             lines.append(f"{where}: unknown setting (found {_found(error)}); check the spelling against config/station.example.toml")
             continue
         message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: expected {message[0].lower()}{message[1:]} (found {_found(error)})")
+        lines.append(f"{where}: {message[0].lower()}{message[1:]} (found {_found(error)})")
     return lines
 
 

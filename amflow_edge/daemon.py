@@ -47,7 +47,10 @@ class Station:
         self.cfg = cfg
         self.stop_event = threading.Event()
         self.scan_session = cfg.session.scan_session or str(uuid.uuid4())
-        self.store = ScanStore(cfg.station.data_root, cfg.capture.png_compression, cfg.capture.encode_threads)
+        capture = cfg.capture
+        self.store = ScanStore(
+            cfg.station.data_root, capture.png_compression, capture.png_strategy, capture.png_filter, capture.encode_threads
+        )
         self.driver = driver if driver is not None else make_driver(cfg)
         self.mqtt = StationMqtt(cfg)
         self.publisher = EventPublisher(self.mqtt, cfg.mqtt.hook.id)

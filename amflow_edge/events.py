@@ -35,7 +35,7 @@ class EventPublisher:
         with self._lock:
             self._pending = [p for p in self._pending if not p.is_published()]
             self._pending.append(info)
-        log.info("event published", event=event, scan=scan.uuid, event_id=event_id, topic=topic, mid=info.mid)
+        log.info("event published", name=event, scan=scan.uuid, event_id=event_id, topic=topic, mid=info.mid)
         return event_id
 
     def flush(self, timeout_s: float) -> bool:

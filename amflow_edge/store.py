@@ -27,6 +27,24 @@ RECORD_FILE = "scan.json"
 INCOMING = ".incoming"
 
 
+PNG_STRATEGIES = {
+    "default": cv2.IMWRITE_PNG_STRATEGY_DEFAULT,
+    "filtered": cv2.IMWRITE_PNG_STRATEGY_FILTERED,
+    "huffman_only": cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+    "rle": cv2.IMWRITE_PNG_STRATEGY_RLE,
+    "fixed": cv2.IMWRITE_PNG_STRATEGY_FIXED,
+}
+PNG_FILTERS = {
+    "none": cv2.IMWRITE_PNG_FILTER_NONE,
+    "sub": cv2.IMWRITE_PNG_FILTER_SUB,
+    "up": cv2.IMWRITE_PNG_FILTER_UP,
+    "avg": cv2.IMWRITE_PNG_FILTER_AVG,
+    "paeth": cv2.IMWRITE_PNG_FILTER_PAETH,
+    "fast": cv2.IMWRITE_PNG_FAST_FILTERS,
+    "all": cv2.IMWRITE_PNG_ALL_FILTERS,
+}
+
+
 class StoreError(RuntimeError):
     """A scan could not be stored; nothing was left behind and nothing stored before was touched."""
 
@@ -64,10 +82,21 @@ def _explain(exc: OSError, where: Path) -> str:
 
 
 class ScanStore:
-    def __init__(self, data_root: Path, compression: int = 1, encode_threads: int = 5) -> None:
+    def __init__(
+        self,
+        data_root: Path,
+        compression: int = 1,
+        strategy: str = "default",
+        png_filter: str = "fast",
+        encode_threads: int = 5,
+    ) -> None:
         self.scans_dir = Path(data_root) / "scans"
         self.incoming_dir = self.scans_dir / INCOMING
-        self._png_params = [cv2.IMWRITE_PNG_COMPRESSION, compression]
+        self._png_params = [
+            cv2.IMWRITE_PNG_COMPRESSION, compression,
+            cv2.IMWRITE_PNG_STRATEGY, PNG_STRATEGIES[strategy],
+            cv2.IMWRITE_PNG_FILTER, PNG_FILTERS[png_filter],
+        ]
         self._pool = ThreadPoolExecutor(max_workers=encode_threads, thread_name_prefix="png")
 
     def prepare(self) -> list[str]:

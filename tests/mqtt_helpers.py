@@ -72,6 +72,7 @@ class Received:
 class Subscriber:
     def __init__(self, broker: Broker, topics: list[str]) -> None:
         self.messages: queue.Queue[Received] = queue.Queue()
+        self._backlog: list[Received] = []
         self._subscribed = queue.Queue[int]()
         self._client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5
@@ -92,18 +93,24 @@ class Subscriber:
         self.messages.put(Received(msg.topic, msg.payload, bool(msg.retain), dict(props)))
 
     def next(self, timeout_s: float = 30.0, topic: str | None = None) -> Received:
-        """The next message (on `topic`, if given; others are skipped) or AssertionError at the deadline."""
+        """The oldest message not yet taken (on `topic`, if given; others stay for later) or AssertionError."""
         deadline = time.monotonic() + timeout_s
         while True:
+            while True:
+                try:
+                    self._backlog.append(self.messages.get_nowait())
+                except queue.Empty:
+                    break
+            for index, message in enumerate(self._backlog):
+                if topic is None or message.topic == topic:
+                    return self._backlog.pop(index)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"no message on {topic or self._topics} within {timeout_s} s")
             try:
-                message = self.messages.get(timeout=remaining)
+                self._backlog.append(self.messages.get(timeout=remaining))
             except queue.Empty:
                 continue
-            if topic is None or message.topic == topic:
-                return message
 
     def publish(self, topic: str, payload: bytes, properties: object = None) -> None:
         self._client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(5)
