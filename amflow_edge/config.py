@@ -122,12 +122,19 @@ class CaptureSettings(BaseModel):
     )
     png_compression: int = Field(default=1, ge=0, le=9, description="PNG zlib level (0 none … 9 smallest, slowest).")
     png_strategy: Literal["default", "filtered", "huffman_only", "rle", "fixed"] = Field(
-        default="default", description="zlib strategy; see benchmarks/capture_latency.py for the measured trade-offs."
+        default="huffman_only",
+        description="zlib strategy. Sensor noise defeats zlib's string matching, so Huffman coding alone of the "
+        "SUB-filtered rows is both faster and smaller (benchmarks/capture_latency.py --png-options).",
     )
     png_filter: Literal["none", "sub", "up", "avg", "paeth", "fast", "all"] = Field(
-        default="fast", description="PNG row filter(s) libpng may choose from."
+        default="sub", description="PNG row filter(s) libpng may choose from."
     )
-    encode_threads: int = Field(default=5, ge=1, le=16, description="Images encoded in parallel (OpenCV frees the GIL).")
+    encode_threads: int = Field(
+        default_factory=lambda: min(5, os.cpu_count() or 1),
+        ge=1,
+        le=16,
+        description="Images encoded in parallel (OpenCV frees the GIL); more threads than cores only adds switching.",
+    )
 
 
 class SessionSettings(BaseModel):

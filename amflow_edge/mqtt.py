@@ -51,6 +51,7 @@ class StationMqtt:
         self._cfg = cfg
         self._on_request = on_request
         self.on_connected: Callable[[], None] | None = None
+        self._stopping = False
         self.connected = threading.Event()
         self.availability_topic = cfg.topic("availability")
         self.state_topic = cfg.topic("state")
@@ -97,6 +98,7 @@ class StationMqtt:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Say 'offline' ourselves: the will only fires on an unclean disconnect."""
+        self._stopping = True
         if self.connected.is_set():
             info = self._client.publish(self.availability_topic, "offline", qos=1, retain=True)
             try:
@@ -147,7 +149,9 @@ class StationMqtt:
     ) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
-        if was_connected:
+        if self._stopping:
+            log.info("disconnected from the MQTT broker")
+        elif was_connected:
             log.warning("disconnected from the MQTT broker; reconnecting", reason=str(reason_code))
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:

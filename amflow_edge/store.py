@@ -86,8 +86,8 @@ class ScanStore:
         self,
         data_root: Path,
         compression: int = 1,
-        strategy: str = "default",
-        png_filter: str = "fast",
+        strategy: str = "huffman_only",
+        png_filter: str = "sub",
         encode_threads: int = 5,
     ) -> None:
         self.scans_dir = Path(data_root) / "scans"

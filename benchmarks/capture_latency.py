@@ -37,7 +37,9 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def measure_latency(workdir: Path, scans: int, level: int, strategy: str, png_filter: str) -> tuple[list[float], Station]:
+def measure_latency(
+    workdir: Path, scans: int, level: int, strategy: str, png_filter: str, threads: int
+) -> tuple[list[float], Station]:
     broker = Broker(workdir)
     broker.start()
     cfg = load_config(REPO / "config" / "demo.toml")
@@ -47,7 +49,13 @@ def measure_latency(workdir: Path, scans: int, level: int, strategy: str, png_fi
             "mqtt": cfg.mqtt.model_copy(update={"port": broker.port}),
             "mock": cfg.mock.model_copy(update={"scene_pool": 3}),
             "capture": cfg.capture.model_copy(
-                update={"timer_interval_s": None, "png_compression": level, "png_strategy": strategy, "png_filter": png_filter}
+                update={
+                    "timer_interval_s": None,
+                    "png_compression": level,
+                    "png_strategy": strategy,
+                    "png_filter": png_filter,
+                    "encode_threads": threads,
+                }
             ),
         }
     )
@@ -98,6 +106,7 @@ def main() -> None:
     parser.add_argument("--level", type=int, default=None, help="PNG level (default: the config's)")
     parser.add_argument("--strategy", default=None, choices=sorted(PNG_STRATEGIES))
     parser.add_argument("--filter", default=None, choices=sorted(PNG_FILTERS))
+    parser.add_argument("--threads", type=int, default=None, help="PNG encoder threads (default: the config's)")
     parser.add_argument("--png-options", action="store_true", help="also compare PNG settings on rendered frames")
     args = parser.parse_args()
     configure_logging("warning", json=False)
@@ -106,12 +115,16 @@ def main() -> None:
     level = defaults.png_compression if args.level is None else args.level
     strategy = args.strategy or defaults.png_strategy
     png_filter = args.filter or defaults.png_filter
+    threads = args.threads or defaults.encode_threads
     with tempfile.TemporaryDirectory(prefix="amflow-bench-") as tmp:
-        latencies, station = measure_latency(Path(tmp), args.scans, level, strategy, png_filter)
+        latencies, station = measure_latency(Path(tmp), args.scans, level, strategy, png_filter, threads)
         scans_dir = Path(tmp) / "data" / "scans"
         sizes = [sum(f.stat().st_size for f in d.glob("*.png")) for d in scans_dir.iterdir() if d.name != ".incoming"]
         print(f"capture latency, trigger → scan.capture received, {len(latencies)} scans, 5 × 2448×2048 Mono8")
-        print(f"  PNG level {level}, strategy {strategy}, filter {png_filter}; {statistics.mean(sizes) / 1e6:.1f} MB per scan")
+        print(
+            f"  PNG level {level}, strategy {strategy}, filter {png_filter}, {threads} encoder threads; "
+            f"{statistics.mean(sizes) / 1e6:.1f} MB per scan"
+        )
         print(f"  median {statistics.median(latencies):.0f} ms   p95 {percentile(latencies, 95):.0f} ms   "
               f"min {min(latencies):.0f} ms   max {max(latencies):.0f} ms")
         if args.png_options:

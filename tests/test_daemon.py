@@ -173,3 +173,33 @@ def test_the_daemon_command_runs_scans_and_exits(tmp_path: Path, broker: Broker,
     log_lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     stored = [line for line in log_lines if line.get("event") == "scan stored"]
     assert sorted(line["scan"] for line in stored) == sorted(uuids)  # the scan uuid is bound to its log lines
+
+
+def test_one_shot_capture_command_stores_and_publishes(tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
+    env = {
+        "AMFLOW_MQTT__PORT": str(broker.port),
+        "AMFLOW_STATION__DATA_ROOT": str(tmp_path / "data"),
+        "AMFLOW_MOCK__SCENE_POOL": "1",
+        "PATH": "/usr/bin:/bin",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "amflow_edge.cli", "capture", "--config", str(REPO / "config" / "demo.toml"),
+         "--design-material", "6d2e1b64c586b7a2dad9eb34a961cc4a513751b6_SLS_PA12_GREY"],
+        capture_output=True, text=True, timeout=240, cwd=REPO, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scan_dir = Path(proc.stdout.strip())
+    event = json.loads(subscriber.next(topic=f"{PREFIX}/event/scan.capture").payload)
+    assert scan_dir == tmp_path / "data" / "scans" / event["data"]["uuid"]
+    assert event["data"]["design_material"] == "6d2e1b64c586b7a2dad9eb34a961cc4a513751b6_SLS_PA12_GREY"
+    assert (scan_dir / "scan_cam05.png").is_file()
+
+
+def test_schema_command_prints_the_envelope_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    from amflow_edge.cli import main
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert list(schema["properties"]) == ["hook", "data"]
+    assert list(schema["$defs"]["Scan"]["properties"]) == list(EXAMPLE["data"])
+    assert schema["additionalProperties"] is False
