@@ -79,6 +79,7 @@ class StationMqtt:
         self._client.on_disconnect = _guarded(self._handle_disconnect)
         self._client.on_message = _guarded(self._handle_message)
         self._client.on_connect_fail = _guarded(self._handle_connect_fail)
+        self._client.on_subscribe = _guarded(self._handle_subscribe)
 
     def set_request_handler(self, handler: RequestHandler) -> None:
         self._on_request = handler
@@ -137,9 +138,18 @@ class StationMqtt:
                 reason=str(reason_code),
             )
             return
-        self.connected.set()
         client.publish(self.availability_topic, "online", qos=1, retain=True)
         client.subscribe(self.request_prefix + "+", qos=1)
+
+    def _handle_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        """Ready only once requests can reach us: a request sent after `connected` is set is never missed."""
+        failed = [str(code) for code in reason_codes if code.is_failure]
+        if failed:
+            log.error("the broker refused the request subscription; check its ACL", topic=self.request_prefix + "+",
+                      reasons=failed)
+        self.connected.set()
         log.info("connected to the MQTT broker", host=self._cfg.mqtt.host, port=self._cfg.mqtt.port)
         if self.on_connected is not None:
             self.on_connected()

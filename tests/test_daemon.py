@@ -55,9 +55,21 @@ def subscriber(broker: Broker) -> Iterator[Subscriber]:
     sub.close()
 
 
+def test_availability_is_retained_so_late_subscribers_see_it(
+    station: Station, subscriber: Subscriber, broker: Broker
+) -> None:
+    assert subscriber.next(topic=f"{PREFIX}/availability").payload == b"online"
+    late = Subscriber(broker, [f"{PREFIX}/availability", f"{PREFIX}/state"])
+    try:
+        availability = late.next(topic=f"{PREFIX}/availability")
+        assert availability.payload == b"online" and availability.retain
+        state = late.next(topic=f"{PREFIX}/state")
+        assert state.retain and json.loads(state.payload)["scan_session"] == station.scan_session
+    finally:
+        late.close()
+
+
 def test_scan_capture_arrives_exactly_in_the_am_vision_shape(station: Station, subscriber: Subscriber) -> None:
-    availability = subscriber.next(topic=f"{PREFIX}/availability")
-    assert availability.payload == b"online" and availability.retain
 
     assert station.loop.submit(Trigger(source="test"))
     message = subscriber.next(topic=f"{PREFIX}/event/scan.capture")
