@@ -7,6 +7,7 @@ buttons and the CLI can all ask for a scan without ever driving the cameras conc
 from __future__ import annotations
 
 import queue
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable
@@ -19,19 +20,13 @@ import structlog
 
 from amflow_edge import __version__
 from amflow_edge.config import StationConfig
-from amflow_edge.payload import Batch, EventName, Scan, new_scan, timestamp
+from amflow_edge.db import DatabaseError
+from amflow_edge.payload import Batch, new_scan, timestamp
 from amflow_edge.record import CameraShotRecord, ScanRecord, StationMetadata
 from amflow_edge.store import ScanStore, StoreError, image_file
 from drivers.base import CameraDriver, DriverError, Shot
 
 log = structlog.get_logger(__name__)
-
-
-class Publisher:
-    """What the capture loop needs to announce a scan; the real one is events.EventPublisher."""
-
-    def publish(self, event: EventName, scan: Scan) -> str:  # pragma: no cover - protocol
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -80,14 +75,16 @@ class CaptureLoop:
         cfg: StationConfig,
         driver: CameraDriver,
         store: ScanStore,
-        publisher: Publisher,
+        announce: Callable[[ScanRecord], object],
         scan_session: str,
         on_scan: Callable[[ScanRecord], None] | None = None,
+        paused: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._cfg = cfg
         self._driver = driver
         self._store = store
-        self._publisher = publisher
+        self._announce = announce
+        self._paused = paused
         self._scan_session = scan_session
         self._tz = ZoneInfo(cfg.station.timezone)
         self._triggers: queue.Queue[Trigger] = queue.Queue(maxsize=8)
@@ -122,6 +119,11 @@ class CaptureLoop:
                 trigger.done(result)
 
     def capture(self, trigger: Trigger) -> CaptureResult:
+        reason = self._paused()
+        if reason is not None:
+            self.scans_failed += 1
+            log.error("capture refused: the station is paused", source=trigger.source, reason=reason)
+            return CaptureResult(ok=False, error=f"station paused: {reason}")
         scan_uuid = str(uuid.uuid1())
         with structlog.contextvars.bound_contextvars(scan=scan_uuid):
             try:
@@ -137,7 +139,10 @@ class CaptureLoop:
             self.scans_stored += 1
             self.last_scan = scan_uuid
             log.info("scan stored", path=str(path), source=trigger.source)
-            self._publisher.publish("scan.capture", record.scan)
+            try:
+                self._announce(record)
+            except (DatabaseError, sqlite3.Error) as exc:
+                log.error("scan stored but not yet announced; it is announced at the next start", error=str(exc))
             if self._on_scan is not None:
                 self._on_scan(record)
             return CaptureResult(ok=True, uuid=scan_uuid)

@@ -9,12 +9,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import structlog
 
 from amflow_edge import __version__
 from amflow_edge.config import ConfigError, StationConfig, load_config
 from amflow_edge.log import configure_logging
+
+if TYPE_CHECKING:
+    from amflow_edge.daemon import Station
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -45,19 +49,36 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from amflow_edge.daemon import RunOptions, Station
+def _startup_errors() -> tuple[type[Exception], ...]:
+    from amflow_edge.db import DatabaseError
+    from amflow_edge.mqtt import MqttSetupError
+    from amflow_edge.store import StoreError
     from drivers.base import DriverError
+    from inspection.designs import DesignError
+
+    return (DriverError, DatabaseError, MqttSetupError, StoreError, DesignError)
+
+
+def _station(cfg: StationConfig) -> Station | None:
+    from amflow_edge.daemon import Station
+
+    try:
+        return Station(cfg)
+    except _startup_errors() as exc:
+        log.error("the station cannot start", error=str(exc))
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from amflow_edge.daemon import RunOptions
 
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_CONFIG
     if args.interval is not None:
         cfg = cfg.model_copy(update={"capture": cfg.capture.model_copy(update={"timer_interval_s": args.interval})})
-    try:
-        station = Station(cfg)
-    except DriverError as exc:
-        log.error("cannot start the camera driver", error=str(exc))
+    station = _station(cfg)
+    if station is None:
         return EXIT_FAILED
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -69,8 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         station.start(RunOptions(max_scans=args.scans))
         station.wait()
-    except DriverError as exc:
-        log.error("camera problem; the station cannot run", error=str(exc))
+    except _startup_errors() as exc:
+        log.error("the station cannot run", error=str(exc))
         return EXIT_FAILED
     finally:
         station.shutdown()
@@ -79,32 +100,90 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_capture(args: argparse.Namespace) -> int:
     """One scan without the daemon, for commissioning a station (the daemon must not hold the cameras)."""
-    from amflow_edge.capture import Trigger
-    from amflow_edge.daemon import Station
-    from drivers.base import DriverError
+    import threading
+
+    from amflow_edge.capture import CaptureResult, Trigger
+    from amflow_edge.daemon import RunOptions
 
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_CONFIG
-    try:
-        station = Station(cfg)
-    except DriverError as exc:
-        log.error("cannot start the camera driver", error=str(exc))
+    station = _station(cfg)
+    if station is None:
         return EXIT_FAILED
+    finished = threading.Event()
+    results: list[CaptureResult] = []
+
+    def done(result: CaptureResult) -> None:
+        results.append(result)
+        finished.set()
+
     try:
-        station.store.prepare()
-        station.driver.open()
-        station.mqtt.start()
-        result = station.loop.capture(Trigger(source="cli", design_material=args.design_material))
-    except DriverError as exc:
-        log.error("camera problem", error=str(exc))
+        station.start(RunOptions(timer=False))
+        station.loop.submit(Trigger(source="cli", design_material=args.design_material, done=done))
+        finished.wait()
+        station.mqtt.connected.wait(args.flush_timeout)
+    except _startup_errors() as exc:
+        log.error("the station cannot run", error=str(exc))
         return EXIT_FAILED
     finally:
         station.shutdown(flush_timeout_s=args.flush_timeout)
-    if not result.ok:
+    if not results or not results[0].ok:
         return EXIT_FAILED
-    print(station.store.scan_dir(result.uuid or ""))
+    print(station.store.scan_dir(results[0].uuid or ""))
     return 0
+
+
+def cmd_outbox_status(args: argparse.Namespace) -> int:
+    from amflow_edge.daemon import DB_FILE
+    from amflow_edge.db import StationDb
+    from amflow_edge.outbox import Outbox
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    db = StationDb(cfg.station.state_dir / DB_FILE)
+    print(Outbox(db).stats().model_dump_json(indent=2))
+    db.close()
+    return 0
+
+
+def cmd_outbox_replay(args: argparse.Namespace) -> int:
+    from amflow_edge.daemon import DB_FILE
+    from amflow_edge.db import StationDb
+    from amflow_edge.outbox import Outbox
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    since = _parse_since(args.since)
+    if since is None:
+        print(f"--since {args.since!r}: expected an ISO 8601 time (2026-03-11T16:00:00+01:00) "
+              "or a duration back from now (90s, 30m, 12h, 2d)", file=sys.stderr)
+        return EXIT_CONFIG
+    db = StationDb(cfg.station.state_dir / DB_FILE)
+    count = Outbox(db).replay(since)
+    db.close()
+    print(f"{count} event(s) queued to be sent again; a running station sends them now, a stopped one at start")
+    return 0
+
+
+def _parse_since(text: str) -> float | None:
+    import re
+    import time
+    from datetime import datetime
+
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if match:
+        seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return time.time() - seconds
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment.timestamp()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a station TOML and list every problem")
     check.add_argument("config", type=Path)
     check.set_defaults(func=cmd_check_config)
+
+    outbox = sub.add_parser("outbox", help="inspect and replay the event outbox")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
+    status = outbox_sub.add_parser("status", help="backlog, oldest unsent event, acknowledged events kept")
+    status.add_argument("--config", type=Path, required=True, help="station TOML")
+    status.set_defaults(func=cmd_outbox_status)
+    replay = outbox_sub.add_parser("replay", help="send events again that were created since a moment")
+    replay.add_argument("--config", type=Path, required=True, help="station TOML")
+    replay.add_argument("--since", required=True, help="ISO 8601 time with offset, or a duration such as 2h or 3d")
+    replay.set_defaults(func=cmd_outbox_replay)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the published event envelope")
     schema.set_defaults(func=cmd_schema)

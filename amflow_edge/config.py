@@ -102,6 +102,12 @@ class MqttSettings(BaseModel):
         default="mqtt_password", description="File name of the password in $CREDENTIALS_DIRECTORY, when that is set."
     )
     tls: TlsSettings | None = Field(default=None, description="TLS to the broker; absent means plain TCP.")
+    session_expiry_s: int = Field(
+        default=7 * 86400, ge=0, description="How long the broker keeps our session (and requests sent to us) while we are away."
+    )
+    max_in_flight: int = Field(
+        default=20, ge=1, le=65535, description="Events awaiting PUBACK at once; keep ≤ the broker's receive maximum."
+    )
     hook: HookSettings = Field(default_factory=HookSettings, description="The AM-Vision hook block of every event.")
 
     @model_validator(mode="after")
@@ -137,6 +143,21 @@ class CaptureSettings(BaseModel):
     )
 
 
+class OutboxSettings(BaseModel):
+    model_config = _STRICT
+
+    max_backlog_events: int = Field(
+        default=100_000, ge=1, description="Unsent events at which the station stops taking scans until the backlog drains."
+    )
+    max_backlog_age_s: float = Field(
+        default=3 * 86400, gt=0, description="Age of the oldest unsent event at which the station stops taking scans."
+    )
+    resume_fraction: float = Field(
+        default=0.9, gt=0, lt=1, description="Capture resumes when the backlog falls below this share of the bound."
+    )
+    retention_s: float = Field(default=7 * 86400, ge=0, description="How long acknowledged events are kept for replay.")
+
+
 class SessionSettings(BaseModel):
     model_config = _STRICT
 
@@ -167,6 +188,7 @@ class StationConfig(BaseSettings):
     designs: DesignsSettings = Field(description="Where the station finds the designs it inspects against.")
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="The plant MQTT broker.")
     capture: CaptureSettings = Field(default_factory=CaptureSettings, description="Triggers and image storage.")
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="Bounds of the event outbox.")
     session: SessionSettings = Field(default_factory=SessionSettings, description="Scanning session defaults.")
 
     @field_validator("cameras")

@@ -1,30 +1,39 @@
 """Wires the station together and owns start and stop order.
 
-Start: store (clean crash leftovers) → cameras → MQTT → capture loop → triggers.
-Stop: triggers → capture loop (the scan in progress finishes or leaves nothing) → events
-flushed as far as the broker allows → 'offline' → cameras closed.
+Start: store (clean crash leftovers) → database (announce scans a crash left unannounced)
+→ cameras → MQTT and relay → capture loop → triggers.
+Stop: triggers → capture loop (the scan in progress finishes or leaves nothing) → outbox
+drained as far as the broker allows → 'offline' → cameras closed.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
 from amflow_edge import __version__
+from amflow_edge.backlog import BacklogGuard
 from amflow_edge.capture import CaptureLoop, Trigger
 from amflow_edge.commands import CommandHandler
 from amflow_edge.config import StationConfig
-from amflow_edge.events import EventPublisher
+from amflow_edge.db import StationDb
+from amflow_edge.events import Events
 from amflow_edge.mqtt import StationMqtt
+from amflow_edge.outbox import Outbox
 from amflow_edge.record import ScanRecord
+from amflow_edge.relay import Relay
 from amflow_edge.state import StationState
 from amflow_edge.store import ScanStore
 from drivers.base import CameraDriver, DriverError
 
 log = structlog.get_logger(__name__)
+
+DB_FILE = "station.db"
 
 
 def make_driver(cfg: StationConfig) -> CameraDriver:
@@ -39,7 +48,8 @@ def make_driver(cfg: StationConfig) -> CameraDriver:
 @dataclass
 class RunOptions:
     max_scans: int | None = None
-    flush_timeout_s: float = 10.0
+    state_interval_s: float = 30.0
+    timer: bool = True
 
 
 class Station:
@@ -51,20 +61,34 @@ class Station:
         self.store = ScanStore(
             cfg.station.data_root, capture.png_compression, capture.png_strategy, capture.png_filter, capture.encode_threads
         )
-        self.driver = driver if driver is not None else make_driver(cfg)
+        self.db = StationDb(cfg.station.state_dir / DB_FILE)
+        self.outbox = Outbox(self.db)
         self.mqtt = StationMqtt(cfg)
-        self.publisher = EventPublisher(self.mqtt, cfg.mqtt.hook.id)
-        self.loop = CaptureLoop(cfg, self.driver, self.store, self.publisher, self.scan_session, self._after_scan)
+        self.relay = Relay(self.db, self.mqtt, cfg.mqtt.max_in_flight, cfg.outbox.retention_s)
+        self.events = Events(cfg, self.db, self.relay.wake)
+        self.guard = BacklogGuard(self.outbox, cfg.outbox)
+        self.driver = driver if driver is not None else make_driver(cfg)
+        self.loop = CaptureLoop(
+            cfg, self.driver, self.store, self.events.scan_stored, self.scan_session, self._after_scan, self.guard.reason
+        )
         self.mqtt.set_request_handler(CommandHandler(self.loop.submit, self.mqtt.respond))
-        self.mqtt.on_connected = lambda: self.publish_state("running")
+        self.mqtt.on_connected = self.publish_state
         self._threads: list[threading.Thread] = []
         self._max_scans: int | None = None
+        self._mode = "starting"
 
-    def state(self, mode: str) -> StationState:
+    def state(self) -> StationState:
+        paused = self.guard.reason()
+        mode = "paused" if paused and self._mode == "running" else self._mode
+        disk = os.statvfs(self.store.scans_dir)
         return StationState(
             station=self.cfg.station.id,
             version=__version__,
             mode=mode,  # type: ignore[arg-type]
+            paused_reason=paused,
+            broker_connected=self.mqtt.connected.is_set(),
+            outbox=self.outbox.stats(),
+            disk_free_bytes=disk.f_bavail * disk.f_frsize,
             driver=self.cfg.rig.driver,
             scan_session=self.scan_session,
             cameras=self.driver.health(),
@@ -73,21 +97,25 @@ class Station:
             last_scan=self.loop.last_scan,
         )
 
-    def publish_state(self, mode: str) -> None:
-        self.mqtt.publish(self.mqtt.state_topic, self.state(mode).model_dump_json().encode(), retain=True)
+    def publish_state(self) -> None:
+        if self.mqtt.connected.is_set():
+            self.mqtt.publish(self.mqtt.state_topic, self.state().model_dump_json().encode(), retain=True)
 
     def _after_scan(self, record: ScanRecord) -> None:
-        self.publish_state("running")
+        self.publish_state()
         if self._max_scans is not None and self.loop.scans_stored >= self._max_scans:
             log.info("captured the requested number of scans; stopping", scans=self.loop.scans_stored)
             self.stop_event.set()
 
-    def _timer(self, interval_s: float) -> None:
+    def _every(self, interval_s: float, action: Callable[[], object]) -> None:
         while not self.stop_event.wait(interval_s):
-            self.loop.submit(Trigger(source="timer"))
+            try:
+                action()
+            except Exception:
+                log.exception("periodic task failed", task=getattr(action, "__name__", str(action)))
 
-    def _spawn(self, name: str, target: object, *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)  # type: ignore[arg-type]
+    def _spawn(self, name: str, target: Callable[..., object], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
 
@@ -95,17 +123,23 @@ class Station:
         options = options or RunOptions()
         self._max_scans = options.max_scans
         self.store.prepare()
+        self.events.announce_unrecorded(self.store.scans_dir, self.store.read_record)
         self.driver.open()
+        self.relay.start()
         self.mqtt.start()
+        self._mode = "running"
         self._spawn("capture", self.loop.run, self.stop_event)
-        if self.cfg.capture.timer_interval_s is not None:
-            self._spawn("timer", self._timer, self.cfg.capture.timer_interval_s)
+        self._spawn("state", self._every, options.state_interval_s, self.publish_state)
+        if options.timer and self.cfg.capture.timer_interval_s is not None:
+            self._spawn("timer", self._every, self.cfg.capture.timer_interval_s,
+                        lambda: self.loop.submit(Trigger(source="timer")))
         log.info(
             "station running",
             station=self.cfg.station.id,
             scan_session=self.scan_session,
             data_root=str(self.cfg.station.data_root),
             driver=self.cfg.rig.driver,
+            outbox_backlog=self.outbox.stats().backlog,
         )
 
     def wait(self) -> None:
@@ -116,11 +150,14 @@ class Station:
         self.stop_event.set()
         for thread in self._threads:
             thread.join(timeout=30)
-        if not self.publisher.flush(flush_timeout_s):
-            log.warning("some events were not acknowledged by the broker before stopping")
-        if self.mqtt.connected.is_set():
-            self.publish_state("stopping")
+        if self.mqtt.connected.is_set() and not self.relay.drain(flush_timeout_s):
+            log.warning("events still queued at stop; they are sent at the next start",
+                        backlog=self.outbox.stats().backlog)
+        self._mode = "stopping"
+        self.publish_state()
+        self.relay.stop()
         self.mqtt.stop()
         self.driver.close()
         self.store.close()
+        self.db.close()
         log.info("station stopped", scans_stored=self.loop.scans_stored, scans_failed=self.loop.scans_failed)

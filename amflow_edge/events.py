@@ -1,50 +1,63 @@
-"""Publishing AM-Vision events: every event is built by the same envelope function and carries an event id.
+"""Scan changes become outbox rows in the same transaction, so a scan and its events never disagree.
 
-The event id travels as an MQTT v5 user property so subscribers can de-duplicate while the
-JSON body stays exactly AM-Vision's shape.
+Every event is built by payload.envelope from the scan as stored; the relay publishes it.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-import uuid
+from collections.abc import Callable
+from pathlib import Path
 
-from paho.mqtt.client import MQTTMessageInfo
 import structlog
 
-from amflow_edge.mqtt import StationMqtt
-from amflow_edge.payload import EventName, Scan, envelope, to_wire
+from amflow_edge.config import StationConfig
+from amflow_edge.db import StationDb
+from amflow_edge.outbox import Outbox
+from amflow_edge.payload import EventName, envelope, to_wire
+from amflow_edge.record import ScanRecord
+from amflow_edge.topics import event_topic, hook_target
 
 log = structlog.get_logger(__name__)
 
 
-class EventPublisher:
-    def __init__(self, mqtt: StationMqtt, hook_id: int) -> None:
-        self._mqtt = mqtt
-        self._hook_id = hook_id
-        self._pending: list[MQTTMessageInfo] = []
-        self._lock = threading.Lock()
+class Events:
+    def __init__(self, cfg: StationConfig, db: StationDb, wake_relay: Callable[[], None] = lambda: None) -> None:
+        self._cfg = cfg
+        self._db = db
+        self._wake_relay = wake_relay
 
-    def publish(self, event: EventName, scan: Scan) -> str:
-        """Hand the event to the MQTT client (QoS 1, queued by paho while the broker is away); returns its id."""
-        topic = self._mqtt.event_topic(event)
-        message = envelope(event, scan, self._hook_id, self._mqtt.target_for(topic))
-        event_id = str(uuid.uuid4())
-        info = self._mqtt.publish(topic, to_wire(message), user_properties={"event_id": event_id})
-        with self._lock:
-            self._pending = [p for p in self._pending if not p.is_published()]
-            self._pending.append(info)
-        log.info("event published", name=event, scan=scan.uuid, event_id=event_id, topic=topic, mid=info.mid)
+    def _message(self, event: EventName, record: ScanRecord) -> tuple[str, bytes]:
+        topic = event_topic(self._cfg, event)
+        return topic, to_wire(envelope(event, record.scan, self._cfg.mqtt.hook.id, hook_target(self._cfg, topic)))
+
+    def scan_stored(self, record: ScanRecord) -> str:
+        """The scan exists on disk: record it and owe the plant its scan.capture."""
+        topic, payload = self._message("scan.capture", record)
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO scans (uuid, created, modified, record) VALUES (?, ?, ?, ?)",
+                (record.scan.uuid, record.scan.created, record.scan.modified, record.model_dump_json()),
+            )
+            event_id = Outbox.add(conn, "scan.capture", record.scan.uuid, topic, payload)
+        log.info("event queued", name="scan.capture", scan=record.scan.uuid, event_id=event_id)
+        self._wake_relay()
         return event_id
 
-    def flush(self, timeout_s: float) -> bool:
-        """Wait until the broker acknowledged every event handed over so far; False if the deadline passed."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                self._pending = [p for p in self._pending if not p.is_published()]
-                if not self._pending:
-                    return True
-            time.sleep(0.02)
-        return False
+    def known_scans(self) -> set[str]:
+        return {row[0] for row in self._db.connection().execute("SELECT uuid FROM scans")}
+
+    def announce_unrecorded(self, scans_dir: Path, read_record: Callable[[str], ScanRecord]) -> list[str]:
+        """Scans a crash left on disk between the rename and the database commit are announced now."""
+        known = self.known_scans()
+        records = []
+        for path in scans_dir.iterdir():
+            if path.name.startswith(".") or path.name in known or not path.is_dir():
+                continue
+            try:
+                records.append(read_record(path.name))
+            except (OSError, ValueError) as exc:
+                log.error("scan directory without a readable scan.json; left as it is", scan=path.name, error=str(exc))
+        for record in sorted(records, key=lambda r: r.scan.created):
+            log.warning("scan stored before a crash was never announced; announcing it now", scan=record.scan.uuid)
+            self.scan_stored(record)
+        return [r.scan.uuid for r in records]

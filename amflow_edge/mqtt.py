@@ -14,6 +14,7 @@ network thread, and a station that stops talking without saying so is the worst 
 from __future__ import annotations
 
 import functools
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -34,6 +35,57 @@ R = TypeVar("R")
 RequestHandler = Callable[[str, bytes, "Properties | None"], None]
 
 
+class MqttSetupError(ValueError):
+    """The MQTT settings cannot work at all (e.g. an unreadable TLS file); the message names the setting and the fix."""
+
+
+def tls_context(cfg: StationConfig) -> ssl.SSLContext:
+    tls = cfg.mqtt.tls
+    assert tls is not None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    try:
+        if tls.ca_file is not None:
+            context.load_verify_locations(cafile=str(tls.ca_file))
+    except (ssl.SSLError, OSError) as exc:
+        raise MqttSetupError(
+            f"mqtt.tls.ca_file: {tls.ca_file} is not a readable PEM CA certificate ({exc}); "
+            "point it at the CA that signed the broker's certificate"
+        ) from None
+    try:
+        if tls.cert_file is not None and tls.key_file is not None:
+            context.load_cert_chain(certfile=str(tls.cert_file), keyfile=str(tls.key_file))
+    except (ssl.SSLError, OSError) as exc:
+        raise MqttSetupError(
+            f"mqtt.tls.cert_file/key_file: {tls.cert_file} and {tls.key_file} are not a matching PEM certificate "
+            f"and private key ({exc}); check both files"
+        ) from None
+    return context
+
+
+def diagnose_connection(cfg: StationConfig, timeout_s: float = 3.0) -> str:
+    """One plain connection attempt, to turn paho's silent retry into a reason an integrator can act on."""
+    try:
+        with socket.create_connection((cfg.mqtt.host, cfg.mqtt.port), timeout=timeout_s) as sock:
+            if cfg.mqtt.tls is None:
+                return "the broker accepted TCP but closed the MQTT connection"
+            with tls_context(cfg).wrap_socket(sock, server_hostname=cfg.mqtt.host):
+                return "TLS handshake succeeded; the broker closed the MQTT connection"
+    except ssl.SSLCertVerificationError as exc:
+        return f"the broker's TLS certificate was not accepted: {exc.verify_message}; check mqtt.tls.ca_file and mqtt.host"
+    except ssl.SSLError as exc:
+        return f"TLS failed: {exc.reason or exc}; is the port a TLS listener, and mqtt.tls right?"
+    except ConnectionRefusedError:
+        return "connection refused: no broker listens there; check mqtt.host and mqtt.port, and that the broker runs"
+    except socket.gaierror as exc:
+        return f"unknown host {cfg.mqtt.host!r}: {exc.strerror}; check mqtt.host and DNS"
+    except (TimeoutError, socket.timeout):
+        return "no answer (timeout): check the network path and firewall to the broker"
+    except MqttSetupError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"{exc.strerror or exc}"
+
+
 def _guarded(func: Callable[P, R]) -> Callable[P, R | None]:
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
@@ -51,7 +103,9 @@ class StationMqtt:
         self._cfg = cfg
         self._on_request = on_request
         self.on_connected: Callable[[], None] | None = None
+        self.on_published: Callable[[int, str | None], None] | None = None
         self._stopping = False
+        self._last_failure: str | None = None
         self.connected = threading.Event()
         self.availability_topic = cfg.topic("availability")
         self.state_topic = cfg.topic("state")
@@ -68,32 +122,29 @@ class StationMqtt:
             password = cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None
             self._client.username_pw_set(cfg.mqtt.username, password)
         if cfg.mqtt.tls is not None:
-            tls = cfg.mqtt.tls
-            self._client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+            self._client.tls_set_context(tls_context(cfg))
+        self._client.max_inflight_messages_set(cfg.mqtt.max_in_flight)
         self._client.on_connect = _guarded(self._handle_connect)
         self._client.on_disconnect = _guarded(self._handle_disconnect)
         self._client.on_message = _guarded(self._handle_message)
         self._client.on_connect_fail = _guarded(self._handle_connect_fail)
         self._client.on_subscribe = _guarded(self._handle_subscribe)
+        self._client.on_publish = _guarded(self._handle_publish)
 
     def set_request_handler(self, handler: RequestHandler) -> None:
         self._on_request = handler
 
-    def event_topic(self, event: str) -> str:
-        return self._cfg.topic("event", event)
-
-    def target_for(self, topic: str) -> str:
-        """hook.target: configured, or the URI of the topic the event goes to."""
-        configured = self._cfg.mqtt.hook.target
-        return configured if configured else f"mqtt://{self._cfg.mqtt.host}:{self._cfg.mqtt.port}/{topic}"
-
     def start(self) -> None:
-        self._client.connect_async(self._cfg.mqtt.host, self._cfg.mqtt.port, keepalive=self._cfg.mqtt.keepalive_s)
+        """A persistent session (fixed client id, clean_start=False) so requests sent while we were away wait for us."""
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self._cfg.mqtt.session_expiry_s
+        self._client.connect_async(
+            self._cfg.mqtt.host,
+            self._cfg.mqtt.port,
+            keepalive=self._cfg.mqtt.keepalive_s,
+            clean_start=False,
+            properties=properties,
+        )
         self._client.loop_start()
         log.info("connecting to the MQTT broker", host=self._cfg.mqtt.host, port=self._cfg.mqtt.port)
 
@@ -133,11 +184,16 @@ class StationMqtt:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         if reason_code.is_failure:
-            log.error(
-                "the MQTT broker refused the connection; check mqtt.username, the password credential and TLS settings",
-                reason=str(reason_code),
-            )
+            reason = str(reason_code)
+            if reason != self._last_failure:
+                self._last_failure = reason
+                log.error(
+                    "the MQTT broker refused the connection; check mqtt.username and the mqtt_password credential "
+                    "(or the broker's ACL); events wait in the outbox and the station keeps capturing",
+                    reason=reason,
+                )
             return
+        self._last_failure = None
         client.publish(self.availability_topic, "online", qos=1, retain=True)
         client.subscribe(self.request_prefix + "+", qos=1)
 
@@ -165,7 +221,16 @@ class StationMqtt:
             log.warning("disconnected from the MQTT broker; reconnecting", reason=str(reason_code))
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        log.warning("cannot reach the MQTT broker; retrying", host=self._cfg.mqtt.host, port=self._cfg.mqtt.port)
+        """paho does not say why; find out, and say it once per distinct cause rather than every retry."""
+        reason = diagnose_connection(self._cfg)
+        if reason != self._last_failure:
+            self._last_failure = reason
+            log.error("cannot connect to the MQTT broker; events wait in the outbox and the station keeps capturing",
+                      host=self._cfg.mqtt.host, port=self._cfg.mqtt.port, reason=reason)
+
+    def _handle_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        if self.on_published is not None:
+            self.on_published(mid, str(reason_code) if reason_code.is_failure else None)
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if not message.topic.startswith(self.request_prefix) or self._on_request is None:

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from amflow_edge.outbox import OutboxStats
 from drivers.base import CameraHealth
 
 
@@ -16,7 +17,13 @@ class StationState(BaseModel):
 
     station: str = Field(description="Station id.")
     version: str = Field(description="amflow-edge version.")
-    mode: Literal["starting", "running", "stopping"] = Field(description="What the daemon is doing.")
+    mode: Literal["starting", "running", "paused", "stopping"] = Field(
+        description="What the daemon is doing; 'paused' means it refuses scans, see paused_reason."
+    )
+    paused_reason: str | None = Field(description="Why the station refuses scans, and what to do.")
+    broker_connected: bool = Field(description="Whether the station is connected to the broker.")
+    outbox: OutboxStats = Field(description="Events not yet acknowledged by the broker.")
+    disk_free_bytes: int = Field(description="Free space on the data root's filesystem.")
     driver: str = Field(description="Camera driver in use.")
     scan_session: str = Field(description="UUID of the current scanning session.")
     cameras: list[CameraHealth] = Field(description="Health of each camera.")

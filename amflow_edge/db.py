@@ -1,0 +1,107 @@
+"""The station database: scans' changing state and the outbox, in one SQLite file.
+
+One file so that a scan's state change and the event announcing it commit in one
+transaction: after any crash they agree. WAL lets the relay read while the capture loop
+writes; synchronous=FULL makes a committed scan survive a power cut.
+Each thread gets its own connection (sqlite3 connections are not shared across threads).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS scans (
+    uuid      TEXT PRIMARY KEY,
+    created   TEXT NOT NULL,
+    modified  TEXT NOT NULL,
+    record    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id   TEXT NOT NULL UNIQUE,
+    event      TEXT NOT NULL,
+    scan_uuid  TEXT,
+    topic      TEXT NOT NULL,
+    payload    BLOB NOT NULL,
+    created    REAL NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    sent       REAL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (seq) WHERE sent IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (sent) WHERE sent IS NOT NULL;
+"""
+
+
+class DatabaseError(RuntimeError):
+    """The station database cannot be opened or written; the message names the file and the fix."""
+
+
+class StationDb:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.transaction() as conn:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise DatabaseError(
+                        f"{self.path} was written by a newer amflow-edge (schema {version} > {SCHEMA_VERSION}); "
+                        "upgrade amflow-edge or restore the database that belongs to this version"
+                    )
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(
+                f"cannot use the station database {self.path}: {exc}; check station.state_dir is writable "
+                "and the file is an amflow-edge database (move a corrupt one aside: it is rebuilt from the scans)"
+            ) from exc
+        except OSError as exc:
+            raise DatabaseError(f"cannot create {self.path.parent}: {exc.strerror}; check station.state_dir") from exc
+
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE…COMMIT: writers queue for the lock up front instead of failing half-way."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.ProgrammingError:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
