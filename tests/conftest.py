@@ -18,3 +18,10 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     instance.start()
     yield instance
     instance.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Log as the daemon does (to stderr), so stdout stays for what commands print."""
+    from amflow_edge.log import configure_logging
+
+    configure_logging("info", json=False)

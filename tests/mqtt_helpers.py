@@ -6,6 +6,7 @@ availability, v5 user properties) is the broker's behaviour, not something a fak
 
 from __future__ import annotations
 
+import os
 import queue
 import shutil
 import socket
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 
 def free_port() -> int:
@@ -26,7 +29,13 @@ def free_port() -> int:
 class Broker:
     """mosquitto on 127.0.0.1 at a free port; stop() and start() keep the port, as a broker outage would."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        persistence: bool = False,
+        password_file: Path | None = None,
+        tls: dict[str, Path] | None = None,
+    ) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             raise RuntimeError("mosquitto is not installed: run scripts/setup (it installs the mosquitto package)")
@@ -35,10 +44,21 @@ class Broker:
         self.host = "127.0.0.1"
         self.conf = directory / "mosquitto.conf"
         self.log = directory / "mosquitto.log"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest file {self.log}\n"
-        )
+        lines = [f"listener {self.port} 127.0.0.1", f"log_dest file {self.log}"]
+        if os.geteuid() == 0:
+            lines.append("user root")  # else mosquitto drops to its own user and cannot use the test's private dirs
+        if password_file is not None:
+            lines += ["allow_anonymous false", f"password_file {password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        if tls is not None:
+            lines += [f"cafile {tls['cafile']}", f"certfile {tls['certfile']}", f"keyfile {tls['keyfile']}"]
+        if persistence:
+            (directory / "broker-db").mkdir(exist_ok=True)
+            lines += ["persistence true", f"persistence_location {directory / 'broker-db'}/", "autosave_interval 1"]
+        else:
+            lines.append("persistence false")
+        self.conf.write_text("\n".join(lines) + "\n")
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 10.0) -> None:
@@ -54,9 +74,13 @@ class Broker:
                 time.sleep(0.02)
         raise RuntimeError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout_s} s")
 
-    def stop(self) -> None:
+    def stop(self, graceful: bool = False) -> None:
+        """Kill the broker (an outage); graceful=True lets a persistent broker save its sessions first."""
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
+            if graceful:
+                self._proc.terminate()
+            else:
+                self._proc.kill()
             self._proc.wait(timeout=10)
         self._proc = None
 
@@ -70,18 +94,25 @@ class Received:
 
 
 class Subscriber:
-    def __init__(self, broker: Broker, topics: list[str]) -> None:
+    """A plant subscriber. With a client_id it keeps a persistent session, as an MES that must not miss events would."""
+
+    def __init__(self, broker: Broker, topics: list[str], client_id: str = "") -> None:
         self.messages: queue.Queue[Received] = queue.Queue()
         self._backlog: list[Received] = []
         self._subscribed = queue.Queue[int]()
         self._client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
         self._topics = topics
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *a: self._subscribed.put(1)
-        self._client.connect(broker.host, broker.port)
+        self._client.reconnect_delay_set(0.1, 1)
+        properties = None
+        if client_id:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = 3600
+        self._client.connect(broker.host, broker.port, clean_start=not client_id, properties=properties)
         self._client.loop_start()
         self._subscribed.get(timeout=10)
 

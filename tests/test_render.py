@@ -130,7 +130,7 @@ def test_silhouettes_are_anti_aliased_to_sub_pixel_position() -> None:
 
 
 def test_curved_surfaces_shade_smoothly_and_edges_stay_sharp() -> None:
-    from inspection.render import _corner_normals
+    from inspection.raycast import corner_normals as _corner_normals
 
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=10.0)
     corners = _corner_normals(sphere)

@@ -1,0 +1,48 @@
+"""Rendered scans shared by the inspection tests: rendering costs about a second per scene, so each is made once."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+from inspection.camera import CameraCalibration, load_rig
+from inspection.designs import load_mesh_mm
+from inspection.placement import place_on_tray
+from inspection.render import Renderer
+
+REPO = Path(__file__).resolve().parent.parent
+DESIGNS = REPO / "config" / "designs"
+MESHES = REPO / "tests" / "data" / "meshes"
+
+
+@lru_cache(maxsize=1)
+def rig() -> list[CameraCalibration]:
+    return load_rig(REPO / "config" / "calibration" / "demo")
+
+
+@lru_cache(maxsize=1)
+def renderer() -> Renderer:
+    return Renderer(rig())
+
+
+@lru_cache(maxsize=None)
+def design(name: str) -> trimesh.Trimesh:
+    if name in {"angle_block", "featuretype", "idler_riser"}:
+        return load_mesh_mm(MESHES / f"{name}.STL", "inch")
+    return load_mesh_mm(DESIGNS / f"{name}.stl", "mm")
+
+
+@lru_cache(maxsize=None)
+def empty(seed: int = 7) -> dict[str, np.ndarray]:
+    return renderer().render(None, None, seed)
+
+
+@lru_cache(maxsize=None)
+def placed(name: str, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(true pose, images) of the design resting on the tray as an operator would put it."""
+    mesh = design(name)
+    pose = place_on_tray(mesh, np.random.default_rng(seed))
+    return pose, renderer().render(mesh, pose, seed)

@@ -1,0 +1,78 @@
+"""A whole station on disk for tests: config TOML, a quarter-resolution copy of the demo rig, the demo designs.
+
+Quarter resolution (612×512) keeps hundreds of scans within seconds while every part of
+the real path still runs: rendering, PNG, fsync, rename, database, relay, broker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inspection.camera import load_rig, save_calibration
+
+REPO = Path(__file__).resolve().parent.parent
+SCALE = 0.25
+
+
+def scaled_rig(directory: Path, scale: float = SCALE) -> tuple[int, int]:
+    directory.mkdir(parents=True, exist_ok=True)
+    width = height = 0
+    for calib in load_rig(REPO / "config" / "calibration" / "demo"):
+        k = np.asarray(calib.camera_matrix, dtype=float)
+        k[0, 0] *= scale
+        k[1, 1] *= scale
+        k[0, 2] = (k[0, 2] + 0.5) * scale - 0.5
+        k[1, 2] = (k[1, 2] + 0.5) * scale - 0.5
+        width, height = round(calib.image_width * scale), round(calib.image_height * scale)
+        small = calib.model_copy(update={"camera_matrix": k.tolist(), "image_width": width, "image_height": height})
+        save_calibration(small, directory / f"{calib.name}.yaml")
+    return width, height
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def write_station(
+    root: Path, mqtt_port: int, sections: dict[str, dict[str, Any]] | None = None, station_id: str = "test-station"
+) -> Path:
+    """Write root/station.toml (data in root/data, state in root/state); `sections` adds or overrides keys."""
+    width, height = scaled_rig(root / "calibration")
+    base: dict[str, dict[str, Any]] = {
+        "station": {"id": station_id, "data_root": str(root / "data"), "state_dir": str(root / "state")},
+        "rig": {"driver": "mock", "grab_timeout_s": 30.0},
+        "mock": {"seed": 3, "scene_pool": 3},
+        "designs": {"library": str(REPO / "config" / "designs" / "designs.toml")},
+        "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
+        "capture": {},
+        "session": {"batch_id": "TEST_BATCH", "batch_title": "test batch"},
+    }
+    for name, values in (sections or {}).items():
+        base.setdefault(name, {}).update(values)
+    lines = []
+    for name, values in base.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    for index in range(1, 6):
+        lines += [
+            "[[cameras]]",
+            f'name = "cam{index:02d}"',
+            f'serial = "4001230{index}"',
+            f'calibration = "{root / "calibration" / f"cam{index:02d}.yaml"}"',
+            f"width = {width}",
+            f"height = {height}",
+            "",
+        ]
+    path = root / "station.toml"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,50 @@
+"""Alignment: the pose of the design from the five silhouettes, symmetry-aware, or a refusal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inspection.align import AlignmentError, View, align
+from inspection.design_cache import design_model
+from inspection.pose_error import pose_error
+from inspection.segment import segment_scan
+from tests.inspection_scenes import design, empty, placed, rig
+
+
+def _views(images: dict[str, np.ndarray]) -> list[View]:
+    return [View(c, segment_scan(c.name, images[c.name], empty()[c.name]).mask) for c in rig()]
+
+
+@pytest.mark.parametrize(
+    ("name", "seed"), [("montageblok_mb80", 3), ("angle_block", 5), ("spur_gear_z20m25", 2), ("angle_bracket_ab60", 9)]
+)
+def test_the_pose_is_recovered_to_a_fraction_of_a_millimetre(name: str, seed: int, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pose, images = placed(name, seed)
+    model = design_model(design(name), tmp_path)
+    found = align(model, _views(images))
+    distance, angle = pose_error(design(name), pose, found.pose)
+    assert distance < 0.3, f"{name}: mean surface distance {distance:.3f} mm"
+    assert angle < 0.5, f"{name}: residual rotation {angle:.2f}°"
+    assert found.inlier_fraction > 0.35
+
+
+def test_a_pose_off_by_a_millimetre_is_measurably_worse() -> None:
+    pose, _ = placed("montageblok_mb80", 3)
+    moved = pose.copy()
+    moved[0, 3] += 1.0
+    assert pose_error(design("montageblok_mb80"), pose, moved)[0] > 0.9
+
+
+def test_an_empty_tray_is_not_aligned(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = design_model(design("montageblok_mb80"), tmp_path)
+    with pytest.raises(AlignmentError, match="no camera sees a part"):
+        align(model, _views(empty(9)))
+
+
+def test_the_design_cache_is_reused_from_disk(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    first = design_model(design("pipe_clip_pc16"), tmp_path)
+    files = list(tmp_path.glob(f"{first.sha1}*.npz"))
+    assert len(files) == 1
+    again = design_model(design("pipe_clip_pc16"), tmp_path)
+    assert np.array_equal(first.rest_poses, again.rest_poses) and np.isclose(first.rest_probabilities.sum(), 1.0)

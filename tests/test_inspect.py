@@ -1,0 +1,87 @@
+"""The inspection entry points: a report for a scan directory, and verdicts an operator can trust."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import trimesh
+
+from inspection.inspect import InspectionInputError, inspect_directory, inspect_scan
+from inspection.profiles import load_profile
+from tests.inspection_scenes import REPO, design, empty, placed, renderer, rig
+
+
+def _write_scan(directory: Path, images: dict[str, np.ndarray]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, image in images.items():
+        cv2.imwrite(str(directory / f"scan_{name}.png"), image)
+        cv2.imwrite(str(directory / f"empty_{name}.png"), empty()[name])
+    return directory
+
+
+@pytest.mark.parametrize(("name", "seed"), [("montageblok_mb80", 3), ("pipe_clip_pc16", 4), ("idler_riser", 6)])
+def test_intact_parts_pass_the_default_profile(name: str, seed: int, tmp_path: Path) -> None:
+    _, images = placed(name, seed)
+    report = inspect_scan(images, empty(), rig(), design(name), name, load_profile("default"), cache_dir=tmp_path)
+    assert report.qc_machine, f"{name}: {report.qc_reasons} {[(c.metric, c.value) for c in report.criteria if c.verdict == 'fail']}"
+    assert report.qc_reasons == []
+
+
+def test_a_directory_gives_a_report_overlays_and_cli_json(tmp_path: Path) -> None:
+    _, images = placed("angle_block", 5)
+    scan = _write_scan(tmp_path / "scan", images)
+    mesh = REPO / "tests" / "data" / "meshes" / "angle_block.STL"
+    result = subprocess.run(
+        [sys.executable, "-c", "import argparse,sys; from amflow_edge import cli_inspect as c; p=argparse.ArgumentParser(); "
+         "s=p.add_subparsers(); c.add_parser(s); a=p.parse_args(sys.argv[1:]); sys.exit(a.func(a))",
+         "inspect", str(scan), "--design", str(mesh), "--units", "inch", "--cache", str(tmp_path / "cache")],
+        capture_output=True, text=True, cwd=REPO, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert {"pose", "metrics", "qc_machine", "qc_needs_review", "qc_reasons"} <= set(printed)
+    assert len(printed["pose"]) == 4 and printed["profile"] == "default"
+    on_disk = json.loads((scan / "inspection_report.json").read_text())
+    assert on_disk["id"] == printed["id"]
+    for name in ("inspection_overlays.png", *(f"overlay_cam0{i}.png" for i in range(1, 6))):
+        assert cv2.imread(str(scan / name)) is not None, name
+
+
+def test_an_absent_part_is_insufficient_evidence(tmp_path: Path) -> None:
+    report = inspect_scan(empty(11), empty(), rig(), design("montageblok_mb80"), "mb", load_profile("default"), cache_dir=tmp_path)
+    assert not report.qc_machine and report.qc_reasons == ["insufficient_evidence"] and report.pose is None
+
+
+def test_a_wrong_design_fails(tmp_path: Path) -> None:
+    _, images = placed("montageblok_mb80", 3)
+    report = inspect_scan(images, empty(), rig(), design("angle_block"), "ab", load_profile("default"), cache_dir=tmp_path)
+    assert not report.qc_machine
+    assert set(report.qc_reasons) & {"wrong_part", "misalignment", "missing_material", "extra_material"}
+
+
+def test_a_propped_part_is_not_passed(tmp_path: Path) -> None:
+    mesh = design("pipe_clip_pc16")
+    pose, _ = placed("pipe_clip_pc16", 4)
+    propped = trimesh.transformations.rotation_matrix(np.radians(15.0), (1, 0, 0), pose[:3, 3]) @ pose
+    propped[2, 3] -= (mesh.vertices @ propped[2, :3] + propped[2, 3]).min() - 3.0
+    images = renderer().render(mesh, propped, 4)
+    report = inspect_scan(images, empty(), rig(), mesh, "pc", load_profile("default"), cache_dir=tmp_path)
+    assert not report.qc_machine and "misalignment" in report.qc_reasons
+
+
+def test_missing_and_wrong_sized_images_are_named(tmp_path: Path) -> None:
+    _, images = placed("montageblok_mb80", 3)
+    partial = {k: v for k, v in images.items() if k != "cam04"}
+    with pytest.raises(InspectionInputError, match="cam04: no scan image"):
+        inspect_scan(partial, empty(), rig(), design("montageblok_mb80"), "mb", load_profile("default"))
+    small = dict(images, cam02=images["cam02"][:1024, :1224])
+    with pytest.raises(InspectionInputError, match="cam02: scan image is 1224×1024"):
+        inspect_scan(small, empty(), rig(), design("montageblok_mb80"), "mb", load_profile("default"))
+    with pytest.raises(InspectionInputError, match="scan_cam01.png: missing"):
+        inspect_directory(tmp_path, REPO / "config" / "designs" / "montageblok_mb80.stl")

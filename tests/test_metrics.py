@@ -1,0 +1,46 @@
+"""Metrics: intact parts measure as intact; removed material, tilt and scale show up in millimetres and degrees."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import trimesh
+
+from inspection.align import View, align, fit_scale
+from inspection.design_cache import design_model
+from inspection.metrics import compute_metrics, tilt_deg
+from inspection.segment import segment_scan
+from tests.inspection_scenes import design, empty, placed, renderer, rig
+
+
+def _metrics(images: dict[str, np.ndarray], name: str, cache):  # type: ignore[no-untyped-def]
+    model = design_model(design(name), cache)
+    views = [View(c, segment_scan(c.name, images[c.name], empty()[c.name]).mask) for c in rig()]
+    found = align(model, views)
+    return compute_metrics(model, views, found, fit_scale(model, views, found.pose))[0]
+
+
+def test_tilt_is_zero_at_rest_and_measures_a_propped_part(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = design_model(design("montageblok_mb80"), tmp_path)
+    rest = model.rest_poses[0]
+    assert tilt_deg(model, rest) < 1e-6
+    propped = trimesh.transformations.rotation_matrix(math.radians(12.0), (1, 0, 0)) @ rest
+    assert tilt_deg(model, propped) == pytest.approx(12.0, abs=0.01)
+
+
+def test_an_intact_part_measures_small_and_a_cut_away_corner_large(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    name = "montageblok_mb80"
+    pose, images = placed(name, 3)
+    intact = _metrics(images, name, tmp_path)
+    assert intact.silhouette_iou_min > 0.9 and intact.tilt_deg < 1.0 and abs(intact.lift_mm) < 0.5
+    assert intact.scale_max_abs_pct < 1.5
+    mesh = design(name)
+    corner = mesh.vertices[np.argmax(mesh.vertices @ np.array([1.0, 1.0, 1.0]))]
+    cutter = trimesh.creation.box((8.0, 8.0, 8.0), trimesh.transformations.translation_matrix(corner))
+    damaged = trimesh.boolean.difference([mesh, cutter], engine="manifold")
+    cut = _metrics(renderer().render(damaged, pose, 3), name, tmp_path)
+    assert cut.missing_material_mm2 > 8.0 > intact.missing_material_mm2 * 2
+    assert cut.missing_material_depth_mm > 2.0
+    assert cut.missing_regions and np.linalg.norm(np.array(cut.missing_regions[0].centre_part_mm) - corner) < 12.0
