@@ -106,7 +106,10 @@ class MqttSettings(BaseModel):
         default=7 * 86400, ge=0, description="How long the broker keeps our session (and requests sent to us) while we are away."
     )
     max_in_flight: int = Field(
-        default=20, ge=1, le=65535, description="Events awaiting PUBACK at once; keep ≤ the broker's receive maximum."
+        default=100,
+        ge=1,
+        le=65535,
+        description="Events awaiting PUBACK at once (capped by the broker's Receive Maximum); more drains a backlog faster.",
     )
     hook: HookSettings = Field(default_factory=HookSettings, description="The AM-Vision hook block of every event.")
 

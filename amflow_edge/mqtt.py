@@ -106,6 +106,7 @@ class StationMqtt:
         self.on_published: Callable[[int, str | None], None] | None = None
         self._stopping = False
         self._last_failure: str | None = None
+        self.receive_maximum = 65535
         self.connected = threading.Event()
         self.availability_topic = cfg.topic("availability")
         self.state_topic = cfg.topic("state")
@@ -194,6 +195,8 @@ class StationMqtt:
                 )
             return
         self._last_failure = None
+        # paho ignores the broker's Receive Maximum; exceeding it gets us disconnected, so the relay honours it.
+        self.receive_maximum = int(getattr(properties, "ReceiveMaximum", 65535) or 65535)
         client.publish(self.availability_topic, "online", qos=1, retain=True)
         client.subscribe(self.request_prefix + "+", qos=1)
 

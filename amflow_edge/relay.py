@@ -122,7 +122,7 @@ class Relay:
                 self._on_progress()
 
     def _hand_over(self) -> None:
-        room = self._window - len(self._in_flight)
+        room = min(self._window, self._mqtt.receive_maximum) - len(self._in_flight)
         if room <= 0:
             return
         for row in self._outbox.unsent(self._handed_up_to, room):

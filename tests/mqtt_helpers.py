@@ -44,7 +44,8 @@ class Broker:
         self.host = "127.0.0.1"
         self.conf = directory / "mosquitto.conf"
         self.log = directory / "mosquitto.log"
-        lines = [f"listener {self.port} 127.0.0.1", f"log_dest file {self.log}"]
+        # A plant broker serving subscribers that must not miss events needs a queue longer than mosquitto's 1000.
+        lines = [f"listener {self.port} 127.0.0.1", f"log_dest file {self.log}", "max_queued_messages 100000"]
         if os.geteuid() == 0:
             lines.append("user root")  # else mosquitto drops to its own user and cannot use the test's private dirs
         if password_file is not None:
