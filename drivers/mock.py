@@ -3,6 +3,7 @@
 Scenes are rendered ahead of the triggers in a background thread, because the capture-latency
 figures the station is judged by must measure the station, not this renderer. Every scene's
 seed follows from the configured seed and the scene's index, so a demo run is reproducible.
+Configured printing defects go into some scenes' parts, so the inspection has bad parts to find.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drivers.base import CAMERA_NAMES, CameraHealth, CameraSettings, DriverError, Frame, GrabError, Shot
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     import trimesh
 
     from inspection.camera import CameraCalibration
+    from inspection.defect_spec import Defect
     from inspection.render import Renderer
 
 _STOP_POLL_S = 0.2
@@ -44,6 +46,13 @@ class _DesignSource(Protocol):
     def designs(self) -> list[_Design]: ...
 
     def get(self, design_material: str) -> _Design: ...
+
+
+def _parseable_defect(text: str) -> str:
+    from inspection.defect_spec import Defect
+
+    Defect.parse(text)
+    return text
 
 
 class MockDriverSettings(BaseModel):
@@ -68,6 +77,27 @@ class MockDriverSettings(BaseModel):
         default=None, description="For tests: this camera fails every grab with a GrabError. None: no failures."
     )
     empty_tray: bool = Field(default=False, description="Render the empty tray only (per-camera reference images).")
+    defects: list[Annotated[str, AfterValidator(_parseable_defect)]] = Field(
+        default_factory=list,
+        description="Printing defects the mock may put into a scene's part, as KIND:SIZE "
+        "(missing_slab:2, missing_chunk:1.0, extra_blob:3, scale:0.5, warp:2); "
+        "one is chosen at random per defective scene.",
+    )
+    defect_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Probability that a scene's part gets one of the defects; which scenes do follows from the seed.",
+    )
+
+    @model_validator(mode="after")
+    def _defects_for_the_rate(self) -> MockDriverSettings:
+        if self.defect_rate > 0 and not self.defects:
+            raise ValueError(
+                f"defect_rate is {self.defect_rate:g} but no defects are listed; "
+                "list them, e.g. defects = [\"missing_chunk:1.0\"], or set defect_rate = 0"
+            )
+        return self
 
     @field_validator("fail_camera")
     @classmethod
@@ -84,6 +114,7 @@ class _Scene:
     design_material: str | None
     pose: np.ndarray | None
     images: dict[str, np.ndarray]
+    defect: dict[str, object] | None = None
 
     def metadata(self) -> dict[str, object]:
         return {
@@ -91,6 +122,7 @@ class _Scene:
                 "design_material": self.design_material,
                 "pose": None if self.pose is None else [[float(v) for v in row] for row in self.pose],
                 "seed": self.seed,
+                "defect": self.defect,
             }
         }
 
@@ -110,6 +142,7 @@ class MockDriver:
         self._designs = designs
         self._renderer: Renderer | None = None
         self._design_ids: list[str] = []
+        self._defects: list[Defect] = []
         self._meshes: dict[str, trimesh.Trimesh] = {}
         self._pool: list[_Scene] = []
         self._ready: queue.Queue[_Scene] = queue.Queue(maxsize=settings.prerender)
@@ -124,10 +157,12 @@ class MockDriver:
     def open(self) -> None:
         if self._open:
             return
+        from inspection.defect_spec import Defect
         from inspection.render import Renderer
 
         calibrations = [self._calibration(camera) for camera in self._cameras]
         self._design_ids = self._chosen_designs()
+        self._defects = [Defect.parse(text) for text in self._settings.defects]
         self._renderer = Renderer(calibrations)
         self._stop.clear()
         self._failure = None
@@ -207,10 +242,37 @@ class MockDriver:
                 pose = place_on_tray(mesh, rng, tray_size_mm=self._renderer.tray_size_mm)
             except (PlacementError, ValueError) as exc:
                 raise DriverError(f"mock scene {index}: design {design_material}: {exc}") from None
+        defect = None
+        if mesh is not None and pose is not None:
+            mesh, pose, defect = self._maybe_defective(mesh, pose, seed, f"mock scene {index}: design {design_material}")
         images = self._renderer.render(mesh, pose, seed)
         for image in images.values():
             image.setflags(write=False)
-        return _Scene(index, seed, design_material, pose, images)
+        return _Scene(index, seed, design_material, pose, images, defect)
+
+    def _maybe_defective(
+        self, mesh: trimesh.Trimesh, pose: np.ndarray, seed: int, where: str
+    ) -> tuple[trimesh.Trimesh, np.ndarray, dict[str, object] | None]:
+        """The scene's part with one of the configured defects, or as it was, from the scene's own defect stream.
+
+        The stream is separate from the scene's, so the same seed shows the same part, pose and
+        noise with or without defects configured.
+        """
+        if not self._defects or self._settings.defect_rate <= 0:
+            return mesh, pose, None
+        from inspection.defects import DefectError, apply_defect, defect_rng, settle
+
+        rng = defect_rng(seed)
+        if rng.random() >= self._settings.defect_rate:
+            return mesh, pose, None
+        defect = self._defects[int(rng.integers(len(self._defects)))]
+        assert self._renderer is not None
+        viewpoints = np.array([calib.centre for calib in self._renderer.cameras])
+        try:
+            defective, truth = apply_defect(mesh, defect, rng, pose=pose, viewpoints=viewpoints)
+        except DefectError as exc:
+            raise DriverError(f"{where}: mock.defects: {exc}") from None
+        return defective, settle(defective, pose), truth.model_dump(mode="json")
 
     def _render_ahead(self) -> None:
         index = 0

@@ -249,3 +249,62 @@ def test_works_with_the_real_design_library(small_rig: list[CameraSettings]) -> 
         assert instance.grab(timeout_s=1.0).metadata["mock_scene"]["design_material"] == chosen
     finally:
         instance.close()
+
+
+def first_scenes(small_rig: list[CameraSettings], count: int = 1, **settings: object) -> list[tuple[dict[str, object], dict[str, np.ndarray]]]:
+    instance = MockDriver(small_rig, MockDriverSettings(scene_pool=count, **settings), library())
+    instance.open()
+    try:
+        shots = []
+        for _ in range(count):
+            instance.trigger()
+            shots.append(instance.grab(timeout_s=1.0))
+    finally:
+        instance.close()
+    return [(shot.metadata["mock_scene"], {n: f.image for n, f in shot.frames.items()}) for shot in shots]  # type: ignore[misc]
+
+
+def test_listed_defects_at_rate_zero_change_nothing(small_rig: list[CameraSettings]) -> None:
+    [(clean_meta, clean_images)] = first_scenes(small_rig, seed=21)
+    [(meta, images)] = first_scenes(small_rig, seed=21, defects=["missing_chunk:1.5"], defect_rate=0.0)
+    assert clean_meta["defect"] is None and meta == clean_meta
+    assert all(np.array_equal(images[name], clean_images[name]) for name in images)
+
+
+def test_defective_scenes_show_the_defect_and_record_its_truth(small_rig: list[CameraSettings]) -> None:
+    defects = ["missing_chunk:1.5", "extra_blob:2"]
+    clean = first_scenes(small_rig, count=2, seed=4)
+    defective = first_scenes(small_rig, count=2, seed=4, defects=defects, defect_rate=1.0)
+    assert first_scenes(small_rig, count=2, seed=4, defects=defects, defect_rate=1.0)[1][0] == defective[1][0]
+    for (clean_meta, clean_images), (meta, images) in zip(clean, defective):
+        truth = meta["defect"]
+        assert isinstance(truth, dict) and truth["spec"] in defects
+        assert (truth["volume_change_mm3"] < 0) == (truth["kind"] == "missing_chunk")
+        assert len(truth["location"]) == 3 and set(truth["region"]) == {"min", "max"}
+        assert meta["seed"] == clean_meta["seed"] and meta["design_material"] == clean_meta["design_material"]
+        assert np.allclose(meta["pose"], clean_meta["pose"]), "a chip or blob up top leaves the part resting as it was"
+        changed = [name for name in images if not np.array_equal(images[name], clean_images[name])]
+        assert changed, "the defect must show in the pictures"
+
+
+def test_which_scenes_are_defective_follows_the_seed(small_rig: list[CameraSettings]) -> None:
+    from inspection.defects import defect_rng
+
+    scenes = first_scenes(small_rig, count=6, seed=3, defects=["scale:1"], defect_rate=0.5)
+    got = [meta["defect"] is not None for meta, _ in scenes]
+    expected = [defect_rng(scene_seed(3, i)).random() < 0.5 for i in range(6)]
+    assert got == expected and any(got) and not all(got)
+
+
+def test_defect_settings_are_checked_when_the_config_is() -> None:
+    from amflow_edge.config_errors import describe_validation_error
+
+    with pytest.raises(ValidationError) as info:
+        MockDriverSettings(defects=["warp:2", "holes:1"])
+    assert describe_validation_error(info.value)[0].startswith("defects[1]: unknown defect kind 'holes'")
+    with pytest.raises(ValidationError, match="missing_chunk size 50 mm is outside the sensible range"):
+        MockDriverSettings(defects=["missing_chunk:50"])
+    with pytest.raises(ValidationError, match="defect_rate is 0.2 but no defects are listed"):
+        MockDriverSettings(defect_rate=0.2)
+    with pytest.raises(ValidationError):
+        MockDriverSettings(defects=["warp:2"], defect_rate=1.5)

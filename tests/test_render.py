@@ -138,3 +138,31 @@ def test_curved_surfaces_shade_smoothly_and_edges_stay_sharp() -> None:
     assert np.abs(corners - radial).max() < 0.01
     box = trimesh.creation.box((10.0, 20.0, 30.0))
     assert np.allclose(_corner_normals(box), np.repeat(box.face_normals[:, None, :], 3, axis=1), atol=1e-6)
+
+
+def test_the_tray_is_the_same_everywhere_and_the_floor_around_it_darker() -> None:
+    from inspection import tray_texture
+    from inspection.tray_texture import FLOOR_ALBEDO, TRAY_ALBEDO, TrayTexture
+
+    texture = TrayTexture.for_tray((300.0, 240.0))
+    x = np.array([[0.0, 100.0, -140.0, 200.0, 0.0]], dtype=np.float32)
+    y = np.array([[0.0, -80.0, 100.0, 0.0, 150.0]], dtype=np.float32)
+    albedo = texture.albedo(x, y)[0]
+    assert np.all(np.abs(albedo[:3] / TRAY_ALBEDO - 1.0) < 0.3) and np.all(np.abs(albedo[3:] / FLOOR_ALBEDO - 1.0) < 0.5)
+    tray_texture._tray_texture.cache_clear()
+    tray_texture._floor_texture.cache_clear()
+    again = TrayTexture.for_tray((300.0, 240.0))
+    assert again.tray is not texture.tray
+    assert np.array_equal(again.albedo(x, y)[0], albedo), "every renderer and process shows the very same tray"
+
+
+def test_sensor_noise_follows_seed_and_camera_and_scales_with_brightness() -> None:
+    from inspection.sensor import BLACK_LEVEL_DN, ELECTRONS_PER_DN, expose
+
+    dn = np.full((256, 256), 100.0, dtype=np.float32)
+    image = expose(dn, seed=4, camera_index=0)
+    assert np.array_equal(image, expose(dn, seed=4, camera_index=0))
+    assert not np.array_equal(image, expose(dn, seed=4, camera_index=1))
+    assert not np.array_equal(image, expose(dn, seed=5, camera_index=0))
+    assert abs(float(image.mean()) - (100.0 + BLACK_LEVEL_DN)) < 0.1
+    assert abs(float(image.std()) - np.sqrt(100.0 / ELECTRONS_PER_DN + 1 / 12)) < 0.1, "shot noise plus quantisation"
