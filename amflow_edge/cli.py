@@ -134,6 +134,46 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reevaluate(args: argparse.Namespace) -> int:
+    """A new verdict from the stored images with another profile; the operator's decision, if any, stands."""
+    from amflow_edge.inspector import run_job
+    from inspection.inspect import InspectionInputError
+    from inspection.profiles import ProfileError, load_profile
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    try:
+        load_profile(args.profile)
+    except ProfileError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    station = _station(cfg.model_copy(update={"inspection": cfg.inspection.model_copy(update={"enabled": True})}))
+    if station is None or station.inspector is None:
+        return EXIT_FAILED
+    try:
+        record = station.events.record(args.scan)
+        if record is None:
+            print(f"scan {args.scan!r} is not known to this station (see {station.store.scans_dir})", file=sys.stderr)
+            return EXIT_FAILED
+        job = station.inspection_job(record, profile=args.profile)
+        if job is None:
+            print(f"scan {args.scan} cannot be inspected (see the log line above)", file=sys.stderr)
+            return EXIT_FAILED
+        try:
+            updated = station.inspector.apply(args.scan, run_job(job.model_dump_json()))
+        except (InspectionInputError, ValueError) as exc:
+            print(f"inspection failed: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    finally:
+        station.inspector.close()
+        station.db.close()
+    print(updated.scan.model_dump_json(indent=2))
+    print("scan.quality_control queued: a running station sends it within a second, a stopped one at start",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_outbox_status(args: argparse.Namespace) -> int:
     from amflow_edge.daemon import DB_FILE
     from amflow_edge.db import StationDb
@@ -209,6 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a station TOML and list every problem")
     check.add_argument("config", type=Path)
     check.set_defaults(func=cmd_check_config)
+
+    reevaluate = sub.add_parser("reevaluate", help="inspect a stored scan again with another profile")
+    reevaluate.add_argument("scan", help="scan uuid")
+    reevaluate.add_argument("--config", type=Path, required=True, help="station TOML")
+    reevaluate.add_argument("--profile", required=True, help="inspection profile name or .toml path")
+    reevaluate.set_defaults(func=cmd_reevaluate)
+
+    from amflow_edge import cli_inspect, cli_render
+
+    cli_render.add_parser(sub)
+    cli_inspect.add_parser(sub)
 
     outbox = sub.add_parser("outbox", help="inspect and replay the event outbox")
     outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)

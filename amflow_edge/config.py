@@ -161,6 +161,15 @@ class OutboxSettings(BaseModel):
     retention_s: float = Field(default=7 * 86400, ge=0, description="How long acknowledged events are kept for replay.")
 
 
+class InspectionSettings(BaseModel):
+    model_config = _STRICT
+
+    enabled: bool = Field(default=True, description="Inspect every scan against its design after scan.capture.")
+    profile: str = Field(
+        default="default", min_length=1, description="Inspection profile: a name in config/inspection_profiles or a path."
+    )
+
+
 class SessionSettings(BaseModel):
     model_config = _STRICT
 
@@ -192,6 +201,9 @@ class StationConfig(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="The plant MQTT broker.")
     capture: CaptureSettings = Field(default_factory=CaptureSettings, description="Triggers and image storage.")
     outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="Bounds of the event outbox.")
+    inspection: InspectionSettings = Field(
+        default_factory=InspectionSettings, description="Automated inspection of scans against their design."
+    )
     session: SessionSettings = Field(default_factory=SessionSettings, description="Scanning session defaults.")
 
     @field_validator("cameras")

@@ -75,6 +75,12 @@ def file_problems(cfg: StationConfig) -> list[str]:
             for wanted in cfg.mock.designs:
                 if wanted not in known:
                     problems.append(f"mock.designs: expected ids from {cfg.designs.library.name} (found unknown {wanted!r})")
+    from inspection.profiles import ProfileError, load_profile
+
+    try:
+        load_profile(cfg.inspection.profile)
+    except ProfileError as exc:
+        problems.append(f"inspection.profile: {exc}")
     if cfg.mqtt.tls is not None:
         for key, value in cfg.mqtt.tls.model_dump().items():
             if value is not None and not value.is_file():

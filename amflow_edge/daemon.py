@@ -29,19 +29,20 @@ from amflow_edge.record import ScanRecord
 from amflow_edge.relay import Relay
 from amflow_edge.state import StationState
 from amflow_edge.store import ScanStore
-from drivers.base import CameraDriver, DriverError
+from amflow_edge.inspector import InspectionJob, Inspector, design_of
+from drivers.base import CameraDriver, DriverError, ReferenceSource
+from inspection.designs import DesignLibrary
 
 log = structlog.get_logger(__name__)
 
 DB_FILE = "station.db"
 
 
-def make_driver(cfg: StationConfig) -> CameraDriver:
+def make_driver(cfg: StationConfig, library: DesignLibrary) -> CameraDriver:
     if cfg.rig.driver == "mock":
         from drivers.mock import MockDriver
-        from inspection.designs import DesignLibrary
 
-        return MockDriver(cfg.cameras, cfg.mock, DesignLibrary.load(cfg.designs.library))
+        return MockDriver(cfg.cameras, cfg.mock, library)
     raise DriverError(f"camera driver {cfg.rig.driver!r} is not available in this build; set rig.driver = \"mock\"")
 
 
@@ -65,9 +66,11 @@ class Station:
         self.outbox = Outbox(self.db)
         self.mqtt = StationMqtt(cfg)
         self.relay = Relay(self.db, self.mqtt, cfg.mqtt.max_in_flight, cfg.outbox.retention_s)
-        self.events = Events(cfg, self.db, self.relay.wake)
+        self.events = Events(cfg, self.db, self.relay.wake, mirror=self.store.update_record)
         self.guard = BacklogGuard(self.outbox, cfg.outbox)
-        self.driver = driver if driver is not None else make_driver(cfg)
+        self.library = DesignLibrary.load(cfg.designs.library)
+        self.driver = driver if driver is not None else make_driver(cfg, self.library)
+        self.inspector = Inspector(self.events, cfg.station.timezone) if cfg.inspection.enabled else None
         self.loop = CaptureLoop(
             cfg, self.driver, self.store, self.events.scan_stored, self.scan_session, self._after_scan, self.guard.reason
         )
@@ -101,7 +104,44 @@ class Station:
         if self.mqtt.connected.is_set():
             self.mqtt.publish(self.mqtt.state_topic, self.state().model_dump_json().encode(), retain=True)
 
+    def capture_reference(self) -> None:
+        """The session's empty-tray images, which inspection compares every scan with."""
+        if not isinstance(self.driver, ReferenceSource):
+            log.warning("this camera driver cannot take empty-tray references; scans are not inspected")
+            return
+        shot = self.driver.grab_reference(self.cfg.rig.grab_timeout_s)
+        path = self.store.write_reference(self.scan_session, {n: f.image for n, f in shot.frames.items()})
+        log.info("empty-tray references stored", path=str(path))
+
+    def inspection_job(self, record: ScanRecord, profile: str | None = None) -> InspectionJob | None:
+        design_material = design_of(record)
+        reference_dir = self.store.reference_dir(record.scan.scan_session)
+        why = None
+        if design_material is None:
+            why = "the design is unknown (name it in the capture request)"
+        elif not reference_dir.is_dir():
+            why = f"no empty-tray references for session {record.scan.scan_session}"
+        if why is not None or design_material is None:
+            log.warning("scan not inspected", scan=record.scan.uuid, reason=why)
+            return None
+        design = self.library.get(design_material)
+        return InspectionJob(
+            scan_uuid=record.scan.uuid,
+            scan_dir=self.store.scan_dir(record.scan.uuid),
+            reference_dir=reference_dir,
+            calibrations={c.name: c.calibration for c in self.cfg.cameras},
+            design_path=design.path,
+            units=design.units,
+            design_material=design_material,
+            profile=profile or self.cfg.inspection.profile,
+            cache_dir=self.cfg.station.state_dir / "design_cache",
+        )
+
     def _after_scan(self, record: ScanRecord) -> None:
+        if self.inspector is not None:
+            job = self.inspection_job(record)
+            if job is not None:
+                self.inspector.submit(job)
         self.publish_state()
         if self._max_scans is not None and self.loop.scans_stored >= self._max_scans:
             log.info("captured the requested number of scans; stopping", scans=self.loop.scans_stored)
@@ -125,6 +165,8 @@ class Station:
         self.store.prepare()
         self.events.announce_unrecorded(self.store.scans_dir, self.store.read_record)
         self.driver.open()
+        if self.inspector is not None:
+            self.capture_reference()
         self.relay.start()
         self.mqtt.start()
         self._mode = "running"
@@ -150,6 +192,8 @@ class Station:
         self.stop_event.set()
         for thread in self._threads:
             thread.join(timeout=30)
+        if self.inspector is not None:
+            self.inspector.close()  # inspections under way finish and queue their events
         if self.mqtt.connected.is_set() and not self.relay.drain(flush_timeout_s):
             log.warning("events still queued at stop; they are sent at the next start",
                         backlog=self.outbox.stats().backlog)

@@ -5,6 +5,7 @@ Every event is built by payload.envelope from the scan as stored; the relay publ
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,10 +22,18 @@ log = structlog.get_logger(__name__)
 
 
 class Events:
-    def __init__(self, cfg: StationConfig, db: StationDb, wake_relay: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        cfg: StationConfig,
+        db: StationDb,
+        wake_relay: Callable[[], None] = lambda: None,
+        mirror: Callable[[ScanRecord], None] | None = None,
+    ) -> None:
         self._cfg = cfg
         self._db = db
         self._wake_relay = wake_relay
+        self._mirror = mirror
+        self._update_lock = threading.Lock()
 
     def _message(self, event: EventName, record: ScanRecord) -> tuple[str, bytes]:
         topic = event_topic(self._cfg, event)
@@ -42,6 +51,35 @@ class Events:
         log.info("event queued", name="scan.capture", scan=record.scan.uuid, event_id=event_id)
         self._wake_relay()
         return event_id
+
+    def update_scan(
+        self, scan_uuid: str, event: EventName, change: Callable[[ScanRecord], ScanRecord]
+    ) -> ScanRecord:
+        """Read, change and store a scan with the event that announces it, as one transaction.
+
+        Updates are serialised so that scan.json, rewritten after the commit, always ends as the last state.
+        """
+        with self._update_lock:
+            with self._db.transaction() as conn:
+                row = conn.execute("SELECT record FROM scans WHERE uuid = ?", (scan_uuid,)).fetchone()
+                if row is None:
+                    raise KeyError(f"scan {scan_uuid} is not known to this station")
+                record = change(ScanRecord.model_validate_json(row[0]))
+                topic, payload = self._message(event, record)
+                conn.execute(
+                    "UPDATE scans SET modified = ?, record = ? WHERE uuid = ?",
+                    (record.scan.modified, record.model_dump_json(), scan_uuid),
+                )
+                event_id = Outbox.add(conn, event, scan_uuid, topic, payload)
+            if self._mirror is not None:
+                self._mirror(record)
+        log.info("event queued", name=event, scan=scan_uuid, event_id=event_id)
+        self._wake_relay()
+        return record
+
+    def record(self, scan_uuid: str) -> ScanRecord | None:
+        row = self._db.connection().execute("SELECT record FROM scans WHERE uuid = ?", (scan_uuid,)).fetchone()
+        return None if row is None else ScanRecord.model_validate_json(row[0])
 
     def known_scans(self) -> set[str]:
         return {row[0] for row in self._db.connection().execute("SELECT uuid FROM scans")}

@@ -130,24 +130,44 @@ class ScanStore:
     ) -> Path:
         """Store the images and scan.json of one scan atomically; returns the final directory."""
         uuid = record.scan.uuid
-        final = self.scan_dir(uuid)
+        files = {image_file(name): image for name, image in images.items()}
+        files[RECORD_FILE] = record.model_dump_json(indent=2).encode("utf-8")
+        return self._publish(self.incoming_dir / uuid, self.scan_dir(uuid), files, before_publish)
+
+    def reference_dir(self, scan_session: str) -> Path:
+        return self.scans_dir.parent / "references" / scan_session
+
+    def write_reference(self, scan_session: str, images: Mapping[str, np.ndarray]) -> Path:
+        """The empty-tray images of a session, which inspection compares every scan of the session with."""
+        final = self.reference_dir(scan_session)
         if final.exists():
-            raise StoreError(f"scan {uuid} already exists at {final}; refusing to overwrite a stored scan")
-        staging = self.incoming_dir / uuid
+            shutil.rmtree(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        files = {f"empty_{name}.png": image for name, image in images.items()}
+        return self._publish(self.incoming_dir / f"reference-{scan_session}", final, files, None)
+
+    def _publish(
+        self,
+        staging: Path,
+        final: Path,
+        files: Mapping[str, np.ndarray | bytes],
+        before_publish: Callable[[], None] | None,
+    ) -> Path:
+        if final.exists():
+            raise StoreError(f"{final} already exists; refusing to overwrite a stored scan")
+        images = {name: data for name, data in files.items() if isinstance(data, np.ndarray)}
         try:
             staging.mkdir()
-            encoded = dict(zip(images, self._pool.map(self._encode, images.values())))
-            list(
-                self._pool.map(
-                    lambda item: _write_durably(staging / image_file(item[0]), item[1].data), encoded.items()
-                )
-            )
-            _write_durably(staging / RECORD_FILE, record.model_dump_json(indent=2).encode("utf-8"))
+            encoded: dict[str, bytes | memoryview] = {
+                name: buffer.data for name, buffer in zip(images, self._pool.map(self._encode, images.values()))
+            }
+            encoded.update({name: data for name, data in files.items() if isinstance(data, bytes)})
+            list(self._pool.map(lambda item: _write_durably(staging / item[0], item[1]), encoded.items()))
             _fsync_dir(staging)
             if before_publish is not None:
                 before_publish()
             os.rename(staging, final)
-            _fsync_dir(self.scans_dir)
+            _fsync_dir(final.parent)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise StoreError(_explain(exc, staging)) from exc

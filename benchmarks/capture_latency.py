@@ -38,7 +38,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure_latency(
-    workdir: Path, scans: int, level: int, strategy: str, png_filter: str, threads: int
+    workdir: Path, scans: int, level: int, strategy: str, png_filter: str, threads: int, inspect: bool
 ) -> tuple[list[float], Station]:
     broker = Broker(workdir)
     broker.start()
@@ -48,6 +48,7 @@ def measure_latency(
             "station": cfg.station.model_copy(update={"data_root": workdir / "data", "state_dir": workdir / "state"}),
             "mqtt": cfg.mqtt.model_copy(update={"port": broker.port}),
             "mock": cfg.mock.model_copy(update={"scene_pool": 3}),
+            "inspection": cfg.inspection.model_copy(update={"enabled": inspect}),
             "capture": cfg.capture.model_copy(
                 update={
                     "timer_interval_s": None,
@@ -107,6 +108,8 @@ def main() -> None:
     parser.add_argument("--strategy", default=None, choices=sorted(PNG_STRATEGIES))
     parser.add_argument("--filter", default=None, choices=sorted(PNG_FILTERS))
     parser.add_argument("--threads", type=int, default=None, help="PNG encoder threads (default: the config's)")
+    parser.add_argument("--with-inspection", action="store_true",
+                        help="inspect every scan in the worker meanwhile (competes for the 2 cores)")
     parser.add_argument("--png-options", action="store_true", help="also compare PNG settings on rendered frames")
     args = parser.parse_args()
     configure_logging("warning", json=False)
@@ -117,10 +120,13 @@ def main() -> None:
     png_filter = args.filter or defaults.png_filter
     threads = args.threads or defaults.encode_threads
     with tempfile.TemporaryDirectory(prefix="amflow-bench-") as tmp:
-        latencies, station = measure_latency(Path(tmp), args.scans, level, strategy, png_filter, threads)
+        latencies, station = measure_latency(
+            Path(tmp), args.scans, level, strategy, png_filter, threads, args.with_inspection
+        )
         scans_dir = Path(tmp) / "data" / "scans"
         sizes = [sum(f.stat().st_size for f in d.glob("*.png")) for d in scans_dir.iterdir() if d.name != ".incoming"]
-        print(f"capture latency, trigger → scan.capture received, {len(latencies)} scans, 5 × 2448×2048 Mono8")
+        print(f"capture latency, trigger → scan.capture received, {len(latencies)} scans, 5 × 2448×2048 Mono8"
+              + (", inspection running alongside" if args.with_inspection else ""))
         print(
             f"  PNG level {level}, strategy {strategy}, filter {png_filter}, {threads} encoder threads; "
             f"{statistics.mean(sizes) / 1e6:.1f} MB per scan"

@@ -95,3 +95,11 @@ class CameraDriver(Protocol):
 
     def health(self) -> list[CameraHealth]:
         """Per-camera health for the state topic."""
+
+
+@runtime_checkable
+class ReferenceSource(Protocol):
+    """A rig that can take the empty-tray reference images inspection needs (the mock renders them)."""
+
+    def grab_reference(self, timeout_s: float) -> Shot:
+        """One frame per camera of the empty tray."""

@@ -127,6 +127,9 @@ class _Scene:
         }
 
 
+_REFERENCE_INDEX = 2**40  # a scene index no run reaches: the empty-tray reference's own noise
+
+
 def scene_seed(run_seed: int, index: int) -> int:
     """Seed of scene `index`: independent streams per scene, the same on every machine and run."""
     sequence = np.random.SeedSequence([run_seed & 0xFFFFFFFFFFFFFFFF, index])
@@ -141,6 +144,7 @@ class MockDriver:
         self._settings = settings
         self._designs = designs
         self._renderer: Renderer | None = None
+        self._render_lock = threading.Lock()
         self._design_ids: list[str] = []
         self._defects: list[Defect] = []
         self._meshes: dict[str, trimesh.Trimesh] = {}
@@ -245,7 +249,8 @@ class MockDriver:
         defect = None
         if mesh is not None and pose is not None:
             mesh, pose, defect = self._maybe_defective(mesh, pose, seed, f"mock scene {index}: design {design_material}")
-        images = self._renderer.render(mesh, pose, seed)
+        with self._render_lock:
+            images = self._renderer.render(mesh, pose, seed)
         for image in images.values():
             image.setflags(write=False)
         return _Scene(index, seed, design_material, pose, images, defect)
@@ -320,6 +325,26 @@ class MockDriver:
             for camera in self._cameras
         }
         return Shot(frames=frames, metadata=scene.metadata())
+
+    def grab_reference(self, timeout_s: float) -> Shot:
+        """The empty tray as every camera sees it, for inspection's per-camera background."""
+        if not self._open or self._renderer is None:
+            raise DriverError("mock: grab_reference() before open(); open the driver first")
+        now = datetime.now(timezone.utc)
+        with self._render_lock:
+            images = self._renderer.render(None, None, scene_seed(self._settings.seed, _REFERENCE_INDEX))
+        frames = {
+            camera.name: Frame(
+                camera=camera.name,
+                image=images[camera.name],
+                timestamp=now,
+                serial=camera.serial,
+                exposure_us=camera.exposure_us,
+                gain_db=camera.gain_db,
+            )
+            for camera in self._cameras
+        }
+        return Shot(frames=frames, metadata={"mock_scene": None})
 
     def _next_scene(self, camera: str, timeout_s: float) -> _Scene:
         if self._pool:

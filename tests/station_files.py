@@ -55,6 +55,7 @@ def write_station(
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
         "capture": {},
         "session": {"batch_id": "TEST_BATCH", "batch_title": "test batch"},
+        "inspection": {"enabled": False},  # tests of inspection in the daemon turn it on
     }
     for name, values in (sections or {}).items():
         base.setdefault(name, {}).update(values)

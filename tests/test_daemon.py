@@ -35,6 +35,7 @@ def configure(tmp_path: Path, broker: Broker, **mock: Any) -> StationConfig:
             "mqtt": cfg.mqtt.model_copy(update={"port": broker.port}),
             "mock": cfg.mock.model_copy(update={"scene_pool": 1, **mock}),
             "capture": cfg.capture.model_copy(update={"timer_interval_s": None}),
+            "inspection": cfg.inspection.model_copy(update={"enabled": False}),
         }
     )
 
@@ -173,6 +174,7 @@ def test_the_daemon_command_runs_scans_and_exits(tmp_path: Path, broker: Broker,
         "AMFLOW_STATION__STATE_DIR": str(tmp_path / "state"),
         "AMFLOW_CAPTURE__TIMER_INTERVAL_S": "0.5",
         "AMFLOW_MOCK__SCENE_POOL": "2",
+        "AMFLOW_INSPECTION__ENABLED": "false",
         "PATH": "/usr/bin:/bin",
     }
     proc = subprocess.run(
@@ -192,6 +194,7 @@ def test_one_shot_capture_command_stores_and_publishes(tmp_path: Path, broker: B
         "AMFLOW_MQTT__PORT": str(broker.port),
         "AMFLOW_STATION__DATA_ROOT": str(tmp_path / "data"),
         "AMFLOW_MOCK__SCENE_POOL": "1",
+        "AMFLOW_INSPECTION__ENABLED": "false",
         "PATH": "/usr/bin:/bin",
     }
     proc = subprocess.run(

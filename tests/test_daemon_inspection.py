@@ -1,0 +1,95 @@
+"""In the daemon: scan.capture, then inspection in a worker process, then scan.quality_control per the 3.7 rules."""
+
+from __future__ import annotations
+
+import json
+import sys
+import subprocess
+from pathlib import Path
+
+from amflow_edge.capture import Trigger
+from amflow_edge.config import load_config
+from amflow_edge.daemon import RunOptions, Station
+from amflow_edge.qc import final_decision
+from amflow_edge.record import ScanRecord
+from tests.mqtt_helpers import Broker, Subscriber
+from tests.station_files import write_station
+
+REPO = Path(__file__).resolve().parent.parent
+PREFIX = "amflow/test-station/event"
+
+
+def test_a_scan_is_inspected_and_its_verdict_published(tmp_path: Path, broker: Broker) -> None:
+    config = write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}, "inspection": {"enabled": True}})
+    cfg = load_config(config)
+    subscriber = Subscriber(broker, [f"{PREFIX}/#"])
+    station = Station(cfg)
+    try:
+        station.start(RunOptions())
+        reference = station.store.reference_dir(station.scan_session)
+        assert sorted(p.name for p in reference.iterdir()) == [f"empty_cam{i:02d}.png" for i in range(1, 6)]
+        assert station.loop.capture(Trigger(source="test")).ok
+        capture = json.loads(subscriber.next(topic=f"{PREFIX}/scan.capture", timeout_s=60).payload)["data"]
+        quality = json.loads(subscriber.next(topic=f"{PREFIX}/scan.quality_control", timeout_s=180).payload)["data"]
+    finally:
+        station.shutdown()
+        subscriber.close()
+    assert quality["uuid"] == capture["uuid"] and quality["created"] == capture["created"]
+    assert quality["modified"] > capture["modified"]
+    assert isinstance(quality["qc_machine"], bool)
+    assert quality["qc_pass"] == final_decision(quality["qc_machine"], quality["qc_needs_review"], None)
+    scan_dir = cfg.station.data_root / "scans" / capture["uuid"]
+    report = json.loads((scan_dir / "inspection_report.json").read_text())
+    assert report["id"] == quality["inspectionreport"]
+    assert report["qc_machine"] == quality["qc_machine"] and report["qc_reasons"] == quality["qc_reasons"]
+    assert (scan_dir / "inspection_overlays.png").is_file()
+    mirror = ScanRecord.model_validate_json((scan_dir / "scan.json").read_bytes())
+    assert mirror.scan.model_dump() == quality  # scan.json mirrors the last published state
+
+
+def test_reevaluate_publishes_a_new_verdict(tmp_path: Path, broker: Broker) -> None:
+    config = write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}, "inspection": {"enabled": True}})
+    cfg = load_config(config)
+    subscriber = Subscriber(broker, [f"{PREFIX}/#"])
+    try:
+        station = Station(cfg)
+        try:
+            station.start(RunOptions())
+            result = station.loop.capture(Trigger(source="test"))
+            assert result.ok and result.uuid
+            first = json.loads(subscriber.next(topic=f"{PREFIX}/scan.quality_control", timeout_s=180).payload)
+        finally:
+            station.shutdown()
+        proc = subprocess.run(
+            [sys.executable, "-m", "amflow_edge.cli", "reevaluate", result.uuid, "--config", str(config),
+             "--profile", "strict"],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        scan = json.loads(proc.stdout)
+        restarted = Station(cfg)  # the queued event goes out through the station's relay
+        try:
+            restarted.start(RunOptions())
+            second = json.loads(subscriber.next(topic=f"{PREFIX}/scan.quality_control", timeout_s=60).payload)
+        finally:
+            restarted.shutdown()
+    finally:
+        subscriber.close()
+    assert second["data"]["inspectionreport"] == scan["inspectionreport"] != first["data"]["inspectionreport"]
+    report = json.loads((cfg.station.data_root / "scans" / result.uuid / "inspection_report.json").read_text())
+    assert report["profile"] == "strict" and report["id"] == scan["inspectionreport"]
+
+
+def test_reevaluate_names_an_unknown_scan_and_profile(tmp_path: Path, broker: Broker) -> None:
+    config = write_station(tmp_path, broker.port)
+    unknown = subprocess.run(
+        [sys.executable, "-m", "amflow_edge.cli", "reevaluate", "0f9e1c2a-0000-11f1-8000-000000000000",
+         "--config", str(config), "--profile", "default"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert unknown.returncode == 1 and "is not known to this station" in unknown.stderr
+    bad_profile = subprocess.run(
+        [sys.executable, "-m", "amflow_edge.cli", "reevaluate", "x", "--config", str(config), "--profile", "nope"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert bad_profile.returncode == 2 and "no such inspection profile" in bad_profile.stderr
