@@ -26,7 +26,7 @@ EXIT_FAILED = 1
 log = structlog.get_logger(__name__)
 
 
-def _load(path: Path) -> StationConfig | None:
+def load_or_report(path: Path) -> StationConfig | None:
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -35,7 +35,7 @@ def _load(path: Path) -> StationConfig | None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+    cfg = load_or_report(args.config)
     if cfg is None:
         return EXIT_CONFIG
     print(f"{args.config}: OK (station {cfg.station.id}, driver {cfg.rig.driver}, data root {cfg.station.data_root})")
@@ -72,7 +72,7 @@ def _station(cfg: StationConfig) -> Station | None:
 def cmd_run(args: argparse.Namespace) -> int:
     from amflow_edge.daemon import RunOptions
 
-    cfg = _load(args.config)
+    cfg = load_or_report(args.config)
     if cfg is None:
         return EXIT_CONFIG
     if args.interval is not None:
@@ -105,7 +105,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from amflow_edge.capture import CaptureResult, Trigger
     from amflow_edge.daemon import RunOptions
 
-    cfg = _load(args.config)
+    cfg = load_or_report(args.config)
     if cfg is None:
         return EXIT_CONFIG
     station = _station(cfg)
@@ -140,7 +140,7 @@ def cmd_reevaluate(args: argparse.Namespace) -> int:
     from inspection.inspect import InspectionInputError
     from inspection.profiles import ProfileError, load_profile
 
-    cfg = _load(args.config)
+    cfg = load_or_report(args.config)
     if cfg is None:
         return EXIT_CONFIG
     try:
@@ -174,58 +174,6 @@ def cmd_reevaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_outbox_status(args: argparse.Namespace) -> int:
-    from amflow_edge.daemon import DB_FILE
-    from amflow_edge.db import StationDb
-    from amflow_edge.outbox import Outbox
-
-    cfg = _load(args.config)
-    if cfg is None:
-        return EXIT_CONFIG
-    db = StationDb(cfg.station.state_dir / DB_FILE)
-    print(Outbox(db).stats().model_dump_json(indent=2))
-    db.close()
-    return 0
-
-
-def cmd_outbox_replay(args: argparse.Namespace) -> int:
-    from amflow_edge.daemon import DB_FILE
-    from amflow_edge.db import StationDb
-    from amflow_edge.outbox import Outbox
-
-    cfg = _load(args.config)
-    if cfg is None:
-        return EXIT_CONFIG
-    since = _parse_since(args.since)
-    if since is None:
-        print(f"--since {args.since!r}: expected an ISO 8601 time (2026-03-11T16:00:00+01:00) "
-              "or a duration back from now (90s, 30m, 12h, 2d)", file=sys.stderr)
-        return EXIT_CONFIG
-    db = StationDb(cfg.station.state_dir / DB_FILE)
-    count = Outbox(db).replay(since)
-    db.close()
-    print(f"{count} event(s) queued to be sent again; a running station sends them now, a stopped one at start")
-    return 0
-
-
-def _parse_since(text: str) -> float | None:
-    import re
-    import time
-    from datetime import datetime
-
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
-    if match:
-        seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-        return time.time() - seconds
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        return None
-    return moment.timestamp()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amflow-edge", description="Edge daemon of an AM part-scanning station.")
     parser.add_argument("--version", action="version", version=f"amflow-edge {__version__}")
@@ -256,20 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     reevaluate.add_argument("--profile", required=True, help="inspection profile name or .toml path")
     reevaluate.set_defaults(func=cmd_reevaluate)
 
-    from amflow_edge import cli_inspect, cli_render
+    from amflow_edge import cli_inspect, cli_outbox, cli_render
 
     cli_render.add_parser(sub)
     cli_inspect.add_parser(sub)
-
-    outbox = sub.add_parser("outbox", help="inspect and replay the event outbox")
-    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
-    status = outbox_sub.add_parser("status", help="backlog, oldest unsent event, acknowledged events kept")
-    status.add_argument("--config", type=Path, required=True, help="station TOML")
-    status.set_defaults(func=cmd_outbox_status)
-    replay = outbox_sub.add_parser("replay", help="send events again that were created since a moment")
-    replay.add_argument("--config", type=Path, required=True, help="station TOML")
-    replay.add_argument("--since", required=True, help="ISO 8601 time with offset, or a duration such as 2h or 3d")
-    replay.set_defaults(func=cmd_outbox_replay)
+    cli_outbox.add_parser(sub)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the published event envelope")
     schema.set_defaults(func=cmd_schema)
