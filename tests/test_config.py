@@ -132,3 +132,14 @@ def test_daemon_refuses_to_start_on_a_bad_config(config_dir: Path) -> None:
     )
     assert proc.returncode == 2
     assert "rig.driver: input should be 'mock' or 'pylon' (found 'webcam')" in proc.stderr
+
+
+def test_the_example_station_config_is_valid_apart_from_its_station_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    from amflow_edge.config import StationConfig, read_toml
+
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(REPO / "tests" / "data"))
+    cfg = StationConfig(**read_toml(REPO / "config" / "station.example.toml"))
+    assert cfg.rig.driver == "pylon" and cfg.mqtt.tls is not None and cfg.outbox.max_backlog_events == 100000
+    with pytest.raises(ConfigError) as caught:
+        load_config(REPO / "config" / "station.example.toml")
+    assert any("cameras[0].calibration (cam01)" in p for p in caught.value.problems)
