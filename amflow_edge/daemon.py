@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ def make_driver(cfg: StationConfig, library: DesignLibrary) -> CameraDriver:
 class RunOptions:
     max_scans: int | None = None
     state_interval_s: float = 30.0
+    supervise_interval_s: float = 2.0
     timer: bool = True
 
 
@@ -79,6 +81,8 @@ class Station:
         self._threads: list[threading.Thread] = []
         self._max_scans: int | None = None
         self._mode = "starting"
+        self._last_state = 0.0
+        self._state_interval_s = 30.0
 
     def state(self) -> StationState:
         paused = self.guard.reason()
@@ -101,6 +105,7 @@ class Station:
         )
 
     def publish_state(self) -> None:
+        self._last_state = time.monotonic()
         if self.mqtt.connected.is_set():
             self.mqtt.publish(self.mqtt.state_topic, self.state().model_dump_json().encode(), retain=True)
 
@@ -137,6 +142,12 @@ class Station:
             cache_dir=self.cfg.station.state_dir / "design_cache",
         )
 
+    def supervise(self) -> None:
+        """Periodic: keep paho's network thread alive and tell the plant how the station is."""
+        self.mqtt.revive()
+        if time.monotonic() - self._last_state >= self._state_interval_s:
+            self.publish_state()
+
     def _after_scan(self, record: ScanRecord) -> None:
         if self.inspector is not None:
             job = self.inspection_job(record)
@@ -162,6 +173,7 @@ class Station:
     def start(self, options: RunOptions | None = None) -> None:
         options = options or RunOptions()
         self._max_scans = options.max_scans
+        self._state_interval_s = options.state_interval_s
         self.store.prepare()
         self.events.announce_unrecorded(self.store.scans_dir, self.store.read_record)
         self.driver.open()
@@ -171,7 +183,7 @@ class Station:
         self.mqtt.start()
         self._mode = "running"
         self._spawn("capture", self.loop.run, self.stop_event)
-        self._spawn("state", self._every, options.state_interval_s, self.publish_state)
+        self._spawn("supervisor", self._every, options.supervise_interval_s, self.supervise)
         if options.timer and self.cfg.capture.timer_interval_s is not None:
             self._spawn("timer", self._every, self.cfg.capture.timer_interval_s,
                         lambda: self.loop.submit(Trigger(source="timer")))

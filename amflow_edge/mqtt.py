@@ -149,6 +149,20 @@ class StationMqtt:
         self._client.loop_start()
         log.info("connecting to the MQTT broker", host=self._cfg.mqtt.host, port=self._cfg.mqtt.port)
 
+    def network_thread_alive(self) -> bool:
+        thread = getattr(self._client, "_thread", None)  # paho exposes no public health check
+        return thread is not None and thread.is_alive()
+
+    def revive(self) -> bool:
+        """Restart paho's network thread if it died; True when it had to. Checked periodically by the daemon."""
+        if self._stopping or self.network_thread_alive():
+            return False
+        log.error("the MQTT network thread died; restarting it")
+        self.connected.clear()
+        self._client.loop_stop()
+        self._client.loop_start()
+        return True
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Say 'offline' ourselves: the will only fires on an unclean disconnect."""
         self._stopping = True

@@ -230,3 +230,50 @@ def test_unreadable_tls_file_stops_the_start_with_the_setting_named(tmp_path: Pa
     assert proc.returncode == 1
     assert "mqtt.tls.ca_file" in proc.stderr and "is not a readable PEM CA certificate" in proc.stderr
     assert "the station cannot start" in proc.stderr
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_network_thread_is_restarted_and_delivery_resumes(tmp_path: Path, broker: Broker) -> None:
+    cfg = load_config(write_station(tmp_path, broker.port))
+    subscriber = Subscriber(broker, [CAPTURE_TOPIC])
+    station = Station(cfg)
+    try:
+        station.start(RunOptions(supervise_interval_s=0.2))
+        assert station.mqtt.connected.wait(10)
+
+        def die(*args: object) -> None:
+            raise SystemExit("simulated death of paho's thread")  # not an Exception: no guard catches it
+
+        station.mqtt._client.on_publish = die
+        assert station.loop.capture(Trigger(source="test")).ok
+        deadline = time.monotonic() + 10
+        while station.mqtt.network_thread_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not station.mqtt.network_thread_alive()
+        from amflow_edge.mqtt import _guarded
+
+        station.mqtt._client.on_publish = _guarded(station.mqtt._handle_publish)
+        second = station.loop.capture(Trigger(source="test"))
+        uuids = {json.loads(subscriber.next(topic=CAPTURE_TOPIC).payload)["data"]["uuid"] for _ in range(2)}
+        assert second.uuid in uuids
+        assert station.relay.drain(30)
+    finally:
+        station.shutdown()
+        subscriber.close()
+
+
+def test_prune_forgets_only_acknowledged_events_past_retention(tmp_path: Path) -> None:
+    from tests.factories import make_record
+
+    db = StationDb(tmp_path / "station.db")
+    outbox = Outbox(db)
+    with db.transaction() as conn:
+        for record in (make_record(), make_record(), make_record()):
+            Outbox.add(conn, "scan.capture", record.scan.uuid, "t", b"{}")
+    outbox.mark_sent([1, 2])
+    with db.transaction() as conn:
+        conn.execute("UPDATE outbox SET sent = sent - 3600 WHERE seq = 1")
+    assert outbox.prune(older_than_s=60) == 1
+    stats = outbox.stats()
+    assert (stats.sent, stats.backlog) == (1, 1)
+    assert [row.seq for row in outbox.unsent(0, 10)] == [3]
