@@ -148,6 +148,23 @@ class Station:
         if time.monotonic() - self._last_state >= self._state_interval_s:
             self.publish_state()
 
+    def resume_inspections(self, limit: int = 1000) -> int:
+        """Scans a stop or crash left uninspected get their verdict now, so no scan.quality_control is lost."""
+        if self.inspector is None:
+            return 0
+        pending = [
+            r for r in self.events.recent_records(limit)
+            if r.scan.inspectionreport is None and r.scan.qc_machine is None and not r.scan.qc_needs_review
+            and r.scan.qc_operator is None and design_of(r) is not None
+        ]
+        for record in pending:
+            job = self.inspection_job(record)
+            if job is not None:
+                self.inspector.submit(job)
+        if pending:
+            log.info("inspecting scans left uninspected by the last stop", count=len(pending))
+        return len(pending)
+
     def _after_scan(self, record: ScanRecord) -> None:
         if self.inspector is not None:
             job = self.inspection_job(record)
@@ -179,6 +196,7 @@ class Station:
         self.driver.open()
         if self.inspector is not None:
             self.capture_reference()
+            self.resume_inspections()
         self.relay.start()
         self.mqtt.start()
         self._mode = "running"

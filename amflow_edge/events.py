@@ -81,6 +81,10 @@ class Events:
         row = self._db.connection().execute("SELECT record FROM scans WHERE uuid = ?", (scan_uuid,)).fetchone()
         return None if row is None else ScanRecord.model_validate_json(row[0])
 
+    def recent_records(self, limit: int) -> list[ScanRecord]:
+        rows = self._db.connection().execute("SELECT record FROM scans ORDER BY rowid DESC LIMIT ?", (limit,))
+        return [ScanRecord.model_validate_json(row[0]) for row in rows][::-1]
+
     def known_scans(self) -> set[str]:
         return {row[0] for row in self._db.connection().execute("SELECT uuid FROM scans")}
 

@@ -93,3 +93,26 @@ def test_reevaluate_names_an_unknown_scan_and_profile(tmp_path: Path, broker: Br
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert bad_profile.returncode == 2 and "no such inspection profile" in bad_profile.stderr
+
+
+def test_a_scan_left_uninspected_by_a_stop_is_inspected_at_the_next_start(tmp_path: Path, broker: Broker) -> None:
+    session = {"scan_session": "cbe45ba7-da35-444d-b598-4e70587a33cc"}
+    before = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}, "session": session}))
+    station = Station(before)  # inspection off: as if the daemon died before the inspection finished
+    try:
+        station.start(RunOptions())
+        result = station.loop.capture(Trigger(source="test"))
+        assert result.ok
+    finally:
+        station.shutdown()
+    after = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}, "session": session,
+                                                               "inspection": {"enabled": True}}))
+    subscriber = Subscriber(broker, [f"{PREFIX}/scan.quality_control"])
+    station = Station(after)
+    try:
+        station.start(RunOptions())
+        quality = json.loads(subscriber.next(topic=f"{PREFIX}/scan.quality_control", timeout_s=180).payload)
+    finally:
+        station.shutdown()
+        subscriber.close()
+    assert quality["data"]["uuid"] == result.uuid and quality["data"]["inspectionreport"] is not None
