@@ -33,7 +33,12 @@ def test_a_pose_off_by_a_millimetre_is_measurably_worse() -> None:
     pose, _ = placed("montageblok_mb80", 3)
     moved = pose.copy()
     moved[0, 3] += 1.0
-    assert pose_error(design("montageblok_mb80"), pose, moved)[0] > 0.9
+    distance, _ = pose_error(design("montageblok_mb80"), pose, moved)
+    assert 0.9 < distance < 1.1, "a slide along a face must count in full, not as the closest-surface distance"
+    turned = np.eye(4)
+    turned[:2, :2] = [[np.cos(0.05), -np.sin(0.05)], [np.sin(0.05), np.cos(0.05)]]
+    assert pose_error(design("montageblok_mb80"), pose, pose @ turned)[1] == pytest.approx(np.degrees(0.05), abs=0.1)
+    assert pose_error(design("montageblok_mb80"), pose, pose)[0] < 0.01
 
 
 def test_an_empty_tray_is_not_aligned(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,377 @@
+"""Where the part lies: the 6-DoF pose of the design that best explains the five silhouettes.
+
+A part on a tray rests on one of a few faces, so the search runs over (rest pose, yaw) with x, y
+taken from the top camera, keeps several hypotheses (symmetric and near-symmetric parts give
+several good ones), and refines the best in all six degrees of freedom against the outline in
+every camera. The outline residual uses a Cauchy loss so that a missing chunk or a blob, which
+moves a part of the outline by millimetres, does not drag the fit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from scipy.optimize import least_squares
+from scipy.spatial.transform import Rotation
+
+from inspection.camera import CameraCalibration
+from inspection.design_cache import DesignModel
+from inspection.silhouette import (
+    Window,
+    bounding_window,
+    rasterize,
+    silhouette,
+    silhouette_edge_points,
+    to_scaled,
+)
+
+COARSE_SCALE = 0.125
+MEDIUM_SCALE = 0.25
+YAW_STEP_DEG = 12.0
+TOP_HYPOTHESES = 8
+REFINED_HYPOTHESES = 4
+FINAL_HYPOTHESES = 2
+CONTOUR_SPACING_PX = 3.0
+MAX_POINTS_PER_CAMERA = 400
+SDF_CLIP_PX = 40.0
+LOSS_SCALE_PX = 1.5
+INLIER_PX = 2.0
+OUTER_ITERATIONS = 4
+EDGE_BIAS_PX = 1.0
+
+
+@dataclass
+class View:
+    """One camera's evidence for the fit: its calibration and the segmented part mask as a signed distance field."""
+
+    calib: CameraCalibration
+    mask: np.ndarray
+    sdf: np.ndarray = field(init=False)
+    sdf_window: Window = field(init=False)
+    grad_x: np.ndarray = field(init=False)
+    grad_y: np.ndarray = field(init=False)
+    small: dict[float, tuple[np.ndarray, Window]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ys, xs = np.nonzero(self.mask)
+        height, width = self.mask.shape
+        if len(xs) == 0:
+            x0, y0, x1, y1 = 0, 0, 1, 1
+        else:
+            pad = 60
+            x0, y0 = max(int(xs.min()) - pad, 0), max(int(ys.min()) - pad, 0)
+            x1, y1 = min(int(xs.max()) + pad + 1, width), min(int(ys.max()) + pad + 1, height)
+        self.sdf_window = Window(x0, y0, x1 - x0, y1 - y0, 1.0)
+        inside = self.mask[y0:y1, x0:x1].astype(np.uint8)
+        outside = cv2.distanceTransform(1 - inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        inner = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        self.sdf = np.clip(outside - inner + EDGE_BIAS_PX, -SDF_CLIP_PX, SDF_CLIP_PX).astype(np.float32)
+        self.grad_x = cv2.Sobel(self.sdf, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+        self.grad_y = cv2.Sobel(self.sdf, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+
+    @property
+    def empty(self) -> bool:
+        return not bool(self.mask.any())
+
+    def scaled_mask(self, scale: float) -> tuple[np.ndarray, Window]:
+        """The mask at a reduced resolution, cropped to the part with room around it."""
+        if scale not in self.small:
+            w = self.sdf_window
+            pad = 0.3 * max(w.width, w.height)
+            corners = np.array([[w.x0 - pad, w.y0 - pad], [w.x0 + w.width + pad, w.y0 + w.height + pad]])
+            window = bounding_window(corners, self.calib, scale, 0)
+            assert window is not None
+            full = cv2.resize(
+                self.mask.astype(np.uint8) * 255,
+                (int(round(self.mask.shape[1] * scale)), int(round(self.mask.shape[0] * scale))),
+                interpolation=cv2.INTER_AREA,
+            )
+            crop = full[window.y0 : window.y0 + window.height, window.x0 : window.x0 + window.width] > 127
+            self.small[scale] = (crop, window)
+        return self.small[scale]
+
+    def sample_sdf(self, pixels: np.ndarray) -> np.ndarray:
+        """Bilinear signed distance (px, positive outside the part) at full-resolution pixel positions."""
+        return self._sample(self.sdf, pixels, SDF_CLIP_PX)
+
+    def sample_gradient(self, pixels: np.ndarray) -> np.ndarray:
+        return np.column_stack([self._sample(self.grad_x, pixels, 0.0), self._sample(self.grad_y, pixels, 0.0)])
+
+    def _sample(self, field_: np.ndarray, pixels: np.ndarray, outside: float) -> np.ndarray:
+        w = self.sdf_window
+        x = pixels[:, 0] - w.x0
+        y = pixels[:, 1] - w.y0
+        inside = (x >= 0) & (y >= 0) & (x <= w.width - 1.001) & (y <= w.height - 1.001)
+        out = np.full(len(pixels), outside, dtype=np.float64)
+        if not np.any(inside):
+            return out
+        xi, yi = x[inside], y[inside]
+        x0, y0 = np.floor(xi).astype(np.int64), np.floor(yi).astype(np.int64)
+        fx, fy = xi - x0, yi - y0
+        s = field_
+        out[inside] = (
+            s[y0, x0] * (1 - fx) * (1 - fy) + s[y0, x0 + 1] * fx * (1 - fy) + s[y0 + 1, x0] * (1 - fx) * fy + s[y0 + 1, x0 + 1] * fx * fy
+        )
+        return out
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """The fit's answer and how much to believe it."""
+
+    pose: np.ndarray
+    rest_index: int
+    residuals_px: dict[str, np.ndarray]
+    inlier_fraction: float
+    median_residual_px: float
+    coarse_iou: float
+    hypotheses: int
+
+
+class AlignmentError(ValueError):
+    """Nothing to align to (no camera saw the part); the caller reports insufficient evidence."""
+
+
+def transform(pose: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ pose[:3, :3].T + pose[:3, 3]
+
+
+def _yaw(angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[c, -s], [s, c]]
+    return rotation
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 0.0
+
+
+def _render_in(view: View, vertices: np.ndarray, faces: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    observed, window = view.scaled_mask(scale)
+    return silhouette(view.calib, vertices, faces, window) > 0, observed
+
+
+def top_view(views: Sequence[View]) -> View:
+    return min(views, key=lambda v: v.calib.optical_axis[2])
+
+
+def _ray_at_height(calib: CameraCalibration, pixel: np.ndarray, z: float) -> np.ndarray:
+    direction = calib.rays(pixel.reshape(1, 2))[0]
+    centre = calib.centre
+    t = (z - centre[2]) / direction[2]
+    return centre + t * direction
+
+
+def coarse_search(model: DesignModel, views: Sequence[View]) -> list[tuple[float, np.ndarray, int]]:
+    """(score, pose, rest index) hypotheses, best first, from silhouettes at reduced resolution."""
+    top = top_view(views)
+    if top.empty:
+        raise AlignmentError("the top camera sees no part on the tray")
+    observed_top, window_top = top.scaled_mask(COARSE_SCALE)
+    ys, xs = np.nonzero(top.mask)
+    centroid_px = np.array([xs.mean(), ys.mean()])
+    target_small = to_scaled(centroid_px[None], COARSE_SCALE)[0] - (window_top.x0, window_top.y0)
+    mm_per_px = abs(top.calib.centre[2]) / top.calib.K[0, 0] / COARSE_SCALE
+    candidates: list[tuple[float, np.ndarray, int]] = []
+    for index, rest in enumerate(model.rest_poses):
+        height = float(np.ptp(transform(rest, model.coarse_vertices)[:, 2]))
+        anchor = _ray_at_height(top.calib, centroid_px, height / 2)
+        for yaw in np.radians(np.arange(0.0, 360.0, YAW_STEP_DEG)):
+            pose = _yaw(float(yaw)) @ rest
+            pose[:2, 3] += anchor[:2]
+            for _ in range(1):
+                rendered = silhouette(top.calib, transform(pose, model.coarse_vertices), model.coarse_faces, window_top) > 0
+                ry, rx = np.nonzero(rendered)
+                if len(rx) == 0:
+                    break
+                shift_px = target_small - (rx.mean(), ry.mean())
+                shift_world = top.calib.R.T @ np.array([shift_px[0], shift_px[1], 0.0]) * mm_per_px
+                pose[:2, 3] += shift_world[:2]
+            rendered = silhouette(top.calib, transform(pose, model.coarse_vertices), model.coarse_faces, window_top) > 0
+            candidates.append((_iou(rendered, observed_top), pose, index))
+    candidates.sort(key=lambda c: -c[0])
+    rescored = []
+    for _, pose, index in candidates[:TOP_HYPOTHESES]:
+        vertices = transform(pose, model.coarse_vertices)
+        scores = []
+        for view in views:
+            if view.empty:
+                continue
+            rendered, observed = _render_in(view, vertices, model.coarse_faces, MEDIUM_SCALE)
+            scores.append(_iou(rendered, observed))
+        rescored.append((float(np.mean(scores)), pose, index))
+    rescored.sort(key=lambda c: -c[0])
+    return rescored
+
+
+def _contour_points(model: DesignModel, view: View, pose: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Part-frame points on the outer outline of the model as `view` sees it at `pose`."""
+    vertices = transform(pose, model.vertices)
+    points = silhouette_edge_points(view.calib, vertices, model.faces, model.edges, model.edge_faces, CONTOUR_SPACING_PX)
+    if len(points) == 0:
+        return np.zeros((0, 3))
+    pixels = view.calib.project(points)
+    window = bounding_window(pixels, view.calib, 0.5, 6)
+    if window is None:
+        return np.zeros((0, 3))
+    mask = silhouette(view.calib, vertices, model.faces, window)
+    boundary = mask - cv2.erode(mask, np.ones((3, 3), np.uint8))
+    distance = cv2.distanceTransform(255 - boundary, cv2.DIST_L2, 3)
+    local = np.round(to_scaled(pixels, 0.5) - (window.x0, window.y0)).astype(int)
+    local[:, 0] = np.clip(local[:, 0], 0, window.width - 1)
+    local[:, 1] = np.clip(local[:, 1], 0, window.height - 1)
+    outer = distance[local[:, 1], local[:, 0]] <= 1.0
+    margin = 3
+    inside_image = (
+        (pixels[:, 0] > margin)
+        & (pixels[:, 1] > margin)
+        & (pixels[:, 0] < view.calib.image_width - margin)
+        & (pixels[:, 1] < view.calib.image_height - margin)
+    )
+    chosen = points[outer & inside_image]
+    if len(chosen) > MAX_POINTS_PER_CAMERA:
+        chosen = chosen[rng.choice(len(chosen), MAX_POINTS_PER_CAMERA, replace=False)]
+    inverse = np.linalg.inv(pose)
+    return transform(inverse, chosen)
+
+
+def _apply(pose: np.ndarray, x: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
+    """Pose moved by x = (rotation vector × radius [mm], translation [mm]) about the part's centre."""
+    delta = np.eye(4)
+    rotation = Rotation.from_rotvec(x[:3] / radius).as_matrix()
+    delta[:3, :3] = rotation
+    delta[:3, 3] = centre - rotation @ centre + x[3:]
+    return delta @ pose
+
+
+def residuals(model_points: dict[str, np.ndarray], views: dict[str, View], pose: np.ndarray) -> dict[str, np.ndarray]:
+    """Signed outline distance (px) of every model outline point, per camera."""
+    out = {}
+    for name, points in model_points.items():
+        view = views[name]
+        out[name] = view.sample_sdf(view.calib.project(transform(pose, points))) if len(points) else np.zeros(0)
+    return out
+
+
+def _jacobian(
+    points: dict[str, np.ndarray], views: dict[str, View], pose: np.ndarray, pivot: np.ndarray, radius: float
+) -> np.ndarray:
+    """d residual / d (rotation×radius, translation), with a pinhole projection: distortion bends the
+    outline by a few pixels but changes its derivative by well under a percent, and the
+    analytic Jacobian is six times cheaper than finite differences."""
+    blocks = []
+    for name, local in points.items():
+        view = views[name]
+        if len(local) == 0:
+            continue
+        world = transform(pose, local)
+        calib = view.calib
+        cam = calib.to_camera(world)
+        z = cam[:, 2]
+        fx, fy = calib.K[0, 0], calib.K[1, 1]
+        du = np.column_stack([fx / z, np.zeros_like(z), -fx * cam[:, 0] / z**2]) @ calib.R
+        dv = np.column_stack([np.zeros_like(z), fy / z, -fy * cam[:, 1] / z**2]) @ calib.R
+        grad = view.sample_gradient(calib.project(world))
+        d_world = grad[:, :1] * du + grad[:, 1:] * dv
+        rotation_part = np.cross(world - pivot, d_world) / radius
+        blocks.append(np.hstack([rotation_part, d_world]))
+    return np.vstack(blocks) if blocks else np.zeros((0, 6))
+
+
+def refine(
+    model: DesignModel, views: Sequence[View], pose: np.ndarray, outer: int = OUTER_ITERATIONS, seed: int = 0
+) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
+    """Six-DoF refinement; returns the pose, the robust cost per point and the final residuals."""
+    rng = np.random.default_rng(seed)
+    by_name = {v.calib.name: v for v in views if not v.empty}
+    radius = max(model.extent_mm / 2, 1.0)
+    cost = math.inf
+    for _ in range(outer):
+        points = {name: _contour_points(model, view, pose, rng) for name, view in by_name.items()}
+        if sum(len(p) for p in points.values()) < 12:
+            break
+        centre = transform(pose, model.centroid[None])[0]
+
+        def fun(x: np.ndarray) -> np.ndarray:
+            return np.concatenate(list(residuals(points, by_name, _apply(pose, x, centre, radius)).values()))
+
+        def jac(x: np.ndarray) -> np.ndarray:
+            return _jacobian(points, by_name, _apply(pose, x, centre, radius), centre + x[3:], radius)
+
+        result = least_squares(fun, np.zeros(6), jac=jac, loss="cauchy", f_scale=LOSS_SCALE_PX, max_nfev=30, x_scale=0.5)
+        pose = _apply(pose, result.x, centre, radius)
+        cost = 2 * float(result.cost) / max(len(result.fun), 1)
+        if np.abs(result.x).max() < 0.005:
+            break
+    points = {name: _contour_points(model, view, pose, rng) for name, view in by_name.items()}
+    return pose, cost, residuals(points, by_name, pose)
+
+
+def align(model: DesignModel, views: Sequence[View]) -> Alignment:
+    if all(v.empty for v in views):
+        raise AlignmentError("no camera sees a part on the tray")
+    hypotheses = coarse_search(model, views)
+    screened: list[tuple[float, np.ndarray, int, float]] = []
+    for score, pose, index in hypotheses[:REFINED_HYPOTHESES]:
+        refined, cost, _ = refine(model, views, pose, outer=1)
+        screened.append((cost, refined, index, score))
+    screened.sort(key=lambda c: c[0])
+    # Near-symmetric parts (a block with one chamfer turned by 180°) give look-alike hypotheses
+    # whose one-step costs are within noise of each other; the finished fits tell them apart.
+    best: tuple[float, np.ndarray, int, float, dict[str, np.ndarray]] | None = None
+    for cost, refined, index, score in screened[:FINAL_HYPOTHESES]:
+        pose, _, final = refine(model, views, refined)
+        everything = np.concatenate(list(final.values())) if final else np.zeros(0)
+        robust = float(np.mean(np.log1p((everything / LOSS_SCALE_PX) ** 2))) if len(everything) else math.inf
+        if best is None or robust < best[0]:
+            best = (robust, pose, index, score, final)
+    assert best is not None
+    _, pose, _, _, final = best
+    everything = np.concatenate(list(final.values())) if final else np.zeros(0)
+    inliers = float(np.mean(np.abs(everything) < INLIER_PX)) if len(everything) else 0.0
+    median = float(np.median(np.abs(everything))) if len(everything) else math.inf
+    return Alignment(pose, best[2], final, inliers, median, best[3], len(hypotheses))
+
+
+SCALE_INLIER_PX = 4.0
+SCALE_PRIOR_PCT = 1.0
+SCALE_PRIOR_POINTS = 40.0
+SCALE_LIMIT = 0.15
+
+
+def fit_scale(model: DesignModel, views: Sequence[View], pose: np.ndarray, seed: int = 1) -> np.ndarray:
+    """Per-axis scale (part frame, about the centroid) that best explains the outlines at the found pose.
+
+    Shrinkage is the commonest dimensional fault of sintered parts and looks like a pose error
+    to a rigid fit; estimating it jointly with a small pose correction keeps the two apart. Only
+    outline points already within SCALE_INLIER_PX of the photo take part (a chip or a shadow
+    tongue must not stretch an axis), and a weak prior towards 1 (worth SCALE_PRIOR_POINTS
+    points off by a pixel per SCALE_PRIOR_PCT %) keeps an axis the cameras barely see, such as
+    the depth of a thin part, from wandering: unconstrained it read 8 % on intact parts.
+    """
+    rng = np.random.default_rng(seed)
+    by_name = {v.calib.name: v for v in views if not v.empty}
+    points = {name: _contour_points(model, view, pose, rng) for name, view in by_name.items()}
+    start = residuals(points, by_name, pose)
+    points = {name: p[np.abs(start[name]) < SCALE_INLIER_PX] for name, p in points.items()}
+    if sum(len(p) for p in points.values()) < 12:
+        return np.ones(3)
+    centroid = model.centroid
+    radius = max(model.extent_mm / 2, 1.0)
+    centre = transform(pose, centroid[None])[0]
+    prior = math.sqrt(SCALE_PRIOR_POINTS) / (SCALE_PRIOR_PCT / 100.0)
+
+    def fun(x: np.ndarray) -> np.ndarray:
+        scaled = {n: centroid + (p - centroid) * (1.0 + x[6:]) for n, p in points.items()}
+        data = np.concatenate(list(residuals(scaled, by_name, _apply(pose, x[:6], centre, radius)).values()))
+        return np.concatenate([data, prior * x[6:]])
+
+    bounds = (np.r_[[-np.inf] * 6, [-SCALE_LIMIT] * 3], np.r_[[np.inf] * 6, [SCALE_LIMIT] * 3])
+    result = least_squares(fun, np.zeros(9), loss="soft_l1", f_scale=2.0, diff_step=1e-4, max_nfev=12, bounds=bounds)
+    return 1.0 + result.x[6:]

@@ -1,0 +1,162 @@
+"""Everything about a design that alignment needs and that does not depend on the scan, computed once per mesh.
+
+Stable resting poses take up to a second for round parts (trimesh finds one per facet of a
+cylinder's side) and the station inspects the same designs all day, so the result is kept on
+disk under the SHA-1 of the mesh geometry: a changed design file gives a new key by itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import trimesh
+
+from inspection.placement import stable_poses
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 5
+COARSE_FACES = 600
+MAX_REST_POSES = 8
+_FOOTPRINT_MM_PER_PX = 0.5
+
+
+@dataclass(frozen=True)
+class DesignModel:
+    """A design in the form the fit uses; arrays only, so it pickles cheaply to a worker process."""
+
+    sha1: str
+    vertices: np.ndarray
+    faces: np.ndarray
+    edges: np.ndarray
+    edge_faces: np.ndarray
+    coarse_vertices: np.ndarray
+    coarse_faces: np.ndarray
+    rest_poses: np.ndarray
+    rest_probabilities: np.ndarray
+    all_rest_poses: np.ndarray
+
+    @property
+    def centroid(self) -> np.ndarray:
+        return self.vertices.mean(axis=0)
+
+    @property
+    def extent_mm(self) -> float:
+        return float(np.ptp(self.vertices, axis=0).max())
+
+    def mesh(self) -> trimesh.Trimesh:
+        return trimesh.Trimesh(self.vertices, self.faces, process=False)
+
+
+def mesh_sha1(mesh: trimesh.Trimesh) -> str:
+    digest = hashlib.sha1()
+    digest.update(np.ascontiguousarray(mesh.vertices, dtype=np.float64).tobytes())
+    digest.update(np.ascontiguousarray(mesh.faces, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def check_mesh(mesh: object) -> trimesh.Trimesh:
+    if not isinstance(mesh, trimesh.Trimesh):
+        raise ValueError(
+            f"the design must be a trimesh.Trimesh in millimetres, got {type(mesh).__name__}; "
+            "load it with inspection.designs.load_mesh_mm(path, units)"
+        )
+    if len(mesh.faces) < 4 or not np.all(np.isfinite(mesh.vertices)):
+        raise ValueError("the design mesh is empty or has non-finite vertices; export the design again")
+    if not mesh.is_watertight:
+        raise ValueError(
+            "the design mesh is not watertight, so its outline at a pose is undefined; "
+            "load it with inspection.designs.load_mesh_mm, which repairs small holes, or fix it in CAD"
+        )
+    return mesh
+
+
+def design_model(mesh: trimesh.Trimesh, cache_dir: Path | str | None = None) -> DesignModel:
+    """The design's precomputation, from `cache_dir/<sha1>.npz` when present, else computed (and stored)."""
+    mesh = check_mesh(mesh)
+    sha1 = mesh_sha1(mesh)
+    path = Path(cache_dir) / f"{sha1}.v{CACHE_VERSION}.npz" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path) as data:
+                return DesignModel(sha1=sha1, **{k: data[k] for k in data.files})
+        except Exception as exc:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
+            log.warning("%s: unreadable design cache (%s); recomputing", path, exc)
+    model = _compute(mesh, sha1)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        arrays = {k: v for k, v in model.__dict__.items() if k != "sha1"}
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    return model
+
+
+def _compute(mesh: trimesh.Trimesh, sha1: str) -> DesignModel:
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    edges = np.asarray(mesh.face_adjacency_edges, dtype=np.int64)
+    edge_faces = np.asarray(mesh.face_adjacency, dtype=np.int64)
+    coarse_v, coarse_f = _decimate(mesh, COARSE_FACES)
+    poses, probs = _distinct_rest_poses(mesh)
+    every, _ = stable_poses(mesh)
+    return DesignModel(sha1, vertices, faces, edges, edge_faces, coarse_v, coarse_f, poses, probs, every)
+
+
+def _decimate(mesh: trimesh.Trimesh, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """A light mesh for the coarse search, where thousands of silhouettes are drawn at a quarter resolution."""
+    if len(mesh.faces) <= target:
+        return np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
+    import open3d as o3d
+
+    o3d_mesh = o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(np.asarray(mesh.vertices)), o3d.utility.Vector3iVector(np.asarray(mesh.faces))
+    )
+    simple = o3d_mesh.simplify_quadric_decimation(target_number_of_triangles=target)
+    return np.asarray(simple.vertices, dtype=np.float64), np.asarray(simple.triangles, dtype=np.int64)
+
+
+def _distinct_rest_poses(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
+    """Rest poses that look different from above, most likely first, at most MAX_REST_POSES.
+
+    A round part on its side has one stable facet per tessellation segment, all looking alike;
+    searching each would waste the time budget, so look-alikes (same height, same footprint up to
+    a turn about z; mirror images are kept apart) are merged and their probabilities summed.
+    """
+    poses, probs = stable_poses(mesh)
+    kept: list[tuple[np.ndarray, float, np.ndarray]] = []
+    for pose, prob in zip(poses, probs):
+        signature = _signature(mesh, pose)
+        for index, (_, total, other) in enumerate(kept):
+            if np.allclose(signature, other, rtol=0.02, atol=0.3):
+                kept[index] = (kept[index][0], total + float(prob), other)
+                break
+        else:
+            kept.append((pose, float(prob), signature))
+    kept.sort(key=lambda item: -item[1])
+    kept = kept[:MAX_REST_POSES]
+    total = sum(p for _, p, _ in kept)
+    return np.stack([k[0] for k in kept]), np.array([k[1] / total for k in kept])
+
+
+def _signature(mesh: trimesh.Trimesh, pose: np.ndarray) -> np.ndarray:
+    vertices = trimesh.transform_points(mesh.vertices, pose)
+    xy = (vertices[:, :2] - vertices[:, :2].min(axis=0)) / _FOOTPRINT_MM_PER_PX + 2
+    size = np.ceil(xy.max(axis=0)).astype(int) + 3
+    image = np.zeros((size[1], size[0]), dtype=np.uint8)
+    for triangle in np.round(xy[mesh.faces] * 16).astype(np.int32):
+        cv2.fillConvexPoly(image, triangle, 1, cv2.LINE_8, 4)
+    hu = cv2.HuMoments(cv2.moments(image, binaryImage=True)).ravel()
+    scaled = np.sign(hu) * np.log10(np.abs(hu) + 1e-30)
+    height = max(float(np.ptp(vertices[:, 2])), 1e-6)
+    centres = vertices[mesh.faces].mean(axis=1)[:, 2] - vertices[:, 2].min()
+    layers = np.histogram(centres / height, bins=8, range=(0.0, 1.0), weights=mesh.area_faces)[0] / mesh.area * 10.0
+    return np.concatenate(
+        [[height, image.sum() * _FOOTPRINT_MM_PER_PX**2 / 100.0], scaled[:4], [np.sign(hu[6])], layers]
+    )

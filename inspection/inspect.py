@@ -1,0 +1,188 @@
+"""One inspection: five photos and their empty-tray references, a design, a profile → a report.
+
+The daemon will run this in a worker process, so the entry points take paths or small models
+and return a pydantic report; nothing here knows about MQTT or the daemon.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import trimesh
+
+from inspection.align import AlignmentError, View, align, fit_scale
+from inspection.camera import RIG_CAMERAS, CameraCalibration, load_rig
+from inspection.design_cache import design_model
+from inspection.designs import Units, load_mesh_mm
+from inspection.metrics import compute_metrics
+from inspection.overlay import CONTACT_SHEET, contact_sheet, overlay, write_png
+from inspection.profiles import InspectionProfile, load_profile
+from inspection.report import InspectionReport, judge, write_report
+from inspection.segment import SegmentationError, check_pair, segment_scan
+
+DEFAULT_CALIBRATION = Path(__file__).resolve().parents[1] / "config" / "calibration" / "demo"
+
+
+class InspectionInputError(ValueError):
+    """Inputs an inspection cannot start from; the message names what is missing or wrong and the fix."""
+
+
+def _check_inputs(
+    images: Mapping[str, np.ndarray], references: Mapping[str, np.ndarray], cameras: Sequence[CameraCalibration]
+) -> None:
+    if not cameras:
+        raise InspectionInputError("no camera calibrations given; load the rig with inspection.camera.load_rig(dir)")
+    for calib in cameras:
+        for what, source in (("scan image", images), ("empty-tray reference image", references)):
+            if calib.name not in source:
+                raise InspectionInputError(
+                    f"{calib.name}: no {what}; give one per calibrated camera (have: {', '.join(sorted(source)) or 'none'})"
+                )
+        try:
+            check_pair(calib.name, images[calib.name], references[calib.name], (calib.image_width, calib.image_height))
+        except SegmentationError as exc:
+            raise InspectionInputError(str(exc)) from None
+
+
+def inspect_scan(
+    images: Mapping[str, np.ndarray],
+    references: Mapping[str, np.ndarray],
+    cameras: Sequence[CameraCalibration],
+    mesh_mm: trimesh.Trimesh,
+    design_material: str,
+    profile: InspectionProfile,
+    cache_dir: Path | str | None = None,
+    out_dir: Path | str | None = None,
+    scan: uuid.UUID | None = None,
+) -> InspectionReport:
+    """Align the design to the scan, measure, judge with `profile`; write report and overlays into out_dir if given."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    _check_inputs(images, references, cameras)
+    try:
+        model = design_model(mesh_mm, cache_dir)
+    except ValueError as exc:
+        raise InspectionInputError(f"design {design_material}: {exc}") from None
+    timings["design"] = time.perf_counter() - started
+
+    mark = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        segmentations = list(pool.map(lambda c: segment_scan(c.name, images[c.name], references[c.name]), cameras))
+    views = [View(calib, seg.mask) for calib, seg in zip(cameras, segmentations)]
+    timings["segment"] = time.perf_counter() - mark
+
+    notes: list[str] = []
+    metrics = None
+    alignment = None
+    drawn: dict[str, dict[str, np.ndarray]] = {}
+    mark = time.perf_counter()
+    try:
+        alignment = align(model, views)
+    except AlignmentError as exc:
+        notes.append(f"no part could be aligned: {exc}")
+    timings["align"] = time.perf_counter() - mark
+    if alignment is not None:
+        mark = time.perf_counter()
+        scale = fit_scale(model, views, alignment.pose)
+        metrics, drawn = compute_metrics(model, views, alignment, scale)
+        timings["metrics"] = time.perf_counter() - mark
+
+    criteria, machine, review, reasons = judge(profile, metrics)
+    report = InspectionReport(
+        scan=scan,
+        design_material=design_material,
+        profile=profile.name,
+        pose=None if alignment is None else [[round(float(v), 6) for v in row] for row in alignment.pose],
+        rest_pose_index=None if alignment is None else alignment.rest_index,
+        metrics=metrics,
+        criteria=criteria,
+        qc_machine=machine,
+        qc_needs_review=review,
+        qc_reasons=reasons,
+        notes=notes,
+    )
+    if out_dir is not None:
+        mark = time.perf_counter()
+        report.overlays = _write_overlays(Path(out_dir), images, views, drawn, report)
+        timings["overlays"] = time.perf_counter() - mark
+    timings["total"] = time.perf_counter() - started
+    report.timings_s = {k: round(v, 4) for k, v in timings.items()}
+    if out_dir is not None:
+        write_report(report, out_dir)
+    return report
+
+
+def _write_overlays(
+    out: Path, images: Mapping[str, np.ndarray], views: Sequence[View], drawn: dict[str, dict[str, np.ndarray]],
+    report: InspectionReport,
+) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    tiles, written = [], []
+    for view in views:
+        name = view.calib.name
+        tile = overlay(images[name], view.sdf_window, drawn.get(name), name)
+        path = out / f"overlay_{name}.png"
+        write_png(path, tile)
+        written.append(path.name)
+        tiles.append(tile)
+    verdict = "PASS" if report.qc_machine else "FAIL " + ", ".join(report.qc_reasons)
+    if report.qc_needs_review:
+        verdict += " (review)"
+    write_png(out / CONTACT_SHEET, contact_sheet(tiles, f"{report.design_material[:48]}  {verdict}"))
+    written.append(CONTACT_SHEET)
+    return written
+
+
+def read_image(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InspectionInputError(f"{path}: missing; the scan directory needs scan_camNN.png and empty_camNN.png per camera")
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InspectionInputError(f"{path}: not a readable image; store 8-bit grey PNGs")
+    if image.ndim == 3:
+        raise InspectionInputError(f"{path}: colour image; the station's cameras are Mono8, store 8-bit grey PNGs")
+    if image.dtype != np.uint8:
+        raise InspectionInputError(f"{path}: {image.dtype} pixels; store 8-bit grey PNGs")
+    return image
+
+
+def inspect_directory(
+    directory: Path | str,
+    design: Path | str,
+    units: Units = "mm",
+    calibration: Path | str = DEFAULT_CALIBRATION,
+    profile: str | Path = "default",
+    design_material: str | None = None,
+    cache_dir: Path | str | None = None,
+    write: bool = True,
+) -> InspectionReport:
+    """Inspect a scan directory (scan_cam0N.png, empty_cam0N.png) against a design mesh file; paths in, report out."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InspectionInputError(f"{directory}: no such scan directory")
+    cameras = load_rig(calibration)
+    images = {name: read_image(directory / f"scan_{name}.png") for name in RIG_CAMERAS}
+    references = {name: read_image(directory / f"empty_{name}.png") for name in RIG_CAMERAS}
+    mesh = load_mesh_mm(design, units)
+    scan = None
+    try:
+        scan = uuid.UUID(directory.name)
+    except ValueError:
+        pass
+    return inspect_scan(
+        images,
+        references,
+        cameras,
+        mesh,
+        design_material or Path(design).stem,
+        load_profile(profile),
+        cache_dir=cache_dir,
+        out_dir=directory if write else None,
+        scan=scan,
+    )

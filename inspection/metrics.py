@@ -1,0 +1,176 @@
+"""How the printed part differs from its design, in millimetres, from the five outlines at the found pose.
+
+Every number a profile can judge is computed here and named in `InspectionMetrics`, so adding a
+metric is one field and one line of computation, and a criterion can refer to it by name.
+Pixel measures become millimetres at the depth of the part in that camera.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from inspection.align import Alignment, View, transform
+from inspection.design_cache import DesignModel
+from inspection.regions import DEPTH_FLOOR_MM, Region, consistent_extra, reach_maps, regions
+from inspection.silhouette import silhouette
+
+TOP_MARGIN_MM = 3.0
+
+
+class CameraMetrics(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    camera: str = Field(description="Camera name.")
+    silhouette_iou: float = Field(description="Intersection over union of the segmented part and the model at the found pose.")
+    contour_p95_mm: float = Field(description="95th percentile of |outline deviation| in mm.")
+    contour_p99_mm: float = Field(description="99th percentile of |outline deviation| in mm.")
+    contour_max_mm: float = Field(description="Largest |outline deviation| in mm.")
+    missing_mm2: float = Field(description="Largest missing-material region in mm².")
+    extra_mm2: float = Field(description="Largest extra-material region in mm².")
+    visible_fraction: float = Field(description="Fraction of the model's outline inside the image.")
+    mm_per_px: float = Field(description="Scale at the part's depth.")
+
+
+class InspectionMetrics(BaseModel):
+    """Overall figures (what profiles judge) and the per-camera detail behind them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    silhouette_iou_min: float = Field(description="Worst camera's silhouette IoU.")
+    silhouette_iou_mean: float = Field(description="Mean silhouette IoU over cameras that see the part.")
+    contour_p95_mm: float = Field(description="95th percentile of |outline deviation| over all cameras, mm.")
+    contour_p99_mm: float = Field(description="99th percentile of |outline deviation| over all cameras, mm.")
+    contour_max_mm: float = Field(description="Largest |outline deviation|, mm.")
+    missing_material_mm2: float = Field(description="Largest missing-material region at least 0.3 mm deep seen by any camera, mm².")
+    missing_material_depth_mm: float = Field(description="Depth of the deepest missing-material region, mm.")
+    extra_material_mm2: float = Field(description="Largest extra-material region at least 0.3 mm high, consistent across cameras, mm².")
+    extra_material_depth_mm: float = Field(description="Depth of the deepest extra-material region, mm.")
+    scale_x_pct: float = Field(description="Scale deviation along the design's x axis, %.")
+    scale_y_pct: float = Field(description="Scale deviation along the design's y axis, %.")
+    scale_z_pct: float = Field(description="Scale deviation along the design's z axis, %.")
+    scale_max_abs_pct: float = Field(description="Largest |scale deviation| of the three axes, %.")
+    tilt_deg: float = Field(description="Angle between the found pose and the nearest stable resting pose, degrees.")
+    lift_mm: float = Field(description="Height of the part's lowest point above the tray (negative: below), mm.")
+    alignment_residual_mm: float = Field(description="Median |outline residual| of the fit, mm.")
+    alignment_inlier_fraction: float = Field(description="Fraction of outline points within 2 px of the photographed outline.")
+    visible_fraction: float = Field(description="Smallest fraction of the model's outline inside a camera's image.")
+    cameras_seeing_part: int = Field(description="Cameras in which a part was segmented.")
+    missing_regions: list[Region] = Field(default_factory=list, description="Missing-material regions, deepest first.")
+    extra_regions: list[Region] = Field(default_factory=list, description="Extra-material regions, deepest first.")
+    per_camera: list[CameraMetrics] = Field(default_factory=list, description="The same figures per camera.")
+
+
+def _mm_per_px(view: View, point_world: np.ndarray) -> float:
+    depth = float(view.calib.to_camera(point_world[None])[0, 2])
+    return depth / float(view.calib.K[0, 0])
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else 0.0
+
+
+def model_masks(model: DesignModel, views: Sequence[View], pose: np.ndarray) -> dict[str, np.ndarray]:
+    """Full-resolution model silhouettes inside each view's window (what overlays and metrics compare)."""
+    vertices = transform(pose, model.vertices)
+    return {v.calib.name: silhouette(v.calib, vertices, model.faces, v.sdf_window) > 0 for v in views if not v.empty}
+
+
+def compute_metrics(
+    model: DesignModel, views: Sequence[View], alignment: Alignment, scale: np.ndarray
+) -> tuple[InspectionMetrics, dict[str, dict[str, np.ndarray]]]:
+    """The metrics, and per camera the masks (model, missing, extra) the overlays draw."""
+    pose = alignment.pose
+    inverse = np.linalg.inv(pose)
+    centre = transform(pose, model.centroid[None])[0]
+    masks = model_masks(model, views, pose)
+    per_camera: list[CameraMetrics] = []
+    deviations: list[np.ndarray] = []
+    missing_regions: list[Region] = []
+    extra_regions: list[Region] = []
+    drawn: dict[str, dict[str, np.ndarray]] = {}
+    vertices = transform(pose, model.vertices)
+    z_range = (0.0, float(vertices[:, 2].max()) + TOP_MARGIN_MM)
+    for view in views:
+        if view.empty:
+            continue
+        name = view.calib.name
+        w = view.sdf_window
+        observed = view.mask[w.y0 : w.y0 + w.height, w.x0 : w.x0 + w.width]
+        model_mask = masks[name]
+        scale_mm = _mm_per_px(view, centre)
+        union = np.count_nonzero(observed | model_mask)
+        iou = np.count_nonzero(observed & model_mask) / union if union else 0.0
+        model_outline = alignment.residuals_px.get(name, np.zeros(0))
+        inside = model_mask.astype(np.uint8)
+        model_sdf = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5) - cv2.distanceTransform(inside, cv2.DIST_L2, 5)
+        edge = observed & ~cv2.erode(observed.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        observed_outline = model_sdf[edge]
+        deviation = np.abs(np.concatenate([model_outline, observed_outline])) * scale_mm
+        deviations.append(deviation)
+        missing = model_mask & ~observed
+        others = [v for v in views if v is not view and not v.empty]
+        extra = consistent_extra(observed & ~model_mask, view, others, z_range)
+        to_observed, to_model = reach_maps(model_mask, observed)
+        missing_here = [r for r in regions(missing, to_observed, view, scale_mm, inverse, centre) if r.depth_mm >= DEPTH_FLOOR_MM]
+        extra_here = [r for r in regions(extra, to_model, view, scale_mm, inverse, centre) if r.depth_mm >= DEPTH_FLOOR_MM]
+        missing_regions += missing_here
+        extra_regions += extra_here
+        visible = view.calib.visible(vertices, margin_px=2.0)
+        per_camera.append(
+            CameraMetrics(
+                camera=name,
+                silhouette_iou=round(iou, 4),
+                contour_p95_mm=round(_percentile(deviation, 95), 4),
+                contour_p99_mm=round(_percentile(deviation, 99), 4),
+                contour_max_mm=round(float(deviation.max()) if len(deviation) else 0.0, 4),
+                missing_mm2=max((r.area_mm2 for r in missing_here), default=0.0),
+                extra_mm2=max((r.area_mm2 for r in extra_here), default=0.0),
+                visible_fraction=round(float(visible.mean()), 4),
+                mm_per_px=round(scale_mm, 5),
+            )
+        )
+        drawn[name] = {"model": model_mask, "missing": missing, "extra": extra}
+    everything = np.concatenate(deviations) if deviations else np.zeros(0)
+    missing_regions.sort(key=lambda r: -r.depth_mm)
+    extra_regions.sort(key=lambda r: -r.depth_mm)
+    scale_pct = (np.asarray(scale) - 1.0) * 100.0
+    residuals = np.concatenate(list(alignment.residuals_px.values())) if alignment.residuals_px else np.zeros(0)
+    mean_scale = float(np.mean([c.mm_per_px for c in per_camera])) if per_camera else 0.0
+    metrics = InspectionMetrics(
+        silhouette_iou_min=min((c.silhouette_iou for c in per_camera), default=0.0),
+        silhouette_iou_mean=round(float(np.mean([c.silhouette_iou for c in per_camera])) if per_camera else 0.0, 4),
+        contour_p95_mm=round(_percentile(everything, 95), 4),
+        contour_p99_mm=round(_percentile(everything, 99), 4),
+        contour_max_mm=round(float(everything.max()) if len(everything) else 0.0, 4),
+        missing_material_mm2=max((r.area_mm2 for r in missing_regions), default=0.0),
+        missing_material_depth_mm=max((r.depth_mm for r in missing_regions), default=0.0),
+        extra_material_mm2=max((r.area_mm2 for r in extra_regions), default=0.0),
+        extra_material_depth_mm=max((r.depth_mm for r in extra_regions), default=0.0),
+        scale_x_pct=round(float(scale_pct[0]), 3),
+        scale_y_pct=round(float(scale_pct[1]), 3),
+        scale_z_pct=round(float(scale_pct[2]), 3),
+        scale_max_abs_pct=round(float(np.abs(scale_pct).max()), 3),
+        tilt_deg=round(tilt_deg(model, pose), 3),
+        lift_mm=round(float(vertices[:, 2].min()), 4),
+        alignment_residual_mm=round(float(np.median(np.abs(residuals))) * mean_scale if len(residuals) else math.inf, 4),
+        alignment_inlier_fraction=round(alignment.inlier_fraction, 4),
+        visible_fraction=min((c.visible_fraction for c in per_camera), default=0.0),
+        cameras_seeing_part=len(per_camera),
+        missing_regions=missing_regions[:10],
+        extra_regions=extra_regions[:10],
+        per_camera=per_camera,
+    )
+    return metrics, drawn
+
+
+def tilt_deg(model: DesignModel, pose: np.ndarray) -> float:
+    """How far the part's up direction is from that of the nearest stable resting pose: propped or stacked parts show it."""
+    up_now = pose[:3, :3].T @ np.array([0.0, 0.0, 1.0])
+    ups = model.all_rest_poses[:, :3, :3].transpose(0, 2, 1) @ np.array([0.0, 0.0, 1.0])
+    cosines = np.clip(ups @ up_now, -1.0, 1.0)
+    return math.degrees(math.acos(float(cosines.max())))

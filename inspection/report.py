@@ -1,0 +1,98 @@
+"""The inspection report: what was found, how it was judged, and why; the one artefact an operator reads.
+
+It is a pydantic model so the daemon can ship it across a process boundary and publish it as
+JSON without knowing its insides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from inspection.metrics import InspectionMetrics
+from inspection.profiles import Criterion, InspectionProfile, Reason, Verdict
+
+REPORT_NAME = "inspection_report.json"
+
+
+class CriterionResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field(description="Metric judged.")
+    comparator: str = Field(description="'<=' or '>='.")
+    threshold: float = Field(description="Limit of the profile.")
+    review_band: float = Field(description="Review band of the profile.")
+    value: float | None = Field(description="Measured value; null when it could not be measured.")
+    verdict: Verdict = Field(description="pass, review (passes but close to the limit) or fail.")
+    reason: Reason = Field(description="Reason reported when it fails.")
+
+
+class InspectionReport(BaseModel):
+    """One inspection of one scan against one design with one profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, description="This report's own id (UUID4).")
+    scan: uuid.UUID | None = Field(default=None, description="The scan inspected, when known.")
+    design_material: str = Field(description="Design the scan was compared against.")
+    profile: str = Field(description="Inspection profile name.")
+    created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc), description="When the inspection ran (UTC).")
+    pose: list[list[float]] | None = Field(
+        description="Part→tray 4×4 pose (mm) found by the fit; null when no part could be aligned."
+    )
+    rest_pose_index: int | None = Field(default=None, description="Stable resting pose the search started from.")
+    metrics: InspectionMetrics | None = Field(description="Measurements; null when no part could be aligned.")
+    criteria: list[CriterionResult] = Field(description="Every criterion of the profile with its value and verdict.")
+    qc_machine: bool = Field(description="True when every criterion passes.")
+    qc_needs_review: bool = Field(description="True when a value is in a review band or the alignment is uncertain.")
+    qc_reasons: list[Reason] = Field(description="Reasons of the failed criteria, each once, in profile order.")
+    notes: list[str] = Field(default_factory=list, description="Plain-language remarks (why evidence is insufficient, ...).")
+    timings_s: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
+    overlays: list[str] = Field(default_factory=list, description="Overlay image files written next to the report.")
+
+
+def judge(
+    profile: InspectionProfile, metrics: InspectionMetrics | None
+) -> tuple[list[CriterionResult], bool, bool, list[Reason]]:
+    results: list[CriterionResult] = []
+    for criterion in profile.criteria:
+        value = None if metrics is None else float(getattr(metrics, criterion.metric))
+        verdict: Verdict = "fail" if value is None else criterion.judge(value)
+        results.append(_result(criterion, value, verdict))
+    reasons: list[Reason] = []
+    for result in results if metrics is not None else []:
+        if result.verdict == "fail" and result.reason not in reasons:
+            reasons.append(result.reason)
+    if metrics is None and "insufficient_evidence" not in reasons:
+        reasons.insert(0, "insufficient_evidence")
+    machine = not reasons
+    review = any(r.verdict == "review" for r in results) or (
+        metrics is not None and metrics.alignment_inlier_fraction < profile.min_alignment_inlier_fraction
+    )
+    return results, machine, review, reasons
+
+
+def _result(criterion: Criterion, value: float | None, verdict: Verdict) -> CriterionResult:
+    return CriterionResult(
+        metric=criterion.metric,
+        comparator=criterion.comparator,
+        threshold=criterion.threshold,
+        review_band=criterion.review_band,
+        value=value,
+        verdict=verdict,
+        reason=criterion.reason,
+    )
+
+
+def write_report(report: InspectionReport, directory: Path | str) -> Path:
+    """Write atomically, so a reader (the daemon, an operator's viewer) never sees half a report."""
+    path = Path(directory) / REPORT_NAME
+    tmp = path.with_name(f".{REPORT_NAME}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,173 @@
+"""Which pixels of a scan show the part: a comparison with the same camera's empty-tray reference image.
+
+Brightness alone cannot decide it: a part face turned away from the lights can be as dark as the
+tray, and the part's own soft shadow darkens the tray as much as a dark face. What a shadow cannot
+do is replace the tray's texture (milling marks, speckle), so the local correlation with the
+reference is the second cue: high on tray, shadowed or not; near zero on the part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+BRIGHT_RATIO = 1.15
+DARK_RATIO = 0.35
+NCC_THRESHOLD = 0.25
+NCC_SIGMA_PX = 2.0
+SMOOTH_SIGMA_PX = 1.0
+NCC_TRAY = 0.6
+SCORE_SIGMA_PX = 1.5
+MAX_PINHOLE_PX = 300
+MIN_COMPONENT_PX = 400
+BORDER_PX = 2
+
+
+class SegmentationError(ValueError):
+    """Images that cannot be compared; the message names the camera, the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """The part mask of one camera and what it took to get it, for the report and for reuse by the fit."""
+
+    mask: np.ndarray
+    gain: float
+    area_px: int
+
+    @property
+    def empty(self) -> bool:
+        return self.area_px == 0
+
+
+def check_pair(name: str, image: np.ndarray, reference: np.ndarray, size: tuple[int, int] | None = None) -> None:
+    for what, array in (("scan image", image), ("empty-tray reference", reference)):
+        if not isinstance(array, np.ndarray) or array.ndim != 2:
+            shape = getattr(array, "shape", None)
+            raise SegmentationError(
+                f"{name}: {what} must be a 2-D 8-bit grey image, got shape {shape}; save the camera's Mono8 frame as is"
+            )
+    if image.shape != reference.shape:
+        raise SegmentationError(
+            f"{name}: scan image is {image.shape[1]}×{image.shape[0]} but its empty-tray reference is "
+            f"{reference.shape[1]}×{reference.shape[0]}; take the reference with the same camera settings"
+        )
+    if size is not None and (image.shape[1], image.shape[0]) != size:
+        raise SegmentationError(
+            f"{name}: image is {image.shape[1]}×{image.shape[0]} but the calibration is for {size[0]}×{size[1]}; "
+            "use this camera's own calibration or capture at full sensor resolution"
+        )
+
+
+def brightness_gain(image: np.ndarray, reference: np.ndarray) -> float:
+    """Global exposure/illumination change, from the median ratio: the part covers a small part of the view."""
+    step = 8
+    a = image[::step, ::step].astype(np.float32)
+    b = reference[::step, ::step].astype(np.float32)
+    usable = b > 10
+    if not np.any(usable):
+        return 1.0
+    return float(np.median(a[usable] / b[usable]))
+
+
+def segment(name: str, image: np.ndarray, reference: np.ndarray, roi: tuple[int, int, int, int] | None = None) -> Segmentation:
+    """Part mask (bool, full image size) of one camera.
+
+    `roi` (x0, y0, x1, y1) limits the work to where the part can be; outside it the mask is empty.
+    """
+    check_pair(name, image, reference)
+    gain = brightness_gain(image, reference)
+    height, width = image.shape
+    x0, y0, x1, y1 = roi if roi is not None else (0, 0, width, height)
+    pad = int(4 * NCC_SIGMA_PX) + 2
+    ax0, ay0, ax1, ay1 = max(x0 - pad, 0), max(y0 - pad, 0), min(x1 + pad, width), min(y1 + pad, height)
+    im = image[ay0:ay1, ax0:ax1].astype(np.float32)
+    ref = reference[ay0:ay1, ax0:ax1].astype(np.float32) * np.float32(gain)
+    local = _part_pixels(im, ref)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[ay0:ay1, ax0:ax1] = local
+    if roi is not None:
+        keep = np.zeros_like(mask)
+        keep[y0:y1, x0:x1] = True
+        mask &= keep
+    return Segmentation(mask, gain, int(mask.sum()))
+
+
+def _part_pixels(im: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    blur = lambda a, s: cv2.GaussianBlur(a, (0, 0), s)  # noqa: E731
+    smooth_im, smooth_ref = blur(im, SMOOTH_SIGMA_PX), blur(ref, SMOOTH_SIGMA_PX)
+    ratio = smooth_im / np.maximum(smooth_ref, 1.0)
+    weight = (ratio < BRIGHT_RATIO).astype(np.float32)
+    norm = np.maximum(blur(weight, NCC_SIGMA_PX), 1e-3)
+    wi, wr = weight * im, weight * ref
+    mi, mr = blur(wi, NCC_SIGMA_PX) / norm, blur(wr, NCC_SIGMA_PX) / norm
+    cov = blur(wi * ref, NCC_SIGMA_PX) / norm - mi * mr
+    var_i = blur(wi * im, NCC_SIGMA_PX) / norm - mi * mi
+    var_r = blur(wr * ref, NCC_SIGMA_PX) / norm - mr * mr
+    ncc = cov / np.sqrt(np.maximum(var_i * var_r, 1e-2))
+    textured = var_r > 1.0
+    bright = (ratio - 1.0) / (BRIGHT_RATIO - 1.0)
+    untextured = np.where(textured & (ratio > DARK_RATIO), (NCC_TRAY - ncc) / (NCC_TRAY - NCC_THRESHOLD), 0.0)
+    score = blur(np.clip(np.maximum(bright, untextured), 0.0, 2.0).astype(np.float32), SCORE_SIGMA_PX)
+    mask = (score > 1.0).astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    keep = np.zeros(count, dtype=bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= MIN_COMPONENT_PX
+    part = keep[labels]
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((~part).astype(np.uint8), connectivity=4)
+    pinholes = np.zeros(count, dtype=bool)
+    pinholes[1:] = stats[1:, cv2.CC_STAT_AREA] < MAX_PINHOLE_PX
+    return part | pinholes[labels]
+
+
+ROI_SCALE = 0.25
+ROI_CHANGE = 0.08
+ROI_MIN_PX = 12
+ROI_PAD_FRACTION = 0.15
+ROI_PAD_PX = 48
+
+
+def change_roi(image: np.ndarray, reference: np.ndarray, gain: float) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of everything that changed against the reference, found at quarter resolution.
+
+    Full-resolution segmentation costs a few hundred milliseconds per image, but the part and
+    its shadow cover a few percent of it; None when nothing changed (an empty tray).
+    """
+    size = (max(1, int(image.shape[1] * ROI_SCALE)), max(1, int(image.shape[0] * ROI_SCALE)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    small_ref = cv2.resize(reference, size, interpolation=cv2.INTER_AREA).astype(np.float32) * np.float32(gain)
+    ratio = cv2.GaussianBlur(small, (0, 0), 1.0) / np.maximum(cv2.GaussianBlur(small_ref, (0, 0), 1.0), 1.0)
+    changed = (np.abs(ratio - 1.0) > ROI_CHANGE).astype(np.uint8)
+    changed = cv2.morphologyEx(changed, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    count, _, stats, _ = cv2.connectedComponentsWithStats(changed, connectivity=8)
+    big = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= ROI_MIN_PX]
+    if not big:
+        return None
+    x0 = min(stats[i, cv2.CC_STAT_LEFT] for i in big) / ROI_SCALE
+    y0 = min(stats[i, cv2.CC_STAT_TOP] for i in big) / ROI_SCALE
+    x1 = max(stats[i, cv2.CC_STAT_LEFT] + stats[i, cv2.CC_STAT_WIDTH] for i in big) / ROI_SCALE
+    y1 = max(stats[i, cv2.CC_STAT_TOP] + stats[i, cv2.CC_STAT_HEIGHT] for i in big) / ROI_SCALE
+    pad_x = ROI_PAD_FRACTION * (x1 - x0) + ROI_PAD_PX
+    pad_y = ROI_PAD_FRACTION * (y1 - y0) + ROI_PAD_PX
+    height, width = image.shape
+    return (
+        int(max(0, x0 - pad_x)),
+        int(max(0, y0 - pad_y)),
+        int(min(width, x1 + pad_x)),
+        int(min(height, y1 + pad_y)),
+    )
+
+
+def segment_scan(name: str, image: np.ndarray, reference: np.ndarray) -> Segmentation:
+    """The part mask of one camera's scan; empty when nothing but noise differs from the reference."""
+    check_pair(name, image, reference)
+    gain = brightness_gain(image, reference)
+    roi = change_roi(image, reference, gain)
+    if roi is None:
+        return Segmentation(np.zeros(image.shape, dtype=bool), gain, 0)
+    return segment(name, image, reference, roi=roi)

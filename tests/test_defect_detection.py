@@ -1,0 +1,56 @@
+"""Defects put into a demo part with inspection.defects fail the default profile, each with its own reason.
+
+Sizes are what the default profile can catch today on the demo rig: segmentation noise along
+shadowed dark faces reaches ~2 mm (missing) and ~6 mm (extra) on intact parts, so the material
+limits sit at 3 mm depth / 40 mm² and 1 mm defects pass unseen (see benchmarks/inspection.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inspection.defects import Defect, apply_defect, defect_rng, settle
+from inspection.inspect import inspect_scan
+from inspection.profiles import load_profile
+from tests.inspection_scenes import design, empty, placed, renderer, rig
+
+NAME, SEED = "montageblok_mb80", 3
+
+
+def _inspect(spec: str, cache: Path):  # type: ignore[no-untyped-def]
+    pose, _ = placed(NAME, SEED)
+    mesh = design(NAME)
+    shown, _truth = apply_defect(mesh, Defect.parse(spec), defect_rng(SEED), pose=pose)
+    images = renderer().render(shown, settle(shown, pose), SEED)
+    return inspect_scan(images, empty(), rig(), mesh, NAME, load_profile("default"), cache_dir=cache)
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ("missing_slab:4", "missing_material"),
+        ("missing_chunk:4", "missing_material"),
+        ("extra_blob:8", "extra_material"),
+        ("scale:5", "dimensional_deviation"),
+        pytest.param(
+            "warp:6",
+            "warp",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="no warp metric yet: a bent part is fitted rigidly and its outline residual stays within intact noise",
+            ),
+        ),
+    ],
+)
+def test_a_defect_fails_the_default_profile_with_its_reason(spec: str, reason: str, tmp_path: Path) -> None:
+    report = _inspect(spec, tmp_path)
+    assert not report.qc_machine, f"{spec}: passed; {report.metrics}"
+    assert reason in report.qc_reasons, f"{spec}: {report.qc_reasons}"
+
+
+def test_the_same_part_intact_passes(tmp_path: Path) -> None:
+    _, images = placed(NAME, SEED)
+    report = inspect_scan(images, empty(), rig(), design(NAME), NAME, load_profile("default"), cache_dir=tmp_path)
+    assert report.qc_machine and report.qc_reasons == []
