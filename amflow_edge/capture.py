@@ -127,10 +127,11 @@ class CaptureLoop:
         scan_uuid = str(uuid.uuid1())
         with structlog.contextvars.bound_contextvars(scan=scan_uuid):
             try:
+                captured_at = datetime.now(timezone.utc)
                 self._driver.trigger()
                 shot = self._driver.grab(self._cfg.rig.grab_timeout_s)
                 check_shot(shot, self._cfg)
-                record = self._record(scan_uuid, trigger, shot)
+                record = self._record(scan_uuid, trigger, shot, captured_at)
                 path = self._store.write_scan(record, {n: f.image for n, f in shot.frames.items()})
             except (DriverError, StoreError) as exc:
                 self.scans_failed += 1
@@ -144,15 +145,18 @@ class CaptureLoop:
             except (DatabaseError, sqlite3.Error) as exc:
                 log.error("scan stored but not yet announced; it is announced at the next start", error=str(exc))
             if self._on_scan is not None:
-                self._on_scan(record)
+                try:
+                    self._on_scan(record)
+                except Exception:  # the scan is stored and announced whatever happens after
+                    log.exception("post-capture step failed")
             return CaptureResult(ok=True, uuid=scan_uuid)
 
-    def _record(self, scan_uuid: str, trigger: Trigger, shot: Shot) -> ScanRecord:
+    def _record(self, scan_uuid: str, trigger: Trigger, shot: Shot, captured_at: datetime) -> ScanRecord:
         session = self._cfg.session
         batch = Batch(id=session.batch_id, title=session.batch_title) if session.batch_id and session.batch_title else None
         scan = new_scan(
             uuid=scan_uuid,
-            created=trigger.at.astimezone(self._tz),
+            created=captured_at.astimezone(self._tz),
             scan_session=self._scan_session,
             camera_count=len(self._cfg.cameras),
             design_material=trigger.design_material,

@@ -121,9 +121,12 @@ class Station:
     def inspection_job(self, record: ScanRecord, profile: str | None = None) -> InspectionJob | None:
         design_material = design_of(record)
         reference_dir = self.store.reference_dir(record.scan.scan_session)
+        known = {d.design_material for d in self.library.designs}
         why = None
         if design_material is None:
             why = "the design is unknown (name it in the capture request)"
+        elif design_material not in known:
+            why = f"design {design_material} is not in the design library {self.cfg.designs.library}"
         elif not reference_dir.is_dir():
             why = f"no empty-tray references for session {record.scan.scan_session}"
         if why is not None or design_material is None:

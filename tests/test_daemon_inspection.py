@@ -116,3 +116,22 @@ def test_a_scan_left_uninspected_by_a_stop_is_inspected_at_the_next_start(tmp_pa
         station.shutdown()
         subscriber.close()
     assert quality["data"]["uuid"] == result.uuid and quality["data"]["inspectionreport"] is not None
+
+
+def test_a_design_missing_from_the_library_is_logged_and_the_scan_still_published(
+    tmp_path: Path, broker: Broker
+) -> None:
+    cfg = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}, "inspection": {"enabled": True}}))
+    subscriber = Subscriber(broker, [f"{PREFIX}/#"])
+    station = Station(cfg)
+    unknown = "0" * 40 + "_SLS_PA12_GREY"
+    try:
+        station.start(RunOptions())
+        result = station.loop.capture(Trigger(source="test", design_material=unknown))
+        assert result.ok
+        capture = json.loads(subscriber.next(topic=f"{PREFIX}/scan.capture").payload)["data"]
+        assert capture["design_material"] == unknown
+        assert station.inspection_job(station.events.record(result.uuid)) is None  # type: ignore[arg-type]
+    finally:
+        station.shutdown()
+        subscriber.close()
