@@ -122,6 +122,11 @@ class Relay:
                 self._on_progress()
 
     def _hand_over(self) -> None:
+        if not self._in_flight:
+            # Nothing awaits a PUBACK, so an unsent row behind us was replayed or refused: go back for it.
+            oldest = self._outbox.unsent(0, 1)
+            if oldest and oldest[0].seq <= self._handed_up_to:
+                self._handed_up_to = oldest[0].seq - 1
         room = min(self._window, self._mqtt.receive_maximum) - len(self._in_flight)
         if room <= 0:
             return

@@ -277,3 +277,25 @@ def test_prune_forgets_only_acknowledged_events_past_retention(tmp_path: Path) -
     stats = outbox.stats()
     assert (stats.sent, stats.backlog) == (1, 1)
     assert [row.seq for row in outbox.unsent(0, 10)] == [3]
+
+
+def test_replay_while_the_station_runs_sends_the_events_again(
+    tmp_path: Path, broker: Broker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from amflow_edge.cli import main
+
+    config = write_station(tmp_path, broker.port)
+    subscriber = Subscriber(broker, [CAPTURE_TOPIC])
+    station = Station(load_config(config))
+    try:
+        station.start(RunOptions())
+        assert station.loop.capture(Trigger(source="test")).ok
+        first = subscriber.next(topic=CAPTURE_TOPIC)
+        assert station.relay.drain(30)
+        assert main(["outbox", "replay", "--config", str(config), "--since", "10m"]) == 0
+        again = subscriber.next(topic=CAPTURE_TOPIC, timeout_s=10)
+        assert again.user_properties["event_id"] == first.user_properties["event_id"]
+        assert again.payload == first.payload
+    finally:
+        station.shutdown()
+        subscriber.close()
