@@ -12,7 +12,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
 
 import structlog
 
@@ -33,14 +32,12 @@ class Relay:
         mqtt: StationMqtt,
         window: int = 20,
         retention_s: float = 7 * 86400,
-        on_progress: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
         self._outbox = Outbox(db)
         self._mqtt = mqtt
         self._window = window
         self._retention_s = retention_s
-        self._on_progress = on_progress
         self._acks: queue.Queue[tuple[int, str | None]] = queue.Queue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -48,7 +45,6 @@ class Relay:
         self._handed_up_to = 0
         self._retry_at = 0.0
         self._thread: threading.Thread | None = None
-        self.heartbeat = time.monotonic()
         mqtt.on_published = self._acked
 
     def wake(self) -> None:
@@ -83,7 +79,6 @@ class Relay:
         self._db.connection().execute("PRAGMA synchronous=NORMAL")
         last_prune = 0.0
         while not self._stop.is_set():
-            self.heartbeat = time.monotonic()
             try:
                 self._settle_acks()
                 if self._mqtt.connected.is_set() and time.monotonic() >= self._retry_at:
@@ -118,8 +113,6 @@ class Relay:
             self._retry_at = time.monotonic() + _RETRY_AFTER_REFUSAL_S
         if sent:
             self._outbox.mark_sent(sent)
-            if self._on_progress is not None:
-                self._on_progress()
 
     def _hand_over(self) -> None:
         if not self._in_flight:
