@@ -11,7 +11,7 @@ import threading
 import structlog
 
 from amflow_edge.config import OutboxSettings
-from amflow_edge.outbox import Outbox
+from amflow_edge.outbox import Outbox, OutboxStats
 
 log = structlog.get_logger(__name__)
 
@@ -23,9 +23,9 @@ class BacklogGuard:
         self._lock = threading.Lock()
         self._reason: str | None = None
 
-    def reason(self) -> str | None:
+    def reason(self, stats: OutboxStats | None = None) -> str | None:
         """Why capture must wait now, or None; re-evaluated on every call, so capture resumes by itself."""
-        stats = self._outbox.stats()
+        stats = stats if stats is not None else self._outbox.stats()
         limit, max_age = self._settings.max_backlog_events, self._settings.max_backlog_age_s
         age = stats.oldest_unsent_age_s or 0.0
         with self._lock:

@@ -22,22 +22,19 @@ from amflow_edge.backlog import BacklogGuard
 from amflow_edge.capture import CaptureLoop, Trigger
 from amflow_edge.commands import CommandHandler
 from amflow_edge.config import StationConfig
-from amflow_edge.db import StationDb
+from amflow_edge.db import DB_FILE, StationDb
 from amflow_edge.events import Events
 from amflow_edge.mqtt import StationMqtt
 from amflow_edge.outbox import Outbox
 from amflow_edge.record import ScanRecord
 from amflow_edge.relay import Relay
 from amflow_edge.state import StationState
-from amflow_edge.store import ScanStore
 from amflow_edge.inspector import InspectionJob, Inspector, design_of
+from amflow_edge.store import ScanStore
 from drivers.base import CameraDriver, DriverError, ReferenceSource
 from inspection.designs import DesignLibrary
 
 log = structlog.get_logger(__name__)
-
-DB_FILE = "station.db"
-
 
 def make_driver(cfg: StationConfig, library: DesignLibrary) -> CameraDriver:
     if cfg.rig.driver == "mock":
@@ -85,7 +82,8 @@ class Station:
         self._state_interval_s = 30.0
 
     def state(self) -> StationState:
-        paused = self.guard.reason()
+        outbox = self.outbox.stats()
+        paused = self.guard.reason(outbox)
         mode = "paused" if paused and self._mode == "running" else self._mode
         disk = os.statvfs(self.store.scans_dir)
         return StationState(
@@ -94,7 +92,7 @@ class Station:
             mode=mode,  # type: ignore[arg-type]
             paused_reason=paused,
             broker_connected=self.mqtt.connected.is_set(),
-            outbox=self.outbox.stats(),
+            outbox=outbox,
             disk_free_bytes=disk.f_bavail * disk.f_frsize,
             driver=self.cfg.rig.driver,
             scan_session=self.scan_session,
@@ -121,18 +119,15 @@ class Station:
     def inspection_job(self, record: ScanRecord, profile: str | None = None) -> InspectionJob | None:
         design_material = design_of(record)
         reference_dir = self.store.reference_dir(record.scan.scan_session)
-        known = {d.design_material for d in self.library.designs}
-        why = None
-        if design_material is None:
-            why = "the design is unknown (name it in the capture request)"
-        elif design_material not in known:
-            why = f"design {design_material} is not in the design library {self.cfg.designs.library}"
-        elif not reference_dir.is_dir():
-            why = f"no empty-tray references for session {record.scan.scan_session}"
-        if why is not None or design_material is None:
-            log.warning("scan not inspected", scan=record.scan.uuid, reason=why)
+        try:
+            if design_material is None:
+                raise LookupError("the design is unknown (name it in the capture request)")
+            design = self.library.get(design_material)
+            if not reference_dir.is_dir():
+                raise LookupError(f"no empty-tray references for session {record.scan.scan_session}")
+        except LookupError as exc:  # UnknownDesignError is one
+            log.warning("scan not inspected", scan=record.scan.uuid, reason=str(exc))
             return None
-        design = self.library.get(design_material)
         return InspectionJob(
             scan_uuid=record.scan.uuid,
             scan_dir=self.store.scan_dir(record.scan.uuid),
@@ -140,7 +135,7 @@ class Station:
             calibrations={c.name: c.calibration for c in self.cfg.cameras},
             design_path=design.path,
             units=design.units,
-            design_material=design_material,
+            design_material=design.design_material,
             profile=profile or self.cfg.inspection.profile,
             cache_dir=self.cfg.station.state_dir / "design_cache",
         )
@@ -161,18 +156,18 @@ class Station:
             and r.scan.qc_operator is None and design_of(r) is not None
         ]
         for record in pending:
-            job = self.inspection_job(record)
-            if job is not None:
-                self.inspector.submit(job)
+            self._inspect(record)
         if pending:
             log.info("inspecting scans left uninspected by the last stop", count=len(pending))
         return len(pending)
 
+    def _inspect(self, record: ScanRecord) -> None:
+        job = self.inspection_job(record) if self.inspector is not None else None
+        if job is not None and self.inspector is not None:
+            self.inspector.submit(job)
+
     def _after_scan(self, record: ScanRecord) -> None:
-        if self.inspector is not None:
-            job = self.inspection_job(record)
-            if job is not None:
-                self.inspector.submit(job)
+        self._inspect(record)
         self.publish_state()
         if self._max_scans is not None and self.loop.scans_stored >= self._max_scans:
             log.info("captured the requested number of scans; stopping", scans=self.loop.scans_stored)
