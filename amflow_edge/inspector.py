@@ -69,10 +69,16 @@ def _cameras(calibrations: tuple[tuple[str, str], ...]):  # type: ignore[no-unty
     return [load_calibration(path) for _, path in calibrations]
 
 
-def run_job(job_json: str) -> str:
-    """Runs in the worker process; meshes and calibrations stay loaded between scans."""
-    from inspection.inspect import inspect_scan, read_image
+@lru_cache(maxsize=4)
+def _profile(name_or_path: str):  # type: ignore[no-untyped-def]
     from inspection.profiles import load_profile
+
+    return load_profile(name_or_path)
+
+
+def run_job(job_json: str) -> str:
+    """Runs in the worker process; meshes, calibrations and profiles stay loaded between scans."""
+    from inspection.inspect import inspect_scan, read_image
 
     job = InspectionJob.model_validate_json(job_json)
     names = sorted(job.calibrations)
@@ -85,7 +91,7 @@ def run_job(job_json: str) -> str:
         cameras,
         _mesh(str(job.design_path), job.units),
         job.design_material,
-        load_profile(job.profile),
+        _profile(job.profile),
         cache_dir=job.cache_dir,
         out_dir=job.scan_dir,
         scan=job.scan_uuid,
@@ -98,7 +104,6 @@ class Inspector:
         self._events = events
         self._tz = ZoneInfo(timezone)
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-        self.inspected = 0
 
     def submit(self, job: InspectionJob) -> Future[str]:
         future = self._pool.submit(run_job, job.model_dump_json())
@@ -117,31 +122,26 @@ class Inspector:
         from inspection.report import InspectionReport
 
         report = InspectionReport.model_validate_json(report_json)
-        now = timestamp(datetime.now(self._tz))
-        record = self._events.update_scan(
-            scan_uuid,
-            "scan.quality_control",
-            lambda r: r.model_copy(
-                update={
-                    "scan": with_machine_verdict(
-                        r.scan, now, str(report.id), report.qc_machine, report.qc_needs_review, list(report.qc_reasons)
-                    )
-                }
-            ),
+        record = self._set_verdict(
+            scan_uuid, str(report.id), report.qc_machine, report.qc_needs_review, list(report.qc_reasons)
         )
-        self.inspected += 1
         log.info("scan inspected", scan=scan_uuid, qc_machine=report.qc_machine,
                  qc_needs_review=report.qc_needs_review, qc_reasons=list(report.qc_reasons))
         return record
 
     def apply_failure(self, scan_uuid: str) -> ScanRecord:
         """No verdict could be reached: a human must look, and the plant is told so."""
+        return self._set_verdict(scan_uuid, None, None, True, ["insufficient_evidence"])
+
+    def _set_verdict(
+        self, scan_uuid: str, report_id: str | None, qc_machine: bool | None, needs_review: bool, reasons: list[str]
+    ) -> ScanRecord:
         now = timestamp(datetime.now(self._tz))
         return self._events.update_scan(
             scan_uuid,
             "scan.quality_control",
             lambda r: r.model_copy(
-                update={"scan": with_machine_verdict(r.scan, now, None, None, True, ["insufficient_evidence"])}
+                update={"scan": with_machine_verdict(r.scan, now, report_id, qc_machine, needs_review, reasons)}
             ),
         )
 
