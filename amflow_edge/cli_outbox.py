@@ -19,8 +19,7 @@ EXIT_CONFIG = 2
 @contextmanager
 def _outbox(config: Path) -> Iterator[Outbox | None]:
     from amflow_edge.cli import load_or_report
-    from amflow_edge.daemon import DB_FILE
-    from amflow_edge.db import StationDb
+    from amflow_edge.db import DB_FILE, StationDb
 
     cfg = load_or_report(config)
     if cfg is None:

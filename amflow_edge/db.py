@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 SCHEMA_VERSION = 1
+DB_FILE = "station.db"  # in station.state_dir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scans (

@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,11 +15,11 @@ import pytest
 
 from amflow_edge.capture import Trigger
 from amflow_edge.config import load_config
-from amflow_edge.daemon import DB_FILE, RunOptions, Station
-from amflow_edge.db import StationDb
+from amflow_edge.daemon import RunOptions, Station
+from amflow_edge.db import DB_FILE, StationDb
 from amflow_edge.outbox import Outbox
 from amflow_edge.record import ScanRecord
-from amflow_edge.store import RECORD_FILE, ScanStore
+from amflow_edge.store import RECORD_FILE
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.station_files import write_station
 
