@@ -18,11 +18,14 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import trimesh
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if TYPE_CHECKING:
+    import trimesh
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +36,19 @@ MIN_EXTENT_MM = 1.0
 MAX_EXTENT_MM = 1000.0
 _TYPICAL_PART_MM = 50.0
 
-MESH_FORMATS: dict[str, str] = {".stl": "stl", ".obj": "obj", ".ply": "ply"}
-if "3mf" in trimesh.available_formats():
-    MESH_FORMATS[".3mf"] = "3mf"
+_BASIC_FORMATS: dict[str, str] = {".stl": "stl", ".obj": "obj", ".ply": "ply"}
+
+
+@lru_cache(maxsize=1)
+def mesh_formats() -> dict[str, str]:
+    """Suffix → trimesh file type; 3MF only where trimesh can read it. Imports trimesh, so asked for lazily:
+    loading a library (check-config, daemon start) only hashes files and need not pay for it."""
+    import trimesh
+
+    formats = dict(_BASIC_FORMATS)
+    if "3mf" in trimesh.available_formats():
+        formats[".3mf"] = "3mf"
+    return formats
 
 _TOKEN = re.compile(r"[A-Z0-9]+")
 DESIGN_MATERIAL_PATTERN = re.compile(r"[0-9a-f]{40}_[A-Z0-9]+_[A-Z0-9]+_[A-Z0-9]+")
@@ -124,8 +137,11 @@ def design_material_id(path: Path | str, process: str, material: str, colour: st
             _check_token(value, example)
         except ValueError as exc:
             raise ValueError(f"{path}: {what} {exc}") from None
-    digest = hashlib.sha1(_read_mesh_bytes(Path(path))).hexdigest()
-    return f"{digest}_{process}_{material}_{colour}"
+    return _id_from_bytes(_read_mesh_bytes(Path(path)), process, material, colour)
+
+
+def _id_from_bytes(data: bytes, process: str, material: str, colour: str) -> str:
+    return f"{hashlib.sha1(data).hexdigest()}_{process}_{material}_{colour}"
 
 
 def _read_mesh_bytes(path: Path) -> bytes:
@@ -140,9 +156,9 @@ def _read_mesh_bytes(path: Path) -> bytes:
 
 
 def _file_type(path: Path) -> str:
-    file_type = MESH_FORMATS.get(path.suffix.lower())
+    file_type = _BASIC_FORMATS.get(path.suffix.lower()) or mesh_formats().get(path.suffix.lower())
     if file_type is None:
-        supported = ", ".join(sorted(MESH_FORMATS))
+        supported = ", ".join(sorted(mesh_formats()))
         suffix = path.suffix or "(no suffix)"
         raise MeshError(path, f"unsupported mesh format {suffix!r}", f"export the design as one of {supported}")
     return file_type
@@ -168,6 +184,8 @@ def _mesh_from_bytes(data: bytes, path: Path, file_type: str, units: str) -> tri
 
 
 def _parse(data: bytes, path: Path, file_type: str) -> trimesh.Trimesh:
+    import trimesh
+
     kind = file_type.upper()
     export_again = f"export the design again as {kind}"
     if not data:
@@ -191,6 +209,8 @@ def _parse(data: bytes, path: Path, file_type: str) -> trimesh.Trimesh:
 
 
 def _clean_and_repair(mesh: trimesh.Trimesh, path: Path) -> list[str]:
+    import trimesh
+
     repairs: list[str] = []
     mesh.merge_vertices()
     faces_before = len(mesh.faces)
@@ -422,7 +442,7 @@ def _design_from_table(table: dict[str, Any], label: str, folder: Path, problems
     if entry is None or data is None:
         return None
     mesh_path = folder / entry.file
-    design_material = f"{hashlib.sha1(data).hexdigest()}_{entry.process}_{entry.material}_{entry.colour}"
+    design_material = _id_from_bytes(data, entry.process, entry.material, entry.colour)
     return Design(
         design_material=design_material,
         title=entry.title,
