@@ -23,7 +23,6 @@ from inspection.design_cache import DesignModel
 from inspection.silhouette import (
     Window,
     bounding_window,
-    rasterize,
     silhouette,
     silhouette_edge_points,
     to_scaled,

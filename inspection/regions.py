@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
-from scipy import ndimage
 from pydantic import BaseModel, ConfigDict, Field
 
 from inspection.align import EDGE_BIAS_PX, View, transform

@@ -22,7 +22,6 @@ NCC_TRAY = 0.6
 SCORE_SIGMA_PX = 1.5
 MAX_PINHOLE_PX = 300
 MIN_COMPONENT_PX = 400
-BORDER_PX = 2
 
 
 class SegmentationError(ValueError):

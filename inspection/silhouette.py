@@ -47,10 +47,6 @@ def full_window(calib: CameraCalibration, scale: float) -> Window:
     return Window(0, 0, int(round(calib.image_width * scale)), int(round(calib.image_height * scale)), scale)
 
 
-def project_vertices(calib: CameraCalibration, vertices_world: np.ndarray) -> np.ndarray:
-    return calib.project(vertices_world)
-
-
 def front_faces(calib: CameraCalibration, vertices_world: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Indices of triangles facing the camera; the union of these alone is the silhouette of a closed mesh."""
     tri = vertices_world[faces]
