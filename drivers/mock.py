@@ -313,18 +313,7 @@ class MockDriver:
         self._grabbed += 1
         if self._settings.fail_camera is not None and any(c.name == self._settings.fail_camera for c in self._cameras):
             raise GrabError(self._settings.fail_camera, "no frame (failure injected by mock.fail_camera)")
-        frames = {
-            camera.name: Frame(
-                camera=camera.name,
-                image=scene.images[camera.name],
-                timestamp=triggered_at,
-                serial=camera.serial,
-                exposure_us=camera.exposure_us,
-                gain_db=camera.gain_db,
-            )
-            for camera in self._cameras
-        }
-        return Shot(frames=frames, metadata=scene.metadata())
+        return Shot(frames=self._frames(scene.images, triggered_at), metadata=scene.metadata())
 
     def grab_reference(self, timeout_s: float) -> Shot:
         """The empty tray as every camera sees it, for inspection's per-camera background."""
@@ -333,18 +322,20 @@ class MockDriver:
         now = datetime.now(timezone.utc)
         with self._render_lock:
             images = self._renderer.render(None, None, scene_seed(self._settings.seed, _REFERENCE_INDEX))
-        frames = {
+        return Shot(frames=self._frames(images, now), metadata={"mock_scene": None})
+
+    def _frames(self, images: dict[str, np.ndarray], timestamp: datetime) -> dict[str, Frame]:
+        return {
             camera.name: Frame(
                 camera=camera.name,
                 image=images[camera.name],
-                timestamp=now,
+                timestamp=timestamp,
                 serial=camera.serial,
                 exposure_us=camera.exposure_us,
                 gain_db=camera.gain_db,
             )
             for camera in self._cameras
         }
-        return Shot(frames=frames, metadata={"mock_scene": None})
 
     def _next_scene(self, camera: str, timeout_s: float) -> _Scene:
         if self._pool:
