@@ -21,8 +21,9 @@ import structlog
 from amflow_edge import __version__
 from amflow_edge.config import StationConfig
 from amflow_edge.db import DatabaseError
-from amflow_edge.payload import Batch, new_scan, timestamp
+from amflow_edge.payload import Assignment, new_scan, timestamp
 from amflow_edge.record import CameraShotRecord, ScanRecord, StationMetadata
+from amflow_edge.session import ScanningSession
 from amflow_edge.store import ScanStore, StoreError, image_file
 from drivers.base import CameraDriver, DriverError, Shot
 
@@ -41,7 +42,16 @@ class Trigger:
     source: str
     at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     design_material: str | None = None
+    assignment: Assignment | None = None
     done: Callable[[CaptureResult], None] | None = None
+
+
+@dataclass
+class CameraTask:
+    """Work that needs the cameras to itself between scans (empty-tray references at a session change)."""
+
+    name: str
+    run: Callable[[], None]
 
 
 class FrameError(DriverError):
@@ -76,7 +86,7 @@ class CaptureLoop:
         driver: CameraDriver,
         store: ScanStore,
         announce: Callable[[ScanRecord], object],
-        scan_session: str,
+        session: Callable[[], ScanningSession],
         on_scan: Callable[[ScanRecord], None] | None = None,
         paused: Callable[[], str | None] = lambda: None,
     ) -> None:
@@ -85,9 +95,9 @@ class CaptureLoop:
         self._store = store
         self._announce = announce
         self._paused = paused
-        self._scan_session = scan_session
+        self._session = session
         self._tz = ZoneInfo(cfg.station.timezone)
-        self._triggers: queue.Queue[Trigger] = queue.Queue(maxsize=8)
+        self._triggers: queue.Queue[Trigger | CameraTask] = queue.Queue(maxsize=8)
         self._on_scan = on_scan
         self.scans_stored = 0
         self.scans_failed = 0
@@ -104,11 +114,25 @@ class CaptureLoop:
                 trigger.done(CaptureResult(ok=False, error="station busy: too many captures queued"))
             return False
 
+    def submit_task(self, task: CameraTask) -> bool:
+        try:
+            self._triggers.put_nowait(task)
+            return True
+        except queue.Full:
+            log.warning("camera task refused: captures are queued up", task=task.name)
+            return False
+
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 trigger = self._triggers.get(timeout=0.2)
             except queue.Empty:
+                continue
+            if isinstance(trigger, CameraTask):
+                try:
+                    trigger.run()
+                except Exception:
+                    log.exception("camera task failed", task=trigger.name)
                 continue
             try:
                 result = self.capture(trigger)
@@ -152,15 +176,16 @@ class CaptureLoop:
             return CaptureResult(ok=True, uuid=scan_uuid)
 
     def _record(self, scan_uuid: str, trigger: Trigger, shot: Shot, captured_at: datetime) -> ScanRecord:
-        session = self._cfg.session
-        batch = Batch(id=session.batch_id, title=session.batch_title) if session.batch_id and session.batch_title else None
+        session = self._session()
         scan = new_scan(
             uuid=scan_uuid,
             created=captured_at.astimezone(self._tz),
-            scan_session=self._scan_session,
+            scan_session=session.scan_session,
             camera_count=len(self._cfg.cameras),
             design_material=trigger.design_material,
-            batch=batch,
+            batch=session.batch,
+            assignment=trigger.assignment,
+            output=session.output,
         )
         cameras = {}
         for camera in self._cfg.cameras:

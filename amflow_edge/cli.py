@@ -52,11 +52,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def _startup_errors() -> tuple[type[Exception], ...]:
     from amflow_edge.db import DatabaseError
     from amflow_edge.mqtt import MqttSetupError
+    from amflow_edge.panel.errors import PanelConfigError
+    from amflow_edge.qc_reasons import ReasonCatalogueError
     from amflow_edge.store import StoreError
     from drivers.base import DriverError
     from inspection.designs import DesignError
 
-    return (DriverError, DatabaseError, MqttSetupError, StoreError, DesignError)
+    return (DriverError, DatabaseError, MqttSetupError, StoreError, DesignError, PanelConfigError, ReasonCatalogueError)
 
 
 def _station(cfg: StationConfig) -> Station | None:
@@ -156,9 +158,10 @@ def cmd_reevaluate(args: argparse.Namespace) -> int:
         if record is None:
             print(f"scan {args.scan!r} is not known to this station (see {station.store.scans_dir})", file=sys.stderr)
             return EXIT_FAILED
-        job = station.inspection_job(record, profile=args.profile)
-        if job is None:
-            print(f"scan {args.scan} cannot be inspected (see the log line above)", file=sys.stderr)
+        try:
+            job = station.inspection_job(record, profile=args.profile)
+        except LookupError as exc:
+            print(f"scan {args.scan} cannot be inspected: {exc}", file=sys.stderr)
             return EXIT_FAILED
         try:
             updated = station.inspector.apply(args.scan, run_job(job.model_dump_json()))

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from amflow_edge.config_qc import QcSettings
 from drivers.base import CAMERA_NAMES, CameraSettings
 from drivers.mock import MockDriverSettings
 
@@ -59,6 +60,11 @@ class DesignsSettings(BaseModel):
     model_config = _STRICT
 
     library: Path = Field(description="Design library TOML: design_material id → mesh file, units, material.")
+    batch_meshes: Path | None = Field(
+        default=None,
+        description="Folder of the mesh files a session request may name (the MES drops them here); "
+        "default the library's folder. Requests cannot reach files outside it.",
+    )
 
 
 class TlsSettings(BaseModel):
@@ -205,6 +211,9 @@ class StationConfig(BaseSettings):
         default_factory=InspectionSettings, description="Automated inspection of scans against their design."
     )
     session: SessionSettings = Field(default_factory=SessionSettings, description="Scanning session defaults.")
+    qc: QcSettings = Field(
+        default_factory=QcSettings, description="Operator decisions: policy, reason catalogue, buttons and lamps."
+    )
 
     @field_validator("cameras")
     @classmethod
@@ -276,14 +285,24 @@ def _with_resolved_paths(cfg: StationConfig, base: Path) -> StationConfig:
     station = cfg.station.model_copy(
         update={"data_root": _resolve(base, cfg.station.data_root), "state_dir": _resolve(base, cfg.station.state_dir)}
     )
-    designs = cfg.designs.model_copy(update={"library": _resolve(base, cfg.designs.library)})
+    designs = cfg.designs.model_copy(
+        update={
+            "library": _resolve(base, cfg.designs.library),
+            "batch_meshes": _resolve(base, cfg.designs.batch_meshes) if cfg.designs.batch_meshes else None,
+        }
+    )
     mqtt = cfg.mqtt
     if mqtt.tls is not None:
         tls = mqtt.tls.model_copy(
             update={k: _resolve(base, v) for k, v in mqtt.tls.model_dump().items() if v is not None}
         )
         mqtt = mqtt.model_copy(update={"tls": tls})
-    return cfg.model_copy(update={"cameras": cameras, "station": station, "designs": designs, "mqtt": mqtt})
+    qc = cfg.qc
+    if qc.reasons is not None:
+        qc = qc.model_copy(update={"reasons": _resolve(base, qc.reasons)})
+    return cfg.model_copy(
+        update={"cameras": cameras, "station": station, "designs": designs, "mqtt": mqtt, "qc": qc}
+    )
 
 
 def load_config(path: Path) -> StationConfig:

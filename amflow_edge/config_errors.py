@@ -81,6 +81,19 @@ def file_problems(cfg: StationConfig) -> list[str]:
         load_profile(cfg.inspection.profile)
     except ProfileError as exc:
         problems.append(f"inspection.profile: {exc}")
+    from amflow_edge.qc_reasons import ReasonCatalogueError, load_reasons
+
+    try:
+        load_reasons(cfg.qc.reasons)
+    except ReasonCatalogueError as exc:
+        problems.append(f"qc.reasons: {exc}")
+    from amflow_edge.panel.errors import PanelConfigError
+    from amflow_edge.panel.factory import make_button_sources
+
+    try:
+        make_button_sources(cfg.qc.buttons)
+    except PanelConfigError as exc:
+        problems.append(f"qc.buttons: {exc}")
     if cfg.mqtt.tls is not None:
         for key, value in cfg.mqtt.tls.model_dump().items():
             if value is not None and not value.is_file():

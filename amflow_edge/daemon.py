@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,16 +22,22 @@ from amflow_edge.capture import CaptureLoop, Trigger
 from amflow_edge.commands import CommandHandler
 from amflow_edge.config import StationConfig
 from amflow_edge.db import DB_FILE, StationDb
+from amflow_edge.decisions import Decisions
 from amflow_edge.events import Events
+from amflow_edge.inspector import InspectionJob, Inspector, design_of
 from amflow_edge.mqtt import StationMqtt
 from amflow_edge.outbox import Outbox
+from amflow_edge.panel.base import ButtonSource, Lamps
+from amflow_edge.panel.operator import OperatorPanel
+from amflow_edge.qc_reasons import load_reasons
 from amflow_edge.record import ScanRecord
 from amflow_edge.relay import Relay
+from amflow_edge.session import ScanningSession, SessionKeeper
 from amflow_edge.state import StationState
-from amflow_edge.inspector import InspectionJob, Inspector, design_of
+from amflow_edge.station_commands import StationCommands, resolve_designs
 from amflow_edge.store import ScanStore
 from drivers.base import CameraDriver, DriverError, ReferenceSource
-from inspection.designs import DesignLibrary
+from inspection.designs import Design, DesignLibrary
 
 log = structlog.get_logger(__name__)
 
@@ -53,10 +58,18 @@ class RunOptions:
 
 
 class Station:
-    def __init__(self, cfg: StationConfig, driver: CameraDriver | None = None) -> None:
+    def __init__(
+        self,
+        cfg: StationConfig,
+        driver: CameraDriver | None = None,
+        buttons: list[ButtonSource] | None = None,
+        lamps: Lamps | None = None,
+    ) -> None:
+        from amflow_edge.panel.factory import make_button_sources, make_lamps
+
         self.cfg = cfg
         self.stop_event = threading.Event()
-        self.scan_session = cfg.session.scan_session or str(uuid.uuid4())
+        self.sessions = SessionKeeper(cfg)
         capture = cfg.capture
         self.store = ScanStore(
             cfg.station.data_root, capture.png_compression, capture.png_strategy, capture.png_filter, capture.encode_threads
@@ -68,12 +81,29 @@ class Station:
         self.events = Events(cfg, self.db, self.relay.wake, mirror=self.store.update_record)
         self.guard = BacklogGuard(self.outbox, cfg.outbox)
         self.library = DesignLibrary.load(cfg.designs.library)
+        self._session_designs: list[Design] = []
         self.driver = driver if driver is not None else make_driver(cfg, self.library)
         self.inspector = Inspector(self.events, cfg.station.timezone) if cfg.inspection.enabled else None
-        self.loop = CaptureLoop(
-            cfg, self.driver, self.store, self.events.scan_stored, self.scan_session, self._after_scan, self.guard.reason
+        self.decisions = Decisions(self.events, load_reasons(cfg.qc.reasons), cfg.station.timezone)
+        self.panel = OperatorPanel(
+            self.decisions,
+            lamps if lamps is not None else make_lamps(cfg.qc.lamps),
+            cfg.qc.policy,
+            cfg.qc.lockout_s,
+            on_change=self.publish_state,
         )
-        self.mqtt.set_request_handler(CommandHandler(self.loop.submit, self.mqtt.respond))
+        self.events.listen(self.panel.scan_event)
+        self.buttons = buttons if buttons is not None else make_button_sources(cfg.qc.buttons)
+        self.loop = CaptureLoop(
+            cfg,
+            self.driver,
+            self.store,
+            self.events.scan_stored,
+            lambda: self.sessions.current,
+            self._after_scan,
+            self.guard.reason,
+        )
+        self.mqtt.set_request_handler(CommandHandler(StationCommands(self).handlers(), self.mqtt.respond))
         self.mqtt.on_connected = self.publish_state
         self._threads: list[threading.Thread] = []
         self._max_scans: int | None = None
@@ -86,6 +116,7 @@ class Station:
         paused = self.guard.reason(outbox)
         mode = "paused" if paused and self._mode == "running" else self._mode
         disk = os.statvfs(self.store.scans_dir)
+        session = self.sessions.current
         return StationState(
             station=self.cfg.station.id,
             version=__version__,
@@ -95,39 +126,57 @@ class Station:
             outbox=outbox,
             disk_free_bytes=disk.f_bavail * disk.f_frsize,
             driver=self.cfg.rig.driver,
-            scan_session=self.scan_session,
+            scan_session=session.scan_session,
+            batch=session.batch,
+            output=session.output,
+            operator=self.panel.view(),
             cameras=self.driver.health(),
             scans_stored=self.loop.scans_stored,
             scans_failed=self.loop.scans_failed,
             last_scan=self.loop.last_scan,
         )
 
+    @property
+    def scan_session(self) -> str:
+        return self.sessions.current.scan_session
+
     def publish_state(self) -> None:
         self._last_state = time.monotonic()
         if self.mqtt.connected.is_set():
             self.mqtt.publish(self.mqtt.state_topic, self.state().model_dump_json().encode(), retain=True)
 
-    def capture_reference(self) -> None:
+    def designs(self) -> DesignLibrary:
+        """The design library plus the active session's designs."""
+        return self.library.with_designs(self._session_designs)
+
+    def capture_reference(self, scan_session: str | None = None) -> None:
         """The session's empty-tray images, which inspection compares every scan with."""
         if not isinstance(self.driver, ReferenceSource):
             log.warning("this camera driver cannot take empty-tray references; scans are not inspected")
             return
         shot = self.driver.grab_reference(self.cfg.rig.grab_timeout_s)
-        path = self.store.write_reference(self.scan_session, {n: f.image for n, f in shot.frames.items()})
+        path = self.store.write_reference(scan_session or self.scan_session, {n: f.image for n, f in shot.frames.items()})
         log.info("empty-tray references stored", path=str(path))
 
-    def inspection_job(self, record: ScanRecord, profile: str | None = None) -> InspectionJob | None:
+    def switch_session(self, session: ScanningSession, designs: list[Design]) -> None:
+        """On the capture thread: references for the new session first, so a failure leaves the old one running."""
+        if self.inspector is not None:
+            self.capture_reference(session.scan_session)
+        self.sessions.replace(session)
+        self._session_designs = designs
+        log.info("scanning session changed", scan_session=session.scan_session,
+                 batch=session.batch.id if session.batch else None, designs=len(designs))
+        self.publish_state()
+
+    def inspection_job(self, record: ScanRecord, profile: str | None = None) -> InspectionJob:
+        """Raises LookupError (UnknownDesignError is one) saying why the scan cannot be inspected."""
         design_material = design_of(record)
         reference_dir = self.store.reference_dir(record.scan.scan_session)
-        try:
-            if design_material is None:
-                raise LookupError("the design is unknown (name it in the capture request)")
-            design = self.library.get(design_material)
-            if not reference_dir.is_dir():
-                raise LookupError(f"no empty-tray references for session {record.scan.scan_session}")
-        except LookupError as exc:  # UnknownDesignError is one
-            log.warning("scan not inspected", scan=record.scan.uuid, reason=str(exc))
-            return None
+        if design_material is None:
+            raise LookupError("the design is unknown (name it in the capture request)")
+        design = self.designs().get(design_material)
+        if not reference_dir.is_dir():
+            raise LookupError(f"no empty-tray references for session {record.scan.scan_session}")
         return InspectionJob(
             scan_uuid=record.scan.uuid,
             scan_dir=self.store.scan_dir(record.scan.uuid),
@@ -146,6 +195,13 @@ class Station:
         if time.monotonic() - self._last_state >= self._state_interval_s:
             self.publish_state()
 
+    def _resume_session_designs(self) -> None:
+        """A session resumed after a restart needs its batch's meshes again; a mesh gone since is reported, not fatal."""
+        try:
+            self._session_designs = resolve_designs(self, self.sessions.current.designs)
+        except Exception as exc:
+            log.error("a design of the resumed session cannot be loaded; its scans are not inspected", error=str(exc))
+
     def resume_inspections(self, limit: int = 1000) -> int:
         """Scans a stop or crash left uninspected get their verdict now, so no scan.quality_control is lost."""
         if self.inspector is None:
@@ -162,9 +218,15 @@ class Station:
         return len(pending)
 
     def _inspect(self, record: ScanRecord) -> None:
-        job = self.inspection_job(record) if self.inspector is not None else None
-        if job is not None and self.inspector is not None:
-            self.inspector.submit(job)
+        if self.inspector is None:
+            return
+        try:
+            job = self.inspection_job(record)
+        except LookupError as exc:
+            log.warning("scan not inspected", scan=record.scan.uuid, reason=str(exc))
+            return
+        self.inspector.submit(job)
+        self.panel.inspecting(record.scan.uuid)
 
     def _after_scan(self, record: ScanRecord) -> None:
         self._inspect(record)
@@ -191,15 +253,21 @@ class Station:
         self._state_interval_s = options.state_interval_s
         self.store.prepare()
         self.events.announce_unrecorded(self.store.scans_dir, self.store.read_record)
+        self._resume_session_designs()
+        latest = self.events.recent_records(1)
+        self.panel.follow(latest[0] if latest else None)
         self.driver.open()
         if self.inspector is not None:
-            self.capture_reference()
+            if not self.store.reference_dir(self.scan_session).is_dir():
+                self.capture_reference()
             self.resume_inspections()
         self.relay.start()
         self.mqtt.start()
         self._mode = "running"
         self._spawn("capture", self.loop.run, self.stop_event)
         self._spawn("supervisor", self._every, options.supervise_interval_s, self.supervise)
+        for index, source in enumerate(self.buttons):
+            self._spawn(f"button-{index}", source.run, self.panel.press, self.stop_event)
         if options.timer and self.cfg.capture.timer_interval_s is not None:
             self._spawn("timer", self._every, self.cfg.capture.timer_interval_s,
                         lambda: self.loop.submit(Trigger(source="timer")))
@@ -229,6 +297,7 @@ class Station:
         self.publish_state()
         self.relay.stop()
         self.mqtt.stop()
+        self.panel.close()
         self.driver.close()
         self.store.close()
         self.db.close()

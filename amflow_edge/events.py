@@ -34,6 +34,18 @@ class Events:
         self._wake_relay = wake_relay
         self._mirror = mirror
         self._update_lock = threading.Lock()
+        self._listeners: list[Callable[[EventName, ScanRecord], None]] = []
+
+    def listen(self, listener: Callable[[EventName, ScanRecord], None]) -> None:
+        """Called after every queued event with the scan as stored (the operator panel follows scans this way)."""
+        self._listeners.append(listener)
+
+    def _notify(self, event: EventName, record: ScanRecord) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event, record)
+            except Exception:  # the event is committed; a listener's bug must not look like a failed update
+                log.exception("scan listener failed", scan=record.scan.uuid, name=event)
 
     def _message(self, event: EventName, record: ScanRecord) -> tuple[str, bytes]:
         topic = event_topic(self._cfg, event)
@@ -50,6 +62,7 @@ class Events:
             event_id = Outbox.add(conn, "scan.capture", record.scan.uuid, topic, payload)
         log.info("event queued", name="scan.capture", scan=record.scan.uuid, event_id=event_id)
         self._wake_relay()
+        self._notify("scan.capture", record)
         return event_id
 
     def update_scan(
@@ -75,6 +88,7 @@ class Events:
                 self._mirror(record)
         log.info("event queued", name=event, scan=scan_uuid, event_id=event_id)
         self._wake_relay()
+        self._notify(event, record)
         return record
 
     def record(self, scan_uuid: str) -> ScanRecord | None:

@@ -8,6 +8,7 @@ event through the same transaction as every other scan change.
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import datetime
 from functools import lru_cache
@@ -24,6 +25,9 @@ from amflow_edge.qc import with_machine_verdict
 from amflow_edge.record import ScanRecord
 
 log = structlog.get_logger(__name__)
+
+InspectionDone = Callable[["ScanRecord | None", "str | None"], None]
+"""Called with the updated scan, or None and what went wrong."""
 
 
 class InspectionJob(BaseModel):
@@ -105,18 +109,31 @@ class Inspector:
         self._tz = ZoneInfo(timezone)
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
-    def submit(self, job: InspectionJob) -> Future[str]:
+    def submit(
+        self, job: InspectionJob, on_done: InspectionDone | None = None, failure_needs_review: bool = True
+    ) -> Future[str]:
+        """Queue an inspection; `failure_needs_review=False` (a re-evaluation) leaves the scan as it was on failure."""
         future = self._pool.submit(run_job, job.model_dump_json())
-        future.add_done_callback(lambda done: self._finish(job, done))
+        future.add_done_callback(lambda done: self._finish(job, done, on_done, failure_needs_review))
         log.info("inspection queued", scan=job.scan_uuid, design_material=job.design_material, profile=job.profile)
         return future
 
-    def _finish(self, job: InspectionJob, future: Future[str]) -> None:
+    def _finish(
+        self, job: InspectionJob, future: Future[str], on_done: InspectionDone | None, failure_needs_review: bool
+    ) -> None:
+        record: ScanRecord | None = None
+        error: str | None = None
         try:
-            self.apply(job.scan_uuid, future.result())
+            record = self.apply(job.scan_uuid, future.result())
         except Exception as exc:
-            log.error("inspection failed; the scan needs an operator's review", scan=job.scan_uuid, error=str(exc))
-            self.apply_failure(job.scan_uuid)
+            error = f"inspection failed: {exc}"
+            if failure_needs_review:
+                log.error("inspection failed; the scan needs an operator's review", scan=job.scan_uuid, error=str(exc))
+                record = self.apply_failure(job.scan_uuid)
+            else:
+                log.error("inspection failed; the scan is left as it was", scan=job.scan_uuid, error=str(exc))
+        if on_done is not None:
+            on_done(record if error is None else None, error)
 
     def apply(self, scan_uuid: str, report_json: str) -> ScanRecord:
         from inspection.report import InspectionReport

@@ -116,6 +116,8 @@ def new_scan(
     camera_count: int,
     design_material: str | None = None,
     batch: Batch | None = None,
+    assignment: Assignment | None = None,
+    output: Output | None = None,
 ) -> Scan:
     """A just-captured scan: everything about quality control still unknown (PAYLOAD.md, 'At scan.capture')."""
     stamp = timestamp(created)
@@ -128,8 +130,8 @@ def new_scan(
         design_material=design_material,
         scan_urls=[f"/data/scans/{uuid}/scan_cam{i:02d}.png" for i in range(1, camera_count + 1)],
         scan_urls_full=[f"/api/scan/{uuid}/full_image/{i}/" for i in range(1, camera_count + 1)],
-        assignment=None,
-        output=None,
+        assignment=assignment,
+        output=output,
         batch=batch,
         archived=False,
         inspectionreport=None,

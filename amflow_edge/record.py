@@ -6,7 +6,7 @@ database: which cameras (by serial) took which image, with which exposure, at wh
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +27,19 @@ class CameraShotRecord(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict, description="Driver-specific facts about the frame.")
 
 
+class OperatorDecisionRecord(BaseModel):
+    """One operator decision, kept so an audit can tell who (which button, which system) decided when."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    passed: bool = Field(description="Approved (true) or rejected (false).")
+    source: Literal["button", "mqtt", "cli"] = Field(description="Which path the decision came through.")
+    device: str = Field(description="The button input ('evdev:/dev/input/by-id/…:KEY_F13') or the requesting system.")
+    at: str = Field(description="When the button went down or the request arrived (ISO 8601, station time).")
+    comment: str | None = Field(default=None, description="The comment given with the decision.")
+    reasons: list[str] | None = Field(default=None, description="Reasons given with the decision, if any.")
+
+
 class StationMetadata(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -37,6 +50,9 @@ class StationMetadata(BaseModel):
     triggered_at: str = Field(description="When the trigger fired (ISO 8601, station time).")
     cameras: dict[str, CameraShotRecord] = Field(description="Per camera name, how its image was taken.")
     rig: dict[str, Any] = Field(default_factory=dict, description="Rig-level driver facts (the mock's scene truth).")
+    decisions: list[OperatorDecisionRecord] = Field(
+        default_factory=list, description="Every operator decision on the scan, oldest first."
+    )
 
 
 class ScanRecord(BaseModel):

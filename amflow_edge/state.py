@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from amflow_edge.outbox import OutboxStats
+from amflow_edge.panel.operator import OperatorView
+from amflow_edge.payload import Batch, Output
 from drivers.base import CameraHealth
 
 
@@ -26,6 +28,9 @@ class StationState(BaseModel):
     disk_free_bytes: int = Field(description="Free space on the data root's filesystem.")
     driver: str = Field(description="Camera driver in use.")
     scan_session: str = Field(description="UUID of the current scanning session.")
+    batch: Batch | None = Field(description="The batch of the current session, if any.")
+    output: Output | None = Field(description="The output of the current session, if any.")
+    operator: OperatorView = Field(description="The operator panel: the lamps' signal and the scan awaiting a decision.")
     cameras: list[CameraHealth] = Field(description="Health of each camera.")
     scans_stored: int = Field(description="Scans stored since start.")
     scans_failed: int = Field(description="Triggers that produced no scan since start.")

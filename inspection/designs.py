@@ -325,6 +325,27 @@ class Design:
         return _mesh_from_bytes(data, self.path, _file_type(self.path), self.units)
 
 
+def design_from_file(path: Path, units: Units, design_material: str, title: str | None = None) -> Design:
+    """A design named by its id elsewhere (a batch sent by the MES): the file must be the one the id was made from.
+
+    The mesh is loaded and checked now, so a bad file is refused with the batch, not at its first scan.
+    """
+    if not DESIGN_MATERIAL_PATTERN.fullmatch(design_material):
+        raise MeshError(path, f"{design_material!r} is not a design_material id", "use <40 hex>_<PROCESS>_<MATERIAL>_<COLOUR>")
+    data = _read_mesh_bytes(path)
+    digest = hashlib.sha1(data).hexdigest()
+    if not design_material.startswith(digest + "_"):
+        raise MeshError(
+            path,
+            f"its SHA-1 is {digest}, but design_material {design_material} names {design_material[:40]}",
+            "send the mesh file the design_material id was made from",
+        )
+    _, process, material, colour = design_material.split("_")
+    design = Design(design_material, title or path.stem, path, units, process, material, colour)
+    design.mesh()
+    return design
+
+
 class DesignLibrary:
     """The designs a station knows, from one TOML library file with ``[[design]]`` tables."""
 
@@ -369,6 +390,10 @@ class DesignLibrary:
     @property
     def designs(self) -> list[Design]:
         return list(self._designs.values())
+
+    def with_designs(self, extra: list[Design]) -> DesignLibrary:
+        """The library plus a batch's designs; the library's own entry wins for an id both have."""
+        return DesignLibrary(self.path, [*self.designs, *(d for d in extra if d.design_material not in self)])
 
     def get(self, design_material: str) -> Design:
         try:

@@ -135,8 +135,8 @@ def test_bad_capture_requests_get_an_error_answer_and_change_nothing(
 def test_unknown_command_is_refused(station: Station, subscriber: Subscriber) -> None:
     subscriber.publish(f"{PREFIX}/request/selfdestruct", b"{}")
     response = json.loads(subscriber.next(topic=f"{PREFIX}/response/selfdestruct").payload)
-    assert response == {"status": "error", "command": "selfdestruct", "scan": None,
-                        "error": "unknown command 'selfdestruct'; known commands: capture"}
+    assert response == {"status": "error", "command": "selfdestruct", "scan": None, "scan_session": None, "data": None,
+                        "error": "unknown command 'selfdestruct'; known commands: capture, qc, reevaluate, session"}
 
 
 def test_failed_grab_stores_nothing_publishes_nothing_and_the_station_carries_on(

@@ -7,6 +7,8 @@ import sys
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from amflow_edge.capture import Trigger
 from amflow_edge.config import load_config
 from amflow_edge.daemon import RunOptions, Station
@@ -131,7 +133,8 @@ def test_a_design_missing_from_the_library_is_logged_and_the_scan_still_publishe
         assert result.ok
         capture = json.loads(subscriber.next(topic=f"{PREFIX}/scan.capture").payload)["data"]
         assert capture["design_material"] == unknown
-        assert station.inspection_job(station.events.record(result.uuid)) is None  # type: ignore[arg-type]
+        with pytest.raises(LookupError, match="no design with design_material"):
+            station.inspection_job(station.events.record(result.uuid))  # type: ignore[arg-type]
     finally:
         station.shutdown()
         subscriber.close()

@@ -1,0 +1,151 @@
+"""Which scan the operator's button decides, and what the lamps show about it.
+
+The operator judges the part on the tray, which is the latest scan; an older undecided
+scan is no longer in front of them, so a press never reaches it. Under the
+'failed_or_review' policy a press counts only once the machine has asked for a human.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Literal
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from amflow_edge.decisions import DecisionError, Decisions
+from amflow_edge.payload import EventName, Scan
+from amflow_edge.panel.base import ButtonPress, LampSignal, Lamps
+from amflow_edge.record import ScanRecord
+
+log = structlog.get_logger(__name__)
+
+Policy = Literal["every", "failed_or_review"]
+
+
+class OperatorView(BaseModel):
+    """The operator panel in the state topic: what the lamps show and which scan a press would decide."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    signal: LampSignal = Field(description="What the lamps show about the latest scan.")
+    latest_scan: str | None = Field(description="UUID of the scan on the tray (the latest one).")
+    awaiting_decision: str | None = Field(description="UUID of the scan a button press would decide, if any.")
+    qc_machine: bool | None = Field(description="The latest scan's machine verdict.")
+    qc_needs_review: bool = Field(description="Whether the latest scan needs a human.")
+    qc_reasons: list[str] = Field(description="The latest scan's reasons.")
+    qc_pass: bool | None = Field(description="The latest scan's final decision so far.")
+
+
+def signal_of(scan: Scan | None, inspecting: bool) -> LampSignal:
+    if scan is None:
+        return "idle"
+    if scan.qc_operator is not None:
+        return "pass" if scan.qc_operator else "fail"
+    if scan.qc_needs_review:
+        return "review"
+    if scan.qc_machine is None:
+        return "inspecting" if inspecting else "review"
+    return "pass" if scan.qc_machine else "fail"
+
+
+def awaits_decision(scan: Scan, policy: Policy) -> bool:
+    if scan.qc_operator is not None:
+        return False
+    return policy == "every" or scan.qc_needs_review or scan.qc_machine is False
+
+
+class OperatorPanel:
+    def __init__(
+        self,
+        decisions: Decisions,
+        lamps: Lamps,
+        policy: Policy,
+        lockout_s: float,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._decisions = decisions
+        self._lamps = lamps
+        self._policy = policy
+        self._lockout_s = lockout_s
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self._latest: Scan | None = None
+        self._inspecting = False
+        self._signal: LampSignal | None = None
+
+    def follow(self, latest: ScanRecord | None, inspecting: bool = False) -> None:
+        """Start from the latest scan the station knows (at start, from the database)."""
+        with self._lock:
+            self._latest = latest.scan if latest is not None else None
+            self._inspecting = inspecting
+        self._refresh()
+
+    def scan_event(self, event: EventName, record: ScanRecord) -> None:
+        """Every scan event: a capture puts a new part on the tray; a quality_control updates the one there."""
+        with self._lock:
+            if event == "scan.capture":
+                if self._latest is not None and record.scan.created < self._latest.created:
+                    return
+                self._latest, self._inspecting = record.scan, False
+            elif self._latest is not None and record.scan.uuid == self._latest.uuid:
+                self._latest = record.scan
+                if record.scan.qc_machine is not None or record.scan.qc_needs_review:
+                    self._inspecting = False
+            else:
+                return
+        self._refresh()
+
+    def inspecting(self, scan_uuid: str) -> None:
+        with self._lock:
+            if self._latest is None or self._latest.uuid != scan_uuid:
+                return
+            self._inspecting = True
+        self._refresh()
+
+    def view(self) -> OperatorView:
+        with self._lock:
+            scan, inspecting = self._latest, self._inspecting
+        return OperatorView(
+            signal=signal_of(scan, inspecting),
+            latest_scan=scan.uuid if scan else None,
+            awaiting_decision=scan.uuid if scan and awaits_decision(scan, self._policy) else None,
+            qc_machine=scan.qc_machine if scan else None,
+            qc_needs_review=scan.qc_needs_review if scan else False,
+            qc_reasons=list(scan.qc_reasons) if scan else [],
+            qc_pass=scan.qc_pass if scan else None,
+        )
+
+    def press(self, press: ButtonPress) -> ScanRecord | None:
+        """A button press; ignored (and logged) when nothing awaits or it follows a decision too closely."""
+        since = self._decisions.seconds_since_last()
+        if since < self._lockout_s:
+            log.info("button press ignored: within the lockout after a decision", action=press.action,
+                     button=press.source, seconds_since_decision=round(since, 3))
+            return None
+        awaited = self.view().awaiting_decision
+        if awaited is None:
+            log.info("button press ignored: no scan awaits a decision", action=press.action, button=press.source,
+                     policy=self._policy)
+            return None
+        try:
+            return self._decisions.decide(
+                awaited, press.action == "approve", source="button", device=press.source, at=press.at
+            )
+        except DecisionError as exc:
+            log.error("button press not applied", scan=awaited, error=str(exc))
+            return None
+
+    def _refresh(self) -> None:
+        signal = self.view().signal
+        with self._lock:
+            changed = signal != self._signal
+            self._signal = signal
+        if changed:
+            self._lamps.show(signal)
+        self._on_change()
+
+    def close(self) -> None:
+        self._lamps.show("idle")
+        self._lamps.close()

@@ -1,0 +1,119 @@
+"""Scanning sessions over MQTT: a batch's scans carry it, its designs are inspected against, and it survives a restart."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from amflow_edge.config import StationConfig, load_config
+from amflow_edge.daemon import RunOptions, Station
+from amflow_edge.session import SESSION_FILE
+from inspection.designs import design_material_id
+from tests.mqtt_helpers import Broker, Subscriber
+from tests.station_files import REPO, write_station
+from tests.test_qc_workflow import PREFIX, next_event, request
+
+LIBRARY_DESIGN = REPO / "config" / "designs" / "montageblok_mb80.stl"
+ASSIGNMENT = {"assignment": "8801b334-7012-46e3-aeba-f2a2683a8f90", "part_id": "2471584", "part_title": "bracket",
+              "copies": 4, "last_added_copies": 1, "manual": False}
+
+
+def station_config(tmp_path: Path, broker: Broker) -> StationConfig:
+    meshes = tmp_path / "batch_meshes"
+    meshes.mkdir()
+    return load_config(write_station(tmp_path, broker.port, {
+        "mock": {"scene_pool": 1}, "inspection": {"enabled": True},
+        "designs": {"library": str(REPO / "config" / "designs" / "designs.toml"), "batch_meshes": str(meshes)},
+    }))
+
+
+def batch_mesh(cfg: StationConfig) -> tuple[str, str]:
+    """A customer mesh the MES dropped into the batch folder (a copy of a demo part under another name)."""
+    assert cfg.designs.batch_meshes is not None
+    target = cfg.designs.batch_meshes / "customer_part_7.stl"
+    shutil.copyfile(REPO / "config" / "designs" / "angle_bracket_ab60.stl", target)
+    return target.name, design_material_id(target, "MJF", "PA12", "BLACK")
+
+
+def start_station(cfg: StationConfig) -> Station:
+    station = Station(cfg)
+    station.start(RunOptions())
+    assert station.mqtt.connected.wait(10)
+    return station
+
+
+def test_a_session_stamps_its_scans_survives_a_restart_and_ends(tmp_path: Path, broker: Broker) -> None:
+    cfg = station_config(tmp_path, broker)
+    mesh, customer_id = batch_mesh(cfg)
+    library_id = design_material_id(LIBRARY_DESIGN, "SLS", "PA12", "GREY")
+    subscriber = Subscriber(broker, [f"{PREFIX}/#"])
+    station = start_station(cfg)
+    try:
+        started = request(subscriber, "session", {
+            "action": "start", "batch": {"id": "PRTS_SRC_102_DAT_20260309_VER_A", "title": "20260309_02A"},
+            "designs": [{"design_material": library_id}, {"design_material": customer_id, "mesh": mesh, "title": "P7"}],
+            "output": {"id": 3},
+        })
+        assert started["status"] == "ok", started
+        session = started["scan_session"]
+        assert station.store.reference_dir(session).is_dir()  # empty-tray references of the new session
+
+        again = request(subscriber, "session", {"action": "start", "batch": {"id": "OTHER", "title": "x"}})
+        assert again["status"] == "error" and "is active; end it first" in again["error"]
+
+        answer = request(subscriber, "capture", {"design_material": customer_id, "assignment": ASSIGNMENT})
+        assert answer["status"] == "ok", answer
+        scan = next_event(subscriber, "scan.capture")
+        assert scan["scan_session"] == session and scan["design_material"] == customer_id
+        assert scan["batch"] == {"id": "PRTS_SRC_102_DAT_20260309_VER_A", "title": "20260309_02A"}
+        assert scan["output"] == {"id": 3} and scan["assignment"] == ASSIGNMENT
+        assert list(scan["assignment"]) == list(ASSIGNMENT)
+        inspected = next_event(subscriber, "scan.quality_control")  # inspected against the batch's own mesh
+        assert inspected["inspectionreport"] is not None
+    finally:
+        station.shutdown()
+
+    assert (cfg.station.state_dir / SESSION_FILE).is_file()
+    station = start_station(cfg)
+    try:
+        assert station.scan_session == session and customer_id in station.designs()
+        answer = request(subscriber, "capture", {"design_material": customer_id})
+        assert answer["status"] == "ok", answer
+        assert next_event(subscriber, "scan.capture")["scan_session"] == session
+
+        ended = request(subscriber, "session", {"action": "end"})
+        assert ended["status"] == "ok" and ended["scan_session"] != session
+        after = request(subscriber, "capture", {})
+        assert after["status"] == "ok"
+        scan = next_event(subscriber, "scan.capture")
+        assert scan["scan_session"] == ended["scan_session"] and scan["output"] is None
+        assert scan["batch"] == {"id": "TEST_BATCH", "title": "test batch"}  # the station's default session
+        refused = request(subscriber, "capture", {"design_material": customer_id})
+        assert refused["status"] == "error" and "unknown to this station" in refused["error"]
+    finally:
+        station.shutdown()
+        subscriber.close()
+    assert not (cfg.station.state_dir / SESSION_FILE).exists()
+
+
+def test_a_batch_mesh_that_does_not_match_its_id_is_refused(tmp_path: Path, broker: Broker) -> None:
+    cfg = station_config(tmp_path, broker)
+    mesh, customer_id = batch_mesh(cfg)
+    wrong_id = "f" * 40 + customer_id[40:]
+    subscriber = Subscriber(broker, [f"{PREFIX}/response/#"])
+    station = start_station(cfg)
+    try:
+        before = station.sessions.current
+        answer = request(subscriber, "session", {
+            "action": "start", "batch": {"id": "B", "title": "b"}, "designs": [{"design_material": wrong_id, "mesh": mesh}]
+        })
+        assert answer["status"] == "error" and "SHA-1" in answer["error"] and mesh in answer["error"]
+        missing = request(subscriber, "session", {
+            "action": "start", "batch": {"id": "B", "title": "b"}, "designs": [{"design_material": customer_id}]
+        })
+        assert missing["status"] == "error" and "send its mesh" in missing["error"]
+        assert station.sessions.current == before
+    finally:
+        station.shutdown()
+        subscriber.close()
+    assert not (cfg.station.state_dir / SESSION_FILE).exists()
