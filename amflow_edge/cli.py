@@ -177,6 +177,13 @@ def cmd_reevaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    from amflow_edge.asyncapi import dump_asyncapi
+
+    sys.stdout.write(dump_asyncapi())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amflow-edge", description="Edge daemon of an AM part-scanning station.")
     parser.add_argument("--version", action="version", version=f"amflow-edge {__version__}")
@@ -215,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the published event envelope")
     schema.set_defaults(func=cmd_schema)
+
+    asyncapi = sub.add_parser("asyncapi", help="print the AsyncAPI 3.0 document of the station's MQTT API")
+    asyncapi.set_defaults(func=cmd_asyncapi)
     return parser
 
 

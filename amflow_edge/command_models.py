@@ -41,7 +41,7 @@ class CaptureRequest(BaseModel):
 class QcRequest(BaseModel):
     """Body of <prefix>/<station>/request/qc: an operator's approve or reject from a plant system."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    model_config = _REQUEST
 
     scan: UUID = Field(description="UUID of the scan decided.")
     passed: bool = Field(alias="pass", description="true approves the part, false rejects it.")
