@@ -91,6 +91,7 @@ class Station:
             cfg.qc.policy,
             cfg.qc.lockout_s,
             on_change=self.publish_state,
+            inspects=self.inspector is not None,
         )
         self.events.listen(self.panel.scan_event)
         self.buttons = buttons if buttons is not None else make_button_sources(cfg.qc.buttons)
@@ -223,10 +224,11 @@ class Station:
         try:
             job = self.inspection_job(record)
         except LookupError as exc:
-            log.warning("scan not inspected", scan=record.scan.uuid, reason=str(exc))
+            log.warning("scan cannot be inspected; it needs an operator's review", scan=record.scan.uuid,
+                        reason=str(exc))
+            self.inspector.apply_failure(record.scan.uuid)
             return
         self.inspector.submit(job)
-        self.panel.inspecting(record.scan.uuid)
 
     def _after_scan(self, record: ScanRecord) -> None:
         self._inspect(record)

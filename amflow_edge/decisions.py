@@ -1,4 +1,4 @@
-"""Operator decisions: one function, whatever the source (button, MQTT, command line).
+"""Operator decisions: one function, whatever the source (button or MQTT).
 
 A decision from the pedal and one from the MES must leave identical traces: the same
 qc_* rules (qc.py), the same record of who decided when, the same scan.quality_control.
@@ -23,7 +23,7 @@ from amflow_edge.record import OperatorDecisionRecord, ScanRecord
 
 log = structlog.get_logger(__name__)
 
-DecisionSource = Literal["button", "mqtt", "cli"]
+DecisionSource = Literal["button", "mqtt"]
 
 
 class DecisionError(ValueError):

@@ -120,7 +120,7 @@ def test_a_scan_left_uninspected_by_a_stop_is_inspected_at_the_next_start(tmp_pa
     assert quality["data"]["uuid"] == result.uuid and quality["data"]["inspectionreport"] is not None
 
 
-def test_a_design_missing_from_the_library_is_logged_and_the_scan_still_published(
+def test_a_scan_whose_design_is_unknown_is_published_and_flagged_for_review(
     tmp_path: Path, broker: Broker
 ) -> None:
     cfg = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}, "inspection": {"enabled": True}}))
@@ -135,6 +135,12 @@ def test_a_design_missing_from_the_library_is_logged_and_the_scan_still_publishe
         assert capture["design_material"] == unknown
         with pytest.raises(LookupError, match="no design with design_material"):
             station.inspection_job(station.events.record(result.uuid))  # type: ignore[arg-type]
+        quality = json.loads(subscriber.next(topic=f"{PREFIX}/scan.quality_control").payload)["data"]
+        assert quality["uuid"] == result.uuid
+        assert [quality[k] for k in ("inspectionreport", "qc_machine", "qc_needs_review", "qc_pass", "qc_reasons")] == [
+            None, None, True, None, ["insufficient_evidence"]
+        ]
+        assert station.panel.view().awaiting_decision == result.uuid
     finally:
         station.shutdown()
         subscriber.close()

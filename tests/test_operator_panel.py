@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from amflow_edge.config import StationConfig, load_config
 from amflow_edge.db import StationDb
@@ -72,10 +73,12 @@ def events(cfg: StationConfig) -> Iterator[Events]:
     db.close()
 
 
-def make_panel(events: Events, policy: str = "every", lockout_s: float = 0.0) -> tuple[OperatorPanel, RecordingLamps]:
+def make_panel(
+    events: Events, policy: str = "every", lockout_s: float = 0.0, inspects: bool = False
+) -> tuple[OperatorPanel, RecordingLamps]:
     lamps = RecordingLamps()
     decisions = Decisions(events, load_reasons(), "Europe/Amsterdam")
-    panel = OperatorPanel(decisions, lamps, policy, lockout_s)  # type: ignore[arg-type]
+    panel = OperatorPanel(decisions, lamps, policy, lockout_s, inspects=inspects)  # type: ignore[arg-type]
     events.listen(panel.scan_event)
     return panel, lamps
 
@@ -142,21 +145,26 @@ def test_failed_or_review_policy_waits_for_the_machine_to_ask(events: Events) ->
 
 
 def test_review_is_awaited_and_shown_amber(events: Events) -> None:
-    panel, lamps = make_panel(events, policy="failed_or_review")
+    panel, lamps = make_panel(events, policy="failed_or_review", inspects=True)
     record = stored(events)
-    panel.inspecting(record.scan.uuid)
-    assert lamps.shown[-1] == "inspecting"
+    assert lamps.shown == ["inspecting"] and panel.view().awaiting_decision is None
     machine_verdict(events, record, True, True, ["dimensional_deviation"])
-    assert lamps.shown[-1] == "review" and panel.view().awaiting_decision == record.scan.uuid
+    assert lamps.shown == ["inspecting", "review"] and panel.view().awaiting_decision == record.scan.uuid
 
 
 def test_presses_within_the_lockout_or_with_nothing_awaiting_change_nothing(events: Events) -> None:
     panel, _ = make_panel(events, lockout_s=30.0)
+    with capture_logs() as logs:
+        assert panel.press(ButtonPress(action="approve", source="fake:pedal", at=PRESSED_AT)) is None
+    assert [entry["event"] for entry in logs] == ["button press ignored: no scan awaits a decision"]
     record = stored(events)
     first = panel.press(ButtonPress(action="approve", source="fake:pedal", at=PRESSED_AT))
     assert first is not None
-    again = panel.press(ButtonPress(action="reject", source="fake:pedal", at=PRESSED_AT + timedelta(seconds=0.2)))
+    with capture_logs() as logs:
+        again = panel.press(ButtonPress(action="reject", source="fake:pedal", at=PRESSED_AT + timedelta(seconds=0.2)))
     assert again is None
+    assert [entry["event"] for entry in logs] == ["button press ignored: within the lockout after a decision"]
+    assert logs[0]["button"] == "fake:pedal" and logs[0]["action"] == "reject"
     after = events.record(record.scan.uuid)
     assert after is not None and after.scan.qc_operator is True and len(after.station.decisions) == 1
     assert outbox_events(events, record.scan.uuid) == ["scan.capture", "scan.quality_control"]

@@ -6,7 +6,7 @@ Each step's scan.quality_control is checked field by field against PAYLOAD.md's 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from amflow_edge.qc import final_decision
 from tests.conftest import EXAMPLE_PAYLOAD
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.station_files import write_station
-from tests.test_operator_panel import FakeButtons
+from tests.test_operator_panel import FakeButtons, RecordingLamps
 
 PREFIX = "amflow/test-station"
 SCAN_KEYS = list(json.loads(EXAMPLE_PAYLOAD.read_text())["data"])
@@ -39,6 +39,14 @@ def next_event(subscriber: Subscriber, event: str) -> dict[str, Any]:
     return message["data"]
 
 
+def state_where(subscriber: Subscriber, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The operator block of the first state message (in order of publication) that satisfies `wanted`."""
+    while True:
+        operator: dict[str, Any] = json.loads(subscriber.next(topic=f"{PREFIX}/state").payload)["operator"]
+        if wanted(operator):
+            return operator
+
+
 def unchanged_except(before: dict[str, Any], after: dict[str, Any], *changed: str) -> None:
     assert {k: v for k, v in after.items() if k not in changed} == {k: v for k, v in before.items() if k not in changed}
 
@@ -49,7 +57,8 @@ def test_capture_inspection_button_and_mqtt_decisions_in_order(tmp_path: Path, b
     }))
     subscriber = Subscriber(broker, [f"{PREFIX}/#"])
     buttons = FakeButtons()
-    station = Station(cfg, buttons=[buttons])
+    lamps = RecordingLamps()
+    station = Station(cfg, buttons=[buttons], lamps=lamps)
     try:
         station.start(RunOptions())
         assert station.mqtt.connected.wait(10)
@@ -64,6 +73,14 @@ def test_capture_inspection_button_and_mqtt_decisions_in_order(tmp_path: Path, b
         assert machine["inspectionreport"] is not None and isinstance(machine["qc_machine"], bool)
         assert machine["qc_operator"] is None and machine["qc_comment"] is None
         assert machine["qc_pass"] == final_decision(machine["qc_machine"], machine["qc_needs_review"], None)
+        verdict = "review" if machine["qc_needs_review"] else ("pass" if machine["qc_machine"] else "fail")
+        operator = state_where(subscriber, lambda o: o["qc_machine"] is not None)
+        assert operator == {
+            "signal": verdict, "latest_scan": captured["uuid"], "awaiting_decision": captured["uuid"],
+            "qc_machine": machine["qc_machine"], "qc_needs_review": machine["qc_needs_review"],
+            "qc_reasons": machine["qc_reasons"], "qc_pass": machine["qc_pass"],
+        }
+        assert lamps.shown == ["idle", "inspecting", verdict]
 
         assert buttons.ready.wait(5)
         buttons.press("approve")
@@ -71,6 +88,9 @@ def test_capture_inspection_button_and_mqtt_decisions_in_order(tmp_path: Path, b
         unchanged_except(machine, approved, "modified", "qc_operator", "qc_needs_review", "qc_pass")
         assert (approved["qc_operator"], approved["qc_needs_review"], approved["qc_pass"]) == (True, False, True)
         assert approved["modified"] > machine["modified"]
+        after_press = state_where(subscriber, lambda o: o["qc_pass"] is True)
+        assert after_press["awaiting_decision"] is None and after_press["signal"] == "pass"
+        assert lamps.shown[-1] == "pass"
 
         answer = request(subscriber, "reevaluate", {"scan": captured["uuid"], "profile": "strict"})
         assert answer["status"] == "ok", answer
@@ -93,8 +113,6 @@ def test_capture_inspection_button_and_mqtt_decisions_in_order(tmp_path: Path, b
         assert [(d.source, d.device, d.passed) for d in record.station.decisions] == [
             ("button", "fake:pedal", True), ("mqtt", "mqtt:badge-0417", False)
         ]
-        state = json.loads(subscriber.next(topic=f"{PREFIX}/state").payload)
-        assert set(state["operator"]) >= {"signal", "awaiting_decision", "latest_scan"}
     finally:
         station.shutdown()
         subscriber.close()

@@ -64,22 +64,24 @@ class OperatorPanel:
         policy: Policy,
         lockout_s: float,
         on_change: Callable[[], None] = lambda: None,
+        inspects: bool = False,
     ) -> None:
         self._decisions = decisions
         self._lamps = lamps
         self._policy = policy
         self._lockout_s = lockout_s
         self._on_change = on_change
+        self._inspects = inspects
         self._lock = threading.Lock()
         self._latest: Scan | None = None
         self._inspecting = False
         self._signal: LampSignal | None = None
 
-    def follow(self, latest: ScanRecord | None, inspecting: bool = False) -> None:
-        """Start from the latest scan the station knows (at start, from the database)."""
+    def follow(self, latest: ScanRecord | None) -> None:
+        """Start from the latest scan the station knows (at start, from the database; its inspection resumes)."""
         with self._lock:
             self._latest = latest.scan if latest is not None else None
-            self._inspecting = inspecting
+            self._inspecting = self._inspects
         self._refresh()
 
     def scan_event(self, event: EventName, record: ScanRecord) -> None:
@@ -88,20 +90,13 @@ class OperatorPanel:
             if event == "scan.capture":
                 if self._latest is not None and record.scan.created < self._latest.created:
                     return
-                self._latest, self._inspecting = record.scan, False
+                self._latest, self._inspecting = record.scan, self._inspects
             elif self._latest is not None and record.scan.uuid == self._latest.uuid:
                 self._latest = record.scan
                 if record.scan.qc_machine is not None or record.scan.qc_needs_review:
                     self._inspecting = False
             else:
                 return
-        self._refresh()
-
-    def inspecting(self, scan_uuid: str) -> None:
-        with self._lock:
-            if self._latest is None or self._latest.uuid != scan_uuid:
-                return
-            self._inspecting = True
         self._refresh()
 
     def view(self) -> OperatorView:
