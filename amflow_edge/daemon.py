@@ -210,8 +210,13 @@ class Station:
         pending = [
             r for r in self.events.recent_records(limit)
             if r.scan.inspectionreport is None and r.scan.qc_machine is None and not r.scan.qc_needs_review
-            and r.scan.qc_operator is None and design_of(r) is not None
+            and r.scan.qc_operator is None
         ]
+        gone = [r.scan.uuid for r in pending if not self.store.scan_dir(r.scan.uuid).is_dir()]
+        if gone:
+            log.error("uninspected scans whose directories are gone (moved or deleted by hand); not inspected",
+                      count=len(gone), scans=gone[:10])
+            pending = [r for r in pending if r.scan.uuid not in gone]
         for record in pending:
             self._inspect(record)
         if pending:

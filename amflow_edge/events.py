@@ -16,6 +16,7 @@ from amflow_edge.db import StationDb
 from amflow_edge.outbox import Outbox
 from amflow_edge.payload import EventName, envelope, to_wire
 from amflow_edge.record import ScanRecord
+from amflow_edge.store import StoreError
 from amflow_edge.topics import event_topic, hook_target
 
 log = structlog.get_logger(__name__)
@@ -85,7 +86,10 @@ class Events:
                 )
                 event_id = Outbox.add(conn, event, scan_uuid, topic, payload)
             if self._mirror is not None:
-                self._mirror(record)
+                try:
+                    self._mirror(record)
+                except (StoreError, OSError) as exc:  # the database and the event already hold the change
+                    log.error("scan.json not updated; the event is sent all the same", scan=scan_uuid, error=str(exc))
         log.info("event queued", name=event, scan=scan_uuid, event_id=event_id)
         self._wake_relay()
         self._notify(event, record)

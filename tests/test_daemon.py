@@ -193,6 +193,7 @@ def test_one_shot_capture_command_stores_and_publishes(tmp_path: Path, broker: B
     env = {
         "AMFLOW_MQTT__PORT": str(broker.port),
         "AMFLOW_STATION__DATA_ROOT": str(tmp_path / "data"),
+        "AMFLOW_STATION__STATE_DIR": str(tmp_path / "state"),
         "AMFLOW_MOCK__SCENE_POOL": "1",
         "AMFLOW_INSPECTION__ENABLED": "false",
         "PATH": "/usr/bin:/bin",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,35 @@ def test_a_scan_whose_design_is_unknown_is_published_and_flagged_for_review(
     finally:
         station.shutdown()
         subscriber.close()
+
+
+def test_a_scan_directory_removed_by_hand_does_not_stop_the_station(tmp_path: Path, broker: Broker) -> None:
+    import shutil
+
+    from structlog.testing import capture_logs
+
+    config = write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}})
+    station = Station(load_config(config))
+    try:
+        station.start(RunOptions())
+        result = station.loop.capture(Trigger(source="test"))
+        assert result.ok and result.uuid
+    finally:
+        station.shutdown()
+    shutil.rmtree(station.store.scan_dir(result.uuid))
+
+    station = Station(load_config(write_station(tmp_path, broker.port, {"inspection": {"enabled": True}})))
+    try:
+        with capture_logs() as logs:
+            station.start(RunOptions())
+            decided = station.decisions.decide(
+                result.uuid, False, source="mqtt", device="mqtt", at=datetime.now(timezone.utc)
+            )
+        assert decided.scan.qc_pass is False
+        events = {entry["event"] for entry in logs}
+        assert "uninspected scans whose directories are gone (moved or deleted by hand); not inspected" in events
+        assert "scan.json not updated; the event is sent all the same" in events
+        rows = station.db.connection().execute("SELECT event FROM outbox WHERE scan_uuid = ?", (result.uuid,))
+        assert [row[0] for row in rows] == ["scan.capture", "scan.quality_control"]
+    finally:
+        station.shutdown()
