@@ -25,7 +25,7 @@ from amflow_edge.payload import Assignment, new_scan, timestamp
 from amflow_edge.record import CameraShotRecord, ScanRecord, StationMetadata
 from amflow_edge.session import ScanningSession
 from amflow_edge.store import ScanStore, StoreError, image_file
-from drivers.base import CameraDriver, DriverError, Shot
+from drivers.base import CameraDriver, DriverError, GrabError, HardwareTriggered, Shot
 
 log = structlog.get_logger(__name__)
 
@@ -123,10 +123,13 @@ class CaptureLoop:
             return False
 
     def run(self, stop: threading.Event) -> None:
+        hardware = isinstance(self._driver, HardwareTriggered) and self._driver.hardware_triggered
         while not stop.is_set():
             try:
-                trigger = self._triggers.get(timeout=0.2)
+                trigger = self._triggers.get_nowait() if hardware else self._triggers.get(timeout=0.2)
             except queue.Empty:
+                if hardware:
+                    self._wait_for_pulse(stop)
                 continue
             if isinstance(trigger, CameraTask):
                 try:
@@ -142,7 +145,23 @@ class CaptureLoop:
             if trigger.done:
                 trigger.done(result)
 
-    def capture(self, trigger: Trigger) -> CaptureResult:
+    def _wait_for_pulse(self, stop: threading.Event) -> None:
+        """Hardware trigger: the part-present sensor fires the cameras; a scan starts when their frames arrive."""
+        assert isinstance(self._driver, HardwareTriggered)
+        captured_at = datetime.now(timezone.utc)
+        try:
+            shot = self._driver.wait_shot(0.2)
+        except DriverError as exc:
+            if isinstance(exc, GrabError):
+                self.scans_failed += 1
+                log.error("capture failed; no scan stored", source="hardware", error=str(exc))
+            stop.wait(1.0)  # a lost camera is logged by the driver; the supervisor reconnects it
+            return
+        if shot is not None:
+            self.capture(Trigger(source="hardware", at=captured_at), shot)
+
+    def capture(self, trigger: Trigger, shot: Shot | None = None) -> CaptureResult:
+        """Trigger and grab (or take the frames a hardware pulse already delivered), then store and announce."""
         reason = self._paused()
         if reason is not None:
             self.scans_failed += 1
@@ -151,9 +170,10 @@ class CaptureLoop:
         scan_uuid = str(uuid.uuid1())
         with structlog.contextvars.bound_contextvars(scan=scan_uuid):
             try:
-                captured_at = datetime.now(timezone.utc)
-                self._driver.trigger()
-                shot = self._driver.grab(self._cfg.rig.grab_timeout_s)
+                captured_at = trigger.at if shot is not None else datetime.now(timezone.utc)
+                if shot is None:
+                    self._driver.trigger()
+                    shot = self._driver.grab(self._cfg.rig.grab_timeout_s)
                 check_shot(shot, self._cfg)
                 record = self._record(scan_uuid, trigger, shot, captured_at)
                 path = self._store.write_scan(record, {n: f.image for n, f in shot.frames.items()})

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from amflow_edge.config_qc import QcSettings
 from drivers.base import CAMERA_NAMES, CameraSettings
 from drivers.mock import MockDriverSettings
+from drivers.pylon import PylonSettings
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -203,6 +204,7 @@ class StationConfig(BaseSettings):
     rig: RigSettings = Field(default_factory=RigSettings, description="Which camera driver runs the five cameras.")
     cameras: list[CameraSettings] = Field(description="The five cameras cam01…cam05.")
     mock: MockDriverSettings = Field(default_factory=MockDriverSettings, description="Settings of the mock driver.")
+    pylon: PylonSettings = Field(default_factory=PylonSettings, description="Settings of the Basler (pylon) driver.")
     designs: DesignsSettings = Field(description="Where the station finds the designs it inspects against.")
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="The plant MQTT broker.")
     capture: CaptureSettings = Field(default_factory=CaptureSettings, description="Triggers and image storage.")
@@ -297,11 +299,14 @@ def _with_resolved_paths(cfg: StationConfig, base: Path) -> StationConfig:
             update={k: _resolve(base, v) for k, v in mqtt.tls.model_dump().items() if v is not None}
         )
         mqtt = mqtt.model_copy(update={"tls": tls})
+    pylon = cfg.pylon
+    if pylon.features_dir is not None:
+        pylon = pylon.model_copy(update={"features_dir": _resolve(base, pylon.features_dir)})
     qc = cfg.qc
     if qc.reasons is not None:
         qc = qc.model_copy(update={"reasons": _resolve(base, qc.reasons)})
     return cfg.model_copy(
-        update={"cameras": cameras, "station": station, "designs": designs, "mqtt": mqtt, "qc": qc}
+        update={"cameras": cameras, "station": station, "designs": designs, "mqtt": mqtt, "qc": qc, "pylon": pylon}
     )
 
 

@@ -18,7 +18,7 @@ import structlog
 
 from amflow_edge import __version__
 from amflow_edge.backlog import BacklogGuard
-from amflow_edge.capture import CaptureLoop, Trigger
+from amflow_edge.capture import CameraTask, CaptureLoop, Trigger
 from amflow_edge.commands import CommandHandler
 from amflow_edge.config import StationConfig
 from amflow_edge.db import DB_FILE, StationDb
@@ -36,7 +36,7 @@ from amflow_edge.session import ScanningSession, SessionKeeper
 from amflow_edge.state import StationState
 from amflow_edge.station_commands import StationCommands, resolve_designs
 from amflow_edge.store import ScanStore
-from drivers.base import CameraDriver, DriverError, ReferenceSource
+from drivers.base import CameraDriver, CameraHealth, ReferenceSource, Reconnecting
 from inspection.designs import Design, DesignLibrary
 
 log = structlog.get_logger(__name__)
@@ -46,7 +46,9 @@ def make_driver(cfg: StationConfig, library: DesignLibrary) -> CameraDriver:
         from drivers.mock import MockDriver
 
         return MockDriver(cfg.cameras, cfg.mock, library)
-    raise DriverError(f"camera driver {cfg.rig.driver!r} is not available in this build; set rig.driver = \"mock\"")
+    from drivers.pylon import PylonDriver
+
+    return PylonDriver(cfg.cameras, cfg.pylon)
 
 
 @dataclass
@@ -107,6 +109,8 @@ class Station:
         self.mqtt.set_request_handler(CommandHandler(StationCommands(self).handlers(), self.mqtt.respond))
         self.mqtt.on_connected = self.publish_state
         self._threads: list[threading.Thread] = []
+        self._reconnect_queued = False
+        self._last_health: list[CameraHealth] = []
         self._max_scans: int | None = None
         self._mode = "starting"
         self._last_state = 0.0
@@ -191,10 +195,19 @@ class Station:
         )
 
     def supervise(self) -> None:
-        """Periodic: keep paho's network thread alive and tell the plant how the station is."""
+        """Periodic: keep paho's network thread alive, get lost cameras back, tell the plant how the station is."""
         self.mqtt.revive()
-        if time.monotonic() - self._last_state >= self._state_interval_s:
+        health = self.driver.health()
+        if isinstance(self.driver, Reconnecting) and self.driver.needs_reconnect() and not self._reconnect_queued:
+            self._reconnect_queued = self.loop.submit_task(CameraTask(name="reconnect", run=self._reconnect))
+        if health != self._last_health or time.monotonic() - self._last_state >= self._state_interval_s:
+            self._last_health = health
             self.publish_state()
+
+    def _reconnect(self) -> None:
+        self._reconnect_queued = False
+        assert isinstance(self.driver, Reconnecting)
+        self.driver.reconnect()
 
     def _resume_session_designs(self) -> None:
         """A session resumed after a restart needs its batch's meshes again; a mesh gone since is reported, not fatal."""

@@ -103,3 +103,25 @@ class ReferenceSource(Protocol):
 
     def grab_reference(self, timeout_s: float) -> Shot:
         """One frame per camera of the empty tray."""
+
+
+@runtime_checkable
+class HardwareTriggered(Protocol):
+    """A rig fired by a hardware line (a part-present sensor): the station waits for frames instead of triggering."""
+
+    @property
+    def hardware_triggered(self) -> bool: ...
+
+    def wait_shot(self, timeout_s: float) -> Shot | None:
+        """The rig's frames of the next pulse, or None when no pulse came within timeout_s."""
+
+
+@runtime_checkable
+class Reconnecting(Protocol):
+    """A rig whose cameras can disappear and come back (cables, power, network)."""
+
+    def needs_reconnect(self) -> bool:
+        """Cheap and thread-safe: whether reconnect() has work now. Asked by the supervisor thread."""
+
+    def reconnect(self) -> None:
+        """Reopen lost cameras by serial, with backoff. Runs on the capture thread, between scans."""

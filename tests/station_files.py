@@ -43,7 +43,11 @@ def _toml_value(value: Any) -> str:
 
 
 def write_station(
-    root: Path, mqtt_port: int, sections: dict[str, dict[str, Any]] | None = None, station_id: str = "test-station"
+    root: Path,
+    mqtt_port: int,
+    sections: dict[str, dict[str, Any]] | None = None,
+    station_id: str = "test-station",
+    serials: list[str] | None = None,
 ) -> Path:
     """Write root/station.toml (data in root/data, state in root/state); `sections` adds or overrides keys."""
     width, height = scaled_rig(root / "calibration")
@@ -68,7 +72,7 @@ def write_station(
         lines += [
             "[[cameras]]",
             f'name = "cam{index:02d}"',
-            f'serial = "4001230{index}"',
+            f'serial = "{serials[index - 1] if serials else f"4001230{index}"}"',
             f'calibration = "{root / "calibration" / f"cam{index:02d}.yaml"}"',
             f"width = {width}",
             f"height = {height}",

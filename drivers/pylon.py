@@ -1,0 +1,401 @@
+"""Five Basler cameras through pypylon, mapped by serial number and recovering from removal.
+
+Follows Basler's pypylon samples: one InstantCamera per device, features from a .pfs file
+per serial, a configuration event handler that only sets a flag on removal (pylon calls it
+on its own thread), and every grab result released at once. The whole driver runs on the
+station's capture thread; the supervisor only asks `needs_reconnect()` and schedules
+`reconnect()` there, so no two threads ever drive a camera.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pypylon import genicam, pylon
+
+from drivers.base import CameraHealth, CameraSettings, DriverError, Frame, GrabError, Shot
+
+log = structlog.get_logger(__name__)
+
+TRANSFER_MARGIN_S = 0.5
+TRIGGER_READY_MS = 1000
+
+
+class ActionCommand(BaseModel):
+    """GigE action command: one broadcast packet triggers every camera of the group at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_key: int = Field(ge=0, le=0xFFFFFFFF, description="ActionDeviceKey set on every camera.")
+    group_key: int = Field(ge=0, le=0xFFFFFFFF, description="ActionGroupKey set on every camera.")
+    group_mask: int = Field(default=0xFFFFFFFF, ge=1, le=0xFFFFFFFF, description="ActionGroupMask.")
+    broadcast_address: str = Field(
+        default="255.255.255.255", description="Broadcast address of the camera network, e.g. 192.168.10.255."
+    )
+
+
+class PylonSettings(BaseModel):
+    """How the station drives its Basler cameras (`[pylon]`; PYLON_CAMEMU=5 gives five emulated ones)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trigger: Literal["software", "line1", "action"] = Field(
+        default="software",
+        description="'software': the station triggers all five; 'line1': a part-present sensor or PLC pulses "
+        "Line1 of every camera and the station waits for the frames; 'action': a GigE action command.",
+    )
+    line_activation: Literal["RisingEdge", "FallingEdge"] = Field(default="RisingEdge", description="Line1 edge.")
+    action: ActionCommand | None = Field(default=None, description="Keys of the action command (trigger = 'action').")
+    features_dir: Path | None = Field(
+        default=None,
+        description="Folder of <serial>.pfs feature files, loaded with validation at open "
+        "(`amflow-edge cameras save-features` writes them). Exposure and gain from [[cameras]] are applied after.",
+    )
+    link_mb_s: float = Field(
+        default=100.0, gt=0, description="Sustained transfer rate per camera (MB/s), for the grab deadline."
+    )
+    reconnect_max_backoff_s: float = Field(
+        default=30.0, gt=0, le=600, description="Longest wait between attempts to reopen a removed camera."
+    )
+
+    @model_validator(mode="after")
+    def _action_needs_keys(self) -> PylonSettings:
+        if self.trigger == "action" and self.action is None:
+            raise ValueError("trigger = 'action' needs an [pylon.action] table with device_key and group_key")
+        return self
+
+
+class _RemovalFlag(pylon.ConfigurationEventHandler):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.removed = threading.Event()
+
+    def OnCameraDeviceRemoved(self, camera: pylon.InstantCamera) -> None:  # noqa: N802 - pylon's name
+        self.removed.set()
+
+
+@dataclass
+class _Camera:
+    settings: CameraSettings
+    camera: pylon.InstantCamera | None = None
+    flag: _RemovalFlag = field(default_factory=_RemovalFlag)
+    features_sha256: str | None = None
+    model: str = ""
+    lost: str | None = "not opened"
+    next_attempt: float = 0.0
+    backoff_s: float = 1.0
+
+
+def _why(exc: Exception) -> str:
+    """pylon's message without its source-file trailer."""
+    return str(exc).split("\n")[0].split(" : ")[0].strip()
+
+
+def enumerate_cameras() -> list[pylon.DeviceInfo]:
+    return list(pylon.TlFactory.GetInstance().EnumerateDevices())
+
+
+def _node(camera: pylon.InstantCamera, *names: str) -> genicam.INode | None:
+    nodemap = camera.GetNodeMap()
+    for name in names:
+        node = nodemap.GetNode(name)
+        if node is not None and genicam.IsWritable(node):
+            return node
+    return None
+
+
+class PylonDriver:
+    def __init__(self, cameras: list[CameraSettings], settings: PylonSettings) -> None:
+        self._settings = settings
+        self._cameras = [_Camera(c) for c in cameras]
+        self._hardware = settings.trigger == "line1"
+
+    @property
+    def hardware_triggered(self) -> bool:
+        return self._hardware
+
+    def camera(self, name: str) -> pylon.InstantCamera:
+        """The open pylon camera behind a configured name, for diagnostics (and tests that play the hardware)."""
+        for entry in self._cameras:
+            if entry.settings.name == name and entry.camera is not None:
+                return entry.camera
+        raise KeyError(f"{name} is not open")
+
+    def open(self) -> None:
+        found = {info.GetSerialNumber(): info for info in enumerate_cameras()}
+        wanted = {c.settings.serial for c in self._cameras}
+        missing = [c.settings for c in self._cameras if c.settings.serial not in found]
+        extra = sorted(set(found) - wanted)
+        if extra:
+            log.warning("cameras connected but not configured; ignored", serials=extra)
+        if missing:
+            names = ", ".join(f"{s.name} (serial {s.serial})" for s in missing)
+            seen = ", ".join(f"{serial} ({info.GetModelName()})" for serial, info in sorted(found.items())) or "none"
+            raise DriverError(
+                f"camera {names} not found; connected: {seen}. Check cable and power, "
+                "or fix the serial in [[cameras]] (`amflow-edge cameras list` shows what is connected)"
+            )
+        try:
+            for entry in self._cameras:
+                self._open_one(entry, found[entry.settings.serial])
+        except Exception:
+            self.close()
+            raise
+
+    def _open_one(self, entry: _Camera, info: pylon.DeviceInfo) -> None:
+        name, serial = entry.settings.name, entry.settings.serial
+        try:
+            camera = pylon.InstantCamera(pylon.TlFactory.GetInstance().CreateDevice(info))
+            entry.flag = _RemovalFlag()
+            camera.RegisterConfiguration(entry.flag, pylon.RegistrationMode_Append, pylon.Cleanup_None)
+            camera.Open()
+            entry.camera = camera
+            entry.model = info.GetModelName()
+            entry.features_sha256 = self._load_features(camera, entry.settings)
+            self._configure(camera, entry.settings)
+            camera.StartGrabbing(pylon.GrabStrategy_OneByOne)
+        except genicam.GenericException as exc:
+            self._release(entry)
+            raise DriverError(f"{name} (serial {serial}): cannot open: {_why(exc)}") from None
+        entry.lost = None
+        entry.backoff_s = 1.0
+        log.info("camera open", camera=name, serial=serial, model=entry.model, features=entry.features_sha256)
+
+    def _load_features(self, camera: pylon.InstantCamera, settings: CameraSettings) -> str | None:
+        if self._settings.features_dir is None:
+            return None
+        path = self._settings.features_dir / f"{settings.serial}.pfs"
+        if not path.is_file():
+            log.warning("no feature file for this camera; using its own settings", camera=settings.name, path=str(path))
+            return None
+        data = path.read_bytes()
+        try:
+            pylon.FeaturePersistence.Load(str(path), camera.GetNodeMap(), True)
+        except genicam.GenericException as exc:
+            raise DriverError(
+                f"{settings.name}: feature file {path} does not fit the camera: {_why(exc)}; "
+                "save it again from this camera with `amflow-edge cameras save-features`"
+            ) from None
+        return hashlib.sha256(data).hexdigest()
+
+    def _configure(self, camera: pylon.InstantCamera, settings: CameraSettings) -> None:
+        """The station's own settings win over the feature file: the scan record must be true."""
+        camera.Width.Value = settings.width
+        camera.Height.Value = settings.height
+        camera.PixelFormat.Value = settings.pixel_format
+        exposure = _node(camera, "ExposureTime", "ExposureTimeAbs")
+        gain = _node(camera, "Gain", "GainAbs")
+        if exposure is None or gain is None:
+            raise DriverError(f"{settings.name}: the camera has no writable exposure time or gain in dB")
+        exposure.SetValue(settings.exposure_us)
+        gain.SetValue(settings.gain_db)
+        if _node(camera, "TestImageSelector") is not None:
+            camera.TestImageSelector.Value = "Off"
+        camera.TriggerSelector.Value = "FrameStart"
+        camera.TriggerMode.Value = "On"
+        if self._settings.trigger == "software":
+            camera.TriggerSource.Value = "Software"
+        elif self._settings.trigger == "line1":
+            camera.TriggerSource.Value = "Line1"
+            camera.TriggerActivation.Value = self._settings.line_activation
+        else:
+            action = self._settings.action
+            assert action is not None
+            if _node(camera, "ActionDeviceKey") is None:
+                raise DriverError(f"{settings.name}: this camera has no action commands; use trigger = software or line1")
+            camera.ActionDeviceKey.Value = action.device_key
+            camera.ActionGroupKey.Value = action.group_key
+            camera.ActionGroupMask.Value = action.group_mask
+            camera.TriggerSource.Value = "Action1"
+
+    def frame_deadline_s(self) -> float:
+        """Exposure, then transfer over the camera's link, then a margin for the host."""
+        slowest = max(c.settings.exposure_us / 1e6 + c.settings.width * c.settings.height / (
+            self._settings.link_mb_s * 1e6) for c in self._cameras)
+        return slowest + TRANSFER_MARGIN_S
+
+    def _check(self) -> None:
+        for entry in self._cameras:
+            if entry.lost is None and entry.camera is not None:
+                if entry.flag.removed.is_set() or entry.camera.IsCameraDeviceRemoved():
+                    self._lose(entry, "removed (cable, power or network)")
+                elif not entry.camera.IsOpen() or not entry.camera.IsGrabbing():
+                    self._lose(entry, "closed under the station")
+        lost = [e for e in self._cameras if e.lost is not None]
+        if lost:
+            names = ", ".join(f"{e.settings.name} (serial {e.settings.serial}): {e.lost}" for e in lost)
+            raise DriverError(f"incomplete rig, no scan taken: {names}; the station reconnects by itself")
+
+    def _lose(self, entry: _Camera, reason: str) -> None:
+        entry.lost = reason
+        entry.next_attempt = time.monotonic()
+        log.error("camera lost; scans are refused until it is back", camera=entry.settings.name,
+                  serial=entry.settings.serial, reason=reason)
+
+    def trigger(self) -> None:
+        self._check()
+        if self._hardware:
+            raise DriverError("this station is triggered on Line1 by its part-present sensor (pylon.trigger = "
+                              "'line1'); software triggers are refused")
+        if self._settings.trigger == "action":
+            action = self._settings.action
+            assert action is not None
+            tl = pylon.TlFactory.GetInstance().CreateTl("BaslerGigE")
+            tl.IssueActionCommand(action.device_key, action.group_key, action.group_mask, action.broadcast_address)
+            return
+        self._discard_stale_frames()
+        for entry in self._cameras:
+            assert entry.camera is not None
+            try:
+                entry.camera.WaitForFrameTriggerReady(TRIGGER_READY_MS, pylon.TimeoutHandling_ThrowException)
+                entry.camera.ExecuteSoftwareTrigger()
+            except genicam.TimeoutException:
+                raise GrabError(entry.settings.name, f"not ready for a trigger within {TRIGGER_READY_MS} ms "
+                                                     f"(serial {entry.settings.serial})") from None
+            except genicam.GenericException as exc:
+                self._lose(entry, _why(exc))
+                raise DriverError(f"{entry.settings.name}: trigger failed: {_why(exc)}") from None
+
+    def _discard_stale_frames(self) -> None:
+        """A frame that arrived after the last scan gave up on it must not become part of the next scan."""
+        for entry in self._cameras:
+            assert entry.camera is not None
+            while True:
+                result = entry.camera.RetrieveResult(0, pylon.TimeoutHandling_Return)
+                if result is None or not result.IsValid():
+                    break
+                result.Release()
+                log.warning("late frame from an earlier trigger discarded", camera=entry.settings.name)
+
+    def grab(self, timeout_s: float) -> Shot:
+        deadline = time.monotonic() + min(timeout_s, self.frame_deadline_s())
+        frames: dict[str, Frame] = {}
+        error: GrabError | None = None
+        for entry in self._cameras:
+            try:
+                frames[entry.settings.name] = self._retrieve(entry, deadline)
+            except GrabError as exc:
+                error = error or exc
+        if error is not None:
+            log.error("grab failed; no scan stored", camera=error.camera, reason=error.reason)
+            raise error
+        return Shot(frames=frames, metadata={"trigger": self._settings.trigger})
+
+    def wait_shot(self, timeout_s: float) -> Shot | None:
+        """Hardware trigger: None while no camera has a frame; else the rig's frames of that pulse."""
+        self._check()
+        first = self._cameras[0]
+        assert first.camera is not None
+        if first.camera.GetGrabResultWaitObject().Wait(int(timeout_s * 1000)) is False:
+            return None
+        return self.grab(self.frame_deadline_s())
+
+    def _retrieve(self, entry: _Camera, deadline: float) -> Frame:
+        name = entry.settings.name
+        assert entry.camera is not None
+        remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        try:
+            result = entry.camera.RetrieveResult(remaining_ms, pylon.TimeoutHandling_Return)
+        except genicam.GenericException as exc:
+            self._lose(entry, _why(exc))
+            raise GrabError(name, f"camera failed: {_why(exc)}") from None
+        if result is None or not result.IsValid():
+            raise GrabError(name, f"no frame within {remaining_ms} ms of the trigger (serial {entry.settings.serial})")
+        try:
+            if not result.GrabSucceeded():
+                raise GrabError(name, f"failed buffer: {result.GetErrorDescription()} (0x{result.GetErrorCode():x})")
+            if result.GetNumberOfSkippedImages():
+                raise GrabError(name, f"{result.GetNumberOfSkippedImages()} images skipped: triggers come faster "
+                                      "than the camera transfers")
+            if (result.GetWidth(), result.GetHeight()) != (entry.settings.width, entry.settings.height):
+                raise GrabError(name, f"frame is {result.GetWidth()}×{result.GetHeight()}, expected "
+                                      f"{entry.settings.width}×{entry.settings.height}")
+            image = result.GetArray().copy()
+            return Frame(
+                camera=name,
+                image=image,
+                timestamp=datetime.now(timezone.utc),
+                serial=entry.settings.serial,
+                exposure_us=entry.settings.exposure_us,
+                gain_db=entry.settings.gain_db,
+                extra={
+                    "camera_timestamp_ticks": int(result.GetTimeStamp()),
+                    "image_number": int(result.GetImageNumber()),
+                    "model": entry.model,
+                    "features_sha256": entry.features_sha256,
+                },
+            )
+        finally:
+            result.Release()
+
+    def grab_reference(self, timeout_s: float) -> Shot:
+        """The empty tray is photographed like any part; the operator clears the tray before a session."""
+        if self._hardware:
+            raise DriverError("empty-tray references need a software trigger; set pylon.trigger = 'software' "
+                              "for the session start, or provide references from another run")
+        self.trigger()
+        return self.grab(timeout_s)
+
+    def needs_reconnect(self) -> bool:
+        """Asked by the supervisor thread: reads flags only, never touches a camera."""
+        now = time.monotonic()
+        return any((e.lost is not None or e.flag.removed.is_set()) and now >= e.next_attempt for e in self._cameras)
+
+    def reconnect(self) -> None:
+        """Re-enumerate by serial and reopen lost cameras, with backoff; runs on the capture thread."""
+        try:
+            self._check()
+        except DriverError:
+            pass
+        now = time.monotonic()
+        due = [e for e in self._cameras if e.lost is not None and now >= e.next_attempt]
+        if not due:
+            return
+        found = {info.GetSerialNumber(): info for info in enumerate_cameras()}
+        for entry in due:
+            self._release(entry)
+            info = found.get(entry.settings.serial)
+            try:
+                if info is None:
+                    raise DriverError(f"serial {entry.settings.serial} not found")
+                self._open_one(entry, info)
+                log.info("camera reconnected", camera=entry.settings.name, serial=entry.settings.serial)
+            except DriverError as exc:
+                entry.lost = f"reconnecting: {exc}"
+                entry.next_attempt = time.monotonic() + entry.backoff_s
+                entry.backoff_s = min(entry.backoff_s * 2, self._settings.reconnect_max_backoff_s)
+
+    def _release(self, entry: _Camera) -> None:
+        camera, entry.camera = entry.camera, None
+        if camera is None:
+            return
+        for step in (camera.StopGrabbing, lambda: camera.DeregisterConfiguration(entry.flag), camera.Close,
+                     camera.DestroyDevice):
+            try:
+                step()
+            except genicam.GenericException:
+                pass
+
+    def close(self) -> None:
+        for entry in self._cameras:
+            self._release(entry)
+            entry.lost = "closed"
+
+    def health(self) -> list[CameraHealth]:
+        return [
+            CameraHealth(
+                camera=e.settings.name,
+                serial=e.settings.serial,
+                connected=e.lost is None and not e.flag.removed.is_set(),
+                detail=e.lost or ("removed (cable, power or network)" if e.flag.removed.is_set() else ""),
+            )
+            for e in self._cameras
+        ]

@@ -1,0 +1,50 @@
+"""Five Basler cameras without hardware: pypylon's emulation (PYLON_CAMEMU) fed with image files.
+
+The emulated cameras are configured the way a real station's are: through one .pfs feature
+file per serial, written by `amflow-edge cameras save-features` and then pointed at an
+image file (ImageFileMode/ImageFilename), so every frame is a known picture.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from amflow_edge.cli import main
+
+EMULATED = [f"0815-000{i}" for i in range(5)]
+
+
+@pytest.fixture
+def emulated(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Five emulated cameras; pylon reads PYLON_CAMEMU at every enumeration."""
+    monkeypatch.setenv("PYLON_CAMEMU", "5")
+    return EMULATED
+
+
+def save_features(config: Path, directory: Path) -> None:
+    assert main(["cameras", "save-features", "--config", str(config), "--dir", str(directory)]) == 0
+
+
+def point_at_image(pfs: Path, image: Path) -> None:
+    """Edit a saved feature file so the emulated camera delivers `image` on every trigger."""
+    text = pfs.read_text()
+    for key, value in (("ImageFileMode", "On"), ("ImageFilename", str(image)), ("TestImageSelector", "Off")):
+        text, count = re.subn(rf"^{key}\t.*$", f"{key}\t{value}", text, flags=re.MULTILINE)
+        assert count == 1, f"{key} not in {pfs}"
+    pfs.write_text(text)
+
+
+def write_images(directory: Path, serials: list[str], width: int, height: int) -> dict[str, np.ndarray]:
+    """A distinct noise picture per serial, so a frame tells which camera took it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    images = {}
+    for index, serial in enumerate(serials):
+        image = np.random.default_rng(index).integers(0, 256, (height, width), dtype=np.uint8)
+        cv2.imwrite(str(directory / f"{serial}.png"), image)
+        images[serial] = image
+    return images

@@ -1,0 +1,221 @@
+"""The Basler driver through pypylon's own camera emulation: mapping, features, failures, removal, shutdown."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+from amflow_edge.capture import Trigger
+from amflow_edge.cli import main
+from amflow_edge.config import StationConfig, load_config
+from amflow_edge.daemon import RunOptions, Station
+from drivers.base import DriverError
+from drivers.pylon import PylonDriver, PylonSettings
+from tests.mqtt_helpers import Broker, Subscriber
+from tests.pylon_rig import EMULATED, emulated, point_at_image, save_features, write_images
+from tests.station_files import REPO, write_station
+
+__all__ = ["emulated"]
+
+REVERSED = list(reversed(EMULATED))  # cam01 is the last serial: mapping must follow serials, not order
+
+
+def pylon_station(tmp_path: Path, port: int = 1883, serials: list[str] = REVERSED, **pylon: object) -> Path:
+    features = tmp_path / "features"
+    return write_station(tmp_path, port, {"rig": {"driver": "pylon", "grab_timeout_s": 5.0},
+                                          "pylon": {"features_dir": str(features), **pylon}}, serials=serials)
+
+
+def fed_station(tmp_path: Path, port: int = 1883, **pylon: object) -> tuple[StationConfig, dict[str, object]]:
+    """A pylon station whose emulated cameras each deliver their own noise picture."""
+    config = pylon_station(tmp_path, port, **pylon)
+    cfg = load_config(config)
+    assert cfg.pylon.features_dir is not None
+    save_features(config, cfg.pylon.features_dir)
+    images = write_images(tmp_path / "images", EMULATED, cfg.cameras[0].width, cfg.cameras[0].height)
+    for serial in EMULATED:
+        point_at_image(cfg.pylon.features_dir / f"{serial}.pfs", tmp_path / "images" / f"{serial}.png")
+    return cfg, images  # type: ignore[return-value]
+
+
+def test_cameras_are_mapped_by_serial_and_frames_are_the_cameras_pictures(emulated: list[str], tmp_path: Path) -> None:
+    cfg, images = fed_station(tmp_path)
+    driver = PylonDriver(cfg.cameras, cfg.pylon)
+    driver.open()
+    try:
+        driver.trigger()
+        shot = driver.grab(5.0)
+    finally:
+        driver.close()
+    for camera in cfg.cameras:
+        frame = shot.frames[camera.name]
+        assert frame.serial == camera.serial
+        assert (frame.image == images[camera.serial]).all(), f"{camera.name} shows another camera's picture"
+        assert frame.extra["features_sha256"] is not None and frame.extra["image_number"] >= 1
+
+
+def test_a_missing_camera_is_named_and_an_extra_one_ignored(
+    emulated: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = load_config(pylon_station(tmp_path))
+    monkeypatch.setenv("PYLON_CAMEMU", "4")
+    with pytest.raises(DriverError, match=r"cam01 \(serial 0815-0004\) not found; connected: 0815-0000 \(Emulation\)"):
+        PylonDriver(cfg.cameras, PylonSettings()).open()
+    monkeypatch.setenv("PYLON_CAMEMU", "6")
+    driver = PylonDriver(cfg.cameras, PylonSettings())
+    driver.open()
+    try:
+        assert all(h.connected for h in driver.health())
+    finally:
+        driver.close()
+
+
+def test_cameras_list_shows_which_camera_is_which_and_what_is_missing(
+    emulated: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = pylon_station(tmp_path)
+    monkeypatch.setenv("PYLON_CAMEMU", "4")
+    assert main(["cameras", "list", "--config", str(config)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["MODEL", "SERIAL", "INTERFACE", "ADDRESS", "STATION", "CAMERA"]
+    assert any(line.startswith("Emulation") and "0815-0003" in line and line.endswith("cam02") for line in out)
+    assert any("0815-0004" in line and line.endswith("cam01 NOT CONNECTED") for line in out)
+
+
+def test_a_feature_file_round_trips_and_a_bad_one_is_refused_at_open(emulated: list[str], tmp_path: Path) -> None:
+    cfg, _ = fed_station(tmp_path)
+    assert cfg.pylon.features_dir is not None
+    pfs = cfg.pylon.features_dir / f"{cfg.cameras[0].serial}.pfs"
+    pfs.write_text(pfs.read_text().replace("BlackLevel\t0.000", "BlackLevel\t12.000"))
+    driver = PylonDriver(cfg.cameras, cfg.pylon)
+    driver.open()
+    try:
+        assert driver.camera("cam01").BlackLevel.Value == pytest.approx(12.0)
+        assert driver.camera("cam01").ExposureTime.Value == cfg.cameras[0].exposure_us  # the config wins
+    finally:
+        driver.close()
+    pfs.write_text(pfs.read_text() + "NoSuchFeature\t1\n")
+    with pytest.raises(DriverError, match=rf"cam01: feature file {pfs} does not fit the camera: .*NoSuchFeature"):
+        PylonDriver(cfg.cameras, cfg.pylon).open()
+
+
+def test_action_commands_on_cameras_without_them_are_refused_clearly(emulated: list[str], tmp_path: Path) -> None:
+    from amflow_edge.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"pylon: trigger = 'action' needs an \[pylon.action\] table"):
+        load_config(pylon_station(tmp_path, trigger="action"))
+    cfg = load_config(pylon_station(tmp_path))
+    settings = PylonSettings(trigger="action", action={"device_key": 1, "group_key": 1})  # type: ignore[arg-type]
+    with pytest.raises(DriverError, match="has no action commands; use trigger = software or line1"):
+        PylonDriver(cfg.cameras, settings).open()
+
+
+@pytest.fixture
+def running(emulated: list[str], tmp_path: Path, broker: Broker) -> Station:
+    cfg, _ = fed_station(tmp_path, broker.port)
+    station = Station(cfg)
+    station.start(RunOptions(supervise_interval_s=0.2))
+    yield station  # type: ignore[misc]
+    station.shutdown()
+
+
+def scan_dirs(station: Station) -> list[str]:
+    return sorted(p.name for p in station.store.scans_dir.iterdir() if not p.name.startswith("."))
+
+
+def test_failed_buffers_and_timeouts_fail_the_scan_cleanly_and_the_station_carries_on(running: Station) -> None:
+    first = running.loop.capture(Trigger(source="test"))
+    assert first.ok
+    cam03 = running.driver.camera("cam03")  # type: ignore[attr-defined]
+    cam03.ForceFailedBufferCount.Value = 1
+    cam03.ForceFailedBuffer.Execute()
+    failed = running.loop.capture(Trigger(source="test"))
+    assert not failed.ok and failed.error is not None and failed.error.startswith("cam03: failed buffer")
+    running.driver.camera("cam02").AcquisitionStop.Execute()  # type: ignore[attr-defined]  # a camera gone silent
+    timed_out = running.loop.capture(Trigger(source="test"))
+    assert not timed_out.ok and timed_out.error == "cam02: not ready for a trigger within 1000 ms (serial 0815-0003)"
+    running.driver.camera("cam02").AcquisitionStart.Execute()  # type: ignore[attr-defined]
+    again = running.loop.capture(Trigger(source="test"))
+    assert again.ok, again.error
+    assert scan_dirs(running) == sorted([first.uuid, again.uuid])  # type: ignore[list-item]
+    record = json.loads((running.store.scan_dir(again.uuid) / "scan.json").read_text())  # type: ignore[arg-type]
+    cam = record["station"]["cameras"]["cam01"]
+    assert cam["serial"] == "0815-0004" and len(cam["extra"]["features_sha256"]) == 64
+    assert record["station"]["driver"] == "pylon"
+
+
+def wait_for(condition, timeout_s: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_camera_closed_under_the_daemon_is_reported_and_recovered(running: Station, broker: Broker) -> None:
+    states = Subscriber(broker, ["amflow/test-station/state"])
+    assert running.loop.capture(Trigger(source="test")).ok
+    running.driver.camera("cam04").Close()  # type: ignore[attr-defined]
+    refused = running.loop.capture(Trigger(source="test"))
+    assert not refused.ok and "incomplete rig" in (refused.error or "") and "cam04" in (refused.error or "")
+    assert wait_for(lambda: all(h.connected for h in running.driver.health())), running.driver.health()
+    recovered = running.loop.capture(Trigger(source="test"))
+    assert recovered.ok, recovered.error
+    assert len(scan_dirs(running)) == 2
+    try:
+        while True:  # the plant saw cam04 go, then come back
+            cameras = json.loads(states.next(timeout_s=10).payload)["cameras"]
+            if not cameras[3]["connected"]:
+                assert cameras[3]["detail"] == "closed under the station" and cameras[3]["serial"] == "0815-0001"
+                break
+        while not json.loads(states.next(timeout_s=10).payload)["cameras"][3]["connected"]:
+            pass
+    finally:
+        states.close()
+
+
+def test_line1_trigger_stores_a_scan_when_the_frames_arrive(
+    emulated: list[str], tmp_path: Path, broker: Broker
+) -> None:
+    cfg, images = fed_station(tmp_path, broker.port, trigger="line1")
+    station = Station(cfg)
+    station.start(RunOptions())
+    try:
+        refused = station.loop.capture(Trigger(source="mqtt"))
+        assert not refused.ok and "triggered on Line1" in (refused.error or "")
+        driver = station.driver
+        assert driver.camera("cam01").TriggerSource.Value == "Line1"  # type: ignore[attr-defined]
+        for camera in cfg.cameras:  # play the part-present sensor: every camera fires once
+            pylon_camera = driver.camera(camera.name)  # type: ignore[attr-defined]
+            pylon_camera.TriggerSource.Value = "Software"
+            pylon_camera.ExecuteSoftwareTrigger()
+        assert wait_for(lambda: station.loop.scans_stored == 1)
+        [scan] = scan_dirs(station)
+        record = json.loads((station.store.scan_dir(scan) / "scan.json").read_text())
+        assert record["station"]["trigger_source"] == "hardware"
+        stored = cv2.imread(str(station.store.scan_dir(scan) / "scan_cam05.png"), cv2.IMREAD_UNCHANGED)
+        assert (stored == images[cfg.cameras[4].serial]).all()
+    finally:
+        station.shutdown()
+
+
+def test_clean_shutdown_leaves_the_cameras_free_for_the_next_process(emulated: list[str], tmp_path: Path) -> None:
+    cfg, _ = fed_station(tmp_path)
+    script = (
+        "import sys; from amflow_edge.config import load_config; from drivers.pylon import PylonDriver\n"
+        "from amflow_edge.log import configure_logging; configure_logging('info', True)\n"
+        "cfg = load_config(sys.argv[1]); d = PylonDriver(cfg.cameras, cfg.pylon); d.open(); d.trigger()\n"
+        "print(sorted(d.grab(5.0).frames)); d.close()\n"
+    )
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "station.toml")], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]  # a segfault at exit would be -11
+        assert proc.stdout.strip() == str([f"cam0{i}" for i in range(1, 6)])
