@@ -251,6 +251,9 @@ class PylonDriver:
             tl = pylon.TlFactory.GetInstance().CreateTl("BaslerGigE")
             tl.IssueActionCommand(action.device_key, action.group_key, action.group_mask, action.broadcast_address)
             return
+        self._software_trigger()
+
+    def _software_trigger(self) -> None:
         self._discard_stale_frames()
         for entry in self._cameras:
             assert entry.camera is not None
@@ -337,12 +340,24 @@ class PylonDriver:
             result.Release()
 
     def grab_reference(self, timeout_s: float) -> Shot:
-        """The empty tray is photographed like any part; the operator clears the tray before a session."""
-        if self._hardware:
-            raise DriverError("empty-tray references need a software trigger; set pylon.trigger = 'software' "
-                              "for the session start, or provide references from another run")
-        self.trigger()
-        return self.grab(timeout_s)
+        """The empty tray is photographed like any part; no part is there to pulse Line1, so the station does."""
+        if not self._hardware:
+            self.trigger()
+            return self.grab(timeout_s)
+        self._check()
+        self._set_trigger_source("Software")
+        try:
+            self._software_trigger()
+            return self.grab(timeout_s)
+        finally:
+            self._set_trigger_source("Line1")
+
+    def _set_trigger_source(self, source: str) -> None:
+        for entry in self._cameras:
+            assert entry.camera is not None
+            entry.camera.StopGrabbing()
+            entry.camera.TriggerSource.Value = source
+            entry.camera.StartGrabbing(pylon.GrabStrategy_OneByOne)
 
     def needs_reconnect(self) -> bool:
         """Asked by the supervisor thread: reads flags only, never touches a camera."""

@@ -185,9 +185,12 @@ def test_line1_trigger_stores_a_scan_when_the_frames_arrive(
     emulated: list[str], tmp_path: Path, broker: Broker
 ) -> None:
     cfg, images = fed_station(tmp_path, broker.port, trigger="line1")
-    station = Station(cfg)
+    station = Station(cfg.model_copy(update={"inspection": cfg.inspection.model_copy(update={"enabled": True})}))
     station.start(RunOptions())
     try:
+        reference = cv2.imread(str(station.store.reference_dir(station.scan_session) / "empty_cam02.png"),
+                               cv2.IMREAD_UNCHANGED)  # taken by software trigger: no part pulses the sensor
+        assert (reference == images[cfg.cameras[1].serial]).all()
         refused = station.loop.capture(Trigger(source="mqtt"))
         assert not refused.ok and "triggered on Line1" in (refused.error or "")
         driver = station.driver
