@@ -150,3 +150,14 @@ class Subscriber:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def password_broker(directory: Path, user: str, password: str) -> Broker:
+    """A started broker that lets only `user` in, with `password` (a mosquitto_passwd file)."""
+    passwords = directory / "passwd"
+    passwords.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, password], check=True)
+    os.chmod(passwords, 0o600)
+    broker = Broker(directory, password_file=passwords)
+    broker.start()
+    return broker

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from amflow_edge.db import DB_FILE, StationDb
 from amflow_edge.outbox import Outbox
 from amflow_edge.record import ScanRecord
 from amflow_edge.store import RECORD_FILE
-from tests.mqtt_helpers import Broker, Subscriber
+from tests.mqtt_helpers import Broker, Subscriber, password_broker
 from tests.station_files import write_station
 
 REPO = Path(__file__).resolve().parent.parent
@@ -196,12 +195,7 @@ def test_outbox_commands_show_status_and_replay(tmp_path: Path, broker: Broker, 
 
 
 def test_wrong_password_is_named_and_the_station_keeps_capturing(tmp_path: Path) -> None:
-    passwords = tmp_path / "passwd"
-    passwords.write_text("")
-    subprocess.run(["mosquitto_passwd", "-b", str(passwords), "station", "right"], check=True)
-    os.chmod(passwords, 0o600)
-    broker = Broker(tmp_path, password_file=passwords)
-    broker.start()
+    broker = password_broker(tmp_path, "station", "right")
     config = write_station(tmp_path, broker.port, {"mqtt": {"username": "station", "password": "Xy7-not-the-password"}, "capture": {"timer_interval_s": 0.2}})
     log_file = tmp_path / "daemon.log"
     daemon = _start_daemon(config, log_file)

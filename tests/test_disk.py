@@ -1,0 +1,160 @@
+"""Disk guard on a real, size-limited file system, and retention of backed-up scans."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from pydantic import ValidationError
+
+from amflow_edge.config_service import GIB, BackupSettings, DiskSettings, WatchdogSettings
+from amflow_edge.disk import DiskGuard, Retention, format_bytes, free_bytes
+
+MIB = 1024**2
+NOW = datetime(2026, 3, 20, 12, 0, tzinfo=timezone.utc)
+
+
+def mount_tmpfs(directory: Path, size: str) -> None:
+    """Mount a tmpfs of `size` on directory, or skip the test saying why it cannot run here."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root; the threshold tests below still run")
+    directory.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "disk"
+    mount_tmpfs(mount, "16m")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(path: Path, size: int) -> None:
+    with path.open("wb") as fh:
+        fh.write(b"\0" * size)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def test_guard_pauses_and_resumes_with_hysteresis_on_a_filling_disk(small_disk: Path) -> None:
+    guard = DiskGuard(small_disk, min_free_bytes=6 * MIB, resume_free_bytes=10 * MIB)
+    assert guard.free_bytes() > 15 * MIB
+    assert guard.reason() is None
+
+    ballast = small_disk / "ballast"
+    fill(ballast, 12 * MIB)  # ~4 MiB left
+    reason = guard.reason()
+    assert reason is not None
+    assert f"free on {small_disk}" in reason
+    assert "capture pauses below 6.0 MiB" in reason and "resumes above 10.0 MiB" in reason
+    assert "backup.path" in reason and "retention_days" in reason  # the fix
+
+    os.truncate(ballast, 8 * MIB)  # ~8 MiB free: above the pause mark, below the resume mark
+    assert 6 * MIB < guard.free_bytes() < 10 * MIB
+    still = guard.reason()
+    assert still is not None and still != reason  # still paused, with the current figure
+
+    os.truncate(ballast, 2 * MIB)  # ~14 MiB free
+    assert guard.reason() is None
+    fill(ballast, 8 * MIB)  # ~8 MiB free: running, and between the marks it stays running
+    assert guard.reason() is None
+
+
+def test_guard_pauses_when_the_threshold_is_above_the_free_space(tmp_path: Path) -> None:
+    free = free_bytes(tmp_path)
+    guard = DiskGuard(tmp_path, min_free_bytes=free + GIB, resume_free_bytes=free + 2 * GIB)
+    reason = guard.reason()
+    assert reason is not None
+    assert str(tmp_path) in reason and format_bytes(free + GIB) in reason
+    assert DiskGuard(tmp_path, 0, 0).reason() is None
+
+
+def test_guard_hysteresis_with_a_scripted_disk() -> None:
+    frsize = 4096
+    free = {"blocks": 10 * GIB // frsize}
+
+    def statvfs(_path: object) -> os.statvfs_result:
+        return SimpleNamespace(f_bavail=free["blocks"], f_frsize=frsize)  # type: ignore[return-value]
+
+    guard = DiskGuard(Path("/data"), 2 * GIB, 3 * GIB, statvfs=statvfs)
+    steps = [(10, None), (1.5, "paused"), (2.5, "paused"), (3.0, "paused"), (3.1, None), (2.5, None), (1.9, "paused")]
+    for gib, expected in steps:
+        free["blocks"] = int(gib * GIB) // frsize
+        state = None if guard.reason() is None else "paused"
+        assert state == expected, f"at {gib} GiB free"
+
+
+def test_guard_reports_a_missing_data_root(tmp_path: Path) -> None:
+    reason = DiskGuard(tmp_path / "not-mounted", 1, 1).reason()
+    assert reason is not None and "cannot read the free space" in reason and "station.data_root" in reason
+    with pytest.raises(ValueError, match="resume_free_bytes"):
+        DiskGuard(tmp_path, 2, 1)
+
+
+def test_settings_defaults_and_validation() -> None:
+    disk = DiskSettings()
+    assert (disk.min_free_bytes, disk.resume_free_bytes, disk.retention_days) == (2 * GIB, 3 * GIB, None)
+    with pytest.raises(ValidationError, match="resume_free_bytes"):
+        DiskSettings(min_free_bytes=5 * GIB, resume_free_bytes=4 * GIB)
+    with pytest.raises(ValidationError):
+        DiskSettings(retention_days=0)
+    with pytest.raises(ValidationError):
+        DiskSettings(min_free_byte=1)  # type: ignore[call-arg]  # a typo is an error, not a default
+    assert BackupSettings().path is None
+    assert WatchdogSettings().capture_silent_s > 60
+
+
+def make_scan(scans: Path, created: datetime | None, name: str | None = None, record: bytes | None = None) -> str:
+    name = name or str(uuid.uuid1())
+    directory = scans / name
+    directory.mkdir(parents=True)
+    (directory / "scan_cam01.png").write_bytes(os.urandom(1000))
+    if record is not None:
+        (directory / "scan.json").write_bytes(record)
+    elif created is not None:
+        (directory / "scan.json").write_text(json.dumps({"scan": {"created": created.isoformat()}, "station": {}}))
+    return name
+
+
+def test_retention_deletes_only_expired_backed_up_scans_oldest_first(tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    amsterdam = timezone(timedelta(hours=1))
+    oldest = make_scan(scans, NOW - timedelta(days=40))
+    old = make_scan(scans, (NOW - timedelta(days=31)).astimezone(amsterdam))
+    old_not_backed_up = make_scan(scans, NOW - timedelta(days=35))
+    young = make_scan(scans, NOW - timedelta(days=29))
+    undated = make_scan(scans, None)
+    naive = make_scan(scans, None, record=b'{"scan": {"created": "2020-01-01T00:00:00"}}')
+    broken = make_scan(scans, None, record=b"{not json")
+    in_flight = make_scan(scans / ".incoming", NOW - timedelta(days=400))  # a scan being written
+    stranger = make_scan(scans, NOW - timedelta(days=400), name="lost+found")
+    shouting = make_scan(scans, NOW - timedelta(days=400), name=str(uuid.uuid1()).upper())  # not canonical
+
+    asked: list[str] = []
+
+    def backed_up(name: str) -> bool:
+        asked.append(name)
+        return name != old_not_backed_up
+
+    retention = Retention(scans, retention_days=30, backed_up=backed_up)
+    assert retention.expired(NOW) == [oldest, old_not_backed_up, old]
+    deleted = retention.run_once(NOW)
+    assert deleted == [oldest, old]
+    remaining = {p.name for p in scans.iterdir()}
+    assert remaining == {old_not_backed_up, young, undated, naive, broken, ".incoming", stranger, shouting}
+    assert (scans / ".incoming" / in_flight).is_dir()
+    assert [p.name for p in (scans / ".incoming").iterdir()] == [in_flight]  # no trash left behind
+    assert retention.run_once(NOW) == []
+    with pytest.raises(ValueError):
+        Retention(scans, 0, backed_up)
