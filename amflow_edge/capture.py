@@ -89,12 +89,14 @@ class CaptureLoop:
         session: Callable[[], ScanningSession],
         on_scan: Callable[[ScanRecord], None] | None = None,
         paused: Callable[[], str | None] = lambda: None,
+        heartbeat: Callable[[], None] = lambda: None,
     ) -> None:
         self._cfg = cfg
         self._driver = driver
         self._store = store
         self._announce = announce
         self._paused = paused
+        self._heartbeat = heartbeat
         self._session = session
         self._tz = ZoneInfo(cfg.station.timezone)
         self._triggers: queue.Queue[Trigger | CameraTask] = queue.Queue(maxsize=8)
@@ -125,6 +127,7 @@ class CaptureLoop:
     def run(self, stop: threading.Event) -> None:
         hardware = isinstance(self._driver, HardwareTriggered) and self._driver.hardware_triggered
         while not stop.is_set():
+            self._heartbeat()
             try:
                 trigger = self._triggers.get_nowait() if hardware else self._triggers.get(timeout=0.2)
             except queue.Empty:

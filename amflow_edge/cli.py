@@ -214,9 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     reevaluate.add_argument("--profile", required=True, help="inspection profile name or .toml path")
     reevaluate.set_defaults(func=cmd_reevaluate)
 
-    from amflow_edge import cli_cameras, cli_inspect, cli_outbox, cli_render
+    from amflow_edge import cli_cameras, cli_doctor, cli_inspect, cli_outbox, cli_render
 
     cli_cameras.add_parser(sub)
+    cli_doctor.add_parser(sub)
     cli_render.add_parser(sub)
     cli_inspect.add_parser(sub)
     cli_outbox.add_parser(sub)

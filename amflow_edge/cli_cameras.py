@@ -11,8 +11,13 @@ import argparse
 import hashlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from amflow_edge.config import StationConfig
+    from amflow_edge.doctor import CheckResult
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -124,3 +129,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     save.add_argument("--config", type=Path, required=True, help="station TOML")
     save.add_argument("--dir", type=Path, help="where to write (default pylon.features_dir)")
     save.set_defaults(func=cmd_save_features)
+
+
+def camera_check(cfg: StationConfig) -> CheckResult:
+    """The doctor's camera row for a Basler station: every configured serial connected."""
+    from amflow_edge.doctor import CheckResult
+
+    cameras = connected_cameras({c.serial: c.name for c in cfg.cameras})
+    present = {c.serial for c in cameras}
+    missing = [f"{c.name} (serial {c.serial})" for c in cfg.cameras if c.serial not in present]
+    if missing:
+        seen = ", ".join(f"{c.serial} ({c.model})" for c in cameras) or "none"
+        return CheckResult(name="cameras", ok=False, detail=f"not connected: {', '.join(missing)}; connected: {seen}",
+                           fix="check cables and power; `amflow-edge cameras list --config FILE` shows serials")
+    return CheckResult(name="cameras", ok=True, detail=f"all {len(cfg.cameras)} cameras connected")

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from amflow_edge.config_qc import QcSettings
+from amflow_edge.config_service import BackupSettings, DiskSettings, WatchdogSettings
 from drivers.base import CAMERA_NAMES, CameraSettings
 from drivers.mock import MockDriverSettings
 from drivers.pylon import PylonSettings
@@ -216,6 +217,9 @@ class StationConfig(BaseSettings):
     qc: QcSettings = Field(
         default_factory=QcSettings, description="Operator decisions: policy, reason catalogue, buttons and lamps."
     )
+    disk: DiskSettings = Field(default_factory=DiskSettings, description="Free-space guard and retention.")
+    backup: BackupSettings = Field(default_factory=BackupSettings, description="Moving old scans to a backup disk.")
+    watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings, description="What counts as hung.")
 
     @field_validator("cameras")
     @classmethod
@@ -302,11 +306,14 @@ def _with_resolved_paths(cfg: StationConfig, base: Path) -> StationConfig:
     pylon = cfg.pylon
     if pylon.features_dir is not None:
         pylon = pylon.model_copy(update={"features_dir": _resolve(base, pylon.features_dir)})
+    backup = cfg.backup
+    if backup.path is not None:
+        backup = backup.model_copy(update={"path": _resolve(base, backup.path)})
     qc = cfg.qc
     if qc.reasons is not None:
         qc = qc.model_copy(update={"reasons": _resolve(base, qc.reasons)})
     return cfg.model_copy(
-        update={"cameras": cameras, "station": station, "designs": designs, "mqtt": mqtt, "qc": qc, "pylon": pylon}
+        update={"cameras": cameras, "station": station, "designs": designs, "mqtt": mqtt, "qc": qc, "pylon": pylon, "backup": backup}
     )
 
 

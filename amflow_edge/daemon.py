@@ -8,9 +8,9 @@ drained as far as the broker allows → 'offline' → cameras closed.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,12 +26,13 @@ from amflow_edge.decisions import Decisions
 from amflow_edge.events import Events
 from amflow_edge.inspector import InspectionJob, Inspector, design_of
 from amflow_edge.mqtt import StationMqtt
-from amflow_edge.outbox import Outbox
+from amflow_edge.outbox import Outbox, OutboxStats
 from amflow_edge.panel.base import ButtonSource, Lamps
 from amflow_edge.panel.operator import OperatorPanel
 from amflow_edge.qc_reasons import load_reasons
 from amflow_edge.record import ScanRecord
 from amflow_edge.relay import Relay
+from amflow_edge.service import StationService
 from amflow_edge.session import ScanningSession, SessionKeeper
 from amflow_edge.state import StationState
 from amflow_edge.station_commands import StationCommands, resolve_designs
@@ -104,8 +105,10 @@ class Station:
             self.events.scan_stored,
             lambda: self.sessions.current,
             self._after_scan,
-            self.guard.reason,
+            self.paused_reason,
+            heartbeat=lambda: self.service.capture_heartbeat.beat(),
         )
+        self.service = StationService(self)
         self.mqtt.set_request_handler(CommandHandler(StationCommands(self).handlers(), self.mqtt.respond))
         self.mqtt.on_connected = self.publish_state
         self._threads: list[threading.Thread] = []
@@ -116,11 +119,14 @@ class Station:
         self._last_state = 0.0
         self._state_interval_s = 30.0
 
+    def paused_reason(self, outbox: OutboxStats | None = None) -> str | None:
+        """Why capture must wait: the events owed to the plant, or the disk; both resume by themselves."""
+        return self.guard.reason(outbox) or self.service.disk.reason()
+
     def state(self) -> StationState:
         outbox = self.outbox.stats()
-        paused = self.guard.reason(outbox)
+        paused = self.paused_reason(outbox)
         mode = "paused" if paused and self._mode == "running" else self._mode
-        disk = os.statvfs(self.store.scans_dir)
         session = self.sessions.current
         return StationState(
             station=self.cfg.station.id,
@@ -129,7 +135,7 @@ class Station:
             paused_reason=paused,
             broker_connected=self.mqtt.connected.is_set(),
             outbox=outbox,
-            disk_free_bytes=disk.f_bavail * disk.f_frsize,
+            disk_free_bytes=self.service.disk.free_bytes(),
             driver=self.cfg.rig.driver,
             scan_session=session.scan_session,
             batch=session.batch,
@@ -149,6 +155,11 @@ class Station:
         self._last_state = time.monotonic()
         if self.mqtt.connected.is_set():
             self.mqtt.publish(self.mqtt.state_topic, self.state().model_dump_json().encode(), retain=True)
+
+    def scan_dir(self, record: ScanRecord) -> Path:
+        """Where the scan's files are now: the data root, or the backup disk once moved."""
+        moved = record.station.backup_path
+        return Path(moved) if record.station.is_backed_up and moved else self.store.scan_dir(record.scan.uuid)
 
     def designs(self) -> DesignLibrary:
         """The design library plus the active session's designs."""
@@ -184,7 +195,7 @@ class Station:
             raise LookupError(f"no empty-tray references for session {record.scan.scan_session}")
         return InspectionJob(
             scan_uuid=record.scan.uuid,
-            scan_dir=self.store.scan_dir(record.scan.uuid),
+            scan_dir=self.scan_dir(record),
             reference_dir=reference_dir,
             calibrations={c.name: c.calibration for c in self.cfg.cameras},
             design_path=design.path,
@@ -196,6 +207,7 @@ class Station:
 
     def supervise(self) -> None:
         """Periodic: keep paho's network thread alive, get lost cameras back, tell the plant how the station is."""
+        self.service.supervise()
         self.mqtt.revive()
         health = self.driver.health()
         if isinstance(self.driver, Reconnecting) and self.driver.needs_reconnect() and not self._reconnect_queued:
@@ -225,7 +237,7 @@ class Station:
             if r.scan.inspectionreport is None and r.scan.qc_machine is None and not r.scan.qc_needs_review
             and r.scan.qc_operator is None
         ]
-        gone = [r.scan.uuid for r in pending if not self.store.scan_dir(r.scan.uuid).is_dir()]
+        gone = [r.scan.uuid for r in pending if not self.scan_dir(r).is_dir()]
         if gone:
             log.error("uninspected scans whose directories are gone (moved or deleted by hand); not inspected",
                       count=len(gone), scans=gone[:10])
@@ -299,12 +311,14 @@ class Station:
             driver=self.cfg.rig.driver,
             outbox_backlog=self.outbox.stats().backlog,
         )
+        self.service.start(self._spawn)
 
     def wait(self) -> None:
         while not self.stop_event.wait(0.5):
             pass
 
     def shutdown(self, flush_timeout_s: float = 10.0) -> None:
+        self.service.stopping()
         self.stop_event.set()
         for thread in self._threads:
             thread.join(timeout=30)

@@ -95,6 +95,16 @@ class Events:
         self._notify(event, record)
         return record
 
+    def annotate(self, scan_uuid: str, change: Callable[[ScanRecord], ScanRecord]) -> ScanRecord:
+        """A change to what the station knows about a scan that is not in the 3.7 payload: stored, not announced."""
+        with self._update_lock, self._db.transaction() as conn:
+            row = conn.execute("SELECT record FROM scans WHERE uuid = ?", (scan_uuid,)).fetchone()
+            if row is None:
+                raise KeyError(f"scan {scan_uuid} is not known to this station")
+            record = change(ScanRecord.model_validate_json(row[0]))
+            conn.execute("UPDATE scans SET record = ? WHERE uuid = ?", (record.model_dump_json(), scan_uuid))
+        return record
+
     def record(self, scan_uuid: str) -> ScanRecord | None:
         row = self._db.connection().execute("SELECT record FROM scans WHERE uuid = ?", (scan_uuid,)).fetchone()
         return None if row is None else ScanRecord.model_validate_json(row[0])

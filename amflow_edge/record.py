@@ -53,6 +53,9 @@ class StationMetadata(BaseModel):
     decisions: list[OperatorDecisionRecord] = Field(
         default_factory=list, description="Every operator decision on the scan, oldest first."
     )
+    is_backed_up: bool = Field(default=False, description="Moved to the backup disk (AM-Vision's is_backed_up).")
+    backup_path: str | None = Field(default=None, description="Where the scan directory is on the backup disk.")
+    backed_up_at: str | None = Field(default=None, description="When it was moved (ISO 8601, station time).")
 
 
 class ScanRecord(BaseModel):

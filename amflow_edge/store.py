@@ -180,8 +180,12 @@ class ScanStore:
         return ScanRecord.model_validate_json((self.scan_dir(uuid) / RECORD_FILE).read_bytes())
 
     def update_record(self, record: ScanRecord) -> None:
-        """Rewrite scan.json atomically (temp file, fsync, rename) so a reader never sees half a record."""
-        directory = self.scan_dir(record.scan.uuid)
+        """Rewrite scan.json atomically (temp file, fsync, rename) so a reader never sees half a record.
+
+        A scan moved to the backup disk is updated there.
+        """
+        backup = record.station.backup_path
+        directory = Path(backup) if record.station.is_backed_up and backup else self.scan_dir(record.scan.uuid)
         temporary = directory / f".{RECORD_FILE}.tmp"
         try:
             temporary.unlink(missing_ok=True)

@@ -103,6 +103,15 @@ def enumerate_cameras() -> list[pylon.DeviceInfo]:
     return list(pylon.TlFactory.GetInstance().EnumerateDevices())
 
 
+def issue_action_command(action: ActionCommand) -> None:
+    """One GigE Vision ACTION_CMD broadcast: every camera whose keys match exposes at the same instant."""
+    tl = pylon.TlFactory.GetInstance().CreateTl("BaslerGigE")
+    if not tl.IssueActionCommandNoWait(action.device_key, action.group_key, action.group_mask,
+                                       action.broadcast_address):
+        raise DriverError(f"the action command to {action.broadcast_address} could not be sent; "
+                          "check pylon.action.broadcast_address is the camera network's broadcast address")
+
+
 def _node(camera: pylon.InstantCamera, *names: str) -> genicam.INode | None:
     nodemap = camera.GetNodeMap()
     for name in names:
@@ -246,10 +255,9 @@ class PylonDriver:
             raise DriverError("this station is triggered on Line1 by its part-present sensor (pylon.trigger = "
                               "'line1'); software triggers are refused")
         if self._settings.trigger == "action":
-            action = self._settings.action
-            assert action is not None
-            tl = pylon.TlFactory.GetInstance().CreateTl("BaslerGigE")
-            tl.IssueActionCommand(action.device_key, action.group_key, action.group_mask, action.broadcast_address)
+            assert self._settings.action is not None
+            self._discard_stale_frames()
+            issue_action_command(self._settings.action)
             return
         self._software_trigger()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -19,6 +18,7 @@ from drivers.base import DriverError
 from drivers.pylon import PylonDriver, PylonSettings
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.pylon_rig import EMULATED, emulated, point_at_image, save_features, write_images
+from tests.polling import wait_for
 from tests.station_files import REPO, write_station
 
 __all__ = ["emulated"]
@@ -150,15 +150,6 @@ def test_failed_buffers_and_timeouts_fail_the_scan_cleanly_and_the_station_carri
     assert record["station"]["driver"] == "pylon"
 
 
-def wait_for(condition, timeout_s: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_a_camera_closed_under_the_daemon_is_reported_and_recovered(running: Station, broker: Broker) -> None:
     states = Subscriber(broker, ["amflow/test-station/state"])
     assert running.loop.capture(Trigger(source="test")).ok
@@ -222,3 +213,30 @@ def test_clean_shutdown_leaves_the_cameras_free_for_the_next_process(emulated: l
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]  # a segfault at exit would be -11
         assert proc.stdout.strip() == str([f"cam0{i}" for i in range(1, 6)])
+
+
+ACTION_LISTENER = """
+import socket, sys
+from drivers.pylon import ActionCommand, issue_action_command
+listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+listener.bind(("0.0.0.0", 3956))  # GVCP, where cameras listen
+listener.settimeout(5)
+issue_action_command(ActionCommand(device_key=0x11223344, group_key=0x55667788, group_mask=0xF0F0F0F0,
+                                   broadcast_address="10.77.0.255"))
+print(listener.recv(64).hex())
+"""
+
+
+def test_the_action_command_is_a_gvcp_broadcast_with_the_configured_keys(tmp_path: Path) -> None:
+    """In a network namespace of its own (a veth pair, nothing leaves it), as the camera network would see it."""
+    setup = ("ip link set lo up && ip link add v0 type veth peer name v1 && ip addr add 10.77.0.1/24 dev v0 "
+             "&& ip link set v0 up && ip link set v1 up")
+    probe = subprocess.run(["unshare", "--net", "sh", "-c", setup], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no network namespace with a veth pair here ({probe.stderr.strip() or 'unshare failed'})")
+    proc = subprocess.run(["unshare", "--net", "sh", "-c", f'{setup} && "{sys.executable}" -c "$0"', ACTION_LISTENER],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    packet = bytes.fromhex(proc.stdout.strip().splitlines()[-1])
+    assert packet[0] == 0x42 and packet[2:4] == b"\x01\x00"  # GVCP key, ACTION_CMD
+    assert packet[8:20] == bytes.fromhex("11223344" "55667788" "f0f0f0f0")
