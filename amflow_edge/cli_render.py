@@ -24,6 +24,9 @@ Units = Literal["mm", "inch", "m"]  # inspection.designs.Units, restated: import
 EXIT_BAD_INPUT = 2
 TRAY_SIZE_MM = (300.0, 240.0)
 DEFAULT_CALIBRATION = Path(__file__).resolve().parents[1] / "config" / "calibration" / "demo"
+REFERENCE_SEED_OFFSET = 500_000
+"""The empty tray is another frame, as at the station: the same seed would give it the scan's sensor noise,
+which then correlates with the part's dark faces and hides them from the comparison."""
 TRUTH_FILE = "truth.json"
 
 
@@ -129,7 +132,7 @@ def _render(args: argparse.Namespace) -> tuple[RenderTruth, dict[str, np.ndarray
     renderer = Renderer(rig, TRAY_SIZE_MM)
     try:
         scans = renderer.render(mesh, pose, args.seed)
-        empties = renderer.render(None, None, args.seed)
+        empties = renderer.render(None, None, args.seed + REFERENCE_SEED_OFFSET)
     finally:
         renderer.close()
     truth = RenderTruth(
