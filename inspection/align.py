@@ -32,6 +32,8 @@ COARSE_SCALE = 0.125
 MEDIUM_SCALE = 0.25
 YAW_STEP_DEG = 12.0
 TOP_HYPOTHESES = 8
+PER_REST_HYPOTHESES = 2
+PLAUSIBLE_FRACTION = 0.8
 REFINED_HYPOTHESES = 4
 FINAL_HYPOTHESES = 2
 CONTOUR_SPACING_PX = 3.0
@@ -196,7 +198,7 @@ def coarse_search(model: DesignModel, views: Sequence[View]) -> list[tuple[float
             candidates.append((_iou(rendered, observed_top), pose, index))
     candidates.sort(key=lambda c: -c[0])
     rescored = []
-    for _, pose, index in candidates[:TOP_HYPOTHESES]:
+    for _, pose, index in _diverse(candidates):
         vertices = transform(pose, model.coarse_vertices)
         scores = []
         for view in views:
@@ -207,6 +209,20 @@ def coarse_search(model: DesignModel, views: Sequence[View]) -> list[tuple[float
         rescored.append((float(np.mean(scores)), pose, index))
     rescored.sort(key=lambda c: -c[0])
     return rescored
+
+
+def _diverse(candidates: list[tuple[float, np.ndarray, int]]) -> list[tuple[float, np.ndarray, int]]:
+    """The best few overall, plus the best of every rest pose that looks plausible from above.
+
+    From the top camera a gear lying hub-up and hub-down give the same outline; without this,
+    the many yaw variants of one face fill every slot and the other face is never looked at.
+    """
+    best = candidates[0][0] if candidates else 0.0
+    chosen = list(candidates[:TOP_HYPOTHESES])
+    for index in sorted({c[2] for c in candidates}):
+        of_rest = [c for c in candidates if c[2] == index and c[0] >= PLAUSIBLE_FRACTION * best]
+        chosen += [c for c in of_rest[:PER_REST_HYPOTHESES] if not any(c is k for k in chosen)]
+    return chosen
 
 
 def _contour_points(model: DesignModel, view: View, pose: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -17,7 +17,8 @@ def _views(images: dict[str, np.ndarray]) -> list[View]:
 
 
 @pytest.mark.parametrize(
-    ("name", "seed"), [("montageblok_mb80", 3), ("angle_block", 5), ("spur_gear_z20m25", 2), ("angle_bracket_ab60", 9)]
+    ("name", "seed"),
+    [("montageblok_mb80", 3), ("angle_block", 5), ("spur_gear_z20m25", 2), ("spur_gear_z20m25", 1006), ("angle_bracket_ab60", 9)],
 )
 def test_the_pose_is_recovered_to_a_fraction_of_a_millimetre(name: str, seed: int, tmp_path) -> None:  # type: ignore[no-untyped-def]
     pose, images = placed(name, seed)
