@@ -154,14 +154,16 @@ class CaptureLoop:
         captured_at = datetime.now(timezone.utc)
         try:
             shot = self._driver.wait_shot(0.2)
-        except DriverError as exc:
-            if isinstance(exc, GrabError):
-                self.scans_failed += 1
-                log.error("capture failed; no scan stored", source="hardware", error=str(exc))
+            if shot is not None:
+                self.capture(Trigger(source="hardware", at=captured_at), shot)
+        except GrabError as exc:
+            self.scans_failed += 1
+            log.error("capture failed; no scan stored", source="hardware", error=str(exc))
+        except DriverError:
             stop.wait(1.0)  # a lost camera is logged by the driver; the supervisor reconnects it
-            return
-        if shot is not None:
-            self.capture(Trigger(source="hardware", at=captured_at), shot)
+        except Exception:  # as in run(): a bug must cost one scan, never the capture thread
+            log.exception("hardware-triggered capture crashed; the station carries on")
+            stop.wait(1.0)
 
     def capture(self, trigger: Trigger, shot: Shot | None = None) -> CaptureResult:
         """Trigger and grab (or take the frames a hardware pulse already delivered), then store and announce."""

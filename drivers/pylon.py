@@ -27,6 +27,7 @@ log = structlog.get_logger(__name__)
 
 TRANSFER_MARGIN_S = 0.5
 TRIGGER_READY_MS = 1000
+PULSE_POLL_S = 0.005
 
 
 class ActionCommand(BaseModel):
@@ -173,7 +174,10 @@ class PylonDriver:
             camera.StartGrabbing(pylon.GrabStrategy_OneByOne)
         except genicam.GenericException as exc:
             self._release(entry)
-            raise DriverError(f"{name} (serial {serial}): cannot open: {_why(exc)}") from None
+            raise DriverError(f"{name} (serial {serial}): cannot open or configure: {_why(exc)}") from None
+        except DriverError:
+            self._release(entry)
+            raise
         entry.lost = None
         entry.backoff_s = 1.0
         log.info("camera open", camera=name, serial=serial, model=entry.model, features=entry.features_sha256)
@@ -185,7 +189,10 @@ class PylonDriver:
         if not path.is_file():
             log.warning("no feature file for this camera; using its own settings", camera=settings.name, path=str(path))
             return None
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DriverError(f"{settings.name}: cannot read feature file {path}: {exc.strerror or exc}") from None
         try:
             pylon.FeaturePersistence.Load(str(path), camera.GetNodeMap(), True)
         except genicam.GenericException as exc:
@@ -301,13 +308,25 @@ class PylonDriver:
         return Shot(frames=frames, metadata={"trigger": self._settings.trigger})
 
     def wait_shot(self, timeout_s: float) -> Shot | None:
-        """Hardware trigger: None while no camera has a frame; else the rig's frames of that pulse."""
+        """Hardware trigger: None while no camera has a frame; else the rig's frames of that pulse.
+
+        Any camera's frame starts the collection: waiting on one camera only would, after it
+        missed a pulse, pair its next frame with the others' frames of the pulse before.
+        """
         self._check()
-        first = self._cameras[0]
-        assert first.camera is not None
-        if first.camera.GetGrabResultWaitObject().Wait(int(timeout_s * 1000)) is False:
-            return None
-        return self.grab(self.frame_deadline_s())
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not any(e.camera is not None and e.camera.GetGrabResultWaitObject().Wait(0) for e in self._cameras):
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(PULSE_POLL_S)
+        except genicam.GenericException as exc:
+            raise DriverError(f"waiting for a Line1 pulse failed: {_why(exc)}") from None
+        try:
+            return self.grab(self.frame_deadline_s())
+        except GrabError:
+            self._discard_stale_frames()  # the rest of a half-seen pulse must not start the next scan
+            raise
 
     def _retrieve(self, entry: _Camera, deadline: float) -> Frame:
         name = entry.settings.name
@@ -363,9 +382,13 @@ class PylonDriver:
     def _set_trigger_source(self, source: str) -> None:
         for entry in self._cameras:
             assert entry.camera is not None
-            entry.camera.StopGrabbing()
-            entry.camera.TriggerSource.Value = source
-            entry.camera.StartGrabbing(pylon.GrabStrategy_OneByOne)
+            try:
+                entry.camera.StopGrabbing()
+                entry.camera.TriggerSource.Value = source
+                entry.camera.StartGrabbing(pylon.GrabStrategy_OneByOne)
+            except genicam.GenericException as exc:
+                self._lose(entry, _why(exc))
+                raise DriverError(f"{entry.settings.name}: cannot switch the trigger to {source}: {_why(exc)}") from None
 
     def needs_reconnect(self) -> bool:
         """Asked by the supervisor thread: reads flags only, never touches a camera."""

@@ -196,6 +196,16 @@ def test_line1_trigger_stores_a_scan_when_the_frames_arrive(
         assert record["station"]["trigger_source"] == "hardware"
         stored = cv2.imread(str(station.store.scan_dir(scan) / "scan_cam05.png"), cv2.IMREAD_UNCHANGED)
         assert (stored == images[cfg.cameras[4].serial]).all()
+
+        for camera in cfg.cameras[1:]:  # cam01 misses a pulse: no scan, and nothing of it left over
+            driver.camera(camera.name).ExecuteSoftwareTrigger()  # type: ignore[attr-defined]
+        assert wait_for(lambda: station.loop.scans_failed == 2)  # the refused mqtt capture, then this one
+        for camera in cfg.cameras:
+            driver.camera(camera.name).ExecuteSoftwareTrigger()  # type: ignore[attr-defined]
+        assert wait_for(lambda: station.loop.scans_stored == 2)
+        [second] = [s for s in scan_dirs(station) if s != scan]
+        numbers = json.loads((station.store.scan_dir(second) / "scan.json").read_text())["station"]["cameras"]
+        assert [numbers[c.name]["extra"]["image_number"] for c in cfg.cameras] == [2, 3, 3, 3, 3]
     finally:
         station.shutdown()
 
