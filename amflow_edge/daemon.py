@@ -261,8 +261,8 @@ class Station:
         self.inspector.submit(job)
 
     def _after_scan(self, record: ScanRecord) -> None:
+        """The state topic already went out: the operator panel publishes it when a new part is on the tray."""
         self._inspect(record)
-        self.publish_state()
         if self._max_scans is not None and self.loop.scans_stored >= self._max_scans:
             log.info("captured the requested number of scans; stopping", scans=self.loop.scans_stored)
             self.stop_event.set()

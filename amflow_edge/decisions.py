@@ -6,9 +6,6 @@ qc_* rules (qc.py), the same record of who decided when, the same scan.quality_c
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -31,24 +28,10 @@ class DecisionError(ValueError):
 
 
 class Decisions:
-    def __init__(
-        self,
-        events: Events,
-        reasons: ReasonCatalogue,
-        timezone: str,
-        on_decided: Callable[[ScanRecord], None] | None = None,
-    ) -> None:
+    def __init__(self, events: Events, reasons: ReasonCatalogue, timezone: str) -> None:
         self._events = events
         self._reasons = reasons
         self._tz = ZoneInfo(timezone)
-        self._on_decided = on_decided
-        self._lock = threading.Lock()
-        self._last_at = float("-inf")
-
-    def seconds_since_last(self) -> float:
-        """For the button lockout: a second press right after a decision is a bounce or a double press."""
-        with self._lock:
-            return time.monotonic() - self._last_at
 
     def decide(
         self,
@@ -60,7 +43,9 @@ class Decisions:
         at: datetime,
         comment: str | None = None,
         reasons: list[str] | None = None,
+        only_if_undecided: bool = False,
     ) -> ScanRecord:
+        """`only_if_undecided`: a button press decides a part once; a plant system may change a decision."""
         if reasons is not None:
             unknown = self._reasons.unknown(reasons)
             if unknown:
@@ -79,6 +64,8 @@ class Decisions:
         )
 
         def change(record: ScanRecord) -> ScanRecord:
+            if only_if_undecided and record.scan.qc_operator is not None:
+                raise DecisionError(f"scan {scan_uuid} was decided meanwhile; the press is not applied")
             scan = with_operator_decision(record.scan, now, passed, comment=comment, reasons=reasons)
             station = record.station.model_copy(update={"decisions": [*record.station.decisions, entry]})
             return record.model_copy(update={"scan": scan, "station": station})
@@ -87,10 +74,6 @@ class Decisions:
             record = self._events.update_scan(scan_uuid, "scan.quality_control", change)
         except KeyError:
             raise DecisionError(f"scan {scan_uuid} is not known to this station; send the uuid of a stored scan") from None
-        with self._lock:
-            self._last_at = time.monotonic()
         log.info("operator decided", scan=scan_uuid, qc_operator=passed, source=source, device=device,
                  qc_pass=record.scan.qc_pass)
-        if self._on_decided is not None:
-            self._on_decided(record)
         return record

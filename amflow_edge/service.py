@@ -101,7 +101,7 @@ class StationService:
     def status_line(self) -> str:
         station = self._station
         stats = station.outbox.stats()
-        paused = station.paused_reason()
+        paused = station.paused_reason(stats)
         head = f"paused: {paused}" if paused else "running"
         return (f"{head}; {station.loop.scans_stored} scans, {station.loop.scans_failed} failed; "
                 f"outbox {stats.backlog}; {format_bytes(self.disk.free_bytes())} free")

@@ -214,3 +214,33 @@ def test_the_press_is_mirrored_into_scan_json(cfg: StationConfig, tmp_path: Path
         db.close()
     assert on_disk["scan"]["qc_operator"] is True
     assert on_disk["station"]["decisions"][0]["device"] == "fake:pedal"
+
+
+def test_the_scan_taken_after_the_autumn_clock_change_is_the_one_on_the_tray(events: Events) -> None:
+    panel, _ = make_panel(events)
+    before, after = make_record(), make_record()
+    before = before.model_copy(update={"scan": before.scan.model_copy(update={"created": "2026-10-25T02:55:00.000000+02:00"})})
+    after = after.model_copy(update={"scan": after.scan.model_copy(update={"created": "2026-10-25T02:05:00.000000+01:00"})})
+    events.scan_stored(before)
+    events.scan_stored(after)  # ten minutes later, though its text sorts first
+    assert panel.view().latest_scan == after.scan.uuid
+
+
+def test_a_plant_decision_on_an_older_scan_does_not_lock_the_button_out(events: Events) -> None:
+    panel, _ = make_panel(events, lockout_s=30.0)
+    older, latest = stored(events), stored(events)
+    Decisions(events, load_reasons(), "Europe/Amsterdam").decide(
+        older.scan.uuid, True, source="mqtt", device="mqtt:mes", at=PRESSED_AT)
+    decided = panel.press(ButtonPress(action="reject", source="fake:pedal", at=PRESSED_AT))
+    assert decided is not None and decided.scan.uuid == latest.scan.uuid
+
+
+def test_a_press_never_overrides_a_decision_taken_meanwhile(events: Events) -> None:
+    record = stored(events)
+    decisions = Decisions(events, load_reasons(), "Europe/Amsterdam")
+    decisions.decide(record.scan.uuid, False, source="mqtt", device="mqtt:mes", at=PRESSED_AT)
+    with pytest.raises(DecisionError, match="was decided meanwhile"):
+        decisions.decide(record.scan.uuid, True, source="button", device="fake:pedal", at=PRESSED_AT,
+                         only_if_undecided=True)
+    after = events.record(record.scan.uuid)
+    assert after is not None and after.scan.qc_operator is False and len(after.station.decisions) == 1

@@ -8,6 +8,8 @@ scan is no longer in front of them, so a press never reaches it. Under the
 from __future__ import annotations
 
 import threading
+import time
+from datetime import datetime
 from collections.abc import Callable
 from typing import Literal
 
@@ -56,7 +58,16 @@ def awaits_decision(scan: Scan, policy: Policy) -> bool:
     return policy == "every" or scan.qc_needs_review or scan.qc_machine is False
 
 
+def _moment(stamp: str) -> datetime:
+    """created carries the station's UTC offset, which changes with daylight saving: compare instants, not text."""
+    return datetime.fromisoformat(stamp)
+
+
 class OperatorPanel:
+    """One lock guards what the panel shows and what a press decides, so a press, an inspection
+    result and a new capture arriving together can never leave the lamps on another scan than
+    the one a press would decide."""
+
     def __init__(
         self,
         decisions: Decisions,
@@ -72,32 +83,44 @@ class OperatorPanel:
         self._lockout_s = lockout_s
         self._on_change = on_change
         self._inspects = inspects
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._latest: Scan | None = None
+        self._latest_decisions = 0
+        self._decided_at = float("-inf")
         self._inspecting = False
-        self._signal: LampSignal | None = None
+        self._shown: OperatorView | None = None
 
     def follow(self, latest: ScanRecord | None) -> None:
         """Start from the latest scan the station knows (at start, from the database; its inspection resumes)."""
         with self._lock:
             self._latest = latest.scan if latest is not None else None
+            self._latest_decisions = len(latest.station.decisions) if latest is not None else 0
             self._inspecting = self._inspects
-        self._refresh()
+            changed = self._refresh()
+        if changed:
+            self._on_change()
 
     def scan_event(self, event: EventName, record: ScanRecord) -> None:
         """Every scan event: a capture puts a new part on the tray; a quality_control updates the one there."""
         with self._lock:
+            latest = self._latest
             if event == "scan.capture":
-                if self._latest is not None and record.scan.created < self._latest.created:
+                if latest is not None and _moment(record.scan.created) < _moment(latest.created):
                     return
                 self._latest, self._inspecting = record.scan, self._inspects
-            elif self._latest is not None and record.scan.uuid == self._latest.uuid:
+                self._latest_decisions = len(record.station.decisions)
+            elif latest is not None and record.scan.uuid == latest.uuid:
                 self._latest = record.scan
                 if record.scan.qc_machine is not None or record.scan.qc_needs_review:
                     self._inspecting = False
+                if len(record.station.decisions) > self._latest_decisions:
+                    self._latest_decisions = len(record.station.decisions)
+                    self._decided_at = time.monotonic()
             else:
                 return
-        self._refresh()
+            changed = self._refresh()
+        if changed:
+            self._on_change()
 
     def view(self) -> OperatorView:
         with self._lock:
@@ -114,32 +137,33 @@ class OperatorPanel:
 
     def press(self, press: ButtonPress) -> ScanRecord | None:
         """A button press; ignored (and logged) when nothing awaits or it follows a decision too closely."""
-        since = self._decisions.seconds_since_last()
-        if since < self._lockout_s:
-            log.info("button press ignored: within the lockout after a decision", action=press.action,
-                     button=press.source, seconds_since_decision=round(since, 3))
-            return None
-        awaited = self.view().awaiting_decision
-        if awaited is None:
-            log.info("button press ignored: no scan awaits a decision", action=press.action, button=press.source,
-                     policy=self._policy)
-            return None
-        try:
-            return self._decisions.decide(
-                awaited, press.action == "approve", source="button", device=press.source, at=press.at
-            )
-        except DecisionError as exc:
-            log.error("button press not applied", scan=awaited, error=str(exc))
-            return None
-
-    def _refresh(self) -> None:
-        signal = self.view().signal
         with self._lock:
-            changed = signal != self._signal
-            self._signal = signal
-        if changed:
-            self._lamps.show(signal)
-        self._on_change()
+            since = time.monotonic() - self._decided_at
+            if since < self._lockout_s:
+                log.info("button press ignored: within the lockout after a decision", action=press.action,
+                         button=press.source, seconds_since_decision=round(since, 3))
+                return None
+            awaited = self.view().awaiting_decision
+            if awaited is None:
+                log.info("button press ignored: no scan awaits a decision", action=press.action, button=press.source,
+                         policy=self._policy)
+                return None
+            try:
+                return self._decisions.decide(awaited, press.action == "approve", source="button",
+                                              device=press.source, at=press.at, only_if_undecided=True)
+            except DecisionError as exc:
+                log.error("button press not applied", scan=awaited, error=str(exc))
+                return None
+
+    def _refresh(self) -> bool:
+        """Under the lock: light the lamps for the current view; whether the view changed (the state is then due)."""
+        view = self.view()
+        if view == self._shown:
+            return False
+        if self._shown is None or view.signal != self._shown.signal:
+            self._lamps.show(view.signal)
+        self._shown = view
+        return True
 
     def close(self) -> None:
         self._lamps.show("idle")
