@@ -7,6 +7,7 @@ no mesh for) is refused with the reason and changes nothing.
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,29 +123,44 @@ class StationCommands:
         station.inspector.submit(job, on_done=done, failure_needs_review=False)
 
     def session(self, request: SessionStart | SessionEnd, reply: Reply) -> None:
-        station = self._station
-        current = station.sessions.current
+        self._refuse_out_of_place(request)
+
+        def prepare() -> None:
+            """Meshes are read and checked here, off paho's thread and off the capture thread."""
+            try:
+                designs = resolve_designs(self._station, request.designs) if isinstance(request, SessionStart) else []
+            except CommandRefused as exc:
+                reply(Response(status="error", command="session", error=str(exc)))
+                return
+            task = CameraTask(name="session", run=lambda: self._switch(request, designs, reply))
+            if not self._station.loop.submit_task(task):
+                reply(Response(status="error", command="session", error="station busy: too many captures queued"))
+
+        threading.Thread(target=prepare, name="session-designs", daemon=True).start()
+
+    def _refuse_out_of_place(self, request: SessionStart | SessionEnd) -> None:
+        current = self._station.sessions.current
         if isinstance(request, SessionStart) and current.requested:
             batch = current.batch.id if current.batch else "?"
             raise CommandRefused(f"session {current.scan_session} (batch {batch}) is active; end it first")
         if isinstance(request, SessionEnd) and not current.requested:
             raise CommandRefused("no session is active; start one first")
 
-        def change() -> None:
-            try:
-                if isinstance(request, SessionStart):
-                    designs = resolve_designs(station, request.designs)
-                    new = station.sessions.new(request.batch, request.designs, request.output)
-                else:
-                    designs, new = [], station.sessions.default()
-                station.switch_session(new, designs)
-            except CommandRefused as exc:
-                reply(Response(status="error", command="session", error=str(exc)))
-            except Exception as exc:
-                log.exception("session change failed; the previous session goes on")
-                reply(Response(status="error", command="session", error=f"session not changed: {exc}"))
+    def _switch(self, request: SessionStart | SessionEnd, designs: list[Design], reply: Reply) -> None:
+        """On the capture thread, where session changes are serialised: the state is checked again here,
+        because two requests may both have passed the first check before either was carried out."""
+        station = self._station
+        try:
+            self._refuse_out_of_place(request)
+            if isinstance(request, SessionStart):
+                new = station.sessions.new(request.batch, request.designs, request.output)
             else:
-                reply(Response(status="ok", command="session", scan_session=new.scan_session))
-
-        if not station.loop.submit_task(CameraTask(name="session", run=change)):
-            raise CommandRefused("station busy: too many captures queued; try again")
+                new = station.sessions.default()
+            station.switch_session(new, designs)
+        except CommandRefused as exc:
+            reply(Response(status="error", command="session", error=str(exc)))
+        except Exception as exc:
+            log.exception("session change failed; the previous session goes on")
+            reply(Response(status="error", command="session", error=f"session not changed: {exc}"))
+        else:
+            reply(Response(status="ok", command="session", scan_session=new.scan_session))

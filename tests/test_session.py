@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -117,3 +118,23 @@ def test_a_batch_mesh_that_does_not_match_its_id_is_refused(tmp_path: Path, brok
         station.shutdown()
         subscriber.close()
     assert not (cfg.station.state_dir / SESSION_FILE).exists()
+
+
+def test_two_session_starts_at_once_give_one_session_and_one_refusal(tmp_path: Path, broker: Broker) -> None:
+    cfg = station_config(tmp_path, broker)
+    subscriber = Subscriber(broker, [f"{PREFIX}/response/#"])
+    station = start_station(cfg)
+    try:
+        for batch in ("BATCH_A", "BATCH_B"):  # both sent before either is carried out
+            subscriber.publish(f"{PREFIX}/request/session",
+                               json.dumps({"action": "start", "batch": {"id": batch, "title": batch}}).encode())
+        answers = [json.loads(subscriber.next(topic=f"{PREFIX}/response/session", timeout_s=60).payload)
+                   for _ in range(2)]
+        assert sorted(a["status"] for a in answers) == ["error", "ok"], answers
+        refused = next(a for a in answers if a["status"] == "error")
+        assert "is active; end it first" in refused["error"]
+        started = next(a for a in answers if a["status"] == "ok")
+        assert station.sessions.current.scan_session == started["scan_session"]
+    finally:
+        station.shutdown()
+        subscriber.close()
