@@ -34,7 +34,7 @@ class Events:
         self._db = db
         self._wake_relay = wake_relay
         self._mirror = mirror
-        self._update_lock = threading.Lock()
+        self._update_lock = threading.RLock()
         self._listeners: list[Callable[[EventName, ScanRecord], None]] = []
 
     def listen(self, listener: Callable[[EventName, ScanRecord], None]) -> None:
@@ -94,6 +94,10 @@ class Events:
         self._wake_relay()
         self._notify(event, record)
         return record
+
+    def holding(self) -> threading.RLock:
+        """While held, no scan changes: the backup mover holds it from its last look at a scan to the deletion."""
+        return self._update_lock
 
     def annotate(self, scan_uuid: str, change: Callable[[ScanRecord], ScanRecord]) -> ScanRecord:
         """A change to what the station knows about a scan that is not in the 3.7 payload: stored, not announced."""

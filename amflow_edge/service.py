@@ -47,7 +47,8 @@ class StationService:
         self.backup: BackupMover | None = None
         if cfg.backup.path is not None:
             self.backup = BackupMover(
-                station.store.scans_dir, cfg.backup.path, cfg.backup.after_s, self._eligible, self._mark_backed_up
+                station.store.scans_dir, cfg.backup.path, cfg.backup.after_s, self._eligible, self._mark_backed_up,
+                hold=lambda _uuid: station.events.holding(),
             )
         self.retention: Retention | None = None
         if cfg.backup.path is not None and cfg.disk.retention_days is not None:

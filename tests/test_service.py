@@ -158,3 +158,34 @@ def test_the_daemon_process_says_ready_and_on_sigterm_stopping_then_exits_cleanl
         proc.kill()
     assert proc.returncode == 0, stderr[-2000:]
     assert '"event": "station stopped"' in stderr
+
+
+def test_a_decision_during_the_move_reaches_the_backup_copy(tmp_path: Path, broker: Broker) -> None:
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    cfg = load_config(write_station(tmp_path, broker.port, {
+        "mock": {"scene_pool": 1}, "backup": {"path": str(backup), "after_s": 0, "interval_s": 0.2},
+    }))
+    station = Station(cfg)
+    deciding: list[threading.Thread] = []
+
+    def decide_while_renamed(step: str, scan: str) -> None:
+        if step == "renamed":  # the copy is in place, the original not yet gone: the operator presses now
+            thread = threading.Thread(target=station.decisions.decide, args=(scan, False),
+                                      kwargs={"source": "mqtt", "device": "mqtt", "at": datetime.now(timezone.utc)})
+            thread.start()
+            deciding.append(thread)
+            time.sleep(0.3)
+
+    assert station.service.backup is not None
+    station.service.backup._on_step = decide_while_renamed
+    station.start(RunOptions())
+    try:
+        first = station.loop.capture(Trigger(source="test")).uuid
+        assert first and station.loop.capture(Trigger(source="test")).ok
+        assert wait_for(lambda: bool(deciding) and not station.store.scan_dir(first).exists())
+        deciding[0].join(10)
+        moved = json.loads((backup / first / "scan.json").read_text())
+        assert moved["scan"]["qc_operator"] is False and len(moved["station"]["decisions"]) == 1
+    finally:
+        station.shutdown()
