@@ -38,6 +38,8 @@ from pathlib import Path
 
 import structlog
 
+from amflow_edge.durable import fsync_dir
+
 log = structlog.get_logger(__name__)
 
 RECORD_FILE = "scan.json"  # as amflow_edge.store (which imports OpenCV; this module must stay light)
@@ -77,14 +79,6 @@ def scan_created(directory: Path) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"{path}: scan.created {created!r} has no UTC offset")
     return moment
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def discard_scan(scans_dir: Path, name: str, before_delete: Callable[[], None] | None = None) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -156,11 +155,6 @@ class Station:
         if self.mqtt.connected.is_set():
             self.mqtt.publish(self.mqtt.state_topic, self.state().model_dump_json().encode(), retain=True)
 
-    def scan_dir(self, record: ScanRecord) -> Path:
-        """Where the scan's files are now: the data root, or the backup disk once moved."""
-        moved = record.station.backup_path
-        return Path(moved) if record.station.is_backed_up and moved else self.store.scan_dir(record.scan.uuid)
-
     def designs(self) -> DesignLibrary:
         """The design library plus the active session's designs."""
         return self.library.with_designs(self._session_designs)
@@ -195,7 +189,7 @@ class Station:
             raise LookupError(f"no empty-tray references for session {record.scan.scan_session}")
         return InspectionJob(
             scan_uuid=record.scan.uuid,
-            scan_dir=self.scan_dir(record),
+            scan_dir=self.store.directory_of(record),
             reference_dir=reference_dir,
             calibrations={c.name: c.calibration for c in self.cfg.cameras},
             design_path=design.path,
@@ -237,7 +231,7 @@ class Station:
             if r.scan.inspectionreport is None and r.scan.qc_machine is None and not r.scan.qc_needs_review
             and r.scan.qc_operator is None
         ]
-        gone = [r.scan.uuid for r in pending if not self.scan_dir(r).is_dir()]
+        gone = [r.scan.uuid for r in pending if not self.store.directory_of(r).is_dir()]
         if gone:
             log.error("uninspected scans whose directories are gone (moved or deleted by hand); not inspected",
                       count=len(gone), scans=gone[:10])

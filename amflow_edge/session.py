@@ -7,7 +7,6 @@ atomically, not only in memory.
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from datetime import datetime
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from amflow_edge.command_models import SessionDesign
 from amflow_edge.config import StationConfig
+from amflow_edge.durable import remove_durably, replace_durably
 from amflow_edge.payload import Batch, Output, timestamp
 
 log = structlog.get_logger(__name__)
@@ -78,15 +78,10 @@ class SessionKeeper:
         """Persist first, then switch: a crash in between resumes the new session, never a half-written one."""
         with self._lock:
             if session.requested:
-                tmp = self._path.with_suffix(".tmp")
                 self._path.parent.mkdir(parents=True, exist_ok=True)
-                with tmp.open("wb") as fh:
-                    fh.write(session.model_dump_json(indent=2).encode())
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self._path)
+                replace_durably(self._path, session.model_dump_json(indent=2).encode())
             else:
-                self._path.unlink(missing_ok=True)
+                remove_durably(self._path)
             self._current = session
 
     def new(self, batch: Batch, designs: list[SessionDesign], output: Output | None) -> ScanningSession:

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import structlog
 
+from amflow_edge.durable import fsync_dir, replace_durably, write_durably
 from amflow_edge.record import ScanRecord
 
 log = structlog.get_logger(__name__)
@@ -51,26 +52,6 @@ class StoreError(RuntimeError):
 
 def image_file(camera: str) -> str:
     return f"scan_{camera}.png"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes | memoryview) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _explain(exc: OSError, where: Path) -> str:
@@ -162,12 +143,12 @@ class ScanStore:
                 name: buffer.data for name, buffer in zip(images, self._pool.map(self._encode, images.values()))
             }
             encoded.update({name: data for name, data in files.items() if isinstance(data, bytes)})
-            list(self._pool.map(lambda item: _write_durably(staging / item[0], item[1]), encoded.items()))
-            _fsync_dir(staging)
+            list(self._pool.map(lambda item: write_durably(staging / item[0], item[1]), encoded.items()))
+            fsync_dir(staging)
             if before_publish is not None:
                 before_publish()
             os.rename(staging, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise StoreError(_explain(exc, staging)) from exc
@@ -179,22 +160,18 @@ class ScanStore:
     def read_record(self, uuid: str) -> ScanRecord:
         return ScanRecord.model_validate_json((self.scan_dir(uuid) / RECORD_FILE).read_bytes())
 
-    def update_record(self, record: ScanRecord) -> None:
-        """Rewrite scan.json atomically (temp file, fsync, rename) so a reader never sees half a record.
+    def directory_of(self, record: ScanRecord) -> Path:
+        """Where the scan's files are now: the data root, or the backup disk once moved."""
+        moved = record.station.backup_path
+        return Path(moved) if record.station.is_backed_up and moved else self.scan_dir(record.scan.uuid)
 
-        A scan moved to the backup disk is updated there.
-        """
-        backup = record.station.backup_path
-        directory = Path(backup) if record.station.is_backed_up and backup else self.scan_dir(record.scan.uuid)
-        temporary = directory / f".{RECORD_FILE}.tmp"
+    def update_record(self, record: ScanRecord) -> None:
+        """Rewrite scan.json atomically so a reader never sees half a record, wherever the scan is now."""
+        path = self.directory_of(record) / RECORD_FILE
         try:
-            temporary.unlink(missing_ok=True)
-            _write_durably(temporary, record.model_dump_json(indent=2).encode("utf-8"))
-            os.replace(temporary, directory / RECORD_FILE)
-            _fsync_dir(directory)
+            replace_durably(path, record.model_dump_json(indent=2).encode("utf-8"))
         except OSError as exc:
-            temporary.unlink(missing_ok=True)
-            raise StoreError(_explain(exc, directory / RECORD_FILE)) from exc
+            raise StoreError(_explain(exc, path)) from exc
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
