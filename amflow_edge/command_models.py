@@ -13,12 +13,11 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from amflow_edge.payload import Assignment, Batch, Output, Scan
+from amflow_edge.payload import DESIGN_MATERIAL, Assignment, Batch, Output, Scan
+from amflow_edge.qc_reasons import REASON_ID
 
 _REQUEST = ConfigDict(extra="forbid", strict=True)
 
-DESIGN_MATERIAL = r"^[0-9a-f]{40}_[A-Z0-9]+_[A-Z0-9]+_[A-Z0-9]+$"
-REASON_ID = r"^[a-z][a-z0-9_]{0,63}$"
 PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 

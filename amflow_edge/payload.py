@@ -17,6 +17,8 @@ EventName = Literal["scan.capture", "scan.quality_control", "scan.assign"]
 
 _TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}[+-]\d{2}:\d{2}$"
 _STRICT = ConfigDict(extra="forbid", strict=True)
+DESIGN_MATERIAL = r"^[0-9a-f]{40}_[A-Z0-9]+_[A-Z0-9]+_[A-Z0-9]+$"
+"""<SHA-1 of the geometry>_<PROCESS>_<MATERIAL>_<COLOUR>, as AM-Vision names a design_material."""
 
 
 def timestamp(moment: datetime) -> str:
@@ -69,7 +71,7 @@ class Scan(BaseModel):
     uuid: str = Field(description="Version-1 UUID of the scan.")
     scan_session: str = Field(description="UUID of the scanning session.")
     design_material: str | None = Field(
-        pattern=r"^[0-9a-f]{40}_[A-Z0-9]+_[A-Z0-9]+_[A-Z0-9]+$", description="Geometry + material id; null while unknown."
+        pattern=DESIGN_MATERIAL, description="Geometry + material id; null while unknown."
     )
     scan_urls: list[str] = Field(description="/data/scans/<uuid>/scan_camNN.png, one per camera.")
     scan_urls_full: list[str] = Field(description="/api/scan/<uuid>/full_image/N/, one per camera.")

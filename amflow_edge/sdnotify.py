@@ -86,11 +86,6 @@ def stopping(status: str | None = None) -> bool:
     return notify(*fields)
 
 
-def extend_timeout(seconds: float) -> bool:
-    """Ask for more time for the current start or stop step (a camera taking long to open)."""
-    return notify(f"EXTEND_TIMEOUT_USEC={max(1, round(seconds * 1_000_000))}")
-
-
 def watchdog_interval_s() -> float | None:
     """WatchdogSec= of the unit in seconds, or None when no watchdog is expected from this process.
 

@@ -87,11 +87,6 @@ class Watchdog:
                 raise ValueError(f"a liveness check named {name!r} is already registered")
             self._checks[name] = check
 
-    def remove_check(self, name: str) -> None:
-        with self._lock:
-            self._checks.pop(name, None)
-            self._failing.pop(name, None)
-
     def failures(self) -> dict[str, str]:
         """Every failing check's reason, by name; a check that raises counts as failing."""
         with self._lock:
