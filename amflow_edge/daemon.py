@@ -180,6 +180,8 @@ class Station:
 
     def inspection_job(self, record: ScanRecord, profile: str | None = None) -> InspectionJob:
         """Raises LookupError (UnknownDesignError is one) saying why the scan cannot be inspected."""
+        if record.station.deleted_at is not None:
+            raise LookupError(f"its images were deleted by retention at {record.station.deleted_at}")
         design_material = design_of(record)
         reference_dir = self.store.reference_dir(record.scan.scan_session)
         if design_material is None:

@@ -56,6 +56,9 @@ class StationMetadata(BaseModel):
     is_backed_up: bool = Field(default=False, description="Moved to the backup disk (AM-Vision's is_backed_up).")
     backup_path: str | None = Field(default=None, description="Where the scan directory is on the backup disk.")
     backed_up_at: str | None = Field(default=None, description="When it was moved (ISO 8601, station time).")
+    deleted_at: str | None = Field(
+        default=None, description="When retention deleted it from the backup disk; its images are gone."
+    )
 
 
 class ScanRecord(BaseModel):

@@ -30,7 +30,6 @@ log = structlog.get_logger(__name__)
 
 Spawn = Callable[..., None]
 SUPERVISOR_SILENT_S = 60.0
-RETENTION_INTERVAL_S = 3600.0
 
 
 class StationService:
@@ -52,7 +51,7 @@ class StationService:
             )
         self.retention: Retention | None = None
         if cfg.backup.path is not None and cfg.disk.retention_days is not None:
-            self.retention = Retention(cfg.backup.path, cfg.disk.retention_days, backed_up=lambda _uuid: True)
+            self.retention = Retention(cfg.backup.path, cfg.disk.retention_days, backed_up=self._moved_here)
 
     def _mqtt_thread(self) -> str | None:
         """paho's network thread is revived by the supervisor; still dead at the next look means it cannot be."""
@@ -66,6 +65,17 @@ class StationService:
         scan = record.scan
         inspected = self._station.inspector is None or scan.qc_machine is not None or scan.qc_needs_review
         return inspected or scan.qc_operator is not None
+
+    def _moved_here(self, scan_uuid: str) -> bool:
+        """Retention deletes only what this station moved to the backup disk, never a stranger's files there."""
+        record = self._station.events.record(scan_uuid)
+        return record is not None and record.station.is_backed_up and record.station.deleted_at is None
+
+    def _mark_deleted(self, scan_uuid: str) -> None:
+        at = timestamp(datetime.now(ZoneInfo(self._station.cfg.station.timezone)))
+        self._station.events.annotate(
+            scan_uuid, lambda r: r.model_copy(update={"station": r.station.model_copy(update={"deleted_at": at})})
+        )
 
     def _mark_backed_up(self, scan_uuid: str, path: Path) -> None:
         """is_backed_up is the station's own fact (AM-Vision's API field), not part of the webhook payload."""
@@ -92,11 +102,11 @@ class StationService:
         while True:
             try:
                 deleted = self.retention.run_once()
-                if deleted:
-                    log.info("old scans deleted from the backup disk", count=len(deleted), oldest=deleted[0])
+                for scan_uuid in deleted:
+                    self._mark_deleted(scan_uuid)
             except OSError as exc:
                 log.error("retention round failed", error=str(exc))
-            if stop.wait(RETENTION_INTERVAL_S):
+            if stop.wait(self._station.cfg.backup.interval_s):
                 return
 
     def status_line(self) -> str:

@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from amflow_edge.capture import CameraTask, Trigger
 from amflow_edge.config import load_config
 from amflow_edge.daemon import RunOptions, Station
+from tests.factories import make_record
 from tests.mqtt_helpers import Broker
 from tests.polling import wait_for
 from tests.station_files import write_station
@@ -187,5 +189,28 @@ def test_a_decision_during_the_move_reaches_the_backup_copy(tmp_path: Path, brok
         deciding[0].join(10)
         moved = json.loads((backup / first / "scan.json").read_text())
         assert moved["scan"]["qc_operator"] is False and len(moved["station"]["decisions"]) == 1
+    finally:
+        station.shutdown()
+
+
+def test_retention_deletes_what_the_station_moved_and_records_it(tmp_path: Path, broker: Broker) -> None:
+    backup = tmp_path / "backup"
+    stranger = backup / str(uuid.uuid1())  # put there by hand: not this station's to delete
+    stranger.mkdir(parents=True)
+    (stranger / "scan.json").write_text(json.dumps({"scan": {"created": "2020-01-01T00:00:00.000000+01:00"}}))
+    cfg = load_config(write_station(tmp_path, broker.port, {
+        "mock": {"scene_pool": 1}, "backup": {"path": str(backup), "after_s": 0, "interval_s": 0.2},
+        "disk": {"retention_days": 1e-6},
+    }))
+    station = Station(cfg)
+    station.start(RunOptions())
+    try:
+        first = station.loop.capture(Trigger(source="test")).uuid
+        assert first and station.loop.capture(Trigger(source="test")).ok
+        assert wait_for(lambda: (station.events.record(first) or make_record()).station.deleted_at is not None)
+        assert not (backup / first).exists() and not station.store.scan_dir(first).exists()
+        assert stranger.is_dir()
+        with pytest.raises(LookupError, match="deleted by retention"):
+            station.inspection_job(station.events.record(first))  # type: ignore[arg-type]
     finally:
         station.shutdown()
