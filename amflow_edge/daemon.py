@@ -32,12 +32,12 @@ from amflow_edge.qc_reasons import load_reasons
 from amflow_edge.record import ScanRecord
 from amflow_edge.relay import Relay
 from amflow_edge.service import StationService
-from amflow_edge.session import ScanningSession, SessionKeeper
+from amflow_edge.session import ScanningSession, SessionKeeper, batch_mesh_dir
 from amflow_edge.state import StationState
 from amflow_edge.station_commands import StationCommands, resolve_designs
 from amflow_edge.store import ScanStore
 from drivers.base import CameraDriver, CameraHealth, ReferenceSource, Reconnecting
-from inspection.designs import Design, DesignLibrary
+from inspection.designs import Design, DesignLibrary, UnknownDesignError
 
 log = structlog.get_logger(__name__)
 
@@ -186,7 +186,16 @@ class Station:
         reference_dir = self.store.reference_dir(record.scan.scan_session)
         if design_material is None:
             raise LookupError("the design is unknown (name it in the capture request)")
-        design = self.designs().get(design_material)
+        try:
+            design = self.designs().get(design_material)
+        except UnknownDesignError:
+            session = self.sessions.current
+            if design_material in {d.design_material for d in session.designs}:
+                raise LookupError(
+                    f"design {design_material} of session {session.scan_session} could not be loaded at start (see the "
+                    f"log); put its mesh back in {batch_mesh_dir(self.cfg)} and restart, or start the session again"
+                ) from None
+            raise
         if not reference_dir.is_dir():
             raise LookupError(f"no empty-tray references for session {record.scan.scan_session}")
         return InspectionJob(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+
+import pytest
 from pathlib import Path
 
 from amflow_edge.config import StationConfig, load_config
@@ -135,6 +137,34 @@ def test_two_session_starts_at_once_give_one_session_and_one_refusal(tmp_path: P
         assert "is active; end it first" in refused["error"]
         started = next(a for a in answers if a["status"] == "ok")
         assert station.sessions.current.scan_session == started["scan_session"]
+    finally:
+        station.shutdown()
+        subscriber.close()
+
+
+def test_a_batch_mesh_gone_after_a_restart_is_named_when_its_scans_cannot_be_inspected(
+    tmp_path: Path, broker: Broker
+) -> None:
+    cfg = station_config(tmp_path, broker)
+    mesh, customer_id = batch_mesh(cfg)
+    subscriber = Subscriber(broker, [f"{PREFIX}/#"])
+    station = start_station(cfg)
+    try:
+        started = request(subscriber, "session", {"action": "start", "batch": {"id": "B", "title": "b"},
+                                                  "designs": [{"design_material": customer_id, "mesh": mesh}]})
+        assert started["status"] == "ok", started
+        answer = request(subscriber, "capture", {"design_material": customer_id})
+        assert answer["status"] == "ok", answer
+    finally:
+        station.shutdown()
+    assert cfg.designs.batch_meshes is not None
+    (cfg.designs.batch_meshes / mesh).unlink()
+    station = start_station(cfg)
+    try:
+        record = station.events.record(answer["scan"])
+        assert record is not None
+        with pytest.raises(LookupError, match=f"design {customer_id} of session .* could not be loaded at start"):
+            station.inspection_job(record)
     finally:
         station.shutdown()
         subscriber.close()
