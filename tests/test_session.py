@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 from amflow_edge.config import StationConfig, load_config
 from amflow_edge.daemon import RunOptions, Station
