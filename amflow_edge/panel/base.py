@@ -11,7 +11,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
+
+import structlog
+
+log = structlog.get_logger(__name__)
 
 ButtonAction = Literal["approve", "reject"]
 
@@ -29,6 +33,21 @@ class ButtonPress:
 
 
 OnPress = Callable[[ButtonPress], None]
+
+
+class Binding(NamedTuple):
+    """What one key or line means: the action, and the source string its presses carry."""
+
+    action: ButtonAction
+    source: str
+
+
+def deliver(on_press: OnPress, press: ButtonPress) -> None:
+    """Hand a press over; a failing handler is logged and must never end the source's thread."""
+    try:
+        on_press(press)
+    except Exception:  # noqa: BLE001
+        log.exception("button press handler failed", source=press.source, action=press.action)
 
 
 @runtime_checkable

@@ -9,6 +9,7 @@ not thousands.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,6 +69,22 @@ class Reopener:
             self._cause = trouble.cause
         stop.wait(self._delay_s)
         self._delay_s = min(self._delay_s * 2, self._max_backoff_s)
+
+
+def keep_open(
+    device: str,
+    max_backoff_s: float,
+    session: Callable[[Reopener], None],
+    describe: Callable[[BaseException], Trouble],
+    stop: threading.Event,
+) -> None:
+    """Run `session` (open the device, read until stop) again and again, with backoff, until `stop`."""
+    reopen = Reopener(device, max_backoff_s)
+    while not stop.is_set():
+        try:
+            session(reopen)
+        except Exception as exc:  # noqa: BLE001 - a button thread must outlive any device failure
+            reopen.failed(describe(exc), stop)
 
 
 def unexpected(exc: BaseException) -> Trouble:

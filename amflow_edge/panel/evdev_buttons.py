@@ -12,25 +12,26 @@ import select
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
 
 import evdev
 import structlog
 from evdev import ecodes
 
 from amflow_edge.config_qc import EvdevButtons
-from amflow_edge.panel.base import ButtonAction, ButtonPress, OnPress
-from amflow_edge.panel.errors import PanelConfigError, Reopener, Trouble, unexpected
+from amflow_edge.panel.base import Binding, ButtonAction, ButtonPress, OnPress, deliver
+from amflow_edge.panel.errors import (
+    PanelConfigError,
+    Reopener,
+    Trouble,
+    keep_open,
+    unexpected,
+)
 
 log = structlog.get_logger(__name__)
 
 POLL_S = 0.2
 KEY_DOWN = 1
 
-
-class Binding(NamedTuple):
-    action: ButtonAction
-    source: str
 
 
 def resolve_keys(settings: EvdevButtons) -> dict[int, Binding]:
@@ -110,12 +111,8 @@ class EvdevButtonSource:
 
     def run(self, on_press: OnPress, stop: threading.Event) -> None:
         """Read until `stop`, reopening the device with backoff whenever it is missing or fails."""
-        reopen = Reopener(self._device, self._settings.reopen_max_backoff_s)
-        while not stop.is_set():
-            try:
-                self._session(on_press, stop, reopen)
-            except Exception as exc:  # noqa: BLE001 - the pedal thread must outlive any device failure
-                reopen.failed(describe(exc), stop)
+        keep_open(self._device, self._settings.reopen_max_backoff_s,
+                  lambda reopen: self._session(on_press, stop, reopen), describe, stop)
 
     def _session(self, on_press: OnPress, stop: threading.Event, reopen: Reopener) -> None:
         device = evdev.InputDevice(self._device)
@@ -136,16 +133,11 @@ class EvdevButtonSource:
                 for event in events:
                     press = event_to_press(event, self._bindings)
                     if press is not None:
-                        _deliver(on_press, press)
+                        deliver(on_press, press)
         finally:
             _release(device, grabbed)
 
 
-def _deliver(on_press: OnPress, press: ButtonPress) -> None:
-    try:
-        on_press(press)
-    except Exception:  # noqa: BLE001 - a failing handler must not close the pedal
-        log.exception("button press handler failed", source=press.source, action=press.action)
 
 
 def _release(device: evdev.InputDevice, grabbed: bool) -> None:

@@ -6,7 +6,13 @@ without evdev or libgpiod installed can still run with the other drivers.
 
 from __future__ import annotations
 
-from amflow_edge.config_qc import ButtonSettings, EvdevButtons, GpiodButtons, GpiodLamps, KeyboardButtons
+from amflow_edge.config_qc import (
+    ButtonSettings,
+    EvdevButtons,
+    GpiodButtons,
+    GpiodLamps,
+    KeyboardButtons,
+)
 from amflow_edge.panel.base import ButtonSource, Lamps, NoLamps
 
 

@@ -10,15 +10,14 @@ import errno
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
 
 import gpiod
 import structlog
 from gpiod.line import Bias, Clock, Direction, Edge
 
 from amflow_edge.config_qc import GpiodButtons, LineId
-from amflow_edge.panel.base import ButtonAction, ButtonPress, OnPress
-from amflow_edge.panel.errors import Reopener, Trouble, unexpected
+from amflow_edge.panel.base import Binding, ButtonPress, OnPress, deliver
+from amflow_edge.panel.errors import Reopener, Trouble, keep_open, unexpected
 
 log = structlog.get_logger(__name__)
 
@@ -26,10 +25,6 @@ CONSUMER = "amflow-edge"
 POLL = timedelta(seconds=0.2)
 BIASES = {"as-is": Bias.AS_IS, "pull-up": Bias.PULL_UP, "pull-down": Bias.PULL_DOWN, "disabled": Bias.DISABLED}
 
-
-class Binding(NamedTuple):
-    action: ButtonAction
-    source: str
 
 
 class UnknownLine(LookupError):
@@ -110,12 +105,8 @@ class GpiodButtonSource:
 
     def run(self, on_press: OnPress, stop: threading.Event) -> None:
         """Wait for edges until `stop`, re-requesting the lines with backoff whenever that fails."""
-        reopen = Reopener(self._chip, self._settings.reopen_max_backoff_s)
-        while not stop.is_set():
-            try:
-                self._session(on_press, stop, reopen)
-            except Exception as exc:  # noqa: BLE001 - the button thread must outlive any chip failure
-                reopen.failed(describe(exc, self._chip), stop)
+        keep_open(self._chip, self._settings.reopen_max_backoff_s,
+                  lambda reopen: self._session(on_press, stop, reopen), lambda exc: describe(exc, self._chip), stop)
 
     def _session(self, on_press: OnPress, stop: threading.Event, reopen: Reopener) -> None:
         settings = self._settings
@@ -134,11 +125,6 @@ class GpiodButtonSource:
                 for event in request.read_edge_events():
                     press = edge_to_press(event, bindings)
                     if press is not None:
-                        _deliver(on_press, press)
+                        deliver(on_press, press)
 
 
-def _deliver(on_press: OnPress, press: ButtonPress) -> None:
-    try:
-        on_press(press)
-    except Exception:  # noqa: BLE001 - a failing handler must not release the buttons
-        log.exception("button press handler failed", source=press.source, action=press.action)

@@ -21,7 +21,7 @@ from typing import BinaryIO, TextIO
 import structlog
 
 from amflow_edge.config_qc import KeyboardButtons
-from amflow_edge.panel.base import ButtonAction, ButtonPress, OnPress
+from amflow_edge.panel.base import ButtonAction, ButtonPress, OnPress, deliver
 
 log = structlog.get_logger(__name__)
 
@@ -67,11 +67,7 @@ class KeyboardButtonSource:
         action = self.action_for(char)
         if action is None:
             return
-        press = ButtonPress(action=action, source=SOURCE, at=datetime.now(UTC))
-        try:
-            on_press(press)
-        except Exception:  # noqa: BLE001 - a failing handler must not end the demo keyboard
-            log.exception("button press handler failed", source=SOURCE, action=action)
+        deliver(on_press, ButtonPress(action=action, source=SOURCE, at=datetime.now(UTC)))
 
 
 @contextmanager

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from amflow_edge.decisions import DecisionError, Decisions
+from amflow_edge.panel.base import ButtonPress, Lamps, LampSignal
 from amflow_edge.payload import EventName, Scan
-from amflow_edge.panel.base import ButtonPress, LampSignal, Lamps
 from amflow_edge.record import ScanRecord
 
 log = structlog.get_logger(__name__)
