@@ -17,6 +17,7 @@ import numpy as np
 import trimesh
 
 from inspection.align import AlignmentError, View, align, fit_scale
+from inspection.warp import fit_bend
 from inspection.camera import RIG_CAMERAS, CameraCalibration, load_rig
 from inspection.design_cache import design_model
 from inspection.designs import Units, load_mesh_mm
@@ -90,7 +91,8 @@ def inspect_scan(
     if alignment is not None:
         mark = time.perf_counter()
         scale = fit_scale(model, views, alignment.pose)
-        metrics, drawn = compute_metrics(model, views, alignment, scale)
+        bend = fit_bend(model, views, alignment.pose)
+        metrics, drawn = compute_metrics(model, views, alignment, scale, bend)
         timings["metrics"] = time.perf_counter() - mark
 
     criteria, machine, review, reasons = judge(profile, metrics)

@@ -55,6 +55,9 @@ class InspectionMetrics(BaseModel):
     scale_z_pct: float = Field(description="Scale deviation along the design's z axis, %.")
     scale_max_abs_pct: float = Field(description="Largest |scale deviation| of the three axes, %.")
     tilt_deg: float = Field(description="Angle between the found pose and the nearest stable resting pose, degrees.")
+    warp_deg: float = Field(
+        default=0.0, description="Bend along the long axis, angle between the end tangents, degrees (inspection.warp)."
+    )
     lift_mm: float = Field(description="Height of the part's lowest point above the tray (negative: below), mm.")
     alignment_residual_mm: float = Field(description="Median |outline residual| of the fit, mm.")
     alignment_inlier_fraction: float = Field(description="Fraction of outline points within 2 px of the photographed outline.")
@@ -81,7 +84,7 @@ def model_masks(model: DesignModel, views: Sequence[View], pose: np.ndarray) -> 
 
 
 def compute_metrics(
-    model: DesignModel, views: Sequence[View], alignment: Alignment, scale: np.ndarray
+    model: DesignModel, views: Sequence[View], alignment: Alignment, scale: np.ndarray, bend_deg: float = 0.0
 ) -> tuple[InspectionMetrics, dict[str, dict[str, np.ndarray]]]:
     """The metrics, and per camera the masks (model, missing, extra) the overlays draw."""
     pose = alignment.pose
@@ -156,6 +159,7 @@ def compute_metrics(
         scale_z_pct=round(float(scale_pct[2]), 3),
         scale_max_abs_pct=round(float(np.abs(scale_pct).max()), 3),
         tilt_deg=round(tilt_deg(model, pose), 3),
+        warp_deg=round(abs(bend_deg), 3),
         lift_mm=round(float(vertices[:, 2].min()), 4),
         alignment_residual_mm=round(float(np.median(np.abs(residuals))) * mean_scale if len(residuals) else math.inf, 4),
         alignment_inlier_fraction=round(alignment.inlier_fraction, 4),

@@ -34,14 +34,7 @@ def _inspect(spec: str, cache: Path):  # type: ignore[no-untyped-def]
         ("missing_chunk:4", "missing_material"),
         ("extra_blob:8", "extra_material"),
         ("scale:5", "dimensional_deviation"),
-        pytest.param(
-            "warp:6",
-            "warp",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="no warp metric yet: a bent part is fitted rigidly and its outline residual stays within intact noise",
-            ),
-        ),
+        ("warp:6", "warp"),
     ],
 )
 def test_a_defect_fails_the_default_profile_with_its_reason(spec: str, reason: str, tmp_path: Path) -> None:
