@@ -36,6 +36,8 @@ PER_REST_HYPOTHESES = 2
 PLAUSIBLE_FRACTION = 0.8
 REFINED_HYPOTHESES = 4
 FINAL_HYPOTHESES = 2
+GAP_FREE_MM = 0.5
+GAP_COST_PER_MM = 0.02
 CONTOUR_SPACING_PX = 3.0
 MAX_POINTS_PER_CAMERA = 400
 SDF_CLIP_PX = 40.0
@@ -339,19 +341,36 @@ def align(model: DesignModel, views: Sequence[View]) -> Alignment:
     screened.sort(key=lambda c: c[0])
     # Near-symmetric parts (a block with one chamfer turned by 180°) give look-alike hypotheses
     # whose one-step costs are within noise of each other; the finished fits tell them apart.
-    best: tuple[float, np.ndarray, int, float, dict[str, np.ndarray]] | None = None
+    finished: list[tuple[float, np.ndarray, int, float, dict[str, np.ndarray]]] = []
     for cost, refined, index, score in screened[:FINAL_HYPOTHESES]:
         pose, _, final = refine(model, views, refined)
         everything = np.concatenate(list(final.values())) if final else np.zeros(0)
         robust = float(np.mean(np.log1p((everything / LOSS_SCALE_PX) ** 2))) if len(everything) else math.inf
-        if best is None or robust < best[0]:
-            best = (robust, pose, index, score, final)
-    assert best is not None
+        finished.append((robust, pose, index, score, final))
+    best = _on_the_tray(model, finished)
     _, pose, _, _, final = best
     everything = np.concatenate(list(final.values())) if final else np.zeros(0)
     inliers = float(np.mean(np.abs(everything) < INLIER_PX)) if len(everything) else 0.0
     median = float(np.median(np.abs(everything))) if len(everything) else math.inf
     return Alignment(pose, best[2], final, inliers, median, best[3], len(hypotheses))
+
+
+def _on_the_tray(
+    model: DesignModel, finished: list[tuple[float, np.ndarray, int, float, dict[str, np.ndarray]]]
+) -> tuple[float, np.ndarray, int, float, dict[str, np.ndarray]]:
+    """The best fit, counting a gap under the part against it.
+
+    A gear lying hub-down can be mimicked by the hub-up pose floating 4 mm above the tray, with
+    an outline residual within the few percent the residual varies by between runs. Parts rest
+    on the tray, so each millimetre of gap costs a little; a propped part lifts every
+    hypothesis alike, so it is still fitted, and reported by the lift metric.
+    """
+
+    def penalised(fit: tuple[float, np.ndarray, int, float, dict[str, np.ndarray]]) -> float:
+        gap = abs(float(transform(fit[1], model.coarse_vertices)[:, 2].min()))
+        return fit[0] + GAP_COST_PER_MM * max(0.0, gap - GAP_FREE_MM)
+
+    return min(finished, key=penalised)
 
 
 SCALE_INLIER_PX = 4.0

@@ -54,3 +54,17 @@ def test_the_design_cache_is_reused_from_disk(tmp_path) -> None:  # type: ignore
     assert len(files) == 1
     again = design_model(design("pipe_clip_pc16"), tmp_path)
     assert np.array_equal(first.rest_poses, again.rest_poses) and np.isclose(first.rest_probabilities.sum(), 1.0)
+
+
+def test_a_small_gear_lying_hub_down_is_not_taken_for_one_floating_hub_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from inspection.placement import place_on_tray
+    from tests.inspection_scenes import renderer
+
+    gear = design("spur_gear_z20m25").copy()
+    gear.apply_scale(0.7)
+    pose = place_on_tray(gear, np.random.default_rng(1021))
+    assert pose[2, 2] < 0  # hub down
+    images = renderer().render(gear, pose, 1021)
+    found = align(design_model(gear, tmp_path), _views(images))
+    distance, _ = pose_error(gear, pose, found.pose)
+    assert distance < 0.3, f"mean surface distance {distance:.3f} mm"
