@@ -227,7 +227,7 @@ def _diverse(candidates: list[tuple[float, np.ndarray, int]]) -> list[tuple[floa
     return chosen
 
 
-def _contour_points(model: DesignModel, view: View, pose: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def contour_points(model: DesignModel, view: View, pose: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Part-frame points on the outer outline of the model as `view` sees it at `pose`."""
     vertices = transform(pose, model.vertices)
     points = silhouette_edge_points(view.calib, vertices, model.faces, model.edges, model.edge_faces, CONTOUR_SPACING_PX)
@@ -258,7 +258,7 @@ def _contour_points(model: DesignModel, view: View, pose: np.ndarray, rng: np.ra
     return transform(inverse, chosen)
 
 
-def _apply(pose: np.ndarray, x: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
+def moved_pose(pose: np.ndarray, x: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
     """Pose moved by x = (rotation vector × radius [mm], translation [mm]) about the part's centre."""
     delta = np.eye(4)
     rotation = Rotation.from_rotvec(x[:3] / radius).as_matrix()
@@ -310,23 +310,23 @@ def refine(
     radius = max(model.extent_mm / 2, 1.0)
     cost = math.inf
     for _ in range(outer):
-        points = {name: _contour_points(model, view, pose, rng) for name, view in by_name.items()}
+        points = {name: contour_points(model, view, pose, rng) for name, view in by_name.items()}
         if sum(len(p) for p in points.values()) < 12:
             break
         centre = transform(pose, model.centroid[None])[0]
 
         def fun(x: np.ndarray) -> np.ndarray:
-            return np.concatenate(list(residuals(points, by_name, _apply(pose, x, centre, radius)).values()))
+            return np.concatenate(list(residuals(points, by_name, moved_pose(pose, x, centre, radius)).values()))
 
         def jac(x: np.ndarray) -> np.ndarray:
-            return _jacobian(points, by_name, _apply(pose, x, centre, radius), centre + x[3:], radius)
+            return _jacobian(points, by_name, moved_pose(pose, x, centre, radius), centre + x[3:], radius)
 
         result = least_squares(fun, np.zeros(6), jac=jac, loss="cauchy", f_scale=LOSS_SCALE_PX, max_nfev=30, x_scale=0.5)
-        pose = _apply(pose, result.x, centre, radius)
+        pose = moved_pose(pose, result.x, centre, radius)
         cost = 2 * float(result.cost) / max(len(result.fun), 1)
         if np.abs(result.x).max() < 0.005:
             break
-    points = {name: _contour_points(model, view, pose, rng) for name, view in by_name.items()}
+    points = {name: contour_points(model, view, pose, rng) for name, view in by_name.items()}
     return pose, cost, residuals(points, by_name, pose)
 
 
@@ -391,7 +391,7 @@ def fit_scale(model: DesignModel, views: Sequence[View], pose: np.ndarray, seed:
     """
     rng = np.random.default_rng(seed)
     by_name = {v.calib.name: v for v in views if not v.empty}
-    points = {name: _contour_points(model, view, pose, rng) for name, view in by_name.items()}
+    points = {name: contour_points(model, view, pose, rng) for name, view in by_name.items()}
     start = residuals(points, by_name, pose)
     points = {name: p[np.abs(start[name]) < SCALE_INLIER_PX] for name, p in points.items()}
     if sum(len(p) for p in points.values()) < 12:
@@ -403,7 +403,7 @@ def fit_scale(model: DesignModel, views: Sequence[View], pose: np.ndarray, seed:
 
     def fun(x: np.ndarray) -> np.ndarray:
         scaled = {n: centroid + (p - centroid) * (1.0 + x[6:]) for n, p in points.items()}
-        data = np.concatenate(list(residuals(scaled, by_name, _apply(pose, x[:6], centre, radius)).values()))
+        data = np.concatenate(list(residuals(scaled, by_name, moved_pose(pose, x[:6], centre, radius)).values()))
         return np.concatenate([data, prior * x[6:]])
 
     bounds = (np.r_[[-np.inf] * 6, [-SCALE_LIMIT] * 3], np.r_[[np.inf] * 6, [SCALE_LIMIT] * 3])

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import least_squares
 
-from inspection.align import View, _apply, _contour_points, residuals, transform
+from inspection.align import View, contour_points, moved_pose, residuals, transform
 from inspection.design_cache import DesignModel
 
 INLIER_PX = 8.0
@@ -50,7 +50,7 @@ def fit_bend(model: DesignModel, views: Sequence[View], pose: np.ndarray, seed: 
     """Signed bend in degrees (positive: ends lifted off the tray) that best explains the outlines at `pose`."""
     rng = np.random.default_rng(seed)
     by_name = {v.calib.name: v for v in views if not v.empty}
-    points = {name: _contour_points(model, view, pose, rng) for name, view in by_name.items()}
+    points = {name: contour_points(model, view, pose, rng) for name, view in by_name.items()}
     start = residuals(points, by_name, pose)
     points = {name: p[np.abs(start[name]) < INLIER_PX] for name, p in points.items()}
     if sum(len(p) for p in points.values()) < 12:
@@ -64,7 +64,7 @@ def fit_bend(model: DesignModel, views: Sequence[View], pose: np.ndarray, seed: 
 
     def fun(x: np.ndarray) -> np.ndarray:
         curved = {n: bent(p, centre, axis, direction, x[6]) for n, p in points.items()}
-        return np.concatenate(list(residuals(curved, by_name, _apply(pose, x[:6], pivot, radius)).values()))
+        return np.concatenate(list(residuals(curved, by_name, moved_pose(pose, x[:6], pivot, radius)).values()))
 
     bounds = (np.r_[[-np.inf] * 6, -limit], np.r_[[np.inf] * 6, limit])
     result = least_squares(fun, np.zeros(7), loss="soft_l1", f_scale=2.0, diff_step=1e-4, max_nfev=12,
