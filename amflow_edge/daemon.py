@@ -83,7 +83,7 @@ class Station:
         self.events = Events(cfg, self.db, self.relay.wake, mirror=self.store.update_record)
         self.guard = BacklogGuard(self.outbox, cfg.outbox)
         self.library = DesignLibrary.load(cfg.designs.library)
-        self._session_designs: list[Design] = []
+        self._designs = self.library
         self.driver = driver if driver is not None else make_driver(cfg, self.library)
         self.inspector = Inspector(self.events, cfg.station.timezone) if cfg.inspection.enabled else None
         self.decisions = Decisions(self.events, load_reasons(cfg.qc.reasons), cfg.station.timezone)
@@ -97,6 +97,7 @@ class Station:
         )
         self.events.listen(self.panel.scan_event)
         self.buttons = buttons if buttons is not None else make_button_sources(cfg.qc.buttons)
+        self.service = StationService(self)
         self.loop = CaptureLoop(
             cfg,
             self.driver,
@@ -105,9 +106,8 @@ class Station:
             lambda: self.sessions.current,
             self._after_scan,
             self.paused_reason,
-            heartbeat=lambda: self.service.capture_heartbeat.beat(),
+            heartbeat=self.service.capture_heartbeat.beat,
         )
-        self.service = StationService(self)
         self.mqtt.set_request_handler(CommandHandler(StationCommands(self).handlers(), self.mqtt.respond))
         self.mqtt.on_connected = self.publish_state
         self._threads: list[threading.Thread] = []
@@ -157,7 +157,7 @@ class Station:
 
     def designs(self) -> DesignLibrary:
         """The design library plus the active session's designs."""
-        return self.library.with_designs(self._session_designs)
+        return self._designs
 
     def capture_reference(self, scan_session: str | None = None) -> None:
         """The session's empty-tray images, which inspection compares every scan with."""
@@ -173,7 +173,7 @@ class Station:
         if self.inspector is not None:
             self.capture_reference(session.scan_session)
         self.sessions.replace(session)
-        self._session_designs = designs
+        self._designs = self.library.with_designs(designs)
         log.info("scanning session changed", scan_session=session.scan_session,
                  batch=session.batch.id if session.batch else None, designs=len(designs))
         self.publish_state()
@@ -229,7 +229,7 @@ class Station:
     def _resume_session_designs(self) -> None:
         """A session resumed after a restart needs its batch's meshes again; a mesh gone since is reported, not fatal."""
         try:
-            self._session_designs = resolve_designs(self, self.sessions.current.designs)
+            self._designs = self.library.with_designs(resolve_designs(self, self.sessions.current.designs))
         except Exception as exc:
             log.error("a design of the resumed session cannot be loaded; its scans are not inspected", error=str(exc))
 

@@ -42,7 +42,7 @@ def resolve_designs(station: Station, wanted: list[SessionDesign]) -> list[Desig
     designs = []
     for entry in wanted:
         if entry.mesh is None:
-            if entry.design_material not in station.designs():
+            if entry.design_material not in station.library:
                 raise CommandRefused(
                     f"design_material {entry.design_material} is not in the station's design library; "
                     "send its mesh (a file in the batch mesh folder) with it"
