@@ -103,6 +103,8 @@ class Watchdog:
 
     def status(self, text: str) -> None:
         """The station's normal STATUS= line; held back while a check fails, so the reason stays visible."""
+        if text == self._status:
+            return
         self._status = text
         if not self._failing:
             sdnotify.status(text)

@@ -303,8 +303,7 @@ class PylonDriver:
             except GrabError as exc:
                 error = error or exc
         if error is not None:
-            log.error("grab failed; no scan stored", camera=error.camera, reason=error.reason)
-            raise error
+            raise error  # the capture loop logs it, naming the camera
         return Shot(frames=frames, metadata={"trigger": self._settings.trigger})
 
     def wait_shot(self, timeout_s: float) -> Shot | None:
