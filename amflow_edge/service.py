@@ -71,21 +71,21 @@ class StationService:
         record = self._station.events.record(scan_uuid)
         return record is not None and record.station.is_backed_up and record.station.deleted_at is None
 
-    def _mark_deleted(self, scan_uuid: str) -> None:
-        at = timestamp(datetime.now(ZoneInfo(self._station.cfg.station.timezone)))
-        self._station.events.annotate(
-            scan_uuid, lambda r: r.model_copy(update={"station": r.station.model_copy(update={"deleted_at": at})})
-        )
-
-    def _mark_backed_up(self, scan_uuid: str, path: Path) -> None:
-        """is_backed_up is the station's own fact (AM-Vision's API field), not part of the webhook payload."""
-        at = timestamp(datetime.now(ZoneInfo(self._station.cfg.station.timezone)))
-
+    def _note(self, scan_uuid: str, **facts: object) -> None:
+        """Station facts about a scan's files (AM-Vision's is_backed_up among them): stored, not in the webhook payload."""
         def change(record: ScanRecord) -> ScanRecord:
-            station = record.station.model_copy(update={"is_backed_up": True, "backup_path": str(path), "backed_up_at": at})
-            return record.model_copy(update={"station": station})
+            return record.model_copy(update={"station": record.station.model_copy(update=facts)})
 
         self._station.events.annotate(scan_uuid, change)
+
+    def _now(self) -> str:
+        return timestamp(datetime.now(ZoneInfo(self._station.cfg.station.timezone)))
+
+    def _mark_deleted(self, scan_uuid: str) -> None:
+        self._note(scan_uuid, deleted_at=self._now())
+
+    def _mark_backed_up(self, scan_uuid: str, path: Path) -> None:
+        self._note(scan_uuid, is_backed_up=True, backup_path=str(path), backed_up_at=self._now())
 
     def start(self, spawn: Spawn) -> None:
         """After the station runs: threads for the watchdog, the backup mover and retention; then READY=1."""
