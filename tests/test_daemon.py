@@ -166,17 +166,21 @@ def test_clean_stop_says_offline(tmp_path: Path, broker: Broker, subscriber: Sub
     assert subscriber.next(topic=f"{PREFIX}/availability").payload == b"offline"
 
 
-def test_the_daemon_command_runs_scans_and_exits(tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
-    """The demo's path: `amflow-edge run --scans 2` as a process, events seen by a plain subscriber."""
-    env = {
+def demo_env(tmp_path: Path, broker: Broker, **settings: str) -> dict[str, str]:
+    """The demo config in a subprocess, pointed at the test's broker and directories (never the repo's run/)."""
+    return {
         "AMFLOW_MQTT__PORT": str(broker.port),
         "AMFLOW_STATION__DATA_ROOT": str(tmp_path / "data"),
         "AMFLOW_STATION__STATE_DIR": str(tmp_path / "state"),
-        "AMFLOW_CAPTURE__TIMER_INTERVAL_S": "0.5",
-        "AMFLOW_MOCK__SCENE_POOL": "2",
         "AMFLOW_INSPECTION__ENABLED": "false",
         "PATH": "/usr/bin:/bin",
+        **settings,
     }
+
+
+def test_the_daemon_command_runs_scans_and_exits(tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
+    """The demo's path: `amflow-edge run --scans 2` as a process, events seen by a plain subscriber."""
+    env = demo_env(tmp_path, broker, AMFLOW_CAPTURE__TIMER_INTERVAL_S="0.5", AMFLOW_MOCK__SCENE_POOL="2")
     proc = subprocess.run(
         [sys.executable, "-m", "amflow_edge.cli", "run", "--config", str(REPO / "config" / "demo.toml"), "--scans", "2"],
         capture_output=True, text=True, timeout=240, cwd=REPO, env=env,
@@ -190,14 +194,7 @@ def test_the_daemon_command_runs_scans_and_exits(tmp_path: Path, broker: Broker,
 
 
 def test_one_shot_capture_command_stores_and_publishes(tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
-    env = {
-        "AMFLOW_MQTT__PORT": str(broker.port),
-        "AMFLOW_STATION__DATA_ROOT": str(tmp_path / "data"),
-        "AMFLOW_STATION__STATE_DIR": str(tmp_path / "state"),
-        "AMFLOW_MOCK__SCENE_POOL": "1",
-        "AMFLOW_INSPECTION__ENABLED": "false",
-        "PATH": "/usr/bin:/bin",
-    }
+    env = demo_env(tmp_path, broker, AMFLOW_MOCK__SCENE_POOL="1")
     proc = subprocess.run(
         [sys.executable, "-m", "amflow_edge.cli", "capture", "--config", str(REPO / "config" / "demo.toml"),
          "--design-material", "6d2e1b64c586b7a2dad9eb34a961cc4a513751b6_SLS_PA12_GREY"],
