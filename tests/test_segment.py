@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
+from inspection.regions import open_to_background
 from inspection.segment import SegmentationError, segment_scan
 from inspection.silhouette import full_window, silhouette
 from tests.inspection_scenes import design, empty, placed, rig
@@ -41,3 +43,16 @@ def test_mismatched_images_name_the_camera_and_the_fix() -> None:
         segment_scan("cam02", image[:, ::2], image)
     with pytest.raises(SegmentationError, match="cam02: scan image must be a 2-D 8-bit grey image"):
         segment_scan("cam02", np.dstack([image] * 3), image)
+
+
+@pytest.mark.parametrize(("name", "seed"), [("angle_bracket_ab60", 1001), ("cross_knob_ck40", 1003), ("montageblok_mb80", 3)])
+def test_contact_shadows_and_dark_faces_stay_near_the_true_outline(name: str, seed: int) -> None:
+    """Thresholding the evidence alone put 11–23 px of contact shadow or tray into these masks; the cut keeps within 7."""
+    pose, images = placed(name, seed)
+    for calib in rig():
+        mask = segment_scan(calib.name, images[calib.name], empty()[calib.name]).mask
+        truth = _truth(name, pose, calib)
+        beyond_outside = cv2.distanceTransform((~truth).astype(np.uint8), cv2.DIST_L2, 5)[mask & ~truth]
+        beyond_inside = cv2.distanceTransform(truth.astype(np.uint8), cv2.DIST_L2, 5)[truth & open_to_background(mask)]
+        assert beyond_outside.max(initial=0.0) < 9.0, f"{calib.name}: shadow taken for part {beyond_outside.max():.0f} px out"
+        assert beyond_inside.max(initial=0.0) < 9.0, f"{calib.name}: part taken for tray {beyond_inside.max():.0f} px in"
