@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from inspection.align import Alignment, View, transform
 from inspection.design_cache import DesignModel
-from inspection.regions import DEPTH_FLOOR_MM, Region, consistent_extra, reach_maps, regions
+from inspection.regions import DEPTH_FLOOR_MM, Region, consistent_extra, open_to_background, reach_maps, regions
 from inspection.silhouette import silhouette
 
 TOP_MARGIN_MM = 3.0
@@ -111,11 +111,12 @@ def compute_metrics(
         model_outline = alignment.residuals_px.get(name, np.zeros(0))
         inside = model_mask.astype(np.uint8)
         model_sdf = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5) - cv2.distanceTransform(inside, cv2.DIST_L2, 5)
-        edge = observed & ~cv2.erode(observed.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        background = open_to_background(observed)
+        edge = observed & cv2.dilate(background.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         observed_outline = model_sdf[edge]
         deviation = np.abs(np.concatenate([model_outline, observed_outline])) * scale_mm
         deviations.append(deviation)
-        missing = model_mask & ~observed
+        missing = model_mask & background
         others = [v for v in views if v is not view and not v.empty]
         extra = consistent_extra(observed & ~model_mask, view, others, z_range)
         to_observed, to_model = reach_maps(model_mask, observed)

@@ -119,6 +119,22 @@ def regions(
     return sorted(found, key=lambda r: -r.depth_mm)
 
 
+def open_to_background(observed: np.ndarray) -> np.ndarray:
+    """Pixels not on the part that connect to the window's border: where material could be seen to be missing.
+
+    A hole in the part mask that is enclosed by part pixels is a dark bore wall or an unlit pocket the
+    segmentation gave to the tray; a chip taken out of the part opens onto the background in every
+    camera whose outline it changes, so only background reachable from outside counts as missing.
+    """
+    background = (~observed).astype(np.uint8)
+    count, labels = cv2.connectedComponents(background, connectivity=4)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    outside = np.zeros(count, dtype=bool)
+    outside[border] = True
+    outside[0] = False
+    return outside[labels]
+
+
 def reach_maps(model_mask: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per pixel: distance (px) to the observed part (depth of missing material) and to the model (of extra material)."""
     to_observed = cv2.distanceTransform((~observed).astype(np.uint8), cv2.DIST_L2, 5)

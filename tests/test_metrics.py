@@ -11,6 +11,7 @@ import trimesh
 from inspection.align import View, align, fit_scale
 from inspection.design_cache import design_model
 from inspection.metrics import compute_metrics, tilt_deg
+from inspection.regions import open_to_background
 from inspection.segment import segment_scan
 from tests.inspection_scenes import design, empty, placed, renderer, rig
 
@@ -48,3 +49,15 @@ def test_an_intact_part_measures_small_and_a_cut_away_corner_large(tmp_path) -> 
     assert cut.missing_material_depth_mm > 2.0 and cut.missing_material_mm2 > 8.0
     assert cut.missing_regions and np.linalg.norm(np.array(cut.missing_regions[0].centre_part_mm) - corner) < 12.0
     assert intact.scale_max_abs_pct < 1.5 and cut.scale_max_abs_pct < 1.5, "a chip must not read as shrinkage"
+
+
+def test_only_background_open_to_the_outside_can_show_missing_material() -> None:
+    """A hole enclosed by part pixels is a dark bore wall given to the tray; a chip opens onto the background."""
+    observed = np.zeros((40, 40), dtype=bool)
+    observed[5:35, 5:35] = True
+    observed[15:20, 15:20] = False  # enclosed: a dark pocket
+    observed[5:10, 20:25] = False  # a notch in the outline: a chip
+    open_ = open_to_background(observed)
+    assert not open_[15:20, 15:20].any()
+    assert open_[5:10, 20:25].all()
+    assert open_[0, 0] and not open_[30, 30]
