@@ -53,6 +53,8 @@ class View:
 
     calib: CameraCalibration
     mask: np.ndarray
+    clear_tray: np.ndarray | None = None
+    clear_part: np.ndarray | None = None
     sdf: np.ndarray = field(init=False)
     sdf_window: Window = field(init=False)
     grad_x: np.ndarray = field(init=False)

@@ -75,7 +75,7 @@ def inspect_scan(
     mark = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2) as pool:
         segmentations = list(pool.map(lambda c: segment_scan(c.name, images[c.name], references[c.name]), cameras))
-    views = [View(calib, seg.mask) for calib, seg in zip(cameras, segmentations)]
+    views = [View(calib, seg.mask, seg.clear_tray, seg.clear_part) for calib, seg in zip(cameras, segmentations)]
     timings["segment"] = time.perf_counter() - mark
 
     notes: list[str] = []

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from inspection.align import Alignment, View, transform
 from inspection.design_cache import DesignModel
 from inspection.regions import DEPTH_FLOOR_MM, Region, consistent_extra, open_to_background, reach_maps, regions
-from inspection.silhouette import silhouette
+from inspection.silhouette import Window, silhouette
 
 TOP_MARGIN_MM = 3.0
 
@@ -46,9 +46,9 @@ class InspectionMetrics(BaseModel):
     contour_p95_mm: float = Field(description="95th percentile of |outline deviation| over all cameras, mm.")
     contour_p99_mm: float = Field(description="99th percentile of |outline deviation| over all cameras, mm.")
     contour_max_mm: float = Field(description="Largest |outline deviation|, mm.")
-    missing_material_mm2: float = Field(description="Largest missing-material region at least 0.3 mm deep seen by any camera, mm².")
-    missing_material_depth_mm: float = Field(description="Depth of the deepest missing-material region, mm.")
-    extra_material_mm2: float = Field(description="Largest extra-material region at least 0.3 mm high, consistent across cameras, mm².")
+    missing_material_mm2: float = Field(description="Largest missing-material region seen by any camera, mm²: its pixels reaching at least 0.3 mm past the outline where the photo clearly shows tray.")
+    missing_material_depth_mm: float = Field(description="Depth of the deepest missing-material region (its 6th deepest pixel), mm.")
+    extra_material_mm2: float = Field(description="Largest extra-material region, mm²: its pixels reaching at least 0.3 mm past the outline where the photo clearly shows part, consistent across cameras.")
     extra_material_depth_mm: float = Field(description="Depth of the deepest extra-material region, mm.")
     scale_x_pct: float = Field(description="Scale deviation along the design's x axis, %.")
     scale_y_pct: float = Field(description="Scale deviation along the design's y axis, %.")
@@ -116,9 +116,9 @@ def compute_metrics(
         observed_outline = model_sdf[edge]
         deviation = np.abs(np.concatenate([model_outline, observed_outline])) * scale_mm
         deviations.append(deviation)
-        missing = model_mask & background
+        missing = model_mask & background & _inside(view.clear_tray, w, True)
         others = [v for v in views if v is not view and not v.empty]
-        extra = consistent_extra(observed & ~model_mask, view, others, z_range)
+        extra = consistent_extra(observed & ~model_mask & _inside(view.clear_part, w, True), view, others, z_range)
         to_observed, to_model = reach_maps(model_mask, observed)
         missing_here = [r for r in regions(missing, to_observed, view, scale_mm, inverse, centre) if r.depth_mm >= DEPTH_FLOOR_MM]
         extra_here = [r for r in regions(extra, to_model, view, scale_mm, inverse, centre) if r.depth_mm >= DEPTH_FLOOR_MM]
@@ -171,6 +171,13 @@ def compute_metrics(
         per_camera=per_camera,
     )
     return metrics, drawn
+
+
+def _inside(mask: np.ndarray | None, window: Window, default: bool) -> np.ndarray | bool:
+    """The window's part of a full-image mask of the segmentation's certainty; `default` where there is none."""
+    if mask is None:
+        return default
+    return mask[window.y0 : window.y0 + window.height, window.x0 : window.x0 + window.width]
 
 
 def tilt_deg(model: DesignModel, pose: np.ndarray) -> float:

@@ -8,6 +8,10 @@ an extra pixel is real material only if some point on its ray, between the tray 
 top, lies inside the part mask of every other camera that can see it (visual-hull carving). A
 tongue of shadow on the tray fails that test in the cameras looking from the other side; a blob
 passes it in all of them.
+
+Only pixels whose evidence is beyond doubt count (`Segmentation.clear_tray` for missing material,
+`clear_part` for extra): a dark face the segmentation gave to the tray, or a shadow it gave to the
+part, read as up to 67 mm² of material on intact parts; a chip shows tray in full light behind it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from inspection.align import EDGE_BIAS_PX, View, transform
 CLEAN_PX = 3
 MIN_REGION_PX = 12
 DEPTH_FLOOR_MM = 0.3
+DEPTH_RANK = 6
 CARVE_SAMPLES = 24
 CARVE_TOLERANCE_PX = 2.5
 MAX_CARVE_PIXELS = 1500
@@ -80,9 +85,13 @@ def regions(
     inverse_pose: np.ndarray,
     depth_point: np.ndarray,
 ) -> list[Region]:
-    """Connected regions of `diff` (window mask) with their depth (the largest `reach`, px, inside each) and
-    their core area: only pixels reaching past DEPTH_FLOOR_MM count, so a long ragged sliver along
-    the outline adds nothing while a chip counts with most of its area."""
+    """Connected regions of `diff` (window mask) with their depth and their core area.
+
+    The depth is the DEPTH_RANK-th largest `reach` (px) inside the region: a chip's rounded bottom
+    has several pixels near its deepest, while a one-pixel spike along a misread outline has one,
+    and spikes read up to 1.7 mm on intact parts. Only pixels reaching past DEPTH_FLOOR_MM count
+    towards the area, so a long ragged sliver along the outline adds nothing while a chip counts
+    with most of its area."""
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (CLEAN_PX, CLEAN_PX))
     cleaned = cv2.morphologyEx(diff.astype(np.uint8), cv2.MORPH_OPEN, kernel)
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(cleaned, connectivity=8)
@@ -96,7 +105,7 @@ def regions(
             continue
         x, y, bw, bh = (int(stats[i, k]) for k in range(4))
         values = reach[y : y + bh, x : x + bw][labels[y : y + bh, x : x + bw] == i]
-        depth_px[i] = float(values.max())
+        depth_px[i] = float(np.partition(values, -DEPTH_RANK)[-DEPTH_RANK]) if len(values) >= DEPTH_RANK else 0.0
         areas[i] = float(np.count_nonzero(values >= floor_px))
     w = view.sdf_window
     depth = float(view.calib.to_camera(depth_point[None])[0, 2])

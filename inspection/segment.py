@@ -24,6 +24,8 @@ NCC_TRAY = 0.6
 SCORE_SIGMA_PX = 1.5
 MAX_PINHOLE_PX = 300
 MIN_COMPONENT_PX = 400
+CLEAR_TRAY_EVIDENCE = 0.5
+CLEAR_PART_EVIDENCE = 1.5
 CUT_EVIDENCE_WEIGHT = 0.12
 CUT_EDGE_STEP = 0.03
 CUT_BLUR_PX = 0.8
@@ -43,6 +45,11 @@ class Segmentation:
     mask: np.ndarray
     gain: float
     area_px: int
+    clear_tray: np.ndarray | None = None
+    """Pixels whose evidence says tray beyond doubt (bright enough to show its texture, and showing it):
+    where the photo can prove material missing. None: everywhere."""
+    clear_part: np.ndarray | None = None
+    """Pixels whose evidence says part beyond doubt: where the photo can prove material extra. None: everywhere."""
 
     @property
     def empty(self) -> bool:
@@ -92,18 +99,31 @@ def segment(name: str, image: np.ndarray, reference: np.ndarray, roi: tuple[int,
     ax0, ay0, ax1, ay1 = max(x0 - pad, 0), max(y0 - pad, 0), min(x1 + pad, width), min(y1 + pad, height)
     im = image[ay0:ay1, ax0:ax1].astype(np.float32)
     ref = reference[ay0:ay1, ax0:ax1].astype(np.float32) * np.float32(gain)
-    local = _part_pixels(im, ref)
+    local, evidence = _part_pixels(im, ref)
     mask = np.zeros((height, width), dtype=bool)
     mask[ay0:ay1, ax0:ax1] = local
+    clear_tray = np.ones((height, width), dtype=bool)
+    clear_tray[ay0:ay1, ax0:ax1] = evidence.clear_tray
+    clear_part = np.zeros((height, width), dtype=bool)
+    clear_part[ay0:ay1, ax0:ax1] = evidence.clear_part
     if roi is not None:
         keep = np.zeros_like(mask)
         keep[y0:y1, x0:x1] = True
         mask &= keep
-    return Segmentation(mask, gain, int(mask.sum()))
+    return Segmentation(mask, gain, int(mask.sum()), clear_tray, clear_part)
 
 
-def _evidence(im: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Per pixel, how strongly it looks like part: above 1 part, below 1 tray (shadowed or not)."""
+@dataclass(frozen=True)
+class Evidence:
+    """Per pixel of a crop: how strongly it looks like part (above 1 part, below 1 tray, shadowed or
+    not), and where that is beyond doubt either way."""
+
+    score: np.ndarray
+    clear_tray: np.ndarray
+    clear_part: np.ndarray
+
+
+def _evidence(im: np.ndarray, ref: np.ndarray) -> Evidence:
     blur = lambda a, s: cv2.GaussianBlur(a, (0, 0), s)  # noqa: E731
     smooth_im, smooth_ref = blur(im, SMOOTH_SIGMA_PX), blur(ref, SMOOTH_SIGMA_PX)
     ratio = smooth_im / np.maximum(smooth_ref, 1.0)
@@ -118,7 +138,8 @@ def _evidence(im: np.ndarray, ref: np.ndarray) -> np.ndarray:
     textured = var_r > 1.0
     bright = (ratio - 1.0) / (BRIGHT_RATIO - 1.0)
     untextured = np.where(textured & (ratio > DARK_RATIO), (NCC_TRAY - ncc) / (NCC_TRAY - NCC_THRESHOLD), 0.0)
-    return blur(np.clip(np.maximum(bright, untextured), 0.0, 2.0).astype(np.float32), SCORE_SIGMA_PX)
+    score = blur(np.clip(np.maximum(bright, untextured), 0.0, 2.0).astype(np.float32), SCORE_SIGMA_PX)
+    return Evidence(score, (score < CLEAR_TRAY_EVIDENCE) & (ratio > DARK_RATIO), score > CLEAR_PART_EVIDENCE)
 
 
 def _cut(evidence: np.ndarray, im: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -148,17 +169,18 @@ def _cut(evidence: np.ndarray, im: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return ~graph.get_grid_segments(nodes)
 
 
-def _part_pixels(im: np.ndarray, ref: np.ndarray) -> np.ndarray:
+def _part_pixels(im: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, Evidence]:
+    """The part mask of an image crop and the evidence behind it."""
     evidence = _evidence(im, ref)
-    ys, xs = np.nonzero(evidence > 1.0)
+    ys, xs = np.nonzero(evidence.score > 1.0)
     part = np.zeros(im.shape, dtype=np.uint8)
     if len(xs) == 0:
-        return part.astype(bool)
+        return part.astype(bool), evidence
     # Building the graph costs more than cutting it: only the part and a margin a boundary can move in.
     y0, x0 = max(int(ys.min()) - CUT_MARGIN_PX, 0), max(int(xs.min()) - CUT_MARGIN_PX, 0)
     y1, x1 = int(ys.max()) + CUT_MARGIN_PX + 1, int(xs.max()) + CUT_MARGIN_PX + 1
     box = (slice(y0, y1), slice(x0, x1))
-    part[box] = _cut(evidence[box], im[box], ref[box])
+    part[box] = _cut(evidence.score[box], im[box], ref[box])
     count, labels, stats, _ = cv2.connectedComponentsWithStats(part, connectivity=8)
     keep = np.zeros(count, dtype=bool)
     keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= MIN_COMPONENT_PX
@@ -166,7 +188,7 @@ def _part_pixels(im: np.ndarray, ref: np.ndarray) -> np.ndarray:
     count, labels, stats, _ = cv2.connectedComponentsWithStats((~part).astype(np.uint8), connectivity=4)
     pinholes = np.zeros(count, dtype=bool)
     pinholes[1:] = stats[1:, cv2.CC_STAT_AREA] < MAX_PINHOLE_PX
-    return part | pinholes[labels]
+    return part | pinholes[labels], evidence
 
 
 ROI_SCALE = 0.25

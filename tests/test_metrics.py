@@ -11,7 +11,7 @@ import trimesh
 from inspection.align import View, align, fit_scale
 from inspection.design_cache import design_model
 from inspection.metrics import compute_metrics, tilt_deg
-from inspection.regions import open_to_background
+from inspection.regions import open_to_background, regions
 from inspection.segment import segment_scan
 from tests.inspection_scenes import design, empty, placed, renderer, rig
 
@@ -61,3 +61,37 @@ def test_only_background_open_to_the_outside_can_show_missing_material() -> None
     assert not open_[15:20, 15:20].any()
     assert open_[5:10, 20:25].all()
     assert open_[0, 0] and not open_[30, 30]
+
+
+@pytest.mark.parametrize(("name", "seed"), [("angle_bracket_ab60", 1001), ("spur_gear_z20m25", 1011)])
+def test_material_is_judged_only_where_the_photo_is_certain(name: str, seed: int, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Intact parts: dark faces given to the tray read as 2.8–6.7 mm² missing, shadow given to the part as 6 mm² extra."""
+    _, images = placed(name, seed)
+    segmentations = [(c, segment_scan(c.name, images[c.name], empty()[c.name])) for c in rig()]
+    model = design_model(design(name), tmp_path)
+    certain = [View(c, s.mask, s.clear_tray, s.clear_part) for c, s in segmentations]
+    found = align(model, certain)
+    plain, _ = compute_metrics(model, [View(c, s.mask) for c, s in segmentations], found, np.ones(3))
+    judged, _ = compute_metrics(model, certain, found, np.ones(3))
+    assert plain.missing_material_mm2 > 2.0
+    assert judged.missing_material_mm2 < 1.0 and judged.extra_material_mm2 < 3.0
+
+
+def test_a_thin_spike_reads_shallower_than_its_tip_and_a_rounded_chip_as_deep_as_it_is() -> None:
+    """Region depth is the DEPTH_RANK-th deepest pixel: the tip of a spike along a misread outline is a
+    pixel or three wide, the bottom of a chip's rounded bite several."""
+    calib = rig()[0]
+    mask = np.zeros((calib.image_height, calib.image_width), dtype=bool)
+    mask[1000:1100, 1200:1300] = True
+    view = View(calib, mask)
+    w = view.sdf_window
+    ys, xs = np.mgrid[0 : w.height, 0 : w.width]
+    reach = np.maximum(ys - 30.0, 0.0).astype(np.float32)  # distance past the outline at row 30, px
+    spike = (xs >= 60) & (xs < 63) & (ys >= 30) & (ys <= 45)
+    bite = ((xs - 120) ** 2 + (ys - 30) ** 2 <= 15**2) & (ys >= 30)
+    mm_per_px = 0.17
+    depths = sorted(r.depth_mm / mm_per_px for r in regions(spike | bite, reach, view, mm_per_px, np.eye(4), np.zeros(3)))
+    assert len(depths) == 2
+    spike_depth, bite_depth = depths
+    assert spike_depth <= 15.0 - 1.9
+    assert bite_depth >= 15.0 - 1.1
