@@ -55,6 +55,7 @@ def main() -> int:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--placements", type=int, default=None)
     parser.add_argument("--defects", default=None, help="comma-separated KIND:SIZE list; '' for intact parts only")
+    parser.add_argument("--values", action="store_true", help="also print the criterion values of the defective scans")
     args = parser.parse_args()
     from inspection.defects import Defect, apply_defect, defect_rng, settle
 
@@ -73,6 +74,7 @@ def main() -> int:
     intact_total = 0
     intact_values: dict[str, list[float]] = {c.metric: [] for c in profile.criteria}
     detected: dict[str, list[bool]] = {d: [] for d in defects}
+    defect_values: dict[str, dict[str, list[float]]] = {d: {c.metric: [] for c in profile.criteria} for d in defects}
     failures_by_reason: dict[str, int] = {}
     all_parts = parts(args.quick)
     print(f"{len(all_parts)} parts × {placements} placements × (intact + {len(defects)} defects), profile {profile.name}")
@@ -115,6 +117,9 @@ def main() -> int:
                             failures_by_reason[reason] = failures_by_reason.get(reason, 0) + 1
                 else:
                     detected[spec].append(rejected)
+                    for result in report.criteria:
+                        if result.value is not None:
+                            defect_values[spec][result.metric].append(result.value)
             print(f"  {name} placement {placement}: last err {errors[-1] if errors else float('nan'):.3f} mm, "
                   f"median time {np.median(times):.2f} s", flush=True)
 
@@ -131,14 +136,22 @@ def main() -> int:
         print(f"    {line}")
     print(f"    reasons: {failures_by_reason}")
     print("intact parts, criterion values (min / median / p95 / max):")
-    for metric, values in intact_values.items():
-        if values:
-            v = np.array(values)
-            print(f"    {metric}: {v.min():.3f} / {np.median(v):.3f} / {np.percentile(v, 95):.3f} / {v.max():.3f}")
+    _print_values(intact_values)
     for spec, hits in detected.items():
         rate = 100 * sum(hits) / max(len(hits), 1)
         print(f"detection rate {spec}: {sum(hits)}/{len(hits)} = {rate:.1f} %")
+    if args.values:
+        for spec, values in defect_values.items():
+            print(f"{spec}, criterion values (min / median / p95 / max):")
+            _print_values(values)
     return 0
+
+
+def _print_values(values_by_metric: dict[str, list[float]]) -> None:
+    for metric, values in values_by_metric.items():
+        if values:
+            v = np.array(values)
+            print(f"    {metric}: {v.min():.3f} / {np.median(v):.3f} / {np.percentile(v, 95):.3f} / {v.max():.3f}")
 
 
 if __name__ == "__main__":
