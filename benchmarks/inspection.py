@@ -56,6 +56,7 @@ def main() -> int:
     parser.add_argument("--placements", type=int, default=None)
     parser.add_argument("--defects", default=None, help="comma-separated KIND:SIZE list; '' for intact parts only")
     parser.add_argument("--values", action="store_true", help="also print the criterion values of the defective scans")
+    parser.add_argument("--seed", type=int, default=1000, help="first scene seed; another value gives unseen scenes to check a tuned profile on")
     args = parser.parse_args()
     from inspection.defects import Defect, apply_defect, defect_rng, settle
 
@@ -78,7 +79,7 @@ def main() -> int:
     failures_by_reason: dict[str, int] = {}
     all_parts = parts(args.quick)
     print(f"{len(all_parts)} parts × {placements} placements × (intact + {len(defects)} defects), profile {profile.name}")
-    seed = 1000
+    seed = args.seed
     for name, mesh in all_parts.items():
         design_model(mesh, cache)
         for placement in range(placements):
