@@ -73,6 +73,8 @@ def main() -> int:
     rotations: list[float] = []
     intact_rejects: list[str] = []
     intact_total = 0
+    intact_reviews = 0
+    flagged: dict[str, list[bool]] = {d: [] for d in defects}
     intact_values: dict[str, list[float]] = {c.metric: [] for c in profile.criteria}
     detected: dict[str, list[bool]] = {d: [] for d in defects}
     defect_values: dict[str, dict[str, list[float]]] = {d: {c.metric: [] for c in profile.criteria} for d in defects}
@@ -105,6 +107,7 @@ def main() -> int:
                 rejected = not report.qc_machine
                 if spec is None:
                     intact_total += 1
+                    intact_reviews += int(report.qc_machine and report.qc_needs_review)
                     for result in report.criteria:
                         if result.value is not None:
                             intact_values[result.metric].append(result.value)
@@ -118,6 +121,7 @@ def main() -> int:
                             failures_by_reason[reason] = failures_by_reason.get(reason, 0) + 1
                 else:
                     detected[spec].append(rejected)
+                    flagged[spec].append(rejected or report.qc_needs_review)
                     for result in report.criteria:
                         if result.value is not None:
                             defect_values[spec][result.metric].append(result.value)
@@ -133,6 +137,7 @@ def main() -> int:
     print(f"pose error, mean closest-surface distance [mm]: {stats(errors)}")
     print(f"pose error, residual rotation (symmetry-aware) [deg]: {stats(rotations)}")
     print(f"false rejects on intact parts: {len(intact_rejects)}/{intact_total} = {100 * len(intact_rejects) / max(intact_total, 1):.1f} %")
+    print(f"intact parts passed but sent to operator review: {intact_reviews}/{intact_total}")
     for line in intact_rejects:
         print(f"    {line}")
     print(f"    reasons: {failures_by_reason}")
@@ -140,7 +145,7 @@ def main() -> int:
     _print_values(intact_values)
     for spec, hits in detected.items():
         rate = 100 * sum(hits) / max(len(hits), 1)
-        print(f"detection rate {spec}: {sum(hits)}/{len(hits)} = {rate:.1f} %")
+        print(f"detection rate {spec}: {sum(hits)}/{len(hits)} = {rate:.1f} %  (rejected or sent to review: {sum(flagged[spec])})")
     if args.values:
         for spec, values in defect_values.items():
             print(f"{spec}, criterion values (min / median / p95 / max):")
