@@ -95,7 +95,7 @@ class View:
                 (int(round(self.mask.shape[1] * scale)), int(round(self.mask.shape[0] * scale))),
                 interpolation=cv2.INTER_AREA,
             )
-            crop = full[window.y0 : window.y0 + window.height, window.x0 : window.x0 + window.width] > 127
+            crop = window.crop(full) > 127
             self.small[scale] = (crop, window)
         return self.small[scale]
 
@@ -269,6 +269,32 @@ def moved_pose(pose: np.ndarray, x: np.ndarray, centre: np.ndarray, radius: floa
     return delta @ pose
 
 
+def seeing(views: Sequence[View]) -> dict[str, View]:
+    """The views in which a part was segmented, by camera name: the only ones a fit can use."""
+    return {v.calib.name: v for v in views if not v.empty}
+
+
+def outline_at(
+    model: DesignModel, by_name: dict[str, View], pose: np.ndarray, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per camera, the model's outline points (part frame) at `pose` and their residuals there."""
+    points = {name: contour_points(model, view, pose, rng) for name, view in by_name.items()}
+    return points, residuals(points, by_name, pose)
+
+
+def outline_inliers(
+    model: DesignModel, views: Sequence[View], pose: np.ndarray, seed: int, within_px: float
+) -> tuple[dict[str, View], dict[str, np.ndarray]] | None:
+    """The views that see the part and their outline points within `within_px` of the photo at `pose`,
+    for fits that must not be dragged by a chip or a shadow tongue; None when fewer than 12 are."""
+    by_name = seeing(views)
+    points, start = outline_at(model, by_name, pose, np.random.default_rng(seed))
+    points = {name: p[np.abs(start[name]) < within_px] for name, p in points.items()}
+    if sum(len(p) for p in points.values()) < 12:
+        return None
+    return by_name, points
+
+
 def residuals(model_points: dict[str, np.ndarray], views: dict[str, View], pose: np.ndarray) -> dict[str, np.ndarray]:
     """Signed outline distance (px) of every model outline point, per camera."""
     out = {}
@@ -308,7 +334,7 @@ def refine(
 ) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
     """Six-DoF refinement; returns the pose, the robust cost per point and the final residuals."""
     rng = np.random.default_rng(seed)
-    by_name = {v.calib.name: v for v in views if not v.empty}
+    by_name = seeing(views)
     radius = max(model.extent_mm / 2, 1.0)
     cost = math.inf
     for _ in range(outer):
@@ -328,8 +354,8 @@ def refine(
         cost = 2 * float(result.cost) / max(len(result.fun), 1)
         if np.abs(result.x).max() < 0.005:
             break
-    points = {name: contour_points(model, view, pose, rng) for name, view in by_name.items()}
-    return pose, cost, residuals(points, by_name, pose)
+    _, final = outline_at(model, by_name, pose, rng)
+    return pose, cost, final
 
 
 def align(model: DesignModel, views: Sequence[View]) -> Alignment:
@@ -390,10 +416,8 @@ def _resting(
         return pose, final
     settled = pose.copy()
     settled[2, 3] -= lift
-    by_name = {v.calib.name: v for v in views if not v.empty}
-    rng = np.random.default_rng(0)
-    points = {name: contour_points(model, view, settled, rng) for name, view in by_name.items()}
-    return settled, residuals(points, by_name, settled)
+    _, final = outline_at(model, seeing(views), settled, np.random.default_rng(0))
+    return settled, final
 
 
 SCALE_INLIER_PX = 4.0
@@ -412,13 +436,10 @@ def fit_scale(model: DesignModel, views: Sequence[View], pose: np.ndarray, seed:
     points off by a pixel per SCALE_PRIOR_PCT %) keeps an axis the cameras barely see, such as
     the depth of a thin part, from wandering: unconstrained it read 8 % on intact parts.
     """
-    rng = np.random.default_rng(seed)
-    by_name = {v.calib.name: v for v in views if not v.empty}
-    points = {name: contour_points(model, view, pose, rng) for name, view in by_name.items()}
-    start = residuals(points, by_name, pose)
-    points = {name: p[np.abs(start[name]) < SCALE_INLIER_PX] for name, p in points.items()}
-    if sum(len(p) for p in points.values()) < 12:
+    inliers = outline_inliers(model, views, pose, seed, SCALE_INLIER_PX)
+    if inliers is None:
         return np.ones(3)
+    by_name, points = inliers
     centroid = model.centroid
     radius = max(model.extent_mm / 2, 1.0)
     centre = transform(pose, centroid[None])[0]

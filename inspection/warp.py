@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import least_squares
 
-from inspection.align import View, contour_points, moved_pose, residuals, transform
+from inspection.align import View, moved_pose, outline_inliers, residuals, transform
 from inspection.design_cache import DesignModel
 
 INLIER_PX = 8.0
@@ -48,13 +48,10 @@ def bent(points: np.ndarray, centre: np.ndarray, axis: np.ndarray, direction: np
 
 def fit_bend(model: DesignModel, views: Sequence[View], pose: np.ndarray, seed: int = 2) -> float:
     """Signed bend in degrees (positive: ends lifted off the tray) that best explains the outlines at `pose`."""
-    rng = np.random.default_rng(seed)
-    by_name = {v.calib.name: v for v in views if not v.empty}
-    points = {name: contour_points(model, view, pose, rng) for name, view in by_name.items()}
-    start = residuals(points, by_name, pose)
-    points = {name: p[np.abs(start[name]) < INLIER_PX] for name, p in points.items()}
-    if sum(len(p) for p in points.values()) < 12:
+    inliers = outline_inliers(model, views, pose, seed, INLIER_PX)
+    if inliers is None:
         return 0.0
+    by_name, points = inliers
     centre, axis, direction, length = bend_frame(model, pose)
     if length <= 0:
         return 0.0
