@@ -103,7 +103,7 @@ def compute_metrics(
             continue
         name = view.calib.name
         w = view.sdf_window
-        observed = view.mask[w.y0 : w.y0 + w.height, w.x0 : w.x0 + w.width]
+        observed = w.crop(view.mask)
         model_mask = masks[name]
         scale_mm = _mm_per_px(view, centre)
         union = np.count_nonzero(observed | model_mask)
@@ -116,9 +116,9 @@ def compute_metrics(
         observed_outline = model_sdf[edge]
         deviation = np.abs(np.concatenate([model_outline, observed_outline])) * scale_mm
         deviations.append(deviation)
-        missing = model_mask & background & _inside(view.clear_tray, w, True)
+        missing = model_mask & background & _certain(view.clear_tray, w)
         others = [v for v in views if v is not view and not v.empty]
-        extra = consistent_extra(observed & ~model_mask & _inside(view.clear_part, w, True), view, others, z_range)
+        extra = consistent_extra(observed & ~model_mask & _certain(view.clear_part, w), view, others, z_range)
         to_observed, to_model = reach_maps(model_mask, observed)
         missing_here = [r for r in regions(missing, to_observed, view, scale_mm, inverse, centre) if r.depth_mm >= DEPTH_FLOOR_MM]
         extra_here = [r for r in regions(extra, to_model, view, scale_mm, inverse, centre) if r.depth_mm >= DEPTH_FLOOR_MM]
@@ -173,11 +173,9 @@ def compute_metrics(
     return metrics, drawn
 
 
-def _inside(mask: np.ndarray | None, window: Window, default: bool) -> np.ndarray | bool:
-    """The window's part of a full-image mask of the segmentation's certainty; `default` where there is none."""
-    if mask is None:
-        return default
-    return mask[window.y0 : window.y0 + window.height, window.x0 : window.x0 + window.width]
+def _certain(mask: np.ndarray | None, window: Window) -> np.ndarray | bool:
+    """The window's part of a segmentation's certainty mask; views made without one are certain everywhere."""
+    return True if mask is None else window.crop(mask)
 
 
 def tilt_deg(model: DesignModel, pose: np.ndarray) -> float:

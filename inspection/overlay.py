@@ -22,7 +22,7 @@ def overlay(image: np.ndarray, window: Window, drawn: dict[str, np.ndarray] | No
     if drawn is None:
         picture = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     else:
-        crop = image[window.y0 : window.y0 + window.height, window.x0 : window.x0 + window.width]
+        crop = window.crop(image)
         picture = cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR)
         for key, colour in (("missing", MISSING), ("extra", EXTRA)):
             mask = drawn[key]

@@ -29,6 +29,10 @@ class Window:
     height: int
     scale: float
 
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        """This window's part of an image of the scale it was made for."""
+        return image[self.y0 : self.y0 + self.height, self.x0 : self.x0 + self.width]
+
     def contains(self, other: Window) -> bool:
         return (
             self.x0 <= other.x0
