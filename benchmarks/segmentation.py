@@ -1,0 +1,90 @@
+"""Segmentation benchmark: how far the part mask strays from the true silhouette, per camera view.
+
+    .venv/bin/python benchmarks/segmentation.py [--placements N] [--seed N]
+
+The scenes are the inspection benchmark's intact ones (same parts, placements and seeds); the truth
+is the design's silhouette at the pose it was rendered in. Per view it prints the pixels wrong by
+more than 3 px; how far shadow was taken for part, and part for tray (tray open to the outside
+only, where it can read as missing material); the mask's outward bias; and the time per view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from inspection.camera import load_rig  # noqa: E402
+from inspection.placement import place_on_tray  # noqa: E402
+from inspection.regions import open_to_background  # noqa: E402
+from inspection.render import Renderer  # noqa: E402
+from inspection.segment import segment_scan  # noqa: E402
+from inspection.silhouette import full_window, silhouette  # noqa: E402
+
+
+def _inspection_benchmark():  # type: ignore[no-untyped-def]
+    """benchmarks/inspection.py, whose name the inspection package shadows."""
+    spec = importlib.util.spec_from_file_location("inspection_benchmark", REPO / "benchmarks" / "inspection.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stats(values: list[float]) -> str:
+    return f"median {np.median(values):.1f}, p90 {np.percentile(values, 90):.1f}, max {np.max(values):.1f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--placements", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1000, help="first scene seed, as benchmarks/inspection.py --seed")
+    args = parser.parse_args()
+    cameras = load_rig(REPO / "config" / "calibration" / "demo")
+    renderer = Renderer(cameras)
+    gross: list[float] = []
+    false_part: list[float] = []
+    false_tray: list[float] = []
+    bias: list[float] = []
+    seconds = 0.0
+    seed = args.seed
+    for name, mesh in _inspection_benchmark().parts(False).items():
+        for _ in range(args.placements):
+            seed += 1
+            pose = place_on_tray(mesh, np.random.default_rng(seed))
+            empty = renderer.render(None, None, seed + 500_000)
+            images = renderer.render(mesh, pose, seed)
+            vertices = mesh.vertices @ pose[:3, :3].T + pose[:3, 3]
+            for calib in cameras:
+                started = time.perf_counter()
+                mask = segment_scan(calib.name, images[calib.name], empty[calib.name]).mask
+                seconds += time.perf_counter() - started
+                truth = silhouette(calib, vertices, np.asarray(mesh.faces), full_window(calib, 1.0)) > 0
+                outside = cv2.distanceTransform((~truth).astype(np.uint8), cv2.DIST_L2, 5)[mask & ~truth]
+                inside = cv2.distanceTransform(truth.astype(np.uint8), cv2.DIST_L2, 5)[truth & open_to_background(mask)]
+                gross.append(float(np.count_nonzero(outside > 3) + np.count_nonzero(inside > 3)))
+                false_part.append(float(outside.max(initial=0.0)))
+                false_tray.append(float(inside.max(initial=0.0)))
+                outline = truth & ~cv2.erode(truth.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+                bias.append((np.count_nonzero(mask & ~truth) - np.count_nonzero(truth & ~mask)) / max(np.count_nonzero(outline), 1))
+            print(f"  {name} seed {seed}", flush=True)
+    print()
+    print(f"views: {len(gross)}")
+    print(f"pixels wrong by more than 3 px per view: mean {np.mean(gross):.0f}, median {np.median(gross):.0f}")
+    print(f"farthest shadow taken for part [px]: {_stats(false_part)}")
+    print(f"farthest part taken for tray, open to the outside [px]: {_stats(false_tray)}")
+    print(f"outward bias [px]: median {np.median(bias):.2f}, mean {np.mean(bias):.2f}")
+    print(f"segmentation time per view [s]: {seconds / len(gross):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
