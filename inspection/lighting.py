@@ -15,7 +15,7 @@ import numpy as np
 import open3d as o3d
 
 from inspection.camera import CameraCalibration
-from inspection.raycast import PlacedPart
+from inspection.raycast import PlacedPart, surface_normals
 
 PART_ALBEDO = 0.46
 PART_GRAIN_FINE = 0.06
@@ -28,6 +28,8 @@ RING_RADIUS_MM = 45.0
 AO_SAMPLES = 10
 SHADOW_GRID_POINTS = 120_000
 SHADOW_EPS_MM = 0.05
+
+EXPECTED_RING_SAMPLES = 4
 
 _SAMPLING_SEED = 0x7A3F_1D2C
 
@@ -123,14 +125,7 @@ class Lighting:
         d = np.ascontiguousarray(directions.T)
         t = hits["t_hit"]
         p = eye[:, None] + d * t
-        faces = hits["primitive_ids"].astype(np.int64)
-        u, v = hits["primitive_uvs"][:, 0], hits["primitive_uvs"][:, 1]
-        corner = part.data.corner_normals[faces]
-        local_n = corner[:, 0] * (1.0 - u - v)[:, None] + corner[:, 1] * u[:, None] + corner[:, 2] * v[:, None]
-        n = part.rotation @ local_n.T
-        n *= 1.0 / np.maximum(np.sqrt((n * n).sum(axis=0)), 1e-12)
-        geometric = hits["primitive_normals"].T
-        n *= np.where((geometric * d).sum(axis=0) > 0, -1.0, 1.0).astype(np.float32)
+        n = surface_normals(part.data.corner_normals, part.rotation, hits, d)
         local = part.inverse_rotation @ p + part.inverse_translation[:, None]
 
         diffuse = self.dome * 0.5 * (1.0 + n[2])
@@ -138,13 +133,9 @@ class Lighting:
         terms = []
         shadow_rays = []
         for index, light in enumerate(self.lights):
-            to_light = light.position[:, None] - p
-            d2 = (to_light * to_light).sum(axis=0)
-            inv = 1.0 / np.sqrt(d2)
-            cos = (n * to_light).sum(axis=0) * inv
+            towards, cos, falloff = _facing(light, p, n)
             lit = cos > 0
-            falloff = light.intensity * light.reference_distance**2 / d2
-            half = to_light * inv - d
+            half = towards - d
             glint = np.clip((n * half).sum(axis=0) / np.sqrt((half * half).sum(axis=0)), 0.0, 1.0)
             for _ in range(PART_SHININESS_LOG2):
                 glint *= glint
@@ -170,6 +161,47 @@ class Lighting:
         grain = 1.0 + PART_GRAIN_FINE * _cell_noise(local, 0.06) + PART_GRAIN_COARSE * _cell_noise(local, 0.2, salt=7)
         brightness = PART_ALBEDO * grain * diffuse + PART_SPECULAR * specular
         return brightness.astype(np.float32), np.ascontiguousarray(n.T, dtype=np.float32)
+
+    def expected_irradiance(
+        self, scene: o3d.t.geometry.RaycastingScene, p: np.ndarray, n: np.ndarray, camera_index: int, shadows: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Irradiance of (3, N) surface points with normals `n`, without grain or gloss: what the design predicts.
+
+        Each ring light's shadow is averaged over EXPECTED_RING_SAMPLES points of the ring, so a
+        penumbra gets its mean rather than one random sample; as in `shade`, the viewing camera's
+        own ring casts no shadow that camera could see. Without `shadows` every point is taken as lit.
+        Also returns the irradiance in penumbrae, where the ring's few samples leave the mean uncertain.
+        """
+        total = self.dome * 0.5 * (1.0 + n[2])
+        penumbra = np.zeros_like(total)
+        phases = 2.0 * math.pi * np.arange(EXPECTED_RING_SAMPLES) / EXPECTED_RING_SAMPLES
+        for index, light in enumerate(self.lights):
+            irradiance = np.maximum(np.prod(_facing(light, p, n)[1:], axis=0), 0.0)
+            which = np.nonzero(irradiance > 0)[0]
+            if index == camera_index or not shadows or not len(which):
+                total += irradiance
+                continue
+            a, b = _perpendicular_basis(light.axis)
+            origins = (p[:, which] + n[:, which] * SHADOW_EPS_MM).T
+            rays = [
+                np.concatenate([origins, light.position + RING_RADIUS_MM * (math.cos(f) * a + math.sin(f) * b) - origins], 1)
+                for f in phases
+            ]
+            batch = o3d.core.Tensor(np.ascontiguousarray(np.concatenate(rays), dtype=np.float32))
+            occluded = scene.test_occlusions(batch, tnear=0.0, tfar=1.0).numpy().reshape(len(phases), -1)
+            shade = occluded.mean(axis=0)
+            penumbra[which] += irradiance[which] * ((shade > 0) & (shade < 1))
+            irradiance[which] *= 1.0 - shade
+            total += irradiance
+        return total.astype(np.float32), penumbra.astype(np.float32)
+
+
+def _facing(light: Light, p: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit directions to the light, cosines of incidence and falloff for (3, N) points with normals `n`."""
+    to_light = light.position[:, None] - p
+    d2 = (to_light * to_light).sum(axis=0)
+    inv = 1.0 / np.sqrt(d2)
+    return to_light * inv, (n * to_light).sum(axis=0) * inv, light.intensity * light.reference_distance**2 / d2
 
 
 def shadow_factor(grid: ShadowGrid, centre: np.ndarray, rays: np.ndarray) -> np.ndarray:

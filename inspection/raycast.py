@@ -74,6 +74,21 @@ def cast(scene: o3d.t.geometry.RaycastingScene, centre: np.ndarray, directions: 
     return {key: value.numpy() for key, value in result.items()}
 
 
+def surface_normals(
+    corner_normals: np.ndarray, rotation: np.ndarray, hits: dict[str, np.ndarray], directions: np.ndarray
+) -> np.ndarray:
+    """(3, N) tray-frame shading normals at ray hits, facing the viewer; `directions` are the rays' (3, N) rows."""
+    faces = hits["primitive_ids"].astype(np.int64)
+    u, v = hits["primitive_uvs"][:, 0], hits["primitive_uvs"][:, 1]
+    corner = corner_normals[faces]
+    local_n = corner[:, 0] * (1.0 - u - v)[:, None] + corner[:, 1] * u[:, None] + corner[:, 2] * v[:, None]
+    n = rotation @ local_n.T
+    n *= 1.0 / np.maximum(np.sqrt((n * n).sum(axis=0)), 1e-12)
+    geometric = hits["primitive_normals"].T
+    n *= np.where((geometric * directions).sum(axis=0) > 0, -1.0, 1.0).astype(np.float32)
+    return n
+
+
 def interpolate_rays(rays: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Sub-pixel ray directions by bilinear interpolation; distortion varies far too slowly for this to matter."""
     height, width = rays.shape[:2]
