@@ -8,6 +8,7 @@ disk under the SHA-1 of the mesh geometry: a changed design file gives a new key
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 from dataclasses import dataclass
@@ -15,13 +16,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import open3d as o3d
 import trimesh
 
 from inspection.placement import stable_poses
+from inspection.raycast import corner_normals
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 5
+CACHE_VERSION = 6
+SYMMETRY_SAMPLES = 2000
+SYMMETRY_TOLERANCE = 0.01
 COARSE_FACES = 600
 MAX_REST_POSES = 8
 _FOOTPRINT_MM_PER_PX = 0.5
@@ -41,6 +46,11 @@ class DesignModel:
     rest_poses: np.ndarray
     rest_probabilities: np.ndarray
     all_rest_poses: np.ndarray
+    corner_normals: np.ndarray
+    """(F, 3, 3) shading normals per face corner (inspection.raycast.corner_normals), for the shading comparison."""
+    symmetries: np.ndarray
+    """(K, 4, 4) design-frame motions that map the design's shape onto itself, identity first: outlines cannot
+    tell these poses apart, engraved lettering or a flat on a shaft can (inspection.shading.choose_symmetric)."""
 
     @property
     def centroid(self) -> np.ndarray:
@@ -106,7 +116,46 @@ def _compute(mesh: trimesh.Trimesh, sha1: str) -> DesignModel:
     coarse_v, coarse_f = _decimate(mesh, COARSE_FACES)
     poses, probs = _distinct_rest_poses(mesh)
     every, _ = stable_poses(mesh)
-    return DesignModel(sha1, vertices, faces, edges, edge_faces, coarse_v, coarse_f, poses, probs, every)
+    normals = corner_normals(mesh)
+    return DesignModel(
+        sha1, vertices, faces, edges, edge_faces, coarse_v, coarse_f, poses, probs, every, normals, _symmetries(mesh)
+    )
+
+
+def _symmetries(mesh: trimesh.Trimesh) -> np.ndarray:
+    """The quarter turns and flips about the design's oriented bounding box that leave its surface in place.
+
+    Within SYMMETRY_TOLERANCE of its size: a cube with lettering on its faces is a cube to its outlines.
+    """
+    box = np.asarray(mesh.bounding_box_oriented.primitive.transform, dtype=np.float64)
+    points = np.asarray(mesh.sample(SYMMETRY_SAMPLES, seed=0))
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(
+        o3d.core.Tensor(np.asarray(mesh.vertices, dtype=np.float32)), o3d.core.Tensor(np.asarray(mesh.faces, dtype=np.uint32))
+    )
+    tolerance = SYMMETRY_TOLERANCE * float(mesh.extents.max())
+    found = [np.eye(4)]
+    for turn in _quarter_turns()[1:]:
+        motion = box @ turn @ np.linalg.inv(box)
+        moved = (points @ motion[:3, :3].T + motion[:3, 3]).astype(np.float32)
+        if float(scene.compute_distance(o3d.core.Tensor(moved)).numpy().mean()) < tolerance:
+            found.append(motion)
+    return np.stack(found)
+
+
+def _quarter_turns() -> list[np.ndarray]:
+    """The 24 rotations of a cube (signed permutation matrices of determinant 1), identity first."""
+    turns = []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            matrix = np.zeros((4, 4))
+            matrix[3, 3] = 1.0
+            for row, (col, sign) in enumerate(zip(perm, signs)):
+                matrix[row, col] = sign
+            if np.linalg.det(matrix[:3, :3]) > 0:
+                turns.append(matrix)
+    turns.sort(key=lambda m: -np.trace(m[:3, :3]))
+    return turns
 
 
 def _decimate(mesh: trimesh.Trimesh, target: int) -> tuple[np.ndarray, np.ndarray]:
