@@ -6,6 +6,7 @@ and return a pydantic report; nothing here knows about MQTT or the daemon.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -17,15 +18,16 @@ import numpy as np
 import trimesh
 
 from inspection.align import AlignmentError, View, align, fit_scale
-from inspection.warp import fit_bend
 from inspection.camera import RIG_CAMERAS, CameraCalibration, load_rig
 from inspection.design_cache import design_model
 from inspection.designs import Units, load_mesh_mm
-from inspection.metrics import compute_metrics
+from inspection.metrics import compute_metrics, model_masks
 from inspection.overlay import CONTACT_SHEET, contact_sheet, overlay, write_png
 from inspection.profiles import InspectionProfile, load_profile
 from inspection.report import InspectionReport, judge, write_report
 from inspection.segment import SegmentationError, check_pair, segment_scan
+from inspection.shading import choose_symmetric, compare_shading
+from inspection.warp import fit_bend
 
 DEFAULT_CALIBRATION = Path(__file__).resolve().parents[1] / "config" / "calibration" / "demo"
 
@@ -90,9 +92,17 @@ def inspect_scan(
     timings["align"] = time.perf_counter() - mark
     if alignment is not None:
         mark = time.perf_counter()
-        scale = fit_scale(model, views, alignment.pose)
-        bend = fit_bend(model, views, alignment.pose)
-        metrics, drawn = compute_metrics(model, views, alignment, scale, bend)
+        masks = model_masks(model, views, alignment.pose)
+        if len(model.symmetries) > 1 or len(model.spin_axis):
+            chosen = choose_symmetric(model, views, alignment.pose, images, masks)
+            alignment = dataclasses.replace(alignment, pose=chosen)
+            masks = model_masks(model, views, alignment.pose)
+        # The shading comparison is mostly ray casting, the scale and bend fits mostly Python: side by side.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            surface = pool.submit(compare_shading, model, views, alignment.pose, images, masks)
+            scale = fit_scale(model, views, alignment.pose)
+            bend = fit_bend(model, views, alignment.pose)
+            metrics, drawn = compute_metrics(model, views, alignment, scale, bend, masks, surface.result())
         timings["metrics"] = time.perf_counter() - mark
 
     criteria, machine, review, reasons = judge(profile, metrics)

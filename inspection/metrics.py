@@ -8,7 +8,7 @@ Pixel measures become millimetres at the depth of the part in that camera.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -16,7 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from inspection.align import Alignment, View, transform
 from inspection.design_cache import DesignModel
-from inspection.regions import DEPTH_FLOOR_MM, Region, consistent_extra, open_to_background, reach_maps, regions
+from inspection.regions import (
+    DEPTH_FLOOR_MM,
+    Region,
+    consistent_extra,
+    open_to_background,
+    reach_maps,
+    regions,
+)
+from inspection.shading import ShadingComparison, SurfaceRegion
 from inspection.silhouette import Window, silhouette
 
 TOP_MARGIN_MM = 3.0
@@ -50,6 +58,13 @@ class InspectionMetrics(BaseModel):
     missing_material_depth_mm: float = Field(description="Depth of the deepest missing-material region (its 6th deepest pixel), mm.")
     extra_material_mm2: float = Field(description="Largest extra-material region, mm²: its pixels reaching at least 0.3 mm past the outline where the photo clearly shows part, consistent across cameras.")
     extra_material_depth_mm: float = Field(description="Depth of the deepest extra-material region, mm.")
+    surface_defect_mm2: float = Field(
+        default=0.0,
+        description="Largest patch of the part one camera sees brighter or darker than the design predicts by more than 15 %, mm² (inspection.shading).",
+    )
+    surface_defect_contrast: float = Field(
+        default=0.0, description="Largest relative brightness difference from the design on the part's surface (0.3: 30 %)."
+    )
     scale_x_pct: float = Field(description="Scale deviation along the design's x axis, %.")
     scale_y_pct: float = Field(description="Scale deviation along the design's y axis, %.")
     scale_z_pct: float = Field(description="Scale deviation along the design's z axis, %.")
@@ -65,6 +80,9 @@ class InspectionMetrics(BaseModel):
     cameras_seeing_part: int = Field(description="Cameras in which a part was segmented.")
     missing_regions: list[Region] = Field(default_factory=list, description="Missing-material regions, deepest first.")
     extra_regions: list[Region] = Field(default_factory=list, description="Extra-material regions, deepest first.")
+    surface_regions: list[SurfaceRegion] = Field(
+        default_factory=list, description="Surface patches whose shading departs from the design's, strongest first."
+    )
     per_camera: list[CameraMetrics] = Field(default_factory=list, description="The same figures per camera.")
 
 
@@ -84,13 +102,23 @@ def model_masks(model: DesignModel, views: Sequence[View], pose: np.ndarray) -> 
 
 
 def compute_metrics(
-    model: DesignModel, views: Sequence[View], alignment: Alignment, scale: np.ndarray, bend_deg: float = 0.0
+    model: DesignModel,
+    views: Sequence[View],
+    alignment: Alignment,
+    scale: np.ndarray,
+    bend_deg: float = 0.0,
+    masks: Mapping[str, np.ndarray] | None = None,
+    surface: ShadingComparison | None = None,
 ) -> tuple[InspectionMetrics, dict[str, dict[str, np.ndarray]]]:
-    """The metrics, and per camera the masks (model, missing, extra) the overlays draw."""
+    """The metrics, and per camera the masks (model, missing, extra, surface) the overlays draw.
+
+    `masks` are `model_masks` at the alignment's pose when the caller has them already; without
+    `surface` (inspection.shading.compare_shading) the surface figures stay 0.
+    """
     pose = alignment.pose
     inverse = np.linalg.inv(pose)
     centre = transform(pose, model.centroid[None])[0]
-    masks = model_masks(model, views, pose)
+    masks = model_masks(model, views, pose) if masks is None else masks
     per_camera: list[CameraMetrics] = []
     deviations: list[np.ndarray] = []
     missing_regions: list[Region] = []
@@ -139,6 +167,8 @@ def compute_metrics(
             )
         )
         drawn[name] = {"model": model_mask, "missing": missing, "extra": extra}
+        if surface is not None and name in surface.masks:
+            drawn[name]["surface"] = surface.masks[name]
     everything = np.concatenate(deviations) if deviations else np.zeros(0)
     missing_regions.sort(key=lambda r: -r.depth_mm)
     extra_regions.sort(key=lambda r: -r.depth_mm)
@@ -155,6 +185,8 @@ def compute_metrics(
         missing_material_depth_mm=max((r.depth_mm for r in missing_regions), default=0.0),
         extra_material_mm2=max((r.area_mm2 for r in extra_regions), default=0.0),
         extra_material_depth_mm=max((r.depth_mm for r in extra_regions), default=0.0),
+        surface_defect_mm2=max((r.area_mm2 for r in surface.regions), default=0.0) if surface else 0.0,
+        surface_defect_contrast=max((r.contrast for r in surface.regions), default=0.0) if surface else 0.0,
         scale_x_pct=round(float(scale_pct[0]), 3),
         scale_y_pct=round(float(scale_pct[1]), 3),
         scale_z_pct=round(float(scale_pct[2]), 3),
@@ -168,6 +200,7 @@ def compute_metrics(
         cameras_seeing_part=len(per_camera),
         missing_regions=missing_regions[:10],
         extra_regions=extra_regions[:10],
+        surface_regions=surface.regions[:10] if surface else [],
         per_camera=per_camera,
     )
     return metrics, drawn

@@ -15,17 +15,20 @@ TILE = (640, 512)
 OUTLINE = (0, 220, 0)
 MISSING = (0, 0, 255)
 EXTRA = (255, 80, 0)
+SURFACE = (0, 200, 255)
 
 
 def overlay(image: np.ndarray, window: Window, drawn: dict[str, np.ndarray] | None, label: str) -> np.ndarray:
-    """BGR crop around the part: model outline in green, missing material red, extra material blue."""
+    """BGR crop around the part: model outline in green, missing material red, extra blue, surface defects amber."""
     if drawn is None:
         picture = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     else:
         crop = window.crop(image)
         picture = cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR)
-        for key, colour in (("missing", MISSING), ("extra", EXTRA)):
-            mask = drawn[key]
+        for key, colour in (("missing", MISSING), ("extra", EXTRA), ("surface", SURFACE)):
+            mask = drawn.get(key)
+            if mask is None:
+                continue
             picture[mask] = (0.45 * picture[mask] + 0.55 * np.array(colour)).astype(np.uint8)
         contours, _ = cv2.findContours(drawn["model"].astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(picture, contours, -1, OUTLINE, 1, cv2.LINE_AA)

@@ -22,6 +22,7 @@ PROFILE_DIR = Path(__file__).resolve().parents[1] / "config" / "inspection_profi
 Reason = Literal[
     "missing_material",
     "extra_material",
+    "surface_defect",
     "dimensional_deviation",
     "warp",
     "misalignment",

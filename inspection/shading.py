@@ -1,0 +1,388 @@
+"""Surface defects an outline cannot show: each photo against the brightness the design predicts at the found pose.
+
+A 1 mm chip changes an outline by about 0.7 mm over 0.6 mm², which is what segmentation noise
+reads on intact parts (inspection.regions), and a chip away from every outline changes none. Its
+faces, though, turn to the lights at angles the design has nowhere near there: averaged over a few
+pixels they read 100 % and more off the design's prediction, while an intact surface stays within
+about 20 % (grain, sensor noise, the model's own approximations; benchmarks/inspection.py). A
+patch counts only when two cameras see it at the same place on the part. The prediction assumes the station's lights as inspection.lighting
+describes them (a ring light on every camera and a dome, matte parts) with one unknown gain per
+camera (exposure × albedo), fitted as the median ratio; a station lit otherwise must be described
+there before this comparison means anything.
+
+No prediction is made where it cannot be trusted: near the model's outline, depth steps and creases
+(the found pose is good to a few tenths of a pixel and the lens blurs), and on pixels the
+segmentation did not give to the part (the outline metrics judge those).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import open3d as o3d
+from pydantic import BaseModel, ConfigDict, Field
+
+from inspection.align import View, transform
+from inspection.design_cache import DesignModel, spin
+from inspection.lighting import Lighting
+from inspection.raycast import cast, edge_pixels, surface_normals
+
+STEP_PX = 1
+EDGE_CLEAR_PX = 2.0
+DEPTH_STEP_PX = 8.0
+SMOOTH_PX = 5
+MIN_SUPPORT = 0.5
+MIN_IRRADIANCE = 0.05
+TOLERANCE = 0.15
+MIN_REGION_CELLS = 4
+CHOICE_STEP_PX = 2
+SPIN_COARSE_STEP_PX = 4
+SPIN_STEP_DEG = 6.0
+PENUMBRA_SHARE = 0.05
+CONFIRM_MM = 2.0
+SHADOW_CHECK = 0.5
+
+
+class SurfaceRegion(BaseModel):
+    """A patch of the part whose brightness one camera sees differ from the design's by more than TOLERANCE."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    camera: str = Field(description="Camera that saw it.")
+    area_mm2: float = Field(
+        description="Area in mm² at the surface's depth in that camera."
+    )
+    contrast: float = Field(
+        description="Largest relative brightness difference inside it (0.3: 30 % off the design)."
+    )
+    centre_part_mm: list[float] = Field(
+        description="Region centre on the design's surface, design frame (mm)."
+    )
+
+
+@dataclass(frozen=True)
+class ShadingComparison:
+    """What compare_shading found: the regions confirmed by two cameras, and where they are in each photo."""
+
+    regions: list[SurfaceRegion]
+    """Strongest contrast first."""
+    masks: dict[str, np.ndarray]
+    """Per camera, the anomalous pixels inside its view's window (for the overlays)."""
+
+
+def choose_symmetric(
+    model: DesignModel,
+    views: Sequence[View],
+    pose: np.ndarray,
+    images: Mapping[str, np.ndarray],
+    model_masks: Mapping[str, np.ndarray],
+) -> np.ndarray:
+    """Of the poses the design's symmetries make look alike to outlines, the one whose shading fits the photos best.
+
+    A lettered cube, a knob with four arms or a bushing with three bolt holes is fitted to one of its
+    look-alike poses at random; compared at the wrong one, its lettering or holes read as surface
+    defects. A design that turns freely about an axis is searched about it coarse to fine. Each
+    candidate is scored by the cells that would read as a defect (the mean difference hardly moves:
+    lettering is a small part of a face), on CHOICE_STEP_PX cells and without shadows, which makes
+    dozens affordable; at 4 px the strokes of a cube's lettering vanish among the edge cells.
+    """
+    if len(model.symmetries) < 2 and not len(model.spin_axis):
+        return pose
+    lighting = Lighting([v.calib for v in views])
+
+    def score(motion: np.ndarray, step: int = CHOICE_STEP_PX) -> int:
+        """How many cells would read as a surface defect at this candidate: what a wrong one gets wrong."""
+        candidate = pose @ motion
+        scene = _scene(model, candidate)
+        off = 0
+        for index, view in enumerate(views):
+            if view.empty or view.calib.name not in model_masks:
+                continue
+            name = view.calib.name
+            grid = _residuals(
+                model,
+                view,
+                index,
+                scene,
+                candidate,
+                images[name],
+                model_masks[name],
+                lighting,
+                step,
+                shadows=False,
+            )
+            if grid is not None:
+                off += int(
+                    np.count_nonzero(
+                        grid.valid
+                        & (_smooth(grid.residual, grid.valid, step)[0] > TOLERANCE)
+                    )
+                )
+        return off
+
+    if not len(model.spin_axis):
+        return pose @ min(model.symmetries, key=score)
+    point, axis = model.spin_axis
+
+    def turned(angle: float, step: int = CHOICE_STEP_PX) -> int:
+        return score(spin(point, axis, math.radians(angle)), step)
+
+    best = min(
+        np.arange(0.0, 360.0, SPIN_STEP_DEG),
+        key=lambda a: turned(a, SPIN_COARSE_STEP_PX),
+    )
+    for fine in (SPIN_STEP_DEG / 4, SPIN_STEP_DEG / 16):
+        best = min(best + fine * np.arange(-3, 4), key=turned)
+    return pose @ spin(point, axis, math.radians(best))
+
+
+def compare_shading(
+    model: DesignModel,
+    views: Sequence[View],
+    pose: np.ndarray,
+    images: Mapping[str, np.ndarray],
+    model_masks: Mapping[str, np.ndarray],
+) -> ShadingComparison:
+    """Regions where a photo's shading departs from the design's at `pose`, per camera that sees the part."""
+    lighting = Lighting([v.calib for v in views])
+    scene = _scene(model, pose)
+    inverse = np.linalg.inv(pose)
+    found: list[tuple[SurfaceRegion, np.ndarray]] = []
+    masks: dict[str, np.ndarray] = {}
+    seen = [
+        (index, view)
+        for index, view in enumerate(views)
+        if not view.empty and view.calib.name in model_masks
+    ]
+
+    def one(item: tuple[int, View]) -> list[tuple[SurfaceRegion, np.ndarray]]:
+        index, view = item
+        name = view.calib.name
+        grid = _residuals(
+            model,
+            view,
+            index,
+            scene,
+            pose,
+            images[name],
+            model_masks[name],
+            lighting,
+            STEP_PX,
+            shadows=True,
+        )
+        return [] if grid is None else _regions(grid, view, inverse)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for per_view in pool.map(one, seen):
+            found += per_view
+    for _, view in seen:
+        masks[view.calib.name] = np.zeros(
+            model_masks[view.calib.name].shape, dtype=bool
+        )
+    confirmed = [
+        (region, cells)
+        for region, cells in found
+        if _confirmed(region, [r for r, _ in found])
+    ]
+    for region, cells in confirmed:
+        full = np.repeat(np.repeat(cells, STEP_PX, axis=0), STEP_PX, axis=1)
+        masks[region.camera][: full.shape[0], : full.shape[1]] |= full
+    regions = sorted((region for region, _ in confirmed), key=lambda r: -r.contrast)
+    return ShadingComparison(regions, masks)
+
+
+def _confirmed(region: SurfaceRegion, regions: Sequence[SurfaceRegion]) -> bool:
+    """Whether another camera sees a region at the same place on the part.
+
+    A matte surface looks the same to every camera, so a real defect departs from the design in
+    each camera that sees it, while a mismatch of the model (the inside of a bore under a light
+    it half sees) shows in one.
+    """
+    centre = np.array(region.centre_part_mm)
+    return any(
+        other.camera != region.camera
+        and np.linalg.norm(np.array(other.centre_part_mm) - centre) <= CONFIRM_MM
+        for other in regions
+    )
+
+
+def _scene(model: DesignModel, pose: np.ndarray) -> o3d.t.geometry.RaycastingScene:
+    scene = o3d.t.geometry.RaycastingScene()
+    world = transform(pose, model.vertices).astype(np.float32)
+    scene.add_triangles(
+        o3d.core.Tensor(world), o3d.core.Tensor(model.faces.astype(np.uint32))
+    )
+    return scene
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """One camera's comparison on a grid of STEP-pixel cells inside its window."""
+
+    residual: np.ndarray
+    valid: np.ndarray
+    world: np.ndarray
+    depth: np.ndarray
+    step: int
+    focal: float
+
+
+def _residuals(
+    model: DesignModel,
+    view: View,
+    index: int,
+    scene: o3d.t.geometry.RaycastingScene,
+    pose: np.ndarray,
+    image: np.ndarray,
+    model_mask: np.ndarray,
+    lighting: Lighting,
+    step: int,
+    shadows: bool,
+) -> _Grid | None:
+    """Photo ÷ (gain × the design's expected irradiance) − 1 per cell, where a prediction can be trusted."""
+    w = view.sdf_window
+    rows, cols = model_mask.shape[0] // step, model_mask.shape[1] // step
+    span = (slice(0, rows * step), slice(0, cols * step))
+    usable = (model_mask & w.crop(view.mask))[span].astype(np.float32)
+    usable = cv2.resize(usable, (cols, rows), interpolation=cv2.INTER_AREA) > 0.999
+    photo = cv2.resize(
+        w.crop(image)[span].astype(np.float32),
+        (cols, rows),
+        interpolation=cv2.INTER_AREA,
+    )
+    # Rays only where a comparison can be made: cells beside them count as misses, which edge_pixels
+    # then marks, so the outlines of model and photo are kept clear of as they should be.
+    traced = usable.ravel()
+    cells = np.flatnonzero(traced)
+    centre_px = (step - 1) / 2.0
+    pixels = np.column_stack(
+        [
+            cells % cols * step + centre_px + w.x0,
+            cells // cols * step + centre_px + w.y0,
+        ]
+    )
+    rays = np.zeros((rows * cols, 3), dtype=np.float32)
+    rays[cells] = view.calib.rays(pixels)
+    centre = view.calib.centre.astype(np.float32)
+    hits = cast(scene, centre, rays[cells])
+    t = np.full(rows * cols, np.inf, dtype=np.float32)
+    t[cells] = hits["t_hit"]
+    hit = np.isfinite(t)
+    normals = np.zeros((len(t), 3), dtype=np.float32)
+    rotation = pose[:3, :3].astype(np.float32)
+    landed = np.isfinite(hits["t_hit"])
+    normals[cells[landed]] = surface_normals(
+        model.corner_normals,
+        rotation,
+        {k: v[landed] for k, v in hits.items()},
+        rays[cells[landed]].T,
+    ).T
+    depth = np.where(hit, t, 0.0)
+    focal = float(view.calib.K[0, 0])
+    edges = edge_pixels(
+        hit.reshape(rows, cols),
+        depth.reshape(rows, cols),
+        normals.reshape(rows, cols, 3),
+        step * DEPTH_STEP_PX / focal,
+    )
+    reach = 2 * int(np.ceil(EDGE_CLEAR_PX / step)) + 1
+    near_edge = cv2.dilate(
+        edges.astype(np.uint8), np.ones((reach, reach), np.uint8)
+    ).astype(bool)
+    valid = (hit.reshape(rows, cols) & usable & ~near_edge).ravel()
+    world = centre + rays * depth[:, None]
+    shape = (rows, cols)
+    expected = np.zeros(len(t), dtype=np.float32)
+    expected[valid] = lighting.expected_irradiance(
+        scene, world[valid].T, normals[valid].T, index, shadows=False
+    )[0]
+    valid &= expected > MIN_IRRADIANCE
+    if shadows:
+        # Shadow rays cost four fifths of the comparison, and only matter where the photo is darker or
+        # brighter than the unshadowed prediction: elsewhere the part is lit as if nothing were in the way.
+        rough = _residual(photo.ravel(), expected, valid)
+        doubtful = (
+            _smooth(rough.reshape(shape), valid.reshape(shape), step)[0]
+            > SHADOW_CHECK * TOLERANCE
+        )
+        size = max(SMOOTH_PX // step, 1)
+        doubtful = (
+            cv2.dilate(doubtful.astype(np.uint8), np.ones((size, size), np.uint8))
+            .astype(bool)
+            .ravel()
+            & valid
+        )
+        lit, uncertain = lighting.expected_irradiance(
+            scene, world[doubtful].T, normals[doubtful].T, index, shadows=True
+        )
+        expected[doubtful] = lit
+        valid[doubtful] &= (lit > MIN_IRRADIANCE) & (uncertain <= PENUMBRA_SHARE * lit)
+    if np.count_nonzero(valid) < MIN_REGION_CELLS:
+        return None
+    residual = _residual(photo.ravel(), expected, valid)
+    return _Grid(
+        residual.reshape(shape),
+        valid.reshape(shape),
+        world.reshape(rows, cols, 3),
+        depth.reshape(shape),
+        step,
+        focal,
+    )
+
+
+def _residual(photo: np.ndarray, expected: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Photo ÷ (gain × expected) − 1 on valid cells, the gain (exposure × albedo) being the median ratio."""
+    ratio = np.zeros(len(photo), dtype=np.float32)
+    if not np.any(valid):
+        return ratio
+    ratio[valid] = photo[valid] / expected[valid]
+    gain = float(np.median(ratio[valid]))
+    return np.where(valid, ratio / max(gain, 1e-6) - 1.0, 0.0).astype(np.float32)
+
+
+def _smooth(
+    residual: np.ndarray, valid: np.ndarray, step: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """|Mean residual| over SMOOTH_PX boxes of valid cells, and the fraction of each box that is valid."""
+    weight = valid.astype(np.float32)
+    size = (max(SMOOTH_PX // step, 1),) * 2
+    support = cv2.boxFilter(weight, -1, size, normalize=True)
+    smooth = cv2.boxFilter(residual, -1, size, normalize=True) / np.maximum(
+        support, 1e-6
+    )
+    return np.abs(smooth) * (support >= MIN_SUPPORT), support
+
+
+def _regions(
+    grid: _Grid, view: View, inverse: np.ndarray
+) -> list[tuple[SurfaceRegion, np.ndarray]]:
+    """Connected cells whose smoothed residual exceeds TOLERANCE, each with its cells."""
+    smooth, _ = _smooth(grid.residual, grid.valid, grid.step)
+    off = grid.valid & (smooth > TOLERANCE)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        off.astype(np.uint8), connectivity=8
+    )
+    found = []
+    for label in range(1, count):
+        inside = labels == label
+        if stats[label, cv2.CC_STAT_AREA] < MIN_REGION_CELLS:
+            continue
+        cell_mm = grid.step * grid.depth[inside] / grid.focal
+        middle = transform(inverse, grid.world[inside].mean(axis=0)[None])[0]
+        found.append(
+            (
+                SurfaceRegion(
+                    camera=view.calib.name,
+                    area_mm2=round(float(np.sum(cell_mm**2)), 3),
+                    contrast=round(float(smooth[inside].max()), 3),
+                    centre_part_mm=[round(float(v), 2) for v in middle],
+                ),
+                inside,
+            )
+        )
+    return found

@@ -1,0 +1,136 @@
+"""Surface defects found by comparing each photo's shading with the design's, and the pose that comparison needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from inspection.defects import Defect, apply_defect, defect_rng, settle
+from inspection.design_cache import design_model
+from inspection.designs import load_mesh_mm
+from inspection.inspect import inspect_scan
+from inspection.placement import place_on_tray
+from inspection.profiles import load_profile
+from inspection.shading import SurfaceRegion, _confirmed
+from tests.inspection_scenes import MESHES, design, empty, placed, renderer, rig
+
+NAME, SEED = "montageblok_mb80", 3
+
+
+def test_a_1mm_chip_fails_the_default_profile_as_a_surface_defect_where_it_is(
+    tmp_path: Path,
+) -> None:
+    pose, _ = placed(NAME, SEED)
+    mesh = design(NAME)
+    chipped, truth = apply_defect(
+        mesh, Defect.parse("missing_chunk:1"), defect_rng(SEED), pose=pose
+    )
+    images = renderer().render(chipped, settle(chipped, pose), SEED)
+    report = inspect_scan(
+        images,
+        empty(),
+        rig(),
+        mesh,
+        NAME,
+        load_profile("default"),
+        cache_dir=tmp_path,
+        out_dir=tmp_path,
+    )
+    assert not report.qc_machine and "surface_defect" in report.qc_reasons, (
+        report.metrics
+    )
+    assert report.metrics is not None and report.metrics.surface_defect_contrast > 0.5
+    near = [
+        r
+        for r in report.metrics.surface_regions
+        if np.linalg.norm(np.array(r.centre_part_mm) - np.array(truth.location)) < 3.0
+    ]
+    assert len({r.camera for r in near}) >= 2, report.metrics.surface_regions
+
+
+def test_an_intact_part_shades_as_its_design_predicts(tmp_path: Path) -> None:
+    _, images = placed(NAME, SEED)
+    report = inspect_scan(
+        images,
+        empty(),
+        rig(),
+        design(NAME),
+        NAME,
+        load_profile("default"),
+        cache_dir=tmp_path,
+    )
+    assert report.metrics is not None
+    assert report.metrics.surface_defect_contrast < 0.2, report.metrics.surface_regions
+    assert report.qc_machine
+
+
+def test_a_lettered_cube_is_compared_at_its_own_pose_not_at_a_look_alike(
+    tmp_path: Path,
+) -> None:
+    """Its outline is a cube's from every side; only the lettering tells which face is which."""
+    cube = load_mesh_mm(MESHES / "20mm-xyz-cube.stl", "mm")
+    seed = 1007
+    pose = place_on_tray(cube, np.random.default_rng(seed))
+    images = renderer().render(cube, pose, seed)
+    report = inspect_scan(
+        images,
+        empty(),
+        rig(),
+        cube,
+        "cube",
+        load_profile("default"),
+        cache_dir=tmp_path,
+    )
+    assert report.pose is not None
+    turn = Rotation.from_matrix(
+        np.array(report.pose)[:3, :3] @ pose[:3, :3].T
+    ).magnitude()
+    assert np.degrees(turn) < 2.0
+    assert report.qc_machine, report.qc_reasons
+
+
+def test_the_design_cache_knows_which_turns_leave_a_design_in_place(
+    tmp_path: Path,
+) -> None:
+    cube = design_model(load_mesh_mm(MESHES / "20mm-xyz-cube.stl", "mm"), tmp_path)
+    block = design_model(design(NAME), tmp_path)
+    assert cube.symmetries.shape == (24, 4, 4)
+    assert block.symmetries.shape == (1, 4, 4)
+    np.testing.assert_allclose(cube.symmetries[0], np.eye(4))
+    for motion in cube.symmetries:
+        moved = cube.vertices @ motion[:3, :3].T + motion[:3, 3]
+        assert np.abs(np.ptp(moved, axis=0) - np.ptp(cube.vertices, axis=0)).max() < 0.5
+
+
+def _region(camera: str, centre: list[float]) -> SurfaceRegion:
+    return SurfaceRegion(
+        camera=camera, area_mm2=1.0, contrast=0.8, centre_part_mm=centre
+    )
+
+
+def test_a_region_one_camera_alone_sees_is_not_confirmed() -> None:
+    alone = _region("cam01", [0.0, 0.0, 5.0])
+    same_camera = _region("cam01", [0.5, 0.0, 5.0])
+    far = _region("cam02", [10.0, 0.0, 5.0])
+    near = _region("cam03", [1.0, 0.5, 5.0])
+    assert not _confirmed(alone, [alone, same_camera, far])
+    assert _confirmed(alone, [alone, same_camera, far, near])
+
+
+def test_a_bushing_is_turned_about_its_axis_until_its_bolt_holes_match(tmp_path: Path) -> None:
+    """Outlines fix every degree of freedom but the turn about its axis; its three bolt holes fix that."""
+    bushing = design("flanged_bushing_fb20").copy()
+    bushing.apply_scale(1.3)
+    model = design_model(bushing, tmp_path)
+    assert model.spin_axis.shape == (2, 3)
+    assert design_model(design(NAME), tmp_path).spin_axis.shape == (0, 3)
+    seed = 1031
+    pose = place_on_tray(bushing, np.random.default_rng(seed))
+    images = renderer().render(bushing, pose, seed)
+    report = inspect_scan(images, empty(), rig(), bushing, "bushing", load_profile("default"), cache_dir=tmp_path)
+    assert report.pose is not None
+    turn = np.degrees(Rotation.from_matrix(np.array(report.pose)[:3, :3] @ pose[:3, :3].T).magnitude())
+    assert min(turn % 120.0, 120.0 - turn % 120.0) < 2.0, turn
+    assert report.qc_machine, report.metrics
