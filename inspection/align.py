@@ -304,13 +304,15 @@ def residuals(model_points: dict[str, np.ndarray], views: dict[str, View], pose:
     return out
 
 
-def _jacobian(
-    points: dict[str, np.ndarray], views: dict[str, View], pose: np.ndarray, pivot: np.ndarray, radius: float
-) -> np.ndarray:
-    """d residual / d (rotation×radius, translation), with a pinhole projection: distortion bends the
-    outline by a few pixels but changes its derivative by well under a percent, and the
-    analytic Jacobian is six times cheaper than finite differences."""
-    blocks = []
+def world_gradients(
+    points: dict[str, np.ndarray], views: dict[str, View], pose: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every outline point's world position and d residual / d world position, stacked in `residuals` order.
+
+    With a pinhole projection: distortion bends the outline by a few pixels but changes its
+    derivative by well under a percent, and analytic Jacobians built on this are six times
+    cheaper than finite differences."""
+    worlds, grads = [], []
     for name, local in points.items():
         view = views[name]
         if len(local) == 0:
@@ -323,10 +325,22 @@ def _jacobian(
         du = np.column_stack([fx / z, np.zeros_like(z), -fx * cam[:, 0] / z**2]) @ calib.R
         dv = np.column_stack([np.zeros_like(z), fy / z, -fy * cam[:, 1] / z**2]) @ calib.R
         grad = view.sample_gradient(calib.project(world))
-        d_world = grad[:, :1] * du + grad[:, 1:] * dv
-        rotation_part = np.cross(world - pivot, d_world) / radius
-        blocks.append(np.hstack([rotation_part, d_world]))
-    return np.vstack(blocks) if blocks else np.zeros((0, 6))
+        worlds.append(world)
+        grads.append(grad[:, :1] * du + grad[:, 1:] * dv)
+    if not worlds:
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    return np.vstack(worlds), np.vstack(grads)
+
+
+def pose_jacobian(world: np.ndarray, d_world: np.ndarray, pivot: np.ndarray, radius: float) -> np.ndarray:
+    """d residual / d (rotation×radius, translation) of `moved_pose` from `world_gradients`."""
+    return np.hstack([np.cross(world - pivot, d_world) / radius, d_world])
+
+
+def _jacobian(
+    points: dict[str, np.ndarray], views: dict[str, View], pose: np.ndarray, pivot: np.ndarray, radius: float
+) -> np.ndarray:
+    return pose_jacobian(*world_gradients(points, views, pose), pivot, radius)
 
 
 def refine(
@@ -445,11 +459,21 @@ def fit_scale(model: DesignModel, views: Sequence[View], pose: np.ndarray, seed:
     centre = transform(pose, centroid[None])[0]
     prior = math.sqrt(SCALE_PRIOR_POINTS) / (SCALE_PRIOR_PCT / 100.0)
 
+    offsets = np.vstack([p - centroid for p in points.values() if len(p)])
+
     def fun(x: np.ndarray) -> np.ndarray:
         scaled = {n: centroid + (p - centroid) * (1.0 + x[6:]) for n, p in points.items()}
         data = np.concatenate(list(residuals(scaled, by_name, moved_pose(pose, x[:6], centre, radius)).values()))
         return np.concatenate([data, prior * x[6:]])
 
+    def jac(x: np.ndarray) -> np.ndarray:
+        scaled = {n: centroid + (p - centroid) * (1.0 + x[6:]) for n, p in points.items()}
+        moved = moved_pose(pose, x[:6], centre, radius)
+        world, d_world = world_gradients(scaled, by_name, moved)
+        along = (d_world @ moved[:3, :3]) * offsets
+        data = np.hstack([pose_jacobian(world, d_world, centre + x[3:6], radius), along])
+        return np.vstack([data, np.hstack([np.zeros((3, 6)), prior * np.eye(3)])])
+
     bounds = (np.r_[[-np.inf] * 6, [-SCALE_LIMIT] * 3], np.r_[[np.inf] * 6, [SCALE_LIMIT] * 3])
-    result = least_squares(fun, np.zeros(9), loss="soft_l1", f_scale=2.0, diff_step=1e-4, max_nfev=12, bounds=bounds)
+    result = least_squares(fun, np.zeros(9), jac=jac, loss="soft_l1", f_scale=2.0, max_nfev=12, bounds=bounds)
     return 1.0 + result.x[6:]

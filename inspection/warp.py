@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import least_squares
 
-from inspection.align import View, moved_pose, outline_inliers, residuals, transform
+from inspection.align import View, moved_pose, outline_inliers, pose_jacobian, residuals, transform, world_gradients
 from inspection.design_cache import DesignModel
 
 INLIER_PX = 8.0
@@ -59,11 +59,23 @@ def fit_bend(model: DesignModel, views: Sequence[View], pose: np.ndarray, seed: 
     pivot = transform(pose, model.centroid[None])[0]
     limit = math.radians(LIMIT_DEG) / length
 
+    stacked = np.vstack([p for p in points.values() if len(p)])
+    offset = stacked - centre
+    s, h = offset @ axis, offset @ direction
+    d_curvature = np.outer(s * s / 2, direction) - np.outer(h * s, axis)
+
     def fun(x: np.ndarray) -> np.ndarray:
         curved = {n: bent(p, centre, axis, direction, x[6]) for n, p in points.items()}
         return np.concatenate(list(residuals(curved, by_name, moved_pose(pose, x[:6], pivot, radius)).values()))
 
+    def jac(x: np.ndarray) -> np.ndarray:
+        curved = {n: bent(p, centre, axis, direction, x[6]) for n, p in points.items()}
+        moved = moved_pose(pose, x[:6], pivot, radius)
+        world, d_world = world_gradients(curved, by_name, moved)
+        along = np.einsum("ij,ij->i", d_world @ moved[:3, :3], d_curvature)
+        return np.hstack([pose_jacobian(world, d_world, pivot + x[3:6], radius), along[:, None]])
+
     bounds = (np.r_[[-np.inf] * 6, -limit], np.r_[[np.inf] * 6, limit])
-    result = least_squares(fun, np.zeros(7), loss="soft_l1", f_scale=2.0, diff_step=1e-4, max_nfev=12,
+    result = least_squares(fun, np.zeros(7), jac=jac, loss="soft_l1", f_scale=2.0, max_nfev=12,
                            bounds=bounds, x_scale=np.r_[[1.0] * 6, limit / 4])
     return math.degrees(float(result.x[6]) * length)

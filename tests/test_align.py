@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inspection.align import AlignmentError, View, align
+from inspection.align import (
+    AlignmentError,
+    View,
+    align,
+    moved_pose,
+    outline_inliers,
+    pose_jacobian,
+    residuals,
+    transform,
+    world_gradients,
+)
 from inspection.design_cache import design_model
 from inspection.pose_error import pose_error
 from inspection.segment import segment_scan
@@ -79,3 +89,27 @@ def test_a_part_fitted_within_half_a_millimetre_of_the_tray_is_set_down_on_it(tm
     assert abs(lowest) < 1e-6
     distance, _ = pose_error(design("cross_knob_ck40"), pose, found.pose)
     assert distance < 0.1
+
+
+def test_the_analytic_jacobian_matches_finite_differences_of_the_outline_residuals(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """fit_scale and fit_bend build theirs on it; a wrong sign or axis would send them the wrong way."""
+    name, seed = "montageblok_mb80", 3
+    pose, images = placed(name, seed)
+    model = design_model(design(name), tmp_path)
+    views = [View(c, segment_scan(c.name, images[c.name], empty()[c.name]).mask) for c in rig()]
+    by_name, points = outline_inliers(model, views, pose, 0, 2.0)
+    centre = transform(pose, model.centroid[None])[0]
+    radius = model.extent_mm / 2
+    x = np.array([0.05, -0.03, 0.02, 0.04, -0.02, 0.01])
+    moved = moved_pose(pose, x, centre, radius)
+    analytic = pose_jacobian(*world_gradients(points, by_name, moved), centre + x[3:], radius)
+
+    def flat(y: np.ndarray) -> np.ndarray:
+        return np.concatenate(list(residuals(points, by_name, moved_pose(pose, y, centre, radius)).values()))
+
+    step = 0.1  # about a pixel: the Sobel gradient is the slope at that scale, not inside one bilinear cell
+    numeric = np.column_stack([(flat(x + step * e) - flat(x - step * e)) / (2 * step) for e in np.eye(6)])
+    # Per point they differ by some 10 % (pinhole against distortion, a smoothed gradient against a
+    # bilinear field); a wrong sign or axis would turn a column's direction away entirely.
+    cosine = np.einsum("ij,ij->j", analytic, numeric) / (np.linalg.norm(analytic, axis=0) * np.linalg.norm(numeric, axis=0))
+    assert cosine.min() > 0.95, cosine
