@@ -391,11 +391,30 @@ def align(model: DesignModel, views: Sequence[View]) -> Alignment:
         finished.append((robust, pose, index, score, final))
     best = _on_the_tray(model, finished)
     _, pose, _, _, final = best
+    return _finished(model, views, pose, final, best[2], best[3], len(hypotheses))
+
+
+def refit(model: DesignModel, views: Sequence[View], start: Alignment, pose: np.ndarray) -> Alignment:
+    """The alignment refined again from `pose`: a look-alike of `start`'s (inspection.shading.choose_symmetric)
+    that maps the design onto itself only to within a few tenths of a millimetre."""
+    pose, _, final = refine(model, views, pose)
+    return _finished(model, views, pose, final, start.rest_index, start.coarse_iou, start.hypotheses)
+
+
+def _finished(
+    model: DesignModel,
+    views: Sequence[View],
+    pose: np.ndarray,
+    final: dict[str, np.ndarray],
+    rest_index: int,
+    coarse_iou: float,
+    hypotheses: int,
+) -> Alignment:
     pose, final = _resting(model, views, pose, final)
     everything = np.concatenate(list(final.values())) if final else np.zeros(0)
     inliers = float(np.mean(np.abs(everything) < INLIER_PX)) if len(everything) else 0.0
     median = float(np.median(np.abs(everything))) if len(everything) else math.inf
-    return Alignment(pose, best[2], final, inliers, median, best[3], len(hypotheses))
+    return Alignment(pose, rest_index, final, inliers, median, coarse_iou, hypotheses)
 
 
 def _on_the_tray(

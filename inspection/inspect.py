@@ -6,7 +6,6 @@ and return a pydantic report; nothing here knows about MQTT or the daemon.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -17,7 +16,7 @@ import cv2
 import numpy as np
 import trimesh
 
-from inspection.align import AlignmentError, View, align, fit_scale
+from inspection.align import AlignmentError, View, align, fit_scale, refit
 from inspection.camera import RIG_CAMERAS, CameraCalibration, load_rig
 from inspection.design_cache import design_model
 from inspection.designs import Units, load_mesh_mm
@@ -95,8 +94,9 @@ def inspect_scan(
         masks = model_masks(model, views, alignment.pose)
         if len(model.symmetries) > 1 or len(model.spin_axis):
             chosen = choose_symmetric(model, views, alignment.pose, images, masks)
-            alignment = dataclasses.replace(alignment, pose=chosen)
-            masks = model_masks(model, views, alignment.pose)
+            if not np.allclose(chosen, alignment.pose):
+                alignment = refit(model, views, alignment, chosen)
+                masks = model_masks(model, views, alignment.pose)
         # The shading comparison is mostly ray casting, the scale and bend fits mostly Python: side by side.
         with ThreadPoolExecutor(max_workers=1) as pool:
             surface = pool.submit(compare_shading, model, views, alignment.pose, images, masks)
