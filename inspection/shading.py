@@ -54,15 +54,9 @@ class SurfaceRegion(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     camera: str = Field(description="Camera that saw it.")
-    area_mm2: float = Field(
-        description="Area in mm² at the surface's depth in that camera."
-    )
-    contrast: float = Field(
-        description="Largest relative brightness difference inside it (0.3: 30 % off the design)."
-    )
-    centre_part_mm: list[float] = Field(
-        description="Region centre on the design's surface, design frame (mm)."
-    )
+    area_mm2: float = Field(description="Area in mm² at the surface's depth in that camera.")
+    contrast: float = Field(description="Largest relative brightness difference inside it (0.3: 30 % off the design).")
+    centre_part_mm: list[float] = Field(description="Region centre on the design's surface, design frame (mm).")
 
 
 @dataclass(frozen=True)
@@ -97,33 +91,10 @@ def choose_symmetric(
 
     def score(motion: np.ndarray, step: int = CHOICE_STEP_PX) -> int:
         """How many cells would read as a surface defect at this candidate: what a wrong one gets wrong."""
-        candidate = pose @ motion
-        scene = _scene(model, candidate)
-        off = 0
-        for index, view in enumerate(views):
-            if view.empty or view.calib.name not in model_masks:
-                continue
-            name = view.calib.name
-            grid = _residuals(
-                model,
-                view,
-                index,
-                scene,
-                candidate,
-                images[name],
-                model_masks[name],
-                lighting,
-                step,
-                shadows=False,
-            )
-            if grid is not None:
-                off += int(
-                    np.count_nonzero(
-                        grid.valid
-                        & (_smooth(grid.residual, grid.valid, step)[0] > TOLERANCE)
-                    )
-                )
-        return off
+        grids = _grids(model, views, pose @ motion, images, model_masks, lighting, step, shadows=False)
+        return sum(
+            int(np.count_nonzero(g.valid & (_smooth(g.residual, g.valid, step)[0] > TOLERANCE))) for _, g in grids
+        )
 
     if not len(model.spin_axis):
         return pose @ min(model.symmetries, key=score)
@@ -132,10 +103,7 @@ def choose_symmetric(
     def turned(angle: float, step: int = CHOICE_STEP_PX) -> int:
         return score(spin(point, axis, math.radians(angle)), step)
 
-    best = min(
-        np.arange(0.0, 360.0, SPIN_STEP_DEG),
-        key=lambda a: turned(a, SPIN_COARSE_STEP_PX),
-    )
+    best = min(np.arange(0.0, 360.0, SPIN_STEP_DEG), key=lambda a: turned(a, SPIN_COARSE_STEP_PX))
     for fine in (SPIN_STEP_DEG / 4, SPIN_STEP_DEG / 16):
         best = min(best + fine * np.arange(-3, 4), key=turned)
     return pose @ spin(point, axis, math.radians(best))
@@ -150,45 +118,11 @@ def compare_shading(
 ) -> ShadingComparison:
     """Regions where a photo's shading departs from the design's at `pose`, per camera that sees the part."""
     lighting = Lighting([v.calib for v in views])
-    scene = _scene(model, pose)
     inverse = np.linalg.inv(pose)
-    found: list[tuple[SurfaceRegion, np.ndarray]] = []
-    masks: dict[str, np.ndarray] = {}
-    seen = [
-        (index, view)
-        for index, view in enumerate(views)
-        if not view.empty and view.calib.name in model_masks
-    ]
-
-    def one(item: tuple[int, View]) -> list[tuple[SurfaceRegion, np.ndarray]]:
-        index, view = item
-        name = view.calib.name
-        grid = _residuals(
-            model,
-            view,
-            index,
-            scene,
-            pose,
-            images[name],
-            model_masks[name],
-            lighting,
-            STEP_PX,
-            shadows=True,
-        )
-        return [] if grid is None else _regions(grid, view, inverse)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for per_view in pool.map(one, seen):
-            found += per_view
-    for _, view in seen:
-        masks[view.calib.name] = np.zeros(
-            model_masks[view.calib.name].shape, dtype=bool
-        )
-    confirmed = [
-        (region, cells)
-        for region, cells in found
-        if _confirmed(region, [r for r, _ in found])
-    ]
+    grids = _grids(model, views, pose, images, model_masks, lighting, STEP_PX, shadows=True)
+    found = [item for view, grid in grids for item in _regions(grid, view, inverse)]
+    masks = {v.calib.name: np.zeros(model_masks[v.calib.name].shape, dtype=bool) for v in _seeing(views, model_masks)}
+    confirmed = [(region, cells) for region, cells in found if _confirmed(region, [r for r, _ in found])]
     for region, cells in confirmed:
         full = np.repeat(np.repeat(cells, STEP_PX, axis=0), STEP_PX, axis=1)
         masks[region.camera][: full.shape[0], : full.shape[1]] |= full
@@ -205,18 +139,42 @@ def _confirmed(region: SurfaceRegion, regions: Sequence[SurfaceRegion]) -> bool:
     """
     centre = np.array(region.centre_part_mm)
     return any(
-        other.camera != region.camera
-        and np.linalg.norm(np.array(other.centre_part_mm) - centre) <= CONFIRM_MM
+        other.camera != region.camera and np.linalg.norm(np.array(other.centre_part_mm) - centre) <= CONFIRM_MM
         for other in regions
     )
+
+
+def _seeing(views: Sequence[View], model_masks: Mapping[str, np.ndarray]) -> list[View]:
+    return [v for v in views if not v.empty and v.calib.name in model_masks]
+
+
+def _grids(
+    model: DesignModel,
+    views: Sequence[View],
+    pose: np.ndarray,
+    images: Mapping[str, np.ndarray],
+    model_masks: Mapping[str, np.ndarray],
+    lighting: Lighting,
+    step: int,
+    shadows: bool,
+) -> list[tuple[View, _Grid]]:
+    """Each seeing camera's comparison at `pose`, two at a time: ray casting and numpy release the GIL."""
+    scene = _scene(model, pose)
+    index = {id(v): i for i, v in enumerate(views)}
+
+    def one(view: View) -> tuple[View, _Grid | None]:
+        name = view.calib.name
+        mask = model_masks[name]
+        return view, _residuals(model, view, index[id(view)], scene, pose, images[name], mask, lighting, step, shadows)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return [(view, grid) for view, grid in pool.map(one, _seeing(views, model_masks)) if grid is not None]
 
 
 def _scene(model: DesignModel, pose: np.ndarray) -> o3d.t.geometry.RaycastingScene:
     scene = o3d.t.geometry.RaycastingScene()
     world = transform(pose, model.vertices).astype(np.float32)
-    scene.add_triangles(
-        o3d.core.Tensor(world), o3d.core.Tensor(model.faces.astype(np.uint32))
-    )
+    scene.add_triangles(o3d.core.Tensor(world), o3d.core.Tensor(model.faces.astype(np.uint32)))
     return scene
 
 
@@ -291,32 +249,20 @@ def _residuals(
         step * DEPTH_STEP_PX / focal,
     )
     reach = 2 * int(np.ceil(EDGE_CLEAR_PX / step)) + 1
-    near_edge = cv2.dilate(
-        edges.astype(np.uint8), np.ones((reach, reach), np.uint8)
-    ).astype(bool)
+    near_edge = cv2.dilate(edges.astype(np.uint8), np.ones((reach, reach), np.uint8)).astype(bool)
     valid = (hit.reshape(rows, cols) & usable & ~near_edge).ravel()
     world = centre + rays * depth[:, None]
     shape = (rows, cols)
     expected = np.zeros(len(t), dtype=np.float32)
-    expected[valid] = lighting.expected_irradiance(
-        scene, world[valid].T, normals[valid].T, index, shadows=False
-    )[0]
+    expected[valid] = lighting.expected_irradiance(scene, world[valid].T, normals[valid].T, index, shadows=False)[0]
     valid &= expected > MIN_IRRADIANCE
     if shadows:
-        # Shadow rays cost four fifths of the comparison, and only matter where the photo is darker or
-        # brighter than the unshadowed prediction: elsewhere the part is lit as if nothing were in the way.
+        # Shadow rays cost half the comparison, and only matter where the photo is darker or brighter
+        # than the unshadowed prediction: elsewhere the part is lit as if nothing were in the way.
         rough = _residual(photo.ravel(), expected, valid)
-        doubtful = (
-            _smooth(rough.reshape(shape), valid.reshape(shape), step)[0]
-            > SHADOW_CHECK * TOLERANCE
-        )
+        doubtful = _smooth(rough.reshape(shape), valid.reshape(shape), step)[0] > SHADOW_CHECK * TOLERANCE
         size = max(SMOOTH_PX // step, 1)
-        doubtful = (
-            cv2.dilate(doubtful.astype(np.uint8), np.ones((size, size), np.uint8))
-            .astype(bool)
-            .ravel()
-            & valid
-        )
+        doubtful = cv2.dilate(doubtful.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool).ravel() & valid
         lit, uncertain = lighting.expected_irradiance(
             scene, world[doubtful].T, normals[doubtful].T, index, shadows=True
         )
@@ -345,28 +291,20 @@ def _residual(photo: np.ndarray, expected: np.ndarray, valid: np.ndarray) -> np.
     return np.where(valid, ratio / max(gain, 1e-6) - 1.0, 0.0).astype(np.float32)
 
 
-def _smooth(
-    residual: np.ndarray, valid: np.ndarray, step: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
+def _smooth(residual: np.ndarray, valid: np.ndarray, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """|Mean residual| over SMOOTH_PX boxes of valid cells, and the fraction of each box that is valid."""
     weight = valid.astype(np.float32)
     size = (max(SMOOTH_PX // step, 1),) * 2
     support = cv2.boxFilter(weight, -1, size, normalize=True)
-    smooth = cv2.boxFilter(residual, -1, size, normalize=True) / np.maximum(
-        support, 1e-6
-    )
+    smooth = cv2.boxFilter(residual, -1, size, normalize=True) / np.maximum(support, 1e-6)
     return np.abs(smooth) * (support >= MIN_SUPPORT), support
 
 
-def _regions(
-    grid: _Grid, view: View, inverse: np.ndarray
-) -> list[tuple[SurfaceRegion, np.ndarray]]:
+def _regions(grid: _Grid, view: View, inverse: np.ndarray) -> list[tuple[SurfaceRegion, np.ndarray]]:
     """Connected cells whose smoothed residual exceeds TOLERANCE, each with its cells."""
     smooth, _ = _smooth(grid.residual, grid.valid, grid.step)
     off = grid.valid & (smooth > TOLERANCE)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(
-        off.astype(np.uint8), connectivity=8
-    )
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(off.astype(np.uint8), connectivity=8)
     found = []
     for label in range(1, count):
         inside = labels == label

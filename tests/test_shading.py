@@ -24,9 +24,7 @@ def test_a_1mm_chip_fails_the_default_profile_as_a_surface_defect_where_it_is(
 ) -> None:
     pose, _ = placed(NAME, SEED)
     mesh = design(NAME)
-    chipped, truth = apply_defect(
-        mesh, Defect.parse("missing_chunk:1"), defect_rng(SEED), pose=pose
-    )
+    chipped, truth = apply_defect(mesh, Defect.parse("missing_chunk:1"), defect_rng(SEED), pose=pose)
     images = renderer().render(chipped, settle(chipped, pose), SEED)
     report = inspect_scan(
         images,
@@ -38,9 +36,7 @@ def test_a_1mm_chip_fails_the_default_profile_as_a_surface_defect_where_it_is(
         cache_dir=tmp_path,
         out_dir=tmp_path,
     )
-    assert not report.qc_machine and "surface_defect" in report.qc_reasons, (
-        report.metrics
-    )
+    assert not report.qc_machine and "surface_defect" in report.qc_reasons, report.metrics
     assert report.metrics is not None and report.metrics.surface_defect_contrast > 0.5
     near = [
         r
@@ -84,9 +80,7 @@ def test_a_lettered_cube_is_compared_at_its_own_pose_not_at_a_look_alike(
         cache_dir=tmp_path,
     )
     assert report.pose is not None
-    turn = Rotation.from_matrix(
-        np.array(report.pose)[:3, :3] @ pose[:3, :3].T
-    ).magnitude()
+    turn = Rotation.from_matrix(np.array(report.pose)[:3, :3] @ pose[:3, :3].T).magnitude()
     assert np.degrees(turn) < 2.0
     assert report.qc_machine, report.qc_reasons
 
@@ -105,9 +99,7 @@ def test_the_design_cache_knows_which_turns_leave_a_design_in_place(
 
 
 def _region(camera: str, centre: list[float]) -> SurfaceRegion:
-    return SurfaceRegion(
-        camera=camera, area_mm2=1.0, contrast=0.8, centre_part_mm=centre
-    )
+    return SurfaceRegion(camera=camera, area_mm2=1.0, contrast=0.8, centre_part_mm=centre)
 
 
 def test_a_region_one_camera_alone_sees_is_not_confirmed() -> None:
