@@ -69,6 +69,7 @@ def main() -> int:
     profile = load_profile(args.profile)
     cache = Path(tempfile.mkdtemp(prefix="amflow-inspect-bench-"))
     times: list[float] = []
+    stages: dict[str, list[float]] = {}
     errors: list[float] = []
     rotations: list[float] = []
     intact_rejects: list[str] = []
@@ -104,6 +105,8 @@ def main() -> int:
                 started = time.perf_counter()
                 report = inspect_scan(images, empty, cameras, mesh, name, profile, cache_dir=cache)
                 times.append(time.perf_counter() - started)
+                for stage, seconds in report.timings_s.items():
+                    stages.setdefault(stage, []).append(seconds)
                 rejected = not report.qc_machine
                 if spec is None:
                     intact_total += 1
@@ -134,6 +137,7 @@ def main() -> int:
     print()
     print(f"scans inspected: {len(times)}")
     print(f"time per scan [s]: {stats(times)}")
+    print("    by stage: " + ", ".join(f"{k} {np.median(v):.2f}" for k, v in stages.items() if k not in ("total", "design")))
     print(f"pose error, mean closest-surface distance [mm]: {stats(errors)}")
     print(f"pose error, residual rotation (symmetry-aware) [deg]: {stats(rotations)}")
     print(f"false rejects on intact parts: {len(intact_rejects)}/{intact_total} = {100 * len(intact_rejects) / max(intact_total, 1):.1f} %")

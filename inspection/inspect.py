@@ -97,6 +97,8 @@ def inspect_scan(
             if not np.allclose(chosen, alignment.pose):
                 alignment = refit(model, views, alignment, chosen)
                 masks = model_masks(model, views, alignment.pose)
+            timings["look_alikes"] = time.perf_counter() - mark
+            mark = time.perf_counter()
         # The shading comparison is mostly ray casting, the scale and bend fits mostly Python: side by side.
         with ThreadPoolExecutor(max_workers=1) as pool:
             surface = pool.submit(compare_shading, model, views, alignment.pose, images, masks)
