@@ -176,7 +176,8 @@ class Lighting:
         penumbra = np.zeros_like(total)
         phases = 2.0 * math.pi * np.arange(EXPECTED_RING_SAMPLES) / EXPECTED_RING_SAMPLES
         for index, light in enumerate(self.lights):
-            irradiance = np.maximum(np.prod(_facing(light, p, n)[1:], axis=0), 0.0)
+            _, cos, falloff = _facing(light, p, n)
+            irradiance = np.maximum(cos * falloff, 0.0)
             which = np.nonzero(irradiance > 0)[0]
             if index == camera_index or not shadows or not len(which):
                 total += irradiance

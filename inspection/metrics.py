@@ -60,10 +60,10 @@ class InspectionMetrics(BaseModel):
     extra_material_depth_mm: float = Field(description="Depth of the deepest extra-material region, mm.")
     surface_defect_mm2: float = Field(
         default=0.0,
-        description="Largest patch of the part one camera sees brighter or darker than the design predicts by more than 15 %, mm² (inspection.shading).",
+        description="Largest patch of the part that a camera sees brighter or darker than the design predicts by more than 15 % and another camera confirms within 2 mm, mm² (inspection.shading).",
     )
     surface_defect_contrast: float = Field(
-        default=0.0, description="Largest relative brightness difference from the design on the part's surface (0.3: 30 %)."
+        default=0.0, description="Largest relative brightness difference from the design in such a patch (0.3: 30 %)."
     )
     scale_x_pct: float = Field(description="Scale deviation along the design's x axis, %.")
     scale_y_pct: float = Field(description="Scale deviation along the design's y axis, %.")
