@@ -27,9 +27,10 @@ import open3d as o3d
 from pydantic import BaseModel, ConfigDict, Field
 
 from inspection.align import View, transform
-from inspection.design_cache import DesignModel, spin
+from inspection.design_cache import DesignModel
 from inspection.lighting import Lighting
 from inspection.raycast import cast, edge_pixels, surface_normals
+from inspection.symmetry import spin
 
 STEP_PX = 1
 EDGE_CLEAR_PX = 2.0
