@@ -52,8 +52,7 @@ def place_part(mesh: trimesh.Trimesh, data: MeshData, pose: np.ndarray) -> Place
     if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
         raise ValueError(f"render: pose must be a finite 4×4 matrix, got shape {pose.shape}")
     vertices = (np.asarray(mesh.vertices, dtype=np.float64) @ pose[:3, :3].T + pose[:3, 3]).astype(np.float32)
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(vertices), o3d.core.Tensor(data.faces.astype(np.uint32)))
+    scene = triangle_scene(vertices, data.faces)
     support_world = data.support @ pose[:3, :3].T + pose[:3, 3]
     inverse = np.linalg.inv(pose)
     return PlacedPart(
@@ -64,6 +63,15 @@ def place_part(mesh: trimesh.Trimesh, data: MeshData, pose: np.ndarray) -> Place
         data,
         support_world,
     )
+
+
+def triangle_scene(vertices: np.ndarray, faces: np.ndarray) -> o3d.t.geometry.RaycastingScene:
+    """An open3d ray-casting scene of (V, 3) vertices and (F, 3) faces, in whatever frame the vertices are."""
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(
+        o3d.core.Tensor(np.asarray(vertices, dtype=np.float32)), o3d.core.Tensor(np.asarray(faces, dtype=np.uint32))
+    )
+    return scene
 
 
 def cast(scene: o3d.t.geometry.RaycastingScene, centre: np.ndarray, directions: np.ndarray) -> dict[str, np.ndarray]:

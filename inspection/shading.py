@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from inspection.align import View, transform
 from inspection.design_cache import DesignModel
 from inspection.lighting import Lighting
-from inspection.raycast import cast, edge_pixels, surface_normals
+from inspection.raycast import cast, edge_pixels, surface_normals, triangle_scene
 from inspection.symmetry import spin
 
 STEP_PX = 1
@@ -159,7 +159,7 @@ def _grids(
     shadows: bool,
 ) -> list[tuple[View, _Grid]]:
     """Each seeing camera's comparison at `pose`, two at a time: ray casting and numpy release the GIL."""
-    scene = _scene(model, pose)
+    scene = triangle_scene(transform(pose, model.vertices), model.faces)
     index = {id(v): i for i, v in enumerate(views)}
 
     def one(view: View) -> tuple[View, _Grid | None]:
@@ -169,13 +169,6 @@ def _grids(
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return [(view, grid) for view, grid in pool.map(one, _seeing(views, model_masks)) if grid is not None]
-
-
-def _scene(model: DesignModel, pose: np.ndarray) -> o3d.t.geometry.RaycastingScene:
-    scene = o3d.t.geometry.RaycastingScene()
-    world = transform(pose, model.vertices).astype(np.float32)
-    scene.add_triangles(o3d.core.Tensor(world), o3d.core.Tensor(model.faces.astype(np.uint32)))
-    return scene
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ import open3d as o3d
 import trimesh
 from scipy.spatial.transform import Rotation
 
+from inspection.raycast import triangle_scene
+
 SYMMETRY_SAMPLES = 2000
 SYMMETRY_TOLERANCE = 0.01
 SPIN_TEST_DEG = (7.0, 13.0)
@@ -30,10 +32,7 @@ def symmetries(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
     """
     box = np.asarray(mesh.bounding_box_oriented.primitive.transform, dtype=np.float64)
     points = np.asarray(mesh.sample(SYMMETRY_SAMPLES, seed=0))
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(
-        o3d.core.Tensor(np.asarray(mesh.vertices, dtype=np.float32)), o3d.core.Tensor(np.asarray(mesh.faces, dtype=np.uint32))
-    )
+    scene = triangle_scene(mesh.vertices, mesh.faces)
     tolerance = SYMMETRY_TOLERANCE * float(mesh.extents.max())
 
     def keeps(motion: np.ndarray) -> bool:
