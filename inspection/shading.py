@@ -4,10 +4,11 @@ A 1 mm chip changes an outline by about 0.7 mm over 0.6 mm², which is what segm
 reads on intact parts (inspection.regions), and a chip away from every outline changes none. Its
 faces, though, turn to the lights at angles the design has nowhere near there: averaged over a few
 pixels they read 100 % and more off the design's prediction (median 115 %), while intact surfaces
-read at most 41 % once a second camera must confirm a patch (132 scenes of benchmarks/inspection.py). The prediction assumes the station's lights as inspection.lighting
-describes them (a ring light on every camera and a dome, matte parts) with one unknown gain per
-camera (exposure × albedo), fitted as the median ratio; a station lit otherwise must be described
-there before this comparison means anything.
+read at most 41 % once a second camera must confirm a patch (132 scenes of benchmarks/inspection.py).
+The prediction assumes the station's lights as inspection.lighting describes them (a ring light on
+every camera and a dome, matte parts) with one unknown gain per camera (exposure × albedo), fitted
+as the median ratio; a station lit otherwise must be described there before this comparison means
+anything.
 
 No prediction is made where it cannot be trusted: near the model's outline, depth steps and creases
 (the found pose is good to a few tenths of a pixel and the lens blurs), and on pixels the
@@ -26,7 +27,7 @@ import numpy as np
 import open3d as o3d
 from pydantic import BaseModel, ConfigDict, Field
 
-from inspection.align import View, transform
+from inspection.align import View, seeing, transform
 from inspection.design_cache import DesignModel
 from inspection.lighting import Lighting
 from inspection.raycast import cast, edge_pixels, surface_normals, triangle_scene
@@ -121,7 +122,7 @@ def compare_shading(
     inverse = np.linalg.inv(pose)
     grids = _grids(model, views, pose, images, model_masks, lighting, STEP_PX, shadows=True)
     found = [item for view, grid in grids for item in _regions(grid, view, inverse)]
-    masks = {v.calib.name: np.zeros(model_masks[v.calib.name].shape, dtype=bool) for v in _seeing(views, model_masks)}
+    masks = {v.calib.name: np.zeros(model_masks[v.calib.name].shape, dtype=bool) for v in seeing(views).values()}
     confirmed = [(region, cells) for region, cells in found if _confirmed(region, [r for r, _ in found])]
     for region, cells in confirmed:
         full = np.repeat(np.repeat(cells, STEP_PX, axis=0), STEP_PX, axis=1)
@@ -144,10 +145,6 @@ def _confirmed(region: SurfaceRegion, regions: Sequence[SurfaceRegion]) -> bool:
     )
 
 
-def _seeing(views: Sequence[View], model_masks: Mapping[str, np.ndarray]) -> list[View]:
-    return [v for v in views if not v.empty and v.calib.name in model_masks]
-
-
 def _grids(
     model: DesignModel,
     views: Sequence[View],
@@ -168,7 +165,7 @@ def _grids(
         return view, _residuals(model, view, index[id(view)], scene, pose, images[name], mask, lighting, step, shadows)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return [(view, grid) for view, grid in pool.map(one, _seeing(views, model_masks)) if grid is not None]
+        return [(view, grid) for view, grid in pool.map(one, seeing(views).values()) if grid is not None]
 
 
 @dataclass(frozen=True)
@@ -208,8 +205,7 @@ def _residuals(
     )
     # Rays only where a comparison can be made: cells beside them count as misses, which edge_pixels
     # then marks, so the outlines of model and photo are kept clear of as they should be.
-    traced = usable.ravel()
-    cells = np.flatnonzero(traced)
+    cells = np.flatnonzero(usable)
     centre_px = (step - 1) / 2.0
     pixels = np.column_stack(
         [
