@@ -119,6 +119,7 @@ def compute_metrics(
     inverse = np.linalg.inv(pose)
     centre = transform(pose, model.centroid[None])[0]
     masks = model_masks(model, views, pose) if masks is None else masks
+    surface = ShadingComparison([], {}) if surface is None else surface
     per_camera: list[CameraMetrics] = []
     deviations: list[np.ndarray] = []
     missing_regions: list[Region] = []
@@ -167,7 +168,7 @@ def compute_metrics(
             )
         )
         drawn[name] = {"model": model_mask, "missing": missing, "extra": extra}
-        if surface is not None and name in surface.masks:
+        if name in surface.masks:
             drawn[name]["surface"] = surface.masks[name]
     everything = np.concatenate(deviations) if deviations else np.zeros(0)
     missing_regions.sort(key=lambda r: -r.depth_mm)
@@ -185,8 +186,8 @@ def compute_metrics(
         missing_material_depth_mm=max((r.depth_mm for r in missing_regions), default=0.0),
         extra_material_mm2=max((r.area_mm2 for r in extra_regions), default=0.0),
         extra_material_depth_mm=max((r.depth_mm for r in extra_regions), default=0.0),
-        surface_defect_mm2=max((r.area_mm2 for r in surface.regions), default=0.0) if surface else 0.0,
-        surface_defect_contrast=max((r.contrast for r in surface.regions), default=0.0) if surface else 0.0,
+        surface_defect_mm2=max((r.area_mm2 for r in surface.regions), default=0.0),
+        surface_defect_contrast=max((r.contrast for r in surface.regions), default=0.0),
         scale_x_pct=round(float(scale_pct[0]), 3),
         scale_y_pct=round(float(scale_pct[1]), 3),
         scale_z_pct=round(float(scale_pct[2]), 3),
@@ -200,7 +201,7 @@ def compute_metrics(
         cameras_seeing_part=len(per_camera),
         missing_regions=missing_regions[:10],
         extra_regions=extra_regions[:10],
-        surface_regions=surface.regions[:10] if surface else [],
+        surface_regions=surface.regions[:10],
         per_camera=per_camera,
     )
     return metrics, drawn
