@@ -29,7 +29,8 @@ CLEAR_PART_EVIDENCE = 1.5
 CUT_EVIDENCE_WEIGHT = 0.12
 CUT_EDGE_STEP = 0.03
 CUT_BLUR_PX = 0.8
-CUT_MARGIN_PX = 24
+CUT_BAND_PX = 24
+SEED_MIN_PX = 50
 _RIGHT = np.array([[0, 0, 0], [0, 0, 1], [0, 0, 0]])
 _DOWN = np.array([[0, 0, 0], [0, 0, 0], [0, 1, 0]])
 
@@ -142,7 +143,7 @@ def _evidence(im: np.ndarray, ref: np.ndarray) -> Evidence:
     return Evidence(score, (score < CLEAR_TRAY_EVIDENCE) & (ratio > DARK_RATIO), score > CLEAR_PART_EVIDENCE)
 
 
-def _cut(evidence: np.ndarray, im: np.ndarray, ref: np.ndarray) -> np.ndarray:
+def _cut(threshold: np.ndarray, evidence: np.ndarray, im: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """The part/tray labelling that best trades the per-pixel evidence against a short outline.
 
     Per pixel the evidence is weak (the tray's texture is a few percent, shadows darken it into the
@@ -151,36 +152,78 @@ def _cut(evidence: np.ndarray, im: np.ndarray, ref: np.ndarray) -> np.ndarray:
     is short, and it runs where the image divided by the reference steps sharply, which a part's edge
     does and a shadow's soft edge does not. On the 220 views of benchmarks/segmentation.py it cut the
     pixels wrong by more than 3 px from 1414 to 139 per view and the outward bias from 1.24 to 0.20 px.
+
+    Building the graph costs ten times more than cutting it, and the cut moves the outline of
+    `threshold` (the seeds) by at most 18 px on the inspection benchmark's scenes, so only a band of
+    CUT_BAND_PX either side of it is a graph; the pixels beyond keep the threshold's label and pull on
+    their band neighbours as fixed terminals. The masks came out identical on 150 views, in 0.14-0.31 s
+    instead of 0.5-1.35 s per view for the largest part.
     """
+    inside = cv2.distanceTransform(threshold, cv2.DIST_L2, 3)
+    outside = cv2.distanceTransform(1 - threshold, cv2.DIST_L2, 3)
+    band = np.where(threshold > 0, inside, outside) <= CUT_BAND_PX
+    ids = np.full(evidence.shape, -1, dtype=np.int64)
+    count = int(np.count_nonzero(band))
+    ids[band] = np.arange(count)
+
     ratio = cv2.GaussianBlur(im, (0, 0), CUT_BLUR_PX) / np.maximum(cv2.GaussianBlur(ref, (0, 0), CUT_BLUR_PX), 1.0)
     gx = cv2.Sobel(ratio, cv2.CV_32F, 1, 0, ksize=3) / 8.0
     gy = cv2.Sobel(ratio, cv2.CV_32F, 0, 1, ksize=3) / 8.0
     step2 = gx * gx + gy * gy
     scale = np.float32(-1.0 / (2.0 * CUT_EDGE_STEP**2))
-    across_x = np.exp(np.maximum(step2, np.roll(step2, -1, axis=1)) * scale)
-    across_y = np.exp(np.maximum(step2, np.roll(step2, -1, axis=0)) * scale)
+    unary = CUT_EVIDENCE_WEIGHT * (evidence[band] - 1.0)
+    to_part, to_tray = np.maximum(unary, 0.0), np.maximum(-unary, 0.0)
     graph = maxflow.Graph[float]()
-    nodes = graph.add_grid_nodes(evidence.shape)
-    graph.add_grid_edges(nodes, weights=across_x, structure=_RIGHT, symmetric=True)
-    graph.add_grid_edges(nodes, weights=across_y, structure=_DOWN, symmetric=True)
-    unary = CUT_EVIDENCE_WEIGHT * (evidence - 1.0)
-    graph.add_grid_tedges(nodes, np.maximum(unary, 0.0), np.maximum(-unary, 0.0))
+    graph.add_nodes(count)
+    for axis in (0, 1):
+        n = evidence.shape[axis] - 1
+        first = tuple(slice(0, n) if a == axis else slice(None) for a in (0, 1))
+        second = tuple(slice(1, n + 1) if a == axis else slice(None) for a in (0, 1))
+        weight = np.exp(np.maximum(step2[first], step2[second]) * scale)
+        a, b = ids[first], ids[second]
+        both = (a >= 0) & (b >= 0)
+        graph.add_edges(a[both], b[both], weight[both], weight[both])
+        # A neighbour beyond the band has its threshold label: a pull towards it, not a node.
+        for node, other in ((a, second), (b, first)):
+            edge = (node >= 0) & ~band[other]
+            fixed_part = threshold[other][edge] > 0
+            np.add.at(to_part, node[edge][fixed_part], weight[edge][fixed_part])
+            np.add.at(to_tray, node[edge][~fixed_part], weight[edge][~fixed_part])
+    graph.add_grid_tedges(np.arange(count), to_part, to_tray)
     graph.maxflow()
-    return ~graph.get_grid_segments(nodes)
+    part = threshold.astype(bool)
+    part[band] = ~graph.get_grid_segments(np.arange(count))
+    return part
+
+
+def _seeds(score: np.ndarray) -> np.ndarray:
+    """Pixels above the evidence threshold that can belong to a part: specks far from any sizeable
+    patch are sensor noise on the tray.
+
+    A few hundred such specks sit around a large part, each costing the cut a band of its own (and
+    the cut's box reaching out to them), yet none can grow past MIN_COMPONENT_PX within CUT_BAND_PX.
+    """
+    threshold = (score > 1.0).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(threshold, connectivity=8)
+    sizeable = np.zeros(count, dtype=np.uint8)
+    sizeable[1:] = stats[1:, cv2.CC_STAT_AREA] >= SEED_MIN_PX
+    far = cv2.distanceTransform(1 - sizeable[labels], cv2.DIST_L2, 3) > 2 * CUT_BAND_PX
+    threshold[far] = 0
+    return threshold
 
 
 def _part_pixels(im: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, Evidence]:
     """The part mask of an image crop and the evidence behind it."""
     evidence = _evidence(im, ref)
-    ys, xs = np.nonzero(evidence.score > 1.0)
+    seeds = _seeds(evidence.score)
+    ys, xs = np.nonzero(seeds)
     part = np.zeros(im.shape, dtype=np.uint8)
     if len(xs) == 0:
         return part.astype(bool), evidence
-    # Building the graph costs more than cutting it: only the part and a margin a boundary can move in.
-    y0, x0 = max(int(ys.min()) - CUT_MARGIN_PX, 0), max(int(xs.min()) - CUT_MARGIN_PX, 0)
-    y1, x1 = int(ys.max()) + CUT_MARGIN_PX + 1, int(xs.max()) + CUT_MARGIN_PX + 1
+    y0, x0 = max(int(ys.min()) - CUT_BAND_PX, 0), max(int(xs.min()) - CUT_BAND_PX, 0)
+    y1, x1 = int(ys.max()) + CUT_BAND_PX + 1, int(xs.max()) + CUT_BAND_PX + 1
     box = (slice(y0, y1), slice(x0, x1))
-    part[box] = _cut(evidence.score[box], im[box], ref[box])
+    part[box] = _cut(seeds[box], evidence.score[box], im[box], ref[box])
     count, labels, stats, _ = cv2.connectedComponentsWithStats(part, connectivity=8)
     keep = np.zeros(count, dtype=bool)
     keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= MIN_COMPONENT_PX
