@@ -15,7 +15,16 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import least_squares
 
-from inspection.align import View, moved_pose, outline_inliers, pose_jacobian, residuals, transform, world_gradients
+from inspection.align import (
+    FIT_TOLERANCE,
+    View,
+    moved_pose,
+    outline_inliers,
+    pose_jacobian,
+    residuals,
+    transform,
+    world_gradients,
+)
 from inspection.design_cache import DesignModel
 
 INLIER_PX = 8.0
@@ -76,6 +85,8 @@ def fit_bend(model: DesignModel, views: Sequence[View], pose: np.ndarray, seed: 
         return np.hstack([pose_jacobian(world, d_world, pivot + x[3:6], radius), along[:, None]])
 
     bounds = (np.r_[[-np.inf] * 6, -limit], np.r_[[np.inf] * 6, limit])
-    result = least_squares(fun, np.zeros(7), jac=jac, loss="soft_l1", f_scale=2.0, max_nfev=12,
-                           bounds=bounds, x_scale=np.r_[[1.0] * 6, limit / 4])
+    result = least_squares(
+        fun, np.zeros(7), jac=jac, loss="soft_l1", f_scale=2.0, max_nfev=12, bounds=bounds,
+        x_scale=np.r_[[1.0] * 6, limit / 4], ftol=FIT_TOLERANCE, xtol=FIT_TOLERANCE, gtol=FIT_TOLERANCE,
+    )
     return math.degrees(float(result.x[6]) * length)
