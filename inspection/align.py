@@ -194,16 +194,18 @@ def coarse_search(model: DesignModel, views: Sequence[View]) -> list[tuple[float
         for yaw in np.radians(np.arange(0.0, 360.0, YAW_STEP_DEG)):
             pose = _yaw(float(yaw)) @ rest
             pose[:2, 3] += anchor[:2]
-            for _ in range(1):
-                rendered = silhouette(top.calib, transform(pose, model.coarse_vertices), model.coarse_faces, window_top) > 0
-                ry, rx = np.nonzero(rendered)
-                if len(rx) == 0:
-                    break
-                shift_px = target_small - (rx.mean(), ry.mean())
-                shift_world = top.calib.R.T @ np.array([shift_px[0], shift_px[1], 0.0]) * mm_per_px
-                pose[:2, 3] += shift_world[:2]
-            rendered = silhouette(top.calib, transform(pose, model.coarse_vertices), model.coarse_faces, window_top) > 0
-            candidates.append((_iou(rendered, observed_top), pose, index))
+            rendered = silhouette(top.calib, transform(pose, model.coarse_vertices), model.coarse_faces, window_top)
+            ry, rx = np.nonzero(rendered)
+            if len(rx) == 0:
+                candidates.append((0.0, pose, index))
+                continue
+            # Centred on the part's centroid by moving the rendered outline, not by rendering it again:
+            # from above, a shift of a few millimetres moves the outline and hardly changes it.
+            shift_px = target_small - (rx.mean(), ry.mean())
+            shift_world = top.calib.R.T @ np.array([shift_px[0], shift_px[1], 0.0]) * mm_per_px
+            pose[:2, 3] += shift_world[:2]
+            moved = cv2.warpAffine(rendered, np.float32([[1, 0, shift_px[0]], [0, 1, shift_px[1]]]), rendered.shape[::-1])
+            candidates.append((_iou(moved > 127, observed_top), pose, index))
     candidates.sort(key=lambda c: -c[0])
     rescored = []
     for _, pose, index in _diverse(candidates):
