@@ -23,7 +23,7 @@ from inspection.symmetry import symmetries
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 7
+CACHE_VERSION = 8
 COARSE_FACES = 600
 MAX_REST_POSES = 8
 _FOOTPRINT_MM_PER_PX = 0.5
@@ -51,6 +51,9 @@ class DesignModel:
     spin_axis: np.ndarray
     """(2, 3) a point on and the direction of an axis the design's shape turns about freely (a bushing,
     whose three bolt holes outlines barely see), or (0, 3) for none."""
+    spin_period_deg: float
+    """The smallest turn about spin_axis that maps the design exactly onto itself (120° for three bolt
+    holes); 360° when there is none or no axis. Stored as a 0-d array."""
 
     @property
     def centroid(self) -> np.ndarray:

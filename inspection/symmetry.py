@@ -19,11 +19,14 @@ from inspection.raycast import triangle_scene
 SYMMETRY_SAMPLES = 2000
 SYMMETRY_TOLERANCE = 0.01
 SPIN_TEST_DEG = (7.0, 13.0)
+MAX_FOLD = 12
+EXACT_TOLERANCE = 0.002
 
 
-def symmetries(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
+def symmetries(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray, float]:
     """The quarter turns and flips about the design's oriented bounding box that leave its surface in
-    place, and the box axis it turns about freely, if any.
+    place, the box axis it turns about freely, if any, and the turn about that axis that leaves it
+    exactly in place (360° for none).
 
     Within SYMMETRY_TOLERANCE of its size: a cube with lettering on its faces is a cube to its outlines.
     A shape that survives a quarter turn and turns of SPIN_TEST_DEG (which no gear or knob divides
@@ -35,15 +38,31 @@ def symmetries(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
     scene = triangle_scene(mesh.vertices, mesh.faces)
     tolerance = SYMMETRY_TOLERANCE * float(mesh.extents.max())
 
-    def keeps(motion: np.ndarray) -> bool:
+    def distances(motion: np.ndarray) -> np.ndarray:
         moved = (points @ motion[:3, :3].T + motion[:3, 3]).astype(np.float32)
-        return float(scene.compute_distance(o3d.core.Tensor(moved)).numpy().mean()) < tolerance
+        return scene.compute_distance(o3d.core.Tensor(moved)).numpy()
+
+    def keeps(motion: np.ndarray) -> bool:
+        return float(distances(motion).mean()) < tolerance
 
     found = [np.eye(4)] + [m for m in (box @ t @ np.linalg.inv(box) for t in _quarter_turns()[1:]) if keeps(m)]
     for axis in box[:3, :3].T:
         if all(keeps(spin(box[:3, 3], axis, math.radians(a))) for a in (90.0, *SPIN_TEST_DEG)):
-            return np.stack(found), np.stack([box[:3, 3], axis])
-    return np.stack(found), np.zeros((0, 3))
+            return np.stack(found), np.stack([box[:3, 3], axis]), _period(box[:3, 3], axis, distances, mesh)
+    return np.stack(found), np.zeros((0, 3)), 360.0
+
+
+def _period(point: np.ndarray, axis: np.ndarray, distances, mesh: trimesh.Trimesh) -> float:  # noqa: ANN001
+    """The smallest turn about a free axis that keeps every surface point in place: 120° for three bolt holes.
+
+    Searching a period instead of the full turn makes the look-alike search that many times cheaper;
+    the largest distance, not the mean, tells an exact turn from one that moves the holes.
+    """
+    exact = EXACT_TOLERANCE * float(mesh.extents.max())
+    for fold in range(MAX_FOLD, 1, -1):
+        if float(distances(spin(point, axis, 2 * math.pi / fold)).max()) < exact:
+            return 360.0 / fold
+    return 360.0
 
 
 def spin(point: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
