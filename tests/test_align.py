@@ -17,7 +17,7 @@ from inspection.align import (
     world_gradients,
 )
 from inspection.design_cache import design_model
-from inspection.pose_error import pose_error
+from inspection.pose_error import largest_deviation, pose_error
 from inspection.segment import segment_scan
 from tests.inspection_scenes import design, empty, placed, rig
 
@@ -50,6 +50,18 @@ def test_a_pose_off_by_a_millimetre_is_measurably_worse() -> None:
     turned[:2, :2] = [[np.cos(0.05), -np.sin(0.05)], [np.sin(0.05), np.cos(0.05)]]
     assert pose_error(design("montageblok_mb80"), pose, pose @ turned)[1] == pytest.approx(np.degrees(0.05), abs=0.1)
     assert pose_error(design("montageblok_mb80"), pose, pose)[0] < 0.01
+
+
+def test_a_look_alike_pose_is_an_error_though_icp_forgives_it() -> None:
+    """A quarter turn lays a knob's four arms onto each other, but not its hex nut pocket."""
+    knob = design("cross_knob_ck40")
+    centre = knob.bounding_box.centroid
+    quarter = np.eye(4)
+    quarter[:2, :2] = [[0.0, -1.0], [1.0, 0.0]]
+    quarter[:2, 3] = centre[:2] - quarter[:2, :2] @ centre[:2]
+    assert pose_error(knob, np.eye(4), quarter)[1] < 1.0
+    assert largest_deviation(knob, np.eye(4), quarter) > 0.5
+    assert largest_deviation(knob, np.eye(4), np.eye(4)) < 0.01
 
 
 def test_an_empty_tray_is_not_aligned(tmp_path) -> None:  # type: ignore[no-untyped-def]
