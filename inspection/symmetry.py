@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import open3d as o3d
@@ -52,7 +53,9 @@ def symmetries(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray, float]:
     return np.stack(found), np.zeros((0, 3)), 360.0
 
 
-def _period(point: np.ndarray, axis: np.ndarray, distances, mesh: trimesh.Trimesh) -> float:  # noqa: ANN001
+def _period(
+    point: np.ndarray, axis: np.ndarray, distances: Callable[[np.ndarray], np.ndarray], mesh: trimesh.Trimesh
+) -> float:
     """The smallest turn about a free axis that keeps every surface point in place: 120° for three bolt holes.
 
     Searching a period instead of the full turn makes the look-alike search that many times cheaper;
