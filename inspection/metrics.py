@@ -60,7 +60,7 @@ class InspectionMetrics(BaseModel):
     extra_material_depth_mm: float = Field(description="Depth of the deepest extra-material region, mm.")
     surface_defect_mm2: float = Field(
         default=0.0,
-        description="Largest patch of the part that a camera sees brighter or darker than the design predicts by more than 15 % and another camera confirms within 2 mm, mm² (inspection.shading).",
+        description="Largest patch of the part that a camera sees brighter or darker than the design predicts by more than 15 % and another camera confirms within 2 mm (or, unconfirmed, by 100 % or more), mm² (inspection.shading).",
     )
     surface_defect_contrast: float = Field(
         default=0.0, description="Largest relative brightness difference from the design in such a patch (0.3: 30 %)."

@@ -13,7 +13,7 @@ from inspection.designs import load_mesh_mm
 from inspection.inspect import inspect_scan
 from inspection.placement import place_on_tray
 from inspection.profiles import load_profile
-from inspection.shading import SurfaceRegion, _confirmed
+from inspection.shading import SurfaceRegion, _confirmed, _stands
 from tests.inspection_scenes import MESHES, design, empty, placed, renderer, rig
 
 NAME, SEED = "montageblok_mb80", 3
@@ -113,8 +113,15 @@ def test_the_design_cache_knows_which_turns_leave_a_design_in_place(
         assert np.abs(np.ptp(moved, axis=0) - np.ptp(cube.vertices, axis=0)).max() < 0.5
 
 
-def _region(camera: str, centre: list[float]) -> SurfaceRegion:
-    return SurfaceRegion(camera=camera, area_mm2=1.0, contrast=0.8, centre_part_mm=centre)
+def _region(camera: str, centre: list[float], contrast: float = 0.8, confirmed: bool = True) -> SurfaceRegion:
+    return SurfaceRegion(camera=camera, area_mm2=1.0, contrast=contrast, centre_part_mm=centre, confirmed=confirmed)
+
+
+def test_a_patch_one_camera_alone_sees_stands_only_when_it_is_strong() -> None:
+    """A chip on a rim may face one camera only; a model mismatch in a bore reads up to 0.64 in one."""
+    assert not _stands(_region("cam01", [0.0, 0.0, 5.0], contrast=0.64, confirmed=False))
+    assert _stands(_region("cam01", [0.0, 0.0, 5.0], contrast=1.14, confirmed=False))
+    assert _stands(_region("cam01", [0.0, 0.0, 5.0], contrast=0.3, confirmed=True))
 
 
 def test_a_region_one_camera_alone_sees_is_not_confirmed() -> None:
