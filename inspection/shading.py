@@ -61,7 +61,7 @@ class SurfaceRegion(BaseModel):
     centre_part_mm: list[float] = Field(description="Region centre on the design's surface, design frame (mm).")
     confirmed: bool = Field(
         default=True,
-        description="Whether another camera sees a patch within 2 mm of it; if not, it stands only at twice the tolerance's reach (contrast >= 1).",
+        description="Whether another camera sees a patch within 2 mm of it; an unconfirmed patch is reported only from a contrast of 1.0.",
     )
 
 

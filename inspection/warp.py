@@ -16,7 +16,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from inspection.align import (
-    FIT_TOLERANCE,
+    FIT_STOP,
     View,
     moved_pose,
     outline_inliers,
@@ -87,6 +87,6 @@ def fit_bend(model: DesignModel, views: Sequence[View], pose: np.ndarray, seed: 
     bounds = (np.r_[[-np.inf] * 6, -limit], np.r_[[np.inf] * 6, limit])
     result = least_squares(
         fun, np.zeros(7), jac=jac, loss="soft_l1", f_scale=2.0, max_nfev=12, bounds=bounds,
-        x_scale=np.r_[[1.0] * 6, limit / 4], ftol=FIT_TOLERANCE, xtol=FIT_TOLERANCE, gtol=FIT_TOLERANCE,
+        x_scale=np.r_[[1.0] * 6, limit / 4], **FIT_STOP,
     )
     return math.degrees(float(result.x[6]) * length)
