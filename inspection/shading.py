@@ -98,10 +98,11 @@ def choose_symmetric(
     if len(model.symmetries) < 2 and not len(model.spin_axis):
         return pose
     lighting = Lighting([v.calib for v in views])
+    frames = {step: _frames(views, images, model_masks, step) for step in {CHOICE_STEP_PX, SPIN_COARSE_STEP_PX}}
 
     def score(motion: np.ndarray, step: int = CHOICE_STEP_PX, shadows: bool = True) -> int:
         """How many cells would read as a surface defect at this candidate: what a wrong one gets wrong."""
-        grids = _grids(model, views, pose @ motion, images, model_masks, lighting, step, shadows)
+        grids = _grids(model, frames[step], pose @ motion, lighting, shadows)
         return sum(
             int(np.count_nonzero(g.valid & (_smooth(g.residual, g.valid, step)[0] > TOLERANCE))) for _, g in grids
         )
@@ -130,7 +131,7 @@ def compare_shading(
     """Regions where a photo's shading departs from the design's at `pose`, per camera that sees the part."""
     lighting = Lighting([v.calib for v in views])
     inverse = np.linalg.inv(pose)
-    grids = _grids(model, views, pose, images, model_masks, lighting, STEP_PX, shadows=True)
+    grids = _grids(model, _frames(views, images, model_masks, STEP_PX), pose, lighting, shadows=True)
     found = [item for view, grid in grids for item in _regions(grid, view, inverse)]
     masks = {v.calib.name: np.zeros(model_masks[v.calib.name].shape, dtype=bool) for v in seeing(views).values()}
     standing = []
@@ -167,25 +168,59 @@ def _confirmed(region: SurfaceRegion, regions: Sequence[SurfaceRegion]) -> bool:
 
 def _grids(
     model: DesignModel,
-    views: Sequence[View],
+    frames: Sequence[_Frame],
     pose: np.ndarray,
-    images: Mapping[str, np.ndarray],
-    model_masks: Mapping[str, np.ndarray],
     lighting: Lighting,
-    step: int,
     shadows: bool,
 ) -> list[tuple[View, _Grid]]:
-    """Each seeing camera's comparison at `pose`, two at a time: ray casting and numpy release the GIL."""
+    """Each camera's comparison at `pose`, two at a time: ray casting and numpy release the GIL."""
     scene = triangle_scene(transform(pose, model.vertices), model.faces)
-    index = {id(v): i for i, v in enumerate(views)}
 
-    def one(view: View) -> tuple[View, _Grid | None]:
-        name = view.calib.name
-        mask = model_masks[name]
-        return view, _residuals(model, view, index[id(view)], scene, pose, images[name], mask, lighting, step, shadows)
+    def one(frame: _Frame) -> tuple[View, _Grid | None]:
+        return frame.view, _residuals(model, frame, scene, pose, lighting, shadows)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return [(view, grid) for view, grid in pool.map(one, seeing(views).values()) if grid is not None]
+        return [(view, grid) for view, grid in pool.map(one, frames) if grid is not None]
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """One camera's photo on a grid of `step`-pixel cells inside its window, and the rays through the cells
+    a comparison can use: the same for every pose a look-alike search tries, so it is made once."""
+
+    view: View
+    index: int
+    step: int
+    shape: tuple[int, int]
+    photo: np.ndarray
+    usable: np.ndarray
+    cells: np.ndarray
+    rays: np.ndarray
+
+
+def _frames(
+    views: Sequence[View], images: Mapping[str, np.ndarray], model_masks: Mapping[str, np.ndarray], step: int
+) -> list[_Frame]:
+    """A frame per camera that sees the part; `model_masks` (the design's pixels at the fitted pose, per
+    camera) and the segmentation limit the cells to where model and photo agree there is part."""
+    index = {id(v): i for i, v in enumerate(views)}
+    frames = []
+    for view in seeing(views).values():
+        w = view.sdf_window
+        model_mask = model_masks[view.calib.name]
+        rows, cols = model_mask.shape[0] // step, model_mask.shape[1] // step
+        span = (slice(0, rows * step), slice(0, cols * step))
+        usable = (model_mask & w.crop(view.mask))[span].astype(np.float32)
+        usable = cv2.resize(usable, (cols, rows), interpolation=cv2.INTER_AREA) > 0.999
+        photo = cv2.resize(
+            w.crop(images[view.calib.name])[span].astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA
+        )
+        cells = np.flatnonzero(usable)
+        centre_px = (step - 1) / 2.0
+        pixels = np.column_stack([cells % cols * step + centre_px + w.x0, cells // cols * step + centre_px + w.y0])
+        rays = view.calib.rays(pixels).astype(np.float32)
+        frames.append(_Frame(view, index[id(view)], step, (rows, cols), photo.ravel(), usable, cells, rays))
+    return frames
 
 
 @dataclass(frozen=True)
@@ -202,39 +237,20 @@ class _Grid:
 
 def _residuals(
     model: DesignModel,
-    view: View,
-    index: int,
+    frame: _Frame,
     scene: o3d.t.geometry.RaycastingScene,
     pose: np.ndarray,
-    image: np.ndarray,
-    model_mask: np.ndarray,
     lighting: Lighting,
-    step: int,
     shadows: bool,
 ) -> _Grid | None:
     """Photo ÷ (gain × the design's expected irradiance) − 1 per cell, where a prediction can be trusted."""
-    w = view.sdf_window
-    rows, cols = model_mask.shape[0] // step, model_mask.shape[1] // step
-    span = (slice(0, rows * step), slice(0, cols * step))
-    usable = (model_mask & w.crop(view.mask))[span].astype(np.float32)
-    usable = cv2.resize(usable, (cols, rows), interpolation=cv2.INTER_AREA) > 0.999
-    photo = cv2.resize(
-        w.crop(image)[span].astype(np.float32),
-        (cols, rows),
-        interpolation=cv2.INTER_AREA,
-    )
+    view, step, cells, shape = frame.view, frame.step, frame.cells, frame.shape
+    rows, cols = shape
+    usable, photo = frame.usable, frame.photo
     # Rays only where a comparison can be made: cells beside them count as misses, which edge_pixels
     # then marks, so the outlines of model and photo are kept clear of as they should be.
-    cells = np.flatnonzero(usable)
-    centre_px = (step - 1) / 2.0
-    pixels = np.column_stack(
-        [
-            cells % cols * step + centre_px + w.x0,
-            cells // cols * step + centre_px + w.y0,
-        ]
-    )
     rays = np.zeros((rows * cols, 3), dtype=np.float32)
-    rays[cells] = view.calib.rays(pixels)
+    rays[cells] = frame.rays
     centre = view.calib.centre.astype(np.float32)
     hits = cast(scene, centre, rays[cells])
     t = np.full(rows * cols, np.inf, dtype=np.float32)
@@ -263,23 +279,24 @@ def _residuals(
     world = centre + rays * depth[:, None]
     shape = (rows, cols)
     expected = np.zeros(len(t), dtype=np.float32)
-    expected[valid] = lighting.expected_irradiance(scene, world[valid].T, normals[valid].T, index, shadows=False)[0]
+    unshadowed, _ = lighting.expected_irradiance(scene, world[valid].T, normals[valid].T, frame.index, shadows=False)
+    expected[valid] = unshadowed
     valid &= expected > MIN_IRRADIANCE
     if shadows:
         # Shadow rays cost half the comparison, and only matter where the photo is darker or brighter
         # than the unshadowed prediction: elsewhere the part is lit as if nothing were in the way.
-        rough = _residual(photo.ravel(), expected, valid)
+        rough = _residual(photo, expected, valid)
         doubtful = _smooth(rough.reshape(shape), valid.reshape(shape), step)[0] > SHADOW_CHECK * TOLERANCE
         size = max(SMOOTH_PX // step, 1)
         doubtful = cv2.dilate(doubtful.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool).ravel() & valid
         lit, uncertain = lighting.expected_irradiance(
-            scene, world[doubtful].T, normals[doubtful].T, index, shadows=True
+            scene, world[doubtful].T, normals[doubtful].T, frame.index, shadows=True
         )
         expected[doubtful] = lit
         valid[doubtful] &= (lit > MIN_IRRADIANCE) & (uncertain <= PENUMBRA_SHARE * lit)
     if np.count_nonzero(valid) < MIN_REGION_CELLS:
         return None
-    residual = _residual(photo.ravel(), expected, valid)
+    residual = _residual(photo, expected, valid)
     return _Grid(
         residual.reshape(shape),
         valid.reshape(shape),
