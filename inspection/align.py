@@ -20,12 +20,15 @@ from scipy.spatial.transform import Rotation
 
 from inspection.camera import CameraCalibration
 from inspection.design_cache import DesignModel
+from inspection.raycast import triangle_scene
 from inspection.silhouette import (
     Window,
     bounding_window,
+    cast_silhouette,
     silhouette,
     silhouette_edge_points,
     to_scaled,
+    window_rays,
 )
 
 COARSE_SCALE = 0.125
@@ -164,11 +167,6 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return np.count_nonzero(a & b) / union if union else 0.0
 
 
-def _render_in(view: View, vertices: np.ndarray, faces: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    observed, window = view.scaled_mask(scale)
-    return silhouette(view.calib, vertices, faces, window) > 0, observed
-
-
 def top_view(views: Sequence[View]) -> View:
     return min(views, key=lambda v: v.calib.optical_axis[2])
 
@@ -190,6 +188,8 @@ def coarse_search(model: DesignModel, views: Sequence[View]) -> list[tuple[float
     centroid_px = np.array([xs.mean(), ys.mean()])
     target_small = to_scaled(centroid_px[None], COARSE_SCALE)[0] - (window_top.x0, window_top.y0)
     mm_per_px = abs(top.calib.centre[2]) / top.calib.K[0, 0] / COARSE_SCALE
+    scene = triangle_scene(model.coarse_vertices, model.coarse_faces)
+    rays_top = window_rays(top.calib, window_top)
     candidates: list[tuple[float, np.ndarray, int]] = []
     for index, rest in enumerate(model.rest_poses):
         height = float(np.ptp(transform(rest, model.coarse_vertices)[:, 2]))
@@ -197,7 +197,7 @@ def coarse_search(model: DesignModel, views: Sequence[View]) -> list[tuple[float
         for yaw in np.radians(np.arange(0.0, 360.0, YAW_STEP_DEG)):
             pose = _yaw(float(yaw)) @ rest
             pose[:2, 3] += anchor[:2]
-            rendered = silhouette(top.calib, transform(pose, model.coarse_vertices), model.coarse_faces, window_top)
+            rendered = cast_silhouette(scene, top.calib.centre, rays_top, pose, window_top).astype(np.uint8) * 255
             ry, rx = np.nonzero(rendered)
             if len(rx) == 0:
                 candidates.append((0.0, pose, index))
@@ -214,11 +214,9 @@ def coarse_search(model: DesignModel, views: Sequence[View]) -> list[tuple[float
     for _, pose, index in _diverse(candidates):
         vertices = transform(pose, model.coarse_vertices)
         scores = []
-        for view in views:
-            if view.empty:
-                continue
-            rendered, observed = _render_in(view, vertices, model.coarse_faces, MEDIUM_SCALE)
-            scores.append(_iou(rendered, observed))
+        for view in seeing(views).values():
+            observed, window = view.scaled_mask(MEDIUM_SCALE)
+            scores.append(_iou(silhouette(view.calib, vertices, model.coarse_faces, window) > 0, observed))
         rescored.append((float(np.mean(scores)), pose, index))
     rescored.sort(key=lambda c: -c[0])
     return rescored

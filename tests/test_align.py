@@ -18,7 +18,14 @@ from inspection.align import (
 )
 from inspection.design_cache import design_model
 from inspection.pose_error import largest_deviation, pose_error
+from inspection.raycast import triangle_scene
 from inspection.segment import segment_scan
+from inspection.silhouette import (
+    bounding_window,
+    cast_silhouette,
+    silhouette,
+    window_rays,
+)
 from tests.inspection_scenes import design, empty, placed, rig
 
 
@@ -125,3 +132,21 @@ def test_the_analytic_jacobian_matches_finite_differences_of_the_outline_residua
     # bilinear field); a wrong sign or axis would turn a column's direction away entirely.
     cosine = np.einsum("ij,ij->j", analytic, numeric) / (np.linalg.norm(analytic, axis=0) * np.linalg.norm(numeric, axis=0))
     assert cosine.min() > 0.95, cosine
+
+
+def test_a_silhouette_cast_in_the_design_frame_matches_the_drawn_one() -> None:
+    """The coarse search casts rays into the design's own frame; it must see the outline the triangles draw."""
+    pose, _ = placed("cross_knob_ck40", 4)
+    mesh = design("cross_knob_ck40")
+    calib = rig()[0]
+    pixels = calib.project(transform(pose, np.asarray(mesh.vertices)))
+    window = bounding_window(pixels, calib, 0.5, 4)
+    assert window is not None
+    drawn = silhouette(calib, transform(pose, np.asarray(mesh.vertices)), np.asarray(mesh.faces), window) > 0
+    cast = cast_silhouette(triangle_scene(mesh.vertices, mesh.faces), calib.centre, window_rays(calib, window), pose, window)
+    assert drawn.sum() > 500
+    assert np.count_nonzero(cast & drawn) / np.count_nonzero(cast | drawn) > 0.95
+    shifted = pose.copy()
+    shifted[0, 3] += 5.0
+    moved = cast_silhouette(triangle_scene(mesh.vertices, mesh.faces), calib.centre, window_rays(calib, window), shifted, window)
+    assert np.count_nonzero(moved & drawn) / np.count_nonzero(moved | drawn) < 0.9
