@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import trimesh
 from scipy.spatial.transform import Rotation
 
 from inspection.defects import Defect, apply_defect, defect_rng, settle
@@ -13,6 +14,7 @@ from inspection.designs import load_mesh_mm
 from inspection.inspect import inspect_scan
 from inspection.placement import place_on_tray
 from inspection.profiles import load_profile
+from inspection.report import InspectionReport
 from inspection.shading import SurfaceRegion, _confirmed, _stands
 from tests.inspection_scenes import MESHES, design, empty, placed, renderer, rig
 
@@ -62,26 +64,21 @@ def test_an_intact_part_shades_as_its_design_predicts(tmp_path: Path) -> None:
     assert report.qc_machine
 
 
+def _inspected_turn(mesh: trimesh.Trimesh, seed: int, cache: Path) -> tuple[InspectionReport, float]:
+    """The report on an intact part placed by `seed`, and how far (degrees) its pose is turned from the truth."""
+    pose = place_on_tray(mesh, np.random.default_rng(seed))
+    images = renderer().render(mesh, pose, seed)
+    report = inspect_scan(images, empty(), rig(), mesh, "part", load_profile("default"), cache_dir=cache)
+    assert report.pose is not None
+    return report, float(np.degrees(Rotation.from_matrix(np.array(report.pose)[:3, :3] @ pose[:3, :3].T).magnitude()))
+
+
 def test_a_lettered_cube_is_compared_at_its_own_pose_not_at_a_look_alike(
     tmp_path: Path,
 ) -> None:
     """Its outline is a cube's from every side; only the lettering tells which face is which."""
-    cube = load_mesh_mm(MESHES / "20mm-xyz-cube.stl", "mm")
-    seed = 1007
-    pose = place_on_tray(cube, np.random.default_rng(seed))
-    images = renderer().render(cube, pose, seed)
-    report = inspect_scan(
-        images,
-        empty(),
-        rig(),
-        cube,
-        "cube",
-        load_profile("default"),
-        cache_dir=tmp_path,
-    )
-    assert report.pose is not None
-    turn = Rotation.from_matrix(np.array(report.pose)[:3, :3] @ pose[:3, :3].T).magnitude()
-    assert np.degrees(turn) < 2.0
+    report, turn = _inspected_turn(load_mesh_mm(MESHES / "20mm-xyz-cube.stl", "mm"), 1007, tmp_path)
+    assert turn < 2.0
     assert report.qc_machine, report.qc_reasons
 
 
@@ -90,12 +87,7 @@ def test_a_knob_is_told_from_its_quarter_turn_by_its_nut_pocket_in_shadow(tmp_pa
     its own shadows predicted: scored without them, the shadows of the arms outweighed the pocket."""
     knob = design("cross_knob_ck40").copy()
     knob.apply_scale(1.3)
-    seed = 1028
-    pose = place_on_tray(knob, np.random.default_rng(seed))
-    images = renderer().render(knob, pose, seed)
-    report = inspect_scan(images, empty(), rig(), knob, "knob", load_profile("default"), cache_dir=tmp_path)
-    assert report.pose is not None
-    turn = np.degrees(Rotation.from_matrix(np.array(report.pose)[:3, :3] @ pose[:3, :3].T).magnitude())
+    report, turn = _inspected_turn(knob, 1028, tmp_path)
     assert min(turn % 180.0, 180.0 - turn % 180.0) < 2.0, turn
     assert report.qc_machine, report.metrics
 
@@ -142,11 +134,6 @@ def test_a_bushing_is_turned_about_its_axis_until_its_bolt_holes_match(tmp_path:
     assert float(model.spin_period_deg) == 120.0
     block = design_model(design(NAME), tmp_path)
     assert block.spin_axis.shape == (0, 3) and float(block.spin_period_deg) == 360.0
-    seed = 1031
-    pose = place_on_tray(bushing, np.random.default_rng(seed))
-    images = renderer().render(bushing, pose, seed)
-    report = inspect_scan(images, empty(), rig(), bushing, "bushing", load_profile("default"), cache_dir=tmp_path)
-    assert report.pose is not None
-    turn = np.degrees(Rotation.from_matrix(np.array(report.pose)[:3, :3] @ pose[:3, :3].T).magnitude())
+    report, turn = _inspected_turn(bushing, 1031, tmp_path)
     assert min(turn % 120.0, 120.0 - turn % 120.0) < 2.0, turn
     assert report.qc_machine, report.metrics
