@@ -398,8 +398,9 @@ def align(model: DesignModel, views: Sequence[View]) -> Alignment:
         screened.append((cost, refined, index, score))
     screened.sort(key=lambda c: c[0])
     # Near-symmetric parts (a block with one chamfer turned by 180°) give look-alike hypotheses
-    # whose one-step costs are within noise of each other; the finished fits tell them apart.
-    # A hypothesis that is one finished already, or one of its look-alikes, is passed over for the next.
+    # whose one-step costs are within noise of each other; the finished fits tell them apart. A
+    # hypothesis that is one finished already, or a look-alike the design cache lists (shading
+    # decides between those), is passed over for the next.
     distinct = [screened[0]]
     for candidate in screened[1:]:
         if len(distinct) < FINAL_HYPOTHESES and not any(_look_alike(model, d[1], candidate[1]) for d in distinct):
