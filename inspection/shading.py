@@ -98,10 +98,12 @@ def choose_symmetric(
     if len(model.symmetries) < 2 and not len(model.spin_axis):
         return pose
     lighting = Lighting([v.calib for v in views])
-    frames = {step: _frames(views, images, model_masks, step) for step in {CHOICE_STEP_PX, SPIN_COARSE_STEP_PX}}
+    frames: dict[int, list[_Frame]] = {}
 
     def score(motion: np.ndarray, step: int = CHOICE_STEP_PX, shadows: bool = True) -> int:
         """How many cells would read as a surface defect at this candidate: what a wrong one gets wrong."""
+        if step not in frames:
+            frames[step] = _frames(views, images, model_masks, step)
         grids = _grids(model, frames[step], pose @ motion, lighting, shadows)
         return sum(
             int(np.count_nonzero(g.valid & (_smooth(g.residual, g.valid, step)[0] > TOLERANCE))) for _, g in grids
@@ -252,7 +254,7 @@ def _residuals(
     rays = np.zeros((rows * cols, 3), dtype=np.float32)
     rays[cells] = frame.rays
     centre = view.calib.centre.astype(np.float32)
-    hits = cast(scene, centre, rays[cells])
+    hits = cast(scene, centre, frame.rays)
     t = np.full(rows * cols, np.inf, dtype=np.float32)
     t[cells] = hits["t_hit"]
     hit = np.isfinite(t)
@@ -263,7 +265,7 @@ def _residuals(
         model.corner_normals,
         rotation,
         {k: v[landed] for k, v in hits.items()},
-        rays[cells[landed]].T,
+        frame.rays[landed].T,
     ).T
     depth = np.where(hit, t, 0.0)
     focal = float(view.calib.K[0, 0])
