@@ -152,17 +152,18 @@ def test_a_silhouette_cast_in_the_design_frame_matches_the_drawn_one() -> None:
     assert np.count_nonzero(moved & drawn) / np.count_nonzero(moved | drawn) < 0.9
 
 
-def test_a_gear_is_not_left_sunk_in_the_tray_when_its_two_best_hypotheses_are_look_alikes(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Hub-down and sunk 4 mm, this small gear's two best screened poses were one pose turned by 180°;
-    finishing only those kept it below the tray. The next distinct hypothesis rests on the tray and wins.
-    (The scene and its empty-tray reference are benchmarks/inspection.py's, seed 9000.)"""
+@pytest.mark.parametrize("seed", [9041, 1042])
+def test_a_small_gear_is_fitted_resting_on_the_tray_not_sunk_in_it_or_floating(seed: int, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Seed 9041: hub-down and sunk 4 mm, this small gear's two best screened poses were one pose turned by
+    180°; finishing only those kept it below the tray. Seed 1042: the two best one-step fits were the hub-up
+    pose floating 4.4 mm above the tray, which the screening did not count against them (seen on one CPU
+    and not another: their costs are within 1 %). (The scenes and references are benchmarks/inspection.py's.)"""
     gear = design("spur_gear_z20m25").copy()
     gear.apply_scale(0.7)
-    seed = 9041
     pose = place_on_tray(gear, np.random.default_rng(seed))
     images = renderer().render(gear, pose, seed)
     reference = renderer().render(None, None, seed + 500_000)
     views = [View(c, segment_scan(c.name, images[c.name], reference[c.name]).mask) for c in rig()]
     found = align(design_model(gear, tmp_path), views)
-    assert transform(found.pose, np.asarray(gear.vertices))[:, 2].min() > -0.5
+    assert abs(transform(found.pose, np.asarray(gear.vertices))[:, 2].min()) < 0.5
     assert pose_error(gear, pose, found.pose)[0] < 0.3
