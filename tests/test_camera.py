@@ -128,6 +128,18 @@ def test_distortion_moves_off_axis_points_inwards() -> None:
     assert np.linalg.norm(barrel.project(corner) - centre) < np.linalg.norm(plain.project(corner) - centre) - 3.0
 
 
+@pytest.mark.parametrize(
+    "dist",
+    [(-0.08, 0.05, 0.0002, -0.0001), (-0.08, 0.05, 0.0002, -0.0001, 0.01), (0.1, -0.2, 0.001, 0.002, 0.05, 0.01, 0.02, -0.01)],
+)
+def test_projection_is_opencvs_for_every_distortion_length(dist: tuple[float, ...]) -> None:
+    """project() writes OpenCV's model out (cv2.projectPoints' Jacobians made it the fits' largest cost)."""
+    calib = oblique(dist=dist)
+    points = np.random.default_rng(3).uniform([-150.0, -120.0, -5.0], [150.0, 120.0, 80.0], (500, 3))
+    expected, _ = cv2.projectPoints(points, calib.rvec, calib.t, calib.K, calib.D)
+    assert np.abs(calib.project(points) - expected.reshape(-1, 2)).max() < 1e-8
+
+
 def test_pixel_rays_pass_through_the_points_they_project_from() -> None:
     calib = oblique()
     rays = calib.pixel_rays()
