@@ -70,16 +70,20 @@ class View:
     grad_x: np.ndarray = field(init=False)
     grad_y: np.ndarray = field(init=False)
     small: dict[float, tuple[np.ndarray, Window]] = field(init=False, default_factory=dict)
+    empty: bool = field(init=False)
+    """No part pixel in the mask (the mask is not changed after the view is made)."""
 
     def __post_init__(self) -> None:
-        ys, xs = np.nonzero(self.mask)
+        # boundingRect of a binary image: the box of its non-zero pixels, 20x cheaper than np.nonzero.
+        bx, by, bw, bh = cv2.boundingRect(np.asarray(self.mask, dtype=bool).view(np.uint8))
         height, width = self.mask.shape
-        if len(xs) == 0:
+        self.empty = bw == 0
+        if self.empty:
             x0, y0, x1, y1 = 0, 0, 1, 1
         else:
             pad = 60
-            x0, y0 = max(int(xs.min()) - pad, 0), max(int(ys.min()) - pad, 0)
-            x1, y1 = min(int(xs.max()) + pad + 1, width), min(int(ys.max()) + pad + 1, height)
+            x0, y0 = max(bx - pad, 0), max(by - pad, 0)
+            x1, y1 = min(bx + bw + pad, width), min(by + bh + pad, height)
         self.sdf_window = Window(x0, y0, x1 - x0, y1 - y0, 1.0)
         inside = self.mask[y0:y1, x0:x1].astype(np.uint8)
         outside = cv2.distanceTransform(1 - inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
@@ -87,10 +91,6 @@ class View:
         self.sdf = np.clip(outside - inner + EDGE_BIAS_PX, -SDF_CLIP_PX, SDF_CLIP_PX).astype(np.float32)
         self.grad_x = cv2.Sobel(self.sdf, cv2.CV_32F, 1, 0, ksize=3) / 8.0
         self.grad_y = cv2.Sobel(self.sdf, cv2.CV_32F, 0, 1, ksize=3) / 8.0
-
-    @property
-    def empty(self) -> bool:
-        return not bool(self.mask.any())
 
     def scaled_mask(self, scale: float) -> tuple[np.ndarray, Window]:
         """The mask at a reduced resolution, cropped to the part with room around it."""
@@ -184,8 +184,7 @@ def coarse_search(model: DesignModel, views: Sequence[View]) -> list[tuple[float
     if top.empty:
         raise AlignmentError("the top camera sees no part on the tray")
     observed_top, window_top = top.scaled_mask(COARSE_SCALE)
-    ys, xs = np.nonzero(top.mask)
-    centroid_px = np.array([xs.mean(), ys.mean()])
+    centroid_px = _centroid(top.mask)
     target_small = to_scaled(centroid_px[None], COARSE_SCALE)[0] - (window_top.x0, window_top.y0)
     mm_per_px = abs(top.calib.centre[2]) / top.calib.K[0, 0] / COARSE_SCALE
     scene = triangle_scene(model.coarse_vertices, model.coarse_faces)
@@ -198,13 +197,12 @@ def coarse_search(model: DesignModel, views: Sequence[View]) -> list[tuple[float
             pose = _yaw(float(yaw)) @ rest
             pose[:2, 3] += anchor[:2]
             rendered = cast_silhouette(scene, top.calib.centre, rays_top, pose, window_top).astype(np.uint8) * 255
-            ry, rx = np.nonzero(rendered)
-            if len(rx) == 0:
+            if not rendered.any():
                 candidates.append((0.0, pose, index))
                 continue
             # Centred on the part's centroid by moving the rendered outline, not by rendering it again:
             # from above, a shift of a few millimetres moves the outline and hardly changes it.
-            shift_px = target_small - (rx.mean(), ry.mean())
+            shift_px = target_small - _centroid(rendered)
             shift_world = top.calib.R.T @ np.array([shift_px[0], shift_px[1], 0.0]) * mm_per_px
             pose[:2, 3] += shift_world[:2]
             moved = cv2.warpAffine(rendered, np.float32([[1, 0, shift_px[0]], [0, 1, shift_px[1]]]), rendered.shape[::-1])
@@ -220,6 +218,12 @@ def coarse_search(model: DesignModel, views: Sequence[View]) -> list[tuple[float
         rescored.append((float(np.mean(scores)), pose, index))
     rescored.sort(key=lambda c: -c[0])
     return rescored
+
+
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    """(x, y) mean of a non-empty mask's pixels, from its image moments (np.nonzero on a full frame costs 20 ms)."""
+    moments = cv2.moments(np.asarray(mask).view(np.uint8), binaryImage=True)
+    return np.array([moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]])
 
 
 def _diverse(candidates: list[tuple[float, np.ndarray, int]]) -> list[tuple[float, np.ndarray, int]]:

@@ -215,12 +215,12 @@ def _part_pixels(im: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, Evidence]
     """The part mask of an image crop and the evidence behind it."""
     evidence = _evidence(im, ref)
     seeds = _seeds(evidence.score)
-    ys, xs = np.nonzero(seeds)
+    bx, by, bw, bh = cv2.boundingRect(seeds)
     part = np.zeros(im.shape, dtype=np.uint8)
-    if len(xs) == 0:
+    if bw == 0:
         return part.astype(bool), evidence
-    y0, x0 = max(int(ys.min()) - CUT_BAND_PX, 0), max(int(xs.min()) - CUT_BAND_PX, 0)
-    y1, x1 = int(ys.max()) + CUT_BAND_PX + 1, int(xs.max()) + CUT_BAND_PX + 1
+    y0, x0 = max(by - CUT_BAND_PX, 0), max(bx - CUT_BAND_PX, 0)
+    y1, x1 = by + bh + CUT_BAND_PX, bx + bw + CUT_BAND_PX
     box = (slice(y0, y1), slice(x0, x1))
     part[box] = _cut(seeds[box], evidence.score[box], im[box], ref[box])
     count, labels, stats, _ = cv2.connectedComponentsWithStats(part, connectivity=8)
