@@ -24,6 +24,7 @@ from inspection.regions import (
     reach_maps,
     regions,
 )
+from inspection.raycast import triangle_scene
 from inspection.shading import ShadingComparison, SurfaceRegion
 from inspection.silhouette import Window, silhouette
 
@@ -126,6 +127,7 @@ def compute_metrics(
     extra_regions: list[Region] = []
     drawn: dict[str, dict[str, np.ndarray]] = {}
     vertices = transform(pose, model.vertices)
+    design = triangle_scene(vertices, model.faces)
     z_range = (0.0, float(vertices[:, 2].max()) + TOP_MARGIN_MM)
     for view in views:
         if view.empty:
@@ -149,7 +151,9 @@ def compute_metrics(
         others = [v for v in views if v is not view and not v.empty]
         extra = consistent_extra(observed & ~model_mask & _certain(view.clear_part, w), view, others, z_range)
         to_observed, to_model = reach_maps(model_mask, observed)
-        missing_here = [r for r in regions(missing, to_observed, view, scale_mm, inverse, centre) if r.depth_mm >= DEPTH_FLOOR_MM]
+        missing_here = [
+            r for r in regions(missing, to_observed, view, scale_mm, inverse, centre, design) if r.depth_mm >= DEPTH_FLOOR_MM
+        ]
         extra_here = [r for r in regions(extra, to_model, view, scale_mm, inverse, centre) if r.depth_mm >= DEPTH_FLOOR_MM]
         missing_regions += missing_here
         extra_regions += extra_here
@@ -168,8 +172,10 @@ def compute_metrics(
             )
         )
         drawn[name] = {"model": model_mask, "missing": missing, "extra": extra}
-        if name in surface.masks:
-            drawn[name]["surface"] = surface.masks[name]
+    surface = surface.confirmed_by([(r.camera, r.centre_part_mm) for r in missing_regions])
+    for name, pixels in surface.masks.items():
+        if name in drawn:
+            drawn[name]["surface"] = pixels
     everything = np.concatenate(deviations) if deviations else np.zeros(0)
     missing_regions.sort(key=lambda r: -r.depth_mm)
     extra_regions.sort(key=lambda r: -r.depth_mm)

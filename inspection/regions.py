@@ -20,9 +20,11 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+import open3d as o3d
 from pydantic import BaseModel, ConfigDict, Field
 
 from inspection.align import EDGE_BIAS_PX, View, transform
+from inspection.raycast import cast
 
 CLEAN_PX = 3
 MIN_REGION_PX = 12
@@ -41,7 +43,10 @@ class Region(BaseModel):
     camera: str = Field(description="Camera that saw it.")
     area_mm2: float = Field(description="Area in mm² at the part's depth in that camera.")
     depth_mm: float = Field(description="How far the region reaches past the other outline, mm at the part's depth.")
-    centre_part_mm: list[float] = Field(description="Region centre in the part's design frame (mm), at the part's depth.")
+    centre_part_mm: list[float] = Field(
+        description="Region centre in the part's design frame (mm): where the camera's ray through it meets the "
+        "design for missing material, at the part's depth for extra material (the design is not there)."
+    )
 
 
 def consistent_extra(
@@ -84,8 +89,14 @@ def regions(
     mm_per_px: float,
     inverse_pose: np.ndarray,
     depth_point: np.ndarray,
+    design: o3d.t.geometry.RaycastingScene | None = None,
 ) -> list[Region]:
     """Connected regions of `diff` (window mask) with their depth and their core area.
+
+    A region's centre is placed where the ray through its pixel nearest its centroid meets `design` (a
+    ray-casting scene of the design at the fitted pose) when given and hit, else at `depth_point`'s
+    depth: missing material is design the photo lacks, so its ray meets the design where the material
+    was, which is what ties an outline bite to a shading patch another camera saw (inspection.shading).
 
     The depth is the DEPTH_RANK-th largest `reach` (px) inside the region: a chip's rounded bottom
     has several pixels near its deepest, while the thin tip of a sliver along a misread outline has
@@ -112,9 +123,12 @@ def regions(
     chosen = [i for i in range(1, count) if areas[i] > 0]
     if not chosen:
         return []
-    pixels = centroids[chosen] + (w.x0, w.y0)
+    pixels = np.array([_nearest_pixel(labels, i, stats[i], centroids[i]) for i in chosen], dtype=np.float64) + (w.x0, w.y0)
     rays = view.calib.rays(pixels)
     along = depth / (rays @ view.calib.optical_axis)
+    if design is not None:
+        hit = cast(design, view.calib.centre.astype(np.float32), rays.astype(np.float32))["t_hit"]
+        along = np.where(np.isfinite(hit), hit, along)
     world = transform(inverse_pose, view.calib.centre + along[:, None] * rays)
     found = [
         Region(
@@ -126,6 +140,14 @@ def regions(
         for i, point in zip(chosen, world)
     ]
     return sorted(found, key=lambda r: -r.depth_mm)
+
+
+def _nearest_pixel(labels: np.ndarray, label: int, box: np.ndarray, centroid: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the region's pixel nearest its centroid: a crescent's centroid lies outside it."""
+    x, y, width, height = (int(v) for v in box[:4])
+    ys, xs = np.nonzero(labels[y : y + height, x : x + width] == label)
+    nearest = int(np.argmin((xs + x - centroid[0]) ** 2 + (ys + y - centroid[1]) ** 2))
+    return int(xs[nearest]) + x, int(ys[nearest]) + y
 
 
 def open_to_background(observed: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -61,7 +61,8 @@ class SurfaceRegion(BaseModel):
     centre_part_mm: list[float] = Field(description="Region centre on the design's surface, design frame (mm).")
     confirmed: bool = Field(
         default=True,
-        description="Whether another camera sees a patch within 2 mm of it; an unconfirmed patch is reported only from a contrast of 1.0.",
+        description="Whether another camera sees a patch, or a bite out of the outline, within 2 mm of it; an "
+        "unconfirmed patch is reported only from a contrast of 1.0.",
     )
 
 
@@ -74,6 +75,26 @@ class ShadingComparison:
     """Strongest contrast first."""
     masks: dict[str, np.ndarray]
     """Per camera, the anomalous pixels inside its view's window (for the overlays)."""
+    pending: list[tuple[SurfaceRegion, np.ndarray]] = field(default_factory=list)
+    """Patches one camera saw, too faint to stand alone, with their pixels: evidence of another kind from
+    another camera at the same place on the part may still confirm them (`confirmed_by`)."""
+
+    def confirmed_by(self, places: Sequence[tuple[str, Sequence[float]]]) -> ShadingComparison:
+        """This comparison with the pending patches that another camera's (camera, design-frame point) confirms.
+
+        A chip on a rim faces one camera and bites the outline of another: on seed 1000 two 1 mm chips
+        read 0.49 and 0.56 in the one camera that saw them face-on, and an outline bite 0.6-1.2 mm away
+        in another. Of the 44 intact scenes' unconfirmed patches, none had a bite within 3 mm.
+        """
+        regions, masks, pending = list(self.regions), {k: v.copy() for k, v in self.masks.items()}, []
+        for region, pixels in self.pending:
+            centre = np.array(region.centre_part_mm)
+            if any(camera != region.camera and np.linalg.norm(np.array(point) - centre) <= CONFIRM_MM for camera, point in places):
+                regions.append(region.model_copy(update={"confirmed": True}))
+                masks[region.camera][: pixels.shape[0], : pixels.shape[1]] |= pixels
+            else:
+                pending.append((region, pixels))
+        return ShadingComparison(sorted(regions, key=lambda r: -r.contrast), masks, pending)
 
 
 def choose_symmetric(
@@ -136,14 +157,16 @@ def compare_shading(
     grids = _grids(model, _frames(views, images, model_masks, STEP_PX), pose, lighting, shadows=True)
     found = [item for view, grid in grids for item in _regions(grid, view, inverse)]
     masks = {v.calib.name: np.zeros(model_masks[v.calib.name].shape, dtype=bool) for v in seeing(views).values()}
-    standing = []
+    standing, pending = [], []
     for region, cells in found:
         region.confirmed = _confirmed(region, [r for r, _ in found])
+        full = np.repeat(np.repeat(cells, STEP_PX, axis=0), STEP_PX, axis=1)
         if _stands(region):
             standing.append(region)
-            full = np.repeat(np.repeat(cells, STEP_PX, axis=0), STEP_PX, axis=1)
             masks[region.camera][: full.shape[0], : full.shape[1]] |= full
-    return ShadingComparison(sorted(standing, key=lambda r: -r.contrast), masks)
+        else:
+            pending.append((region, full))
+    return ShadingComparison(sorted(standing, key=lambda r: -r.contrast), masks, pending)
 
 
 def _stands(region: SurfaceRegion) -> bool:

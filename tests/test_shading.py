@@ -15,7 +15,7 @@ from inspection.inspect import inspect_scan
 from inspection.placement import place_on_tray
 from inspection.profiles import load_profile
 from inspection.report import InspectionReport
-from inspection.shading import SurfaceRegion, _confirmed, _stands
+from inspection.shading import ShadingComparison, SurfaceRegion, _confirmed, _stands
 from tests.inspection_scenes import MESHES, design, empty, placed, renderer, rig
 
 NAME, SEED = "montageblok_mb80", 3
@@ -123,6 +123,38 @@ def test_a_region_one_camera_alone_sees_is_not_confirmed() -> None:
     near = _region("cam03", [1.0, 0.5, 5.0])
     assert not _confirmed(alone, [alone, same_camera, far])
     assert _confirmed(alone, [alone, same_camera, far, near])
+
+
+def test_a_faint_patch_is_confirmed_by_an_outline_bite_another_camera_sees_at_the_same_place() -> None:
+    faint = _region("cam02", [1.0, -13.0, 8.0], contrast=0.56, confirmed=False)
+    pixels = np.zeros((20, 20), dtype=bool)
+    pixels[5:8, 5:8] = True
+    comparison = ShadingComparison([], {"cam02": np.zeros((30, 30), dtype=bool)}, [(faint, pixels)])
+    assert comparison.confirmed_by([("cam02", [1.0, -13.0, 8.0]), ("cam05", [1.0, -3.0, 8.0])]).regions == []
+    confirmed = comparison.confirmed_by([("cam05", [1.8, -12.2, 8.5])])
+    assert [(r.camera, r.contrast, r.confirmed) for r in confirmed.regions] == [("cam02", 0.56, True)]
+    assert confirmed.masks["cam02"].sum() == 9 and confirmed.pending == []
+    assert not comparison.masks["cam02"].any(), "confirming returns a new comparison"
+
+
+def test_a_chip_one_camera_sees_face_on_and_another_in_its_outline_fails(tmp_path: Path) -> None:
+    """Benchmark scene (seed 1025, a x0.7 knob): the chip reads 0.56 in the one camera facing it, which alone
+    does not stand, and bites cam05's outline 1.2 mm from that patch, which confirms it."""
+    mesh = design("cross_knob_ck40").copy()
+    mesh.apply_scale(0.7)
+    seed = 1025
+    pose = place_on_tray(mesh, np.random.default_rng(seed))
+    chipped, truth = apply_defect(mesh, Defect.parse("missing_chunk:1.0"), defect_rng(seed), pose=pose)
+    images = renderer().render(chipped, settle(chipped, pose), seed)
+    reference = renderer().render(None, None, seed + 500_000)
+    report = inspect_scan(images, reference, rig(), mesh, "knob", load_profile("default"), cache_dir=tmp_path)
+    assert report.metrics is not None and not report.qc_machine, report.metrics.surface_regions
+    assert report.qc_reasons == ["surface_defect"]
+    chip = truth.location
+    assert any(
+        min(np.linalg.norm(np.array(r.centre_part_mm) - np.array(p)) for p in (chip, [-chip[0], -chip[1], chip[2]])) < 2.0
+        for r in report.metrics.missing_regions
+    ), "the bite is located on the design where the chip is (or at its half-turned look-alike)"
 
 
 def test_a_bushing_is_turned_about_its_axis_until_its_bolt_holes_match(tmp_path: Path) -> None:
