@@ -64,11 +64,14 @@ def test_an_intact_part_shades_as_its_design_predicts(tmp_path: Path) -> None:
     assert report.qc_machine
 
 
-def _inspected_turn(mesh: trimesh.Trimesh, seed: int, cache: Path) -> tuple[InspectionReport, float]:
+def _inspected_turn(
+    mesh: trimesh.Trimesh, seed: int, cache: Path, reference: dict[str, np.ndarray] | None = None
+) -> tuple[InspectionReport, float]:
     """The report on an intact part placed by `seed`, and how far (degrees) its pose is turned from the truth."""
     pose = place_on_tray(mesh, np.random.default_rng(seed))
     images = renderer().render(mesh, pose, seed)
-    report = inspect_scan(images, empty(), rig(), mesh, "part", load_profile("default"), cache_dir=cache)
+    reference = empty() if reference is None else reference
+    report = inspect_scan(images, reference, rig(), mesh, "part", load_profile("default"), cache_dir=cache)
     assert report.pose is not None
     return report, float(np.degrees(Rotation.from_matrix(np.array(report.pose)[:3, :3] @ pose[:3, :3].T).magnitude()))
 
@@ -158,14 +161,17 @@ def test_a_chip_one_camera_sees_face_on_and_another_in_its_outline_fails(tmp_pat
 
 
 def test_a_bushing_is_turned_about_its_axis_until_its_bolt_holes_match(tmp_path: Path) -> None:
-    """Outlines fix every degree of freedom but the turn about its axis; its three bolt holes fix that."""
+    """Outlines fix every degree of freedom but the turn about its axis; its three bolt holes fix that. This
+    small one (benchmark scene 1029, with its own reference) ended 4° off when the finest turns were scored on
+    2 px cells, which its bolt holes hardly change; compared there, its holes read as surface defects."""
     bushing = design("flanged_bushing_fb20").copy()
-    bushing.apply_scale(1.3)
+    bushing.apply_scale(0.7)
     model = design_model(bushing, tmp_path)
     assert model.spin_axis.shape == (2, 3)
     assert float(model.spin_period_deg) == 120.0
     block = design_model(design(NAME), tmp_path)
     assert block.spin_axis.shape == (0, 3) and float(block.spin_period_deg) == 360.0
-    report, turn = _inspected_turn(bushing, 1031, tmp_path)
+    seed = 1029
+    report, turn = _inspected_turn(bushing, seed, tmp_path, reference=renderer().render(None, None, seed + 500_000))
     assert min(turn % 120.0, 120.0 - turn % 120.0) < 2.0, turn
     assert report.qc_machine, report.metrics
