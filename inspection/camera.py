@@ -168,7 +168,7 @@ class CameraCalibration(BaseModel):
         """(N,3) camera-frame points → (N,2) pixels, OpenCV's model (skew ignored, as cv2.projectPoints does).
 
         Written out because cv2.projectPoints always computes its Jacobians too: the fits project
-        a few hundred points thousands of times per scan, and this is four times cheaper.
+        a few hundred points thousands of times per scan, and this is three times cheaper.
         """
         z = cam[:, 2]
         z = np.where(z != 0, z, 1.0)
