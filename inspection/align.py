@@ -222,7 +222,7 @@ def coarse_search(model: DesignModel, views: Sequence[View]) -> list[tuple[float
 
 def _centroid(mask: np.ndarray) -> np.ndarray:
     """(x, y) mean of a non-empty mask's pixels, from its image moments (np.nonzero on a full frame costs 20 ms)."""
-    moments = cv2.moments(np.asarray(mask).view(np.uint8), binaryImage=True)
+    moments = cv2.moments(np.asarray(mask, dtype=bool).view(np.uint8), binaryImage=True)
     return np.array([moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]])
 
 
