@@ -196,13 +196,14 @@ def coarse_search(model: DesignModel, views: Sequence[View]) -> list[tuple[float
         for yaw in np.radians(np.arange(0.0, 360.0, YAW_STEP_DEG)):
             pose = _yaw(float(yaw)) @ rest
             pose[:2, 3] += anchor[:2]
-            rendered = cast_silhouette(scene, top.calib.centre, rays_top, pose, window_top).astype(np.uint8) * 255
-            if not rendered.any():
+            hit = cast_silhouette(scene, top.calib.centre, rays_top, pose, window_top)
+            if not hit.any():
                 candidates.append((0.0, pose, index))
                 continue
             # Centred on the part's centroid by moving the rendered outline, not by rendering it again:
             # from above, a shift of a few millimetres moves the outline and hardly changes it.
-            shift_px = target_small - _centroid(rendered)
+            shift_px = target_small - _centroid(hit)
+            rendered = hit.astype(np.uint8) * 255
             shift_world = top.calib.R.T @ np.array([shift_px[0], shift_px[1], 0.0]) * mm_per_px
             pose[:2, 3] += shift_world[:2]
             moved = cv2.warpAffine(rendered, np.float32([[1, 0, shift_px[0]], [0, 1, shift_px[1]]]), rendered.shape[::-1])
@@ -357,7 +358,8 @@ def _jacobian(
 def refine(
     model: DesignModel, views: Sequence[View], pose: np.ndarray, outer: int = OUTER_ITERATIONS, seed: int = 0
 ) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
-    """Six-DoF refinement; returns the pose, the robust cost per point and the final residuals."""
+    """Six-DoF refinement; returns the pose, the robust cost per point of its last step (the mean
+    log1p((r / LOSS_SCALE_PX)²) that fits are compared by, see `_robust_cost`) and the final residuals."""
     rng = np.random.default_rng(seed)
     by_name = seeing(views)
     radius = max(model.extent_mm / 2, 1.0)
@@ -385,7 +387,8 @@ def refine(
             **FIT_STOP,
         )
         pose = moved_pose(pose, result.x, centre, radius)
-        cost = 2 * float(result.cost) / max(len(result.fun), 1)
+        # least_squares' Cauchy cost is ½·LOSS_SCALE_PX²·Σ log1p((r / LOSS_SCALE_PX)²).
+        cost = 2 * float(result.cost) / max(len(result.fun), 1) / LOSS_SCALE_PX**2
         if np.abs(result.x).max() < 0.005:
             break
     _, final = outline_at(model, by_name, pose, rng)
@@ -399,8 +402,7 @@ def align(model: DesignModel, views: Sequence[View]) -> Alignment:
     screened: list[tuple[float, np.ndarray, int, float]] = []
     for score, pose, index in hypotheses[:REFINED_HYPOTHESES]:
         refined, cost, _ = refine(model, views, pose, outer=1)
-        # cost is LOSS_SCALE_PX² × the mean log1p that the finished fits are compared by (_on_the_tray).
-        screened.append((cost / LOSS_SCALE_PX**2 + _gap_cost(model, refined), refined, index, score))
+        screened.append((cost + _gap_cost(model, refined), refined, index, score))
     screened.sort(key=lambda c: c[0])
     # Near-symmetric parts (a block with one chamfer turned by 180°) give look-alike hypotheses
     # whose one-step costs are within noise of each other; the finished fits tell them apart. A
@@ -413,12 +415,16 @@ def align(model: DesignModel, views: Sequence[View]) -> Alignment:
     finished: list[tuple[float, np.ndarray, int, float, dict[str, np.ndarray]]] = []
     for cost, refined, index, score in distinct:
         pose, _, final = refine(model, views, refined)
-        everything = np.concatenate(list(final.values())) if final else np.zeros(0)
-        robust = float(np.mean(np.log1p((everything / LOSS_SCALE_PX) ** 2))) if len(everything) else math.inf
-        finished.append((robust, pose, index, score, final))
+        finished.append((_robust_cost(final), pose, index, score, final))
     best = _on_the_tray(model, finished)
     _, pose, _, _, final = best
     return _finished(model, views, pose, final, best[2], best[3], len(hypotheses))
+
+
+def _robust_cost(final: dict[str, np.ndarray]) -> float:
+    """Mean Cauchy cost per outline point of a fit's final residuals: what finished fits are compared by."""
+    everything = np.concatenate(list(final.values())) if final else np.zeros(0)
+    return float(np.mean(np.log1p((everything / LOSS_SCALE_PX) ** 2))) if len(everything) else math.inf
 
 
 def _look_alike(model: DesignModel, pose: np.ndarray, other: np.ndarray) -> bool:
