@@ -81,8 +81,8 @@ class ShadingComparison:
     masks: dict[str, np.ndarray]
     """Per camera, the anomalous pixels inside its view's window (for the overlays)."""
     pending: list[tuple[SurfaceRegion, np.ndarray]] = field(default_factory=list)
-    """Patches one camera saw, too faint to stand alone, with their pixels: evidence of another kind from
-    another camera at the same place on the part may still confirm them (`confirmed_by`)."""
+    """Patches one camera saw, too faint to stand alone, with their STEP_PX cells: evidence of another kind
+    from another camera at the same place on the part may still confirm them (`confirmed_by`)."""
 
     def confirmed_by(self, places: Sequence[tuple[str, Sequence[float]]]) -> ShadingComparison:
         """This comparison with the pending patches that another camera's (camera, design-frame point) confirms.
@@ -92,13 +92,12 @@ class ShadingComparison:
         in another. Of the 44 intact scenes' unconfirmed patches, none had a bite within 3 mm.
         """
         regions, masks, pending = list(self.regions), {k: v.copy() for k, v in self.masks.items()}, []
-        for region, pixels in self.pending:
-            centre = np.array(region.centre_part_mm)
-            if any(camera != region.camera and np.linalg.norm(np.array(point) - centre) <= CONFIRM_MM for camera, point in places):
+        for region, cells in self.pending:
+            if _seen_elsewhere(region, places):
                 regions.append(region.model_copy(update={"confirmed": True}))
-                masks[region.camera][: pixels.shape[0], : pixels.shape[1]] |= pixels
+                _paint(masks[region.camera], cells)
             else:
-                pending.append((region, pixels))
+                pending.append((region, cells))
         return ShadingComparison(sorted(regions, key=lambda r: -r.contrast), masks, pending)
 
 
@@ -175,16 +174,22 @@ def compare_shading(
     grids = _grids(model, _frames(views, images, model_masks, STEP_PX), pose, lighting, shadows=True)
     found = [item for view, grid in grids for item in _regions(grid, view, inverse)]
     masks = {v.calib.name: np.zeros(model_masks[v.calib.name].shape, dtype=bool) for v in seeing(views).values()}
+    places = [(r.camera, r.centre_part_mm) for r, _ in found]
     standing, pending = [], []
     for region, cells in found:
-        region.confirmed = _confirmed(region, [r for r, _ in found])
-        full = np.repeat(np.repeat(cells, STEP_PX, axis=0), STEP_PX, axis=1)
+        region.confirmed = _seen_elsewhere(region, places)
         if _stands(region):
             standing.append(region)
-            masks[region.camera][: full.shape[0], : full.shape[1]] |= full
+            _paint(masks[region.camera], cells)
         else:
-            pending.append((region, full))
+            pending.append((region, cells))
     return ShadingComparison(sorted(standing, key=lambda r: -r.contrast), masks, pending)
+
+
+def _paint(mask: np.ndarray, cells: np.ndarray) -> None:
+    """Mark a region's STEP_PX cells in a camera's window mask of pixels."""
+    full = np.repeat(np.repeat(cells, STEP_PX, axis=0), STEP_PX, axis=1)
+    mask[: full.shape[0], : full.shape[1]] |= full
 
 
 def _stands(region: SurfaceRegion) -> bool:
@@ -192,8 +197,9 @@ def _stands(region: SurfaceRegion) -> bool:
     return region.confirmed or region.contrast >= SINGLE_CAMERA_CONTRAST
 
 
-def _confirmed(region: SurfaceRegion, regions: Sequence[SurfaceRegion]) -> bool:
-    """Whether another camera sees a region at the same place on the part.
+def _seen_elsewhere(region: SurfaceRegion, places: Sequence[tuple[str, Sequence[float]]]) -> bool:
+    """Whether another camera saw something at the same place on the part: of (camera, design-frame point)
+    `places`, one of another camera within CONFIRM_MM of the region's centre.
 
     A matte surface looks the same to every camera, so a real defect departs from the design in
     each camera that sees it, while a mismatch of the model (the inside of a bore under a light
@@ -204,8 +210,7 @@ def _confirmed(region: SurfaceRegion, regions: Sequence[SurfaceRegion]) -> bool:
     """
     centre = np.array(region.centre_part_mm)
     return any(
-        other.camera != region.camera and np.linalg.norm(np.array(other.centre_part_mm) - centre) <= CONFIRM_MM
-        for other in regions
+        camera != region.camera and np.linalg.norm(np.array(point) - centre) <= CONFIRM_MM for camera, point in places
     )
 
 

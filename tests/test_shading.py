@@ -15,7 +15,7 @@ from inspection.inspect import inspect_scan
 from inspection.placement import place_on_tray
 from inspection.profiles import load_profile
 from inspection.report import InspectionReport
-from inspection.shading import ShadingComparison, SurfaceRegion, _confirmed, _stands
+from inspection.shading import ShadingComparison, SurfaceRegion, _seen_elsewhere, _stands
 from tests.inspection_scenes import MESHES, design, empty, placed, renderer, rig
 
 NAME, SEED = "montageblok_mb80", 3
@@ -124,8 +124,11 @@ def test_a_region_one_camera_alone_sees_is_not_confirmed() -> None:
     same_camera = _region("cam01", [0.5, 0.0, 5.0])
     far = _region("cam02", [10.0, 0.0, 5.0])
     near = _region("cam03", [1.0, 0.5, 5.0])
-    assert not _confirmed(alone, [alone, same_camera, far])
-    assert _confirmed(alone, [alone, same_camera, far, near])
+    def places(*regions: SurfaceRegion) -> list[tuple[str, list[float]]]:
+        return [(r.camera, r.centre_part_mm) for r in regions]
+
+    assert not _seen_elsewhere(alone, places(alone, same_camera, far))
+    assert _seen_elsewhere(alone, places(alone, same_camera, far, near))
 
 
 def test_a_faint_patch_is_confirmed_by_an_outline_bite_another_camera_sees_at_the_same_place() -> None:
