@@ -43,10 +43,7 @@ def _procrustes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def pose_error(mesh: trimesh.Trimesh, true_pose: np.ndarray, estimated_pose: np.ndarray) -> tuple[float, float]:
     """(mean surface displacement in mm, rotation in degrees) from the estimate to the nearest equivalent true pose."""
-    points = surface_samples(mesh)
-    vertices = np.asarray(mesh.vertices) @ true_pose[:3, :3].T + true_pose[:3, 3]
-    scene = triangle_scene(vertices, mesh.faces)
-    estimated = points @ estimated_pose[:3, :3].T + estimated_pose[:3, 3]
+    scene, estimated = _compared(mesh, true_pose, estimated_pose)
     correction = np.eye(4)
     residual = math.inf
     for _ in range(ICP_ITERATIONS):
@@ -72,7 +69,13 @@ def largest_deviation(mesh: trimesh.Trimesh, true_pose: np.ndarray, estimated_po
     a quarter turn exact, though its nut pocket is then 1 mm off. The largest distance does not
     forgive it, and stays at a few tenths of a millimetre for a pose that is right.
     """
+    scene, estimated = _compared(mesh, true_pose, estimated_pose)
+    return float(scene.compute_distance(o3d.core.Tensor(estimated.astype(np.float32))).numpy().max())
+
+
+def _compared(
+    mesh: trimesh.Trimesh, true_pose: np.ndarray, estimated_pose: np.ndarray
+) -> tuple[o3d.t.geometry.RaycastingScene, np.ndarray]:
+    """The design's surface at the true pose, as a scene to measure distances to, and its surface samples at the estimate."""
     vertices = np.asarray(mesh.vertices) @ true_pose[:3, :3].T + true_pose[:3, 3]
-    scene = triangle_scene(vertices, mesh.faces)
-    points = surface_samples(mesh) @ estimated_pose[:3, :3].T + estimated_pose[:3, 3]
-    return float(scene.compute_distance(o3d.core.Tensor(points.astype(np.float32))).numpy().max())
+    return triangle_scene(vertices, mesh.faces), surface_samples(mesh) @ estimated_pose[:3, :3].T + estimated_pose[:3, 3]
