@@ -178,3 +178,24 @@ def test_a_bushing_is_turned_about_its_axis_until_its_bolt_holes_match(tmp_path:
     report, turn = _inspected_turn(bushing, seed, tmp_path, reference=renderer().render(None, None, seed + 500_000))
     assert min(turn % 120.0, 120.0 - turn % 120.0) < 2.0, turn
     assert report.qc_machine, report.metrics
+
+
+def test_a_chip_in_a_rim_the_segmentation_took_from_the_part_is_seen_by_the_cameras_whose_outline_it_is_in(
+    tmp_path: Path,
+) -> None:
+    """Benchmark scene (seed 1029, a x0.7 bushing): three cameras see the chip's hollow in their outline, dimmer
+    than the part and brighter than the tray. The segmentation gave it to the tray and, not being clear tray,
+    the outline metrics counted nothing missing there; compared with the design's shading, it stands out."""
+    mesh = design("flanged_bushing_fb20").copy()
+    mesh.apply_scale(0.7)
+    seed = 1029
+    pose = place_on_tray(mesh, np.random.default_rng(seed))
+    chipped, truth = apply_defect(mesh, Defect.parse("missing_chunk:1.0"), defect_rng(seed), pose=pose)
+    images = renderer().render(chipped, settle(chipped, pose), seed)
+    reference = renderer().render(None, None, seed + 500_000)
+    report = inspect_scan(images, reference, rig(), mesh, "bushing", load_profile("default"), cache_dir=tmp_path)
+    assert report.metrics is not None and report.pose is not None
+    assert not report.qc_machine and report.qc_reasons == ["surface_defect"], report.metrics.surface_regions
+    chip = (np.linalg.inv(np.array(report.pose)) @ pose @ np.r_[truth.location, 1.0])[:3]
+    near = {r.camera for r in report.metrics.surface_regions if np.linalg.norm(np.array(r.centre_part_mm) - chip) < 2.0}
+    assert len(near) >= 3, report.metrics.surface_regions
