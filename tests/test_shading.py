@@ -15,7 +15,7 @@ from inspection.inspect import inspect_scan
 from inspection.placement import place_on_tray
 from inspection.profiles import load_profile
 from inspection.report import InspectionReport
-from inspection.shading import ShadingComparison, SurfaceRegion, _seen_elsewhere, _stands
+from inspection.shading import ShadingComparison, SurfaceRegion, _outside, _seen_elsewhere, _stands
 from tests.inspection_scenes import MESHES, design, empty, placed, renderer, rig
 
 NAME, SEED = "montageblok_mb80", 3
@@ -217,3 +217,8 @@ def test_a_chip_in_the_penumbra_of_the_lights_its_rim_half_hides_is_judged_there
     assert not report.qc_machine and report.qc_reasons == ["surface_defect"], report.metrics.surface_regions
     chip = (np.linalg.inv(np.array(report.pose)) @ pose @ np.r_[truth.location, 1.0])[:3]
     assert any(np.linalg.norm(np.array(r.centre_part_mm) - chip) < 2.0 for r in report.metrics.surface_regions)
+
+
+def test_a_penumbra_cell_reads_only_how_far_it_lies_outside_the_range_its_lights_allow() -> None:
+    lo, hi = np.array([0.5, 0.5, 0.5]), np.array([1.0, 1.0, 1.0])
+    assert np.allclose(_outside(np.array([0.7, 1.5, 0.25]), lo, hi), [0.0, 0.5, -0.5])
