@@ -52,10 +52,11 @@ search. On a x0.7 bushing 2 px cells scored 24-29 over ±4° of the right turn, 
 off (pose error 0.36 mm, bolt holes read as defects up to 0.38); 1 px cells scored 0 within 1° of it and 39
 at 4°, but cost three times as much, so they only take over inside the 2 px basin."""
 PENUMBRA_SHARE = 0.05
-"""Where lights the ring samples see partly hidden give more than this share of a cell's predicted irradiance,
-the cell is judged against the whole range those lights can give, from hidden to fully lit, not against
-their mean. Dropping such cells, as before, hid chips on rims, which lie in the penumbra of the lights the
-rim half hides: a x1.3 bushing's 1 mm chip (seed 1031) went unseen and reads 0.55 against the range."""
+"""Where ring lights partly hidden from a cell give more than this share of its predicted irradiance, the
+cell is judged against the whole range those lights can give, from hidden to fully lit, not against the
+mean of the few ring samples. Dropping such cells, as before, hid chips on rims, which lie in the penumbra
+of the lights the rim half hides: a x1.3 bushing's 1 mm chip (seed 1031) went unseen and reads 0.55 against
+the range."""
 CONFIRM_MM = 2.0
 SINGLE_CAMERA_CONTRAST = 1.0
 SHADOW_CHECK = 0.5
