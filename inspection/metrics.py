@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from inspection.align import Alignment, View, transform
 from inspection.design_cache import DesignModel
+from inspection.raycast import triangle_scene
 from inspection.regions import (
     DEPTH_FLOOR_MM,
     Region,
@@ -24,7 +25,6 @@ from inspection.regions import (
     reach_maps,
     regions,
 )
-from inspection.raycast import triangle_scene
 from inspection.shading import ShadingComparison, SurfaceRegion
 from inspection.silhouette import Window, silhouette
 

@@ -156,7 +156,7 @@ def choose_symmetric(
     period = float(model.spin_period_deg)
     best = min(np.arange(0.0, period, SPIN_STEP_DEG), key=lambda a: turned(a, SPIN_COARSE_STEP_PX, False))
     for fine, step, reach in SPIN_STAGES:
-        best = _middle_of_best(best + fine * np.arange(-reach, reach + 1), lambda a: turned(a, step))
+        best = _middle_of_best(best + fine * np.arange(-reach, reach + 1), lambda a, step=step: turned(a, step))
     return pose @ spin(point, axis, math.radians(best))
 
 

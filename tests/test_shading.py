@@ -16,7 +16,13 @@ from inspection.placement import place_on_tray
 from inspection.profiles import load_profile
 from inspection.regions import Region
 from inspection.report import InspectionReport
-from inspection.shading import ShadingComparison, SurfaceRegion, _outside, _seen_elsewhere, _stands
+from inspection.shading import (
+    ShadingComparison,
+    SurfaceRegion,
+    _outside,
+    _seen_elsewhere,
+    _stands,
+)
 from tests.inspection_scenes import MESHES, design, empty, placed, renderer, rig
 
 NAME, SEED = "montageblok_mb80", 3
