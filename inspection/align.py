@@ -48,6 +48,8 @@ LOSS_SCALE_PX = 1.5
 INLIER_PX = 2.0
 OUTER_ITERATIONS = 4
 EDGE_BIAS_PX = 1.0
+CONVERGED_MM = 0.005
+"""A refinement step that moves no outline point by more than this (rotation × radius, translation) ends it."""
 SAME_POSE_DEG = 1.0
 SAME_POSE_MM = 0.3
 FIT_TOLERANCE = 1e-4
@@ -356,14 +358,22 @@ def _jacobian(
 
 
 def refine(
-    model: DesignModel, views: Sequence[View], pose: np.ndarray, outer: int = OUTER_ITERATIONS, seed: int = 0
+    model: DesignModel,
+    views: Sequence[View],
+    pose: np.ndarray,
+    outer: int = OUTER_ITERATIONS,
+    seed: int = 0,
+    finish: bool = True,
 ) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
     """Six-DoF refinement; returns the pose, the robust cost per point of its last step (the mean
-    log1p((r / LOSS_SCALE_PX)²) that fits are compared by, see `_robust_cost`) and the final residuals."""
+    log1p((r / LOSS_SCALE_PX)²) that fits are compared by, see `_robust_cost`) and the final residuals,
+    which without `finish` are left empty: screening hypotheses compares costs only."""
     rng = np.random.default_rng(seed)
     by_name = seeing(views)
     radius = max(model.extent_mm / 2, 1.0)
     cost = math.inf
+    points: dict[str, np.ndarray] = {}
+    converged = False
     for _ in range(outer):
         points = {name: contour_points(model, view, pose, rng) for name, view in by_name.items()}
         if sum(len(p) for p in points.values()) < 12:
@@ -389,8 +399,14 @@ def refine(
         pose = moved_pose(pose, result.x, centre, radius)
         # least_squares' Cauchy cost is ½·LOSS_SCALE_PX²·Σ log1p((r / LOSS_SCALE_PX)²).
         cost = 2 * float(result.cost) / max(len(result.fun), 1) / LOSS_SCALE_PX**2
-        if np.abs(result.x).max() < 0.005:
+        if np.abs(result.x).max() < CONVERGED_MM:
+            converged = True
             break
+    if not finish:
+        return pose, cost, {}
+    if converged:
+        # A step this small leaves the outline where it was: the points just fitted are the pose's own.
+        return pose, cost, residuals(points, by_name, pose)
     _, final = outline_at(model, by_name, pose, rng)
     return pose, cost, final
 
@@ -401,7 +417,7 @@ def align(model: DesignModel, views: Sequence[View]) -> Alignment:
     hypotheses = coarse_search(model, views)
     screened: list[tuple[float, np.ndarray, int, float]] = []
     for score, pose, index in hypotheses[:REFINED_HYPOTHESES]:
-        refined, cost, _ = refine(model, views, pose, outer=1)
+        refined, cost, _ = refine(model, views, pose, outer=1, finish=False)
         screened.append((cost + _gap_cost(model, refined), refined, index, score))
     screened.sort(key=lambda c: c[0])
     # Near-symmetric parts (a block with one chamfer turned by 180°) give look-alike hypotheses
