@@ -111,6 +111,7 @@ def main() -> int:
                     stages.setdefault(stage, []).append(seconds)
                 rejected = not report.qc_machine
                 if spec is None:
+                    intact_time = times[-1]
                     intact_total += 1
                     intact_reviews += int(report.qc_machine and report.qc_needs_review)
                     for result in report.criteria:
@@ -132,7 +133,7 @@ def main() -> int:
                         if result.value is not None:
                             defect_values[spec][result.metric].append(result.value)
             print(f"  {name} placement {placement}: last err {errors[-1] if errors else float('nan'):.3f} mm, "
-                  f"median time {np.median(times):.2f} s", flush=True)
+                  f"intact {intact_time:.2f} s, median time {np.median(times):.2f} s", flush=True)
 
     def stats(values: list[float]) -> str:
         return f"median {np.median(values):.3f}, p95 {np.percentile(values, 95):.3f}" if values else "n/a"
