@@ -50,6 +50,8 @@ OUTER_ITERATIONS = 4
 EDGE_BIAS_PX = 1.0
 CONVERGED_MM = 0.005
 """A refinement step that moves no outline point by more than this (rotation × radius, translation) ends it."""
+CONTACT_MM = 0.3
+"""Outline points lower than this above the tray are left out of the scale and bend fits (outline_inliers)."""
 SAME_POSE_DEG = 1.0
 SAME_POSE_MM = 0.3
 FIT_TOLERANCE = 1e-4
@@ -299,11 +301,19 @@ def outline_at(
 def outline_inliers(
     model: DesignModel, views: Sequence[View], pose: np.ndarray, seed: int, within_px: float
 ) -> tuple[dict[str, View], dict[str, np.ndarray]] | None:
-    """The views that see the part and their outline points within `within_px` of the photo at `pose`,
-    for fits that must not be dragged by a chip or a shadow tongue; None when fewer than 12 are."""
+    """The views that see the part and their outline points within `within_px` of the photo at `pose`
+    and clear of the tray, for fits that must not be dragged by a chip or a shadow tongue; None when
+    fewer than 12 are.
+
+    Where the part meets the tray its contact shadow is as dark as a face turned from the lights and
+    the segmentation takes a pixel or two of it for part: the x0.7 spur gear's 7 mm rim read 4 % too
+    thick and 4.7° bent (seed 9041), 0.4 % and 0.3° from the outline above CONTACT_MM.
+    """
     by_name = seeing(views)
     points, start = outline_at(model, by_name, pose, np.random.default_rng(seed))
-    points = {name: p[np.abs(start[name]) < within_px] for name, p in points.items()}
+    points = {
+        name: p[(np.abs(start[name]) < within_px) & (transform(pose, p)[:, 2] > CONTACT_MM)] for name, p in points.items()
+    }
     if sum(len(p) for p in points.values()) < 12:
         return None
     return by_name, points
