@@ -27,7 +27,9 @@ MIN_COMPONENT_PX = 400
 CLEAR_TRAY_EVIDENCE = 0.5
 CLEAR_PART_EVIDENCE = 1.5
 REF_EDGE_CONTRAST = 0.14
+"""Local contrast (std ÷ mean) of the empty-tray reference above which it shows a step, not texture (_near_tray_edge)."""
 REF_EDGE_CLEAR_PX = 10
+"""How far from such a step no pixel proves material missing (_near_tray_edge)."""
 CUT_EVIDENCE_WEIGHT = 0.12
 CUT_EDGE_STEP = 0.03
 CUT_BLUR_PX = 0.8
@@ -140,13 +142,13 @@ def _evidence(im: np.ndarray, ref: np.ndarray) -> Evidence:
     bright = (ratio - 1.0) / (BRIGHT_RATIO - 1.0)
     untextured = np.where(textured & (ratio > DARK_RATIO), (NCC_TRAY - ncc) / (NCC_TRAY - NCC_THRESHOLD), 0.0)
     score = blur(np.clip(np.maximum(bright, untextured), 0.0, 2.0).astype(np.float32), SCORE_SIGMA_PX)
-    clear_tray = (score < CLEAR_TRAY_EVIDENCE) & (ratio > DARK_RATIO) & ~_edged(var_r, mr)
+    clear_tray = (score < CLEAR_TRAY_EVIDENCE) & (ratio > DARK_RATIO) & ~_near_tray_edge(ref)
     return Evidence(score, clear_tray, score > CLEAR_PART_EVIDENCE)
 
 
-def _edged(var_r: np.ndarray, mean_r: np.ndarray) -> np.ndarray:
-    """Pixels near a step in the reference (the tray's own edge), where the correlation measures that step
-    rather than the tray's texture.
+def _near_tray_edge(ref: np.ndarray) -> np.ndarray:
+    """Pixels near a step in the empty-tray reference (the tray's own edge), where the correlation measures
+    that step rather than the tray's texture.
 
     A part whose outline lies along the tray's edge in some camera, with a face as bright as the
     tray beside it, steps where the reference steps: the correlation reads 1, tray, for several
@@ -156,7 +158,9 @@ def _edged(var_r: np.ndarray, mean_r: np.ndarray) -> np.ndarray:
     only the tray's edge exceeds it. The correlation window and the evidence blur carry the step up
     to REF_EDGE_CLEAR_PX into the face: at 6 px seed 5007 still read 1.1 mm², at 10 px nothing.
     """
-    edged = (var_r > REF_EDGE_CONTRAST**2 * np.maximum(mean_r * mean_r, 1.0)).astype(np.uint8)
+    mean = cv2.GaussianBlur(ref, (0, 0), NCC_SIGMA_PX)
+    var = cv2.GaussianBlur(ref * ref, (0, 0), NCC_SIGMA_PX) - mean * mean
+    edged = (var > REF_EDGE_CONTRAST**2 * np.maximum(mean * mean, 1.0)).astype(np.uint8)
     size = 2 * REF_EDGE_CLEAR_PX + 1
     return cv2.dilate(edged, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))).astype(bool)
 
