@@ -9,6 +9,7 @@ import pytest
 import trimesh
 
 from inspection.align import View, align, fit_scale
+from inspection.defects import Defect, apply_defect, defect_rng, settle
 from inspection.design_cache import design_model
 from inspection.metrics import compute_metrics, tilt_deg
 from inspection.regions import open_to_background, regions
@@ -49,6 +50,22 @@ def test_an_intact_part_measures_small_and_a_cut_away_corner_large(tmp_path) -> 
     assert cut.missing_material_depth_mm > 2.0 and cut.missing_material_mm2 > 8.0
     assert cut.missing_regions and np.linalg.norm(np.array(cut.missing_regions[0].centre_part_mm) - corner) < 12.0
     assert intact.scale_max_abs_pct < 1.5 and cut.scale_max_abs_pct < 1.5, "a chip must not read as shrinkage"
+
+
+def test_a_part_too_low_reads_shrunk_in_height(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The outline along the tray is left out of the scale fit (its contact shadow reads as part), so the tray
+    must pin the part's foot: free to shift up and down, a block 2 % too low read -0.9 % (a 20 mm cube -0.04 %)."""
+    name = "montageblok_mb80"
+    pose, _ = placed(name, 3)
+    mesh = design(name)
+    shown, _ = apply_defect(mesh, Defect.parse("scale:0,0,-2"), defect_rng(3), pose=pose)
+    images = renderer().render(shown, settle(shown, pose), 3)
+    model = design_model(mesh, tmp_path)
+    views = [View(c, segment_scan(c.name, images[c.name], empty()[c.name]).mask) for c in rig()]
+    found = align(model, views)
+    scale_pct = (fit_scale(model, views, found.pose) - 1.0) * 100.0
+    assert -2.6 < scale_pct[2] < -1.4, scale_pct
+    assert np.abs(scale_pct[:2]).max() < 0.7, scale_pct
 
 
 def test_only_background_open_to_the_outside_can_show_missing_material() -> None:
