@@ -49,7 +49,7 @@ INLIER_PX = 2.0
 OUTER_ITERATIONS = 4
 EDGE_BIAS_PX = 1.0
 CONVERGED_MM = 0.005
-"""A refinement step that moves no outline point by more than this (rotation × radius, translation) ends it."""
+"""A refinement step whose every component (rotation × radius and translation, mm) is below this ends it."""
 CONTACT_MM = 0.3
 """Outline points lower than this above the tray are left out of the scale and bend fits (outline_inliers)."""
 SAME_POSE_DEG = 1.0

@@ -78,6 +78,8 @@ def _blas() -> ThreadpoolController:
     scale and bend fits), and OpenBLAS adding its own to every small matrix product made the
     least-squares fits' SVDs wait on each other: on six mid-sized benchmark scenes one BLAS
     thread took the metrics stage from 0.39 to 0.29 s and a whole scan from 1.30 to 1.16 s.
+    The limit is the process's, which is why the daemon inspects in worker processes, one scan
+    at a time each (amflow_edge.inspector).
     """
     return ThreadpoolController()
 
