@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
+from functools import cache, wraps
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import cv2
 import numpy as np
@@ -29,6 +30,9 @@ from inspection.report import InspectionReport, judge, write_report
 from inspection.segment import SegmentationError, check_pair, segment_scan
 from inspection.shading import choose_symmetric, compare_shading
 from inspection.warp import fit_bend
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DEFAULT_CALIBRATION = Path(__file__).resolve().parents[1] / "config" / "calibration" / "demo"
 
@@ -54,6 +58,32 @@ def _check_inputs(
             raise InspectionInputError(str(exc)) from None
 
 
+def _one_blas_thread(function: Callable[P, R]) -> Callable[P, R]:
+    """Runs `function` with the BLAS libraries' thread pools held to one thread.
+
+    The inspection runs its own threads (two cameras at a time, the shading comparison beside the
+    scale and bend fits), and OpenBLAS adding its own to every small matrix product made the
+    least-squares fits' SVDs wait on each other: on six mid-sized benchmark scenes one BLAS
+    thread took the metrics stage from 0.39 to 0.29 s and a whole scan from 1.30 to 1.16 s.
+    The limit is the process's, which is why the daemon inspects in worker processes, one scan
+    at a time each (amflow_edge.inspector).
+    """
+
+    @wraps(function)
+    def limited(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _blas().limit(limits=1, user_api="blas"):
+            return function(*args, **kwargs)
+
+    return limited
+
+
+@cache
+def _blas() -> ThreadpoolController:
+    """Made on first use, when numpy's and scipy's BLAS libraries are loaded."""
+    return ThreadpoolController()
+
+
+@_one_blas_thread
 def inspect_scan(
     images: Mapping[str, np.ndarray],
     references: Mapping[str, np.ndarray],
@@ -66,35 +96,6 @@ def inspect_scan(
     scan: uuid.UUID | None = None,
 ) -> InspectionReport:
     """Align the design to the scan, measure, judge with `profile`; write report and overlays into out_dir if given."""
-    with _blas().limit(limits=1, user_api="blas"):
-        return _inspect(images, references, cameras, mesh_mm, design_material, profile, cache_dir, out_dir, scan)
-
-
-@cache
-def _blas() -> ThreadpoolController:
-    """The BLAS libraries' thread pools, held to one thread while inspecting.
-
-    The inspection runs its own threads (two cameras at a time, the shading comparison beside the
-    scale and bend fits), and OpenBLAS adding its own to every small matrix product made the
-    least-squares fits' SVDs wait on each other: on six mid-sized benchmark scenes one BLAS
-    thread took the metrics stage from 0.39 to 0.29 s and a whole scan from 1.30 to 1.16 s.
-    The limit is the process's, which is why the daemon inspects in worker processes, one scan
-    at a time each (amflow_edge.inspector).
-    """
-    return ThreadpoolController()
-
-
-def _inspect(
-    images: Mapping[str, np.ndarray],
-    references: Mapping[str, np.ndarray],
-    cameras: Sequence[CameraCalibration],
-    mesh_mm: trimesh.Trimesh,
-    design_material: str,
-    profile: InspectionProfile,
-    cache_dir: Path | str | None,
-    out_dir: Path | str | None,
-    scan: uuid.UUID | None,
-) -> InspectionReport:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     _check_inputs(images, references, cameras)
