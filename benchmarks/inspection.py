@@ -80,6 +80,7 @@ def main() -> int:
     flagged: dict[str, list[bool]] = {d: [] for d in defects}
     intact_values: dict[str, list[float]] = {c.metric: [] for c in profile.criteria}
     detected: dict[str, list[bool]] = {d: [] for d in defects}
+    passed: dict[str, list[str]] = {d: [] for d in defects}
     defect_values: dict[str, dict[str, list[float]]] = {d: {c.metric: [] for c in profile.criteria} for d in defects}
     failures_by_reason: dict[str, int] = {}
     all_parts = parts(args.quick)
@@ -127,6 +128,8 @@ def main() -> int:
                         for reason in report.qc_reasons:
                             failures_by_reason[reason] = failures_by_reason.get(reason, 0) + 1
                 else:
+                    if not rejected:
+                        passed[spec].append(f"{name}#{placement}" + (" (review)" if report.qc_needs_review else ""))
                     detected[spec].append(rejected)
                     flagged[spec].append(rejected or report.qc_needs_review)
                     for result in report.criteria:
@@ -156,6 +159,8 @@ def main() -> int:
     for spec, hits in detected.items():
         rate = 100 * sum(hits) / max(len(hits), 1)
         print(f"detection rate {spec}: {sum(hits)}/{len(hits)} = {rate:.1f} %  (rejected or sent to review: {sum(flagged[spec])})")
+        if passed[spec]:
+            print(f"    passed: {', '.join(passed[spec])}")
     if args.values:
         for spec, values in defect_values.items():
             print(f"{spec}, criterion values (min / median / p95 / max):")
