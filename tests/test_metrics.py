@@ -112,3 +112,24 @@ def test_a_thin_spike_reads_shallower_than_its_tip_and_a_rounded_chip_as_deep_as
     spike_depth, bite_depth = depths
     assert spike_depth <= 15.0 - 1.9
     assert bite_depth >= 15.0 - 1.1
+
+
+def test_clear_tray_beyond_a_dark_face_is_as_deep_as_it_is_wide() -> None:
+    """A bite reaches from the photographed outline out to the design's; a speck of clear tray that stops short of
+    the photographed part lies beyond a dark face the segmentation gave to the tray (seed 7000's gears and
+    bushing read 2.5-2.7 mm deep from specks of 0.4 mm²)."""
+    calib = rig()[0]
+    mask = np.zeros((calib.image_height, calib.image_width), dtype=bool)
+    mask[1000:1100, 1200:1300] = True
+    view = View(calib, mask)
+    w = view.sdf_window
+    ys, xs = np.mgrid[0 : w.height, 0 : w.width]
+    reach = np.maximum(ys - 30.0, 0.0).astype(np.float32)  # distance past the photographed outline at row 30, px
+    bite = (xs >= 40) & (xs < 60) & (ys >= 30) & (ys < 50)
+    speck = (xs >= 100) & (xs < 106) & (ys >= 44) & (ys < 50)
+    mm_per_px = 0.1
+    depths = sorted(r.depth_mm / mm_per_px for r in regions(bite | speck, reach, view, mm_per_px, np.eye(4), np.zeros(3)))
+    assert len(depths) == 2
+    speck_depth, bite_depth = depths
+    assert speck_depth < 6.0
+    assert bite_depth > 17.0
