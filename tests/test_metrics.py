@@ -97,13 +97,7 @@ def test_material_is_judged_only_where_the_photo_is_certain(name: str, seed: int
 def test_a_thin_spike_reads_shallower_than_its_tip_and_a_rounded_chip_as_deep_as_it_is() -> None:
     """Region depth is the DEPTH_RANK-th deepest pixel: the tip of a spike along a misread outline is a
     pixel or three wide, the bottom of a chip's rounded bite several."""
-    calib = rig()[0]
-    mask = np.zeros((calib.image_height, calib.image_width), dtype=bool)
-    mask[1000:1100, 1200:1300] = True
-    view = View(calib, mask)
-    w = view.sdf_window
-    ys, xs = np.mgrid[0 : w.height, 0 : w.width]
-    reach = np.maximum(ys - 30.0, 0.0).astype(np.float32)  # distance past the outline at row 30, px
+    view, xs, ys, reach = _outline_at_row_30()
     spike = (xs >= 60) & (xs < 63) & (ys >= 30) & (ys <= 45)
     bite = ((xs - 120) ** 2 + (ys - 30) ** 2 <= 15**2) & (ys >= 30)
     mm_per_px = 0.17
@@ -118,13 +112,7 @@ def test_clear_tray_beyond_a_dark_face_is_as_deep_as_it_is_wide() -> None:
     """A bite reaches from the photographed outline out to the design's; a speck of clear tray that stops short of
     the photographed part lies beyond a dark face the segmentation gave to the tray (seed 7000's gears and
     bushing read 2.5-2.7 mm deep from specks of 0.4 mm²)."""
-    calib = rig()[0]
-    mask = np.zeros((calib.image_height, calib.image_width), dtype=bool)
-    mask[1000:1100, 1200:1300] = True
-    view = View(calib, mask)
-    w = view.sdf_window
-    ys, xs = np.mgrid[0 : w.height, 0 : w.width]
-    reach = np.maximum(ys - 30.0, 0.0).astype(np.float32)  # distance past the photographed outline at row 30, px
+    view, xs, ys, reach = _outline_at_row_30()
     bite = (xs >= 40) & (xs < 60) & (ys >= 30) & (ys < 50)
     speck = (xs >= 100) & (xs < 106) & (ys >= 44) & (ys < 50)
     mm_per_px = 0.1
@@ -133,3 +121,13 @@ def test_clear_tray_beyond_a_dark_face_is_as_deep_as_it_is_wide() -> None:
     speck_depth, bite_depth = depths
     assert speck_depth < 6.0
     assert bite_depth > 17.0
+
+
+def _outline_at_row_30() -> tuple[View, np.ndarray, np.ndarray, np.ndarray]:
+    """A view of a square part, its window's pixel columns and rows, and a reach map (px) of an outline along row 30."""
+    calib = rig()[0]
+    mask = np.zeros((calib.image_height, calib.image_width), dtype=bool)
+    mask[1000:1100, 1200:1300] = True
+    view = View(calib, mask)
+    ys, xs = np.mgrid[0 : view.sdf_window.height, 0 : view.sdf_window.width]
+    return view, xs, ys, np.maximum(ys - 30.0, 0.0).astype(np.float32)
