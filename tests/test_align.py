@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -180,7 +180,7 @@ def test_a_small_gears_contact_shadow_does_not_read_as_a_thicker_or_bent_part(tm
     assert abs(fit_bend(model, views, found.pose)) < 1.5
 
 
-@lru_cache(maxsize=None)
+@cache
 def _small_gear(seed: int) -> tuple[trimesh.Trimesh, np.ndarray, list[View]]:
     """A x0.7 spur gear of benchmarks/inspection.py, with its scene's own empty-tray reference, segmented."""
     gear = design("spur_gear_z20m25").copy()
