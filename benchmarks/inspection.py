@@ -10,6 +10,7 @@ before timing, since a station inspects known designs.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ from inspection.placement import place_on_tray  # noqa: E402
 from inspection.pose_error import largest_deviation, pose_error  # noqa: E402
 from inspection.profiles import load_profile  # noqa: E402
 from inspection.render import Renderer  # noqa: E402
+from inspection.report import InspectionReport  # noqa: E402
 
 REAL = [("20mm-xyz-cube.stl", "mm"), ("angle_block.STL", "inch"), ("featuretype.STL", "inch"), ("idler_riser.STL", "inch")]
 LOOK_ALIKE_MM = 0.5
@@ -57,6 +59,7 @@ def main() -> int:
     parser.add_argument("--placements", type=int, default=None)
     parser.add_argument("--defects", default=None, help="comma-separated KIND:SIZE list; '' for intact parts only")
     parser.add_argument("--values", action="store_true", help="also print the criterion values of the defective scans")
+    parser.add_argument("--jsonl", type=Path, default=None, help="also write one line per scan (scene, verdict, criterion values) to this file")
     parser.add_argument("--seed", type=int, default=1000, help="first scene seed; another value gives unseen scenes to check a tuned profile on")
     args = parser.parse_args()
     from inspection.defects import Defect, apply_defect, defect_rng, settle
@@ -111,6 +114,8 @@ def main() -> int:
                 for stage, seconds in report.timings_s.items():
                     stages.setdefault(stage, []).append(seconds)
                 rejected = not report.qc_machine
+                if args.jsonl is not None:
+                    _append_scan(args.jsonl, name, placement, seed, spec, report, times[-1])
                 if spec is None:
                     intact_time = times[-1]
                     intact_total += 1
@@ -166,6 +171,20 @@ def main() -> int:
             print(f"{spec}, criterion values (min / median / p95 / max):")
             _print_values(values)
     return 0
+
+
+def _append_scan(path: Path, name: str, placement: int, seed: int, spec: str | None, report: InspectionReport, seconds: float) -> None:
+    """One scan per line, so a criterion can be re-judged over many scenes without inspecting them again."""
+    line = {
+        "part": name, "placement": placement, "seed": seed, "defect": spec, "seconds": round(seconds, 3),
+        "qc_machine": report.qc_machine, "qc_needs_review": report.qc_needs_review, "qc_reasons": report.qc_reasons,
+        "values": {c.metric: c.value for c in report.criteria},
+        "regions": None if report.metrics is None else {
+            kind: [r.model_dump() for r in getattr(report.metrics, f"{kind}_regions")] for kind in ("missing", "extra", "surface")
+        },
+    }
+    with path.open("a") as out:
+        out.write(json.dumps(line) + "\n")
 
 
 def _print_values(values_by_metric: dict[str, list[float]]) -> None:
