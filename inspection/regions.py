@@ -48,6 +48,11 @@ class Region(BaseModel):
         description="Region centre in the part's design frame (mm): where the camera's ray through it meets the "
         "design for missing material, at the part's depth for extra material (the design is not there)."
     )
+    confirmed: bool = Field(
+        default=True,
+        description="Missing material: whether another camera sees a bite or a shading patch within 2 mm of it; an "
+        "unconfirmed region counts towards missing_material_mm2 only from SINGLE_CAMERA_MM2.",
+    )
 
 
 def consistent_extra(

@@ -100,7 +100,7 @@ class ShadingComparison:
         """
         regions, masks, pending = list(self.regions), {k: v.copy() for k, v in self.masks.items()}, []
         for region, cells in self.pending:
-            if _seen_elsewhere(region, places):
+            if seen_elsewhere(region.camera, region.centre_part_mm, places):
                 regions.append(region.model_copy(update={"confirmed": True}))
                 _paint(masks[region.camera], cells)
             else:
@@ -184,7 +184,7 @@ def compare_shading(
     places = [(r.camera, r.centre_part_mm) for r, _ in found]
     standing, pending = [], []
     for region, cells in found:
-        region.confirmed = _seen_elsewhere(region, places)
+        region.confirmed = seen_elsewhere(region.camera, region.centre_part_mm, places)
         if _stands(region):
             standing.append(region)
             _paint(masks[region.camera], cells)
@@ -204,9 +204,9 @@ def _stands(region: SurfaceRegion) -> bool:
     return region.confirmed or region.contrast >= SINGLE_CAMERA_CONTRAST
 
 
-def _seen_elsewhere(region: SurfaceRegion, places: Sequence[tuple[str, Sequence[float]]]) -> bool:
+def seen_elsewhere(camera: str, centre_part_mm: Sequence[float], places: Sequence[tuple[str, Sequence[float]]]) -> bool:
     """Whether another camera saw something at the same place on the part: of (camera, design-frame point)
-    `places`, one of another camera within CONFIRM_MM of the region's centre.
+    `places`, one of another camera than `camera` within CONFIRM_MM of `centre_part_mm`.
 
     A matte surface looks the same to every camera, so a real defect departs from the design in
     each camera that sees it, while a mismatch of the model (the inside of a bore under a light
@@ -216,10 +216,8 @@ def _seen_elsewhere(region: SurfaceRegion, places: Sequence[tuple[str, Sequence[
     spur gear), while 3 of the 7 chips that no second camera saw read 1.14-1.62 (counted before the
     comparison took in every silhouette pixel).
     """
-    centre = np.array(region.centre_part_mm)
-    return any(
-        camera != region.camera and np.linalg.norm(np.array(point) - centre) <= CONFIRM_MM for camera, point in places
-    )
+    centre = np.array(centre_part_mm)
+    return any(other != camera and np.linalg.norm(np.array(point) - centre) <= CONFIRM_MM for other, point in places)
 
 
 def _grids(

@@ -46,3 +46,16 @@ def placed(name: str, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     mesh = design(name)
     pose = place_on_tray(mesh, np.random.default_rng(seed))
     return pose, renderer().render(mesh, pose, seed)
+
+
+@lru_cache(maxsize=None)
+def benchmark_scene(name: str, factor: float, seed: int) -> tuple[trimesh.Trimesh, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(mesh, true pose, images, empty-tray reference) of benchmarks/inspection.py's scene `seed`, to pin a case it found.
+
+    `factor` is the benchmark's size variant (0.7, 1.3; 1 for the design itself); the reference is
+    rendered with its own seed, as the benchmark does.
+    """
+    mesh = design(name).copy()
+    mesh.apply_scale(factor)
+    pose = place_on_tray(mesh, np.random.default_rng(seed))
+    return mesh, pose, renderer().render(mesh, pose, seed), renderer().render(None, None, seed + 500_000)

@@ -11,9 +11,10 @@ import trimesh
 from inspection.align import View, align, fit_scale
 from inspection.defects import Defect, apply_defect, defect_rng, settle
 from inspection.design_cache import design_model
-from inspection.metrics import compute_metrics, tilt_deg
-from inspection.regions import open_to_background, regions
+from inspection.metrics import _confirm_missing, compute_metrics, tilt_deg
+from inspection.regions import Region, open_to_background, regions
 from inspection.segment import segment_scan
+from inspection.shading import ShadingComparison, SurfaceRegion
 from tests.inspection_scenes import design, empty, placed, renderer, rig
 
 
@@ -90,7 +91,7 @@ def test_material_is_judged_only_where_the_photo_is_certain(name: str, seed: int
     found = align(model, certain)
     plain, _ = compute_metrics(model, [View(c, s.mask) for c, s in segmentations], found, np.ones(3))
     judged, _ = compute_metrics(model, certain, found, np.ones(3))
-    assert plain.missing_material_mm2 > 2.0
+    assert max(r.area_mm2 for r in plain.missing_regions) > 2.0
     assert judged.missing_material_mm2 < 1.0 and judged.extra_material_mm2 < 3.0
 
 
@@ -131,3 +132,19 @@ def _outline_at_row_30() -> tuple[View, np.ndarray, np.ndarray, np.ndarray]:
     view = View(calib, mask)
     ys, xs = np.mgrid[0 : view.sdf_window.height, 0 : view.sdf_window.width]
     return view, xs, ys, np.maximum(ys - 30.0, 0.0).astype(np.float32)
+
+
+def test_a_missing_region_another_camera_confirms_counts_and_a_lone_small_one_does_not() -> None:
+    def region(camera: str, x: float, area: float = 1.0) -> Region:
+        return Region(camera=camera, area_mm2=area, depth_mm=0.6, centre_part_mm=[x, 0.0, 0.0])
+
+    def patch(camera: str, x: float) -> SurfaceRegion:
+        return SurfaceRegion(camera=camera, area_mm2=1.0, contrast=0.3, centre_part_mm=[x, 0.0, 0.0])
+
+    pending = ShadingComparison([], {}, [(patch("cam03", 20.5), np.zeros((1, 1), bool))])
+    found = _confirm_missing(
+        [region("cam01", 0.0), region("cam02", 1.5), region("cam01", 10.0), region("cam04", 40.0), region("cam01", 20.0)],
+        pending,
+    )
+    assert [r.confirmed for r in found] == [True, True, False, False, True]
+    assert not _confirm_missing([region("cam01", 0.0), region("cam01", 1.0)], ShadingComparison([], {}))[0].confirmed

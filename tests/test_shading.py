@@ -20,8 +20,8 @@ from inspection.shading import (
     ShadingComparison,
     SurfaceRegion,
     _outside,
-    _seen_elsewhere,
     _stands,
+    seen_elsewhere,
 )
 from tests.inspection_scenes import MESHES, design, empty, placed, renderer, rig
 
@@ -134,8 +134,8 @@ def test_a_region_one_camera_alone_sees_is_not_confirmed() -> None:
     def places(*regions: SurfaceRegion) -> list[tuple[str, list[float]]]:
         return [(r.camera, r.centre_part_mm) for r in regions]
 
-    assert not _seen_elsewhere(alone, places(alone, same_camera, far))
-    assert _seen_elsewhere(alone, places(alone, same_camera, far, near))
+    assert not seen_elsewhere(alone.camera, alone.centre_part_mm, places(alone, same_camera, far))
+    assert seen_elsewhere(alone.camera, alone.centre_part_mm, places(alone, same_camera, far, near))
 
 
 def test_a_faint_patch_is_confirmed_by_an_outline_bite_another_camera_sees_at_the_same_place() -> None:

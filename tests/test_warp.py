@@ -9,11 +9,10 @@ import numpy as np
 from inspection.align import View, align
 from inspection.defects import Defect, apply_defect, defect_rng, settle
 from inspection.design_cache import design_model
-from inspection.placement import place_on_tray
 from inspection.profiles import load_profile
 from inspection.segment import segment_scan
 from inspection.warp import bent, fit_bend
-from tests.inspection_scenes import design, empty, placed, renderer, rig
+from tests.inspection_scenes import benchmark_scene, design, empty, placed, renderer, rig
 
 NAME, SEED = "montageblok_mb80", 3
 
@@ -46,11 +45,7 @@ def test_an_intact_part_reads_no_bend_and_a_curled_one_its_curl(tmp_path: Path) 
 
 def test_a_small_part_propped_on_its_end_reads_no_curl_from_its_contact_shadow(tmp_path: Path) -> None:
     """Benchmark scene 3038, rejected intact for a 4.0° warp until the bend fit's loss let shadow tongues go."""
-    seed = 3038
-    mesh = design("pipe_clip_pc16").copy()
-    mesh.apply_scale(0.7)
-    pose = place_on_tray(mesh, np.random.default_rng(seed))
-    images, reference = renderer().render(mesh, pose, seed), renderer().render(None, None, seed + 500_000)
+    mesh, pose, images, reference = benchmark_scene("pipe_clip_pc16", 0.7, 3038)
     views = [View(c, segment_scan(c.name, images[c.name], reference[c.name]).mask) for c in rig()]
     threshold = next(c.threshold for c in load_profile("default").criteria if c.metric == "warp_deg")
     assert abs(fit_bend(design_model(mesh, tmp_path), views, pose)) < threshold
