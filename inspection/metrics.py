@@ -19,6 +19,7 @@ from inspection.design_cache import DesignModel
 from inspection.raycast import triangle_scene
 from inspection.regions import (
     DEPTH_FLOOR_MM,
+    SINGLE_CAMERA_MM2,
     Region,
     consistent_extra,
     open_to_background,
@@ -29,8 +30,6 @@ from inspection.shading import ShadingComparison, SurfaceRegion, seen_elsewhere
 from inspection.silhouette import Window, silhouette
 
 TOP_MARGIN_MM = 3.0
-SINGLE_CAMERA_MM2 = 4.0
-"""Area from which a missing-material region no second camera confirms still counts (_confirm_missing)."""
 
 
 class CameraMetrics(BaseModel):
@@ -41,7 +40,7 @@ class CameraMetrics(BaseModel):
     contour_p95_mm: float = Field(description="95th percentile of |outline deviation| in mm.")
     contour_p99_mm: float = Field(description="99th percentile of |outline deviation| in mm.")
     contour_max_mm: float = Field(description="Largest |outline deviation| in mm.")
-    missing_mm2: float = Field(description="Largest missing-material region in mm².")
+    missing_mm2: float = Field(description="Largest missing-material region this camera saw, mm², confirmed by another camera or not.")
     extra_mm2: float = Field(description="Largest extra-material region in mm².")
     visible_fraction: float = Field(description="Fraction of the model's outline inside the image.")
     mm_per_px: float = Field(description="Scale at the part's depth.")
@@ -57,8 +56,11 @@ class InspectionMetrics(BaseModel):
     contour_p95_mm: float = Field(description="95th percentile of |outline deviation| over all cameras, mm.")
     contour_p99_mm: float = Field(description="99th percentile of |outline deviation| over all cameras, mm.")
     contour_max_mm: float = Field(description="Largest |outline deviation|, mm.")
-    missing_material_mm2: float = Field(description="Largest missing-material region, mm²: its pixels reaching at least 0.3 mm past the outline where the photo clearly shows tray; a region no second camera confirms counts from 4 mm².")
-    missing_material_depth_mm: float = Field(description="Depth of the deepest missing-material region (its 6th deepest pixel), mm.")
+    missing_material_mm2: float = Field(
+        description="Largest missing-material region, mm²: its pixels reaching at least 0.3 mm past the outline where the "
+        f"photo clearly shows tray; a region no second camera confirms counts from {SINGLE_CAMERA_MM2:g} mm²."
+    )
+    missing_material_depth_mm: float = Field(description="Depth of the deepest missing-material region (its 6th deepest pixel), confirmed or not, mm.")
     extra_material_mm2: float = Field(description="Largest extra-material region, mm²: its pixels reaching at least 0.3 mm past the outline where the photo clearly shows part, consistent across cameras.")
     extra_material_depth_mm: float = Field(description="Depth of the deepest extra-material region, mm.")
     surface_defect_mm2: float = Field(
@@ -191,7 +193,7 @@ def compute_metrics(
         contour_p95_mm=round(_percentile(everything, 95), 4),
         contour_p99_mm=round(_percentile(everything, 99), 4),
         contour_max_mm=round(float(everything.max()) if len(everything) else 0.0, 4),
-        missing_material_mm2=max((r.area_mm2 for r in missing_regions if r.confirmed or r.area_mm2 >= SINGLE_CAMERA_MM2), default=0.0),
+        missing_material_mm2=_missing_area(missing_regions),
         missing_material_depth_mm=max((r.depth_mm for r in missing_regions), default=0.0),
         extra_material_mm2=max((r.area_mm2 for r in extra_regions), default=0.0),
         extra_material_depth_mm=max((r.depth_mm for r in extra_regions), default=0.0),
@@ -244,3 +246,8 @@ def _confirm_missing(missing: list[Region], surface: ShadingComparison) -> list[
     places += [(r.camera, r.centre_part_mm) for r in surface.regions]
     places += [(r.camera, r.centre_part_mm) for r, _ in surface.pending]
     return [r.model_copy(update={"confirmed": seen_elsewhere(r.camera, r.centre_part_mm, places)}) for r in missing]
+
+
+def _missing_area(missing: Sequence[Region]) -> float:
+    """The largest region that counts: confirmed by another camera, or large enough alone."""
+    return max((r.area_mm2 for r in missing if r.confirmed or r.area_mm2 >= SINGLE_CAMERA_MM2), default=0.0)

@@ -36,6 +36,10 @@ CARVE_TOLERANCE_PX = 2.5
 MAX_CARVE_PIXELS = 1500
 
 
+SINGLE_CAMERA_MM2 = 4.0
+"""Area from which a missing-material region no second camera confirms still counts (metrics._confirm_missing)."""
+
+
 class Region(BaseModel):
     """A connected patch where the photo and the model disagree."""
 
@@ -48,10 +52,10 @@ class Region(BaseModel):
         description="Region centre in the part's design frame (mm): where the camera's ray through it meets the "
         "design for missing material, at the part's depth for extra material (the design is not there)."
     )
-    confirmed: bool = Field(
-        default=True,
-        description="Missing material: whether another camera sees a bite or a shading patch within 2 mm of it; an "
-        "unconfirmed region counts towards missing_material_mm2 only from SINGLE_CAMERA_MM2.",
+    confirmed: bool | None = Field(
+        default=None,
+        description=f"Missing material: whether another camera sees a bite or a shading patch within 2 mm of it; an "
+        f"unconfirmed region counts towards missing_material_mm2 only from {SINGLE_CAMERA_MM2:g} mm². None for extra material.",
     )
 
 

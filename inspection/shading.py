@@ -200,7 +200,13 @@ def _paint(mask: np.ndarray, cells: np.ndarray) -> None:
 
 
 def _stands(region: SurfaceRegion) -> bool:
-    """Whether a patch counts as a surface defect: confirmed by a second camera, or strong enough alone."""
+    """Whether a patch counts as a surface defect: confirmed by a second camera, or strong enough alone.
+
+    A chip on a tube's rim or a clip's inner face may face one camera only, so an unconfirmed patch
+    still stands from SINGLE_CAMERA_CONTRAST: on the 44 intact scenes of seed 1000 none read above
+    0.28 (0.41 on seed 9000, 0.76 on seed 5000, a x1.3 spur gear), while 3 of the 7 chips that no
+    second camera saw read 1.14-1.62 (counted before the comparison took in every silhouette pixel).
+    """
     return region.confirmed or region.contrast >= SINGLE_CAMERA_CONTRAST
 
 
@@ -210,11 +216,8 @@ def seen_elsewhere(camera: str, centre_part_mm: Sequence[float], places: Sequenc
 
     A matte surface looks the same to every camera, so a real defect departs from the design in
     each camera that sees it, while a mismatch of the model (the inside of a bore under a light
-    it half sees) shows in one. Not always: a chip on a tube's rim or a clip's inner face may face
-    one camera only. So an unconfirmed patch still stands from SINGLE_CAMERA_CONTRAST: on the 44
-    intact scenes of seed 1000 none read above 0.28 (0.41 on seed 9000, 0.76 on seed 5000, a x1.3
-    spur gear), while 3 of the 7 chips that no second camera saw read 1.14-1.62 (counted before the
-    comparison took in every silhouette pixel).
+    it half sees) shows in one; likewise a chip bites the outline in the cameras it turns its edge to,
+    while a speck of tray the segmentation finds beside a dark face is one camera's (metrics).
     """
     centre = np.array(centre_part_mm)
     return any(other != camera and np.linalg.norm(np.array(point) - centre) <= CONFIRM_MM for other, point in places)

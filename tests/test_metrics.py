@@ -11,8 +11,13 @@ import trimesh
 from inspection.align import View, align, fit_scale
 from inspection.defects import Defect, apply_defect, defect_rng, settle
 from inspection.design_cache import design_model
-from inspection.metrics import _confirm_missing, compute_metrics, tilt_deg
-from inspection.regions import Region, open_to_background, regions
+from inspection.metrics import (
+    _confirm_missing,
+    _missing_area,
+    compute_metrics,
+    tilt_deg,
+)
+from inspection.regions import SINGLE_CAMERA_MM2, Region, open_to_background, regions
 from inspection.segment import segment_scan
 from inspection.shading import ShadingComparison, SurfaceRegion
 from tests.inspection_scenes import design, empty, placed, renderer, rig
@@ -92,7 +97,7 @@ def test_material_is_judged_only_where_the_photo_is_certain(name: str, seed: int
     plain, _ = compute_metrics(model, [View(c, s.mask) for c, s in segmentations], found, np.ones(3))
     judged, _ = compute_metrics(model, certain, found, np.ones(3))
     assert max(r.area_mm2 for r in plain.missing_regions) > 2.0
-    assert judged.missing_material_mm2 < 1.0 and judged.extra_material_mm2 < 3.0
+    assert max((r.area_mm2 for r in judged.missing_regions), default=0.0) < 1.0 and judged.extra_material_mm2 < 3.0
 
 
 def test_a_thin_spike_reads_shallower_than_its_tip_and_a_rounded_chip_as_deep_as_it_is() -> None:
@@ -141,10 +146,17 @@ def test_a_missing_region_another_camera_confirms_counts_and_a_lone_small_one_do
     def patch(camera: str, x: float) -> SurfaceRegion:
         return SurfaceRegion(camera=camera, area_mm2=1.0, contrast=0.3, centre_part_mm=[x, 0.0, 0.0])
 
-    pending = ShadingComparison([], {}, [(patch("cam03", 20.5), np.zeros((1, 1), bool))])
+    shading = ShadingComparison([patch("cam05", 30.5)], {}, [(patch("cam03", 20.5), np.zeros((1, 1), bool))])
     found = _confirm_missing(
-        [region("cam01", 0.0), region("cam02", 1.5), region("cam01", 10.0), region("cam04", 40.0), region("cam01", 20.0)],
-        pending,
+        [region("cam01", 0.0), region("cam02", 1.5), region("cam01", 10.0), region("cam04", 40.0), region("cam01", 20.0),
+         region("cam02", 30.0)],
+        shading,
     )
-    assert [r.confirmed for r in found] == [True, True, False, False, True]
+    assert [r.confirmed for r in found] == [True, True, False, False, True, True]
     assert not _confirm_missing([region("cam01", 0.0), region("cam01", 1.0)], ShadingComparison([], {}))[0].confirmed
+
+    lone = _confirm_missing([region("cam01", 0.0, area=SINGLE_CAMERA_MM2 - 0.5), region("cam02", 50.0, area=1.0)], shading)
+    assert _missing_area(lone) == 0.0
+    large = _confirm_missing([region("cam01", 0.0, area=SINGLE_CAMERA_MM2 + 0.5)], shading)
+    assert _missing_area(large) == SINGLE_CAMERA_MM2 + 0.5
+    assert _missing_area(found) == 1.0
