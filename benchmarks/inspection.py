@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -59,7 +60,7 @@ def main() -> int:
     parser.add_argument("--placements", type=int, default=None)
     parser.add_argument("--defects", default=None, help="comma-separated KIND:SIZE list; '' for intact parts only")
     parser.add_argument("--values", action="store_true", help="also print the criterion values of the defective scans")
-    parser.add_argument("--jsonl", type=Path, default=None, help="also write one line per scan (scene, verdict, criterion values) to this file")
+    parser.add_argument("--jsonl", type=Path, default=None, help="also write one line per scan (scene, verdict, metrics, regions) to this file, replacing it")
     parser.add_argument("--seed", type=int, default=1000, help="first scene seed; another value gives unseen scenes to check a tuned profile on")
     args = parser.parse_args()
     from inspection.defects import Defect, apply_defect, defect_rng, settle
@@ -86,6 +87,8 @@ def main() -> int:
     passed: dict[str, list[str]] = {d: [] for d in defects}
     defect_values: dict[str, dict[str, list[float]]] = {d: {c.metric: [] for c in profile.criteria} for d in defects}
     failures_by_reason: dict[str, int] = {}
+    if args.jsonl is not None:
+        args.jsonl.write_text("")
     all_parts = parts(args.quick)
     print(f"{len(all_parts)} parts × {placements} placements × (intact + {len(defects)} defects), profile {profile.name}")
     seed = args.seed
@@ -175,16 +178,25 @@ def main() -> int:
 
 def _append_scan(path: Path, name: str, placement: int, seed: int, spec: str | None, report: InspectionReport, seconds: float) -> None:
     """One scan per line, so a criterion can be re-judged over many scenes without inspecting them again."""
+    metrics = None if report.metrics is None else report.metrics.model_dump(exclude={"per_camera"})
     line = {
-        "part": name, "placement": placement, "seed": seed, "defect": spec, "seconds": round(seconds, 3),
-        "qc_machine": report.qc_machine, "qc_needs_review": report.qc_needs_review, "qc_reasons": report.qc_reasons,
-        "values": {c.metric: c.value for c in report.criteria},
-        "regions": None if report.metrics is None else {
-            kind: [r.model_dump() for r in getattr(report.metrics, f"{kind}_regions")] for kind in ("missing", "extra", "surface")
-        },
+        "part": name, "placement": placement, "seed": seed, "defect": spec, "profile": report.profile,
+        "seconds": round(seconds, 3), "qc_machine": report.qc_machine, "qc_needs_review": report.qc_needs_review,
+        "qc_reasons": report.qc_reasons, "metrics": metrics,
     }
     with path.open("a") as out:
-        out.write(json.dumps(line) + "\n")
+        out.write(json.dumps(_finite(line)) + "\n")
+
+
+def _finite(value: object) -> object:
+    """JSON has no infinity (an alignment residual can be one): null instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _print_values(values_by_metric: dict[str, list[float]]) -> None:
