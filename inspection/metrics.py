@@ -236,7 +236,7 @@ def _confirm_missing(missing: list[Region], surface: ShadingComparison) -> list[
 
     A chip is a hollow in a solid: the cameras it faces see its shading, those it turns its edge to a
     bite out of the outline. A speck of tray the segmentation finds beside a dark face or between
-    gear teeth is one camera's. Held out on seed 11000, three intact parts were rejected for such
+    gear teeth is one camera's. On seed 11000, new then, three intact parts were rejected for such
     specks of 1.6-2.5 mm² in one camera (and one on seed 7000, 1.9 mm²), while no 1 mm chip of
     seeds 1000 and 11000 was rejected for its area: their bites are under a square millimetre, and
     their shading rejects them. An unconfirmed region still counts from SINGLE_CAMERA_MM2, a bite
