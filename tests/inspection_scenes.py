@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,7 @@ def placed(name: str, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return pose, renderer().render(mesh, pose, seed)
 
 
-@lru_cache(maxsize=None)
+@cache
 def benchmark_scene(
     name: str, factor: float, seed: int, defect: str | None = None
 ) -> tuple[trimesh.Trimesh, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
