@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -177,26 +176,18 @@ def main() -> int:
 
 
 def _append_scan(path: Path, name: str, placement: int, seed: int, spec: str | None, report: InspectionReport, seconds: float) -> None:
-    """One scan per line, so a criterion can be re-judged over many scenes without inspecting them again."""
-    metrics = None if report.metrics is None else report.metrics.model_dump(exclude={"per_camera"})
+    """One scan per line, so a criterion can be re-judged over many scenes without inspecting them again.
+
+    The metrics go through pydantic's JSON, which writes an infinite alignment residual as null
+    (json.dumps would write Infinity, which is not JSON)."""
+    metrics = None if report.metrics is None else json.loads(report.metrics.model_dump_json(exclude={"per_camera"}))
     line = {
         "part": name, "placement": placement, "seed": seed, "defect": spec, "profile": report.profile,
         "seconds": round(seconds, 3), "qc_machine": report.qc_machine, "qc_needs_review": report.qc_needs_review,
         "qc_reasons": report.qc_reasons, "metrics": metrics,
     }
     with path.open("a") as out:
-        out.write(json.dumps(_finite(line)) + "\n")
-
-
-def _finite(value: object) -> object:
-    """JSON has no infinity (an alignment residual can be one): null instead."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+        out.write(json.dumps(line) + "\n")
 
 
 def _print_values(values_by_metric: dict[str, list[float]]) -> None:
