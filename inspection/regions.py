@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from inspection.align import EDGE_BIAS_PX, View, transform
 from inspection.raycast import cast
+from inspection.shading import CONFIRM_MM
 
 CLEAN_PX = 3
 MIN_REGION_PX = 12
@@ -54,7 +55,7 @@ class Region(BaseModel):
     )
     confirmed: bool | None = Field(
         default=None,
-        description=f"Missing material: whether another camera sees a bite or a shading patch within 2 mm of it; an "
+        description=f"Missing material: whether another camera sees a bite or a shading patch within {CONFIRM_MM:g} mm of it; an "
         f"unconfirmed region counts towards missing_material_mm2 only from {SINGLE_CAMERA_MM2:g} mm². None for extra material.",
     )
 
