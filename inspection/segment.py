@@ -161,8 +161,21 @@ def _near_tray_edge(ref: np.ndarray) -> np.ndarray:
     mean = cv2.GaussianBlur(ref, (0, 0), NCC_SIGMA_PX)
     var = cv2.GaussianBlur(ref * ref, (0, 0), NCC_SIGMA_PX) - mean * mean
     edged = (var > REF_EDGE_CONTRAST**2 * np.maximum(mean * mean, 1.0)).astype(np.uint8)
-    size = 2 * REF_EDGE_CLEAR_PX + 1
-    return cv2.dilate(edged, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))).astype(bool)
+    near = np.zeros(ref.shape, dtype=bool)
+    box = _padded_box(edged, REF_EDGE_CLEAR_PX)
+    if box is not None:
+        size = 2 * REF_EDGE_CLEAR_PX + 1
+        near[box] = cv2.dilate(edged[box], cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))).astype(bool)
+    return near
+
+
+def _padded_box(mask: np.ndarray, pad: int) -> tuple[slice, slice] | None:
+    """The box of a mask's non-zero pixels grown by `pad` (clipped), or None for an empty mask: everything
+    within `pad` of a marked pixel lies inside it, so a dilation or distance that far can be limited to it."""
+    x, y, w, h = cv2.boundingRect(mask)
+    if w == 0:
+        return None
+    return slice(max(y - pad, 0), y + h + pad), slice(max(x - pad, 0), x + w + pad)
 
 
 def _cut(threshold: np.ndarray, evidence: np.ndarray, im: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -230,9 +243,19 @@ def _seeds(score: np.ndarray) -> np.ndarray:
     count, labels, stats, _ = cv2.connectedComponentsWithStats(threshold, connectivity=8)
     sizeable = np.zeros(count, dtype=np.uint8)
     sizeable[1:] = stats[1:, cv2.CC_STAT_AREA] >= SEED_MIN_PX
-    far = cv2.distanceTransform(1 - sizeable[labels], cv2.DIST_L2, 3) > 2 * CUT_BAND_PX
-    threshold[far] = 0
-    return threshold
+    seeds = np.zeros_like(threshold)
+    big = np.flatnonzero(sizeable)
+    if len(big) == 0:
+        return seeds
+    # Every pixel within reach of a sizeable patch lies in their box grown by the reach.
+    reach = 2 * CUT_BAND_PX
+    x0, y0 = stats[big, cv2.CC_STAT_LEFT].min(), stats[big, cv2.CC_STAT_TOP].min()
+    x1 = (stats[big, cv2.CC_STAT_LEFT] + stats[big, cv2.CC_STAT_WIDTH]).max()
+    y1 = (stats[big, cv2.CC_STAT_TOP] + stats[big, cv2.CC_STAT_HEIGHT]).max()
+    box = slice(max(y0 - reach - 1, 0), y1 + reach + 1), slice(max(x0 - reach - 1, 0), x1 + reach + 1)
+    near = cv2.distanceTransform(1 - sizeable[labels[box]], cv2.DIST_L2, 3) <= reach
+    seeds[box] = threshold[box] * near
+    return seeds
 
 
 def _part_pixels(im: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, Evidence]:
@@ -246,15 +269,31 @@ def _part_pixels(im: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, Evidence]
     y0, x0 = max(by - CUT_BAND_PX, 0), max(bx - CUT_BAND_PX, 0)
     y1, x1 = by + bh + CUT_BAND_PX, bx + bw + CUT_BAND_PX
     box = (slice(y0, y1), slice(x0, x1))
-    part[box] = _cut(seeds[box], evidence.score[box], im[box], ref[box])
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(part, connectivity=8)
+    open_sides = (x0 > 0, y0 > 0, x1 < im.shape[1], y1 < im.shape[0])
+    part[box] = _solid(_cut(seeds[box], evidence.score[box], im[box], ref[box]), open_sides)
+    return part.astype(bool), evidence
+
+
+def _solid(cut: np.ndarray, open_sides: tuple[bool, bool, bool, bool]) -> np.ndarray:
+    """The cut's patches of MIN_COMPONENT_PX or more with their pinholes filled; a hole reaching a side of the
+    cut's box where the image goes on (`open_sides`: left, top, right, bottom) is open to the tray beyond."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(cut.astype(np.uint8), connectivity=8)
     keep = np.zeros(count, dtype=bool)
     keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= MIN_COMPONENT_PX
     part = keep[labels]
     count, labels, stats, _ = cv2.connectedComponentsWithStats((~part).astype(np.uint8), connectivity=4)
-    pinholes = np.zeros(count, dtype=bool)
-    pinholes[1:] = stats[1:, cv2.CC_STAT_AREA] < MAX_PINHOLE_PX
-    return part | pinholes[labels], evidence
+    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    right, bottom = left + stats[:, cv2.CC_STAT_WIDTH], top + stats[:, cv2.CC_STAT_HEIGHT]
+    height, width = part.shape
+    reaches_out = (
+        (open_sides[0] & (left == 0))
+        | (open_sides[1] & (top == 0))
+        | (open_sides[2] & (right == width))
+        | (open_sides[3] & (bottom == height))
+    )
+    pinholes = (stats[:, cv2.CC_STAT_AREA] < MAX_PINHOLE_PX) & ~reaches_out
+    pinholes[0] = False
+    return part | pinholes[labels]
 
 
 ROI_SCALE = 0.25

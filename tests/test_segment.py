@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 
 from inspection.regions import open_to_background
-from inspection.segment import SegmentationError, segment_scan
+from inspection.segment import (
+    CUT_BAND_PX,
+    MAX_PINHOLE_PX,
+    MIN_COMPONENT_PX,
+    SEED_MIN_PX,
+    SegmentationError,
+    _seeds,
+    _solid,
+    segment_scan,
+)
 from inspection.silhouette import full_window, silhouette
 from tests.inspection_scenes import design, empty, placed, rig
 
@@ -56,3 +65,30 @@ def test_contact_shadows_and_dark_faces_stay_near_the_true_outline(name: str, se
         beyond_inside = cv2.distanceTransform(truth.astype(np.uint8), cv2.DIST_L2, 5)[truth & open_to_background(mask)]
         assert beyond_outside.max(initial=0.0) < 9.0, f"{calib.name}: shadow taken for part {beyond_outside.max():.0f} px out"
         assert beyond_inside.max(initial=0.0) < 9.0, f"{calib.name}: part taken for tray {beyond_inside.max():.0f} px in"
+
+
+def test_the_cut_fills_pinholes_but_not_notches_open_to_the_tray_beyond_its_box() -> None:
+    cut = np.zeros((120, 120), dtype=bool)
+    cut[10:110, 0:100] = True
+    cut[50:60, 50:60] = False  # a pinhole
+    cut[20:30, 0:10] = False  # a notch at the box's left side
+    speck = np.zeros_like(cut)
+    speck[112:118, 112:118] = True  # far smaller than a part
+    assert 36 < MIN_COMPONENT_PX and 100 < MAX_PINHOLE_PX
+    open_left = _solid(cut | speck, (True, True, True, True))
+    assert open_left[55, 55] and not open_left[25, 5] and not open_left[115, 115]
+    # The same notch where the box ends at the image's edge is a hole in the part.
+    assert _solid(cut, (False, True, True, True))[25, 5]
+
+
+def test_seeds_keep_sizeable_patches_and_specks_near_them_only() -> None:
+    score = np.zeros((400, 400), dtype=np.float32)
+    score[100:140, 100:140] = 2.0
+    score[150, 150] = 2.0  # a speck within reach of the patch
+    score[390, 390] = 2.0  # a speck far from it
+    seeds = _seeds(score)
+    assert seeds[120, 120] and seeds[150, 150] and not seeds[390, 390]
+    assert 2 * CUT_BAND_PX < 250 and SEED_MIN_PX > 1
+    lone = np.zeros_like(score)
+    lone[200, 200] = 2.0
+    assert not _seeds(lone).any()
