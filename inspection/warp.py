@@ -41,12 +41,11 @@ scenes a median 2.57° against 2.55°."""
 
 def bend_frame(model: DesignModel, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(centre, long axis, bend direction, length) in the part frame: the long axis curls towards the tray's up."""
-    box = model.mesh().bounding_box_oriented
-    axes = np.asarray(box.primitive.transform)[:3, :3].T
-    extents = np.asarray(box.primitive.extents)
+    axes = model.box_transform[:3, :3].T
+    extents = model.box_extents
     order = np.argsort(-extents)
     long_axis, length = axes[order[0]], float(extents[order[0]])
-    centre = np.asarray(box.primitive.transform)[:3, 3]
+    centre = model.box_transform[:3, 3]
     up = pose[:3, :3].T @ np.array([0.0, 0.0, 1.0])
     bend = up - (up @ long_axis) * long_axis
     if np.linalg.norm(bend) < 0.3:  # standing on its end: it can only curl sideways
