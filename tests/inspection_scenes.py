@@ -9,6 +9,7 @@ import numpy as np
 import trimesh
 
 from inspection.camera import CameraCalibration, load_rig
+from inspection.defects import Defect, apply_defect, defect_rng, settle
 from inspection.designs import load_mesh_mm
 from inspection.placement import place_on_tray
 from inspection.render import Renderer
@@ -49,13 +50,20 @@ def placed(name: str, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 
 @cache
-def benchmark_scene(name: str, factor: float, seed: int) -> tuple[trimesh.Trimesh, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+def benchmark_scene(
+    name: str, factor: float, seed: int, defect: str | None = None
+) -> tuple[trimesh.Trimesh, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(mesh, true pose, images, empty-tray reference) of benchmarks/inspection.py's scene `seed`, to pin a case it found.
 
     `factor` is the benchmark's size variant (0.7, 1.3; 1 for the design itself); the reference is
-    rendered with its own seed, as the benchmark does.
+    rendered with its own seed, as the benchmark does; `defect` (KIND:SIZE) is put in as the benchmark
+    puts it, with the scene's own defect stream, and the mesh returned is the design's.
     """
     mesh = design(name).copy()
     mesh.apply_scale(factor)
     pose = place_on_tray(mesh, np.random.default_rng(seed))
-    return mesh, pose, renderer().render(mesh, pose, seed), renderer().render(None, None, seed + 500_000)
+    shown, shown_pose = mesh, pose
+    if defect is not None:
+        shown, _ = apply_defect(mesh, Defect.parse(defect), defect_rng(seed), pose=pose)
+        shown_pose = settle(shown, pose)
+    return mesh, shown_pose, renderer().render(shown, shown_pose, seed), renderer().render(None, None, seed + 500_000)

@@ -61,6 +61,18 @@ def test_a_speck_of_tray_only_one_camera_sees_does_not_reject_an_intact_part(tmp
     assert report.qc_machine, report.qc_reasons
 
 
+def test_a_chip_one_camera_sees_faintly_and_another_as_a_small_bite_is_rejected(tmp_path: Path) -> None:
+    """Benchmark scene 1006, a flanged bushing with a 1 mm chip: shading 0.49 in cam05 (under 0.5), a bite of
+    0.72 mm² in cam04 (under 1.6 mm²) at the same place; it passed, sent to review."""
+    mesh, _, images, reference = benchmark_scene("flanged_bushing_fb20", 1.0, 1006, "missing_chunk:1.0")
+    report = inspect_scan(images, reference, rig(), mesh, "flanged_bushing_fb20", load_profile("default"), cache_dir=tmp_path)
+    assert report.metrics is not None
+    profile = {c.metric: c.threshold for c in load_profile("default").criteria}
+    assert report.metrics.surface_defect_contrast < profile["surface_defect_contrast"], "no longer a faint chip"
+    assert report.metrics.missing_material_mm2 < profile["missing_material_mm2"], "no longer a small bite"
+    assert not report.qc_machine and "missing_material" in report.qc_reasons, report.metrics.missing_material_contrast
+
+
 def test_a_directory_gives_a_report_overlays_and_cli_json(tmp_path: Path) -> None:
     _, images = placed("angle_block", 5)
     scan = _write_scan(tmp_path / "scan", images)

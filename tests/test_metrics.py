@@ -12,6 +12,7 @@ from inspection.align import View, align, fit_scale
 from inspection.defects import Defect, apply_defect, defect_rng, settle
 from inspection.design_cache import design_model
 from inspection.metrics import (
+    _bitten_contrast,
     _confirm_missing,
     _missing_area,
     compute_metrics,
@@ -19,7 +20,7 @@ from inspection.metrics import (
 )
 from inspection.regions import SINGLE_CAMERA_MM2, Region, open_to_background, regions
 from inspection.segment import segment_scan
-from inspection.shading import ShadingComparison, SurfaceRegion
+from inspection.shading import CONFIRM_MM, ShadingComparison, SurfaceRegion
 from tests.inspection_scenes import design, empty, placed, renderer, rig
 
 
@@ -160,3 +161,17 @@ def test_a_missing_region_another_camera_confirms_counts_and_a_lone_small_one_do
     large = _confirm_missing([region("cam01", 0.0, area=SINGLE_CAMERA_MM2 + 0.5)], shading)
     assert _missing_area(large) == SINGLE_CAMERA_MM2 + 0.5
     assert _missing_area(found) == 1.0
+
+
+def test_a_surface_patch_counts_as_a_hollow_only_beside_another_cameras_bite() -> None:
+    def bite(camera: str, x: float) -> Region:
+        return Region(camera=camera, area_mm2=0.5, depth_mm=0.6, centre_part_mm=[x, 0.0, 0.0])
+
+    def patch(camera: str, x: float, contrast: float) -> SurfaceRegion:
+        return SurfaceRegion(camera=camera, area_mm2=1.0, contrast=contrast, centre_part_mm=[x, 0.0, 0.0])
+
+    near = CONFIRM_MM - 0.5
+    assert _bitten_contrast([patch("cam02", 0.0, 0.3), patch("cam03", 10.0, 0.4)], [bite("cam01", near)]) == 0.3
+    assert _bitten_contrast([patch("cam02", 0.0, 0.3)], [bite("cam02", near)]) == 0.0, "the same camera is no second view"
+    assert _bitten_contrast([patch("cam02", 0.0, 0.3)], [bite("cam01", CONFIRM_MM + 0.5)]) == 0.0
+    assert _bitten_contrast([], [bite("cam01", 0.0)]) == 0.0
