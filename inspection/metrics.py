@@ -77,8 +77,9 @@ class InspectionMetrics(BaseModel):
     )
     missing_material_contrast: float = Field(
         default=0.0,
-        description="Largest relative brightness difference of a surface patch that another camera's missing-material "
-        f"region lies within {CONFIRM_MM:g} mm of, 0 for none: a chip seen face-on by one camera and edge-on by another.",
+        description="Largest relative brightness difference from the design of a surface patch that another camera's "
+        f"missing-material region lies within {CONFIRM_MM:g} mm of, 0 for none: a chip seen face-on by one camera and "
+        "edge-on by another.",
     )
     scale_x_pct: float = Field(description="Scale deviation along the design's x axis, %.")
     scale_y_pct: float = Field(description="Scale deviation along the design's y axis, %.")
@@ -209,7 +210,7 @@ def compute_metrics(
         extra_material_depth_mm=max((r.depth_mm for r in extra_regions), default=0.0),
         surface_defect_mm2=max((r.area_mm2 for r in surface.regions), default=0.0),
         surface_defect_contrast=max((r.contrast for r in surface.regions), default=0.0),
-        missing_material_contrast=_bitten_contrast(surface.regions, missing_regions),
+        missing_material_contrast=_bitten_patch_contrast(surface.regions, missing_regions),
         scale_x_pct=round(float(scale_pct[0]), 3),
         scale_y_pct=round(float(scale_pct[1]), 3),
         scale_z_pct=round(float(scale_pct[2]), 3),
@@ -264,14 +265,15 @@ def _missing_area(missing: Sequence[Region]) -> float:
     return max((r.area_mm2 for r in missing if r.confirmed or r.area_mm2 >= SINGLE_CAMERA_MM2), default=0.0)
 
 
-def _bitten_contrast(patches: Sequence[SurfaceRegion], missing: Sequence[Region]) -> float:
+def _bitten_patch_contrast(patches: Sequence[SurfaceRegion], missing: Sequence[Region]) -> float:
     """The strongest surface patch that another camera's outline bite lies beside, 0 for none.
 
     A chip is a hollow: a camera facing it sees its faces turned to the lights at the wrong angles, one
-    looking along it a bite out of the outline. Each alone is also what a segmentation slip or a bore
-    under a half-seen light gives on intact parts, which is why surface_defect_contrast waits for 0.5
-    and missing_material_mm2 for 1.6 mm²; both at the same place on the part, from two cameras, are
-    what a chip gives and an intact part did not (see the default profile).
+    looking along it a bite out of the outline. Each alone is also what intact parts give (a bore under
+    a half-seen light, a speck of tray beside a dark face), which is why surface_defect_contrast and
+    missing_material_mm2 are judged from thresholds above what intact parts read; both at one place on
+    the part, from two cameras, is what a chip gives and no intact benchmark part did. confirmed_by
+    pairs the same two to let a faint patch stand; this says which standing patches such a pair made.
     """
     bites = [(r.camera, r.centre_part_mm) for r in missing]
     return max((p.contrast for p in patches if seen_elsewhere(p.camera, p.centre_part_mm, bites)), default=0.0)

@@ -9,6 +9,7 @@ per pixel, so the labelling is a minimum cut that also wants a short outline alo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -35,6 +36,8 @@ CUT_EDGE_STEP = 0.03
 CUT_BLUR_PX = 0.8
 CUT_BAND_PX = 24
 SEED_MIN_PX = 50
+_CHAMFER_STEP = 0.955
+"""Length OpenCV's 3x3 L2 distance transform gives a straight step (a diagonal one 1.3693)."""
 
 
 class SegmentationError(ValueError):
@@ -247,12 +250,14 @@ def _seeds(score: np.ndarray) -> np.ndarray:
     big = np.flatnonzero(sizeable)
     if len(big) == 0:
         return seeds
-    # Every pixel within reach of a sizeable patch lies in their box grown by the reach.
     reach = 2 * CUT_BAND_PX
+    # The 3x3 chamfer distance counts 0.955 per straight step, so a pixel n steps beyond the patches' box
+    # can read as little as 0.955·n: the box is grown until that exceeds the reach.
+    pad = math.ceil(reach / _CHAMFER_STEP) + 1
     x0, y0 = stats[big, cv2.CC_STAT_LEFT].min(), stats[big, cv2.CC_STAT_TOP].min()
     x1 = (stats[big, cv2.CC_STAT_LEFT] + stats[big, cv2.CC_STAT_WIDTH]).max()
     y1 = (stats[big, cv2.CC_STAT_TOP] + stats[big, cv2.CC_STAT_HEIGHT]).max()
-    box = slice(max(y0 - reach - 1, 0), y1 + reach + 1), slice(max(x0 - reach - 1, 0), x1 + reach + 1)
+    box = slice(max(y0 - pad, 0), y1 + pad), slice(max(x0 - pad, 0), x1 + pad)
     near = cv2.distanceTransform(1 - sizeable[labels[box]], cv2.DIST_L2, 3) <= reach
     seeds[box] = threshold[box] * near
     return seeds

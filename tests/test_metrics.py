@@ -12,7 +12,7 @@ from inspection.align import View, align, fit_scale
 from inspection.defects import Defect, apply_defect, defect_rng, settle
 from inspection.design_cache import design_model
 from inspection.metrics import (
-    _bitten_contrast,
+    _bitten_patch_contrast,
     _confirm_missing,
     _missing_area,
     compute_metrics,
@@ -171,7 +171,7 @@ def test_a_surface_patch_counts_as_a_hollow_only_beside_another_cameras_bite() -
         return SurfaceRegion(camera=camera, area_mm2=1.0, contrast=contrast, centre_part_mm=[x, 0.0, 0.0])
 
     near = CONFIRM_MM - 0.5
-    assert _bitten_contrast([patch("cam02", 0.0, 0.3), patch("cam03", 10.0, 0.4)], [bite("cam01", near)]) == 0.3
-    assert _bitten_contrast([patch("cam02", 0.0, 0.3)], [bite("cam02", near)]) == 0.0, "the same camera is no second view"
-    assert _bitten_contrast([patch("cam02", 0.0, 0.3)], [bite("cam01", CONFIRM_MM + 0.5)]) == 0.0
-    assert _bitten_contrast([], [bite("cam01", 0.0)]) == 0.0
+    assert _bitten_patch_contrast([patch("cam02", 0.0, 0.3), patch("cam03", 10.0, 0.4)], [bite("cam01", near)]) == 0.3
+    assert _bitten_patch_contrast([patch("cam02", 0.0, 0.3)], [bite("cam02", near)]) == 0.0, "the same camera is no second view"
+    assert _bitten_patch_contrast([patch("cam02", 0.0, 0.3)], [bite("cam01", CONFIRM_MM + 0.5)]) == 0.0
+    assert _bitten_patch_contrast([], [bite("cam01", 0.0)]) == 0.0

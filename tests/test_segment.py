@@ -85,9 +85,10 @@ def test_seeds_keep_sizeable_patches_and_specks_near_them_only() -> None:
     score = np.zeros((400, 400), dtype=np.float32)
     score[100:140, 100:140] = 2.0
     score[150, 150] = 2.0  # a speck within reach of the patch
+    score[119, 189] = 2.0  # 50 px straight out: the distance transform reads 47.75, within reach
     score[390, 390] = 2.0  # a speck far from it
     seeds = _seeds(score)
-    assert seeds[120, 120] and seeds[150, 150] and not seeds[390, 390]
+    assert seeds[120, 120] and seeds[150, 150] and seeds[119, 189] and not seeds[390, 390]
     assert 2 * CUT_BAND_PX < 250 and SEED_MIN_PX > 1
     lone = np.zeros_like(score)
     lone[200, 200] = 2.0
