@@ -173,8 +173,8 @@ def _near_tray_edge(ref: np.ndarray) -> np.ndarray:
 
 
 def _padded_box(mask: np.ndarray, pad: int) -> tuple[slice, slice] | None:
-    """The box of a mask's non-zero pixels grown by `pad` (clipped), or None for an empty mask: everything
-    within `pad` of a marked pixel lies inside it, so a dilation or distance that far can be limited to it."""
+    """The box of a mask's non-zero pixels grown by `pad` (clipped), or None for an empty mask: a dilation
+    reaching `pad` pixels marks nothing outside it. (Not so a chamfer distance, which undercounts: _seeds.)"""
     x, y, w, h = cv2.boundingRect(mask)
     if w == 0:
         return None
