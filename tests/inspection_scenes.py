@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import trimesh
 
 from inspection.camera import CameraCalibration, load_rig
-from inspection.defects import Defect, apply_defect, defect_rng, settle
+from inspection.defects import Defect, DefectTruth, apply_defect, defect_rng, settle
 from inspection.designs import load_mesh_mm
 from inspection.placement import place_on_tray
 from inspection.render import Renderer
@@ -49,21 +50,32 @@ def placed(name: str, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return pose, renderer().render(mesh, pose, seed)
 
 
-@cache
-def benchmark_scene(
-    name: str, factor: float, seed: int, defect: str | None = None
-) -> tuple[trimesh.Trimesh, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(mesh, true pose, images, empty-tray reference) of benchmarks/inspection.py's scene `seed`, to pin a case it found.
+@dataclass(frozen=True)
+class BenchmarkScene:
+    """One scene of benchmarks/inspection.py, made as the benchmark makes it."""
 
-    `factor` is the benchmark's size variant (0.7, 1.3; 1 for the design itself); the reference is
-    rendered with its own seed, as the benchmark does; `defect` (KIND:SIZE) is put in as the benchmark
-    puts it, with the scene's own defect stream, and the mesh returned is the design's.
-    """
+    mesh: trimesh.Trimesh
+    """The design (at the scene's size), which the inspection is given."""
+    pose: np.ndarray
+    """Where the shown part lies on the tray (the design's resting pose, settled after a defect)."""
+    images: dict[str, np.ndarray]
+    reference: dict[str, np.ndarray]
+    """The empty tray, rendered with its own seed as at the station (another frame, independent noise)."""
+    truth: DefectTruth | None
+    """What the defect did, in the design's frame; None for an intact part."""
+
+
+@cache
+def benchmark_scene(name: str, factor: float, seed: int, defect: str | None = None) -> BenchmarkScene:
+    """Benchmark scene `seed` of design `name` at size `factor` (0.7, 1.3; 1 for the design itself), with
+    `defect` (KIND:SIZE) put in from the scene's own defect stream: to pin a case the benchmark found."""
     mesh = design(name).copy()
     mesh.apply_scale(factor)
     pose = place_on_tray(mesh, np.random.default_rng(seed))
-    shown, shown_pose = mesh, pose
+    shown, truth = mesh, None
     if defect is not None:
-        shown, _ = apply_defect(mesh, Defect.parse(defect), defect_rng(seed), pose=pose)
-        shown_pose = settle(shown, pose)
-    return mesh, shown_pose, renderer().render(shown, shown_pose, seed), renderer().render(None, None, seed + 500_000)
+        shown, truth = apply_defect(mesh, Defect.parse(defect), defect_rng(seed), pose=pose)
+        pose = settle(shown, pose)
+    return BenchmarkScene(
+        mesh, pose, renderer().render(shown, pose, seed), renderer().render(None, None, seed + 500_000), truth
+    )

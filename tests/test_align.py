@@ -32,7 +32,7 @@ from inspection.silhouette import (
     window_rays,
 )
 from inspection.warp import fit_bend
-from tests.inspection_scenes import design, empty, placed, renderer, rig
+from tests.inspection_scenes import benchmark_scene, design, empty, placed, rig
 
 
 def _views(images: dict[str, np.ndarray]) -> list[View]:
@@ -183,13 +183,9 @@ def test_a_small_gears_contact_shadow_does_not_read_as_a_thicker_or_bent_part(tm
 @cache
 def _small_gear(seed: int) -> tuple[trimesh.Trimesh, np.ndarray, list[View]]:
     """A x0.7 spur gear of benchmarks/inspection.py, with its scene's own empty-tray reference, segmented."""
-    gear = design("spur_gear_z20m25").copy()
-    gear.apply_scale(0.7)
-    pose = place_on_tray(gear, np.random.default_rng(seed))
-    images = renderer().render(gear, pose, seed)
-    reference = renderer().render(None, None, seed + 500_000)
+    scene = benchmark_scene("spur_gear_z20m25", 0.7, seed)
     views = []
     for calib in rig():
-        seg = segment_scan(calib.name, images[calib.name], reference[calib.name])
+        seg = segment_scan(calib.name, scene.images[calib.name], scene.reference[calib.name])
         views.append(View(calib, seg.mask, seg.clear_tray, seg.clear_part))
-    return gear, pose, views
+    return scene.mesh, scene.pose, views

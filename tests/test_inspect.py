@@ -53,8 +53,10 @@ def test_intact_parts_pass_the_default_profile(name: str, seed: int, tmp_path: P
 
 def test_a_speck_of_tray_only_one_camera_sees_does_not_reject_an_intact_part(tmp_path: Path) -> None:
     """Benchmark scene 11027, a ×1.3 cross knob, rejected for 2.45 mm² of missing material that one camera saw."""
-    mesh, _, images, reference = benchmark_scene("cross_knob_ck40", 1.3, 11027)
-    report = inspect_scan(images, reference, rig(), mesh, "cross_knob_ck40_x1.3", load_profile("default"), cache_dir=tmp_path)
+    scene = benchmark_scene("cross_knob_ck40", 1.3, 11027)
+    report = inspect_scan(
+        scene.images, scene.reference, rig(), scene.mesh, "cross_knob_ck40_x1.3", load_profile("default"), cache_dir=tmp_path
+    )
     assert report.metrics is not None
     lone = [r for r in report.metrics.missing_regions if not r.confirmed]
     assert max((r.area_mm2 for r in lone), default=0.0) > 1.6, "the speck is no longer found: this test no longer tests anything"
@@ -64,8 +66,10 @@ def test_a_speck_of_tray_only_one_camera_sees_does_not_reject_an_intact_part(tmp
 def test_a_chip_one_camera_sees_faintly_and_another_as_a_small_bite_is_rejected(tmp_path: Path) -> None:
     """Benchmark scene 1006, a flanged bushing with a 1 mm chip: shading 0.49 in cam05 (under 0.5), a bite of
     0.72 mm² in cam04 (under 1.6 mm²) at the same place; it passed, sent to review."""
-    mesh, _, images, reference = benchmark_scene("flanged_bushing_fb20", 1.0, 1006, "missing_chunk:1.0")
-    report = inspect_scan(images, reference, rig(), mesh, "flanged_bushing_fb20", load_profile("default"), cache_dir=tmp_path)
+    scene = benchmark_scene("flanged_bushing_fb20", 1.0, 1006, "missing_chunk:1.0")
+    report = inspect_scan(
+        scene.images, scene.reference, rig(), scene.mesh, "flanged_bushing_fb20", load_profile("default"), cache_dir=tmp_path
+    )
     assert report.metrics is not None
     profile = {c.metric: c.threshold for c in load_profile("default").criteria}
     assert report.metrics.surface_defect_contrast < profile["surface_defect_contrast"], "no longer a faint chip"

@@ -23,7 +23,15 @@ from inspection.shading import (
     _stands,
     seen_elsewhere,
 )
-from tests.inspection_scenes import MESHES, design, empty, placed, renderer, rig
+from tests.inspection_scenes import (
+    MESHES,
+    benchmark_scene,
+    design,
+    empty,
+    placed,
+    renderer,
+    rig,
+)
 
 NAME, SEED = "montageblok_mb80", 3
 
@@ -153,15 +161,10 @@ def test_a_faint_patch_is_confirmed_by_an_outline_bite_another_camera_sees_at_th
 def _inspected_benchmark_chip(stem: str, factor: float, seed: int, cache: Path) -> tuple[InspectionReport, np.ndarray]:
     """A benchmark scene's 1 mm chip inspected against its own reference, and where the chip is in the design's
     frame at the fitted pose: a look-alike pose (a quarter-turned knob, a turned bushing) still finds it."""
-    mesh = design(stem).copy()
-    mesh.apply_scale(factor)
-    pose = place_on_tray(mesh, np.random.default_rng(seed))
-    chipped, truth = apply_defect(mesh, Defect.parse("missing_chunk:1.0"), defect_rng(seed), pose=pose)
-    images = renderer().render(chipped, settle(chipped, pose), seed)
-    reference = renderer().render(None, None, seed + 500_000)
-    report = inspect_scan(images, reference, rig(), mesh, stem, load_profile("default"), cache_dir=cache)
-    assert report.metrics is not None and report.pose is not None
-    return report, (np.linalg.inv(np.array(report.pose)) @ pose @ np.r_[truth.location, 1.0])[:3]
+    scene = benchmark_scene(stem, factor, seed, "missing_chunk:1.0")
+    report = inspect_scan(scene.images, scene.reference, rig(), scene.mesh, stem, load_profile("default"), cache_dir=cache)
+    assert report.metrics is not None and report.pose is not None and scene.truth is not None
+    return report, (np.linalg.inv(np.array(report.pose)) @ scene.pose @ np.r_[scene.truth.location, 1.0])[:3]
 
 
 def _near(regions: list[SurfaceRegion] | list[Region], chip: np.ndarray) -> list[str]:

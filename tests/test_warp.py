@@ -12,7 +12,14 @@ from inspection.design_cache import design_model
 from inspection.profiles import load_profile
 from inspection.segment import segment_scan
 from inspection.warp import bent, fit_bend
-from tests.inspection_scenes import benchmark_scene, design, empty, placed, renderer, rig
+from tests.inspection_scenes import (
+    benchmark_scene,
+    design,
+    empty,
+    placed,
+    renderer,
+    rig,
+)
 
 NAME, SEED = "montageblok_mb80", 3
 
@@ -45,7 +52,7 @@ def test_an_intact_part_reads_no_bend_and_a_curled_one_its_curl(tmp_path: Path) 
 
 def test_a_small_part_propped_on_its_end_reads_no_curl_from_its_contact_shadow(tmp_path: Path) -> None:
     """Benchmark scene 3038, rejected intact for a 4.0° warp until the bend fit's loss let shadow tongues go."""
-    mesh, pose, images, reference = benchmark_scene("pipe_clip_pc16", 0.7, 3038)
-    views = [View(c, segment_scan(c.name, images[c.name], reference[c.name]).mask) for c in rig()]
+    scene = benchmark_scene("pipe_clip_pc16", 0.7, 3038)
+    views = [View(c, segment_scan(c.name, scene.images[c.name], scene.reference[c.name]).mask) for c in rig()]
     threshold = next(c.threshold for c in load_profile("default").criteria if c.metric == "warp_deg")
-    assert abs(fit_bend(design_model(mesh, tmp_path), views, pose)) < threshold
+    assert abs(fit_bend(design_model(scene.mesh, tmp_path), views, scene.pose)) < threshold
