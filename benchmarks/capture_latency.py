@@ -25,11 +25,12 @@ sys.path.insert(0, str(REPO))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from amflow_edge.capture import Trigger  # noqa: E402
-from amflow_edge.config import load_config  # noqa: E402
-from amflow_edge.daemon import RunOptions, Station  # noqa: E402
-from amflow_edge.log import configure_logging  # noqa: E402
-from amflow_edge.store import PNG_FILTERS, PNG_STRATEGIES  # noqa: E402
+from amflow_edge.station.capture import Trigger  # noqa: E402
+from amflow_edge.config.station import load_config  # noqa: E402
+from amflow_edge.station.build import build_station  # noqa: E402
+from amflow_edge.station.station import RunOptions, Station  # noqa: E402
+from amflow_edge.ops.log import configure_logging  # noqa: E402
+from amflow_edge.storage.store import PNG_FILTERS, PNG_STRATEGIES  # noqa: E402
 from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
 
 
@@ -60,7 +61,7 @@ def measure_latency(
             ),
         }
     )
-    station = Station(cfg)
+    station = build_station(cfg)
     subscriber = Subscriber(broker, [cfg.topic("event", "scan.capture")])
     try:
         station.start(RunOptions())

@@ -22,15 +22,15 @@ import trimesh
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from inspection.camera import load_rig  # noqa: E402
-from inspection.design_cache import design_model  # noqa: E402
-from inspection.designs import load_mesh_mm  # noqa: E402
-from inspection.inspect import inspect_scan  # noqa: E402
-from inspection.placement import place_on_tray  # noqa: E402
-from inspection.pose_error import largest_deviation, pose_error  # noqa: E402
-from inspection.profiles import load_profile  # noqa: E402
-from inspection.render import Renderer  # noqa: E402
-from inspection.report import InspectionReport  # noqa: E402
+from amflow_edge.inspection.geometry.camera import load_rig  # noqa: E402
+from amflow_edge.inspection.design_cache import design_model  # noqa: E402
+from amflow_edge.inspection.designs import load_mesh_mm  # noqa: E402
+from amflow_edge.inspection.inspect import inspect_scan  # noqa: E402
+from amflow_edge.inspection.geometry.placement import place_on_tray  # noqa: E402
+from amflow_edge.drivers.simulator.pose_error import largest_deviation, pose_error  # noqa: E402
+from amflow_edge.inspection.profiles import load_profile  # noqa: E402
+from amflow_edge.drivers.simulator.render import Renderer  # noqa: E402
+from amflow_edge.inspection.report import InspectionReport  # noqa: E402
 
 REAL = [("20mm-xyz-cube.stl", "mm"), ("angle_block.STL", "inch"), ("featuretype.STL", "inch"), ("idler_riser.STL", "inch")]
 LOOK_ALIKE_MM = 0.5
@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--jsonl", type=Path, default=None, help="also write one line per scan (scene, verdict, metrics, regions) to this file, replacing it")
     parser.add_argument("--seed", type=int, default=1000, help="first scene seed; another value gives unseen scenes to check a tuned profile on")
     args = parser.parse_args()
-    from inspection.defects import Defect, apply_defect, defect_rng, settle
+    from amflow_edge.drivers.simulator.defects import Defect, apply_defect, defect_rng, settle
 
     placements = args.placements or (1 if args.quick else 2)
     defects = ["missing_chunk:1.0", "extra_blob:1.5"] if args.quick else DEFECTS

@@ -23,12 +23,12 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from amflow_edge.config import load_config  # noqa: E402
-from amflow_edge.db import StationDb  # noqa: E402
-from amflow_edge.events import Events  # noqa: E402
-from amflow_edge.log import configure_logging  # noqa: E402
-from amflow_edge.mqtt import StationMqtt  # noqa: E402
-from amflow_edge.relay import Relay  # noqa: E402
+from amflow_edge.config.station import load_config  # noqa: E402
+from amflow_edge.storage.db import StationDb  # noqa: E402
+from amflow_edge.messaging.events import Events  # noqa: E402
+from amflow_edge.ops.log import configure_logging  # noqa: E402
+from amflow_edge.messaging.mqtt import StationMqtt  # noqa: E402
+from amflow_edge.messaging.relay import Relay  # noqa: E402
 from tests.factories import make_record  # noqa: E402
 from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
 from tests.station_files import write_station  # noqa: E402

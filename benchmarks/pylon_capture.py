@@ -27,11 +27,12 @@ os.environ["PYLON_CAMEMU"] = "5"
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from amflow_edge.capture import Trigger  # noqa: E402
-from amflow_edge.config import StationConfig, load_config  # noqa: E402
-from amflow_edge.daemon import RunOptions, Station  # noqa: E402
-from amflow_edge.log import configure_logging  # noqa: E402
-from drivers.pylon import PylonDriver  # noqa: E402
+from amflow_edge.station.capture import Trigger  # noqa: E402
+from amflow_edge.config.station import StationConfig, load_config  # noqa: E402
+from amflow_edge.station.build import build_station  # noqa: E402
+from amflow_edge.station.station import RunOptions, Station  # noqa: E402
+from amflow_edge.ops.log import configure_logging  # noqa: E402
+from amflow_edge.drivers.pylon import PylonDriver  # noqa: E402
 from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
 from tests.pylon_rig import point_at_image, save_features  # noqa: E402
 
@@ -121,7 +122,7 @@ def main() -> None:
             cfg = station_config(workdir, broker.port)
             configure_logging("warning", json=False)  # save-features set its own
             memory = frames_in_memory(cfg, args.scans)
-            station = Station(cfg)
+            station = build_station(cfg)
             subscriber = Subscriber(broker, [cfg.topic("event", "scan.capture")])
             try:
                 station.start(RunOptions())

@@ -22,12 +22,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from inspection.camera import load_rig  # noqa: E402
-from inspection.placement import place_on_tray  # noqa: E402
-from inspection.regions import open_to_background  # noqa: E402
-from inspection.render import Renderer  # noqa: E402
-from inspection.segment import segment_scan  # noqa: E402
-from inspection.silhouette import full_window, silhouette  # noqa: E402
+from amflow_edge.inspection.geometry.camera import load_rig  # noqa: E402
+from amflow_edge.inspection.geometry.placement import place_on_tray  # noqa: E402
+from amflow_edge.inspection.regions import open_to_background  # noqa: E402
+from amflow_edge.drivers.simulator.render import Renderer  # noqa: E402
+from amflow_edge.inspection.segment import segment_scan  # noqa: E402
+from amflow_edge.inspection.geometry.silhouette import full_window, silhouette  # noqa: E402
 
 
 def _inspection_benchmark():  # type: ignore[no-untyped-def]

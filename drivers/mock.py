@@ -14,19 +14,19 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Annotated, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from drivers.base import CAMERA_NAMES, CameraHealth, CameraSettings, DriverError, Frame, GrabError, Shot
+from amflow_edge.drivers.base import CameraHealth, CameraSettings, DriverError, Frame, GrabError, Shot
+from amflow_edge.drivers.mock_settings import MockDriverSettings
 
 if TYPE_CHECKING:
     import trimesh
 
-    from inspection.camera import CameraCalibration
-    from inspection.defect_spec import Defect
-    from inspection.render import Renderer
+    from amflow_edge.inspection.geometry.camera import CameraCalibration
+    from amflow_edge.drivers.simulator.defect_spec import Defect
+    from amflow_edge.drivers.simulator.render import Renderer
 
 _STOP_POLL_S = 0.2
 _JOIN_TIMEOUT_S = 30.0
@@ -46,65 +46,6 @@ class _DesignSource(Protocol):
     def designs(self) -> list[_Design]: ...
 
     def get(self, design_material: str) -> _Design: ...
-
-
-def _parseable_defect(text: str) -> str:
-    from inspection.defect_spec import Defect
-
-    Defect.parse(text)
-    return text
-
-
-class MockDriverSettings(BaseModel):
-    """How the mock rig chooses and renders its scenes."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = Field(default=0, description="Seed of the whole run; scene N always shows the same part, pose and noise.")
-    designs: list[str] = Field(
-        default_factory=list,
-        description="design_material ids the mock places on the tray, chosen at random per scene; "
-        "empty = every design in the library.",
-    )
-    scene_pool: int = Field(
-        default=0,
-        ge=0,
-        description="0: render a fresh scene per trigger in a background thread, ahead of time. "
-        "N > 0: render N scenes once at open() and cycle through them (for benchmarks).",
-    )
-    prerender: int = Field(default=1, ge=1, le=16, description="Scenes rendered ahead of the triggers (background mode).")
-    fail_camera: str | None = Field(
-        default=None, description="For tests: this camera fails every grab with a GrabError. None: no failures."
-    )
-    empty_tray: bool = Field(default=False, description="Render the empty tray only (per-camera reference images).")
-    defects: list[Annotated[str, AfterValidator(_parseable_defect)]] = Field(
-        default_factory=list,
-        description="Printing defects the mock may put into a scene's part, as KIND:SIZE "
-        "(missing_slab:2, missing_chunk:1.0, extra_blob:3, scale:0.5, warp:2); "
-        "one is chosen at random per defective scene.",
-    )
-    defect_rate: float = Field(
-        default=0.0,
-        ge=0.0,
-        le=1.0,
-        description="Probability that a scene's part gets one of the defects; which scenes do follows from the seed.",
-    )
-
-    @model_validator(mode="after")
-    def _defects_for_the_rate(self) -> MockDriverSettings:
-        if self.defect_rate > 0 and not self.defects:
-            raise ValueError(
-                f"defect_rate is {self.defect_rate:g} but no defects are listed; "
-                "list them, e.g. defects = [\"missing_chunk:1.0\"], or set defect_rate = 0"
-            )
-        return self
-
-    @field_validator("fail_camera")
-    @classmethod
-    def _known_camera(cls, value: str | None) -> str | None:
-        if value is not None and value not in CAMERA_NAMES:
-            raise ValueError(f"fail_camera must be one of {', '.join(CAMERA_NAMES)} or absent, got {value!r}")
-        return value
 
 
 @dataclass(frozen=True)
@@ -161,8 +102,8 @@ class MockDriver:
     def open(self) -> None:
         if self._open:
             return
-        from inspection.defect_spec import Defect
-        from inspection.render import Renderer
+        from amflow_edge.drivers.simulator.defect_spec import Defect
+        from amflow_edge.drivers.simulator.render import Renderer
 
         calibrations = [self._calibration(camera) for camera in self._cameras]
         self._design_ids = self._chosen_designs()
@@ -186,7 +127,7 @@ class MockDriver:
         self._open = True
 
     def _calibration(self, camera: CameraSettings) -> CameraCalibration:
-        from inspection.camera import CalibrationError, load_calibration
+        from amflow_edge.inspection.geometry.camera import CalibrationError, load_calibration
 
         try:
             calib = load_calibration(camera.calibration)
@@ -231,7 +172,7 @@ class MockDriver:
         return mesh
 
     def _render_scene(self, index: int) -> _Scene:
-        from inspection.placement import PlacementError, place_on_tray
+        from amflow_edge.inspection.geometry.placement import PlacementError, place_on_tray
 
         assert self._renderer is not None
         seed = scene_seed(self._settings.seed, index)
@@ -265,7 +206,7 @@ class MockDriver:
         """
         if not self._defects or self._settings.defect_rate <= 0:
             return mesh, pose, None
-        from inspection.defects import DefectError, apply_defect, defect_rng, settle
+        from amflow_edge.drivers.simulator.defects import DefectError, apply_defect, defect_rng, settle
 
         rng = defect_rng(seed)
         if rng.random() >= self._settings.defect_rate:

@@ -18,10 +18,10 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
-from inspection.camera import CameraCalibration
-from inspection.design_cache import DesignModel
-from inspection.raycast import triangle_scene
-from inspection.silhouette import (
+from amflow_edge.inspection.design_cache import DesignModel
+from amflow_edge.inspection.geometry.camera import CameraCalibration
+from amflow_edge.inspection.geometry.raycast import triangle_scene
+from amflow_edge.inspection.geometry.silhouette import (
     Window,
     bounding_window,
     cast_silhouette,

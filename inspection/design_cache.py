@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +16,10 @@ import cv2
 import numpy as np
 import trimesh
 
-from inspection.placement import stable_poses
-from inspection.raycast import corner_normals
-from inspection.symmetry import symmetries
+from amflow_edge.common.durable import replacing
+from amflow_edge.inspection.geometry.placement import stable_poses
+from amflow_edge.inspection.geometry.raycast import corner_normals
+from amflow_edge.inspection.geometry.symmetry import symmetries
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,9 @@ def design_model(mesh: trimesh.Trimesh, cache_dir: Path | str | None = None) -> 
     model = _compute(mesh, sha1)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
         arrays = {k: v for k, v in model.__dict__.items() if k != "sha1"}
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            np.savez(tmp, **arrays)
     return model
 
 

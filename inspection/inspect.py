@@ -19,22 +19,32 @@ import numpy as np
 import trimesh
 from threadpoolctl import ThreadpoolController
 
-from inspection.align import AlignmentError, View, align, fit_scale, refit
-from inspection.camera import RIG_CAMERAS, CameraCalibration, load_rig
-from inspection.design_cache import design_model
-from inspection.designs import Units, load_mesh_mm
-from inspection.metrics import compute_metrics, model_masks
-from inspection.overlay import CONTACT_SHEET, contact_sheet, overlay, write_png
-from inspection.profiles import InspectionProfile, load_profile
-from inspection.report import InspectionReport, judge, write_report
-from inspection.segment import SegmentationError, check_pair, segment_scan
-from inspection.shading import choose_symmetric, compare_shading
-from inspection.warp import fit_bend
+from amflow_edge.common.shipped import DEMO_CALIBRATION
+from amflow_edge.inspection.align import AlignmentError, View, align, fit_scale, refit
+from amflow_edge.inspection.design_cache import design_model
+from amflow_edge.inspection.designs import Units, load_mesh_mm
+from amflow_edge.inspection.geometry.camera import (
+    RIG_CAMERAS,
+    CameraCalibration,
+    load_rig,
+)
+from amflow_edge.inspection.metrics import compute_metrics, model_masks
+from amflow_edge.inspection.overlay import (
+    CONTACT_SHEET,
+    contact_sheet,
+    overlay,
+    write_png,
+)
+from amflow_edge.inspection.profiles import InspectionProfile, load_profile
+from amflow_edge.inspection.report import InspectionReport, judge, write_report
+from amflow_edge.inspection.segment import SegmentationError, check_pair, segment_scan
+from amflow_edge.inspection.shading import choose_symmetric, compare_shading
+from amflow_edge.inspection.warp import fit_bend
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-DEFAULT_CALIBRATION = Path(__file__).resolve().parents[1] / "config" / "calibration" / "demo"
+DEFAULT_CALIBRATION = DEMO_CALIBRATION
 
 
 class InspectionInputError(ValueError):
@@ -66,7 +76,7 @@ def _one_blas_thread(function: Callable[P, R]) -> Callable[P, R]:
     least-squares fits' SVDs wait on each other: on six mid-sized benchmark scenes one BLAS
     thread took the metrics stage from 0.39 to 0.29 s and a whole scan from 1.30 to 1.16 s.
     The limit is the process's, which is why the daemon inspects in worker processes, one scan
-    at a time each (amflow_edge.inspector).
+    at a time each (amflow_edge.station.inspector).
     """
 
     @wraps(function)

@@ -12,94 +12,28 @@ from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from inspection.align import Alignment, View, transform
-from inspection.design_cache import DesignModel
-from inspection.raycast import triangle_scene
-from inspection.regions import (
-    DEPTH_FLOOR_MM,
+from amflow_edge.inspection.align import Alignment, View, transform
+from amflow_edge.inspection.design_cache import DesignModel
+from amflow_edge.inspection.geometry.raycast import triangle_scene
+from amflow_edge.inspection.geometry.silhouette import Window, silhouette
+from amflow_edge.inspection.models import (
     SINGLE_CAMERA_MM2,
+    CameraMetrics,
+    InspectionMetrics,
     Region,
+    SurfaceRegion,
+)
+from amflow_edge.inspection.regions import (
+    DEPTH_FLOOR_MM,
     consistent_extra,
     open_to_background,
     reach_maps,
     regions,
 )
-from inspection.shading import (
-    CONFIRM_MM,
-    ShadingComparison,
-    SurfaceRegion,
-    seen_elsewhere,
-)
-from inspection.silhouette import Window, silhouette
+from amflow_edge.inspection.shading import ShadingComparison, seen_elsewhere
 
 TOP_MARGIN_MM = 3.0
-
-
-class CameraMetrics(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    camera: str = Field(description="Camera name.")
-    silhouette_iou: float = Field(description="Intersection over union of the segmented part and the model at the found pose.")
-    contour_p95_mm: float = Field(description="95th percentile of |outline deviation| in mm.")
-    contour_p99_mm: float = Field(description="99th percentile of |outline deviation| in mm.")
-    contour_max_mm: float = Field(description="Largest |outline deviation| in mm.")
-    missing_mm2: float = Field(description="Largest missing-material region this camera saw, mm², confirmed by another camera or not.")
-    extra_mm2: float = Field(description="Largest extra-material region in mm².")
-    visible_fraction: float = Field(description="Fraction of the model's outline inside the image.")
-    mm_per_px: float = Field(description="Scale at the part's depth.")
-
-
-class InspectionMetrics(BaseModel):
-    """Overall figures (what profiles judge) and the per-camera detail behind them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    silhouette_iou_min: float = Field(description="Worst camera's silhouette IoU.")
-    silhouette_iou_mean: float = Field(description="Mean silhouette IoU over cameras that see the part.")
-    contour_p95_mm: float = Field(description="95th percentile of |outline deviation| over all cameras, mm.")
-    contour_p99_mm: float = Field(description="99th percentile of |outline deviation| over all cameras, mm.")
-    contour_max_mm: float = Field(description="Largest |outline deviation|, mm.")
-    missing_material_mm2: float = Field(
-        description="Largest missing-material region, mm²: its pixels reaching at least 0.3 mm past the outline where the "
-        f"photo clearly shows tray; a region no second camera confirms counts from {SINGLE_CAMERA_MM2:g} mm²."
-    )
-    missing_material_depth_mm: float = Field(description="Depth of the deepest missing-material region (its 6th deepest pixel), confirmed or not, mm.")
-    extra_material_mm2: float = Field(description="Largest extra-material region, mm²: its pixels reaching at least 0.3 mm past the outline where the photo clearly shows part, consistent across cameras.")
-    extra_material_depth_mm: float = Field(description="Depth of the deepest extra-material region, mm.")
-    surface_defect_mm2: float = Field(
-        default=0.0,
-        description="Largest patch of the part that a camera sees brighter or darker than the design predicts by more than 15 % and another camera confirms within 2 mm (or, unconfirmed, by 100 % or more), mm² (inspection.shading).",
-    )
-    surface_defect_contrast: float = Field(
-        default=0.0, description="Largest relative brightness difference from the design in such a patch (0.3: 30 %)."
-    )
-    missing_material_contrast: float = Field(
-        default=0.0,
-        description="Largest relative brightness difference from the design of a surface patch that another camera's "
-        f"missing-material region lies within {CONFIRM_MM:g} mm of, 0 for none: a chip seen face-on by one camera and "
-        "edge-on by another.",
-    )
-    scale_x_pct: float = Field(description="Scale deviation along the design's x axis, %.")
-    scale_y_pct: float = Field(description="Scale deviation along the design's y axis, %.")
-    scale_z_pct: float = Field(description="Scale deviation along the design's z axis, %.")
-    scale_max_abs_pct: float = Field(description="Largest |scale deviation| of the three axes, %.")
-    tilt_deg: float = Field(description="Angle between the found pose and the nearest stable resting pose, degrees.")
-    warp_deg: float = Field(
-        default=0.0, description="Bend along the long axis, angle between the end tangents, degrees (inspection.warp)."
-    )
-    lift_mm: float = Field(description="Height of the part's lowest point above the tray (negative: below), mm.")
-    alignment_residual_mm: float = Field(description="Median |outline residual| of the fit, mm.")
-    alignment_inlier_fraction: float = Field(description="Fraction of outline points within 2 px of the photographed outline.")
-    visible_fraction: float = Field(description="Smallest fraction of the model's outline inside a camera's image.")
-    cameras_seeing_part: int = Field(description="Cameras in which a part was segmented.")
-    missing_regions: list[Region] = Field(default_factory=list, description="Missing-material regions, deepest first.")
-    extra_regions: list[Region] = Field(default_factory=list, description="Extra-material regions, deepest first.")
-    surface_regions: list[SurfaceRegion] = Field(
-        default_factory=list, description="Surface patches whose shading departs from the design's, strongest first."
-    )
-    per_camera: list[CameraMetrics] = Field(default_factory=list, description="The same figures per camera.")
 
 
 def _mm_per_px(view: View, point_world: np.ndarray) -> float:

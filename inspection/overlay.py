@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from inspection.silhouette import Window
+from amflow_edge.common.durable import replacing
+from amflow_edge.inspection.geometry.silhouette import Window
 
 CONTACT_SHEET = "inspection_overlays.png"
 TILE = (640, 512)
@@ -53,7 +53,6 @@ def contact_sheet(tiles: list[np.ndarray], title: str) -> np.ndarray:
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    if not cv2.imwrite(str(tmp), image):
-        raise OSError(f"{path}: could not write the overlay image; check the directory is writable")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        if not cv2.imwrite(str(tmp), image):
+            raise OSError(f"{path}: could not write the overlay image; check the directory is writable")

@@ -15,9 +15,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from inspection.metrics import InspectionMetrics
+from amflow_edge.common.shipped import INSPECTION_PROFILES
+from amflow_edge.inspection.models import InspectionMetrics
 
-PROFILE_DIR = Path(__file__).resolve().parents[1] / "config" / "inspection_profiles"
+PROFILE_DIR = INSPECTION_PROFILES
 
 Reason = Literal[
     "missing_material",

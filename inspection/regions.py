@@ -21,11 +21,10 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import open3d as o3d
-from pydantic import BaseModel, ConfigDict, Field
 
-from inspection.align import EDGE_BIAS_PX, View, transform
-from inspection.raycast import cast
-from inspection.shading import CONFIRM_MM
+from amflow_edge.inspection.align import EDGE_BIAS_PX, View, transform
+from amflow_edge.inspection.geometry.raycast import cast
+from amflow_edge.inspection.models import Region
 
 CLEAN_PX = 3
 MIN_REGION_PX = 12
@@ -35,29 +34,6 @@ TOUCH_PX = 3.0
 CARVE_SAMPLES = 24
 CARVE_TOLERANCE_PX = 2.5
 MAX_CARVE_PIXELS = 1500
-
-
-SINGLE_CAMERA_MM2 = 4.0
-"""Area from which a missing-material region no second camera confirms still counts (metrics._confirm_missing)."""
-
-
-class Region(BaseModel):
-    """A connected patch where the photo and the model disagree."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    camera: str = Field(description="Camera that saw it.")
-    area_mm2: float = Field(description="Area in mm² at the part's depth in that camera.")
-    depth_mm: float = Field(description="How far the region reaches past the other outline, mm at the part's depth.")
-    centre_part_mm: list[float] = Field(
-        description="Region centre in the part's design frame (mm): where the camera's ray through it meets the "
-        "design for missing material, at the part's depth for extra material (the design is not there)."
-    )
-    confirmed: bool | None = Field(
-        default=None,
-        description=f"Missing material: whether another camera sees a bite or a shading patch within {CONFIRM_MM:g} mm of it; an "
-        f"unconfirmed region counts towards missing_material_mm2 only from {SINGLE_CAMERA_MM2:g} mm². None for extra material.",
-    )
 
 
 def consistent_extra(

@@ -7,15 +7,20 @@ JSON without knowing its insides.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inspection.metrics import InspectionMetrics
-from inspection.profiles import Criterion, InspectionProfile, Reason, Verdict
+from amflow_edge.common.durable import replace_durably
+from amflow_edge.inspection.models import InspectionMetrics
+from amflow_edge.inspection.profiles import (
+    Criterion,
+    InspectionProfile,
+    Reason,
+    Verdict,
+)
 
 REPORT_NAME = "inspection_report.json"
 
@@ -92,7 +97,5 @@ def _result(criterion: Criterion, value: float | None, verdict: Verdict) -> Crit
 def write_report(report: InspectionReport, directory: Path | str) -> Path:
     """Write atomically, so a reader (the daemon, an operator's viewer) never sees half a report."""
     path = Path(directory) / REPORT_NAME
-    tmp = path.with_name(f".{REPORT_NAME}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    replace_durably(path, (json.dumps(report.model_dump(mode="json"), indent=2) + "\n").encode())
     return path

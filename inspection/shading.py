@@ -27,13 +27,18 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import open3d as o3d
-from pydantic import BaseModel, ConfigDict, Field
 
-from inspection.align import View, seeing, transform
-from inspection.design_cache import DesignModel
-from inspection.lighting import Lighting
-from inspection.raycast import cast, edge_pixels, surface_normals, triangle_scene
-from inspection.symmetry import spin
+from amflow_edge.inspection.align import View, seeing, transform
+from amflow_edge.inspection.design_cache import DesignModel
+from amflow_edge.inspection.geometry.lighting import Lighting
+from amflow_edge.inspection.geometry.raycast import (
+    cast,
+    edge_pixels,
+    surface_normals,
+    triangle_scene,
+)
+from amflow_edge.inspection.geometry.symmetry import spin
+from amflow_edge.inspection.models import CONFIRM_MM, SurfaceRegion
 
 STEP_PX = 1
 EDGE_CLEAR_PX = 2.0
@@ -57,25 +62,8 @@ cell is judged against the whole range those lights can give, from hidden to ful
 mean of the few ring samples. Dropping such cells, as before, hid chips on rims, which lie in the penumbra
 of the lights the rim half hides: a x1.3 bushing's 1 mm chip (seed 1031) went unseen and reads 0.55 against
 the range."""
-CONFIRM_MM = 2.0
 SINGLE_CAMERA_CONTRAST = 1.0
 SHADOW_CHECK = 0.5
-
-
-class SurfaceRegion(BaseModel):
-    """A patch of the part whose brightness one camera sees differ from the design's by more than TOLERANCE."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    camera: str = Field(description="Camera that saw it.")
-    area_mm2: float = Field(description="Area in mm² at the surface's depth in that camera.")
-    contrast: float = Field(description="Largest relative brightness difference inside it (0.3: 30 % off the design).")
-    centre_part_mm: list[float] = Field(description="Region centre on the design's surface, design frame (mm).")
-    confirmed: bool = Field(
-        default=True,
-        description="Whether another camera sees a patch, or a bite out of the outline, within 2 mm of it; an "
-        "unconfirmed patch is reported only from a contrast of 1.0.",
-    )
 
 
 @dataclass(frozen=True)

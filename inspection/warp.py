@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import least_squares
 
-from inspection.align import (
+from amflow_edge.inspection.align import (
     FIT_STOP,
     View,
     moved_pose,
@@ -25,7 +25,7 @@ from inspection.align import (
     transform,
     world_gradients,
 )
-from inspection.design_cache import DesignModel
+from amflow_edge.inspection.design_cache import DesignModel
 
 INLIER_PX = 8.0
 """Wider than fit_scale's: a 6° curl lifts the ends of an 80 mm part by about 1 mm, 6 px in the obliques."""

@@ -22,6 +22,6 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Log as the daemon does (to stderr), so stdout stays for what commands print."""
-    from amflow_edge.log import configure_logging
+    from amflow_edge.ops.log import configure_logging
 
     configure_logging("info", json=False)

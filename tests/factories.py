@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from amflow_edge.payload import new_scan
-from amflow_edge.record import CameraShotRecord, ScanRecord, StationMetadata
+from amflow_edge.messaging.payload import new_scan
+from amflow_edge.storage.record import CameraShotRecord, ScanRecord, StationMetadata
 
 CAMERAS = ("cam01", "cam02", "cam03", "cam04", "cam05")
 

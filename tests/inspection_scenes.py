@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from inspection.camera import CameraCalibration, load_rig
-from inspection.defects import Defect, DefectTruth, apply_defect, defect_rng, settle
-from inspection.designs import load_mesh_mm
-from inspection.placement import place_on_tray
-from inspection.render import Renderer
+from amflow_edge.inspection.geometry.camera import CameraCalibration, load_rig
+from amflow_edge.drivers.simulator.defects import Defect, DefectTruth, apply_defect, defect_rng, settle
+from amflow_edge.inspection.designs import load_mesh_mm
+from amflow_edge.inspection.geometry.placement import place_on_tray
+from amflow_edge.drivers.simulator.render import Renderer
 
 REPO = Path(__file__).resolve().parent.parent
 DESIGNS = REPO / "config" / "designs"

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from amflow_edge.cli import main
+from amflow_edge.cli.main import main
 
 EMULATED = [f"0815-000{i}" for i in range(5)]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from inspection.camera import load_rig, save_calibration
+from amflow_edge.inspection.geometry.camera import load_rig, save_calibration
 
 REPO = Path(__file__).resolve().parent.parent
 SCALE = 0.25

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from inspection.align import (
+from amflow_edge.inspection.align import (
     AlignmentError,
     View,
     align,
@@ -20,18 +20,18 @@ from inspection.align import (
     transform,
     world_gradients,
 )
-from inspection.design_cache import design_model
-from inspection.placement import place_on_tray
-from inspection.pose_error import largest_deviation, pose_error
-from inspection.raycast import triangle_scene
-from inspection.segment import segment_scan
-from inspection.silhouette import (
+from amflow_edge.inspection.design_cache import design_model
+from amflow_edge.inspection.geometry.placement import place_on_tray
+from amflow_edge.drivers.simulator.pose_error import largest_deviation, pose_error
+from amflow_edge.inspection.geometry.raycast import triangle_scene
+from amflow_edge.inspection.segment import segment_scan
+from amflow_edge.inspection.geometry.silhouette import (
     bounding_window,
     cast_silhouette,
     silhouette,
     window_rays,
 )
-from inspection.warp import fit_bend
+from amflow_edge.inspection.warp import fit_bend
 from tests.inspection_scenes import benchmark_scene, design, empty, placed, rig
 
 

@@ -17,16 +17,16 @@ from typing import Any, get_args
 import pytest
 
 from amflow_edge import __version__
-from amflow_edge.asyncapi import (
+from amflow_edge.messaging.asyncapi import (
     PUBLISHED_EVENTS,
     REQUEST_EXAMPLES,
     build_asyncapi,
     dump_asyncapi,
 )
-from amflow_edge.command_models import COMMANDS, Response
-from amflow_edge.config import MqttSettings, StationConfig, StationSettings
-from amflow_edge.payload import Envelope, EventName, envelope, new_scan, to_wire
-from amflow_edge.topics import event_topic
+from amflow_edge.messaging.command_models import COMMANDS, Response
+from amflow_edge.config.station import MqttSettings, StationConfig, StationSettings
+from amflow_edge.messaging.payload import Envelope, EventName, envelope, new_scan, to_wire
+from amflow_edge.messaging.topics import event_topic
 
 JsonObject = dict[str, Any]
 
@@ -306,7 +306,7 @@ def test_what_the_station_sends_fits_the_documented_schemas(doc: JsonObject) -> 
 
 
 def test_the_cli_prints_the_committed_document(capsys: pytest.CaptureFixture[str]) -> None:
-    from amflow_edge.cli import main
+    from amflow_edge.cli.main import main
 
     assert main(["asyncapi"]) == 0
     assert capsys.readouterr().out == DOC_PATH.read_text()

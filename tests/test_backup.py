@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from amflow_edge.backup import INCOMING, BackupError, BackupMover, hash_tree
+from amflow_edge.storage.backup import INCOMING, BackupError, BackupMover, hash_tree
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=timezone.utc)
@@ -248,7 +248,7 @@ def test_recover_cleans_up_and_finishes_or_undoes_interrupted_moves(dirs: tuple[
 CHILD = r"""
 import os, signal, sys
 from pathlib import Path
-from amflow_edge.backup import BackupMover
+from amflow_edge.storage.backup import BackupMover
 
 scans, backup, marks, kill_step, kill_at = sys.argv[1:6]
 seen = 0

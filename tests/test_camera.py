@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from inspection.camera import CalibrationError, CameraCalibration, load_calibration, load_rig, look_at, save_calibration
+from amflow_edge.inspection.geometry.camera import CalibrationError, CameraCalibration, load_calibration, load_rig, look_at, save_calibration
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_RIG = REPO / "config" / "calibration" / "demo"

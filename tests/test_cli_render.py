@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import trimesh
 
-from amflow_edge.cli_render import DEFAULT_CALIBRATION, RenderTruth, Units, add_parser
-from inspection import designs
-from inspection.camera import load_rig, save_calibration
-from inspection.defect_spec import DefectTruth
+from amflow_edge.cli.render import DEFAULT_CALIBRATION, RenderTruth, Units, add_parser
+from amflow_edge.inspection import designs
+from amflow_edge.inspection.geometry.camera import load_rig, save_calibration
+from amflow_edge.drivers.simulator.defect_spec import DefectTruth
 
 REPO = Path(__file__).resolve().parent.parent
 SCALE = 0.25

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from amflow_edge.cli import main
-from amflow_edge.config import ConfigError, load_config
+from amflow_edge.cli.main import main
+from amflow_edge.config.loading import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "config" / "demo.toml"
@@ -135,7 +135,8 @@ def test_daemon_refuses_to_start_on_a_bad_config(config_dir: Path) -> None:
 
 
 def test_the_example_station_config_is_valid_apart_from_its_station_files(monkeypatch: pytest.MonkeyPatch) -> None:
-    from amflow_edge.config import StationConfig, read_toml
+    from amflow_edge.config.station import StationConfig
+    from amflow_edge.config.loading import read_toml
 
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(REPO / "tests" / "data"))
     cfg = StationConfig(**read_toml(REPO / "config" / "station.example.toml"))

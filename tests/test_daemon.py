@@ -14,10 +14,12 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from amflow_edge.capture import Trigger
-from amflow_edge.config import StationConfig, load_config
-from amflow_edge.daemon import RunOptions, Station
-from amflow_edge.record import ScanRecord
+from amflow_edge.station.capture import Trigger
+from amflow_edge.config.station import StationConfig
+from amflow_edge.config.loading import load_config
+from amflow_edge.station.station import RunOptions, Station
+from amflow_edge.station.build import build_station
+from amflow_edge.storage.record import ScanRecord
 from tests.conftest import EXAMPLE_PAYLOAD
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.test_payload import assert_same_shape
@@ -42,7 +44,7 @@ def configure(tmp_path: Path, broker: Broker, **mock: Any) -> StationConfig:
 
 @pytest.fixture
 def station(tmp_path: Path, broker: Broker) -> Iterator[Station]:
-    instance = Station(configure(tmp_path, broker))
+    instance = build_station(configure(tmp_path, broker))
     instance.start(RunOptions())
     assert instance.mqtt.connected.wait(10)
     yield instance
@@ -142,7 +144,7 @@ def test_unknown_command_is_refused(station: Station, subscriber: Subscriber) ->
 def test_failed_grab_stores_nothing_publishes_nothing_and_the_station_carries_on(
     tmp_path: Path, broker: Broker, subscriber: Subscriber
 ) -> None:
-    station = Station(configure(tmp_path, broker, fail_camera="cam04"))
+    station = build_station(configure(tmp_path, broker, fail_camera="cam04"))
     station.start(RunOptions())
     try:
         result = station.loop.capture(Trigger(source="test"))
@@ -159,7 +161,7 @@ def test_failed_grab_stores_nothing_publishes_nothing_and_the_station_carries_on
 
 
 def test_clean_stop_says_offline(tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
-    station = Station(configure(tmp_path, broker))
+    station = build_station(configure(tmp_path, broker))
     station.start(RunOptions())
     assert subscriber.next(topic=f"{PREFIX}/availability").payload == b"online"
     station.shutdown()
@@ -209,7 +211,7 @@ def test_one_shot_capture_command_stores_and_publishes(tmp_path: Path, broker: B
 
 
 def test_schema_command_prints_the_envelope_schema(capsys: pytest.CaptureFixture[str]) -> None:
-    from amflow_edge.cli import main
+    from amflow_edge.cli.main import main
 
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from amflow_edge.capture import Trigger
-from amflow_edge.config import load_config
-from amflow_edge.daemon import RunOptions, Station
-from amflow_edge.qc import final_decision
-from amflow_edge.record import ScanRecord
+from amflow_edge.station.capture import Trigger
+from amflow_edge.config.loading import load_config
+from amflow_edge.station.station import RunOptions
+from amflow_edge.station.build import build_station
+from amflow_edge.qc.rules import final_decision
+from amflow_edge.storage.record import ScanRecord
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.station_files import write_station
 
@@ -26,7 +27,7 @@ def test_a_scan_is_inspected_and_its_verdict_published(tmp_path: Path, broker: B
     config = write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}, "inspection": {"enabled": True}})
     cfg = load_config(config)
     subscriber = Subscriber(broker, [f"{PREFIX}/#"])
-    station = Station(cfg)
+    station = build_station(cfg)
     try:
         station.start(RunOptions())
         reference = station.store.reference_dir(station.scan_session)
@@ -55,7 +56,7 @@ def test_reevaluate_publishes_a_new_verdict(tmp_path: Path, broker: Broker) -> N
     cfg = load_config(config)
     subscriber = Subscriber(broker, [f"{PREFIX}/#"])
     try:
-        station = Station(cfg)
+        station = build_station(cfg)
         try:
             station.start(RunOptions())
             result = station.loop.capture(Trigger(source="test"))
@@ -70,7 +71,7 @@ def test_reevaluate_publishes_a_new_verdict(tmp_path: Path, broker: Broker) -> N
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         scan = json.loads(proc.stdout)
-        restarted = Station(cfg)  # the queued event goes out through the station's relay
+        restarted = build_station(cfg)  # the queued event goes out through the station's relay
         try:
             restarted.start(RunOptions())
             second = json.loads(subscriber.next(topic=f"{PREFIX}/scan.quality_control", timeout_s=60).payload)
@@ -101,7 +102,7 @@ def test_reevaluate_names_an_unknown_scan_and_profile(tmp_path: Path, broker: Br
 def test_a_scan_left_uninspected_by_a_stop_is_inspected_at_the_next_start(tmp_path: Path, broker: Broker) -> None:
     session = {"scan_session": "cbe45ba7-da35-444d-b598-4e70587a33cc"}
     before = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}, "session": session}))
-    station = Station(before)  # inspection off: as if the daemon died before the inspection finished
+    station = build_station(before)  # inspection off: as if the daemon died before the inspection finished
     try:
         station.start(RunOptions())
         result = station.loop.capture(Trigger(source="test"))
@@ -111,7 +112,7 @@ def test_a_scan_left_uninspected_by_a_stop_is_inspected_at_the_next_start(tmp_pa
     after = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}, "session": session,
                                                                "inspection": {"enabled": True}}))
     subscriber = Subscriber(broker, [f"{PREFIX}/scan.quality_control"])
-    station = Station(after)
+    station = build_station(after)
     try:
         station.start(RunOptions())
         quality = json.loads(subscriber.next(topic=f"{PREFIX}/scan.quality_control", timeout_s=180).payload)
@@ -126,7 +127,7 @@ def test_a_scan_whose_design_is_unknown_is_published_and_flagged_for_review(
 ) -> None:
     cfg = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}, "inspection": {"enabled": True}}))
     subscriber = Subscriber(broker, [f"{PREFIX}/#"])
-    station = Station(cfg)
+    station = build_station(cfg)
     unknown = "0" * 40 + "_SLS_PA12_GREY"
     try:
         station.start(RunOptions())
@@ -135,7 +136,7 @@ def test_a_scan_whose_design_is_unknown_is_published_and_flagged_for_review(
         capture = json.loads(subscriber.next(topic=f"{PREFIX}/scan.capture").payload)["data"]
         assert capture["design_material"] == unknown
         with pytest.raises(LookupError, match="no design with design_material"):
-            station.inspection_job(station.events.record(result.uuid))  # type: ignore[arg-type]
+            station.jobs.for_scan(station.events.record(result.uuid))  # type: ignore[arg-type]
         quality = json.loads(subscriber.next(topic=f"{PREFIX}/scan.quality_control").payload)["data"]
         assert quality["uuid"] == result.uuid
         assert [quality[k] for k in ("inspectionreport", "qc_machine", "qc_needs_review", "qc_pass", "qc_reasons")] == [
@@ -153,7 +154,7 @@ def test_a_scan_directory_removed_by_hand_does_not_stop_the_station(tmp_path: Pa
     from structlog.testing import capture_logs
 
     config = write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}})
-    station = Station(load_config(config))
+    station = build_station(load_config(config))
     try:
         station.start(RunOptions())
         result = station.loop.capture(Trigger(source="test"))
@@ -162,7 +163,7 @@ def test_a_scan_directory_removed_by_hand_does_not_stop_the_station(tmp_path: Pa
         station.shutdown()
     shutil.rmtree(station.store.scan_dir(result.uuid))
 
-    station = Station(load_config(write_station(tmp_path, broker.port, {"inspection": {"enabled": True}})))
+    station = build_station(load_config(write_station(tmp_path, broker.port, {"inspection": {"enabled": True}})))
     try:
         with capture_logs() as logs:
             station.start(RunOptions())

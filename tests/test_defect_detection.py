@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from inspection.defects import Defect, apply_defect, defect_rng, settle
-from inspection.inspect import inspect_scan
-from inspection.profiles import load_profile
+from amflow_edge.drivers.simulator.defects import Defect, apply_defect, defect_rng, settle
+from amflow_edge.inspection.inspect import inspect_scan
+from amflow_edge.inspection.profiles import load_profile
 from tests.inspection_scenes import design, empty, placed, renderer, rig
 
 NAME, SEED = "montageblok_mb80", 3

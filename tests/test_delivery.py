@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from amflow_edge.capture import Trigger
-from amflow_edge.config import load_config
-from amflow_edge.daemon import RunOptions, Station
-from amflow_edge.db import DB_FILE, StationDb
-from amflow_edge.outbox import Outbox
-from amflow_edge.record import ScanRecord
-from amflow_edge.store import RECORD_FILE
+from amflow_edge.station.capture import Trigger
+from amflow_edge.config.loading import load_config
+from amflow_edge.station.station import RunOptions
+from amflow_edge.station.build import build_station
+from amflow_edge.storage.db import DB_FILE, StationDb
+from amflow_edge.messaging.outbox import Outbox
+from amflow_edge.storage.record import ScanRecord
+from amflow_edge.storage.store import RECORD_FILE
 from tests.mqtt_helpers import Broker, Subscriber, password_broker
 from tests.station_files import write_station
 
@@ -58,7 +59,7 @@ def test_every_event_arrives_in_order_across_broker_outages(tmp_path: Path, reco
     broker.start()
     subscriber = Subscriber(broker, [CAPTURE_TOPIC], client_id="mes-test")
     cfg = load_config(write_station(tmp_path, broker.port, {"capture": {"timer_interval_s": 0.05}}))
-    station = Station(cfg)
+    station = build_station(cfg)
     outages = 0
     try:
         station.start(RunOptions(max_scans=200))
@@ -84,7 +85,7 @@ def test_every_event_arrives_in_order_across_broker_outages(tmp_path: Path, reco
 def test_scan_stored_but_not_announced_before_a_crash_is_announced_at_start(tmp_path: Path, broker: Broker) -> None:
     """The window between the directory rename and the database commit, closed deterministically."""
     cfg = load_config(write_station(tmp_path, broker.port))
-    orphan = Station(cfg)  # only its store is used, as if the process died right after the rename
+    orphan = build_station(cfg)  # only its store is used, as if the process died right after the rename
     orphan.store.prepare()
     from tests.factories import make_images, make_record
 
@@ -92,7 +93,7 @@ def test_scan_stored_but_not_announced_before_a_crash_is_announced_at_start(tmp_
     orphan.store.write_scan(record, make_images(cfg.cameras[0].height, cfg.cameras[0].width))
     orphan.db.close()
     subscriber = Subscriber(broker, [CAPTURE_TOPIC])
-    station = Station(cfg)
+    station = build_station(cfg)
     try:
         station.start(RunOptions())
         message = subscriber.next(topic=CAPTURE_TOPIC)
@@ -155,7 +156,7 @@ def test_daemon_killed_repeatedly_loses_no_event_and_leaves_no_half_scan(tmp_pat
 
 def test_backlog_bound_pauses_capture_and_recovery_resumes_it(tmp_path: Path, broker: Broker) -> None:
     cfg = load_config(write_station(tmp_path, broker.port, {"outbox": {"max_backlog_events": 3}}))
-    station = Station(cfg)
+    station = build_station(cfg)
     broker.stop()
     try:
         station.start(RunOptions())
@@ -174,10 +175,10 @@ def test_backlog_bound_pauses_capture_and_recovery_resumes_it(tmp_path: Path, br
 
 
 def test_outbox_commands_show_status_and_replay(tmp_path: Path, broker: Broker, capsys: pytest.CaptureFixture[str]) -> None:
-    from amflow_edge.cli import main
+    from amflow_edge.cli.main import main
 
     config = write_station(tmp_path, broker.port)
-    station = Station(load_config(config))
+    station = build_station(load_config(config))
     try:
         station.start(RunOptions())
         assert station.loop.capture(Trigger(source="test")).ok
@@ -229,7 +230,7 @@ def test_unreadable_tls_file_stops_the_start_with_the_setting_named(tmp_path: Pa
 def test_a_dead_network_thread_is_restarted_and_delivery_resumes(tmp_path: Path, broker: Broker) -> None:
     cfg = load_config(write_station(tmp_path, broker.port))
     subscriber = Subscriber(broker, [CAPTURE_TOPIC])
-    station = Station(cfg)
+    station = build_station(cfg)
     try:
         station.start(RunOptions(supervise_interval_s=0.2))
         assert station.mqtt.connected.wait(10)
@@ -243,7 +244,7 @@ def test_a_dead_network_thread_is_restarted_and_delivery_resumes(tmp_path: Path,
         while station.mqtt.network_thread_alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not station.mqtt.network_thread_alive()
-        from amflow_edge.mqtt import _guarded
+        from amflow_edge.messaging.mqtt import _guarded
 
         station.mqtt._client.on_publish = _guarded(station.mqtt._handle_publish)
         second = station.loop.capture(Trigger(source="test"))
@@ -275,11 +276,11 @@ def test_prune_forgets_only_acknowledged_events_past_retention(tmp_path: Path) -
 def test_replay_while_the_station_runs_sends_the_events_again(
     tmp_path: Path, broker: Broker, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from amflow_edge.cli import main
+    from amflow_edge.cli.main import main
 
     config = write_station(tmp_path, broker.port)
     subscriber = Subscriber(broker, [CAPTURE_TOPIC])
-    station = Station(load_config(config))
+    station = build_station(load_config(config))
     try:
         station.start(RunOptions())
         assert station.loop.capture(Trigger(source="test")).ok

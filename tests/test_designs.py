@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import trimesh
 
-from inspection import demo_parts, designs
-from inspection.designs import (
+from amflow_edge.drivers.simulator import demo_parts
+from amflow_edge.inspection import designs
+from amflow_edge.inspection.designs import (
     DESIGN_MATERIAL_PATTERN,
     DesignError,
     DesignLibrary,
@@ -296,7 +297,7 @@ def test_broken_meshes_give_clear_errors(name: str, problem: str) -> None:
 def test_repairable_meshes_are_repaired(name: str, repair: str, caplog: pytest.LogCaptureFixture) -> None:
     raw = trimesh.load_mesh(BROKEN / name)
     assert not (raw.is_watertight and raw.volume > 0 and len(raw.faces) == 12)
-    with caplog.at_level(logging.WARNING, logger="inspection.designs"):
+    with caplog.at_level(logging.WARNING, logger="amflow_edge.inspection.designs"):
         mesh = load_mesh_mm(BROKEN / name, "mm")
     assert mesh.is_watertight and mesh.is_winding_consistent
     assert len(mesh.faces) == 12

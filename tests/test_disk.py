@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
-from amflow_edge.config_service import GIB, BackupSettings, DiskSettings, WatchdogSettings
-from amflow_edge.disk import DiskGuard, Retention, format_bytes, free_bytes
+from amflow_edge.config.service import GIB, BackupSettings, DiskSettings, WatchdogSettings
+from amflow_edge.storage.disk import DiskGuard, Retention, format_bytes, free_bytes
 
 MIB = 1024**2
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=timezone.utc)

@@ -7,11 +7,12 @@ import subprocess
 from pathlib import Path
 
 
-from amflow_edge.config import StationConfig, load_config
-from amflow_edge.config_service import GIB, BackupSettings, DiskSettings
-from amflow_edge.db import DB_FILE, StationDb
-from amflow_edge.disk import free_bytes
-from amflow_edge.doctor import (
+from amflow_edge.config.station import StationConfig
+from amflow_edge.config.loading import load_config
+from amflow_edge.config.service import GIB, BackupSettings, DiskSettings
+from amflow_edge.storage.db import DB_FILE, StationDb
+from amflow_edge.storage.disk import free_bytes
+from amflow_edge.ops.doctor import (
     CheckResult,
     check_backup,
     check_clock,
@@ -21,7 +22,7 @@ from amflow_edge.doctor import (
     run_checks,
     run_checks_for_file,
 )
-from amflow_edge.outbox import Outbox
+from amflow_edge.messaging.outbox import Outbox
 from tests.mqtt_helpers import Broker, free_port, password_broker
 from tests.station_files import REPO, write_station
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from inspection.inspect import InspectionInputError, inspect_directory, inspect_scan
-from inspection.profiles import load_profile
+from amflow_edge.inspection.inspect import InspectionInputError, inspect_directory, inspect_scan
+from amflow_edge.inspection.profiles import load_profile
 from tests.inspection_scenes import (
     REPO,
     benchmark_scene,
@@ -83,7 +83,7 @@ def test_a_directory_gives_a_report_overlays_and_cli_json(tmp_path: Path) -> Non
     scan = _write_scan(tmp_path / "scan", images)
     mesh = REPO / "tests" / "data" / "meshes" / "angle_block.STL"
     result = subprocess.run(
-        [sys.executable, "-c", "import argparse,sys; from amflow_edge import cli_inspect as c; p=argparse.ArgumentParser(); "
+        [sys.executable, "-c", "import argparse,sys; from amflow_edge.cli import inspect as c; p=argparse.ArgumentParser(); "
          "s=p.add_subparsers(); c.add_parser(s); a=p.parse_args(sys.argv[1:]); sys.exit(a.func(a))",
          "inspect", str(scan), "--design", str(mesh), "--units", "inch", "--cache", str(tmp_path / "cache")],
         capture_output=True, text=True, cwd=REPO, check=False,

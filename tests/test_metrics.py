@@ -8,19 +8,21 @@ import numpy as np
 import pytest
 import trimesh
 
-from inspection.align import View, align, fit_scale
-from inspection.defects import Defect, apply_defect, defect_rng, settle
-from inspection.design_cache import design_model
-from inspection.metrics import (
+from amflow_edge.inspection.align import View, align, fit_scale
+from amflow_edge.drivers.simulator.defects import Defect, apply_defect, defect_rng, settle
+from amflow_edge.inspection.design_cache import design_model
+from amflow_edge.inspection.metrics import (
     _bitten_patch_contrast,
     _confirm_missing,
     _missing_area,
     compute_metrics,
     tilt_deg,
 )
-from inspection.regions import SINGLE_CAMERA_MM2, Region, open_to_background, regions
-from inspection.segment import segment_scan
-from inspection.shading import CONFIRM_MM, ShadingComparison, SurfaceRegion
+from amflow_edge.inspection.regions import open_to_background, regions
+from amflow_edge.inspection.models import SINGLE_CAMERA_MM2, Region
+from amflow_edge.inspection.segment import segment_scan
+from amflow_edge.inspection.shading import ShadingComparison
+from amflow_edge.inspection.models import CONFIRM_MM, SurfaceRegion
 from tests.inspection_scenes import design, empty, placed, renderer, rig
 
 

@@ -14,9 +14,10 @@ import pytest
 import trimesh
 from pydantic import ValidationError
 
-from drivers.base import CameraDriver, CameraSettings, DriverError, GrabError
-from drivers.mock import MockDriver, MockDriverSettings, scene_seed
-from inspection.camera import load_rig, save_calibration
+from amflow_edge.drivers.base import CameraDriver, CameraSettings, DriverError, GrabError
+from amflow_edge.drivers.mock import MockDriver, scene_seed
+from amflow_edge.drivers.mock_settings import MockDriverSettings
+from amflow_edge.inspection.geometry.camera import load_rig, save_calibration
 
 REPO = Path(__file__).resolve().parent.parent
 SCALE = 0.25
@@ -239,7 +240,7 @@ def test_settings_are_strict() -> None:
 
 
 def test_works_with_the_real_design_library(small_rig: list[CameraSettings]) -> None:
-    designs = pytest.importorskip("inspection.designs")
+    designs = pytest.importorskip("amflow_edge.inspection.designs")
     real = designs.DesignLibrary.load(REPO / "config" / "designs" / "designs.toml")
     chosen = real.designs[0].design_material
     instance = MockDriver(small_rig, MockDriverSettings(designs=[chosen], scene_pool=1), real)
@@ -288,7 +289,7 @@ def test_defective_scenes_show_the_defect_and_record_its_truth(small_rig: list[C
 
 
 def test_which_scenes_are_defective_follows_the_seed(small_rig: list[CameraSettings]) -> None:
-    from inspection.defects import defect_rng
+    from amflow_edge.drivers.simulator.defects import defect_rng
 
     scenes = first_scenes(small_rig, count=6, seed=3, defects=["scale:1"], defect_rate=0.5)
     got = [meta["defect"] is not None for meta, _ in scenes]
@@ -297,7 +298,7 @@ def test_which_scenes_are_defective_follows_the_seed(small_rig: list[CameraSetti
 
 
 def test_defect_settings_are_checked_when_the_config_is() -> None:
-    from amflow_edge.config_errors import describe_validation_error
+    from amflow_edge.config.problems import describe_validation_error
 
     with pytest.raises(ValidationError) as info:
         MockDriverSettings(defects=["warp:2", "holes:1"])

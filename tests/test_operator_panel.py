@@ -15,15 +15,16 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from amflow_edge.config import StationConfig, load_config
-from amflow_edge.db import StationDb
-from amflow_edge.decisions import DecisionError, Decisions
-from amflow_edge.events import Events
+from amflow_edge.config.station import StationConfig
+from amflow_edge.config.loading import load_config
+from amflow_edge.storage.db import StationDb
+from amflow_edge.qc.decisions import DecisionError, Decisions
+from amflow_edge.messaging.events import Events
 from amflow_edge.panel.base import ButtonPress, LampSignal, OnPress
 from amflow_edge.panel.operator import OperatorPanel
-from amflow_edge.qc import with_machine_verdict
-from amflow_edge.qc_reasons import load_reasons
-from amflow_edge.record import ScanRecord
+from amflow_edge.qc.rules import with_machine_verdict
+from amflow_edge.qc.reasons import load_reasons
+from amflow_edge.storage.record import ScanRecord
 from tests.factories import make_record
 from tests.station_files import write_station
 
@@ -195,7 +196,7 @@ def test_mqtt_and_button_decisions_share_one_path(events: Events) -> None:
 
 
 def test_the_press_is_mirrored_into_scan_json(cfg: StationConfig, tmp_path: Path) -> None:
-    from amflow_edge.store import ScanStore
+    from amflow_edge.storage.store import ScanStore
     from tests.factories import make_images
 
     store = ScanStore(cfg.station.data_root)

@@ -12,7 +12,7 @@ import pytest
 from gpiod.line import Value
 from structlog.testing import capture_logs
 
-from amflow_edge.config_qc import GpiodLamps
+from amflow_edge.config.qc import GpiodLamps
 from amflow_edge.panel import gpiod_lamps
 from amflow_edge.panel.base import Lamps, LampSignal, NoLamps
 from amflow_edge.panel.factory import make_lamps

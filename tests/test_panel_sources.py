@@ -23,7 +23,7 @@ import pytest
 from evdev import InputEvent, ecodes
 from structlog.testing import capture_logs
 
-from amflow_edge.config_qc import EvdevButtons, GpiodButtons, KeyboardButtons
+from amflow_edge.config.qc import EvdevButtons, GpiodButtons, KeyboardButtons
 from amflow_edge.panel import evdev_buttons, gpiod_buttons
 from amflow_edge.panel.base import ButtonPress, ButtonSource
 from amflow_edge.panel.errors import PanelConfigError

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from amflow_edge.payload import Assignment, Batch, Envelope, Output, Scan, envelope, new_scan, timestamp, to_wire
+from amflow_edge.messaging.payload import Assignment, Batch, Envelope, Output, Scan, envelope, new_scan, timestamp, to_wire
 from tests.conftest import EXAMPLE_PAYLOAD
 
 EXAMPLE: dict[str, Any] = json.loads(EXAMPLE_PAYLOAD.read_text())

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from inspection import placement
-from inspection.placement import PlacementError, place_on_tray, stable_poses
+from amflow_edge.inspection.geometry import placement
+from amflow_edge.inspection.geometry.placement import PlacementError, place_on_tray, stable_poses
 
 HALF_X, HALF_Y = 150.0 - 10.0, 120.0 - 10.0
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from inspection.profiles import Criterion, ProfileError, load_profile
+from amflow_edge.inspection.profiles import Criterion, ProfileError, load_profile
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -10,12 +10,15 @@ from pathlib import Path
 import cv2
 import pytest
 
-from amflow_edge.capture import Trigger
-from amflow_edge.cli import main
-from amflow_edge.config import StationConfig, load_config
-from amflow_edge.daemon import RunOptions, Station
-from drivers.base import DriverError
-from drivers.pylon import PylonDriver, PylonSettings
+from amflow_edge.station.capture import Trigger
+from amflow_edge.cli.main import main
+from amflow_edge.config.station import StationConfig
+from amflow_edge.config.loading import load_config
+from amflow_edge.station.station import RunOptions, Station
+from amflow_edge.station.build import build_station
+from amflow_edge.drivers.base import DriverError
+from amflow_edge.drivers.pylon import PylonDriver
+from amflow_edge.drivers.pylon_settings import PylonSettings
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.pylon_rig import EMULATED, emulated, point_at_image, save_features, write_images
 from tests.polling import wait_for
@@ -106,7 +109,7 @@ def test_a_feature_file_round_trips_and_a_bad_one_is_refused_at_open(emulated: l
 
 
 def test_action_commands_on_cameras_without_them_are_refused_clearly(emulated: list[str], tmp_path: Path) -> None:
-    from amflow_edge.config import ConfigError
+    from amflow_edge.config.loading import ConfigError
 
     with pytest.raises(ConfigError, match=r"pylon: trigger = 'action' needs an \[pylon.action\] table"):
         load_config(pylon_station(tmp_path, trigger="action"))
@@ -119,7 +122,7 @@ def test_action_commands_on_cameras_without_them_are_refused_clearly(emulated: l
 @pytest.fixture
 def running(emulated: list[str], tmp_path: Path, broker: Broker) -> Station:
     cfg, _ = fed_station(tmp_path, broker.port)
-    station = Station(cfg)
+    station = build_station(cfg)
     station.start(RunOptions(supervise_interval_s=0.2))
     yield station  # type: ignore[misc]
     station.shutdown()
@@ -176,7 +179,7 @@ def test_line1_trigger_stores_a_scan_when_the_frames_arrive(
     emulated: list[str], tmp_path: Path, broker: Broker
 ) -> None:
     cfg, images = fed_station(tmp_path, broker.port, trigger="line1")
-    station = Station(cfg.model_copy(update={"inspection": cfg.inspection.model_copy(update={"enabled": True})}))
+    station = build_station(cfg.model_copy(update={"inspection": cfg.inspection.model_copy(update={"enabled": True})}))
     station.start(RunOptions())
     try:
         reference = cv2.imread(str(station.store.reference_dir(station.scan_session) / "empty_cam02.png"),
@@ -213,8 +216,8 @@ def test_line1_trigger_stores_a_scan_when_the_frames_arrive(
 def test_clean_shutdown_leaves_the_cameras_free_for_the_next_process(emulated: list[str], tmp_path: Path) -> None:
     cfg, _ = fed_station(tmp_path)
     script = (
-        "import sys; from amflow_edge.config import load_config; from drivers.pylon import PylonDriver\n"
-        "from amflow_edge.log import configure_logging; configure_logging('info', True)\n"
+        "import sys; from amflow_edge.config.loading import load_config; from amflow_edge.drivers.pylon import PylonDriver\n"
+        "from amflow_edge.ops.log import configure_logging; configure_logging('info', True)\n"
         "cfg = load_config(sys.argv[1]); d = PylonDriver(cfg.cameras, cfg.pylon); d.open(); d.trigger()\n"
         "print(sorted(d.grab(5.0).frames)); d.close()\n"
     )
@@ -227,7 +230,7 @@ def test_clean_shutdown_leaves_the_cameras_free_for_the_next_process(emulated: l
 
 ACTION_LISTENER = """
 import socket, sys
-from drivers.pylon import ActionCommand, issue_action_command
+from amflow_edge.drivers.pylon import ActionCommand, issue_action_command
 listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 listener.bind(("0.0.0.0", 3956))  # GVCP, where cameras listen
 listener.settimeout(5)

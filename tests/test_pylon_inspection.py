@@ -13,10 +13,11 @@ from pathlib import Path
 
 import cv2
 
-from amflow_edge.capture import Trigger
-from amflow_edge.config import load_config
-from amflow_edge.daemon import RunOptions, Station
-from amflow_edge.inspector import design_of
+from amflow_edge.station.capture import Trigger
+from amflow_edge.config.loading import load_config
+from amflow_edge.station.station import RunOptions, Station
+from amflow_edge.station.build import build_station
+from amflow_edge.station.inspector import design_of
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.pylon_rig import EMULATED, emulated, point_at_image, save_features
 from tests.station_files import write_station
@@ -38,7 +39,7 @@ def test_inspection_through_pylon_equals_the_mock_path(emulated: list[str], tmp_
     subscriber = Subscriber(broker, [f"{EVENTS}/#"])
     mock_cfg = load_config(write_station(tmp_path / "mock", broker.port, {
         "mock": {"scene_pool": 1}, "inspection": {"enabled": True}}))
-    mock = Station(mock_cfg)
+    mock = build_station(mock_cfg)
     try:
         mock.start(RunOptions())
         mock_scan, mock_quality = run_until_inspected(mock, subscriber, Trigger(source="test"))
@@ -61,7 +62,7 @@ def test_inspection_through_pylon_equals_the_mock_path(emulated: list[str], tmp_
         shutil.copyfile(references / f"empty_{camera.name}.png", frames / "1_empty.png")
         shutil.copyfile(mock.store.scan_dir(mock_scan) / f"scan_{camera.name}.png", frames / "2_part.png")
         point_at_image(features / f"{camera.serial}.pfs", frames)
-    station = Station(pylon_cfg)
+    station = build_station(pylon_cfg)
     try:
         station.start(RunOptions())
         for camera in pylon_cfg.cameras:

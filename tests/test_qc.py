@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from amflow_edge.qc import final_decision, with_machine_verdict, with_operator_decision
+from amflow_edge.qc.rules import final_decision, with_machine_verdict, with_operator_decision
 from tests.factories import make_record
 
 NOW = "2026-03-11T16:36:57.581719+01:00"

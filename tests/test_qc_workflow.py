@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from amflow_edge.capture import Trigger
-from amflow_edge.config import load_config
-from amflow_edge.daemon import RunOptions, Station
-from amflow_edge.qc import final_decision
+from amflow_edge.station.capture import Trigger
+from amflow_edge.config.loading import load_config
+from amflow_edge.station.station import RunOptions, Station
+from amflow_edge.station.build import build_station
+from amflow_edge.qc.rules import final_decision
 from tests.conftest import EXAMPLE_PAYLOAD
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.station_files import write_station
@@ -58,7 +59,7 @@ def test_capture_inspection_button_and_mqtt_decisions_in_order(tmp_path: Path, b
     subscriber = Subscriber(broker, [f"{PREFIX}/#"])
     buttons = FakeButtons()
     lamps = RecordingLamps()
-    station = Station(cfg, buttons=[buttons], lamps=lamps)
+    station = build_station(cfg, buttons=[buttons], lamps=lamps)
     try:
         station.start(RunOptions())
         assert station.mqtt.connected.wait(10)
@@ -124,7 +125,7 @@ def test_capture_inspection_button_and_mqtt_decisions_in_order(tmp_path: Path, b
 def quiet_station(tmp_path: Path, broker: Broker) -> Iterator[tuple[Station, Subscriber, str]]:
     cfg = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}}))
     subscriber = Subscriber(broker, [f"{PREFIX}/response/#"])
-    station = Station(cfg)
+    station = build_station(cfg)
     station.start(RunOptions())
     assert station.mqtt.connected.wait(10)
     result = station.loop.capture(Trigger(source="test"))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from inspection.camera import load_rig, look_at
-from inspection.render import Renderer
+from amflow_edge.inspection.geometry.camera import load_rig, look_at
+from amflow_edge.drivers.simulator.render import Renderer
 
 REPO = Path(__file__).resolve().parent.parent
 BOX_POSE = trimesh.transformations.concatenate_matrices(
@@ -130,7 +130,7 @@ def test_silhouettes_are_anti_aliased_to_sub_pixel_position() -> None:
 
 
 def test_curved_surfaces_shade_smoothly_and_edges_stay_sharp() -> None:
-    from inspection.raycast import corner_normals as _corner_normals
+    from amflow_edge.inspection.geometry.raycast import corner_normals as _corner_normals
 
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=10.0)
     corners = _corner_normals(sphere)
@@ -141,8 +141,8 @@ def test_curved_surfaces_shade_smoothly_and_edges_stay_sharp() -> None:
 
 
 def test_the_tray_is_the_same_everywhere_and_the_floor_around_it_darker() -> None:
-    from inspection import tray_texture
-    from inspection.tray_texture import FLOOR_ALBEDO, TRAY_ALBEDO, TrayTexture
+    from amflow_edge.drivers.simulator import tray_texture
+    from amflow_edge.drivers.simulator.tray_texture import FLOOR_ALBEDO, TRAY_ALBEDO, TrayTexture
 
     texture = TrayTexture.for_tray((300.0, 240.0))
     x = np.array([[0.0, 100.0, -140.0, 200.0, 0.0]], dtype=np.float32)
@@ -157,7 +157,7 @@ def test_the_tray_is_the_same_everywhere_and_the_floor_around_it_darker() -> Non
 
 
 def test_sensor_noise_follows_seed_and_camera_and_scales_with_brightness() -> None:
-    from inspection.sensor import BLACK_LEVEL_DN, ELECTRONS_PER_DN, expose
+    from amflow_edge.drivers.simulator.sensor import BLACK_LEVEL_DN, ELECTRONS_PER_DN, expose
 
     dn = np.full((256, 256), 100.0, dtype=np.float32)
     image = expose(dn, seed=4, camera_index=0)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from amflow_edge import sdnotify
-from amflow_edge.watchdog import Heartbeat, Watchdog
+from amflow_edge.ops import sdnotify
+from amflow_edge.ops.watchdog import Heartbeat, Watchdog
 
 WAIT_S = 10.0  # generous: only ever waited for, never asserted as a speed
 

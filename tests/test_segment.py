@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from inspection.regions import open_to_background
-from inspection.segment import (
+from amflow_edge.inspection.regions import open_to_background
+from amflow_edge.inspection.segment import (
     CUT_BAND_PX,
     MAX_PINHOLE_PX,
     MIN_COMPONENT_PX,
@@ -17,7 +17,7 @@ from inspection.segment import (
     _solid,
     segment_scan,
 )
-from inspection.silhouette import full_window, silhouette
+from amflow_edge.inspection.geometry.silhouette import full_window, silhouette
 from tests.inspection_scenes import design, empty, placed, rig
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from amflow_edge.capture import CameraTask, Trigger
-from amflow_edge.config import load_config
-from amflow_edge.daemon import RunOptions, Station
+from amflow_edge.station.capture import CameraTask, Trigger
+from amflow_edge.config.loading import load_config
+from amflow_edge.station.station import RunOptions
+from amflow_edge.station.build import build_station
 from tests.factories import make_record
 from tests.mqtt_helpers import Broker
 from tests.polling import wait_for
@@ -58,7 +59,7 @@ def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySo
 
 
 def test_ready_status_and_stopping_in_order(tmp_path: Path, broker: Broker, notify: NotifySocket) -> None:
-    station = Station(load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}})))
+    station = build_station(load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}})))
     station.start(RunOptions(supervise_interval_s=0.2))
     try:
         ready = notify.until(lambda m: "READY=1" in m)
@@ -78,7 +79,7 @@ def test_watchdog_pings_stop_while_the_capture_loop_is_wedged(
     monkeypatch.setenv("WATCHDOG_USEC", "600000")  # pings every 0.3 s
     cfg = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1},
                                                             "watchdog": {"capture_silent_s": 1.0}}))
-    station = Station(cfg)
+    station = build_station(cfg)
     station.start(RunOptions(supervise_interval_s=0.2))
     release = threading.Event()
     try:
@@ -101,7 +102,7 @@ def test_capture_pauses_when_the_disk_is_nearly_full_and_says_so(tmp_path: Path,
     huge = 10**18
     cfg = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1},
                                                             "disk": {"min_free_bytes": huge, "resume_free_bytes": huge}}))
-    station = Station(cfg)
+    station = build_station(cfg)
     station.start(RunOptions())
     try:
         result = station.loop.capture(Trigger(source="test"))
@@ -119,7 +120,7 @@ def test_the_backup_mover_moves_done_scans_and_later_changes_follow_them(tmp_pat
     cfg = load_config(write_station(tmp_path, broker.port, {
         "mock": {"scene_pool": 1}, "backup": {"path": str(backup), "after_s": 0, "interval_s": 0.2},
     }))
-    station = Station(cfg)
+    station = build_station(cfg)
     station.start(RunOptions())
     try:
         first = station.loop.capture(Trigger(source="test")).uuid
@@ -168,7 +169,7 @@ def test_a_decision_during_the_move_reaches_the_backup_copy(tmp_path: Path, brok
     cfg = load_config(write_station(tmp_path, broker.port, {
         "mock": {"scene_pool": 1}, "backup": {"path": str(backup), "after_s": 0, "interval_s": 0.2},
     }))
-    station = Station(cfg)
+    station = build_station(cfg)
     deciding: list[threading.Thread] = []
 
     def decide_while_renamed(step: str, scan: str) -> None:
@@ -202,7 +203,7 @@ def test_retention_deletes_what_the_station_moved_and_records_it(tmp_path: Path,
         "mock": {"scene_pool": 1}, "backup": {"path": str(backup), "after_s": 0, "interval_s": 0.2},
         "disk": {"retention_days": 1e-6},
     }))
-    station = Station(cfg)
+    station = build_station(cfg)
     station.start(RunOptions())
     try:
         first = station.loop.capture(Trigger(source="test")).uuid
@@ -211,6 +212,6 @@ def test_retention_deletes_what_the_station_moved_and_records_it(tmp_path: Path,
         assert not (backup / first).exists() and not station.store.scan_dir(first).exists()
         assert stranger.is_dir()
         with pytest.raises(LookupError, match="deleted by retention"):
-            station.inspection_job(station.events.record(first))  # type: ignore[arg-type]
+            station.jobs.for_scan(station.events.record(first))  # type: ignore[arg-type]
     finally:
         station.shutdown()

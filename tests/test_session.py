@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from amflow_edge.config import StationConfig, load_config
-from amflow_edge.daemon import RunOptions, Station
-from amflow_edge.session import SESSION_FILE
-from inspection.designs import design_material_id
+from amflow_edge.config.station import StationConfig
+from amflow_edge.config.loading import load_config
+from amflow_edge.station.station import RunOptions, Station
+from amflow_edge.station.build import build_station
+from amflow_edge.station.session import SESSION_FILE
+from amflow_edge.inspection.designs import design_material_id
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.station_files import REPO, write_station
 from tests.test_qc_workflow import PREFIX, next_event, request
@@ -39,7 +41,7 @@ def batch_mesh(cfg: StationConfig) -> tuple[str, str]:
 
 
 def start_station(cfg: StationConfig) -> Station:
-    station = Station(cfg)
+    station = build_station(cfg)
     station.start(RunOptions())
     assert station.mqtt.connected.wait(10)
     return station
@@ -164,7 +166,7 @@ def test_a_batch_mesh_gone_after_a_restart_is_named_when_its_scans_cannot_be_ins
         record = station.events.record(answer["scan"])
         assert record is not None
         with pytest.raises(LookupError, match=f"design {customer_id} of session .* could not be loaded at start"):
-            station.inspection_job(record)
+            station.jobs.for_scan(record)
     finally:
         station.shutdown()
         subscriber.close()

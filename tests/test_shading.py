@@ -8,21 +8,16 @@ import numpy as np
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from inspection.defects import Defect, apply_defect, defect_rng, settle
-from inspection.design_cache import design_model
-from inspection.designs import load_mesh_mm
-from inspection.inspect import inspect_scan
-from inspection.placement import place_on_tray
-from inspection.profiles import load_profile
-from inspection.regions import Region
-from inspection.report import InspectionReport
-from inspection.shading import (
-    ShadingComparison,
-    SurfaceRegion,
-    _outside,
-    _stands,
-    seen_elsewhere,
-)
+from amflow_edge.drivers.simulator.defects import Defect, apply_defect, defect_rng, settle
+from amflow_edge.inspection.design_cache import design_model
+from amflow_edge.inspection.designs import load_mesh_mm
+from amflow_edge.inspection.inspect import inspect_scan
+from amflow_edge.inspection.geometry.placement import place_on_tray
+from amflow_edge.inspection.profiles import load_profile
+from amflow_edge.inspection.models import Region
+from amflow_edge.inspection.report import InspectionReport
+from amflow_edge.inspection.shading import ShadingComparison, _outside, _stands, seen_elsewhere
+from amflow_edge.inspection.models import SurfaceRegion
 from tests.inspection_scenes import (
     MESHES,
     benchmark_scene,

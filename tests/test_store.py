@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from amflow_edge.record import ScanRecord
-from amflow_edge.store import INCOMING, RECORD_FILE, ScanStore, StoreError
+from amflow_edge.storage.record import ScanRecord
+from amflow_edge.storage.store import INCOMING, RECORD_FILE, ScanStore, StoreError
 from tests.factories import CAMERAS, make_images, make_record
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def test_writer_killed_before_the_rename_leaves_no_scan_and_start_cleans_up(tmp_
     script = textwrap.dedent(
         f"""
         import os, signal
-        from amflow_edge.store import ScanStore
+        from amflow_edge.storage.store import ScanStore
         from tests.factories import make_images, make_record
         store = ScanStore({str(tmp_path)!r})
         store.prepare()

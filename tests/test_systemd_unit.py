@@ -72,7 +72,7 @@ def test_service_lifecycle_settings() -> None:
     assert value("ExecStart") == f"{EXEC} run --config /etc/amflow-edge/station.toml"
     assert value("WatchdogSec") == "30s"
     assert value("Restart") == "on-failure"
-    assert value("RestartPreventExitStatus") == "2"  # EXIT_CONFIG in amflow_edge/cli.py
+    assert value("RestartPreventExitStatus") == "2"  # EXIT_CONFIG in amflow_edge/cli/common.py
     assert value("StartLimitIntervalSec", "Unit") and value("StartLimitBurst", "Unit")
     assert value("TimeoutStartSec") == "120s" and value("TimeoutStopSec") == "60s"
     assert value("KillMode") == "mixed"
@@ -83,7 +83,7 @@ def test_service_lifecycle_settings() -> None:
 
 
 def test_exit_code_for_config_errors_matches_the_cli() -> None:
-    from amflow_edge.cli import EXIT_CONFIG
+    from amflow_edge.cli.common import EXIT_CONFIG
 
     assert value("RestartPreventExitStatus") == str(EXIT_CONFIG)
 
@@ -304,7 +304,7 @@ def run():
     db.execute("CREATE TABLE t (x)")
     db.commit()
 
-    from amflow_edge.cli import main
+    from amflow_edge.cli.main import main
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         assert pool.submit(math.sqrt, 16.0).result() == 4.0  # the inspection worker's way of starting
     assert main(["render", mesh, "--out", out, "--calibration", calibration]) == 0

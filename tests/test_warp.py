@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from inspection.align import View, align
-from inspection.defects import Defect, apply_defect, defect_rng, settle
-from inspection.design_cache import design_model
-from inspection.profiles import load_profile
-from inspection.segment import segment_scan
-from inspection.warp import bent, fit_bend
+from amflow_edge.inspection.align import View, align
+from amflow_edge.drivers.simulator.defects import Defect, apply_defect, defect_rng, settle
+from amflow_edge.inspection.design_cache import design_model
+from amflow_edge.inspection.profiles import load_profile
+from amflow_edge.inspection.segment import segment_scan
+from amflow_edge.inspection.warp import bent, fit_bend
 from tests.inspection_scenes import (
     benchmark_scene,
     design,

@@ -17,7 +17,7 @@ import evdev
 import structlog
 from evdev import ecodes
 
-from amflow_edge.config_qc import EvdevButtons
+from amflow_edge.config.qc import EvdevButtons
 from amflow_edge.panel.base import Binding, ButtonAction, ButtonPress, OnPress, deliver
 from amflow_edge.panel.errors import (
     PanelConfigError,

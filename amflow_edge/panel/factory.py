@@ -6,7 +6,7 @@ without evdev or libgpiod installed can still run with the other drivers.
 
 from __future__ import annotations
 
-from amflow_edge.config_qc import (
+from amflow_edge.config.qc import (
     ButtonSettings,
     EvdevButtons,
     GpiodButtons,

@@ -15,7 +15,7 @@ import gpiod
 import structlog
 from gpiod.line import Bias, Clock, Direction, Edge
 
-from amflow_edge.config_qc import GpiodButtons, LineId
+from amflow_edge.config.qc import GpiodButtons, LineId
 from amflow_edge.panel.base import Binding, ButtonPress, OnPress, deliver
 from amflow_edge.panel.errors import Reopener, Trouble, keep_open, unexpected
 

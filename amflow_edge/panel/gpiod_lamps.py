@@ -15,7 +15,7 @@ import gpiod
 import structlog
 from gpiod.line import Direction, Value
 
-from amflow_edge.config_qc import GpiodLamps, LineId
+from amflow_edge.config.qc import GpiodLamps, LineId
 from amflow_edge.panel.base import LampSignal
 from amflow_edge.panel.errors import Trouble, unexpected
 

@@ -20,7 +20,7 @@ from typing import BinaryIO, TextIO
 
 import structlog
 
-from amflow_edge.config_qc import KeyboardButtons
+from amflow_edge.config.qc import KeyboardButtons
 from amflow_edge.panel.base import ButtonAction, ButtonPress, OnPress, deliver
 
 log = structlog.get_logger(__name__)

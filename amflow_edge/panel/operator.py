@@ -16,10 +16,10 @@ from typing import Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from amflow_edge.decisions import DecisionError, Decisions
+from amflow_edge.qc.decisions import DecisionError, Decisions
 from amflow_edge.panel.base import ButtonPress, Lamps, LampSignal
-from amflow_edge.payload import EventName, Scan
-from amflow_edge.record import ScanRecord
+from amflow_edge.messaging.payload import EventName, Scan
+from amflow_edge.storage.record import ScanRecord
 
 log = structlog.get_logger(__name__)
 
@@ -74,14 +74,13 @@ class OperatorPanel:
         lamps: Lamps,
         policy: Policy,
         lockout_s: float,
-        on_change: Callable[[], None] = lambda: None,
         inspects: bool = False,
     ) -> None:
         self._decisions = decisions
         self._lamps = lamps
         self._policy = policy
         self._lockout_s = lockout_s
-        self._on_change = on_change
+        self._listeners: list[Callable[[], None]] = []
         self._inspects = inspects
         self._lock = threading.RLock()
         self._latest: Scan | None = None
@@ -89,6 +88,14 @@ class OperatorPanel:
         self._decided_at = float("-inf")
         self._inspecting = False
         self._shown: OperatorView | None = None
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Called after every change of what the panel shows (the station publishes its state)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def follow(self, latest: ScanRecord | None) -> None:
         """Start from the latest scan the station knows (at start, from the database; its inspection resumes)."""
@@ -98,7 +105,7 @@ class OperatorPanel:
             self._inspecting = self._inspects
             changed = self._refresh()
         if changed:
-            self._on_change()
+            self._changed()
 
     def scan_event(self, event: EventName, record: ScanRecord) -> None:
         """Every scan event: a capture puts a new part on the tray; a quality_control updates the one there."""
@@ -120,7 +127,7 @@ class OperatorPanel:
                 return
             changed = self._refresh()
         if changed:
-            self._on_change()
+            self._changed()
 
     def view(self) -> OperatorView:
         with self._lock:

@@ -1,0 +1,78 @@
+"""Checking the files a station config names: calibrations, designs, profiles, reasons, buttons, TLS.
+
+Kept apart from the config's model so that the model (which every request and command imports)
+stays free of what reading those files needs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from amflow_edge.config.problems import FileProblem
+from amflow_edge.config.station import StationConfig
+from amflow_edge.inspection.designs import DesignError, DesignLibrary
+from amflow_edge.inspection.geometry.camera import CalibrationError, load_calibration
+from amflow_edge.inspection.profiles import ProfileError, load_profile
+from amflow_edge.panel.errors import PanelConfigError
+from amflow_edge.panel.factory import make_button_sources
+from amflow_edge.qc.reasons import ReasonCatalogueError, load_reasons
+
+Area = Literal["config", "calibration", "designs"]
+
+
+def file_problems(cfg: StationConfig) -> list[FileProblem]:
+    """Problems only the files themselves can show: missing or unreadable calibrations, designs, TLS files."""
+    problems: list[FileProblem] = []
+
+    def add(area: Area, text: str) -> None:
+        problems.append(FileProblem(area=area, text=text))
+
+    for index, camera in enumerate(cfg.cameras):
+        where = f"cameras[{index}].calibration ({camera.name})"
+        if not camera.calibration.is_file():
+            add("calibration", f"{where}: expected a calibration YAML file (found no file at {camera.calibration})")
+            continue
+        try:
+            calib = load_calibration(camera.calibration)
+        except CalibrationError as exc:
+            add("calibration", f"{where}: {exc}")
+            continue
+        if (calib.image_width, calib.image_height) != (camera.width, camera.height):
+            add("calibration", f"{where}: expected a calibration for {camera.width}×{camera.height} images "
+                f"(found {calib.image_width}×{calib.image_height}); recalibrate or fix width/height"
+            )
+    if not cfg.designs.library.is_file():
+        add("designs", f"designs.library: expected a design library TOML (found no file at {cfg.designs.library})")
+    else:
+        try:
+            library = DesignLibrary.load(cfg.designs.library)
+        except DesignError as exc:
+            add("designs", f"designs.library: {exc}")
+        else:
+            known = {d.design_material for d in library.designs}
+            for wanted in cfg.mock.designs:
+                if wanted not in known:
+                    add("designs", f"mock.designs: expected ids from {cfg.designs.library.name} (found unknown {wanted!r})")
+    try:
+        load_profile(cfg.inspection.profile)
+    except ProfileError as exc:
+        add("config", f"inspection.profile: {exc}")
+    try:
+        load_reasons(cfg.qc.reasons)
+    except ReasonCatalogueError as exc:
+        add("config", f"qc.reasons: {exc}")
+    try:
+        make_button_sources(cfg.qc.buttons)
+    except PanelConfigError as exc:
+        add("config", f"qc.buttons: {exc}")
+    if cfg.mqtt.tls is not None:
+        for key, value in cfg.mqtt.tls.model_dump().items():
+            if value is not None and not value.is_file():
+                add("config", f"mqtt.tls.{key}: expected a readable file (found no file at {value})")
+    if cfg.mqtt.username is not None and cfg.mqtt.password is None:
+        add(
+            "config",
+            "mqtt.password: expected a password for user "
+            f"{cfg.mqtt.username!r} (found none; set the {cfg.mqtt.password_credential!r} credential or mqtt.password)"
+        )
+    return problems

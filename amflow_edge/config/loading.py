@@ -1,0 +1,84 @@
+"""Reading a station config file: TOML → validated model → paths made absolute → files checked.
+
+Every problem is collected and reported at once, each naming the field, what was expected and what
+was found, so an integrator fixes a file in one pass rather than one error per start.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from amflow_edge.config.files import file_problems
+from amflow_edge.config.problems import describe_validation_error
+from amflow_edge.config.station import StationConfig
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """Every problem of a config file at once, each naming the field, what was expected and what was found."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{path}: {len(problems)} problem(s) in the station config:\n{lines}")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(path, ["file not found: pass the path of the station TOML (see config/station.example.toml)"])
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read the file: {exc.strerror}"]) from None
+
+
+def _resolved(value: Any, base: Path) -> Any:
+    if isinstance(value, Path):
+        return value if value.is_absolute() else (base / value).resolve()
+    if isinstance(value, BaseModel):
+        return resolve_paths(value, base)
+    if isinstance(value, list):
+        return [_resolved(item, base) for item in value]
+    return value
+
+
+def resolve_paths(model: M, base: Path) -> M:
+    """Every Path field, at any depth, made absolute against `base`: relative paths in a file mean 'next to
+    this file', wherever the daemon was started from. Found by type, so a new path setting needs nothing here."""
+    changes = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        resolved = _resolved(value, base)
+        if resolved is not value:
+            changes[name] = resolved
+    return model.model_copy(update=changes) if changes else model
+
+
+def parse_config(path: Path) -> StationConfig:
+    """The validated model with absolute paths; the files it names are not looked at."""
+    path = Path(path)
+    raw = read_toml(path)
+    try:
+        cfg = StationConfig(**raw)
+    except ValidationError as exc:
+        raise ConfigError(path, describe_validation_error(exc)) from None
+    return resolve_paths(cfg, path.resolve().parent)
+
+
+def load_config(path: Path) -> StationConfig:
+    """Read, validate and resolve a station config and check the files it names; raises ConfigError listing
+    every problem."""
+    cfg = parse_config(path)
+    problems = file_problems(cfg)
+    if problems:
+        raise ConfigError(Path(path), [p.text for p in problems])
+    return cfg

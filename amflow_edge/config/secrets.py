@@ -1,0 +1,27 @@
+"""Where the station's secrets come from: systemd credentials, never a world-readable config file.
+
+Under systemd, `LoadCredential=` puts each secret in `$CREDENTIALS_DIRECTORY`; outside it (the
+doctor run by hand) the same file is read from where the unit loads it, when readable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import SecretStr
+
+DEFAULT_CREDENTIALS_DIR = Path("/etc/amflow-edge")
+
+
+def read_credential(name: str, directory: Path | None = None) -> SecretStr | None:
+    """The credential `name` from `directory` (default `$CREDENTIALS_DIRECTORY`), or None when there is none."""
+    if directory is None:
+        env = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not env:
+            return None
+        directory = Path(env)
+    try:
+        return SecretStr((directory / name).read_text(encoding="utf-8").rstrip("\r\n"))
+    except OSError:
+        return None

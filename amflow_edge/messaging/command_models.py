@@ -1,0 +1,128 @@
+"""Bodies of the station's MQTT requests and responses: the contract plant systems code against.
+
+Strict models (no extra keys, no type coercion: "true" is not a boolean) because a request
+that is almost right must be refused with a reason, never half-understood. The AsyncAPI
+document (asyncapi.py) is generated from these classes, so the published description
+cannot drift from what the station accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from amflow_edge.messaging.payload import DESIGN_MATERIAL, Assignment, Batch, Output, Scan
+from amflow_edge.qc.reasons import REASON_ID
+
+_REQUEST = ConfigDict(extra="forbid", strict=True)
+
+PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+class CaptureRequest(BaseModel):
+    """Body of <prefix>/<station>/request/capture: take a scan now (an empty body is the same as {})."""
+
+    model_config = _REQUEST
+
+    design_material: str | None = Field(
+        default=None,
+        pattern=DESIGN_MATERIAL,
+        description="The part expected on the tray; becomes the scan's design_material and the design it is "
+        "inspected against. Must be in the design library or the active session's designs.",
+    )
+    assignment: Assignment | None = Field(
+        default=None, description="The order line the part belongs to, when the requester already knows it."
+    )
+
+
+class QcRequest(BaseModel):
+    """Body of <prefix>/<station>/request/qc: an operator's approve or reject from a plant system."""
+
+    model_config = _REQUEST
+
+    scan: UUID = Field(description="UUID of the scan decided.")
+    passed: bool = Field(alias="pass", description="true approves the part, false rejects it.")
+    comment: str | None = Field(default=None, max_length=2000, description="Becomes qc_comment.")
+    reasons: list[Annotated[str, Field(pattern=REASON_ID)]] | None = Field(
+        default=None,
+        max_length=32,
+        description="QualityControlReason ids (see the reason catalogue); replace qc_reasons when given.",
+    )
+    operator: str | None = Field(
+        default=None, max_length=128, description="Who decided, for the scan record (a badge id or user name)."
+    )
+
+
+class ReevaluateRequest(BaseModel):
+    """Body of <prefix>/<station>/request/reevaluate: judge a stored scan again with another inspection profile."""
+
+    model_config = _REQUEST
+
+    scan: UUID = Field(description="UUID of the scan to inspect again.")
+    profile: str = Field(
+        pattern=PROFILE_NAME, description="Name of an inspection profile in config/inspection_profiles (not a path)."
+    )
+
+
+class SessionDesign(BaseModel):
+    """One design of a batch: its id, and the mesh when the station's design library does not have it."""
+
+    model_config = _REQUEST
+
+    design_material: str = Field(pattern=DESIGN_MATERIAL, description="The design's id; its first 40 hex digits are "
+                                 "the SHA-1 of the mesh file.")
+    mesh: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Mesh file (STL, OBJ, PLY) relative to the station's batch mesh folder (designs.batch_meshes).",
+    )
+    units: Literal["mm", "inch", "m"] = Field(default="mm", description="Units of the mesh file.")
+    title: str | None = Field(default=None, max_length=200, description="Human part name for reports and logs.")
+
+
+class SessionStart(BaseModel):
+    model_config = _REQUEST
+
+    action: Literal["start"] = Field(description="Start a scanning session for a batch.")
+    batch: Batch = Field(description="The batch being scanned; every scan of the session carries it.")
+    designs: list[SessionDesign] = Field(
+        default_factory=list, max_length=500, description="The batch's designs, inspected against during the session."
+    )
+    output: Output | None = Field(default=None, description="The output (bin/slot) scans of this session go to.")
+
+
+class SessionEnd(BaseModel):
+    model_config = _REQUEST
+
+    action: Literal["end"] = Field(description="End the active session; later scans carry no batch.")
+
+
+class SessionRequest(RootModel[Annotated[SessionStart | SessionEnd, Field(discriminator="action")]]):
+    """Body of <prefix>/<station>/request/session: start or end a scanning session.
+
+    Starting one takes new empty-tray references, so the tray must be empty.
+    """
+
+
+class Response(BaseModel):
+    """Body of <prefix>/<station>/response/<command> (and of the requester's MQTT v5 response topic)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["ok", "error"] = Field(description="Whether the request was carried out.")
+    command: str = Field(description="The command this answers.")
+    scan: str | None = Field(default=None, description="UUID of the scan the request produced or touched.")
+    scan_session: str | None = Field(default=None, description="UUID of the session a session request started.")
+    data: Scan | None = Field(default=None, description="The scan after the change, as its event carries it.")
+    error: str | None = Field(default=None, description="What was wrong and how to fix it; nothing was changed.")
+
+
+COMMANDS: dict[str, type[BaseModel]] = {
+    "capture": CaptureRequest,
+    "qc": QcRequest,
+    "reevaluate": ReevaluateRequest,
+    "session": SessionRequest,
+}

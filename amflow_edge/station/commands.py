@@ -1,0 +1,163 @@
+"""What each station request does; validation already happened in messaging.commands.
+
+Every handler checks the station's state before touching anything, so a request that is
+well-formed but out of place (an unknown scan, a second session, a design the station has
+no mesh for) is refused with the reason and changes nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from amflow_edge.inspection.designs import Design
+from amflow_edge.inspection.profiles import ProfileError, load_profile
+from amflow_edge.messaging.command_models import (
+    CaptureRequest,
+    QcRequest,
+    ReevaluateRequest,
+    Response,
+    SessionEnd,
+    SessionStart,
+)
+from amflow_edge.messaging.commands import CommandRefused, Handler, Reply
+from amflow_edge.messaging.events import Events
+from amflow_edge.qc.decisions import DecisionError, Decisions
+from amflow_edge.station.capture import CameraTask, CaptureLoop, CaptureResult, Trigger
+from amflow_edge.station.designs import BatchDesignError, DesignCatalogue
+from amflow_edge.station.inspection_jobs import InspectionJobs
+from amflow_edge.station.inspector import Inspector
+from amflow_edge.station.session import ScanningSession, SessionKeeper
+from amflow_edge.storage.record import ScanRecord
+
+log = structlog.get_logger(__name__)
+
+SwitchSession = Callable[[ScanningSession, list[Design]], None]
+"""Runs on the capture thread: the new session's references, then the switch (Station.switch_session)."""
+
+
+class StationCommands:
+    def __init__(
+        self,
+        *,
+        loop: CaptureLoop,
+        designs: DesignCatalogue,
+        decisions: Decisions,
+        events: Events,
+        inspector: Inspector | None,
+        jobs: InspectionJobs,
+        sessions: SessionKeeper,
+        switch_session: SwitchSession,
+    ) -> None:
+        self._loop = loop
+        self._designs = designs
+        self._decisions = decisions
+        self._events = events
+        self._inspector = inspector
+        self._jobs = jobs
+        self._sessions = sessions
+        self._switch_session = switch_session
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"capture": self.capture, "qc": self.qc, "reevaluate": self.reevaluate, "session": self.session}
+
+    def capture(self, request: CaptureRequest, reply: Reply) -> None:
+        if request.design_material is not None and request.design_material not in self._designs.current():
+            raise CommandRefused(
+                f"design_material {request.design_material} is unknown to this station; add it to the design "
+                "library or start a session whose designs include it"
+            )
+
+        def done(result: CaptureResult) -> None:
+            if result.ok:
+                reply(Response(status="ok", command="capture", scan=result.uuid))
+            else:
+                reply(Response(status="error", command="capture", error=result.error))
+
+        self._loop.submit(
+            Trigger(source="mqtt", design_material=request.design_material, assignment=request.assignment, done=done)
+        )
+
+    def qc(self, request: QcRequest, reply: Reply) -> None:
+        try:
+            record = self._decisions.decide(
+                str(request.scan),
+                request.passed,
+                source="mqtt",
+                device=f"mqtt:{request.operator}" if request.operator else "mqtt",
+                at=datetime.now(UTC),
+                comment=request.comment,
+                reasons=request.reasons,
+            )
+        except DecisionError as exc:
+            raise CommandRefused(str(exc)) from None
+        reply(Response(status="ok", command="qc", scan=record.scan.uuid, data=record.scan))
+
+    def reevaluate(self, request: ReevaluateRequest, reply: Reply) -> None:
+        scan_uuid = str(request.scan)
+        if self._inspector is None:
+            raise CommandRefused("inspection is disabled on this station (inspection.enabled = false)")
+        record = self._events.record(scan_uuid)
+        if record is None:
+            raise CommandRefused(f"scan {scan_uuid} is not known to this station; send the uuid of a stored scan")
+        try:
+            load_profile(request.profile)
+            job = self._jobs.for_scan(record, profile=request.profile)
+        except ProfileError as exc:
+            raise CommandRefused(str(exc).replace(str(Path.cwd()) + "/", "")) from None
+        except LookupError as exc:
+            raise CommandRefused(f"scan {scan_uuid} cannot be inspected: {exc}") from None
+
+        def done(updated: ScanRecord | None, error: str | None) -> None:
+            if updated is None:
+                reply(Response(status="error", command="reevaluate", scan=scan_uuid, error=error))
+            else:
+                reply(Response(status="ok", command="reevaluate", scan=scan_uuid, data=updated.scan))
+
+        self._inspector.submit(job, on_done=done, failure_needs_review=False)
+
+    def session(self, request: SessionStart | SessionEnd, reply: Reply) -> None:
+        self._refuse_out_of_place(request)
+
+        def prepare() -> None:
+            """Meshes are read and checked here, off paho's thread and off the capture thread."""
+            try:
+                designs = self._designs.resolve(request.designs) if isinstance(request, SessionStart) else []
+            except BatchDesignError as exc:
+                reply(Response(status="error", command="session", error=str(exc)))
+                return
+            task = CameraTask(name="session", run=lambda: self._switch(request, designs, reply))
+            if not self._loop.submit_task(task):
+                reply(Response(status="error", command="session", error="station busy: too many captures queued"))
+
+        threading.Thread(target=prepare, name="session-designs", daemon=True).start()
+
+    def _refuse_out_of_place(self, request: SessionStart | SessionEnd) -> None:
+        current = self._sessions.current
+        if isinstance(request, SessionStart) and current.requested:
+            batch = current.batch.id if current.batch else "?"
+            raise CommandRefused(f"session {current.scan_session} (batch {batch}) is active; end it first")
+        if isinstance(request, SessionEnd) and not current.requested:
+            raise CommandRefused("no session is active; start one first")
+
+    def _switch(self, request: SessionStart | SessionEnd, designs: list[Design], reply: Reply) -> None:
+        """On the capture thread, where session changes are serialised: the state is checked again here,
+        because two requests may both have passed the first check before either was carried out."""
+        try:
+            self._refuse_out_of_place(request)
+            if isinstance(request, SessionStart):
+                new = self._sessions.new(request.batch, request.designs, request.output)
+            else:
+                new = self._sessions.default()
+            self._switch_session(new, designs)
+        except CommandRefused as exc:
+            reply(Response(status="error", command="session", error=str(exc)))
+        except Exception as exc:
+            log.exception("session change failed; the previous session goes on")
+            reply(Response(status="error", command="session", error=f"session not changed: {exc}"))
+        else:
+            reply(Response(status="ok", command="session", scan_session=new.scan_session))

@@ -1,0 +1,166 @@
+"""Inspection of stored scans in a worker process, so CPU-heavy numpy never stalls capture or MQTT.
+
+The worker gets paths and returns the report as JSON: nothing large or unpicklable crosses
+the process boundary. The result becomes the scan's qc_* fields and a scan.quality_control
+event through the same transaction as every other scan change.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from amflow_edge.messaging.events import Events
+from amflow_edge.messaging.payload import timestamp
+from amflow_edge.qc.rules import with_machine_verdict
+from amflow_edge.storage.record import ScanRecord
+
+log = structlog.get_logger(__name__)
+
+InspectionDone = Callable[["ScanRecord | None", "str | None"], None]
+"""Called with the updated scan, or None and what went wrong."""
+
+
+class InspectionJob(BaseModel):
+    """Everything the worker needs, as paths and names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scan_uuid: str = Field(description="The scan to inspect.")
+    scan_dir: Path = Field(description="Its directory: scan_camNN.png in, inspection_report.json and overlays out.")
+    reference_dir: Path = Field(description="Empty-tray images empty_camNN.png of the scan's session.")
+    calibrations: dict[str, Path] = Field(description="Camera name → calibration YAML.")
+    design_path: Path = Field(description="Mesh file of the design.")
+    units: Literal["mm", "inch", "m"] = Field(description="Units of the mesh file.")
+    design_material: str = Field(description="The design's id.")
+    profile: str = Field(description="Inspection profile name or path.")
+    cache_dir: Path = Field(description="Design precomputation cache.")
+
+
+def design_of(record: ScanRecord) -> str | None:
+    """The design to inspect against: the one the capture request named or, with the mock, the one it placed.
+
+    Identifying an unknown part is not part of this station yet.
+    """
+    if record.scan.design_material is not None:
+        return record.scan.design_material
+    scene = record.station.rig.get("mock_scene")
+    if isinstance(scene, dict) and isinstance(scene.get("design_material"), str):
+        return scene["design_material"]
+    return None
+
+
+@lru_cache(maxsize=8)
+def _mesh(path: str, units: str):  # type: ignore[no-untyped-def]
+    from amflow_edge.inspection.designs import load_mesh_mm
+
+    return load_mesh_mm(path, units)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=4)
+def _cameras(calibrations: tuple[tuple[str, str], ...]):  # type: ignore[no-untyped-def]
+    from amflow_edge.inspection.geometry.camera import load_calibration
+
+    return [load_calibration(path) for _, path in calibrations]
+
+
+@lru_cache(maxsize=4)
+def _profile(name_or_path: str):  # type: ignore[no-untyped-def]
+    from amflow_edge.inspection.profiles import load_profile
+
+    return load_profile(name_or_path)
+
+
+def run_job(job_json: str) -> str:
+    """Runs in the worker process; meshes, calibrations and profiles stay loaded between scans."""
+    from amflow_edge.inspection.inspect import inspect_scan, read_image
+
+    job = InspectionJob.model_validate_json(job_json)
+    names = sorted(job.calibrations)
+    images = {name: read_image(job.scan_dir / f"scan_{name}.png") for name in names}
+    references = {name: read_image(job.reference_dir / f"empty_{name}.png") for name in names}
+    cameras = _cameras(tuple((name, str(job.calibrations[name])) for name in names))
+    report = inspect_scan(
+        images,
+        references,
+        cameras,
+        _mesh(str(job.design_path), job.units),
+        job.design_material,
+        _profile(job.profile),
+        cache_dir=job.cache_dir,
+        out_dir=job.scan_dir,
+        scan=job.scan_uuid,
+    )
+    return report.model_dump_json()
+
+
+class Inspector:
+    def __init__(self, events: Events, timezone: str, workers: int = 1) -> None:
+        self._events = events
+        self._tz = ZoneInfo(timezone)
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(
+        self, job: InspectionJob, on_done: InspectionDone | None = None, failure_needs_review: bool = True
+    ) -> Future[str]:
+        """Queue an inspection; `failure_needs_review=False` (a re-evaluation) leaves the scan as it was on failure."""
+        future = self._pool.submit(run_job, job.model_dump_json())
+        future.add_done_callback(lambda done: self._finish(job, done, on_done, failure_needs_review))
+        log.info("inspection queued", scan=job.scan_uuid, design_material=job.design_material, profile=job.profile)
+        return future
+
+    def _finish(
+        self, job: InspectionJob, future: Future[str], on_done: InspectionDone | None, failure_needs_review: bool
+    ) -> None:
+        record: ScanRecord | None = None
+        error: str | None = None
+        try:
+            record = self.apply(job.scan_uuid, future.result())
+        except Exception as exc:
+            error = f"inspection failed: {exc}"
+            if failure_needs_review:
+                log.error("inspection failed; the scan needs an operator's review", scan=job.scan_uuid, error=str(exc))
+                record = self.apply_failure(job.scan_uuid)
+            else:
+                log.error("inspection failed; the scan is left as it was", scan=job.scan_uuid, error=str(exc))
+        if on_done is not None:
+            on_done(record if error is None else None, error)
+
+    def apply(self, scan_uuid: str, report_json: str) -> ScanRecord:
+        from amflow_edge.inspection.report import InspectionReport
+
+        report = InspectionReport.model_validate_json(report_json)
+        record = self._set_verdict(
+            scan_uuid, str(report.id), report.qc_machine, report.qc_needs_review, list(report.qc_reasons)
+        )
+        log.info("scan inspected", scan=scan_uuid, qc_machine=report.qc_machine,
+                 qc_needs_review=report.qc_needs_review, qc_reasons=list(report.qc_reasons))
+        return record
+
+    def apply_failure(self, scan_uuid: str) -> ScanRecord:
+        """No verdict could be reached: a human must look, and the plant is told so."""
+        return self._set_verdict(scan_uuid, None, None, True, ["insufficient_evidence"])
+
+    def _set_verdict(
+        self, scan_uuid: str, report_id: str | None, qc_machine: bool | None, needs_review: bool, reasons: list[str]
+    ) -> ScanRecord:
+        now = timestamp(datetime.now(self._tz))
+        return self._events.update_scan(
+            scan_uuid,
+            "scan.quality_control",
+            lambda r: r.model_copy(
+                update={"scan": with_machine_verdict(r.scan, now, report_id, qc_machine, needs_review, reasons)}
+            ),
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)

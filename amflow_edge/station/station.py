@@ -1,0 +1,269 @@
+"""The running station: start and stop order, the state it reports, and what follows each scan.
+
+Its parts are built and wired by `build_station`; here they are only used.
+Start: store (clean crash leftovers) → database (announce scans a crash left unannounced)
+→ cameras → MQTT and relay → capture loop → triggers.
+Stop: triggers → capture loop (the scan in progress finishes or leaves nothing) → outbox
+drained as far as the broker allows → 'offline' → cameras closed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from amflow_edge import __version__
+from amflow_edge.config.station import StationConfig
+from amflow_edge.drivers.base import CameraDriver, CameraHealth, Reconnecting, ReferenceSource
+from amflow_edge.inspection.designs import Design, DesignLibrary
+from amflow_edge.messaging.events import Events
+from amflow_edge.messaging.mqtt import StationMqtt
+from amflow_edge.messaging.outbox import Outbox
+from amflow_edge.messaging.relay import Relay
+from amflow_edge.panel.base import ButtonSource
+from amflow_edge.panel.operator import OperatorPanel
+from amflow_edge.qc.decisions import Decisions
+from amflow_edge.station.capture import CameraTask, CaptureLoop, Trigger
+from amflow_edge.station.designs import DesignCatalogue
+from amflow_edge.station.inspection_jobs import InspectionJobs
+from amflow_edge.station.inspector import Inspector
+from amflow_edge.station.pause import PauseGuard
+from amflow_edge.station.service import StationService
+from amflow_edge.station.session import ScanningSession, SessionKeeper
+from amflow_edge.station.state import Mode, StationState
+from amflow_edge.storage.db import StationDb
+from amflow_edge.storage.record import ScanRecord
+from amflow_edge.storage.store import ScanStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class RunOptions:
+    max_scans: int | None = None
+    state_interval_s: float = 30.0
+    supervise_interval_s: float = 2.0
+    timer: bool = True
+
+
+@dataclass
+class Station:
+    cfg: StationConfig
+    sessions: SessionKeeper
+    store: ScanStore
+    db: StationDb
+    outbox: Outbox
+    mqtt: StationMqtt
+    relay: Relay
+    events: Events
+    catalogue: DesignCatalogue
+    driver: CameraDriver
+    inspector: Inspector | None
+    jobs: InspectionJobs
+    decisions: Decisions
+    panel: OperatorPanel
+    buttons: list[ButtonSource]
+    pause: PauseGuard
+    loop: CaptureLoop
+    service: StationService
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _reconnect_queued: bool = False
+    _last_health: list[CameraHealth] = field(default_factory=list)
+    _max_scans: int | None = None
+    _mode: Mode = "starting"
+    _last_state: float = 0.0
+    _state_interval_s: float = 30.0
+
+    def state(self) -> StationState:
+        outbox = self.outbox.stats()
+        paused = self.pause.reason(outbox)
+        mode: Mode = "paused" if paused and self._mode == "running" else self._mode
+        session = self.sessions.current
+        return StationState(
+            station=self.cfg.station.id,
+            version=__version__,
+            mode=mode,
+            paused_reason=paused,
+            broker_connected=self.mqtt.connected.is_set(),
+            outbox=outbox,
+            disk_free_bytes=self.pause.disk.free_bytes(),
+            driver=self.cfg.rig.driver,
+            scan_session=session.scan_session,
+            batch=session.batch,
+            output=session.output,
+            operator=self.panel.view(),
+            cameras=self.driver.health(),
+            scans_stored=self.loop.scans_stored,
+            scans_failed=self.loop.scans_failed,
+            last_scan=self.loop.last_scan,
+        )
+
+    def designs(self) -> DesignLibrary:
+        """The design library plus the active session's designs."""
+        return self.catalogue.current()
+
+    @property
+    def scan_session(self) -> str:
+        return self.sessions.current.scan_session
+
+    def publish_state(self) -> None:
+        self._last_state = time.monotonic()
+        if self.mqtt.connected.is_set():
+            self.mqtt.publish(self.mqtt.state_topic, self.state().model_dump_json().encode(), retain=True)
+
+    def capture_reference(self, scan_session: str | None = None) -> None:
+        """The session's empty-tray images, which inspection compares every scan with."""
+        if not isinstance(self.driver, ReferenceSource):
+            log.warning("this camera driver cannot take empty-tray references; scans are not inspected")
+            return
+        shot = self.driver.grab_reference(self.cfg.rig.grab_timeout_s)
+        path = self.store.write_reference(scan_session or self.scan_session, {n: f.image for n, f in shot.frames.items()})
+        log.info("empty-tray references stored", path=str(path))
+
+    def switch_session(self, session: ScanningSession, designs: list[Design]) -> None:
+        """On the capture thread: references for the new session first, so a failure leaves the old one running."""
+        if self.inspector is not None:
+            self.capture_reference(session.scan_session)
+        self.sessions.replace(session)
+        self.catalogue.use(designs)
+        log.info("scanning session changed", scan_session=session.scan_session,
+                 batch=session.batch.id if session.batch else None, designs=len(designs))
+        self.publish_state()
+
+    def supervise(self) -> None:
+        """Periodic: keep paho's network thread alive, get lost cameras back, tell the plant how the station is."""
+        self.service.supervise()
+        self.mqtt.revive()
+        health = self.driver.health()
+        if isinstance(self.driver, Reconnecting) and self.driver.needs_reconnect() and not self._reconnect_queued:
+            self._reconnect_queued = self.loop.submit_task(CameraTask(name="reconnect", run=self._reconnect))
+        if health != self._last_health or time.monotonic() - self._last_state >= self._state_interval_s:
+            self._last_health = health
+            self.publish_state()
+
+    def _reconnect(self) -> None:
+        self._reconnect_queued = False
+        assert isinstance(self.driver, Reconnecting)
+        self.driver.reconnect()
+
+    def _resume_session_designs(self) -> None:
+        """A session resumed after a restart needs its batch's meshes again; a mesh gone since is reported, not fatal."""
+        try:
+            self.catalogue.use(self.catalogue.resolve(self.sessions.current.designs))
+        except Exception as exc:
+            log.error("a design of the resumed session cannot be loaded; its scans are not inspected", error=str(exc))
+
+    def resume_inspections(self, limit: int = 1000) -> int:
+        """Scans a stop or crash left uninspected get their verdict now, so no scan.quality_control is lost."""
+        if self.inspector is None:
+            return 0
+        pending = [
+            r for r in self.events.recent_records(limit)
+            if r.scan.inspectionreport is None and r.scan.qc_machine is None and not r.scan.qc_needs_review
+            and r.scan.qc_operator is None
+        ]
+        gone = [r.scan.uuid for r in pending if not self.store.directory_of(r).is_dir()]
+        if gone:
+            log.error("uninspected scans whose directories are gone (moved or deleted by hand); not inspected",
+                      count=len(gone), scans=gone[:10])
+            pending = [r for r in pending if r.scan.uuid not in gone]
+        for record in pending:
+            self.inspect(record)
+        if pending:
+            log.info("inspecting scans left uninspected by the last stop", count=len(pending))
+        return len(pending)
+
+    def inspect(self, record: ScanRecord) -> None:
+        """capture → inspect → verdict: the worker's result becomes the scan's qc_* and scan.quality_control."""
+        if self.inspector is None:
+            return
+        try:
+            job = self.jobs.for_scan(record)
+        except LookupError as exc:
+            log.warning("scan cannot be inspected; it needs an operator's review", scan=record.scan.uuid,
+                        reason=str(exc))
+            self.inspector.apply_failure(record.scan.uuid)
+            return
+        self.inspector.submit(job)
+
+    def after_scan(self, record: ScanRecord) -> None:
+        """The state topic already went out: the operator panel publishes it when a new part is on the tray."""
+        self.inspect(record)
+        if self._max_scans is not None and self.loop.scans_stored >= self._max_scans:
+            log.info("captured the requested number of scans; stopping", scans=self.loop.scans_stored)
+            self.stop_event.set()
+
+    def _every(self, interval_s: float, action: Callable[[], object]) -> None:
+        while not self.stop_event.wait(interval_s):
+            try:
+                action()
+            except Exception:
+                log.exception("periodic task failed", task=getattr(action, "__name__", str(action)))
+
+    def _spawn(self, name: str, target: Callable[..., object], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def start(self, options: RunOptions | None = None) -> None:
+        options = options or RunOptions()
+        self._max_scans = options.max_scans
+        self._state_interval_s = options.state_interval_s
+        self.store.prepare()
+        self.events.announce_unrecorded(self.store.scans_dir, self.store.read_record)
+        self._resume_session_designs()
+        latest = self.events.recent_records(1)
+        self.panel.follow(latest[0] if latest else None)
+        self.driver.open()
+        if self.inspector is not None:
+            if not self.store.reference_dir(self.scan_session).is_dir():
+                self.capture_reference()
+            self.resume_inspections()
+        self.relay.start()
+        self.mqtt.start()
+        self._mode = "running"
+        self._spawn("capture", self.loop.run, self.stop_event)
+        self._spawn("supervisor", self._every, options.supervise_interval_s, self.supervise)
+        for index, source in enumerate(self.buttons):
+            self._spawn(f"button-{index}", source.run, self.panel.press, self.stop_event)
+        if options.timer and self.cfg.capture.timer_interval_s is not None:
+            self._spawn("timer", self._every, self.cfg.capture.timer_interval_s,
+                        lambda: self.loop.submit(Trigger(source="timer")))
+        log.info(
+            "station running",
+            station=self.cfg.station.id,
+            scan_session=self.scan_session,
+            data_root=str(self.cfg.station.data_root),
+            driver=self.cfg.rig.driver,
+            outbox_backlog=self.outbox.stats().backlog,
+        )
+        self.service.start(self._spawn, self.stop_event)
+
+    def wait(self) -> None:
+        while not self.stop_event.wait(0.5):
+            pass
+
+    def shutdown(self, flush_timeout_s: float = 10.0) -> None:
+        self.service.stopping()
+        self.stop_event.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        if self.inspector is not None:
+            self.inspector.close()  # inspections under way finish and queue their events
+        if self.mqtt.connected.is_set() and not self.relay.drain(flush_timeout_s):
+            log.warning("events still queued at stop; they are sent at the next start",
+                        backlog=self.outbox.stats().backlog)
+        self._mode = "stopping"
+        self.publish_state()
+        self.relay.stop()
+        self.mqtt.stop()
+        self.panel.close()
+        self.driver.close()
+        self.store.close()
+        self.db.close()
+        log.info("station stopped", scans_stored=self.loop.scans_stored, scans_failed=self.loop.scans_failed)

@@ -1,0 +1,55 @@
+"""The `[pylon]` section: how the station drives its Basler cameras.
+
+Apart from the driver so that reading a config, on a mock station too, never loads the pylon SDK.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ActionCommand(BaseModel):
+    """GigE action command: one broadcast packet triggers every camera of the group at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_key: int = Field(ge=0, le=0xFFFFFFFF, description="ActionDeviceKey set on every camera.")
+    group_key: int = Field(ge=0, le=0xFFFFFFFF, description="ActionGroupKey set on every camera.")
+    group_mask: int = Field(default=0xFFFFFFFF, ge=1, le=0xFFFFFFFF, description="ActionGroupMask.")
+    broadcast_address: str = Field(
+        default="255.255.255.255", description="Broadcast address of the camera network, e.g. 192.168.10.255."
+    )
+
+
+class PylonSettings(BaseModel):
+    """How the station drives its Basler cameras (`[pylon]`; PYLON_CAMEMU=5 gives five emulated ones)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trigger: Literal["software", "line1", "action"] = Field(
+        default="software",
+        description="'software': the station triggers all five; 'line1': a part-present sensor or PLC pulses "
+        "Line1 of every camera and the station waits for the frames; 'action': a GigE action command.",
+    )
+    line_activation: Literal["RisingEdge", "FallingEdge"] = Field(default="RisingEdge", description="Line1 edge.")
+    action: ActionCommand | None = Field(default=None, description="Keys of the action command (trigger = 'action').")
+    features_dir: Path | None = Field(
+        default=None,
+        description="Folder of <serial>.pfs feature files, loaded with validation at open "
+        "(`amflow-edge cameras save-features` writes them). Exposure and gain from [[cameras]] are applied after.",
+    )
+    link_mb_s: float = Field(
+        default=100.0, gt=0, description="Sustained transfer rate per camera (MB/s), for the grab deadline."
+    )
+    reconnect_max_backoff_s: float = Field(
+        default=30.0, gt=0, le=600, description="Longest wait between attempts to reopen a removed camera."
+    )
+
+    @model_validator(mode="after")
+    def _action_needs_keys(self) -> PylonSettings:
+        if self.trigger == "action" and self.action is None:
+            raise ValueError("trigger = 'action' needs an [pylon.action] table with device_key and group_key")
+        return self

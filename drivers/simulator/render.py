@@ -1,0 +1,256 @@
+"""Photograph-like Mono8 images of a part on the tray, as the five calibrated station cameras would take them.
+
+The mock driver and every image-processing test depend on these pictures, so they must carry what
+real ones carry and what algorithms trip over: lens distortion, shading, a textured background,
+contact shadows, soft anti-aliased edges, vignetting, blur and sensor noise. The empty tray is
+rendered identically wherever the part is not, so background subtraction behaves as on the line.
+
+This module orchestrates; the tray's look is in `tray_texture`, the lights, shadows and shading in
+`lighting`, what rays hit in `raycast`, and the camera's imperfections in `sensor`.
+
+Cost is kept to about a second per scene by doing everything that does not depend on the part
+once per camera (rays, tray texture and lighting, blur, vignetting) and only tracing the image
+region the part and its shadow cover.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import trimesh
+
+from amflow_edge.inspection.geometry.camera import CameraCalibration
+from amflow_edge.inspection.geometry.lighting import Lighting, ShadowGrid, shadow_factor
+from amflow_edge.inspection.geometry.raycast import MeshData, PlacedPart, cast, edge_pixels, interpolate_rays, mesh_data, place_part
+from amflow_edge.drivers.simulator.sensor import expose, optical_blur, sensor_gain
+from amflow_edge.drivers.simulator.tray_texture import TrayTexture
+
+SKY_BRIGHTNESS = 0.02
+AA_GRID = 4
+EDGE_DEPTH_PX = 8.0
+REGION_PAD_PX = 4
+
+
+@dataclass(frozen=True)
+class _View:
+    """Everything about one camera that does not depend on the part."""
+
+    index: int
+    calib: CameraCalibration
+    rays: np.ndarray
+    centre: np.ndarray
+    base: np.ndarray
+    gain: np.ndarray
+    empty_dn: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Part:
+    placed: PlacedPart
+    shadow: ShadowGrid
+
+
+@dataclass(frozen=True)
+class _Rect:
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+
+_RIG_CACHE: OrderedDict[tuple[object, ...], list[_View]] = OrderedDict()
+_RIG_CACHE_LOCK = threading.Lock()
+_RIG_CACHE_SIZE = 2
+
+
+class Renderer:
+    """Renders scenes for a fixed rig; construct once, render many times.
+
+    Preparing a 5-camera rig costs seconds, so the part-independent work is kept per process and
+    a driver reopened on the same calibrations (tests, daemon restarts of the loop) reuses it.
+    """
+
+    def __init__(
+        self, cameras: Sequence[CameraCalibration], tray_size_mm: tuple[float, float] = (300.0, 240.0)
+    ) -> None:
+        names = [c.name for c in cameras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Renderer: camera names must be unique, got {names}")
+        if not cameras:
+            raise ValueError("Renderer: needs at least one camera")
+        self.tray_size_mm = (float(tray_size_mm[0]), float(tray_size_mm[1]))
+        self._lighting = Lighting(cameras)
+        self._texture = TrayTexture.for_tray(self.tray_size_mm)
+        self._mesh_cache: dict[int, tuple[weakref.ref[trimesh.Trimesh], MeshData]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="render")
+        key = (tuple(c.model_dump_json() for c in cameras), self.tray_size_mm)
+        with _RIG_CACHE_LOCK:
+            views = _RIG_CACHE.pop(key, None)
+            if views is None:
+                views = list(self._pool.map(self._prepare_view, range(len(cameras)), cameras))
+            _RIG_CACHE[key] = views
+            while len(_RIG_CACHE) > _RIG_CACHE_SIZE:
+                _RIG_CACHE.popitem(last=False)
+        self._views = views
+
+    @property
+    def cameras(self) -> list[CameraCalibration]:
+        return [v.calib for v in self._views]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    def render(self, mesh: trimesh.Trimesh | None, pose: np.ndarray | None, seed: int) -> dict[str, np.ndarray]:
+        """One Mono8 image per camera of the part at `pose` (part→tray 4×4), or of the empty tray for mesh=None.
+
+        The same seed gives bit-identical images; the seed only drives the sensor noise, so an
+        empty-tray and a part image with the same seed are identical away from the part.
+        """
+        part = None
+        if mesh is not None:
+            part = self._prepare_part(mesh, np.eye(4) if pose is None else np.asarray(pose, dtype=np.float64))
+        images = self._pool.map(lambda view: self._render_view(view, part, seed), self._views)
+        return {view.calib.name: image for view, image in zip(self._views, images)}
+
+    def _prepare_view(self, index: int, calib: CameraCalibration) -> _View:
+        rays = calib.pixel_rays()
+        centre = calib.centre.astype(np.float32)
+        base = self._empty_brightness(centre, rays)
+        gain = sensor_gain(calib)
+        empty_dn = optical_blur(base) * gain
+        for array in (base, gain, empty_dn):
+            array.setflags(write=False)
+        return _View(index, calib, rays, centre, base, gain, empty_dn)
+
+    def _empty_brightness(self, centre: np.ndarray, rays: np.ndarray) -> np.ndarray:
+        dz = rays[..., 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(dz < -1e-6, -centre[2] / dz, np.float32(np.nan)).astype(np.float32)
+        x = centre[0] + t * rays[..., 0]
+        y = centre[1] + t * rays[..., 1]
+        albedo = self._texture.albedo(x, y)
+        brightness = albedo * self._lighting.tray_irradiance(x, y)
+        return np.where(np.isfinite(t), brightness, np.float32(SKY_BRIGHTNESS)).astype(np.float32)
+
+    def _mesh_data(self, mesh: trimesh.Trimesh) -> MeshData:
+        cached = self._mesh_cache.get(id(mesh))
+        if cached is not None and cached[0]() is mesh:
+            return cached[1]
+        data = mesh_data(mesh)
+        for dead in [k for k, (ref, _) in self._mesh_cache.items() if ref() is None]:
+            del self._mesh_cache[dead]
+        self._mesh_cache[id(mesh)] = (weakref.ref(mesh), data)
+        return data
+
+    def _prepare_part(self, mesh: trimesh.Trimesh, pose: np.ndarray) -> _Part:
+        placed = place_part(mesh, self._mesh_data(mesh), pose)
+        return _Part(placed, self._lighting.shadow_grid(placed.scene, placed.support_world))
+
+    def _render_view(self, view: _View, part: _Part | None, seed: int) -> np.ndarray:
+        dn = view.empty_dn
+        if part is not None:
+            rects = self._regions(view, part)
+            if rects is not None:
+                dn = dn.copy()
+                self._render_region(view, part, *rects, dn)
+        return expose(dn, seed, view.index)
+
+    def _regions(self, view: _View, part: _Part) -> tuple[_Rect, _Rect] | None:
+        """Pixel rectangles that can change: where the shadow grid lies, and (inside it) where rays can hit the part."""
+        grid = part.shadow
+        ny, nx = grid.factor.shape
+        edge = np.linspace(0.0, 1.0, 16)
+        w, h = nx * grid.cell_mm, ny * grid.cell_mm
+        border = np.concatenate(
+            [
+                np.column_stack([edge * w, np.zeros_like(edge)]),
+                np.column_stack([edge * w, np.full_like(edge, h)]),
+                np.column_stack([np.zeros_like(edge), edge * h]),
+                np.column_stack([np.full_like(edge, w), edge * h]),
+            ]
+        ) + grid.origin
+        trace = self._pixel_rect(view, part.placed.support_world, REGION_PAD_PX)
+        if trace is None:
+            return None
+        shadow = self._pixel_rect(view, np.column_stack([border, np.zeros(len(border))]), 0)
+        pad = 2 * REGION_PAD_PX
+        region = _Rect(
+            max(0, min(trace.x0, shadow.x0 if shadow else trace.x0) - pad),
+            max(0, min(trace.y0, shadow.y0 if shadow else trace.y0) - pad),
+            min(view.calib.image_width, max(trace.x1, shadow.x1 if shadow else trace.x1) + pad),
+            min(view.calib.image_height, max(trace.y1, shadow.y1 if shadow else trace.y1) + pad),
+        )
+        return region, trace
+
+    def _pixel_rect(self, view: _View, points: np.ndarray, pad: int) -> _Rect | None:
+        in_front = view.calib.to_camera(points)[:, 2] > 1.0
+        if not np.any(in_front):
+            return None
+        pixels = view.calib.project(points[in_front])
+        rect = _Rect(
+            int(max(0, math.floor(pixels[:, 0].min()) - pad)),
+            int(max(0, math.floor(pixels[:, 1].min()) - pad)),
+            int(min(view.calib.image_width, math.ceil(pixels[:, 0].max()) + pad + 1)),
+            int(min(view.calib.image_height, math.ceil(pixels[:, 1].max()) + pad + 1)),
+        )
+        return rect if rect.x1 > rect.x0 and rect.y1 > rect.y0 else None
+
+    def _render_region(self, view: _View, part: _Part, region: _Rect, trace: _Rect, dn: np.ndarray) -> None:
+        x0, y0, x1, y1 = region.x0, region.y0, region.x1, region.y1
+        rays = view.rays[y0:y1, x0:x1]
+        h, w = rays.shape[:2]
+        image = view.base[y0:y1, x0:x1] * shadow_factor(part.shadow, view.centre, rays)
+
+        window = image[trace.y0 - y0 : trace.y1 - y0, trace.x0 - x0 : trace.x1 - x0]
+        trace_rays = view.rays[trace.y0 : trace.y1, trace.x0 : trace.x1]
+        th, tw = trace_rays.shape[:2]
+        hits = cast(part.placed.scene, view.centre, trace_rays.reshape(-1, 3))
+        t_hit = hits["t_hit"].reshape(th, tw)
+        hit = np.isfinite(t_hit)
+        if np.any(hit):
+            flat = hit.reshape(-1)
+            shaded, normals_hit = self._lighting.shade(
+                part.placed, view.centre, view.index, trace_rays[hit], {k: v[flat] for k, v in hits.items()}
+            )
+            tray = window.copy()
+            window[hit] = shaded
+            normals = np.zeros((th, tw, 3), dtype=np.float32)
+            normals[hit] = normals_hit
+            edges = edge_pixels(hit, t_hit, normals, EDGE_DEPTH_PX / float(view.calib.K[0, 0]))
+            if np.any(edges):
+                window[edges] = self._supersample(view, part.placed, edges, (trace.x0, trace.y0), tray[edges])
+
+        blurred = optical_blur(image)
+        ix0 = REGION_PAD_PX if x0 > 0 else 0
+        iy0 = REGION_PAD_PX if y0 > 0 else 0
+        ix1 = w - (REGION_PAD_PX if x1 < view.calib.image_width else 0)
+        iy1 = h - (REGION_PAD_PX if y1 < view.calib.image_height else 0)
+        dn[y0 + iy0 : y0 + iy1, x0 + ix0 : x0 + ix1] = (
+            blurred[iy0:iy1, ix0:ix1] * view.gain[y0 + iy0 : y0 + iy1, x0 + ix0 : x0 + ix1]
+        )
+
+    def _supersample(
+        self, view: _View, part: PlacedPart, edges: np.ndarray, offset: tuple[int, int], tray: np.ndarray
+    ) -> np.ndarray:
+        """Re-trace only discontinuity pixels with AA_GRID² sub-rays, so silhouettes get fractional coverage."""
+        ys, xs = np.nonzero(edges)
+        steps = (np.arange(AA_GRID, dtype=np.float32) + 0.5) / AA_GRID - 0.5
+        du, dv = (a.ravel() for a in np.meshgrid(steps, steps))
+        u = (xs[:, None] + offset[0] + du[None, :]).ravel()
+        v = (ys[:, None] + offset[1] + dv[None, :]).ravel()
+        directions = interpolate_rays(view.rays, u, v)
+        hits = cast(part.scene, view.centre, directions)
+        hit = np.isfinite(hits["t_hit"])
+        values = np.repeat(tray, AA_GRID * AA_GRID).astype(np.float32)
+        if np.any(hit):
+            values[hit] = self._lighting.shade(
+                part, view.centre, view.index, directions[hit], {k: v[hit] for k, v in hits.items()}
+            )[0]
+        return values.reshape(-1, AA_GRID * AA_GRID).mean(axis=1)

@@ -1,0 +1,133 @@
+"""The architecture as tests: no import cycles, dependencies one way, the control plane light.
+
+`amflow_edge` → `drivers` → `inspection`; the simulator only behind the mock driver and `render`;
+the config, request and payload models loadable without a geometry library or a camera SDK.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.import_graph import REPO, cycles, import_graph, module_files
+
+FILES = module_files()
+GRAPH = import_graph(FILES)
+
+CONTROL_PLANE = (
+    "amflow_edge.config.loading",
+    "amflow_edge.messaging.command_models",
+    "amflow_edge.messaging.commands",
+    "amflow_edge.messaging.payload",
+    "amflow_edge.messaging.asyncapi",
+    "amflow_edge.qc.rules",
+    "amflow_edge.qc.reasons",
+    "amflow_edge.inspection.models",
+    "amflow_edge.inspection.profiles",
+    "amflow_edge.drivers.pylon_settings",
+    "amflow_edge.cli.common",
+)
+HEAVY = ("open3d", "trimesh", "pypylon")
+
+
+def _imports(module: str) -> set[str]:
+    return set(GRAPH.successors(module))
+
+
+def test_the_tree_is_read_as_one_package() -> None:
+    assert "amflow_edge.drivers.mock" in FILES and "amflow_edge.inspection.align" in FILES
+    assert not [m for m in FILES if m.split(".")[0] in ("drivers", "inspection")]
+
+
+def test_no_module_imports_itself_back_through_others() -> None:
+    assert cycles(GRAPH) == []
+
+
+def test_a_cycle_is_found_where_there_is_one(tmp_path: Path) -> None:
+    package = tmp_path / "amflow_edge"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from amflow_edge.b import x\n")
+    (package / "b.py").write_text("def x():\n    from amflow_edge import a\n")
+    for name in ("drivers", "inspection"):
+        (tmp_path / name).mkdir()
+        (package / name).symlink_to(tmp_path / name)
+    assert cycles(import_graph(module_files(tmp_path))) in ([["amflow_edge.a", "amflow_edge.b"]],
+                                                           [["amflow_edge.b", "amflow_edge.a"]])
+
+
+@pytest.mark.parametrize(
+    ("layer", "may_import"),
+    [
+        ("amflow_edge.inspection", ("amflow_edge.inspection", "amflow_edge.common")),
+        ("amflow_edge.drivers", ("amflow_edge.drivers", "amflow_edge.inspection", "amflow_edge.common")),
+    ],
+)
+def test_dependencies_point_one_way(layer: str, may_import: tuple[str, ...]) -> None:
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module in FILES
+        if module == layer or module.startswith(layer + ".")
+        for target in _imports(module)
+        if not any(target == allowed or target.startswith(allowed + ".") for allowed in may_import)
+    )
+    assert wrong == []
+
+
+def test_only_the_mock_driver_and_render_use_the_simulator() -> None:
+    simulator = "amflow_edge.drivers.simulator"
+    users = sorted({
+        module
+        for module in FILES
+        if not module.startswith(simulator)
+        for target in _imports(module)
+        if target.startswith(simulator)
+    })
+    assert users == ["amflow_edge.cli.render", "amflow_edge.drivers.mock", "amflow_edge.drivers.mock_settings"]
+
+
+def test_the_station_never_reads_the_inspection_internals_it_does_not_run() -> None:
+    """The daemon's code reaches the inspection through its entry points and plain models only (`render` is the
+    simulator's front end and places parts itself)."""
+    entry_points = {
+        "amflow_edge.inspection.inspect",
+        "amflow_edge.inspection.designs",
+        "amflow_edge.inspection.profiles",
+        "amflow_edge.inspection.report",
+        "amflow_edge.inspection.models",
+        "amflow_edge.inspection.geometry.camera",
+    }
+    reached = {
+        target
+        for module in FILES
+        if module.startswith("amflow_edge.")
+        and not module.startswith(("amflow_edge.inspection", "amflow_edge.drivers", "amflow_edge.cli.render"))
+        for target in _imports(module)
+        if target.startswith("amflow_edge.inspection")
+    }
+    assert reached <= entry_points, sorted(reached - entry_points)
+
+
+def test_the_control_plane_imports_no_geometry_library_and_no_camera_sdk() -> None:
+    code = (
+        "import importlib, sys\n"
+        f"for name in {CONTROL_PLANE!r}: importlib.import_module(name)\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_the_structure_checks_see_heavy_imports() -> None:
+    """The control-plane test above would notice: the inspection pipeline does load them."""
+    code = "import sys, amflow_edge.inspection.inspect; print(sorted(m for m in ('open3d', 'trimesh') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "['open3d', 'trimesh']", proc.stderr
+
+
+def test_each_file_is_read_as_one_module() -> None:
+    assert len(FILES) == len({path.resolve() for path in FILES.values()})
