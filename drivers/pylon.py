@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 import structlog
 from pypylon import genicam, pylon
 
+from amflow_edge.common.backoff import Backoff
 from amflow_edge.drivers.base import CameraHealth, CameraSettings, DriverError, Frame, GrabError, Shot
 from amflow_edge.drivers.pylon_settings import ActionCommand, PylonSettings
 
@@ -26,6 +27,7 @@ log = structlog.get_logger(__name__)
 TRANSFER_MARGIN_S = 0.5
 TRIGGER_READY_MS = 1000
 PULSE_POLL_S = 0.005
+FIRST_RECONNECT_S = 1.0
 
 
 class _RemovalFlag(pylon.ConfigurationEventHandler):  # type: ignore[misc]
@@ -40,13 +42,13 @@ class _RemovalFlag(pylon.ConfigurationEventHandler):  # type: ignore[misc]
 @dataclass
 class _Camera:
     settings: CameraSettings
+    backoff: Backoff
     camera: pylon.InstantCamera | None = None
     flag: _RemovalFlag = field(default_factory=_RemovalFlag)
     features_sha256: str | None = None
     model: str = ""
     lost: str | None = "not opened"
     next_attempt: float = 0.0
-    backoff_s: float = 1.0
 
 
 def _why(exc: Exception) -> str:
@@ -79,7 +81,9 @@ def _node(camera: pylon.InstantCamera, *names: str) -> genicam.INode | None:
 class PylonDriver:
     def __init__(self, cameras: list[CameraSettings], settings: PylonSettings) -> None:
         self._settings = settings
-        self._cameras = [_Camera(c) for c in cameras]
+        self._cameras = [
+            _Camera(c, Backoff(FIRST_RECONNECT_S, settings.reconnect_max_backoff_s)) for c in cameras
+        ]
         self._hardware = settings.trigger == "line1"
 
     @property
@@ -133,7 +137,7 @@ class PylonDriver:
             self._release(entry)
             raise
         entry.lost = None
-        entry.backoff_s = 1.0
+        entry.backoff.reset()
         log.info("camera open", camera=name, serial=serial, model=entry.model, features=entry.features_sha256)
 
     def _load_features(self, camera: pylon.InstantCamera, settings: CameraSettings) -> str | None:
@@ -369,8 +373,7 @@ class PylonDriver:
                 log.info("camera reconnected", camera=entry.settings.name, serial=entry.settings.serial)
             except DriverError as exc:
                 entry.lost = f"reconnecting: {exc}"
-                entry.next_attempt = time.monotonic() + entry.backoff_s
-                entry.backoff_s = min(entry.backoff_s * 2, self._settings.reconnect_max_backoff_s)
+                entry.next_attempt = time.monotonic() + entry.backoff.next_delay()
 
     def _release(self, entry: _Camera) -> None:
         camera, entry.camera = entry.camera, None

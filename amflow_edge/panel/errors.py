@@ -15,6 +15,8 @@ from typing import Literal
 
 import structlog
 
+from amflow_edge.common.backoff import Backoff
+
 log = structlog.get_logger(__name__)
 
 FIRST_RETRY_S = 0.25
@@ -40,8 +42,7 @@ class Reopener:
 
     def __init__(self, device: str, max_backoff_s: float) -> None:
         self._device = device
-        self._max_backoff_s = max_backoff_s
-        self._delay_s = min(FIRST_RETRY_S, max_backoff_s)
+        self._backoff = Backoff(FIRST_RETRY_S, max_backoff_s)
         self._cause: str | None = None
         self._was_open = False
 
@@ -52,7 +53,7 @@ class Reopener:
             log.info("panel device opened", device=self._device)
         self._cause = None
         self._was_open = True
-        self._delay_s = min(FIRST_RETRY_S, self._max_backoff_s)
+        self._backoff.reset()
 
     def failed(self, trouble: Trouble, stop: threading.Event) -> None:
         """Log `trouble` if its cause is new, then wait the backoff (or until `stop`)."""
@@ -64,11 +65,10 @@ class Reopener:
                 cause=trouble.cause,
                 fix=trouble.fix,
                 error=trouble.detail,
-                retry_max_s=self._max_backoff_s,
+                retry_max_s=self._backoff.max_s,
             )
             self._cause = trouble.cause
-        stop.wait(self._delay_s)
-        self._delay_s = min(self._delay_s * 2, self._max_backoff_s)
+        stop.wait(self._backoff.next_delay())
 
 
 def keep_open(
