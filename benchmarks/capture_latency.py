@@ -25,11 +25,11 @@ sys.path.insert(0, str(REPO))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from amflow_edge.station.capture import Trigger  # noqa: E402
 from amflow_edge.config.station import load_config  # noqa: E402
-from amflow_edge.station.build import build_station  # noqa: E402
-from amflow_edge.station.station import RunOptions, Station  # noqa: E402
 from amflow_edge.ops.log import configure_logging  # noqa: E402
+from amflow_edge.station.build import build_station  # noqa: E402
+from amflow_edge.station.capture import Trigger  # noqa: E402
+from amflow_edge.station.station import RunOptions, Station  # noqa: E402
 from amflow_edge.storage.store import PNG_FILTERS, PNG_STRATEGIES  # noqa: E402
 from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
 
@@ -88,9 +88,12 @@ def png_options(frames: dict[str, np.ndarray], threads: int) -> None:
         for strategy in ("default", "huffman_only", "rle"):
             for png_filter in ("none", "sub", "fast"):
                 params = [
-                    cv2.IMWRITE_PNG_COMPRESSION, level,
-                    cv2.IMWRITE_PNG_STRATEGY, PNG_STRATEGIES[strategy],
-                    cv2.IMWRITE_PNG_FILTER, PNG_FILTERS[png_filter],
+                    cv2.IMWRITE_PNG_COMPRESSION,
+                    level,
+                    cv2.IMWRITE_PNG_STRATEGY,
+                    PNG_STRATEGIES[strategy],
+                    cv2.IMWRITE_PNG_FILTER,
+                    PNG_FILTERS[png_filter],
                 ]
                 runs = []
                 for _ in range(3):
@@ -109,8 +112,11 @@ def main() -> None:
     parser.add_argument("--strategy", default=None, choices=sorted(PNG_STRATEGIES))
     parser.add_argument("--filter", default=None, choices=sorted(PNG_FILTERS))
     parser.add_argument("--threads", type=int, default=None, help="PNG encoder threads (default: the config's)")
-    parser.add_argument("--with-inspection", action="store_true",
-                        help="inspect every scan in the worker meanwhile (competes for the 2 cores)")
+    parser.add_argument(
+        "--with-inspection",
+        action="store_true",
+        help="inspect every scan in the worker meanwhile (competes for the 2 cores)",
+    )
     parser.add_argument("--png-options", action="store_true", help="also compare PNG settings on rendered frames")
     args = parser.parse_args()
     configure_logging("warning", json=False)
@@ -126,14 +132,18 @@ def main() -> None:
         )
         scans_dir = Path(tmp) / "data" / "scans"
         sizes = [sum(f.stat().st_size for f in d.glob("*.png")) for d in scans_dir.iterdir() if d.name != ".incoming"]
-        print(f"capture latency, trigger → scan.capture received, {len(latencies)} scans, 5 × 2448×2048 Mono8"
-              + (", inspection running alongside" if args.with_inspection else ""))
+        print(
+            f"capture latency, trigger → scan.capture received, {len(latencies)} scans, 5 × 2448×2048 Mono8"
+            + (", inspection running alongside" if args.with_inspection else "")
+        )
         print(
             f"  PNG level {level}, strategy {strategy}, filter {png_filter}, {threads} encoder threads; "
             f"{statistics.mean(sizes) / 1e6:.1f} MB per scan"
         )
-        print(f"  median {statistics.median(latencies):.0f} ms   p95 {percentile(latencies, 95):.0f} ms   "
-              f"min {min(latencies):.0f} ms   max {max(latencies):.0f} ms")
+        print(
+            f"  median {statistics.median(latencies):.0f} ms   p95 {percentile(latencies, 95):.0f} ms   "
+            f"min {min(latencies):.0f} ms   max {max(latencies):.0f} ms"
+        )
         if args.png_options:
             shot_dir = next(d for d in scans_dir.iterdir() if d.name != ".incoming")
             frames = {p.stem: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(shot_dir.glob("*.png"))}

@@ -22,17 +22,22 @@ import trimesh
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from amflow_edge.inspection.geometry.camera import load_rig  # noqa: E402
+from amflow_edge.drivers.simulator.pose_error import largest_deviation, pose_error  # noqa: E402
+from amflow_edge.drivers.simulator.render import Renderer  # noqa: E402
 from amflow_edge.inspection.design_cache import design_model  # noqa: E402
 from amflow_edge.inspection.designs import load_mesh_mm  # noqa: E402
-from amflow_edge.inspection.inspect import inspect_scan  # noqa: E402
+from amflow_edge.inspection.geometry.camera import load_rig  # noqa: E402
 from amflow_edge.inspection.geometry.placement import place_on_tray  # noqa: E402
-from amflow_edge.drivers.simulator.pose_error import largest_deviation, pose_error  # noqa: E402
+from amflow_edge.inspection.inspect import inspect_scan  # noqa: E402
 from amflow_edge.inspection.profiles import load_profile  # noqa: E402
-from amflow_edge.drivers.simulator.render import Renderer  # noqa: E402
 from amflow_edge.inspection.report import InspectionReport  # noqa: E402
 
-REAL = [("20mm-xyz-cube.stl", "mm"), ("angle_block.STL", "inch"), ("featuretype.STL", "inch"), ("idler_riser.STL", "inch")]
+REAL = [
+    ("20mm-xyz-cube.stl", "mm"),
+    ("angle_block.STL", "inch"),
+    ("featuretype.STL", "inch"),
+    ("idler_riser.STL", "inch"),
+]
 LOOK_ALIKE_MM = 0.5
 DEFECTS = ["missing_chunk:1.0", "missing_chunk:2.0", "missing_slab:1.0", "extra_blob:1.5", "scale:2.0", "warp:3"]
 
@@ -59,8 +64,18 @@ def main() -> int:
     parser.add_argument("--placements", type=int, default=None)
     parser.add_argument("--defects", default=None, help="comma-separated KIND:SIZE list; '' for intact parts only")
     parser.add_argument("--values", action="store_true", help="also print the criterion values of the defective scans")
-    parser.add_argument("--jsonl", type=Path, default=None, help="also write one line per scan (scene, verdict, metrics, regions) to this file, replacing it")
-    parser.add_argument("--seed", type=int, default=1000, help="first scene seed; another value gives unseen scenes to check a tuned profile on")
+    parser.add_argument(
+        "--jsonl",
+        type=Path,
+        default=None,
+        help="also write one line per scan (scene, verdict, metrics, regions) to this file, replacing it",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1000,
+        help="first scene seed; another value gives unseen scenes to check a tuned profile on",
+    )
     args = parser.parse_args()
     from amflow_edge.drivers.simulator.defects import Defect, apply_defect, defect_rng, settle
 
@@ -89,7 +104,9 @@ def main() -> int:
     if args.jsonl is not None:
         args.jsonl.write_text("")
     all_parts = parts(args.quick)
-    print(f"{len(all_parts)} parts × {placements} placements × (intact + {len(defects)} defects), profile {profile.name}")
+    print(
+        f"{len(all_parts)} parts × {placements} placements × (intact + {len(defects)} defects), profile {profile.name}"
+    )
     seed = args.seed
     for name, mesh in all_parts.items():
         design_model(mesh, cache)
@@ -142,8 +159,11 @@ def main() -> int:
                     for result in report.criteria:
                         if result.value is not None:
                             defect_values[spec][result.metric].append(result.value)
-            print(f"  {name} placement {placement}: last err {errors[-1] if errors else float('nan'):.3f} mm, "
-                  f"intact {intact_time:.2f} s, median time {np.median(times):.2f} s", flush=True)
+            print(
+                f"  {name} placement {placement}: last err {errors[-1] if errors else float('nan'):.3f} mm, "
+                f"intact {intact_time:.2f} s, median time {np.median(times):.2f} s",
+                flush=True,
+            )
 
     def stats(values: list[float]) -> str:
         return f"median {np.median(values):.3f}, p95 {np.percentile(values, 95):.3f}" if values else "n/a"
@@ -151,12 +171,19 @@ def main() -> int:
     print()
     print(f"scans inspected: {len(times)}")
     print(f"time per scan [s]: {stats(times)}")
-    print("    by stage: " + ", ".join(f"{k} {np.median(v):.2f}" for k, v in stages.items() if k not in ("total", "design")))
+    print(
+        "    by stage: "
+        + ", ".join(f"{k} {np.median(v):.2f}" for k, v in stages.items() if k not in ("total", "design"))
+    )
     print(f"pose error, mean closest-surface distance [mm]: {stats(errors)}")
     print(f"pose error, residual rotation (symmetry-aware) [deg]: {stats(rotations)}")
-    print(f"largest surface deviation from the true pose [mm]: {stats(deviations)}; "
-          f"above {LOOK_ALIKE_MM} mm (mostly a look-alike pose chosen): {sum(d > LOOK_ALIKE_MM for d in deviations)}/{len(deviations)}")
-    print(f"false rejects on intact parts: {len(intact_rejects)}/{intact_total} = {100 * len(intact_rejects) / max(intact_total, 1):.1f} %")
+    print(
+        f"largest surface deviation from the true pose [mm]: {stats(deviations)}; "
+        f"above {LOOK_ALIKE_MM} mm (mostly a look-alike pose chosen): {sum(d > LOOK_ALIKE_MM for d in deviations)}/{len(deviations)}"
+    )
+    print(
+        f"false rejects on intact parts: {len(intact_rejects)}/{intact_total} = {100 * len(intact_rejects) / max(intact_total, 1):.1f} %"
+    )
     print(f"intact parts passed but sent to operator review: {intact_reviews}/{intact_total}")
     for line in intact_rejects:
         print(f"    {line}")
@@ -165,7 +192,9 @@ def main() -> int:
     _print_values(intact_values)
     for spec, hits in detected.items():
         rate = 100 * sum(hits) / max(len(hits), 1)
-        print(f"detection rate {spec}: {sum(hits)}/{len(hits)} = {rate:.1f} %  (rejected or sent to review: {sum(flagged[spec])})")
+        print(
+            f"detection rate {spec}: {sum(hits)}/{len(hits)} = {rate:.1f} %  (rejected or sent to review: {sum(flagged[spec])})"
+        )
         if passed[spec]:
             print(f"    passed: {', '.join(passed[spec])}")
     if args.values:
@@ -175,16 +204,25 @@ def main() -> int:
     return 0
 
 
-def _append_scan(path: Path, name: str, placement: int, seed: int, spec: str | None, report: InspectionReport, seconds: float) -> None:
+def _append_scan(
+    path: Path, name: str, placement: int, seed: int, spec: str | None, report: InspectionReport, seconds: float
+) -> None:
     """One scan per line, so a criterion can be re-judged over many scenes without inspecting them again.
 
     The metrics go through pydantic's JSON, which writes an infinite alignment residual as null
     (json.dumps would write Infinity, which is not JSON)."""
     metrics = None if report.metrics is None else json.loads(report.metrics.model_dump_json(exclude={"per_camera"}))
     line = {
-        "part": name, "placement": placement, "seed": seed, "defect": spec, "profile": report.profile,
-        "seconds": round(seconds, 3), "qc_machine": report.qc_machine, "qc_needs_review": report.qc_needs_review,
-        "qc_reasons": report.qc_reasons, "metrics": metrics,
+        "part": name,
+        "placement": placement,
+        "seed": seed,
+        "defect": spec,
+        "profile": report.profile,
+        "seconds": round(seconds, 3),
+        "qc_machine": report.qc_machine,
+        "qc_needs_review": report.qc_needs_review,
+        "qc_reasons": report.qc_reasons,
+        "metrics": metrics,
     }
     with path.open("a") as out:
         out.write(json.dumps(line) + "\n")

@@ -24,11 +24,11 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from amflow_edge.config.station import load_config  # noqa: E402
-from amflow_edge.storage.db import StationDb  # noqa: E402
 from amflow_edge.messaging.events import Events  # noqa: E402
-from amflow_edge.ops.log import configure_logging  # noqa: E402
 from amflow_edge.messaging.mqtt import StationMqtt  # noqa: E402
 from amflow_edge.messaging.relay import Relay  # noqa: E402
+from amflow_edge.ops.log import configure_logging  # noqa: E402
+from amflow_edge.storage.db import StationDb  # noqa: E402
 from tests.factories import make_record  # noqa: E402
 from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
 from tests.station_files import write_station  # noqa: E402
@@ -50,8 +50,21 @@ def drain(workdir: Path, count: int) -> None:
     broker.start()
     # A C subscriber in its own process, so the figure is the station's, not a Python subscriber's.
     subscriber = subprocess.Popen(
-        ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-V", "mqttv5", "-q", "1",
-         "-t", cfg.topic("event", "#"), "-C", str(count)],
+        [
+            "mosquitto_sub",
+            "-h",
+            broker.host,
+            "-p",
+            str(broker.port),
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            cfg.topic("event", "#"),
+            "-C",
+            str(count),
+        ],
         stdout=subprocess.DEVNULL,
     )
     time.sleep(0.5)
@@ -70,8 +83,9 @@ def drain(workdir: Path, count: int) -> None:
         broker.stop()
         db.close()
     print(f"drain: {count} queued events (queued at {count / built:.0f}/s while the broker was down)")
-    print(f"  broker start → subscriber has all: {elapsed:.2f} s = {count / elapsed:.0f} events/s "
-          f"(includes connecting)")
+    print(
+        f"  broker start → subscriber has all: {elapsed:.2f} s = {count / elapsed:.0f} events/s (includes connecting)"
+    )
 
 
 def live(workdir: Path, count: int) -> None:
@@ -103,10 +117,14 @@ def live(workdir: Path, count: int) -> None:
         broker.stop()
         db.close()
     print(f"live: {count} events one at a time while connected")
-    print(f"  record scan + queue event (one FULL-sync transaction): median {statistics.median(commit_ms):.2f} ms, "
-          f"p95 {p95(commit_ms):.2f} ms")
-    print(f"  queued → received by a subscriber: median {statistics.median(delivery_ms):.2f} ms, "
-          f"p95 {p95(delivery_ms):.2f} ms")
+    print(
+        f"  record scan + queue event (one FULL-sync transaction): median {statistics.median(commit_ms):.2f} ms, "
+        f"p95 {p95(commit_ms):.2f} ms"
+    )
+    print(
+        f"  queued → received by a subscriber: median {statistics.median(delivery_ms):.2f} ms, "
+        f"p95 {p95(delivery_ms):.2f} ms"
+    )
 
 
 def main() -> None:

@@ -27,12 +27,12 @@ os.environ["PYLON_CAMEMU"] = "5"
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from amflow_edge.station.capture import Trigger  # noqa: E402
 from amflow_edge.config.station import StationConfig, load_config  # noqa: E402
-from amflow_edge.station.build import build_station  # noqa: E402
-from amflow_edge.station.station import RunOptions, Station  # noqa: E402
-from amflow_edge.ops.log import configure_logging  # noqa: E402
 from amflow_edge.drivers.pylon import PylonDriver  # noqa: E402
+from amflow_edge.ops.log import configure_logging  # noqa: E402
+from amflow_edge.station.build import build_station  # noqa: E402
+from amflow_edge.station.capture import Trigger  # noqa: E402
+from amflow_edge.station.station import RunOptions, Station  # noqa: E402
 from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
 from tests.pylon_rig import point_at_image, save_features  # noqa: E402
 
@@ -54,16 +54,19 @@ def station_config(workdir: Path, port: int) -> StationConfig:
     text = re.sub(r'calibration = "calibration/', f'calibration = "{REPO}/config/calibration/', text)
     text += f'\n[pylon]\nfeatures_dir = "{workdir / "features"}"\n'
     config = workdir / "station.toml"
-    config.write_text(text.replace('"../run/data"', f'"{workdir / "data"}"').replace('"../run/state"',
-                                                                                       f'"{workdir / "state"}"'))
+    config.write_text(
+        text.replace('"../run/data"', f'"{workdir / "data"}"').replace('"../run/state"', f'"{workdir / "state"}"')
+    )
     save_features(config, workdir / "features")
     for serial in SERIALS:
         point_at_image(workdir / "features" / f"{serial}.pfs", images / f"{serial}.png")
     cfg = load_config(config)
-    return cfg.model_copy(update={
-        "mqtt": cfg.mqtt.model_copy(update={"port": port}),
-        "inspection": cfg.inspection.model_copy(update={"enabled": False}),
-    })
+    return cfg.model_copy(
+        update={
+            "mqtt": cfg.mqtt.model_copy(update={"port": port}),
+            "inspection": cfg.inspection.model_copy(update={"enabled": False}),
+        }
+    )
 
 
 def frames_in_memory(cfg: StationConfig, scans: int) -> list[float]:
@@ -104,8 +107,10 @@ def sustained(station: Station, subscriber: Subscriber, seconds: float) -> float
 
 
 def summary(label: str, values: list[float]) -> str:
-    return (f"  {label}: median {statistics.median(values):.0f} ms   p95 {np.percentile(values, 95):.0f} ms   "
-            f"max {max(values):.0f} ms")
+    return (
+        f"  {label}: median {statistics.median(values):.0f} ms   p95 {np.percentile(values, 95):.0f} ms   "
+        f"max {max(values):.0f} ms"
+    )
 
 
 def main() -> None:

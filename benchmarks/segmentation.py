@@ -22,12 +22,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from amflow_edge.drivers.simulator.render import Renderer  # noqa: E402
 from amflow_edge.inspection.geometry.camera import load_rig  # noqa: E402
 from amflow_edge.inspection.geometry.placement import place_on_tray  # noqa: E402
-from amflow_edge.inspection.regions import open_to_background  # noqa: E402
-from amflow_edge.drivers.simulator.render import Renderer  # noqa: E402
-from amflow_edge.inspection.segment import segment_scan  # noqa: E402
 from amflow_edge.inspection.geometry.silhouette import full_window, silhouette  # noqa: E402
+from amflow_edge.inspection.regions import open_to_background  # noqa: E402
+from amflow_edge.inspection.segment import segment_scan  # noqa: E402
 
 
 def _inspection_benchmark():  # type: ignore[no-untyped-def]
@@ -74,7 +74,10 @@ def main() -> int:
                 false_part.append(float(outside.max(initial=0.0)))
                 false_tray.append(float(inside.max(initial=0.0)))
                 outline = truth & ~cv2.erode(truth.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-                bias.append((np.count_nonzero(mask & ~truth) - np.count_nonzero(truth & ~mask)) / max(np.count_nonzero(outline), 1))
+                bias.append(
+                    (np.count_nonzero(mask & ~truth) - np.count_nonzero(truth & ~mask))
+                    / max(np.count_nonzero(outline), 1)
+                )
             print(f"  {name} seed {seed}", flush=True)
     print()
     print(f"views: {len(gross)}")

@@ -23,7 +23,7 @@ from pathlib import Path
 import networkx as nx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.import_graph import import_graph, module_files  # noqa: E402
+from tests.import_graph import import_graph, module_files
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("open3d", "trimesh", "pypylon", "scipy", "cv2", "maxflow")
@@ -88,12 +88,19 @@ def main() -> None:
     for component in cyclic:
         print("  tangle:", ", ".join(sorted(component)))
     help_ms, help_heavy = import_cost(args.repo, ["--help"], args.runs)
-    print(f"import time, amflow-edge --help: {help_ms:.0f} ms (loads {', '.join(help_heavy) or 'none of ' + '/'.join(HEAVY)})")
+    print(
+        f"import time, amflow-edge --help: {help_ms:.0f} ms (loads {', '.join(help_heavy) or 'none of ' + '/'.join(HEAVY)})"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "station.toml"
         demo = (args.repo / "config" / "demo.toml").read_text(encoding="utf-8")
         demo = demo.replace('"../run/data"', f'"{tmp}/data"').replace('"../run/state"', f'"{tmp}/state"')
-        config.write_text(demo.replace('"designs/', f'"{args.repo}/config/designs/').replace('"calibration/', f'"{args.repo}/config/calibration/'), encoding="utf-8")
+        config.write_text(
+            demo.replace('"designs/', f'"{args.repo}/config/designs/').replace(
+                '"calibration/', f'"{args.repo}/config/calibration/'
+            ),
+            encoding="utf-8",
+        )
         status_ms, status_heavy = import_cost(args.repo, ["outbox", "status", "--config", str(config)], args.runs)
     print(
         f"import time, amflow-edge outbox status: {status_ms:.0f} ms "

@@ -26,7 +26,9 @@ class CameraSettings(BaseModel):
         description="Station-wide camera name; decides the image file name scan_<name>.png."
     )
     serial: str = Field(min_length=1, description="Camera serial number; cameras are mapped by it, never by order.")
-    calibration: Path = Field(description="OpenCV-style calibration YAML of this camera (intrinsics, world→camera pose).")
+    calibration: Path = Field(
+        description="OpenCV-style calibration YAML of this camera (intrinsics, world→camera pose)."
+    )
     width: int = Field(default=2448, gt=0, description="Image width in pixels.")
     height: int = Field(default=2048, gt=0, description="Image height in pixels.")
     pixel_format: Literal["Mono8"] = Field(default="Mono8", description="Pixel format; the station stores 8-bit grey.")

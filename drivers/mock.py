@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -24,9 +24,9 @@ from amflow_edge.drivers.mock_settings import MockDriverSettings
 if TYPE_CHECKING:
     import trimesh
 
-    from amflow_edge.inspection.geometry.camera import CameraCalibration
     from amflow_edge.drivers.simulator.defect_spec import Defect
     from amflow_edge.drivers.simulator.render import Renderer
+    from amflow_edge.inspection.geometry.camera import CameraCalibration
 
 _STOP_POLL_S = 0.2
 _JOIN_TIMEOUT_S = 30.0
@@ -189,7 +189,9 @@ class MockDriver:
                 raise DriverError(f"mock scene {index}: design {design_material}: {exc}") from None
         defect = None
         if mesh is not None and pose is not None:
-            mesh, pose, defect = self._maybe_defective(mesh, pose, seed, f"mock scene {index}: design {design_material}")
+            mesh, pose, defect = self._maybe_defective(
+                mesh, pose, seed, f"mock scene {index}: design {design_material}"
+            )
         with self._render_lock:
             images = self._renderer.render(mesh, pose, seed)
         for image in images.values():
@@ -240,7 +242,7 @@ class MockDriver:
         if not self._open:
             raise DriverError("mock: trigger() before open(); open the driver first")
         with self._lock:
-            self._triggers.append(datetime.now(timezone.utc))
+            self._triggers.append(datetime.now(UTC))
 
     def grab(self, timeout_s: float) -> Shot:
         if not self._open:
@@ -260,7 +262,7 @@ class MockDriver:
         """The empty tray as every camera sees it, for inspection's per-camera background."""
         if not self._open or self._renderer is None:
             raise DriverError("mock: grab_reference() before open(); open the driver first")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         with self._render_lock:
             images = self._renderer.render(None, None, scene_seed(self._settings.seed, _REFERENCE_INDEX))
         return Shot(frames=self._frames(images, now), metadata={"mock_scene": None})
@@ -290,7 +292,8 @@ class MockDriver:
                     raise DriverError(f"mock: {self._failure}") from None
                 if time.monotonic() >= deadline:
                     raise GrabError(
-                        camera, f"no frame within {timeout_s:g} s (nor from the other cameras; the mock renderer is behind)"
+                        camera,
+                        f"no frame within {timeout_s:g} s (nor from the other cameras; the mock renderer is behind)",
                     ) from None
 
     def close(self) -> None:

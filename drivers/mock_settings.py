@@ -23,7 +23,9 @@ class MockDriverSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seed: int = Field(default=0, description="Seed of the whole run; scene N always shows the same part, pose and noise.")
+    seed: int = Field(
+        default=0, description="Seed of the whole run; scene N always shows the same part, pose and noise."
+    )
     designs: list[str] = Field(
         default_factory=list,
         description="design_material ids the mock places on the tray, chosen at random per scene; "
@@ -35,7 +37,9 @@ class MockDriverSettings(BaseModel):
         description="0: render a fresh scene per trigger in a background thread, ahead of time. "
         "N > 0: render N scenes once at open() and cycle through them (for benchmarks).",
     )
-    prerender: int = Field(default=1, ge=1, le=16, description="Scenes rendered ahead of the triggers (background mode).")
+    prerender: int = Field(
+        default=1, ge=1, le=16, description="Scenes rendered ahead of the triggers (background mode)."
+    )
     fail_camera: str | None = Field(
         default=None, description="For tests: this camera fails every grab with a GrabError. None: no failures."
     )
@@ -58,7 +62,7 @@ class MockDriverSettings(BaseModel):
         if self.defect_rate > 0 and not self.defects:
             raise ValueError(
                 f"defect_rate is {self.defect_rate:g} but no defects are listed; "
-                "list them, e.g. defects = [\"missing_chunk:1.0\"], or set defect_rate = 0"
+                'list them, e.g. defects = ["missing_chunk:1.0"], or set defect_rate = 0'
             )
         return self
 

@@ -13,7 +13,7 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import structlog
 from pypylon import genicam, pylon
@@ -63,10 +63,13 @@ def enumerate_cameras() -> list[pylon.DeviceInfo]:
 def issue_action_command(action: ActionCommand) -> None:
     """One GigE Vision ACTION_CMD broadcast: every camera whose keys match exposes at the same instant."""
     tl = pylon.TlFactory.GetInstance().CreateTl("BaslerGigE")
-    if not tl.IssueActionCommandNoWait(action.device_key, action.group_key, action.group_mask,
-                                       action.broadcast_address):
-        raise DriverError(f"the action command to {action.broadcast_address} could not be sent; "
-                          "check pylon.action.broadcast_address is the camera network's broadcast address")
+    if not tl.IssueActionCommandNoWait(
+        action.device_key, action.group_key, action.group_mask, action.broadcast_address
+    ):
+        raise DriverError(
+            f"the action command to {action.broadcast_address} could not be sent; "
+            "check pylon.action.broadcast_address is the camera network's broadcast address"
+        )
 
 
 def _node(camera: pylon.InstantCamera, *names: str) -> genicam.INode | None:
@@ -81,9 +84,7 @@ def _node(camera: pylon.InstantCamera, *names: str) -> genicam.INode | None:
 class PylonDriver:
     def __init__(self, cameras: list[CameraSettings], settings: PylonSettings) -> None:
         self._settings = settings
-        self._cameras = [
-            _Camera(c, Backoff(FIRST_RECONNECT_S, settings.reconnect_max_backoff_s)) for c in cameras
-        ]
+        self._cameras = [_Camera(c, Backoff(FIRST_RECONNECT_S, settings.reconnect_max_backoff_s)) for c in cameras]
         self._hardware = settings.trigger == "line1"
 
     @property
@@ -184,7 +185,9 @@ class PylonDriver:
             action = self._settings.action
             assert action is not None
             if _node(camera, "ActionDeviceKey") is None:
-                raise DriverError(f"{settings.name}: this camera has no action commands; use trigger = software or line1")
+                raise DriverError(
+                    f"{settings.name}: this camera has no action commands; use trigger = software or line1"
+                )
             camera.ActionDeviceKey.Value = action.device_key
             camera.ActionGroupKey.Value = action.group_key
             camera.ActionGroupMask.Value = action.group_mask
@@ -192,8 +195,10 @@ class PylonDriver:
 
     def frame_deadline_s(self) -> float:
         """Exposure, then transfer over the camera's link, then a margin for the host."""
-        slowest = max(c.settings.exposure_us / 1e6 + c.settings.width * c.settings.height / (
-            self._settings.link_mb_s * 1e6) for c in self._cameras)
+        slowest = max(
+            c.settings.exposure_us / 1e6 + c.settings.width * c.settings.height / (self._settings.link_mb_s * 1e6)
+            for c in self._cameras
+        )
         return slowest + TRANSFER_MARGIN_S
 
     def _check(self) -> None:
@@ -211,14 +216,20 @@ class PylonDriver:
     def _lose(self, entry: _Camera, reason: str) -> None:
         entry.lost = reason
         entry.next_attempt = time.monotonic()
-        log.error("camera lost; scans are refused until it is back", camera=entry.settings.name,
-                  serial=entry.settings.serial, reason=reason)
+        log.error(
+            "camera lost; scans are refused until it is back",
+            camera=entry.settings.name,
+            serial=entry.settings.serial,
+            reason=reason,
+        )
 
     def trigger(self) -> None:
         self._check()
         if self._hardware:
-            raise DriverError("this station is triggered on Line1 by its part-present sensor (pylon.trigger = "
-                              "'line1'); software triggers are refused")
+            raise DriverError(
+                "this station is triggered on Line1 by its part-present sensor (pylon.trigger = "
+                "'line1'); software triggers are refused"
+            )
         if self._settings.trigger == "action":
             assert self._settings.action is not None
             self._discard_stale_frames()
@@ -234,8 +245,10 @@ class PylonDriver:
                 entry.camera.WaitForFrameTriggerReady(TRIGGER_READY_MS, pylon.TimeoutHandling_ThrowException)
                 entry.camera.ExecuteSoftwareTrigger()
             except genicam.TimeoutException:
-                raise GrabError(entry.settings.name, f"not ready for a trigger within {TRIGGER_READY_MS} ms "
-                                                     f"(serial {entry.settings.serial})") from None
+                raise GrabError(
+                    entry.settings.name,
+                    f"not ready for a trigger within {TRIGGER_READY_MS} ms (serial {entry.settings.serial})",
+                ) from None
             except genicam.GenericException as exc:
                 self._lose(entry, _why(exc))
                 raise DriverError(f"{entry.settings.name}: trigger failed: {_why(exc)}") from None
@@ -300,16 +313,22 @@ class PylonDriver:
             if not result.GrabSucceeded():
                 raise GrabError(name, f"failed buffer: {result.GetErrorDescription()} (0x{result.GetErrorCode():x})")
             if result.GetNumberOfSkippedImages():
-                raise GrabError(name, f"{result.GetNumberOfSkippedImages()} images skipped: triggers come faster "
-                                      "than the camera transfers")
+                raise GrabError(
+                    name,
+                    f"{result.GetNumberOfSkippedImages()} images skipped: triggers come faster "
+                    "than the camera transfers",
+                )
             if (result.GetWidth(), result.GetHeight()) != (entry.settings.width, entry.settings.height):
-                raise GrabError(name, f"frame is {result.GetWidth()}×{result.GetHeight()}, expected "
-                                      f"{entry.settings.width}×{entry.settings.height}")
+                raise GrabError(
+                    name,
+                    f"frame is {result.GetWidth()}×{result.GetHeight()}, expected "
+                    f"{entry.settings.width}×{entry.settings.height}",
+                )
             image = result.GetArray().copy()
             return Frame(
                 camera=name,
                 image=image,
-                timestamp=datetime.now(timezone.utc),
+                timestamp=datetime.now(UTC),
                 serial=entry.settings.serial,
                 exposure_us=entry.settings.exposure_us,
                 gain_db=entry.settings.gain_db,
@@ -345,7 +364,9 @@ class PylonDriver:
                 entry.camera.StartGrabbing(pylon.GrabStrategy_OneByOne)
             except genicam.GenericException as exc:
                 self._lose(entry, _why(exc))
-                raise DriverError(f"{entry.settings.name}: cannot switch the trigger to {source}: {_why(exc)}") from None
+                raise DriverError(
+                    f"{entry.settings.name}: cannot switch the trigger to {source}: {_why(exc)}"
+                ) from None
 
     def needs_reconnect(self) -> bool:
         """Asked by the supervisor thread: reads flags only, never touches a camera."""
@@ -379,8 +400,12 @@ class PylonDriver:
         camera, entry.camera = entry.camera, None
         if camera is None:
             return
-        for step in (camera.StopGrabbing, lambda: camera.DeregisterConfiguration(entry.flag), camera.Close,
-                     camera.DestroyDevice):
+        for step in (
+            camera.StopGrabbing,
+            lambda: camera.DeregisterConfiguration(entry.flag),
+            camera.Close,
+            camera.DestroyDevice,
+        ):
             try:
                 step()
             except genicam.GenericException:

@@ -133,7 +133,10 @@ class View:
         fx, fy = xi - x0, yi - y0
         s = field_
         out[inside] = (
-            s[y0, x0] * (1 - fx) * (1 - fy) + s[y0, x0 + 1] * fx * (1 - fy) + s[y0 + 1, x0] * (1 - fx) * fy + s[y0 + 1, x0 + 1] * fx * fy
+            s[y0, x0] * (1 - fx) * (1 - fy)
+            + s[y0, x0 + 1] * fx * (1 - fy)
+            + s[y0 + 1, x0] * (1 - fx) * fy
+            + s[y0 + 1, x0 + 1] * fx * fy
         )
         return out
 
@@ -210,7 +213,9 @@ def coarse_search(model: DesignModel, views: Sequence[View]) -> list[tuple[float
             rendered = hit.astype(np.uint8) * 255
             shift_world = top.calib.R.T @ np.array([shift_px[0], shift_px[1], 0.0]) * mm_per_px
             pose[:2, 3] += shift_world[:2]
-            moved = cv2.warpAffine(rendered, np.float32([[1, 0, shift_px[0]], [0, 1, shift_px[1]]]), rendered.shape[::-1])
+            moved = cv2.warpAffine(
+                rendered, np.float32([[1, 0, shift_px[0]], [0, 1, shift_px[1]]]), rendered.shape[::-1]
+            )
             candidates.append((_iou(moved > 127, observed_top), pose, index))
     candidates.sort(key=lambda c: -c[0])
     rescored = []
@@ -248,7 +253,9 @@ def _diverse(candidates: list[tuple[float, np.ndarray, int]]) -> list[tuple[floa
 def contour_points(model: DesignModel, view: View, pose: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Part-frame points on the outer outline of the model as `view` sees it at `pose`."""
     vertices = transform(pose, model.vertices)
-    points = silhouette_edge_points(view.calib, vertices, model.faces, model.edges, model.edge_faces, CONTOUR_SPACING_PX)
+    points = silhouette_edge_points(
+        view.calib, vertices, model.faces, model.edges, model.edge_faces, CONTOUR_SPACING_PX
+    )
     if len(points) == 0:
         return np.zeros((0, 3))
     pixels = view.calib.project(points)
@@ -312,7 +319,8 @@ def outline_inliers(
     by_name = seeing(views)
     points, start = outline_at(model, by_name, pose, np.random.default_rng(seed))
     points = {
-        name: p[(np.abs(start[name]) < within_px) & (transform(pose, p)[:, 2] > CONTACT_MM)] for name, p in points.items()
+        name: p[(np.abs(start[name]) < within_px) & (transform(pose, p)[:, 2] > CONTACT_MM)]
+        for name, p in points.items()
     }
     if sum(len(p) for p in points.values()) < 12:
         return None

@@ -126,8 +126,20 @@ def _compute(mesh: trimesh.Trimesh, sha1: str) -> DesignModel:
     normals = corner_normals(mesh)
     box = mesh.bounding_box_oriented.primitive
     return DesignModel(
-        sha1, vertices, faces, edges, edge_faces, coarse_v, coarse_f, poses, probs, every, normals, *symmetries(mesh),
-        np.asarray(box.transform, dtype=np.float64), np.asarray(box.extents, dtype=np.float64),
+        sha1,
+        vertices,
+        faces,
+        edges,
+        edge_faces,
+        coarse_v,
+        coarse_f,
+        poses,
+        probs,
+        every,
+        normals,
+        *symmetries(mesh),
+        np.asarray(box.transform, dtype=np.float64),
+        np.asarray(box.extents, dtype=np.float64),
     )
 
 

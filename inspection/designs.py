@@ -50,6 +50,7 @@ def mesh_formats() -> dict[str, str]:
         formats[".3mf"] = "3mf"
     return formats
 
+
 _TOKEN = re.compile(r"[A-Z0-9]+")
 DESIGN_MATERIAL_PATTERN = re.compile(r"[0-9a-f]{40}_[A-Z0-9]+_[A-Z0-9]+_[A-Z0-9]+")
 
@@ -331,7 +332,9 @@ def design_from_file(path: Path, units: Units, design_material: str, title: str 
     The mesh is loaded and checked now, so a bad file is refused with the batch, not at its first scan.
     """
     if not DESIGN_MATERIAL_PATTERN.fullmatch(design_material):
-        raise MeshError(path, f"{design_material!r} is not a design_material id", "use <40 hex>_<PROCESS>_<MATERIAL>_<COLOUR>")
+        raise MeshError(
+            path, f"{design_material!r} is not a design_material id", "use <40 hex>_<PROCESS>_<MATERIAL>_<COLOUR>"
+        )
     data = _read_mesh_bytes(path)
     digest = hashlib.sha1(data).hexdigest()
     if not design_material.startswith(digest + "_"):

@@ -175,7 +175,10 @@ def inspect_scan(
 
 
 def _write_overlays(
-    out: Path, images: Mapping[str, np.ndarray], views: Sequence[View], drawn: dict[str, dict[str, np.ndarray]],
+    out: Path,
+    images: Mapping[str, np.ndarray],
+    views: Sequence[View],
+    drawn: dict[str, dict[str, np.ndarray]],
     report: InspectionReport,
 ) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
@@ -197,7 +200,9 @@ def _write_overlays(
 
 def read_image(path: Path) -> np.ndarray:
     if not path.is_file():
-        raise InspectionInputError(f"{path}: missing; the scan directory needs scan_camNN.png and empty_camNN.png per camera")
+        raise InspectionInputError(
+            f"{path}: missing; the scan directory needs scan_camNN.png and empty_camNN.png per camera"
+        )
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise InspectionInputError(f"{path}: not a readable image; store 8-bit grey PNGs")

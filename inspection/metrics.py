@@ -101,9 +101,13 @@ def compute_metrics(
         extra = consistent_extra(observed & ~model_mask & _certain(view.clear_part, w), view, others, z_range)
         to_observed, to_model = reach_maps(model_mask, observed)
         missing_here = [
-            r for r in regions(missing, to_observed, view, scale_mm, inverse, centre, design) if r.depth_mm >= DEPTH_FLOOR_MM
+            r
+            for r in regions(missing, to_observed, view, scale_mm, inverse, centre, design)
+            if r.depth_mm >= DEPTH_FLOOR_MM
         ]
-        extra_here = [r for r in regions(extra, to_model, view, scale_mm, inverse, centre) if r.depth_mm >= DEPTH_FLOOR_MM]
+        extra_here = [
+            r for r in regions(extra, to_model, view, scale_mm, inverse, centre) if r.depth_mm >= DEPTH_FLOOR_MM
+        ]
         missing_regions += missing_here
         extra_regions += extra_here
         visible = view.calib.visible(vertices, margin_px=2.0)
@@ -152,7 +156,9 @@ def compute_metrics(
         tilt_deg=round(tilt_deg(model, pose), 3),
         warp_deg=round(abs(bend_deg), 3),
         lift_mm=round(float(vertices[:, 2].min()), 4),
-        alignment_residual_mm=round(float(np.median(np.abs(residuals))) * mean_scale if len(residuals) else math.inf, 4),
+        alignment_residual_mm=round(
+            float(np.median(np.abs(residuals))) * mean_scale if len(residuals) else math.inf, 4
+        ),
         alignment_inlier_fraction=round(alignment.inlier_fraction, 4),
         visible_fraction=min((c.visible_fraction for c in per_camera), default=0.0),
         cameras_seeing_part=len(per_camera),

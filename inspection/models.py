@@ -33,8 +33,6 @@ class Region(BaseModel):
     )
 
 
-
-
 class SurfaceRegion(BaseModel):
     """A patch of the part whose brightness one camera sees differ from the design's by more than TOLERANCE."""
 
@@ -55,11 +53,15 @@ class CameraMetrics(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     camera: str = Field(description="Camera name.")
-    silhouette_iou: float = Field(description="Intersection over union of the segmented part and the model at the found pose.")
+    silhouette_iou: float = Field(
+        description="Intersection over union of the segmented part and the model at the found pose."
+    )
     contour_p95_mm: float = Field(description="95th percentile of |outline deviation| in mm.")
     contour_p99_mm: float = Field(description="99th percentile of |outline deviation| in mm.")
     contour_max_mm: float = Field(description="Largest |outline deviation| in mm.")
-    missing_mm2: float = Field(description="Largest missing-material region this camera saw, mm², confirmed by another camera or not.")
+    missing_mm2: float = Field(
+        description="Largest missing-material region this camera saw, mm², confirmed by another camera or not."
+    )
     extra_mm2: float = Field(description="Largest extra-material region in mm².")
     visible_fraction: float = Field(description="Fraction of the model's outline inside the image.")
     mm_per_px: float = Field(description="Scale at the part's depth.")
@@ -79,8 +81,12 @@ class InspectionMetrics(BaseModel):
         description="Largest missing-material region, mm²: its pixels reaching at least 0.3 mm past the outline where the "
         f"photo clearly shows tray; a region no second camera confirms counts from {SINGLE_CAMERA_MM2:g} mm²."
     )
-    missing_material_depth_mm: float = Field(description="Depth of the deepest missing-material region (its 6th deepest pixel), confirmed or not, mm.")
-    extra_material_mm2: float = Field(description="Largest extra-material region, mm²: its pixels reaching at least 0.3 mm past the outline where the photo clearly shows part, consistent across cameras.")
+    missing_material_depth_mm: float = Field(
+        description="Depth of the deepest missing-material region (its 6th deepest pixel), confirmed or not, mm."
+    )
+    extra_material_mm2: float = Field(
+        description="Largest extra-material region, mm²: its pixels reaching at least 0.3 mm past the outline where the photo clearly shows part, consistent across cameras."
+    )
     extra_material_depth_mm: float = Field(description="Depth of the deepest extra-material region, mm.")
     surface_defect_mm2: float = Field(
         default=0.0,
@@ -105,7 +111,9 @@ class InspectionMetrics(BaseModel):
     )
     lift_mm: float = Field(description="Height of the part's lowest point above the tray (negative: below), mm.")
     alignment_residual_mm: float = Field(description="Median |outline residual| of the fit, mm.")
-    alignment_inlier_fraction: float = Field(description="Fraction of outline points within 2 px of the photographed outline.")
+    alignment_inlier_fraction: float = Field(
+        description="Fraction of outline points within 2 px of the photographed outline."
+    )
     visible_fraction: float = Field(description="Smallest fraction of the model's outline inside a camera's image.")
     cameras_seeing_part: int = Field(description="Cameras in which a part was segmented.")
     missing_regions: list[Region] = Field(default_factory=list, description="Missing-material regions, deepest first.")

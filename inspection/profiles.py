@@ -47,10 +47,14 @@ class Criterion(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: str = Field(description=f"Name of an InspectionMetrics field: {', '.join(NUMERIC_METRICS)}.")
-    comparator: Literal["<=", ">="] = Field(description="'<=': the value must not exceed the threshold; '>=': must reach it.")
+    comparator: Literal["<=", ">="] = Field(
+        description="'<=': the value must not exceed the threshold; '>=': must reach it."
+    )
     threshold: float = Field(description="Limit in the metric's unit.")
     review_band: float = Field(
-        default=0.0, ge=0.0, description="Passing values within this distance of the threshold need an operator's review."
+        default=0.0,
+        ge=0.0,
+        description="Passing values within this distance of the threshold need an operator's review.",
     )
     reason: Reason = Field(description="QualityControlReason reported when the criterion fails.")
 
@@ -85,7 +89,10 @@ class InspectionProfile(BaseModel):
     name: str = Field(min_length=1, description="Profile name, reported with every inspection.")
     description: str = Field(default="", description="What the profile is for.")
     min_alignment_inlier_fraction: float = Field(
-        default=0.6, ge=0.0, le=1.0, description="Below this fraction of outline inliers the pose itself is uncertain: needs review."
+        default=0.6,
+        ge=0.0,
+        le=1.0,
+        description="Below this fraction of outline inliers the pose itself is uncertain: needs review.",
     )
     criteria: list[Criterion] = Field(min_length=1, description="The acceptance rules.")
 
@@ -117,6 +124,8 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> InspectionProfile:
             loc = error["loc"]
             where = ".".join(str(p) for p in loc)
             if loc and loc[0] == "criteria" and len(loc) > 1:
-                where = f"[[criterion]] #{int(loc[1]) + 1}" + ("." + ".".join(str(p) for p in loc[2:]) if len(loc) > 2 else "")
+                where = f"[[criterion]] #{int(loc[1]) + 1}" + (
+                    "." + ".".join(str(p) for p in loc[2:]) if len(loc) > 2 else ""
+                )
             problems.append(f"{where or '(file)'}: {error['msg'].removeprefix('Value error, ')}")
         raise ProfileError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems)) from None

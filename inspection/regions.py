@@ -36,9 +36,7 @@ CARVE_TOLERANCE_PX = 2.5
 MAX_CARVE_PIXELS = 1500
 
 
-def consistent_extra(
-    extra: np.ndarray, view: View, others: Sequence[View], z_range: tuple[float, float]
-) -> np.ndarray:
+def consistent_extra(extra: np.ndarray, view: View, others: Sequence[View], z_range: tuple[float, float]) -> np.ndarray:
     """The extra pixels (window mask of `view`) whose rays pass through the other cameras' visual hull."""
     ys, xs = np.nonzero(extra)
     keep = np.zeros_like(extra)
@@ -118,7 +116,10 @@ def regions(
     chosen = [i for i in range(1, count) if areas[i] > 0]
     if not chosen:
         return []
-    pixels = np.array([_nearest_pixel(labels, i, stats[i], centroids[i]) for i in chosen], dtype=np.float64) + (w.x0, w.y0)
+    pixels = np.array([_nearest_pixel(labels, i, stats[i], centroids[i]) for i in chosen], dtype=np.float64) + (
+        w.x0,
+        w.y0,
+    )
     rays = view.calib.rays(pixels)
     along = depth / (rays @ view.calib.optical_axis)
     if design is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,7 +46,9 @@ class InspectionReport(BaseModel):
     scan: uuid.UUID | None = Field(default=None, description="The scan inspected, when known.")
     design_material: str = Field(description="Design the scan was compared against.")
     profile: str = Field(description="Inspection profile name.")
-    created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc), description="When the inspection ran (UTC).")
+    created: datetime = Field(
+        default_factory=lambda: datetime.now(UTC), description="When the inspection ran (UTC)."
+    )
     pose: list[list[float]] | None = Field(
         description="Part→tray 4×4 pose (mm) found by the fit; null when no part could be aligned."
     )
@@ -56,7 +58,9 @@ class InspectionReport(BaseModel):
     qc_machine: bool = Field(description="True when every criterion passes.")
     qc_needs_review: bool = Field(description="True when a value is in a review band or the alignment is uncertain.")
     qc_reasons: list[Reason] = Field(description="Reasons of the failed criteria, each once, in profile order.")
-    notes: list[str] = Field(default_factory=list, description="Plain-language remarks (why evidence is insufficient, ...).")
+    notes: list[str] = Field(
+        default_factory=list, description="Plain-language remarks (why evidence is insufficient, ...)."
+    )
     timings_s: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
     overlays: list[str] = Field(default_factory=list, description="Overlay image files written next to the report.")
 

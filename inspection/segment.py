@@ -92,7 +92,9 @@ def brightness_gain(image: np.ndarray, reference: np.ndarray) -> float:
     return float(np.median(a[usable] / b[usable]))
 
 
-def segment(name: str, image: np.ndarray, reference: np.ndarray, roi: tuple[int, int, int, int] | None = None) -> Segmentation:
+def segment(
+    name: str, image: np.ndarray, reference: np.ndarray, roi: tuple[int, int, int, int] | None = None
+) -> Segmentation:
     """Part mask (bool, full image size) of one camera.
 
     `roi` (x0, y0, x1, y1) limits the work to where the part can be; outside it the mask is empty.

@@ -244,7 +244,10 @@ class _Frame:
 
 
 def _frames(
-    views: Sequence[View], images: Mapping[str, np.ndarray], model_masks: Mapping[str, np.ndarray], step: int,
+    views: Sequence[View],
+    images: Mapping[str, np.ndarray],
+    model_masks: Mapping[str, np.ndarray],
+    step: int,
     segmented: bool = True,
 ) -> list[_Frame]:
     """A frame per camera that sees the part; `model_masks` (the design's pixels at the fitted pose, per

@@ -53,7 +53,9 @@ def bend_frame(model: DesignModel, pose: np.ndarray) -> tuple[np.ndarray, np.nda
     return centre, long_axis, bend / np.linalg.norm(bend), length
 
 
-def bent(points: np.ndarray, centre: np.ndarray, axis: np.ndarray, direction: np.ndarray, curvature: float) -> np.ndarray:
+def bent(
+    points: np.ndarray, centre: np.ndarray, axis: np.ndarray, direction: np.ndarray, curvature: float
+) -> np.ndarray:
     """Points on an arc of the given curvature (1/mm), to first order: ends move along `direction` by k·s²/2."""
     offset = points - centre
     s = offset @ axis
@@ -92,7 +94,14 @@ def fit_bend(model: DesignModel, views: Sequence[View], pose: np.ndarray, seed: 
 
     bounds = (np.r_[[-np.inf] * 6, -limit], np.r_[[np.inf] * 6, limit])
     result = least_squares(
-        fun, np.zeros(7), jac=jac, loss="cauchy", f_scale=LOSS_PX, max_nfev=12, bounds=bounds,
-        x_scale=np.r_[[1.0] * 6, limit / 4], **FIT_STOP,
+        fun,
+        np.zeros(7),
+        jac=jac,
+        loss="cauchy",
+        f_scale=LOSS_PX,
+        max_nfev=12,
+        bounds=bounds,
+        x_scale=np.r_[[1.0] * 6, limit / 4],
+        **FIT_STOP,
     )
     return math.degrees(float(result.x[6]) * length)

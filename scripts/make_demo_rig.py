@@ -15,7 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from amflow_edge.inspection.geometry.camera import BASLER_ACA2440_PIXEL_PITCH_MM, CameraCalibration, look_at, save_calibration
+from amflow_edge.inspection.geometry.camera import (
+    BASLER_ACA2440_PIXEL_PITCH_MM,
+    CameraCalibration,
+    look_at,
+    save_calibration,
+)
 
 TOP_HEIGHT_MM = 600.0
 TOP_LENS_MM = 12.0

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from amflow_edge.inspection.geometry.camera import CameraCalibration, load_rig
 from amflow_edge.drivers.simulator.defects import Defect, DefectTruth, apply_defect, defect_rng, settle
-from amflow_edge.inspection.designs import load_mesh_mm
-from amflow_edge.inspection.geometry.placement import place_on_tray
 from amflow_edge.drivers.simulator.render import Renderer
+from amflow_edge.inspection.designs import load_mesh_mm
+from amflow_edge.inspection.geometry.camera import CameraCalibration, load_rig
+from amflow_edge.inspection.geometry.placement import place_on_tray
 
 REPO = Path(__file__).resolve().parent.parent
 DESIGNS = REPO / "config" / "designs"
@@ -30,19 +30,19 @@ def renderer() -> Renderer:
     return Renderer(rig())
 
 
-@lru_cache(maxsize=None)
+@cache
 def design(name: str) -> trimesh.Trimesh:
     if name in {"angle_block", "featuretype", "idler_riser"}:
         return load_mesh_mm(MESHES / f"{name}.STL", "inch")
     return load_mesh_mm(DESIGNS / f"{name}.stl", "mm")
 
 
-@lru_cache(maxsize=None)
+@cache
 def empty(seed: int = 7) -> dict[str, np.ndarray]:
     return renderer().render(None, None, seed)
 
 
-@lru_cache(maxsize=None)
+@cache
 def placed(name: str, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(true pose, images) of the design resting on the tray as an operator would put it."""
     mesh = design(name)

@@ -63,11 +63,15 @@ class Broker:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 10.0) -> None:
-        self._proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._proc = subprocess.Popen(
+            [self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self._proc.stderr.read().decode() if self._proc.stderr else ''}")
+                raise RuntimeError(
+                    f"mosquitto exited: {self._proc.stderr.read().decode() if self._proc.stderr else ''}"
+                )
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
                     return

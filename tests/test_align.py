@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from amflow_edge.drivers.simulator.pose_error import largest_deviation, pose_error
 from amflow_edge.inspection.align import (
     AlignmentError,
     View,
@@ -22,15 +23,14 @@ from amflow_edge.inspection.align import (
 )
 from amflow_edge.inspection.design_cache import design_model
 from amflow_edge.inspection.geometry.placement import place_on_tray
-from amflow_edge.drivers.simulator.pose_error import largest_deviation, pose_error
 from amflow_edge.inspection.geometry.raycast import triangle_scene
-from amflow_edge.inspection.segment import segment_scan
 from amflow_edge.inspection.geometry.silhouette import (
     bounding_window,
     cast_silhouette,
     silhouette,
     window_rays,
 )
+from amflow_edge.inspection.segment import segment_scan
 from amflow_edge.inspection.warp import fit_bend
 from tests.inspection_scenes import benchmark_scene, design, empty, placed, rig
 
@@ -41,7 +41,13 @@ def _views(images: dict[str, np.ndarray]) -> list[View]:
 
 @pytest.mark.parametrize(
     ("name", "seed"),
-    [("montageblok_mb80", 3), ("angle_block", 5), ("spur_gear_z20m25", 2), ("spur_gear_z20m25", 1006), ("angle_bracket_ab60", 9)],
+    [
+        ("montageblok_mb80", 3),
+        ("angle_block", 5),
+        ("spur_gear_z20m25", 2),
+        ("spur_gear_z20m25", 1006),
+        ("angle_bracket_ab60", 9),
+    ],
 )
 def test_the_pose_is_recovered_to_a_fraction_of_a_millimetre(name: str, seed: int, tmp_path) -> None:  # type: ignore[no-untyped-def]
     pose, images = placed(name, seed)
@@ -135,7 +141,9 @@ def test_the_analytic_jacobian_matches_finite_differences_of_the_outline_residua
     numeric = np.column_stack([(flat(x + step * e) - flat(x - step * e)) / (2 * step) for e in np.eye(6)])
     # Per point they differ by some 10 % (pinhole against distortion, a smoothed gradient against a
     # bilinear field); a wrong sign or axis would turn a column's direction away entirely.
-    cosine = np.einsum("ij,ij->j", analytic, numeric) / (np.linalg.norm(analytic, axis=0) * np.linalg.norm(numeric, axis=0))
+    cosine = np.einsum("ij,ij->j", analytic, numeric) / (
+        np.linalg.norm(analytic, axis=0) * np.linalg.norm(numeric, axis=0)
+    )
     assert cosine.min() > 0.95, cosine
 
 
@@ -148,12 +156,16 @@ def test_a_silhouette_cast_in_the_design_frame_matches_the_drawn_one() -> None:
     window = bounding_window(pixels, calib, 0.5, 4)
     assert window is not None
     drawn = silhouette(calib, transform(pose, np.asarray(mesh.vertices)), np.asarray(mesh.faces), window) > 0
-    cast = cast_silhouette(triangle_scene(mesh.vertices, mesh.faces), calib.centre, window_rays(calib, window), pose, window)
+    cast = cast_silhouette(
+        triangle_scene(mesh.vertices, mesh.faces), calib.centre, window_rays(calib, window), pose, window
+    )
     assert drawn.sum() > 500
     assert np.count_nonzero(cast & drawn) / np.count_nonzero(cast | drawn) > 0.95
     shifted = pose.copy()
     shifted[0, 3] += 5.0
-    moved = cast_silhouette(triangle_scene(mesh.vertices, mesh.faces), calib.centre, window_rays(calib, window), shifted, window)
+    moved = cast_silhouette(
+        triangle_scene(mesh.vertices, mesh.faces), calib.centre, window_rays(calib, window), shifted, window
+    )
     assert np.count_nonzero(moved & drawn) / np.count_nonzero(moved | drawn) < 0.9
 
 

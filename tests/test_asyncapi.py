@@ -17,6 +17,7 @@ from typing import Any, get_args
 import pytest
 
 from amflow_edge import __version__
+from amflow_edge.config.station import MqttSettings, StationConfig, StationSettings
 from amflow_edge.messaging.asyncapi import (
     PUBLISHED_EVENTS,
     REQUEST_EXAMPLES,
@@ -24,7 +25,6 @@ from amflow_edge.messaging.asyncapi import (
     dump_asyncapi,
 )
 from amflow_edge.messaging.command_models import COMMANDS, Response
-from amflow_edge.config.station import MqttSettings, StationConfig, StationSettings
 from amflow_edge.messaging.payload import Envelope, EventName, envelope, new_scan, to_wire
 from amflow_edge.messaging.topics import event_topic
 
@@ -40,22 +40,78 @@ EXTENSION = re.compile(r"^x-[\w\d.\-_]+$")
 ALLOWED = {
     "root": {"asyncapi", "id", "info", "servers", "defaultContentType", "channels", "operations", "components"},
     "info": {"title", "version", "description", "termsOfService", "contact", "license", "tags", "externalDocs"},
-    "server": {"host", "pathname", "title", "summary", "description", "protocol", "protocolVersion", "variables",
-               "security", "tags", "externalDocs", "bindings"},
-    "channel": {"title", "description", "address", "bindings", "externalDocs", "messages", "parameters", "servers",
-                "summary", "tags"},
+    "server": {
+        "host",
+        "pathname",
+        "title",
+        "summary",
+        "description",
+        "protocol",
+        "protocolVersion",
+        "variables",
+        "security",
+        "tags",
+        "externalDocs",
+        "bindings",
+    },
+    "channel": {
+        "title",
+        "description",
+        "address",
+        "bindings",
+        "externalDocs",
+        "messages",
+        "parameters",
+        "servers",
+        "summary",
+        "tags",
+    },
     "parameter": {"description", "examples", "default", "enum", "location"},
-    "operation": {"title", "description", "action", "bindings", "channel", "externalDocs", "messages", "reply",
-                  "security", "summary", "tags", "traits"},
+    "operation": {
+        "title",
+        "description",
+        "action",
+        "bindings",
+        "channel",
+        "externalDocs",
+        "messages",
+        "reply",
+        "security",
+        "summary",
+        "tags",
+        "traits",
+    },
     "reply": {"address", "channel", "messages"},
-    "message": {"title", "description", "examples", "deprecated", "bindings", "contentType", "correlationId",
-                "externalDocs", "headers", "name", "payload", "summary", "tags", "traits"},
+    "message": {
+        "title",
+        "description",
+        "examples",
+        "deprecated",
+        "bindings",
+        "contentType",
+        "correlationId",
+        "externalDocs",
+        "headers",
+        "name",
+        "payload",
+        "summary",
+        "tags",
+        "traits",
+    },
     "example": {"headers", "name", "payload", "summary"},
     "mqtt_operation": {"bindingVersion", "messageExpiryInterval", "qos", "retain"},
     "mqtt_message": {"payloadFormatIndicator", "correlationData", "contentType", "responseTopic", "bindingVersion"},
 }
-DRAFT_2020_ONLY = {"$defs", "prefixItems", "unevaluatedProperties", "unevaluatedItems", "dependentRequired",
-                   "dependentSchemas", "$dynamicRef", "$anchor"}
+DRAFT_2020_ONLY = {
+    "$defs",
+    "prefixItems",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "dependentRequired",
+    "dependentSchemas",
+    "$dynamicRef",
+    "$anchor",
+}
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +203,11 @@ def test_every_command_has_request_response_and_a_receive_operation_with_reply(d
         request, response = doc["channels"][f"request.{command}"], doc["channels"][f"response.{command}"]
         assert request["address"] == f"{{prefix}}/{{station}}/request/{command}"
         assert response["address"] == f"{{prefix}}/{{station}}/response/{command}"
-        receives = [op for op in doc["operations"].values()
-                    if op["action"] == "receive" and resolve(doc, op["channel"]["$ref"]) is request]
+        receives = [
+            op
+            for op in doc["operations"].values()
+            if op["action"] == "receive" and resolve(doc, op["channel"]["$ref"]) is request
+        ]
         assert len(receives) == 1, f"{command}: expected one receive operation"
         reply = receives[0]["reply"]
         assert resolve(doc, reply["channel"]["$ref"]) is response
@@ -157,8 +216,11 @@ def test_every_command_has_request_response_and_a_receive_operation_with_reply(d
         assert resolve(doc, request_message["payload"]["$ref"])["title"] == model.model_json_schema()["title"]
         response_message = resolve(doc, response["messages"]["message"]["$ref"])
         assert resolve(doc, response_message["payload"]["$ref"])["title"] == Response.__name__
-        sends = [op for op in doc["operations"].values()
-                 if op["action"] == "send" and resolve(doc, op["channel"]["$ref"]) is response]
+        sends = [
+            op
+            for op in doc["operations"].values()
+            if op["action"] == "send" and resolve(doc, op["channel"]["$ref"]) is response
+        ]
         assert len(sends) == 1, f"{command}: expected one send operation on its response channel"
 
 
@@ -184,10 +246,13 @@ def test_addresses_are_the_topics_the_station_uses(doc: JsonObject) -> None:
     topics = {"availability": cfg.topic("availability"), "state": cfg.topic("state")}
     topics |= {f"event.{event}": event_topic(cfg, event) for event in PUBLISHED_EVENTS}
     for command in COMMANDS:
-        topics |= {f"request.{command}": cfg.topic("request", command),
-                   f"response.{command}": cfg.topic("response", command)}
-    addresses = {name: channel["address"].format(prefix="plant", station="line-1")
-                 for name, channel in doc["channels"].items()}
+        topics |= {
+            f"request.{command}": cfg.topic("request", command),
+            f"response.{command}": cfg.topic("response", command),
+        }
+    addresses = {
+        name: channel["address"].format(prefix="plant", station="line-1") for name, channel in doc["channels"].items()
+    }
     assert addresses == topics
 
 

@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ import pytest
 from amflow_edge.storage.backup import INCOMING, BackupError, BackupMover, hash_tree
 
 REPO = Path(__file__).resolve().parent.parent
-NOW = datetime(2026, 3, 20, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 AMSTERDAM = timezone(timedelta(hours=1))
 WAIT_S = 30.0
 
@@ -42,7 +42,8 @@ def make_scan(scans: Path, age: timedelta, files: dict[str, bytes] | None = None
 def digest(directory: Path) -> dict[str, str]:
     return {
         str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*")) if p.is_file()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -74,8 +75,11 @@ def leftovers(scans: Path, backup: Path) -> list[Path]:
 def test_moves_old_eligible_scans_oldest_first_verified(dirs: tuple[Path, Path]) -> None:
     scans, backup = dirs
     newer = make_scan(scans, timedelta(days=2))
-    older = make_scan(scans, timedelta(days=3), files={"scan_cam01.png": os.urandom(50_000),
-                                                       "overlays/overlay_cam01.png": os.urandom(7_000)})
+    older = make_scan(
+        scans,
+        timedelta(days=3),
+        files={"scan_cam01.png": os.urandom(50_000), "overlays/overlay_cam01.png": os.urandom(7_000)},
+    )
     not_eligible = make_scan(scans, timedelta(days=5))
     young = make_scan(scans, timedelta(hours=1))
     expected = {name: digest(scans / name) for name in (newer, older)}
@@ -275,7 +279,9 @@ mover.run_once()
 def run_child(scans: Path, backup: Path, marks: Path, step: str = "-", at: int = 0) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-c", CHILD, str(scans), str(backup), str(marks), step, str(at)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -388,7 +394,7 @@ def test_the_station_lock_is_held_from_the_last_check_to_the_deletion(dirs: tupl
     BackupMover(scans, backup, 0, lambda n: True, mark, hold=Lock, on_step=step).run_once(NOW)
     copying = [e for e in events if e == "file_copied"]
     assert len(copying) == 6 and "locked" not in events[: events.index("verified")]  # the copy runs unlocked
-    assert events[events.index("verified") + 1:] == ["locked", "renamed", "mark", "marked", "discarding", "unlocked"]
+    assert events[events.index("verified") + 1 :] == ["locked", "renamed", "mark", "marked", "discarding", "unlocked"]
 
 
 def test_the_backup_thread_reports_a_missing_disk_once_and_carries_on(dirs: tuple[Path, Path]) -> None:

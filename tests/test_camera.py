@@ -11,7 +11,14 @@ import cv2
 import numpy as np
 import pytest
 
-from amflow_edge.inspection.geometry.camera import CalibrationError, CameraCalibration, load_calibration, load_rig, look_at, save_calibration
+from amflow_edge.inspection.geometry.camera import (
+    CalibrationError,
+    CameraCalibration,
+    load_calibration,
+    load_rig,
+    look_at,
+    save_calibration,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_RIG = REPO / "config" / "calibration" / "demo"
@@ -19,7 +26,9 @@ TRAY_CORNERS = np.array([[x, y, 0.0] for x in (-150.0, 150.0) for y in (-120.0, 
 
 
 def oblique(dist: tuple[float, ...] = (-0.08, 0.05, 0.0002, -0.0001, 0.0)) -> CameraCalibration:
-    return look_at("cam02", "40012302", eye=(540.0, 0.0, 540.0), target=(0.0, 0.0, 0.0), focal_length_mm=16.0, dist_coeffs=dist)
+    return look_at(
+        "cam02", "40012302", eye=(540.0, 0.0, 540.0), target=(0.0, 0.0, 0.0), focal_length_mm=16.0, dist_coeffs=dist
+    )
 
 
 def write_yaml(path: Path, entries: dict[str, object]) -> Path:
@@ -66,7 +75,16 @@ def test_rotation_may_be_given_as_rvec(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["camera_name", "serial", "image_width", "camera_matrix", "distortion_coefficients", "rotation_matrix", "translation_vector"]
+    "key",
+    [
+        "camera_name",
+        "serial",
+        "image_width",
+        "camera_matrix",
+        "distortion_coefficients",
+        "rotation_matrix",
+        "translation_vector",
+    ],
 )
 def test_missing_key_names_file_and_key(tmp_path: Path, key: str) -> None:
     entries = valid_entries(oblique())
@@ -112,7 +130,9 @@ def test_unreadable_files_say_what_is_expected(tmp_path: Path) -> None:
 
 
 def test_project_matches_pinhole_model() -> None:
-    calib = look_at("cam01", "1", eye=(0.0, 0.0, 600.0), target=(0.0, 0.0, 0.0), focal_length_mm=12.0, up=(0.0, 1.0, 0.0))
+    calib = look_at(
+        "cam01", "1", eye=(0.0, 0.0, 600.0), target=(0.0, 0.0, 0.0), focal_length_mm=12.0, up=(0.0, 1.0, 0.0)
+    )
     f, cx, cy = calib.K[0, 0], calib.K[0, 2], calib.K[1, 2]
     pixels = calib.project(np.array([[0.0, 0.0, 0.0], [30.0, 0.0, 0.0], [0.0, 30.0, 100.0]]))
     assert np.allclose(pixels[0], [cx, cy])
@@ -130,7 +150,11 @@ def test_distortion_moves_off_axis_points_inwards() -> None:
 
 @pytest.mark.parametrize(
     "dist",
-    [(-0.08, 0.05, 0.0002, -0.0001), (-0.08, 0.05, 0.0002, -0.0001, 0.01), (0.1, -0.2, 0.001, 0.002, 0.05, 0.01, 0.02, -0.01)],
+    [
+        (-0.08, 0.05, 0.0002, -0.0001),
+        (-0.08, 0.05, 0.0002, -0.0001, 0.01),
+        (0.1, -0.2, 0.001, 0.002, 0.05, 0.01, 0.02, -0.01),
+    ],
 )
 def test_projection_is_opencvs_for_every_distortion_length(dist: tuple[float, ...]) -> None:
     """project() writes OpenCV's model out (cv2.projectPoints' Jacobians made it the fits' largest cost)."""

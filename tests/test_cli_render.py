@@ -14,9 +14,9 @@ import pytest
 import trimesh
 
 from amflow_edge.cli.render import DEFAULT_CALIBRATION, RenderTruth, Units, add_parser
+from amflow_edge.drivers.simulator.defect_spec import DefectTruth
 from amflow_edge.inspection import designs
 from amflow_edge.inspection.geometry.camera import load_rig, save_calibration
-from amflow_edge.drivers.simulator.defect_spec import DefectTruth
 
 REPO = Path(__file__).resolve().parent.parent
 SCALE = 0.25
@@ -146,10 +146,29 @@ def test_bad_input_exits_2_naming_the_problem(
 def test_the_interface_integrators_rely_on(capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="amflow-edge")
     add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["render", "part.stl", "--out", "o", "--units", "inch", "--seed", "9",
-                              "--calibration", "c", "--defect", "warp:2"])
+    args = parser.parse_args(
+        [
+            "render",
+            "part.stl",
+            "--out",
+            "o",
+            "--units",
+            "inch",
+            "--seed",
+            "9",
+            "--calibration",
+            "c",
+            "--defect",
+            "warp:2",
+        ]
+    )
     assert (args.mesh, args.out, args.units, args.seed, args.calibration, args.defect) == (
-        Path("part.stl"), Path("o"), "inch", 9, Path("c"), "warp:2"
+        Path("part.stl"),
+        Path("o"),
+        "inch",
+        9,
+        Path("c"),
+        "warp:2",
     )
     defaults = parser.parse_args(["render", "part.stl", "--out", "o"])
     assert (defaults.units, defaults.seed, defaults.defect) == ("mm", 0, None)

@@ -128,15 +128,18 @@ def test_daemon_refuses_to_start_on_a_bad_config(config_dir: Path) -> None:
     edit(config_dir / "demo.toml", 'driver = "mock"', 'driver = "webcam"')
     proc = subprocess.run(
         [sys.executable, "-m", "amflow_edge.cli", "run", "--config", str(config_dir / "demo.toml")],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
     )
     assert proc.returncode == 2
     assert "rig.driver: input should be 'mock' or 'pylon' (found 'webcam')" in proc.stderr
 
 
 def test_the_example_station_config_is_valid_apart_from_its_station_files(monkeypatch: pytest.MonkeyPatch) -> None:
-    from amflow_edge.config.station import StationConfig
     from amflow_edge.config.loading import read_toml
+    from amflow_edge.config.station import StationConfig
 
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(REPO / "tests" / "data"))
     cfg = StationConfig(**read_toml(REPO / "config" / "station.example.toml"))

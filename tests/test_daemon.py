@@ -14,11 +14,11 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from amflow_edge.station.capture import Trigger
-from amflow_edge.config.station import StationConfig
 from amflow_edge.config.loading import load_config
-from amflow_edge.station.station import RunOptions, Station
+from amflow_edge.config.station import StationConfig
 from amflow_edge.station.build import build_station
+from amflow_edge.station.capture import Trigger
+from amflow_edge.station.station import RunOptions, Station
 from amflow_edge.storage.record import ScanRecord
 from tests.conftest import EXAMPLE_PAYLOAD
 from tests.mqtt_helpers import Broker, Subscriber
@@ -137,8 +137,14 @@ def test_bad_capture_requests_get_an_error_answer_and_change_nothing(
 def test_unknown_command_is_refused(station: Station, subscriber: Subscriber) -> None:
     subscriber.publish(f"{PREFIX}/request/selfdestruct", b"{}")
     response = json.loads(subscriber.next(topic=f"{PREFIX}/response/selfdestruct").payload)
-    assert response == {"status": "error", "command": "selfdestruct", "scan": None, "scan_session": None, "data": None,
-                        "error": "unknown command 'selfdestruct'; known commands: capture, qc, reevaluate, session"}
+    assert response == {
+        "status": "error",
+        "command": "selfdestruct",
+        "scan": None,
+        "scan_session": None,
+        "data": None,
+        "error": "unknown command 'selfdestruct'; known commands: capture, qc, reevaluate, session",
+    }
 
 
 def test_failed_grab_stores_nothing_publishes_nothing_and_the_station_carries_on(
@@ -184,11 +190,26 @@ def test_the_daemon_command_runs_scans_and_exits(tmp_path: Path, broker: Broker,
     """The demo's path: `amflow-edge run --scans 2` as a process, events seen by a plain subscriber."""
     env = demo_env(tmp_path, broker, AMFLOW_CAPTURE__TIMER_INTERVAL_S="0.5", AMFLOW_MOCK__SCENE_POOL="2")
     proc = subprocess.run(
-        [sys.executable, "-m", "amflow_edge.cli", "run", "--config", str(REPO / "config" / "demo.toml"), "--scans", "2"],
-        capture_output=True, text=True, timeout=240, cwd=REPO, env=env,
+        [
+            sys.executable,
+            "-m",
+            "amflow_edge.cli",
+            "run",
+            "--config",
+            str(REPO / "config" / "demo.toml"),
+            "--scans",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    uuids = [json.loads(subscriber.next(topic=f"{PREFIX}/event/scan.capture").payload)["data"]["uuid"] for _ in range(2)]
+    uuids = [
+        json.loads(subscriber.next(topic=f"{PREFIX}/event/scan.capture").payload)["data"]["uuid"] for _ in range(2)
+    ]
     assert sorted(p.name for p in (tmp_path / "data" / "scans").iterdir() if p.name != ".incoming") == sorted(uuids)
     log_lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     stored = [line for line in log_lines if line.get("event") == "scan stored"]
@@ -198,9 +219,21 @@ def test_the_daemon_command_runs_scans_and_exits(tmp_path: Path, broker: Broker,
 def test_one_shot_capture_command_stores_and_publishes(tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
     env = demo_env(tmp_path, broker, AMFLOW_MOCK__SCENE_POOL="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "amflow_edge.cli", "capture", "--config", str(REPO / "config" / "demo.toml"),
-         "--design-material", "6d2e1b64c586b7a2dad9eb34a961cc4a513751b6_SLS_PA12_GREY"],
-        capture_output=True, text=True, timeout=240, cwd=REPO, env=env,
+        [
+            sys.executable,
+            "-m",
+            "amflow_edge.cli",
+            "capture",
+            "--config",
+            str(REPO / "config" / "demo.toml"),
+            "--design-material",
+            "6d2e1b64c586b7a2dad9eb34a961cc4a513751b6_SLS_PA12_GREY",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     scan_dir = Path(proc.stdout.strip())

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 import subprocess
-from datetime import datetime, timezone
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from amflow_edge.station.capture import Trigger
 from amflow_edge.config.loading import load_config
-from amflow_edge.station.station import RunOptions
-from amflow_edge.station.build import build_station
 from amflow_edge.qc.rules import final_decision
+from amflow_edge.station.build import build_station
+from amflow_edge.station.capture import Trigger
+from amflow_edge.station.station import RunOptions
 from amflow_edge.storage.record import ScanRecord
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.station_files import write_station
@@ -65,9 +65,21 @@ def test_reevaluate_publishes_a_new_verdict(tmp_path: Path, broker: Broker) -> N
         finally:
             station.shutdown()
         proc = subprocess.run(
-            [sys.executable, "-m", "amflow_edge.cli", "reevaluate", result.uuid, "--config", str(config),
-             "--profile", "strict"],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "amflow_edge.cli",
+                "reevaluate",
+                result.uuid,
+                "--config",
+                str(config),
+                "--profile",
+                "strict",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         scan = json.loads(proc.stdout)
@@ -87,14 +99,29 @@ def test_reevaluate_publishes_a_new_verdict(tmp_path: Path, broker: Broker) -> N
 def test_reevaluate_names_an_unknown_scan_and_profile(tmp_path: Path, broker: Broker) -> None:
     config = write_station(tmp_path, broker.port)
     unknown = subprocess.run(
-        [sys.executable, "-m", "amflow_edge.cli", "reevaluate", "0f9e1c2a-0000-11f1-8000-000000000000",
-         "--config", str(config), "--profile", "default"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "amflow_edge.cli",
+            "reevaluate",
+            "0f9e1c2a-0000-11f1-8000-000000000000",
+            "--config",
+            str(config),
+            "--profile",
+            "default",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert unknown.returncode == 1 and "is not known to this station" in unknown.stderr
     bad_profile = subprocess.run(
         [sys.executable, "-m", "amflow_edge.cli", "reevaluate", "x", "--config", str(config), "--profile", "nope"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert bad_profile.returncode == 2 and "no such inspection profile" in bad_profile.stderr
 
@@ -109,8 +136,11 @@ def test_a_scan_left_uninspected_by_a_stop_is_inspected_at_the_next_start(tmp_pa
         assert result.ok
     finally:
         station.shutdown()
-    after = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}, "session": session,
-                                                               "inspection": {"enabled": True}}))
+    after = load_config(
+        write_station(
+            tmp_path, broker.port, {"mock": {"scene_pool": 1}, "session": session, "inspection": {"enabled": True}}
+        )
+    )
     subscriber = Subscriber(broker, [f"{PREFIX}/scan.quality_control"])
     station = build_station(after)
     try:
@@ -122,10 +152,10 @@ def test_a_scan_left_uninspected_by_a_stop_is_inspected_at_the_next_start(tmp_pa
     assert quality["data"]["uuid"] == result.uuid and quality["data"]["inspectionreport"] is not None
 
 
-def test_a_scan_whose_design_is_unknown_is_published_and_flagged_for_review(
-    tmp_path: Path, broker: Broker
-) -> None:
-    cfg = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}, "inspection": {"enabled": True}}))
+def test_a_scan_whose_design_is_unknown_is_published_and_flagged_for_review(tmp_path: Path, broker: Broker) -> None:
+    cfg = load_config(
+        write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}, "inspection": {"enabled": True}})
+    )
     subscriber = Subscriber(broker, [f"{PREFIX}/#"])
     station = build_station(cfg)
     unknown = "0" * 40 + "_SLS_PA12_GREY"
@@ -140,7 +170,11 @@ def test_a_scan_whose_design_is_unknown_is_published_and_flagged_for_review(
         quality = json.loads(subscriber.next(topic=f"{PREFIX}/scan.quality_control").payload)["data"]
         assert quality["uuid"] == result.uuid
         assert [quality[k] for k in ("inspectionreport", "qc_machine", "qc_needs_review", "qc_pass", "qc_reasons")] == [
-            None, None, True, None, ["insufficient_evidence"]
+            None,
+            None,
+            True,
+            None,
+            ["insufficient_evidence"],
         ]
         assert station.panel.view().awaiting_decision == result.uuid
     finally:
@@ -168,7 +202,7 @@ def test_a_scan_directory_removed_by_hand_does_not_stop_the_station(tmp_path: Pa
         with capture_logs() as logs:
             station.start(RunOptions())
             decided = station.decisions.decide(
-                result.uuid, False, source="mqtt", device="mqtt", at=datetime.now(timezone.utc)
+                result.uuid, False, source="mqtt", device="mqtt", at=datetime.now(UTC)
             )
         assert decided.scan.qc_pass is False
         events = {entry["event"] for entry in logs}

@@ -11,9 +11,16 @@ import pytest
 import trimesh
 from pydantic import ValidationError
 
-from amflow_edge.inspection.geometry.camera import CameraCalibration, load_rig
-from amflow_edge.drivers.simulator.defects import CHUNK_RADIUS_PER_MM, Defect, DefectError, apply_defect, defect_rng, settle
+from amflow_edge.drivers.simulator.defects import (
+    CHUNK_RADIUS_PER_MM,
+    Defect,
+    DefectError,
+    apply_defect,
+    defect_rng,
+    settle,
+)
 from amflow_edge.inspection.designs import load_mesh_mm
+from amflow_edge.inspection.geometry.camera import CameraCalibration, load_rig
 from amflow_edge.inspection.geometry.placement import place_on_tray
 
 REPO = Path(__file__).resolve().parent.parent

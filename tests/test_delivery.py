@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from amflow_edge.station.capture import Trigger
 from amflow_edge.config.loading import load_config
-from amflow_edge.station.station import RunOptions
-from amflow_edge.station.build import build_station
-from amflow_edge.storage.db import DB_FILE, StationDb
 from amflow_edge.messaging.outbox import Outbox
+from amflow_edge.station.build import build_station
+from amflow_edge.station.capture import Trigger
+from amflow_edge.station.station import RunOptions
+from amflow_edge.storage.db import DB_FILE, StationDb
 from amflow_edge.storage.record import ScanRecord
 from amflow_edge.storage.store import RECORD_FILE
 from tests.mqtt_helpers import Broker, Subscriber, password_broker
@@ -106,7 +106,9 @@ def test_scan_stored_but_not_announced_before_a_crash_is_announced_at_start(tmp_
 def _start_daemon(config: Path, log_file: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "amflow_edge.cli", "--log-json", "run", "--config", str(config)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=log_file.open("ab"),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=log_file.open("ab"),
     )
 
 
@@ -174,7 +176,9 @@ def test_backlog_bound_pauses_capture_and_recovery_resumes_it(tmp_path: Path, br
         station.shutdown()
 
 
-def test_outbox_commands_show_status_and_replay(tmp_path: Path, broker: Broker, capsys: pytest.CaptureFixture[str]) -> None:
+def test_outbox_commands_show_status_and_replay(
+    tmp_path: Path, broker: Broker, capsys: pytest.CaptureFixture[str]
+) -> None:
     from amflow_edge.cli.main import main
 
     config = write_station(tmp_path, broker.port)
@@ -197,7 +201,11 @@ def test_outbox_commands_show_status_and_replay(tmp_path: Path, broker: Broker, 
 
 def test_wrong_password_is_named_and_the_station_keeps_capturing(tmp_path: Path) -> None:
     broker = password_broker(tmp_path, "station", "right")
-    config = write_station(tmp_path, broker.port, {"mqtt": {"username": "station", "password": "Xy7-not-the-password"}, "capture": {"timer_interval_s": 0.2}})
+    config = write_station(
+        tmp_path,
+        broker.port,
+        {"mqtt": {"username": "station", "password": "Xy7-not-the-password"}, "capture": {"timer_interval_s": 0.2}},
+    )
     log_file = tmp_path / "daemon.log"
     daemon = _start_daemon(config, log_file)
     try:
@@ -219,7 +227,10 @@ def test_unreadable_tls_file_stops_the_start_with_the_setting_named(tmp_path: Pa
     config = write_station(tmp_path, broker.port, {"mqtt.tls": {"ca_file": str(bad_ca)}})
     proc = subprocess.run(
         [sys.executable, "-m", "amflow_edge.cli", "run", "--config", str(config)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1
     assert "mqtt.tls.ca_file" in proc.stderr and "is not a readable PEM CA certificate" in proc.stderr

@@ -7,7 +7,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +18,7 @@ from amflow_edge.config.service import GIB, BackupSettings, DiskSettings, Watchd
 from amflow_edge.storage.disk import DiskGuard, Retention, format_bytes, free_bytes
 
 MIB = 1024**2
-NOW = datetime(2026, 3, 20, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 
 
 def mount_tmpfs(directory: Path, size: str) -> None:
@@ -26,8 +26,12 @@ def mount_tmpfs(directory: Path, size: str) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting a size-limited tmpfs needs root; the threshold tests below still run")
     directory.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
 

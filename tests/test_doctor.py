@@ -6,12 +6,10 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-
-from amflow_edge.config.station import StationConfig
 from amflow_edge.config.loading import load_config
 from amflow_edge.config.service import GIB, BackupSettings, DiskSettings
-from amflow_edge.storage.db import DB_FILE, StationDb
-from amflow_edge.storage.disk import free_bytes
+from amflow_edge.config.station import StationConfig
+from amflow_edge.messaging.outbox import Outbox
 from amflow_edge.ops.doctor import (
     CheckResult,
     check_backup,
@@ -22,7 +20,8 @@ from amflow_edge.ops.doctor import (
     run_checks,
     run_checks_for_file,
 )
-from amflow_edge.messaging.outbox import Outbox
+from amflow_edge.storage.db import DB_FILE, StationDb
+from amflow_edge.storage.disk import free_bytes
 from tests.mqtt_helpers import Broker, free_port, password_broker
 from tests.station_files import REPO, write_station
 
@@ -147,8 +146,10 @@ def test_a_mesh_that_does_not_load_fails_the_designs_row(tmp_path: Path, broker:
     library = tmp_path / "designs" / "designs.toml"
     library.parent.mkdir()
     (library.parent / "garbage.stl").write_bytes((REPO / "tests/data/meshes/broken/garbage.stl").read_bytes())
-    library.write_text('[[design]]\nfile = "garbage.stl"\nunits = "mm"\nprocess = "SLS"\nmaterial = "PA12"\n'
-                       'colour = "GREY"\ntitle = "Garbage"\n')
+    library.write_text(
+        '[[design]]\nfile = "garbage.stl"\nunits = "mm"\nprocess = "SLS"\nmaterial = "PA12"\n'
+        'colour = "GREY"\ntitle = "Garbage"\n'
+    )
     cfg = load_config(write_station(tmp_path, broker.port, {"designs": {"library": str(library)}}))
     row = by_name(run_checks(cfg, synchronised=synced))["designs"]
     assert not row.ok and "garbage.stl" in row.detail and row.fix and str(library) in row.fix
@@ -182,8 +183,12 @@ def test_cameras_hook_for_real_drivers(tmp_path: Path) -> None:
     assert unchecked.ok and unchecked.warning and "not checked" in unchecked.detail
 
     def enumerate_cameras(station: StationConfig) -> CheckResult:
-        return CheckResult(name="cameras", ok=False, detail=f"found 4 of {len(station.cameras)}: 40012305 missing",
-                           fix="check the USB cable of cam05")
+        return CheckResult(
+            name="cameras",
+            ok=False,
+            detail=f"found 4 of {len(station.cameras)}: 40012305 missing",
+            fix="check the USB cable of cam05",
+        )
 
     row = by_name(run_checks(pylon, enumerate_cameras, synchronised=synced, broker_timeout_s=1.0))["cameras"]
     assert not row.ok and row.detail == "found 4 of 5: 40012305 missing"

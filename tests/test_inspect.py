@@ -47,7 +47,9 @@ def _write_scan(directory: Path, images: dict[str, np.ndarray]) -> Path:
 def test_intact_parts_pass_the_default_profile(name: str, seed: int, tmp_path: Path) -> None:
     _, images = placed(name, seed)
     report = inspect_scan(images, empty(), rig(), design(name), name, load_profile("default"), cache_dir=tmp_path)
-    assert report.qc_machine, f"{name}: {report.qc_reasons} {[(c.metric, c.value) for c in report.criteria if c.verdict == 'fail']}"
+    assert report.qc_machine, (
+        f"{name}: {report.qc_reasons} {[(c.metric, c.value) for c in report.criteria if c.verdict == 'fail']}"
+    )
     assert report.qc_reasons == []
 
 
@@ -55,11 +57,19 @@ def test_a_speck_of_tray_only_one_camera_sees_does_not_reject_an_intact_part(tmp
     """Benchmark scene 11027, a ×1.3 cross knob, rejected for 2.45 mm² of missing material that one camera saw."""
     scene = benchmark_scene("cross_knob_ck40", 1.3, 11027)
     report = inspect_scan(
-        scene.images, scene.reference, rig(), scene.mesh, "cross_knob_ck40_x1.3", load_profile("default"), cache_dir=tmp_path
+        scene.images,
+        scene.reference,
+        rig(),
+        scene.mesh,
+        "cross_knob_ck40_x1.3",
+        load_profile("default"),
+        cache_dir=tmp_path,
     )
     assert report.metrics is not None
     lone = [r for r in report.metrics.missing_regions if not r.confirmed]
-    assert max((r.area_mm2 for r in lone), default=0.0) > 1.6, "the speck is no longer found: this test no longer tests anything"
+    assert max((r.area_mm2 for r in lone), default=0.0) > 1.6, (
+        "the speck is no longer found: this test no longer tests anything"
+    )
     assert report.qc_machine, report.qc_reasons
 
 
@@ -68,7 +78,13 @@ def test_a_chip_one_camera_sees_faintly_and_another_as_a_small_bite_is_rejected(
     0.72 mm² in cam04 (under 1.6 mm²) at the same place; it passed, sent to review."""
     scene = benchmark_scene("flanged_bushing_fb20", 1.0, 1006, "missing_chunk:1.0")
     report = inspect_scan(
-        scene.images, scene.reference, rig(), scene.mesh, "flanged_bushing_fb20", load_profile("default"), cache_dir=tmp_path
+        scene.images,
+        scene.reference,
+        rig(),
+        scene.mesh,
+        "flanged_bushing_fb20",
+        load_profile("default"),
+        cache_dir=tmp_path,
     )
     assert report.metrics is not None
     profile = {c.metric: c.threshold for c in load_profile("default").criteria}
@@ -83,10 +99,24 @@ def test_a_directory_gives_a_report_overlays_and_cli_json(tmp_path: Path) -> Non
     scan = _write_scan(tmp_path / "scan", images)
     mesh = REPO / "tests" / "data" / "meshes" / "angle_block.STL"
     result = subprocess.run(
-        [sys.executable, "-c", "import argparse,sys; from amflow_edge.cli import inspect as c; p=argparse.ArgumentParser(); "
-         "s=p.add_subparsers(); c.add_parser(s); a=p.parse_args(sys.argv[1:]); sys.exit(a.func(a))",
-         "inspect", str(scan), "--design", str(mesh), "--units", "inch", "--cache", str(tmp_path / "cache")],
-        capture_output=True, text=True, cwd=REPO, check=False,
+        [
+            sys.executable,
+            "-c",
+            "import argparse,sys; from amflow_edge.cli import inspect as c; p=argparse.ArgumentParser(); "
+            "s=p.add_subparsers(); c.add_parser(s); a=p.parse_args(sys.argv[1:]); sys.exit(a.func(a))",
+            "inspect",
+            str(scan),
+            "--design",
+            str(mesh),
+            "--units",
+            "inch",
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
@@ -99,13 +129,17 @@ def test_a_directory_gives_a_report_overlays_and_cli_json(tmp_path: Path) -> Non
 
 
 def test_an_absent_part_is_insufficient_evidence(tmp_path: Path) -> None:
-    report = inspect_scan(empty(11), empty(), rig(), design("montageblok_mb80"), "mb", load_profile("default"), cache_dir=tmp_path)
+    report = inspect_scan(
+        empty(11), empty(), rig(), design("montageblok_mb80"), "mb", load_profile("default"), cache_dir=tmp_path
+    )
     assert not report.qc_machine and report.qc_reasons == ["insufficient_evidence"] and report.pose is None
 
 
 def test_a_wrong_design_fails(tmp_path: Path) -> None:
     _, images = placed("montageblok_mb80", 3)
-    report = inspect_scan(images, empty(), rig(), design("angle_block"), "ab", load_profile("default"), cache_dir=tmp_path)
+    report = inspect_scan(
+        images, empty(), rig(), design("angle_block"), "ab", load_profile("default"), cache_dir=tmp_path
+    )
     assert not report.qc_machine
     assert set(report.qc_reasons) & {"wrong_part", "misalignment", "missing_material", "extra_material"}
 

@@ -21,8 +21,9 @@ SCRIPT = REPO / "scripts" / "install"
 
 def install(destdir: Path, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "DESTDIR": str(destdir), "AMFLOW_INSTALL_SKIP_VENV": "1", **env}
-    return subprocess.run(["bash", str(SCRIPT)], env=environment, capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run(
+        ["bash", str(SCRIPT)], env=environment, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def group_id(destdir: Path, name: str) -> int:

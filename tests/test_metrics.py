@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from amflow_edge.inspection.align import View, align, fit_scale
 from amflow_edge.drivers.simulator.defects import Defect, apply_defect, defect_rng, settle
+from amflow_edge.inspection.align import View, align, fit_scale
 from amflow_edge.inspection.design_cache import design_model
 from amflow_edge.inspection.metrics import (
     _bitten_patch_contrast,
@@ -18,11 +18,10 @@ from amflow_edge.inspection.metrics import (
     compute_metrics,
     tilt_deg,
 )
+from amflow_edge.inspection.models import CONFIRM_MM, SINGLE_CAMERA_MM2, Region, SurfaceRegion
 from amflow_edge.inspection.regions import open_to_background, regions
-from amflow_edge.inspection.models import SINGLE_CAMERA_MM2, Region
 from amflow_edge.inspection.segment import segment_scan
 from amflow_edge.inspection.shading import ShadingComparison
-from amflow_edge.inspection.models import CONFIRM_MM, SurfaceRegion
 from tests.inspection_scenes import design, empty, placed, renderer, rig
 
 
@@ -110,7 +109,9 @@ def test_a_thin_spike_reads_shallower_than_its_tip_and_a_rounded_chip_as_deep_as
     spike = (xs >= 60) & (xs < 63) & (ys >= 30) & (ys <= 45)
     bite = ((xs - 120) ** 2 + (ys - 30) ** 2 <= 15**2) & (ys >= 30)
     mm_per_px = 0.17
-    depths = sorted(r.depth_mm / mm_per_px for r in regions(spike | bite, reach, view, mm_per_px, np.eye(4), np.zeros(3)))
+    depths = sorted(
+        r.depth_mm / mm_per_px for r in regions(spike | bite, reach, view, mm_per_px, np.eye(4), np.zeros(3))
+    )
     assert len(depths) == 2
     spike_depth, bite_depth = depths
     assert spike_depth <= 15.0 - 1.9
@@ -125,7 +126,9 @@ def test_clear_tray_beyond_a_dark_face_is_as_deep_as_it_is_wide() -> None:
     bite = (xs >= 40) & (xs < 60) & (ys >= 30) & (ys < 50)
     speck = (xs >= 100) & (xs < 106) & (ys >= 44) & (ys < 50)
     mm_per_px = 0.1
-    depths = sorted(r.depth_mm / mm_per_px for r in regions(bite | speck, reach, view, mm_per_px, np.eye(4), np.zeros(3)))
+    depths = sorted(
+        r.depth_mm / mm_per_px for r in regions(bite | speck, reach, view, mm_per_px, np.eye(4), np.zeros(3))
+    )
     assert len(depths) == 2
     speck_depth, bite_depth = depths
     assert speck_depth < 6.0
@@ -151,14 +154,22 @@ def test_a_missing_region_another_camera_confirms_counts_and_a_lone_small_one_do
 
     shading = ShadingComparison([patch("cam05", 30.5)], {}, [(patch("cam03", 20.5), np.zeros((1, 1), bool))])
     found = _confirm_missing(
-        [region("cam01", 0.0), region("cam02", 1.5), region("cam01", 10.0), region("cam04", 40.0), region("cam01", 20.0),
-         region("cam02", 30.0)],
+        [
+            region("cam01", 0.0),
+            region("cam02", 1.5),
+            region("cam01", 10.0),
+            region("cam04", 40.0),
+            region("cam01", 20.0),
+            region("cam02", 30.0),
+        ],
         shading,
     )
     assert [r.confirmed for r in found] == [True, True, False, False, True, True]
     assert not _confirm_missing([region("cam01", 0.0), region("cam01", 1.0)], ShadingComparison([], {}))[0].confirmed
 
-    lone = _confirm_missing([region("cam01", 0.0, area=SINGLE_CAMERA_MM2 - 0.5), region("cam02", 50.0, area=1.0)], shading)
+    lone = _confirm_missing(
+        [region("cam01", 0.0, area=SINGLE_CAMERA_MM2 - 0.5), region("cam02", 50.0, area=1.0)], shading
+    )
     assert _missing_area(lone) == 0.0
     large = _confirm_missing([region("cam01", 0.0, area=SINGLE_CAMERA_MM2 + 0.5)], shading)
     assert _missing_area(large) == SINGLE_CAMERA_MM2 + 0.5
@@ -174,6 +185,8 @@ def test_a_surface_patch_counts_as_a_hollow_only_beside_another_cameras_bite() -
 
     near = CONFIRM_MM - 0.5
     assert _bitten_patch_contrast([patch("cam02", 0.0, 0.3), patch("cam03", 10.0, 0.4)], [bite("cam01", near)]) == 0.3
-    assert _bitten_patch_contrast([patch("cam02", 0.0, 0.3)], [bite("cam02", near)]) == 0.0, "the same camera is no second view"
+    assert _bitten_patch_contrast([patch("cam02", 0.0, 0.3)], [bite("cam02", near)]) == 0.0, (
+        "the same camera is no second view"
+    )
     assert _bitten_patch_contrast([patch("cam02", 0.0, 0.3)], [bite("cam01", CONFIRM_MM + 0.5)]) == 0.0
     assert _bitten_patch_contrast([], [bite("cam01", 0.0)]) == 0.0

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +76,9 @@ def small_rig(tmp_path_factory: pytest.TempPathFactory) -> list[CameraSettings]:
         small = calib.model_copy(update={"camera_matrix": k.tolist(), "image_width": WIDTH, "image_height": HEIGHT})
         path = directory / f"{calib.name}.yaml"
         save_calibration(small, path)
-        cameras.append(CameraSettings(name=calib.name, serial=calib.serial, calibration=path, width=WIDTH, height=HEIGHT))
+        cameras.append(
+            CameraSettings(name=calib.name, serial=calib.serial, calibration=path, width=WIDTH, height=HEIGHT)
+        )
     return cameras
 
 
@@ -96,7 +98,7 @@ def wait_for_prerendered(driver: MockDriver, timeout_s: float = 30.0) -> None:
 
 def test_grab_returns_every_camera_and_the_scene(driver: MockDriver, small_rig: list[CameraSettings]) -> None:
     assert isinstance(driver, CameraDriver)
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     driver.trigger()
     shot = driver.grab(timeout_s=30.0)
     assert sorted(shot.frames) == ["cam01", "cam02", "cam03", "cam04", "cam05"]
@@ -105,7 +107,7 @@ def test_grab_returns_every_camera_and_the_scene(driver: MockDriver, small_rig: 
         assert frame.camera == camera.name and frame.serial == camera.serial
         assert frame.image.shape == (HEIGHT, WIDTH) and frame.image.dtype == np.uint8
         assert frame.timestamp.tzinfo is not None and frame.timestamp.utcoffset().total_seconds() == 0
-        assert before <= frame.timestamp <= datetime.now(timezone.utc)
+        assert before <= frame.timestamp <= datetime.now(UTC)
         assert frame.exposure_us == camera.exposure_us and frame.gain_db == camera.gain_db
     scene = shot.metadata["mock_scene"]
     assert scene["design_material"] in {d.design_material for d in library().designs}
@@ -220,8 +222,12 @@ def test_open_rejects_another_cameras_calibration(small_rig: list[CameraSettings
         MockDriver(cameras, MockDriverSettings(), library()).open()
 
 
-def test_open_names_a_missing_calibration_and_an_unknown_design(small_rig: list[CameraSettings], tmp_path: Path) -> None:
-    cameras = [c.model_copy(update={"calibration": tmp_path / "nope.yaml"}) if c.name == "cam02" else c for c in small_rig]
+def test_open_names_a_missing_calibration_and_an_unknown_design(
+    small_rig: list[CameraSettings], tmp_path: Path
+) -> None:
+    cameras = [
+        c.model_copy(update={"calibration": tmp_path / "nope.yaml"}) if c.name == "cam02" else c for c in small_rig
+    ]
     with pytest.raises(DriverError, match=r"cam02: .*nope\.yaml"):
         MockDriver(cameras, MockDriverSettings(), library()).open()
     with pytest.raises(DriverError, match="mock.designs: .*'not-a-design'"):
@@ -252,7 +258,9 @@ def test_works_with_the_real_design_library(small_rig: list[CameraSettings]) -> 
         instance.close()
 
 
-def first_scenes(small_rig: list[CameraSettings], count: int = 1, **settings: object) -> list[tuple[dict[str, object], dict[str, np.ndarray]]]:
+def first_scenes(
+    small_rig: list[CameraSettings], count: int = 1, **settings: object
+) -> list[tuple[dict[str, object], dict[str, np.ndarray]]]:
     instance = MockDriver(small_rig, MockDriverSettings(scene_pool=count, **settings), library())
     instance.open()
     try:

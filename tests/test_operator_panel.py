@@ -9,26 +9,26 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
-from amflow_edge.config.station import StationConfig
 from amflow_edge.config.loading import load_config
-from amflow_edge.storage.db import StationDb
-from amflow_edge.qc.decisions import DecisionError, Decisions
+from amflow_edge.config.station import StationConfig
 from amflow_edge.messaging.events import Events
 from amflow_edge.panel.base import ButtonPress, LampSignal, OnPress
 from amflow_edge.panel.operator import OperatorPanel
-from amflow_edge.qc.rules import with_machine_verdict
+from amflow_edge.qc.decisions import DecisionError, Decisions
 from amflow_edge.qc.reasons import load_reasons
+from amflow_edge.qc.rules import with_machine_verdict
+from amflow_edge.storage.db import StationDb
 from amflow_edge.storage.record import ScanRecord
 from tests.factories import make_record
 from tests.station_files import write_station
 
-PRESSED_AT = datetime(2026, 3, 11, 15, 40, 1, 250000, tzinfo=timezone.utc)
+PRESSED_AT = datetime(2026, 3, 11, 15, 40, 1, 250000, tzinfo=UTC)
 
 
 class RecordingLamps:
@@ -94,7 +94,9 @@ def machine_verdict(events: Events, record: ScanRecord, passed: bool | None, rev
     events.update_scan(
         record.scan.uuid,
         "scan.quality_control",
-        lambda r: r.model_copy(update={"scan": with_machine_verdict(r.scan, r.scan.modified, None, passed, review, reasons)}),
+        lambda r: r.model_copy(
+            update={"scan": with_machine_verdict(r.scan, r.scan.modified, None, passed, review, reasons)}
+        ),
     )
 
 
@@ -121,8 +123,12 @@ def test_a_press_decides_the_latest_scan_and_records_who_and_when(events: Events
     assert (decided.scan.qc_operator, decided.scan.qc_pass, decided.scan.qc_needs_review) == (False, False, False)
     [entry] = decided.station.decisions
     assert entry.model_dump() == {
-        "passed": False, "source": "button", "device": "fake:pedal", "at": "2026-03-11T16:40:01.250000+01:00",
-        "comment": None, "reasons": None,
+        "passed": False,
+        "source": "button",
+        "device": "fake:pedal",
+        "at": "2026-03-11T16:40:01.250000+01:00",
+        "comment": None,
+        "reasons": None,
     }
     assert events.record(older.scan.uuid).scan.qc_operator is None  # type: ignore[union-attr]
     assert outbox_events(events, latest.scan.uuid) == ["scan.capture", "scan.quality_control"]
@@ -184,8 +190,15 @@ def test_a_decided_scan_awaits_nothing_until_the_next_capture(events: Events) ->
 def test_mqtt_and_button_decisions_share_one_path(events: Events) -> None:
     decisions = Decisions(events, load_reasons(), "Europe/Amsterdam")
     record = stored(events)
-    decided = decisions.decide(record.scan.uuid, False, source="mqtt", device="mqtt:mes", at=PRESSED_AT,
-                               comment="layer shift", reasons=["dimensional_deviation", "surface_defect"])
+    decided = decisions.decide(
+        record.scan.uuid,
+        False,
+        source="mqtt",
+        device="mqtt:mes",
+        at=PRESSED_AT,
+        comment="layer shift",
+        reasons=["dimensional_deviation", "surface_defect"],
+    )
     assert decided.scan.qc_reasons == ["dimensional_deviation", "surface_defect"]
     assert decided.scan.qc_comment == "layer shift" and decided.station.decisions[0].source == "mqtt"
     with pytest.raises(DecisionError, match="unknown QualityControlReason 'made_up'"):
@@ -220,8 +233,12 @@ def test_the_press_is_mirrored_into_scan_json(cfg: StationConfig, tmp_path: Path
 def test_the_scan_taken_after_the_autumn_clock_change_is_the_one_on_the_tray(events: Events) -> None:
     panel, _ = make_panel(events)
     before, after = make_record(), make_record()
-    before = before.model_copy(update={"scan": before.scan.model_copy(update={"created": "2026-10-25T02:55:00.000000+02:00"})})
-    after = after.model_copy(update={"scan": after.scan.model_copy(update={"created": "2026-10-25T02:05:00.000000+01:00"})})
+    before = before.model_copy(
+        update={"scan": before.scan.model_copy(update={"created": "2026-10-25T02:55:00.000000+02:00"})}
+    )
+    after = after.model_copy(
+        update={"scan": after.scan.model_copy(update={"created": "2026-10-25T02:05:00.000000+01:00"})}
+    )
     events.scan_stored(before)
     events.scan_stored(after)  # ten minutes later, though its text sorts first
     assert panel.view().latest_scan == after.scan.uuid
@@ -231,7 +248,8 @@ def test_a_plant_decision_on_an_older_scan_does_not_lock_the_button_out(events: 
     panel, _ = make_panel(events, lockout_s=30.0)
     older, latest = stored(events), stored(events)
     Decisions(events, load_reasons(), "Europe/Amsterdam").decide(
-        older.scan.uuid, True, source="mqtt", device="mqtt:mes", at=PRESSED_AT)
+        older.scan.uuid, True, source="mqtt", device="mqtt:mes", at=PRESSED_AT
+    )
     decided = panel.press(ButtonPress(action="reject", source="fake:pedal", at=PRESSED_AT))
     assert decided is not None and decided.scan.uuid == latest.scan.uuid
 
@@ -241,7 +259,8 @@ def test_a_press_never_overrides_a_decision_taken_meanwhile(events: Events) -> N
     decisions = Decisions(events, load_reasons(), "Europe/Amsterdam")
     decisions.decide(record.scan.uuid, False, source="mqtt", device="mqtt:mes", at=PRESSED_AT)
     with pytest.raises(DecisionError, match="was decided meanwhile"):
-        decisions.decide(record.scan.uuid, True, source="button", device="fake:pedal", at=PRESSED_AT,
-                         only_if_undecided=True)
+        decisions.decide(
+            record.scan.uuid, True, source="button", device="fake:pedal", at=PRESSED_AT, only_if_undecided=True
+        )
     after = events.record(record.scan.uuid)
     assert after is not None and after.scan.qc_operator is False and len(after.station.decisions) == 1

@@ -76,9 +76,7 @@ def entries(logs: list[dict[str, Any]], event: str, **fields: object) -> list[di
 
 
 def pedal_settings(device: str | Path = PEDAL, **overrides: Any) -> EvdevButtons:
-    return EvdevButtons(
-        device=Path(device), approve_keys=["KEY_F13", "BTN_0"], reject_keys=["KEY_F14"], **overrides
-    )
+    return EvdevButtons(device=Path(device), approve_keys=["KEY_F13", "BTN_0"], reject_keys=["KEY_F14"], **overrides)
 
 
 # evdev: one event → a press or nothing

@@ -11,7 +11,17 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from amflow_edge.messaging.payload import Assignment, Batch, Envelope, Output, Scan, envelope, new_scan, timestamp, to_wire
+from amflow_edge.messaging.payload import (
+    Assignment,
+    Batch,
+    Envelope,
+    Output,
+    Scan,
+    envelope,
+    new_scan,
+    timestamp,
+    to_wire,
+)
 from tests.conftest import EXAMPLE_PAYLOAD
 
 EXAMPLE: dict[str, Any] = json.loads(EXAMPLE_PAYLOAD.read_text())
@@ -26,8 +36,15 @@ def json_type(value: Any) -> str:
 NULLABLE = {
     f".data.{key}"
     for key in (
-        "design_material", "assignment", "output", "batch", "inspectionreport",
-        "qc_machine", "qc_operator", "qc_pass", "qc_comment",
+        "design_material",
+        "assignment",
+        "output",
+        "batch",
+        "inspectionreport",
+        "qc_machine",
+        "qc_operator",
+        "qc_pass",
+        "qc_comment",
     )
 }
 
@@ -84,7 +101,12 @@ def test_filled_scan_matches_the_example_types_too() -> None:
     scan = capture_scan().model_copy(
         update={
             "assignment": Assignment(
-                assignment=str(uuid.uuid4()), part_id="2471584", part_title="x", copies=1, last_added_copies=1, manual=False
+                assignment=str(uuid.uuid4()),
+                part_id="2471584",
+                part_title="x",
+                copies=1,
+                last_added_copies=1,
+                manual=False,
             ),
             "output": Output(id=2),
             "inspectionreport": str(uuid.uuid4()),

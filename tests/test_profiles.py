@@ -19,7 +19,12 @@ def test_the_shipped_profiles_load() -> None:
     for name in ("default", "strict"):
         profile = load_profile(name)
         assert profile.name == name and profile.criteria
-        assert {c.reason for c in profile.criteria} >= {"missing_material", "extra_material", "wrong_part", "misalignment"}
+        assert {c.reason for c in profile.criteria} >= {
+            "missing_material",
+            "extra_material",
+            "wrong_part",
+            "misalignment",
+        }
 
 
 def test_an_unknown_profile_lists_the_known_ones() -> None:
@@ -30,14 +35,22 @@ def test_an_unknown_profile_lists_the_known_ones() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('name = "x"\n[[criterion]]\nmetric = "missing_mm"\ncomparator = "<="\nthreshold = 1\nreason = "missing_material"',
-         r"\[\[criterion\]\] #1.metric: unknown metric 'missing_mm'; use one of .*missing_material_mm2"),
-        ('name = "x"\n[[criterion]]\nmetric = "tilt_deg"\ncomparator = "<"\nthreshold = 1\nreason = "misalignment"',
-         r"\[\[criterion\]\] #1.comparator: Input should be '<=' or '>='"),
-        ('name = "x"\n[[criterion]]\nmetric = "tilt_deg"\ncomparator = "<="\nthreshold = 1\nreason = "tilted"',
-         r"#1.reason: Input should be 'missing_material'"),
-        ('name = "x"\n[[criterion]]\nmetric = "tilt_deg"\ncomparator = "<="\nthreshold = 1\nreason = "warp"\ncolour = 1',
-         r"#1.colour: Extra inputs are not permitted"),
+        (
+            'name = "x"\n[[criterion]]\nmetric = "missing_mm"\ncomparator = "<="\nthreshold = 1\nreason = "missing_material"',
+            r"\[\[criterion\]\] #1.metric: unknown metric 'missing_mm'; use one of .*missing_material_mm2",
+        ),
+        (
+            'name = "x"\n[[criterion]]\nmetric = "tilt_deg"\ncomparator = "<"\nthreshold = 1\nreason = "misalignment"',
+            r"\[\[criterion\]\] #1.comparator: Input should be '<=' or '>='",
+        ),
+        (
+            'name = "x"\n[[criterion]]\nmetric = "tilt_deg"\ncomparator = "<="\nthreshold = 1\nreason = "tilted"',
+            r"#1.reason: Input should be 'missing_material'",
+        ),
+        (
+            'name = "x"\n[[criterion]]\nmetric = "tilt_deg"\ncomparator = "<="\nthreshold = 1\nreason = "warp"\ncolour = 1',
+            r"#1.colour: Extra inputs are not permitted",
+        ),
         ('name = "x"', r"criteria: Field required"),
         ('name = "x"\n[[criterion]\n', r"not valid TOML .*fix the syntax"),
     ],
@@ -48,7 +61,17 @@ def test_broken_profiles_say_what_is_wrong(tmp_path: Path, text: str, message: s
 
 
 def test_verdicts_with_a_review_band() -> None:
-    at_most = Criterion(metric="missing_material_mm2", comparator="<=", threshold=2.0, review_band=0.5, reason="missing_material")
-    assert [at_most.judge(v) for v in (1.0, 1.7, 2.0, 2.1, float("nan"))] == ["pass", "review", "review", "fail", "fail"]
-    at_least = Criterion(metric="silhouette_iou_min", comparator=">=", threshold=0.8, review_band=0.05, reason="wrong_part")
+    at_most = Criterion(
+        metric="missing_material_mm2", comparator="<=", threshold=2.0, review_band=0.5, reason="missing_material"
+    )
+    assert [at_most.judge(v) for v in (1.0, 1.7, 2.0, 2.1, float("nan"))] == [
+        "pass",
+        "review",
+        "review",
+        "fail",
+        "fail",
+    ]
+    at_least = Criterion(
+        metric="silhouette_iou_min", comparator=">=", threshold=0.8, review_band=0.05, reason="wrong_part"
+    )
     assert [at_least.judge(v) for v in (0.9, 0.82, 0.79)] == ["pass", "review", "fail"]

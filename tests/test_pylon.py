@@ -10,18 +10,18 @@ from pathlib import Path
 import cv2
 import pytest
 
-from amflow_edge.station.capture import Trigger
 from amflow_edge.cli.main import main
-from amflow_edge.config.station import StationConfig
 from amflow_edge.config.loading import load_config
-from amflow_edge.station.station import RunOptions, Station
-from amflow_edge.station.build import build_station
+from amflow_edge.config.station import StationConfig
 from amflow_edge.drivers.base import DriverError
 from amflow_edge.drivers.pylon import PylonDriver
 from amflow_edge.drivers.pylon_settings import PylonSettings
+from amflow_edge.station.build import build_station
+from amflow_edge.station.capture import Trigger
+from amflow_edge.station.station import RunOptions, Station
 from tests.mqtt_helpers import Broker, Subscriber
-from tests.pylon_rig import EMULATED, emulated, point_at_image, save_features, write_images
 from tests.polling import wait_for
+from tests.pylon_rig import EMULATED, emulated, point_at_image, save_features, write_images
 from tests.station_files import REPO, write_station
 
 __all__ = ["emulated"]
@@ -31,8 +31,12 @@ REVERSED = list(reversed(EMULATED))  # cam01 is the last serial: mapping must fo
 
 def pylon_station(tmp_path: Path, port: int = 1883, serials: list[str] = REVERSED, **pylon: object) -> Path:
     features = tmp_path / "features"
-    return write_station(tmp_path, port, {"rig": {"driver": "pylon", "grab_timeout_s": 5.0},
-                                          "pylon": {"features_dir": str(features), **pylon}}, serials=serials)
+    return write_station(
+        tmp_path,
+        port,
+        {"rig": {"driver": "pylon", "grab_timeout_s": 5.0}, "pylon": {"features_dir": str(features), **pylon}},
+        serials=serials,
+    )
 
 
 def fed_station(tmp_path: Path, port: int = 1883, **pylon: object) -> tuple[StationConfig, dict[str, object]]:
@@ -182,8 +186,9 @@ def test_line1_trigger_stores_a_scan_when_the_frames_arrive(
     station = build_station(cfg.model_copy(update={"inspection": cfg.inspection.model_copy(update={"enabled": True})}))
     station.start(RunOptions())
     try:
-        reference = cv2.imread(str(station.store.reference_dir(station.scan_session) / "empty_cam02.png"),
-                               cv2.IMREAD_UNCHANGED)  # taken by software trigger: no part pulses the sensor
+        reference = cv2.imread(
+            str(station.store.reference_dir(station.scan_session) / "empty_cam02.png"), cv2.IMREAD_UNCHANGED
+        )  # taken by software trigger: no part pulses the sensor
         assert (reference == images[cfg.cameras[1].serial]).all()
         refused = station.loop.capture(Trigger(source="mqtt"))
         assert not refused.ok and "triggered on Line1" in (refused.error or "")
@@ -222,8 +227,13 @@ def test_clean_shutdown_leaves_the_cameras_free_for_the_next_process(emulated: l
         "print(sorted(d.grab(5.0).frames)); d.close()\n"
     )
     for _ in range(2):
-        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "station.toml")], cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "station.toml")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]  # a segfault at exit would be -11
         assert proc.stdout.strip() == str([f"cam0{i}" for i in range(1, 6)])
 
@@ -242,14 +252,21 @@ print(listener.recv(64).hex())
 
 def test_the_action_command_is_a_gvcp_broadcast_with_the_configured_keys(tmp_path: Path) -> None:
     """In a network namespace of its own (a veth pair, nothing leaves it), as the camera network would see it."""
-    setup = ("ip link set lo up && ip link add v0 type veth peer name v1 && ip addr add 10.77.0.1/24 dev v0 "
-             "&& ip link set v0 up && ip link set v1 up")
+    setup = (
+        "ip link set lo up && ip link add v0 type veth peer name v1 && ip addr add 10.77.0.1/24 dev v0 "
+        "&& ip link set v0 up && ip link set v1 up"
+    )
     probe = subprocess.run(["unshare", "--net", "sh", "-c", setup], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip(f"no network namespace with a veth pair here ({probe.stderr.strip() or 'unshare failed'})")
-    proc = subprocess.run(["unshare", "--net", "sh", "-c", f'{setup} && "{sys.executable}" -c "$0"', ACTION_LISTENER],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["unshare", "--net", "sh", "-c", f'{setup} && "{sys.executable}" -c "$0"', ACTION_LISTENER],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     packet = bytes.fromhex(proc.stdout.strip().splitlines()[-1])
     assert packet[0] == 0x42 and packet[2:4] == b"\x01\x00"  # GVCP key, ACTION_CMD
-    assert packet[8:20] == bytes.fromhex("11223344" "55667788" "f0f0f0f0")
+    assert packet[8:20] == bytes.fromhex("1122334455667788f0f0f0f0")

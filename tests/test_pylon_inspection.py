@@ -13,11 +13,11 @@ from pathlib import Path
 
 import cv2
 
-from amflow_edge.station.capture import Trigger
 from amflow_edge.config.loading import load_config
-from amflow_edge.station.station import RunOptions, Station
 from amflow_edge.station.build import build_station
+from amflow_edge.station.capture import Trigger
 from amflow_edge.station.inspector import design_of
+from amflow_edge.station.station import RunOptions, Station
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.pylon_rig import EMULATED, emulated, point_at_image, save_features
 from tests.station_files import write_station
@@ -37,8 +37,9 @@ def run_until_inspected(station: Station, subscriber: Subscriber, trigger: Trigg
 
 def test_inspection_through_pylon_equals_the_mock_path(emulated: list[str], tmp_path: Path, broker: Broker) -> None:
     subscriber = Subscriber(broker, [f"{EVENTS}/#"])
-    mock_cfg = load_config(write_station(tmp_path / "mock", broker.port, {
-        "mock": {"scene_pool": 1}, "inspection": {"enabled": True}}))
+    mock_cfg = load_config(
+        write_station(tmp_path / "mock", broker.port, {"mock": {"scene_pool": 1}, "inspection": {"enabled": True}})
+    )
     mock = build_station(mock_cfg)
     try:
         mock.start(RunOptions())
@@ -51,9 +52,16 @@ def test_inspection_through_pylon_equals_the_mock_path(emulated: list[str], tmp_
     design = design_of(mock_record)
 
     features = tmp_path / "features"
-    config = write_station(tmp_path / "pylon", broker.port, {
-        "rig": {"driver": "pylon"}, "pylon": {"features_dir": str(features)}, "inspection": {"enabled": True},
-    }, serials=EMULATED)
+    config = write_station(
+        tmp_path / "pylon",
+        broker.port,
+        {
+            "rig": {"driver": "pylon"},
+            "pylon": {"features_dir": str(features)},
+            "inspection": {"enabled": True},
+        },
+        serials=EMULATED,
+    )
     pylon_cfg = load_config(config)
     save_features(config, features)
     for camera in pylon_cfg.cameras:  # each camera sees the empty tray (the session's reference), then the part
@@ -66,8 +74,10 @@ def test_inspection_through_pylon_equals_the_mock_path(emulated: list[str], tmp_
     try:
         station.start(RunOptions())
         for camera in pylon_cfg.cameras:
-            taken = cv2.imread(str(station.store.reference_dir(station.scan_session) / f"empty_{camera.name}.png"),
-                               cv2.IMREAD_UNCHANGED)
+            taken = cv2.imread(
+                str(station.store.reference_dir(station.scan_session) / f"empty_{camera.name}.png"),
+                cv2.IMREAD_UNCHANGED,
+            )
             assert (taken == cv2.imread(str(references / f"empty_{camera.name}.png"), cv2.IMREAD_UNCHANGED)).all()
         scan, quality = run_until_inspected(station, subscriber, Trigger(source="test", design_material=design))
         report = json.loads((station.store.scan_dir(scan) / "inspection_report.json").read_text())

@@ -46,8 +46,9 @@ def test_operator_decides_and_clears_review() -> None:
 @pytest.mark.parametrize("operator", [True, False])
 @pytest.mark.parametrize("machine, review", [(True, False), (False, False), (True, True), (False, True)])
 def test_reevaluation_never_overrides_the_operator(operator: bool, machine: bool, review: bool) -> None:
-    decided = with_operator_decision(with_machine_verdict(make_record().scan, NOW, None, not machine, False, []),
-                                     NOW, operator)
+    decided = with_operator_decision(
+        with_machine_verdict(make_record().scan, NOW, None, not machine, False, []), NOW, operator
+    )
     again = with_machine_verdict(decided, LATER, "c4266de0-c541-49d9-807d-9061139a8917", machine, review, ["x"])
     assert again.qc_machine is machine
     assert again.qc_operator is operator and again.qc_pass is operator and again.qc_needs_review is False

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from amflow_edge.station.capture import Trigger
 from amflow_edge.config.loading import load_config
-from amflow_edge.station.station import RunOptions, Station
-from amflow_edge.station.build import build_station
 from amflow_edge.qc.rules import final_decision
+from amflow_edge.station.build import build_station
+from amflow_edge.station.capture import Trigger
+from amflow_edge.station.station import RunOptions, Station
 from tests.conftest import EXAMPLE_PAYLOAD
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.station_files import write_station
@@ -53,9 +53,17 @@ def unchanged_except(before: dict[str, Any], after: dict[str, Any], *changed: st
 
 
 def test_capture_inspection_button_and_mqtt_decisions_in_order(tmp_path: Path, broker: Broker) -> None:
-    cfg = load_config(write_station(tmp_path, broker.port, {
-        "mock": {"scene_pool": 1}, "inspection": {"enabled": True}, "qc": {"policy": "every", "lockout_s": 0},
-    }))
+    cfg = load_config(
+        write_station(
+            tmp_path,
+            broker.port,
+            {
+                "mock": {"scene_pool": 1},
+                "inspection": {"enabled": True},
+                "qc": {"policy": "every", "lockout_s": 0},
+            },
+        )
+    )
     subscriber = Subscriber(broker, [f"{PREFIX}/#"])
     buttons = FakeButtons()
     lamps = RecordingLamps()
@@ -77,9 +85,13 @@ def test_capture_inspection_button_and_mqtt_decisions_in_order(tmp_path: Path, b
         verdict = "review" if machine["qc_needs_review"] else ("pass" if machine["qc_machine"] else "fail")
         operator = state_where(subscriber, lambda o: o["qc_machine"] is not None)
         assert operator == {
-            "signal": verdict, "latest_scan": captured["uuid"], "awaiting_decision": captured["uuid"],
-            "qc_machine": machine["qc_machine"], "qc_needs_review": machine["qc_needs_review"],
-            "qc_reasons": machine["qc_reasons"], "qc_pass": machine["qc_pass"],
+            "signal": verdict,
+            "latest_scan": captured["uuid"],
+            "awaiting_decision": captured["uuid"],
+            "qc_machine": machine["qc_machine"],
+            "qc_needs_review": machine["qc_needs_review"],
+            "qc_reasons": machine["qc_reasons"],
+            "qc_pass": machine["qc_pass"],
         }
         assert lamps.shown == ["idle", "inspecting", verdict]
 
@@ -100,8 +112,17 @@ def test_capture_inspection_button_and_mqtt_decisions_in_order(tmp_path: Path, b
         assert (again["qc_operator"], again["qc_pass"], again["qc_needs_review"]) == (True, True, False)
         assert again["inspectionreport"] != approved["inspectionreport"]
 
-        answer = request(subscriber, "qc", {"scan": captured["uuid"], "pass": False, "comment": "layer shift at 12 mm",
-                                            "reasons": ["dimensional_deviation"], "operator": "badge-0417"})
+        answer = request(
+            subscriber,
+            "qc",
+            {
+                "scan": captured["uuid"],
+                "pass": False,
+                "comment": "layer shift at 12 mm",
+                "reasons": ["dimensional_deviation"],
+                "operator": "badge-0417",
+            },
+        )
         assert answer["status"] == "ok", answer
         rejected = next_event(subscriber, "scan.quality_control")
         assert answer["data"] == rejected
@@ -112,7 +133,8 @@ def test_capture_inspection_button_and_mqtt_decisions_in_order(tmp_path: Path, b
         record = station.events.record(captured["uuid"])
         assert record is not None
         assert [(d.source, d.device, d.passed) for d in record.station.decisions] == [
-            ("button", "fake:pedal", True), ("mqtt", "mqtt:badge-0417", False)
+            ("button", "fake:pedal", True),
+            ("mqtt", "mqtt:badge-0417", False),
         ]
     finally:
         station.shutdown()
@@ -154,15 +176,21 @@ HOSTILE = [
     ("qc", {"scan": STORED}, "pass: Field required"),
     ("qc", [], "Input should be an object"),
     ("qc", b"", "empty body"),
-    ("qc", b"{\"scan\": ", "body is not valid JSON"),
+    ("qc", b'{"scan": ', "body is not valid JSON"),
     ("qc", b"{" + b" " * 70_000 + b"}", "larger than 65536"),
     ("reevaluate", {"scan": STORED, "profile": "../../etc/passwd"}, "profile: String should match pattern"),
     ("reevaluate", {"scan": STORED, "profile": "strict"}, "inspection is disabled on this station"),
     ("session", {"action": "launch"}, "does not match any of the expected tags"),
     ("session", {"action": "end"}, "no session is active"),
-    ("session", {"action": "start", "batch": {"id": "B1", "title": "b"},
-                 "designs": [{"design_material": "0" * 40 + "_SLS_PA12_GREY", "mesh": "../../../etc/passwd"}]},
-     "is outside the batch mesh folder"),
+    (
+        "session",
+        {
+            "action": "start",
+            "batch": {"id": "B1", "title": "b"},
+            "designs": [{"design_material": "0" * 40 + "_SLS_PA12_GREY", "mesh": "../../../etc/passwd"}],
+        },
+        "is outside the batch mesh folder",
+    ),
     ("capture", {"design_material": "0" * 40 + "_SLS_PA12_GREY"}, "is unknown to this station"),
     ("capture", {"assignment": {"assignment": "x"}}, "assignment.part_id: Field required"),
 ]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from amflow_edge.inspection.geometry.camera import load_rig, look_at
 from amflow_edge.drivers.simulator.render import Renderer
+from amflow_edge.inspection.geometry.camera import load_rig, look_at
 
 REPO = Path(__file__).resolve().parent.parent
 BOX_POSE = trimesh.transformations.concatenate_matrices(
@@ -51,7 +51,9 @@ def test_a_scene_renders_within_the_time_budget(scene: dict[str, object]) -> Non
     assert scene["seconds"] < 6.0, "the target is 3 s on the 2-core station; 6 s means a real regression"
 
 
-def test_same_seed_same_images_other_seed_other_noise(renderer: Renderer, box: trimesh.Trimesh, scene: dict[str, object]) -> None:
+def test_same_seed_same_images_other_seed_other_noise(
+    renderer: Renderer, box: trimesh.Trimesh, scene: dict[str, object]
+) -> None:
     again = renderer.render(box, BOX_POSE, seed=11)
     other = renderer.render(box, BOX_POSE, seed=12)
     for name, image in scene["images"].items():  # type: ignore[union-attr]
@@ -106,8 +108,15 @@ def test_lens_distortion_puts_the_part_where_the_calibration_says(renderer: Rend
 
 def test_silhouettes_are_anti_aliased_to_sub_pixel_position() -> None:
     """Moving a part by half a pixel must move its rendered edge by half a pixel, not by 0 or 1."""
-    calib = look_at("cam01", "1", eye=(0.0, 0.0, 400.0), target=(0.0, 0.0, 0.0), focal_length_mm=16.0,
-                    up=(0.0, 1.0, 0.0), image_size=(400, 300))
+    calib = look_at(
+        "cam01",
+        "1",
+        eye=(0.0, 0.0, 400.0),
+        target=(0.0, 0.0, 0.0),
+        focal_length_mm=16.0,
+        up=(0.0, 1.0, 0.0),
+        image_size=(400, 300),
+    )
     small = Renderer([calib])
     cube = trimesh.creation.box((20.0, 20.0, 10.0))
     mm_per_px = 390.0 / calib.K[0, 0]
@@ -148,7 +157,9 @@ def test_the_tray_is_the_same_everywhere_and_the_floor_around_it_darker() -> Non
     x = np.array([[0.0, 100.0, -140.0, 200.0, 0.0]], dtype=np.float32)
     y = np.array([[0.0, -80.0, 100.0, 0.0, 150.0]], dtype=np.float32)
     albedo = texture.albedo(x, y)[0]
-    assert np.all(np.abs(albedo[:3] / TRAY_ALBEDO - 1.0) < 0.3) and np.all(np.abs(albedo[3:] / FLOOR_ALBEDO - 1.0) < 0.5)
+    assert np.all(np.abs(albedo[:3] / TRAY_ALBEDO - 1.0) < 0.3) and np.all(
+        np.abs(albedo[3:] / FLOOR_ALBEDO - 1.0) < 0.5
+    )
     tray_texture._tray_texture.cache_clear()
     tray_texture._floor_texture.cache_clear()
     again = TrayTexture.for_tray((300.0, 240.0))

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from amflow_edge.inspection.geometry.silhouette import full_window, silhouette
 from amflow_edge.inspection.regions import open_to_background
 from amflow_edge.inspection.segment import (
     CUT_BAND_PX,
@@ -17,7 +18,6 @@ from amflow_edge.inspection.segment import (
     _solid,
     segment_scan,
 )
-from amflow_edge.inspection.geometry.silhouette import full_window, silhouette
 from tests.inspection_scenes import design, empty, placed, rig
 
 
@@ -54,7 +54,9 @@ def test_mismatched_images_name_the_camera_and_the_fix() -> None:
         segment_scan("cam02", np.dstack([image] * 3), image)
 
 
-@pytest.mark.parametrize(("name", "seed"), [("angle_bracket_ab60", 1001), ("cross_knob_ck40", 1003), ("montageblok_mb80", 3)])
+@pytest.mark.parametrize(
+    ("name", "seed"), [("angle_bracket_ab60", 1001), ("cross_knob_ck40", 1003), ("montageblok_mb80", 3)]
+)
 def test_contact_shadows_and_dark_faces_stay_near_the_true_outline(name: str, seed: int) -> None:
     """Thresholding the evidence alone put 11–23 px of contact shadow or tray into these masks; the cut keeps within 7."""
     pose, images = placed(name, seed)
@@ -63,8 +65,12 @@ def test_contact_shadows_and_dark_faces_stay_near_the_true_outline(name: str, se
         truth = _truth(name, pose, calib)
         beyond_outside = cv2.distanceTransform((~truth).astype(np.uint8), cv2.DIST_L2, 5)[mask & ~truth]
         beyond_inside = cv2.distanceTransform(truth.astype(np.uint8), cv2.DIST_L2, 5)[truth & open_to_background(mask)]
-        assert beyond_outside.max(initial=0.0) < 9.0, f"{calib.name}: shadow taken for part {beyond_outside.max():.0f} px out"
-        assert beyond_inside.max(initial=0.0) < 9.0, f"{calib.name}: part taken for tray {beyond_inside.max():.0f} px in"
+        assert beyond_outside.max(initial=0.0) < 9.0, (
+            f"{calib.name}: shadow taken for part {beyond_outside.max():.0f} px out"
+        )
+        assert beyond_inside.max(initial=0.0) < 9.0, (
+            f"{calib.name}: part taken for tray {beyond_inside.max():.0f} px in"
+        )
 
 
 def test_the_cut_fills_pinholes_but_not_notches_open_to_the_tray_beyond_its_box() -> None:
@@ -74,7 +80,7 @@ def test_the_cut_fills_pinholes_but_not_notches_open_to_the_tray_beyond_its_box(
     cut[20:30, 0:10] = False  # a notch at the box's left side
     speck = np.zeros_like(cut)
     speck[112:118, 112:118] = True  # far smaller than a part
-    assert 36 < MIN_COMPONENT_PX and 100 < MAX_PINHOLE_PX
+    assert MIN_COMPONENT_PX > 36 and MAX_PINHOLE_PX > 100
     open_left = _solid(cut | speck, (True, True, True, True))
     assert open_left[55, 55] and not open_left[25, 5] and not open_left[115, 115]
     # The same notch where the box ends at the image's edge is a hole in the part.

@@ -9,15 +9,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from amflow_edge.station.capture import CameraTask, Trigger
 from amflow_edge.config.loading import load_config
-from amflow_edge.station.station import RunOptions
 from amflow_edge.station.build import build_station
+from amflow_edge.station.capture import CameraTask, Trigger
+from amflow_edge.station.station import RunOptions
 from tests.factories import make_record
 from tests.mqtt_helpers import Broker
 from tests.polling import wait_for
@@ -77,8 +77,9 @@ def test_watchdog_pings_stop_while_the_capture_loop_is_wedged(
     tmp_path: Path, broker: Broker, notify: NotifySocket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "600000")  # pings every 0.3 s
-    cfg = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1},
-                                                            "watchdog": {"capture_silent_s": 1.0}}))
+    cfg = load_config(
+        write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}, "watchdog": {"capture_silent_s": 1.0}})
+    )
     station = build_station(cfg)
     station.start(RunOptions(supervise_interval_s=0.2))
     release = threading.Event()
@@ -100,8 +101,13 @@ def test_watchdog_pings_stop_while_the_capture_loop_is_wedged(
 
 def test_capture_pauses_when_the_disk_is_nearly_full_and_says_so(tmp_path: Path, broker: Broker) -> None:
     huge = 10**18
-    cfg = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1},
-                                                            "disk": {"min_free_bytes": huge, "resume_free_bytes": huge}}))
+    cfg = load_config(
+        write_station(
+            tmp_path,
+            broker.port,
+            {"mock": {"scene_pool": 1}, "disk": {"min_free_bytes": huge, "resume_free_bytes": huge}},
+        )
+    )
     station = build_station(cfg)
     station.start(RunOptions())
     try:
@@ -117,9 +123,16 @@ def test_capture_pauses_when_the_disk_is_nearly_full_and_says_so(tmp_path: Path,
 def test_the_backup_mover_moves_done_scans_and_later_changes_follow_them(tmp_path: Path, broker: Broker) -> None:
     backup = tmp_path / "backup"
     backup.mkdir()
-    cfg = load_config(write_station(tmp_path, broker.port, {
-        "mock": {"scene_pool": 1}, "backup": {"path": str(backup), "after_s": 0, "interval_s": 0.2},
-    }))
+    cfg = load_config(
+        write_station(
+            tmp_path,
+            broker.port,
+            {
+                "mock": {"scene_pool": 1},
+                "backup": {"path": str(backup), "after_s": 0, "interval_s": 0.2},
+            },
+        )
+    )
     station = build_station(cfg)
     station.start(RunOptions())
     try:
@@ -131,7 +144,7 @@ def test_the_backup_mover_moves_done_scans_and_later_changes_follow_them(tmp_pat
         assert record is not None and record.station.is_backed_up and record.station.backup_path == str(backup / first)
         assert sorted(p.name for p in (backup / first).iterdir())[-1] == "scan_cam05.png"
         assert station.store.scan_dir(second).is_dir()  # the part still on the tray stays
-        station.decisions.decide(first, False, source="mqtt", device="mqtt", at=datetime.now(timezone.utc))
+        station.decisions.decide(first, False, source="mqtt", device="mqtt", at=datetime.now(UTC))
         moved = json.loads((backup / first / "scan.json").read_text())
         assert moved["scan"]["qc_operator"] is False and moved["station"]["is_backed_up"] is True
     finally:
@@ -150,8 +163,14 @@ def test_the_daemon_process_says_ready_and_on_sigterm_stopping_then_exits_cleanl
 
     config = write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}})
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
-    proc = subprocess.Popen([sys.executable, "-m", "amflow_edge.cli", "run", "--config", str(config)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "amflow_edge.cli", "run", "--config", str(config)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         notify.until(lambda m: "READY=1" in m, timeout_s=120)
         proc.send_signal(signal.SIGTERM)
@@ -166,16 +185,26 @@ def test_the_daemon_process_says_ready_and_on_sigterm_stopping_then_exits_cleanl
 def test_a_decision_during_the_move_reaches_the_backup_copy(tmp_path: Path, broker: Broker) -> None:
     backup = tmp_path / "backup"
     backup.mkdir()
-    cfg = load_config(write_station(tmp_path, broker.port, {
-        "mock": {"scene_pool": 1}, "backup": {"path": str(backup), "after_s": 0, "interval_s": 0.2},
-    }))
+    cfg = load_config(
+        write_station(
+            tmp_path,
+            broker.port,
+            {
+                "mock": {"scene_pool": 1},
+                "backup": {"path": str(backup), "after_s": 0, "interval_s": 0.2},
+            },
+        )
+    )
     station = build_station(cfg)
     deciding: list[threading.Thread] = []
 
     def decide_while_renamed(step: str, scan: str) -> None:
         if step == "renamed":  # the copy is in place, the original not yet gone: the operator presses now
-            thread = threading.Thread(target=station.decisions.decide, args=(scan, False),
-                                      kwargs={"source": "mqtt", "device": "mqtt", "at": datetime.now(timezone.utc)})
+            thread = threading.Thread(
+                target=station.decisions.decide,
+                args=(scan, False),
+                kwargs={"source": "mqtt", "device": "mqtt", "at": datetime.now(UTC)},
+            )
             thread.start()
             deciding.append(thread)
             time.sleep(0.3)
@@ -199,10 +228,17 @@ def test_retention_deletes_what_the_station_moved_and_records_it(tmp_path: Path,
     stranger = backup / str(uuid.uuid1())  # put there by hand: not this station's to delete
     stranger.mkdir(parents=True)
     (stranger / "scan.json").write_text(json.dumps({"scan": {"created": "2020-01-01T00:00:00.000000+01:00"}}))
-    cfg = load_config(write_station(tmp_path, broker.port, {
-        "mock": {"scene_pool": 1}, "backup": {"path": str(backup), "after_s": 0, "interval_s": 0.2},
-        "disk": {"retention_days": 1e-6},
-    }))
+    cfg = load_config(
+        write_station(
+            tmp_path,
+            broker.port,
+            {
+                "mock": {"scene_pool": 1},
+                "backup": {"path": str(backup), "after_s": 0, "interval_s": 0.2},
+                "disk": {"retention_days": 1e-6},
+            },
+        )
+    )
     station = build_station(cfg)
     station.start(RunOptions())
     try:

@@ -8,28 +8,41 @@ from pathlib import Path
 
 import pytest
 
-from amflow_edge.config.station import StationConfig
 from amflow_edge.config.loading import load_config
-from amflow_edge.station.station import RunOptions, Station
+from amflow_edge.config.station import StationConfig
+from amflow_edge.inspection.designs import design_material_id
 from amflow_edge.station.build import build_station
 from amflow_edge.station.session import SESSION_FILE
-from amflow_edge.inspection.designs import design_material_id
+from amflow_edge.station.station import RunOptions, Station
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.station_files import REPO, write_station
 from tests.test_qc_workflow import PREFIX, next_event, request
 
 LIBRARY_DESIGN = REPO / "config" / "designs" / "montageblok_mb80.stl"
-ASSIGNMENT = {"assignment": "8801b334-7012-46e3-aeba-f2a2683a8f90", "part_id": "2471584", "part_title": "bracket",
-              "copies": 4, "last_added_copies": 1, "manual": False}
+ASSIGNMENT = {
+    "assignment": "8801b334-7012-46e3-aeba-f2a2683a8f90",
+    "part_id": "2471584",
+    "part_title": "bracket",
+    "copies": 4,
+    "last_added_copies": 1,
+    "manual": False,
+}
 
 
 def station_config(tmp_path: Path, broker: Broker) -> StationConfig:
     meshes = tmp_path / "batch_meshes"
     meshes.mkdir()
-    return load_config(write_station(tmp_path, broker.port, {
-        "mock": {"scene_pool": 1}, "inspection": {"enabled": True},
-        "designs": {"library": str(REPO / "config" / "designs" / "designs.toml"), "batch_meshes": str(meshes)},
-    }))
+    return load_config(
+        write_station(
+            tmp_path,
+            broker.port,
+            {
+                "mock": {"scene_pool": 1},
+                "inspection": {"enabled": True},
+                "designs": {"library": str(REPO / "config" / "designs" / "designs.toml"), "batch_meshes": str(meshes)},
+            },
+        )
+    )
 
 
 def batch_mesh(cfg: StationConfig) -> tuple[str, str]:
@@ -54,11 +67,19 @@ def test_a_session_stamps_its_scans_survives_a_restart_and_ends(tmp_path: Path, 
     subscriber = Subscriber(broker, [f"{PREFIX}/#"])
     station = start_station(cfg)
     try:
-        started = request(subscriber, "session", {
-            "action": "start", "batch": {"id": "PRTS_SRC_102_DAT_20260309_VER_A", "title": "20260309_02A"},
-            "designs": [{"design_material": library_id}, {"design_material": customer_id, "mesh": mesh, "title": "P7"}],
-            "output": {"id": 3},
-        })
+        started = request(
+            subscriber,
+            "session",
+            {
+                "action": "start",
+                "batch": {"id": "PRTS_SRC_102_DAT_20260309_VER_A", "title": "20260309_02A"},
+                "designs": [
+                    {"design_material": library_id},
+                    {"design_material": customer_id, "mesh": mesh, "title": "P7"},
+                ],
+                "output": {"id": 3},
+            },
+        )
         assert started["status"] == "ok", started
         session = started["scan_session"]
         assert station.store.reference_dir(session).is_dir()  # empty-tray references of the new session
@@ -109,13 +130,21 @@ def test_a_batch_mesh_that_does_not_match_its_id_is_refused(tmp_path: Path, brok
     station = start_station(cfg)
     try:
         before = station.sessions.current
-        answer = request(subscriber, "session", {
-            "action": "start", "batch": {"id": "B", "title": "b"}, "designs": [{"design_material": wrong_id, "mesh": mesh}]
-        })
+        answer = request(
+            subscriber,
+            "session",
+            {
+                "action": "start",
+                "batch": {"id": "B", "title": "b"},
+                "designs": [{"design_material": wrong_id, "mesh": mesh}],
+            },
+        )
         assert answer["status"] == "error" and "SHA-1" in answer["error"] and mesh in answer["error"]
-        missing = request(subscriber, "session", {
-            "action": "start", "batch": {"id": "B", "title": "b"}, "designs": [{"design_material": customer_id}]
-        })
+        missing = request(
+            subscriber,
+            "session",
+            {"action": "start", "batch": {"id": "B", "title": "b"}, "designs": [{"design_material": customer_id}]},
+        )
         assert missing["status"] == "error" and "send its mesh" in missing["error"]
         assert station.sessions.current == before
     finally:
@@ -130,10 +159,13 @@ def test_two_session_starts_at_once_give_one_session_and_one_refusal(tmp_path: P
     station = start_station(cfg)
     try:
         for batch in ("BATCH_A", "BATCH_B"):  # both sent before either is carried out
-            subscriber.publish(f"{PREFIX}/request/session",
-                               json.dumps({"action": "start", "batch": {"id": batch, "title": batch}}).encode())
-        answers = [json.loads(subscriber.next(topic=f"{PREFIX}/response/session", timeout_s=60).payload)
-                   for _ in range(2)]
+            subscriber.publish(
+                f"{PREFIX}/request/session",
+                json.dumps({"action": "start", "batch": {"id": batch, "title": batch}}).encode(),
+            )
+        answers = [
+            json.loads(subscriber.next(topic=f"{PREFIX}/response/session", timeout_s=60).payload) for _ in range(2)
+        ]
         assert sorted(a["status"] for a in answers) == ["error", "ok"], answers
         refused = next(a for a in answers if a["status"] == "error")
         assert "is active; end it first" in refused["error"]
@@ -152,8 +184,15 @@ def test_a_batch_mesh_gone_after_a_restart_is_named_when_its_scans_cannot_be_ins
     subscriber = Subscriber(broker, [f"{PREFIX}/#"])
     station = start_station(cfg)
     try:
-        started = request(subscriber, "session", {"action": "start", "batch": {"id": "B", "title": "b"},
-                                                  "designs": [{"design_material": customer_id, "mesh": mesh}]})
+        started = request(
+            subscriber,
+            "session",
+            {
+                "action": "start",
+                "batch": {"id": "B", "title": "b"},
+                "designs": [{"design_material": customer_id, "mesh": mesh}],
+            },
+        )
         assert started["status"] == "ok", started
         answer = request(subscriber, "capture", {"design_material": customer_id})
         assert answer["status"] == "ok", answer

@@ -11,13 +11,12 @@ from scipy.spatial.transform import Rotation
 from amflow_edge.drivers.simulator.defects import Defect, apply_defect, defect_rng, settle
 from amflow_edge.inspection.design_cache import design_model
 from amflow_edge.inspection.designs import load_mesh_mm
-from amflow_edge.inspection.inspect import inspect_scan
 from amflow_edge.inspection.geometry.placement import place_on_tray
+from amflow_edge.inspection.inspect import inspect_scan
+from amflow_edge.inspection.models import Region, SurfaceRegion
 from amflow_edge.inspection.profiles import load_profile
-from amflow_edge.inspection.models import Region
 from amflow_edge.inspection.report import InspectionReport
 from amflow_edge.inspection.shading import ShadingComparison, _outside, _stands, seen_elsewhere
-from amflow_edge.inspection.models import SurfaceRegion
 from tests.inspection_scenes import (
     MESHES,
     benchmark_scene,
@@ -134,6 +133,7 @@ def test_a_region_one_camera_alone_sees_is_not_confirmed() -> None:
     same_camera = _region("cam01", [0.5, 0.0, 5.0])
     far = _region("cam02", [10.0, 0.0, 5.0])
     near = _region("cam03", [1.0, 0.5, 5.0])
+
     def places(*regions: SurfaceRegion) -> list[tuple[str, list[float]]]:
         return [(r.camera, r.centre_part_mm) for r in regions]
 
@@ -157,7 +157,9 @@ def _inspected_benchmark_chip(stem: str, factor: float, seed: int, cache: Path) 
     """A benchmark scene's 1 mm chip inspected against its own reference, and where the chip is in the design's
     frame at the fitted pose: a look-alike pose (a quarter-turned knob, a turned bushing) still finds it."""
     scene = benchmark_scene(stem, factor, seed, "missing_chunk:1.0")
-    report = inspect_scan(scene.images, scene.reference, rig(), scene.mesh, stem, load_profile("default"), cache_dir=cache)
+    report = inspect_scan(
+        scene.images, scene.reference, rig(), scene.mesh, stem, load_profile("default"), cache_dir=cache
+    )
     assert report.metrics is not None and report.pose is not None and scene.truth is not None
     return report, (np.linalg.inv(np.array(report.pose)) @ scene.pose @ np.r_[scene.truth.location, 1.0])[:3]
 

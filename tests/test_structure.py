@@ -55,8 +55,10 @@ def test_a_cycle_is_found_where_there_is_one(tmp_path: Path) -> None:
     for name in ("drivers", "inspection"):
         (tmp_path / name).mkdir()
         (package / name).symlink_to(tmp_path / name)
-    assert cycles(import_graph(module_files(tmp_path))) in ([["amflow_edge.a", "amflow_edge.b"]],
-                                                           [["amflow_edge.b", "amflow_edge.a"]])
+    assert cycles(import_graph(module_files(tmp_path))) in (
+        [["amflow_edge.a", "amflow_edge.b"]],
+        [["amflow_edge.b", "amflow_edge.a"]],
+    )
 
 
 @pytest.mark.parametrize(
@@ -79,13 +81,15 @@ def test_dependencies_point_one_way(layer: str, may_import: tuple[str, ...]) -> 
 
 def test_only_the_mock_driver_and_render_use_the_simulator() -> None:
     simulator = "amflow_edge.drivers.simulator"
-    users = sorted({
-        module
-        for module in FILES
-        if not module.startswith(simulator)
-        for target in _imports(module)
-        if target.startswith(simulator)
-    })
+    users = sorted(
+        {
+            module
+            for module in FILES
+            if not module.startswith(simulator)
+            for target in _imports(module)
+            if target.startswith(simulator)
+        }
+    )
     assert users == ["amflow_edge.cli.render", "amflow_edge.drivers.mock", "amflow_edge.drivers.mock_settings"]
 
 

@@ -90,12 +90,27 @@ def test_exit_code_for_config_errors_matches_the_cli() -> None:
 
 def test_sandbox_settings() -> None:
     expected = {
-        "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes", "NoNewPrivileges": "yes",
-        "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes",
-        "ProtectControlGroups": "yes", "ProtectClock": "yes", "ProtectHostname": "yes", "RestrictNamespaces": "yes",
-        "RestrictRealtime": "yes", "RestrictSUIDSGID": "yes", "LockPersonality": "yes",
-        "MemoryDenyWriteExecute": "yes", "SystemCallArchitectures": "native", "CapabilityBoundingSet": "",
-        "AmbientCapabilities": "", "DevicePolicy": "closed", "UMask": "0027", "SystemCallErrorNumber": "EPERM",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectControlGroups": "yes",
+        "ProtectClock": "yes",
+        "ProtectHostname": "yes",
+        "RestrictNamespaces": "yes",
+        "RestrictRealtime": "yes",
+        "RestrictSUIDSGID": "yes",
+        "LockPersonality": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "SystemCallArchitectures": "native",
+        "CapabilityBoundingSet": "",
+        "AmbientCapabilities": "",
+        "DevicePolicy": "closed",
+        "UMask": "0027",
+        "SystemCallErrorNumber": "EPERM",
         "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
     }
     assert {key: value(key) for key in expected} == expected
@@ -144,8 +159,13 @@ def staged_root(tmp_path: Path, unit_text: str) -> Path:
 def verify(tmp_path: Path, unit_text: str) -> str:
     analyze = _tool("systemd-analyze")
     root = staged_root(tmp_path, unit_text)
-    result = subprocess.run([analyze, "verify", f"--root={root}", "amflow-edge.service"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [analyze, "verify", f"--root={root}", "amflow-edge.service"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     return (result.stdout + result.stderr).strip() + ("" if result.returncode == 0 else f"\n(exit {result.returncode})")
 
 
@@ -162,9 +182,14 @@ def test_systemd_analyze_verify_would_catch_a_mistake(tmp_path: Path) -> None:
 
 def security_report(unit_path: Path) -> tuple[float, set[str]]:
     analyze = _tool("systemd-analyze")
-    result = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(unit_path)],
-                            capture_output=True, text=True, timeout=60, check=False,
-                            env={**os.environ, "SYSTEMD_COLORS": "0"})
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", str(unit_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "SYSTEMD_COLORS": "0"},
+    )
     if "--offline" in result.stderr and result.returncode != 0:
         pytest.skip(f"this systemd-analyze cannot review offline: {result.stderr.strip()}")
     match = re.search(r"Overall exposure level for amflow-edge\.service: (\d+\.\d)", result.stdout)
@@ -178,7 +203,9 @@ def test_security_exposure(tmp_path: Path) -> None:
     shutil.copy(UNIT, unit)
     score, failing = security_report(unit)
     print(f"systemd-analyze security --offline=true: exposure {score}; remaining: {sorted(failing)}")
-    assert failing <= set(ACCEPTED_EXPOSURES), f"new exposures, document or fix them: {failing - set(ACCEPTED_EXPOSURES)}"
+    assert failing <= set(ACCEPTED_EXPOSURES), (
+        f"new exposures, document or fix them: {failing - set(ACCEPTED_EXPOSURES)}"
+    )
     assert score <= EXPOSURE_LIMIT
 
 
@@ -192,8 +219,9 @@ def test_security_review_notices_a_weaker_unit(tmp_path: Path) -> None:
 def test_sysusers_creates_the_user_and_its_device_groups(tmp_path: Path) -> None:
     sysusers = _tool("systemd-sysusers")
     (tmp_path / "etc").mkdir()
-    result = subprocess.run([sysusers, f"--root={tmp_path}", str(SYSUSERS)], capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        [sysusers, f"--root={tmp_path}", str(SYSUSERS)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     passwd = {line.split(":")[0]: line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines()}
     groups = {line.split(":")[0]: line.split(":") for line in (tmp_path / "etc/group").read_text().splitlines()}
@@ -210,13 +238,26 @@ def test_tmpfiles_creates_the_directories_with_owner_and_mode(tmp_path: Path) ->
         pytest.skip("systemd-tmpfiles --root needs root to hand directories to amflow-edge")
     (tmp_path / "etc").mkdir()
     subprocess.run([sysusers, f"--root={tmp_path}", str(SYSUSERS)], capture_output=True, check=True, timeout=60)
-    result = subprocess.run([tmpfiles, f"--root={tmp_path}", "--create", str(TMPFILES)], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [tmpfiles, f"--root={tmp_path}", "--create", str(TMPFILES)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
-    uid = int(next(line for line in (tmp_path / "etc/passwd").read_text().splitlines()
-                   if line.startswith("amflow-edge:")).split(":")[2])
-    expected = {"data/scans": (uid, 0o750), "data/references": (uid, 0o750), "var/lib/amflow-edge": (uid, 0o750),
-                "data": (0, 0o755), "etc/amflow-edge": (0, 0o750)}
+    uid = int(
+        next(
+            line for line in (tmp_path / "etc/passwd").read_text().splitlines() if line.startswith("amflow-edge:")
+        ).split(":")[2]
+    )
+    expected = {
+        "data/scans": (uid, 0o750),
+        "data/references": (uid, 0o750),
+        "var/lib/amflow-edge": (uid, 0o750),
+        "data": (0, 0o755),
+        "etc/amflow-edge": (0, 0o750),
+    }
     for rel, (owner, mode) in expected.items():
         st = (tmp_path / rel).stat()
         assert (st.st_uid, st.st_mode & 0o7777) == (owner, mode), rel
@@ -321,8 +362,7 @@ def syscall_group(analyze: str, group: str, seen: set[str] | None = None) -> set
     """A systemd syscall group, nested groups expanded, as this systemd defines it."""
     seen = seen if seen is not None else set()
     seen.add(group)
-    result = subprocess.run([analyze, "syscall-filter", group], capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = subprocess.run([analyze, "syscall-filter", group], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     names: set[str] = set()
     for line in result.stdout.splitlines()[1:]:
@@ -370,9 +410,19 @@ def test_the_stack_runs_in_the_units_seccomp_sandbox(tmp_path: Path) -> None:
     script = tmp_path / "sandbox_child.py"
     script.write_text(SANDBOX_CHILD)
     result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "scene"), str(tmp_path / "calibration"), str(mesh),
-         str(tmp_path / "allowed.txt")],
-        cwd=REPO, capture_output=True, text=True, timeout=180, check=False,
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / "scene"),
+            str(tmp_path / "calibration"),
+            str(mesh),
+            str(tmp_path / "allowed.txt"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
         env={**os.environ, "PYTHONPATH": str(REPO), "PYLON_CAMEMU": "1"},
     )
     assert result.returncode == 0 and "STACK OK" in result.stdout, result.stderr[-4000:]

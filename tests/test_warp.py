@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from amflow_edge.inspection.align import View, align
 from amflow_edge.drivers.simulator.defects import Defect, apply_defect, defect_rng, settle
+from amflow_edge.inspection.align import View, align
 from amflow_edge.inspection.design_cache import design_model
 from amflow_edge.inspection.profiles import load_profile
 from amflow_edge.inspection.segment import segment_scan

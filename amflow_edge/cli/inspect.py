@@ -18,17 +18,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     parser.add_argument("directory", type=Path, metavar="DIR", help="scan directory (scan_cam0N.png, empty_cam0N.png)")
     parser.add_argument("--design", type=Path, required=True, metavar="MESH", help="design mesh (STL, OBJ, PLY, 3MF)")
-    parser.add_argument("--units", choices=["mm", "inch", "m"], default="mm", help="units of the mesh file (default mm)")
-    parser.add_argument("--calibration", type=Path, default=DEFAULT_CALIBRATION, metavar="DIR", help="rig calibration folder")
+    parser.add_argument(
+        "--units", choices=["mm", "inch", "m"], default="mm", help="units of the mesh file (default mm)"
+    )
+    parser.add_argument(
+        "--calibration", type=Path, default=DEFAULT_CALIBRATION, metavar="DIR", help="rig calibration folder"
+    )
     parser.add_argument("--profile", default="default", help="inspection profile name or .toml path (default: default)")
-    parser.add_argument("--design-material", default=None, help="design_material id to report (default: the mesh file name)")
+    parser.add_argument(
+        "--design-material", default=None, help="design_material id to report (default: the mesh file name)"
+    )
     parser.add_argument("--cache", type=Path, default=None, metavar="DIR", help="design precomputation cache folder")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from amflow_edge.inspection.geometry.camera import CalibrationError
     from amflow_edge.inspection.designs import MeshError
+    from amflow_edge.inspection.geometry.camera import CalibrationError
     from amflow_edge.inspection.inspect import InspectionInputError, inspect_directory
     from amflow_edge.inspection.profiles import ProfileError
 

@@ -28,8 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amflow-edge", description="Edge daemon of an AM part-scanning station.")
     parser.add_argument("--version", action="version", version=f"amflow-edge {__version__}")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
-                        help="JSON log lines (default: when stderr is not a terminal)")
+    parser.add_argument(
+        "--log-json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="JSON log lines (default: when stderr is not a terminal)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     station.add_parsers(sub)
     cameras.add_parser(sub)

@@ -52,8 +52,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     since = parse_since(args.since)
     if since is None:
-        print(f"--since {args.since!r}: expected an ISO 8601 time (2026-03-11T16:00:00+01:00) "
-              "or a duration back from now (90s, 30m, 12h, 2d)", file=sys.stderr)
+        print(
+            f"--since {args.since!r}: expected an ISO 8601 time (2026-03-11T16:00:00+01:00) "
+            "or a duration back from now (90s, 30m, 12h, 2d)",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     with _outbox(args.config) as outbox:
         if outbox is None:

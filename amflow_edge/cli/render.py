@@ -91,9 +91,9 @@ def _seed(text: str) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from amflow_edge.inspection.geometry.camera import CalibrationError
     from amflow_edge.drivers.simulator.defect_spec import DefectError
     from amflow_edge.inspection.designs import MeshError
+    from amflow_edge.inspection.geometry.camera import CalibrationError
     from amflow_edge.inspection.geometry.placement import PlacementError
 
     try:
@@ -110,11 +110,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> tuple[RenderTruth, dict[str, np.ndarray]]:
     import numpy as np
 
-    from amflow_edge.inspection.geometry.camera import load_rig
     from amflow_edge.drivers.simulator.defects import Defect, apply_defect, defect_rng, settle
-    from amflow_edge.inspection.designs import load_mesh_mm
-    from amflow_edge.inspection.geometry.placement import PlacementError, place_on_tray
     from amflow_edge.drivers.simulator.render import Renderer
+    from amflow_edge.inspection.designs import load_mesh_mm
+    from amflow_edge.inspection.geometry.camera import load_rig
+    from amflow_edge.inspection.geometry.placement import PlacementError, place_on_tray
 
     defect = None if args.defect is None else Defect.parse(args.defect)
     if args.out.exists() and not args.out.is_dir():

@@ -32,8 +32,15 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-STARTUP_ERRORS = (DriverError, DatabaseError, MqttSetupError, StoreError, DesignError, PanelConfigError,
-                  ReasonCatalogueError)
+STARTUP_ERRORS = (
+    DriverError,
+    DatabaseError,
+    MqttSetupError,
+    StoreError,
+    DesignError,
+    PanelConfigError,
+    ReasonCatalogueError,
+)
 """What a station can fail with while it starts: reported in one line, exit 1, and systemd tries again."""
 
 
@@ -153,8 +160,10 @@ def cmd_reevaluate(args: argparse.Namespace) -> int:
         station.inspector.close()
         station.db.close()
     print(updated.scan.model_dump_json(indent=2))
-    print("scan.quality_control queued: a running station sends it within a second, a stopped one at start",
-          file=sys.stderr)
+    print(
+        "scan.quality_control queued: a running station sends it within a second, a stopped one at start",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -38,8 +38,10 @@ def file_problems(cfg: StationConfig) -> list[FileProblem]:
             add("calibration", f"{where}: {exc}")
             continue
         if (calib.image_width, calib.image_height) != (camera.width, camera.height):
-            add("calibration", f"{where}: expected a calibration for {camera.width}×{camera.height} images "
-                f"(found {calib.image_width}×{calib.image_height}); recalibrate or fix width/height"
+            add(
+                "calibration",
+                f"{where}: expected a calibration for {camera.width}×{camera.height} images "
+                f"(found {calib.image_width}×{calib.image_height}); recalibrate or fix width/height",
             )
     if not cfg.designs.library.is_file():
         add("designs", f"designs.library: expected a design library TOML (found no file at {cfg.designs.library})")
@@ -52,7 +54,10 @@ def file_problems(cfg: StationConfig) -> list[FileProblem]:
             known = {d.design_material for d in library.designs}
             for wanted in cfg.mock.designs:
                 if wanted not in known:
-                    add("designs", f"mock.designs: expected ids from {cfg.designs.library.name} (found unknown {wanted!r})")
+                    add(
+                        "designs",
+                        f"mock.designs: expected ids from {cfg.designs.library.name} (found unknown {wanted!r})",
+                    )
     try:
         load_profile(cfg.inspection.profile)
     except ProfileError as exc:
@@ -73,6 +78,6 @@ def file_problems(cfg: StationConfig) -> list[FileProblem]:
         add(
             "config",
             "mqtt.password: expected a password for user "
-            f"{cfg.mqtt.username!r} (found none; set the {cfg.mqtt.password_credential!r} credential or mqtt.password)"
+            f"{cfg.mqtt.username!r} (found none; set the {cfg.mqtt.password_credential!r} credential or mqtt.password)",
         )
     return problems

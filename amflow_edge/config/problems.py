@@ -41,7 +41,9 @@ def describe_validation_error(exc: ValidationError) -> list[str]:
     for error in exc.errors(include_url=False):
         where = _location(error["loc"])
         if error["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown setting (found {_found(error)}); check the spelling against config/station.example.toml")
+            lines.append(
+                f"{where}: unknown setting (found {_found(error)}); check the spelling against config/station.example.toml"
+            )
             continue
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"{where}: {message[0].lower()}{message[1:]} (found {_found(error)})")

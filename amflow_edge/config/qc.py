@@ -122,7 +122,10 @@ class QcSettings(BaseModel):
         "inspection failed or flagged for review.",
     )
     lockout_s: float = Field(
-        default=1.0, ge=0, le=30, description="Presses this soon after a decision are ignored (a double press, a bounce)."
+        default=1.0,
+        ge=0,
+        le=30,
+        description="Presses this soon after a decision are ignored (a double press, a bounce).",
     )
     reasons: Path | None = Field(
         default=None,

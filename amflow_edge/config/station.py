@@ -111,7 +111,9 @@ class MqttSettings(BaseModel):
     )
     tls: TlsSettings | None = Field(default=None, description="TLS to the broker; absent means plain TCP.")
     session_expiry_s: int = Field(
-        default=7 * 86400, ge=0, description="How long the broker keeps our session (and requests sent to us) while we are away."
+        default=7 * 86400,
+        ge=0,
+        description="How long the broker keeps our session (and requests sent to us) while we are away.",
     )
     max_in_flight: int = Field(
         default=100,
@@ -155,7 +157,9 @@ class OutboxSettings(BaseModel):
     model_config = _STRICT
 
     max_backlog_events: int = Field(
-        default=100_000, ge=1, description="Unsent events at which the station stops taking scans until the backlog drains."
+        default=100_000,
+        ge=1,
+        description="Unsent events at which the station stops taking scans until the backlog drains.",
     )
     max_backlog_age_s: float = Field(
         default=3 * 86400, gt=0, description="Age of the oldest unsent event at which the station stops taking scans."
@@ -171,7 +175,9 @@ class InspectionSettings(BaseModel):
 
     enabled: bool = Field(default=True, description="Inspect every scan against its design after scan.capture.")
     profile: str = Field(
-        default="default", min_length=1, description="Inspection profile: a name in config/inspection_profiles or a path."
+        default="default",
+        min_length=1,
+        description="Inspection profile: a name in config/inspection_profiles or a path.",
     )
 
 
@@ -181,7 +187,9 @@ class SessionSettings(BaseModel):
     scan_session: str | None = Field(
         default=None, description="UUID of the scanning session; a new one is made at each start when absent."
     )
-    batch_id: str | None = Field(default=None, description="Id of the active batch, e.g. PRTS_SRC_102_DAT_20260309_VER_A.")
+    batch_id: str | None = Field(
+        default=None, description="Id of the active batch, e.g. PRTS_SRC_102_DAT_20260309_VER_A."
+    )
     batch_title: str | None = Field(default=None, description="Title of the active batch, e.g. 20260309_02A.")
 
     @model_validator(mode="after")

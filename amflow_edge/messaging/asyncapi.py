@@ -34,8 +34,12 @@ REQUEST_EXAMPLES: dict[str, list[JsonObject]] = {
     "qc": [{"scan": _SCAN, "pass": False, "comment": "warped corner", "reasons": ["warp"], "operator": "badge-0417"}],
     "reevaluate": [{"scan": _SCAN, "profile": "strict"}],
     "session": [
-        {"action": "start", "batch": {"id": "PRTS_SRC_102_DAT_20260309_VER_A", "title": "Brackets, March"},
-         "designs": [{"design_material": _DESIGN, "mesh": "bracket.stl", "units": "mm"}], "output": {"id": 3}},
+        {
+            "action": "start",
+            "batch": {"id": "PRTS_SRC_102_DAT_20260309_VER_A", "title": "Brackets, March"},
+            "designs": [{"design_material": _DESIGN, "mesh": "bracket.stl", "units": "mm"}],
+            "output": {"id": 3},
+        },
         {"action": "end"},
     ],
 }
@@ -119,8 +123,9 @@ def _event_message(event: EventName, envelope: JsonObject) -> JsonObject:
     pinned = {"properties": {"hook": {"properties": {"event": {"const": event}}}}}
     text = f"AM-Vision 3.7 webhook payload of `{event}`: `hook` names the subscription and event, `data` is the scan."
     user_properties = {"event_id": {"description": _EVENT_ID, "format": "uuid", "type": "string"}}
-    return _message(event, f"{text} {_EVENT_ID}", {"allOf": [envelope, pinned]},
-                    **{"x-mqtt-user-properties": user_properties})
+    return _message(
+        event, f"{text} {_EVENT_ID}", {"allOf": [envelope, pinned]}, **{"x-mqtt-user-properties": user_properties}
+    )
 
 
 def _request_message(command: str, payload: JsonObject) -> JsonObject:
@@ -146,12 +151,16 @@ def _components(refs: SchemaRefs, schemas: JsonObject) -> JsonObject:
     messages: JsonObject = {
         "availability": availability,
         "state": _message("state", "What a dashboard needs at a glance.", refs[(StationState, "serialization")]),
-        "response": _message("response", "The answer to a request; `error` says what was wrong and how to fix it.",
-                             refs[(Response, "serialization")]),
+        "response": _message(
+            "response",
+            "The answer to a request; `error` says what was wrong and how to fix it.",
+            refs[(Response, "serialization")],
+        ),
     }
     messages |= {event: _event_message(event, refs[(Envelope, "serialization")]) for event in PUBLISHED_EVENTS}
-    messages |= {f"request.{name}": _request_message(name, refs[(model, "validation")])
-                 for name, model in COMMANDS.items()}
+    messages |= {
+        f"request.{name}": _request_message(name, refs[(model, "validation")]) for name, model in COMMANDS.items()
+    }
     parameters = {
         "prefix": {"default": "amflow", "description": "First topic level: config `mqtt.topic_prefix`."},
         "station": {"description": "Station id: config `station.id`.", "examples": ["station-1"]},
@@ -166,18 +175,28 @@ def _command(channels: JsonObject, operations: JsonObject, command: str) -> None
     channels[response] = _channel(f"response/{command}", f"Answers to `{command}` requests.", "response")
     reply = {"channel": _ref("channels", response), "messages": [_ref("channels", response, "messages", "message")]}
     operations[f"receive.{request}"] = _operation(
-        "receive", request, f"The station subscribes with QoS 1 in a persistent session, so `{command}` requests "
-        "sent while it is away wait for it.") | {"reply": reply}
+        "receive",
+        request,
+        f"The station subscribes with QoS 1 in a persistent session, so `{command}` requests "
+        "sent while it is away wait for it.",
+    ) | {"reply": reply}
     operations[f"send.{response}"] = _operation(
-        "send", response, f"Every `{command}` request is answered here, and also on the request's MQTT v5 "
-        "ResponseTopic with its CorrelationData when it set one.", retain=False)
+        "send",
+        response,
+        f"Every `{command}` request is answered here, and also on the request's MQTT v5 "
+        "ResponseTopic with its CorrelationData when it set one.",
+        retain=False,
+    )
 
 
 def _channels_and_operations() -> tuple[JsonObject, JsonObject]:
     channels: JsonObject = {
         "availability": _channel("availability", "Whether the station is connected (retained).", "availability"),
-        "state": _channel("state", "JSON summary of the station (retained); re-published on connect, "
-                          "periodically and on change.", "state"),
+        "state": _channel(
+            "state",
+            "JSON summary of the station (retained); re-published on connect, periodically and on change.",
+            "state",
+        ),
     }
     operations: JsonObject = {
         "send.availability": _operation("send", "availability", "Station availability, retained.", retain=True),
@@ -194,8 +213,13 @@ def _channels_and_operations() -> tuple[JsonObject, JsonObject]:
 def build_asyncapi() -> JsonObject:
     refs, schemas = _schemas()
     channels, operations = _channels_and_operations()
-    server = {"host": "127.0.0.1:1883", "protocol": "mqtt", "protocolVersion": "5", "description": "Example only: "
-              "a mosquitto on the station itself (the default mqtt.host and mqtt.port); use your plant broker."}
+    server = {
+        "host": "127.0.0.1:1883",
+        "protocol": "mqtt",
+        "protocolVersion": "5",
+        "description": "Example only: "
+        "a mosquitto on the station itself (the default mqtt.host and mqtt.port); use your plant broker.",
+    }
     return {
         "asyncapi": "3.0.0",
         "channels": channels,

@@ -71,8 +71,9 @@ class SessionDesign(BaseModel):
 
     model_config = _REQUEST
 
-    design_material: str = Field(pattern=DESIGN_MATERIAL, description="The design's id; its first 40 hex digits are "
-                                 "the SHA-1 of the mesh file.")
+    design_material: str = Field(
+        pattern=DESIGN_MATERIAL, description="The design's id; its first 40 hex digits are the SHA-1 of the mesh file."
+    )
     mesh: str | None = Field(
         default=None,
         min_length=1,

@@ -12,12 +12,12 @@ from pathlib import Path
 import structlog
 
 from amflow_edge.config.station import StationConfig
-from amflow_edge.storage.db import StationDb
 from amflow_edge.messaging.outbox import Outbox
 from amflow_edge.messaging.payload import EventName, envelope, to_wire
+from amflow_edge.messaging.topics import event_topic, hook_target
+from amflow_edge.storage.db import StationDb
 from amflow_edge.storage.record import ScanRecord
 from amflow_edge.storage.store import StoreError
-from amflow_edge.messaging.topics import event_topic, hook_target
 
 log = structlog.get_logger(__name__)
 
@@ -66,9 +66,7 @@ class Events:
         self._notify("scan.capture", record)
         return event_id
 
-    def update_scan(
-        self, scan_uuid: str, event: EventName, change: Callable[[ScanRecord], ScanRecord]
-    ) -> ScanRecord:
+    def update_scan(self, scan_uuid: str, event: EventName, change: Callable[[ScanRecord], ScanRecord]) -> ScanRecord:
         """Read, change and store a scan with the event that announces it, as one transaction.
 
         Updates are serialised so that scan.json, rewritten after the commit, always ends as the last state.

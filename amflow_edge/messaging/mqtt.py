@@ -71,14 +71,16 @@ def diagnose_connection(cfg: StationConfig, timeout_s: float = 3.0) -> str:
             with tls_context(cfg).wrap_socket(sock, server_hostname=cfg.mqtt.host):
                 return "TLS handshake succeeded; the broker closed the MQTT connection"
     except ssl.SSLCertVerificationError as exc:
-        return f"the broker's TLS certificate was not accepted: {exc.verify_message}; check mqtt.tls.ca_file and mqtt.host"
+        return (
+            f"the broker's TLS certificate was not accepted: {exc.verify_message}; check mqtt.tls.ca_file and mqtt.host"
+        )
     except ssl.SSLError as exc:
         return f"TLS failed: {exc.reason or exc}; is the port a TLS listener, and mqtt.tls right?"
     except ConnectionRefusedError:
         return "connection refused: no broker listens there; check mqtt.host and mqtt.port, and that the broker runs"
     except socket.gaierror as exc:
         return f"unknown host {cfg.mqtt.host!r}: {exc.strerror}; check mqtt.host and DNS"
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return "no answer (timeout): check the network path and firewall to the broker"
     except MqttSetupError as exc:
         return str(exc)
@@ -220,8 +222,11 @@ class StationMqtt:
         """Ready only once requests can reach us: a request sent after `connected` is set is never missed."""
         failed = [str(code) for code in reason_codes if code.is_failure]
         if failed:
-            log.error("the broker refused the request subscription; check its ACL", topic=self.request_prefix + "+",
-                      reasons=failed)
+            log.error(
+                "the broker refused the request subscription; check its ACL",
+                topic=self.request_prefix + "+",
+                reasons=failed,
+            )
         self.connected.set()
         log.info("connected to the MQTT broker", host=self._cfg.mqtt.host, port=self._cfg.mqtt.port)
         if self.on_connected is not None:
@@ -242,8 +247,12 @@ class StationMqtt:
         reason = diagnose_connection(self._cfg)
         if reason != self._last_failure:
             self._last_failure = reason
-            log.error("cannot connect to the MQTT broker; events wait in the outbox and the station keeps capturing",
-                      host=self._cfg.mqtt.host, port=self._cfg.mqtt.port, reason=reason)
+            log.error(
+                "cannot connect to the MQTT broker; events wait in the outbox and the station keeps capturing",
+                host=self._cfg.mqtt.host,
+                port=self._cfg.mqtt.port,
+                reason=reason,
+            )
 
     def _handle_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         if self.on_published is not None:

@@ -96,4 +96,6 @@ class Outbox:
     def replay(self, since: float) -> int:
         """Send again every event created since a moment (a subscriber lost its data); returns how many."""
         with self._db.transaction() as conn:
-            return conn.execute("UPDATE outbox SET sent = NULL WHERE sent IS NOT NULL AND created >= ?", (since,)).rowcount
+            return conn.execute(
+                "UPDATE outbox SET sent = NULL WHERE sent IS NOT NULL AND created >= ?", (since,)
+            ).rowcount

@@ -15,9 +15,9 @@ import time
 
 import structlog
 
-from amflow_edge.storage.db import StationDb
 from amflow_edge.messaging.mqtt import StationMqtt
 from amflow_edge.messaging.outbox import Outbox
+from amflow_edge.storage.db import StationDb
 
 log = structlog.get_logger(__name__)
 

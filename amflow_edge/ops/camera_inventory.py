@@ -55,6 +55,10 @@ def camera_check(cfg: StationConfig) -> CheckResult:
     missing = [f"{c.name} (serial {c.serial})" for c in cfg.cameras if c.serial not in present]
     if missing:
         seen = ", ".join(f"{c.serial} ({c.model})" for c in cameras) or "none"
-        return CheckResult(name="cameras", ok=False, detail=f"not connected: {', '.join(missing)}; connected: {seen}",
-                           fix="check cables and power; `amflow-edge cameras list --config FILE` shows serials")
+        return CheckResult(
+            name="cameras",
+            ok=False,
+            detail=f"not connected: {', '.join(missing)}; connected: {seen}",
+            fix="check cables and power; `amflow-edge cameras list --config FILE` shows serials",
+        )
     return CheckResult(name="cameras", ok=True, detail=f"all {len(cfg.cameras)} cameras connected")

@@ -78,20 +78,27 @@ def _file_problems(cfg: StationConfig) -> dict[str, list[str]]:
 
 def check_config(cfg: StationConfig, problems: list[str]) -> CheckResult:
     if problems:
-        return _fail("config", "\n".join(problems), "edit the station TOML; `amflow-edge check-config FILE` lists the same")
+        return _fail(
+            "config", "\n".join(problems), "edit the station TOML; `amflow-edge check-config FILE` lists the same"
+        )
     return _ok("config", f"station {cfg.station.id}, driver {cfg.rig.driver}, data root {cfg.station.data_root}")
 
 
 def check_calibration(cfg: StationConfig, problems: list[str]) -> CheckResult:
     if problems:
-        return _fail("calibration", "\n".join(problems),
-                     "copy each camera's calibration YAML to the path in [[cameras]] (or recalibrate)")
+        return _fail(
+            "calibration",
+            "\n".join(problems),
+            "copy each camera's calibration YAML to the path in [[cameras]] (or recalibrate)",
+        )
     return _ok("calibration", f"{len(cfg.cameras)} calibrations match their cameras' image size")
 
 
 def check_designs(cfg: StationConfig, problems: list[str]) -> CheckResult:
     if problems:
-        return _fail("designs", "\n".join(problems), f"fix {cfg.designs.library} or designs.library in the station TOML")
+        return _fail(
+            "designs", "\n".join(problems), f"fix {cfg.designs.library} or designs.library in the station TOML"
+        )
     try:
         library = DesignLibrary.load(cfg.designs.library)
         library.check_meshes()
@@ -101,6 +108,7 @@ def check_designs(cfg: StationConfig, problems: list[str]) -> CheckResult:
 
 
 # --- broker -------------------------------------------------------------------------------
+
 
 class NoMqttAnswer(Exception):
     """The connection (and TLS) worked, but what answered did not speak MQTT v5 to us."""
@@ -152,11 +160,17 @@ def check_broker(cfg: StationConfig, timeout_s: float = 3.0) -> CheckResult:
     except MqttSetupError as exc:
         return _fail("broker", str(exc), "fix mqtt.tls in the station TOML")
     except NoMqttAnswer as exc:
-        return _fail("broker", f"{where}: the connection works but no MQTT v5 broker answered CONNECT ({exc})",
-                     "check mqtt.port is the broker's MQTT listener (1883, or 8883 with TLS) and the broker speaks v5")
+        return _fail(
+            "broker",
+            f"{where}: the connection works but no MQTT v5 broker answered CONNECT ({exc})",
+            "check mqtt.port is the broker's MQTT listener (1883, or 8883 with TLS) and the broker speaks v5",
+        )
     except (OSError, ssl.SSLError):
-        return _fail("broker", f"{where}: {diagnose_connection(cfg, timeout_s)}",
-                     "check mqtt.host, mqtt.port and mqtt.tls, the network path and that the broker runs")
+        return _fail(
+            "broker",
+            f"{where}: {diagnose_connection(cfg, timeout_s)}",
+            "check mqtt.host, mqtt.port and mqtt.tls, the network path and that the broker runs",
+        )
     via = " over TLS (certificate verified)" if cfg.mqtt.tls is not None else ""
     user = f" as user {cfg.mqtt.username!r}" if cfg.mqtt.username is not None else " anonymously"
     if code == 0:
@@ -164,9 +178,11 @@ def check_broker(cfg: StationConfig, timeout_s: float = 3.0) -> CheckResult:
     fix = "check the broker's log for why it refused the station"
     if code in (0x86, 0x87, 0x8C):
         empty = cfg.mqtt.password is not None and not cfg.mqtt.password.get_secret_value()
-        fix = (f"check mqtt.username and the '{cfg.mqtt.password_credential}' credential "
-               f"({DEFAULT_CREDENTIALS_DIR / cfg.mqtt.password_credential}"
-               f"{', which is empty' if empty else ''}), and the broker's ACL for this user")
+        fix = (
+            f"check mqtt.username and the '{cfg.mqtt.password_credential}' credential "
+            f"({DEFAULT_CREDENTIALS_DIR / cfg.mqtt.password_credential}"
+            f"{', which is empty' if empty else ''}), and the broker's ACL for this user"
+        )
     return _fail("broker", f"{where}: the broker refused CONNECT{user}{via}: {reason}", fix)
 
 
@@ -207,20 +223,31 @@ def check_outbox(cfg: StationConfig) -> CheckResult:
         finally:
             db.close()
     except sqlite3.Error as exc:
-        return _fail("outbox", f"cannot read {path}: {exc}",
-                     "run the doctor as root or as amflow-edge; a corrupt file can be moved aside (it is rebuilt "
-                     "from the scans)")
+        return _fail(
+            "outbox",
+            f"cannot read {path}: {exc}",
+            "run the doctor as root or as amflow-edge; a corrupt file can be moved aside (it is rebuilt "
+            "from the scans)",
+        )
     age = stats.oldest_unsent_age_s or 0.0
-    detail = (f"{stats.backlog} unsent (oldest {age:.0f} s), {stats.failed_attempts} refused by the broker at least "
-              f"once, {stats.sent} acknowledged kept")
+    detail = (
+        f"{stats.backlog} unsent (oldest {age:.0f} s), {stats.failed_attempts} refused by the broker at least "
+        f"once, {stats.sent} acknowledged kept"
+    )
     bounds = cfg.outbox
     if stats.backlog >= bounds.max_backlog_events or age >= bounds.max_backlog_age_s:
-        return _fail("outbox", detail + f"; at the bound ({bounds.max_backlog_events} events or "
-                     f"{bounds.max_backlog_age_s:.0f} s): capture is paused",
-                     "get the station's events to the broker (see the broker row); capture resumes by itself")
+        return _fail(
+            "outbox",
+            detail + f"; at the bound ({bounds.max_backlog_events} events or "
+            f"{bounds.max_backlog_age_s:.0f} s): capture is paused",
+            "get the station's events to the broker (see the broker row); capture resumes by itself",
+        )
     if stats.backlog and age >= STALE_EVENT_S:
-        return _warn("outbox", detail + "; events are not leaving the station",
-                     "check the broker row and `journalctl -u amflow-edge` for the relay's errors")
+        return _warn(
+            "outbox",
+            detail + "; events are not leaving the station",
+            "check the broker row and `journalctl -u amflow-edge` for the relay's errors",
+        )
     return _ok("outbox", detail)
 
 
@@ -228,8 +255,11 @@ def check_disk(cfg: StationConfig) -> CheckResult:
     disk = cfg.disk
     root = cfg.station.data_root
     if not root.is_dir():
-        return _fail("disk", f"data root {root} does not exist",
-                     "create it (systemd-tmpfiles --create /etc/tmpfiles.d/amflow-edge.conf) or fix station.data_root")
+        return _fail(
+            "disk",
+            f"data root {root} does not exist",
+            "create it (systemd-tmpfiles --create /etc/tmpfiles.d/amflow-edge.conf) or fix station.data_root",
+        )
     guard = DiskGuard(root, disk.min_free_bytes, disk.resume_free_bytes)
     reason = guard.reason()
     if reason is not None:
@@ -238,25 +268,37 @@ def check_disk(cfg: StationConfig) -> CheckResult:
     st = os.statvfs(root)
     detail = f"{format_bytes(free)} free of {format_bytes(st.f_blocks * st.f_frsize)} on {root}"
     if free < disk.resume_free_bytes:
-        return _warn("disk", detail + f", under the resume mark ({format_bytes(disk.resume_free_bytes)})",
-                     "move or expire old scans before capture pauses")
+        return _warn(
+            "disk",
+            detail + f", under the resume mark ({format_bytes(disk.resume_free_bytes)})",
+            "move or expire old scans before capture pauses",
+        )
     return _ok("disk", detail + f" (capture pauses below {format_bytes(disk.min_free_bytes)})")
 
 
 def check_backup(cfg: StationConfig) -> CheckResult:
     backup = cfg.backup
     if backup.path is None:
-        return _warn("backup", "not configured: scans stay on the data root until it is full",
-                     "mount a backup disk and set backup.path (or let the plant collect scans)")
+        return _warn(
+            "backup",
+            "not configured: scans stay on the data root until it is full",
+            "mount a backup disk and set backup.path (or let the plant collect scans)",
+        )
     if not backup.path.is_dir():
-        return _fail("backup", f"{backup.path} does not exist (is the backup disk mounted?)",
-                     f"mount the disk and create the directory: install -d -o amflow-edge -g amflow-edge {backup.path}")
+        return _fail(
+            "backup",
+            f"{backup.path} does not exist (is the backup disk mounted?)",
+            f"mount the disk and create the directory: install -d -o amflow-edge -g amflow-edge {backup.path}",
+        )
     free = DiskGuard(backup.path, 0, 0).free_bytes()
     detail = f"{backup.path}: {format_bytes(free)} free; scans older than {backup.after_s:.0f} s are moved there"
     root = cfg.station.data_root
     if root.exists() and os.stat(root).st_dev == os.stat(backup.path).st_dev:
-        return _warn("backup", detail + f"; it is on the same file system as {root}",
-                     "a copy on the same disk is no backup: point backup.path at another disk")
+        return _warn(
+            "backup",
+            detail + f"; it is on the same file system as {root}",
+            "a copy on the same disk is no backup: point backup.path at another disk",
+        )
     return _ok("backup", detail)
 
 
@@ -269,8 +311,13 @@ def clock_synchronised() -> bool | None:
         return True
     if SYSTEMD_RUNNING.is_dir() and shutil.which("timedatectl"):
         try:
-            out = subprocess.run(["timedatectl", "show", "--property=NTPSynchronized", "--value"],
-                                 capture_output=True, text=True, timeout=5.0, check=False)
+            out = subprocess.run(
+                ["timedatectl", "show", "--property=NTPSynchronized", "--value"],
+                capture_output=True,
+                text=True,
+                timeout=5.0,
+                check=False,
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         answer = out.stdout.strip()
@@ -283,16 +330,25 @@ def check_clock(cfg: StationConfig, synchronised: bool | None) -> CheckResult:
     try:
         zone = ZoneInfo(cfg.station.timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        return _fail("clock", f"time zone {cfg.station.timezone!r} is not in this system's time zone database",
-                     "install tzdata (apt-get install tzdata) or fix station.timezone")
+        return _fail(
+            "clock",
+            f"time zone {cfg.station.timezone!r} is not in this system's time zone database",
+            "install tzdata (apt-get install tzdata) or fix station.timezone",
+        )
     now = datetime.now(zone)
     where = f"{cfg.station.timezone} (now {now.isoformat(timespec='seconds')})"
     if synchronised is None:
-        return _warn("clock", f"{where}; synchronisation unknown (no systemd-timesyncd or timedatectl here)",
-                     "make sure NTP runs (chrony or systemd-timesyncd): scan timestamps go to the MES")
+        return _warn(
+            "clock",
+            f"{where}; synchronisation unknown (no systemd-timesyncd or timedatectl here)",
+            "make sure NTP runs (chrony or systemd-timesyncd): scan timestamps go to the MES",
+        )
     if not synchronised:
-        return _fail("clock", f"{where}; the system clock is NOT synchronised",
-                     "enable NTP (timedatectl set-ntp true, or chrony) and check the NTP server is reachable")
+        return _fail(
+            "clock",
+            f"{where}; the system clock is NOT synchronised",
+            "enable NTP (timedatectl set-ntp true, or chrony) and check the NTP server is reachable",
+        )
     return _ok("clock", f"{where}; system clock synchronised")
 
 
@@ -300,8 +356,11 @@ def check_cameras(cfg: StationConfig, camera_check: CameraCheck | None) -> Check
     if cfg.rig.driver == "mock":
         return _ok("cameras", "mock driver")
     if camera_check is None:
-        return _warn("cameras", f"not checked: no camera enumeration for driver {cfg.rig.driver!r} in this build",
-                     "start the station and look for the cameras' serials in its log")
+        return _warn(
+            "cameras",
+            f"not checked: no camera enumeration for driver {cfg.rig.driver!r} in this build",
+            "start the station and look for the cameras' serials in its log",
+        )
     return camera_check(cfg)
 
 
@@ -312,8 +371,11 @@ def _guarded(name: str, check: Callable[[], CheckResult]) -> CheckResult:
     try:
         return check()
     except Exception as exc:
-        return _fail(name, f"the check itself failed: {type(exc).__name__}: {exc}",
-                     "report this with the output of `amflow-edge doctor`")
+        return _fail(
+            name,
+            f"the check itself failed: {type(exc).__name__}: {exc}",
+            "report this with the output of `amflow-edge doctor`",
+        )
 
 
 def run_checks(
@@ -390,4 +452,3 @@ def render_table(results: list[CheckResult]) -> str:
 def exit_code(results: list[CheckResult]) -> int:
     """0 when nothing failed (warnings included), 1 otherwise: usable in scripts and monitoring."""
     return 1 if any(not r.ok for r in results) else 0
-

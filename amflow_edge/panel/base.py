@@ -46,7 +46,7 @@ def deliver(on_press: OnPress, press: ButtonPress) -> None:
     """Hand a press over; a failing handler is logged and must never end the source's thread."""
     try:
         on_press(press)
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("button press handler failed", source=press.source, action=press.action)
 
 

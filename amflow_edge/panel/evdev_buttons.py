@@ -33,7 +33,6 @@ POLL_S = 0.2
 KEY_DOWN = 1
 
 
-
 def resolve_keys(settings: EvdevButtons) -> dict[int, Binding]:
     """Key code → what it means; raises PanelConfigError at start rather than ignore a mistyped key forever."""
     device = str(settings.device)
@@ -84,19 +83,36 @@ def describe(exc: BaseException) -> Trouble:
     detail = str(exc)
     code = exc.errno if isinstance(exc, OSError) else None
     if isinstance(exc, FileNotFoundError):
-        return Trouble("not found", "is the pedal plugged in? `ls -l /dev/input/by-id` lists stable device paths; "
-                       "set the buttons' device to the one ending in -event-kbd", detail)
+        return Trouble(
+            "not found",
+            "is the pedal plugged in? `ls -l /dev/input/by-id` lists stable device paths; "
+            "set the buttons' device to the one ending in -event-kbd",
+            detail,
+        )
     if isinstance(exc, PermissionError):
-        return Trouble("permission denied", "the service user needs the 'input' group (usermod -aG input USER), "
-                       "and under systemd DeviceAllow=char-input r", detail, "error")
+        return Trouble(
+            "permission denied",
+            "the service user needs the 'input' group (usermod -aG input USER), "
+            "and under systemd DeviceAllow=char-input r",
+            detail,
+            "error",
+        )
     if code in (errno.ENODEV, errno.ENXIO):
         return Trouble("unplugged", "plug the device back in; it is reopened automatically", detail)
     if code == errno.EBUSY:
-        return Trouble("grabbed by another program", "another process holds the device (another amflow-edge, "
-                       "evtest --grab); stop it, or set grab = false", detail, "error")
+        return Trouble(
+            "grabbed by another program",
+            "another process holds the device (another amflow-edge, evtest --grab); stop it, or set grab = false",
+            detail,
+            "error",
+        )
     if code in (errno.ENOTTY, errno.EINVAL):
-        return Trouble("not an input event device", "point the device at /dev/input/by-id/…-event-kbd "
-                       "(not a hidraw, mouse or js node)", detail, "error")
+        return Trouble(
+            "not an input event device",
+            "point the device at /dev/input/by-id/…-event-kbd (not a hidraw, mouse or js node)",
+            detail,
+            "error",
+        )
     if isinstance(exc, OSError):
         return Trouble(errno.errorcode.get(code or 0, "OSError"), "check the device with `evtest <device>`", detail)
     return unexpected(exc)
@@ -111,8 +127,13 @@ class EvdevButtonSource:
 
     def run(self, on_press: OnPress, stop: threading.Event) -> None:
         """Read until `stop`, reopening the device with backoff whenever it is missing or fails."""
-        keep_open(self._device, self._settings.reopen_max_backoff_s,
-                  lambda reopen: self._session(on_press, stop, reopen), describe, stop)
+        keep_open(
+            self._device,
+            self._settings.reopen_max_backoff_s,
+            lambda reopen: self._session(on_press, stop, reopen),
+            describe,
+            stop,
+        )
 
     def _session(self, on_press: OnPress, stop: threading.Event, reopen: Reopener) -> None:
         device = evdev.InputDevice(self._device)
@@ -136,8 +157,6 @@ class EvdevButtonSource:
                         deliver(on_press, press)
         finally:
             _release(device, grabbed)
-
-
 
 
 def _release(device: evdev.InputDevice, grabbed: bool) -> None:

@@ -26,7 +26,6 @@ POLL = timedelta(seconds=0.2)
 BIASES = {"as-is": Bias.AS_IS, "pull-up": Bias.PULL_UP, "pull-down": Bias.PULL_DOWN, "disabled": Bias.DISABLED}
 
 
-
 class UnknownLine(LookupError):
     """A configured line the chip does not have; kept apart from OSError so it is not mistaken for a missing chip."""
 
@@ -77,21 +76,39 @@ def describe(exc: BaseException, chip: str) -> Trouble:
     detail = str(exc)
     code = exc.errno if isinstance(exc, OSError) else None
     if isinstance(exc, UnknownLine):
-        return Trouble("unknown line", f"`gpioinfo {chip}` lists the chip's line names and offsets; "
-                       "fix the setting", detail, "error")
+        return Trouble(
+            "unknown line",
+            f"`gpioinfo {chip}` lists the chip's line names and offsets; fix the setting",
+            detail,
+            "error",
+        )
     if isinstance(exc, FileNotFoundError):
         return Trouble("not found", "`gpiodetect` lists the GPIO chips; set chip to one of /dev/gpiochipN", detail)
     if isinstance(exc, PermissionError):
-        return Trouble("permission denied", "the service user needs access to the chip (the 'gpio' group or a "
-                       "udev rule), and under systemd DeviceAllow=char-gpiochip rw", detail, "error")
+        return Trouble(
+            "permission denied",
+            "the service user needs access to the chip (the 'gpio' group or a "
+            "udev rule), and under systemd DeviceAllow=char-gpiochip rw",
+            detail,
+            "error",
+        )
     if code in (errno.ENODEV, errno.ENOTTY, errno.ENXIO):
         return Trouble("not a GPIO chip", "`gpiodetect` lists the GPIO chips; set chip to one of them", detail, "error")
     if code == errno.EBUSY:
-        return Trouble("line busy", f"`gpioinfo {chip}` shows which consumer holds the line (a driver, a sysfs "
-                       "export, gpiomon); free it", detail, "error")
+        return Trouble(
+            "line busy",
+            f"`gpioinfo {chip}` shows which consumer holds the line (a driver, a sysfs export, gpiomon); free it",
+            detail,
+            "error",
+        )
     if code in (errno.EINVAL, errno.EOPNOTSUPP):
-        return Trouble("line settings refused", "the chip refused bias, debounce or the realtime event clock "
-                       "(kernel >= 5.11); try bias = 'as-is' or debounce_ms = 0", detail, "error")
+        return Trouble(
+            "line settings refused",
+            "the chip refused bias, debounce or the realtime event clock "
+            "(kernel >= 5.11); try bias = 'as-is' or debounce_ms = 0",
+            detail,
+            "error",
+        )
     if isinstance(exc, OSError):
         return Trouble(errno.errorcode.get(code or 0, "OSError"), f"check the chip with `gpioinfo {chip}`", detail)
     return unexpected(exc)
@@ -105,8 +122,13 @@ class GpiodButtonSource:
 
     def run(self, on_press: OnPress, stop: threading.Event) -> None:
         """Wait for edges until `stop`, re-requesting the lines with backoff whenever that fails."""
-        keep_open(self._chip, self._settings.reopen_max_backoff_s,
-                  lambda reopen: self._session(on_press, stop, reopen), lambda exc: describe(exc, self._chip), stop)
+        keep_open(
+            self._chip,
+            self._settings.reopen_max_backoff_s,
+            lambda reopen: self._session(on_press, stop, reopen),
+            lambda exc: describe(exc, self._chip),
+            stop,
+        )
 
     def _session(self, on_press: OnPress, stop: threading.Event, reopen: Reopener) -> None:
         settings = self._settings
@@ -126,5 +148,3 @@ class GpiodButtonSource:
                     press = edge_to_press(event, bindings)
                     if press is not None:
                         deliver(on_press, press)
-
-

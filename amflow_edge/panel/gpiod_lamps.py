@@ -67,14 +67,24 @@ def describe(exc: BaseException, chip: str) -> Trouble:
     detail = str(exc)
     code = exc.errno if isinstance(exc, OSError) else None
     if isinstance(exc, FileNotFoundError):
-        return Trouble("not found", "`gpiodetect` lists the GPIO chips; set lamps.chip to one of /dev/gpiochipN",
-                       detail)
+        return Trouble(
+            "not found", "`gpiodetect` lists the GPIO chips; set lamps.chip to one of /dev/gpiochipN", detail
+        )
     if isinstance(exc, PermissionError):
-        return Trouble("permission denied", "the service user needs access to the chip (the 'gpio' group or a "
-                       "udev rule), and under systemd DeviceAllow=char-gpiochip rw", detail, "error")
+        return Trouble(
+            "permission denied",
+            "the service user needs access to the chip (the 'gpio' group or a "
+            "udev rule), and under systemd DeviceAllow=char-gpiochip rw",
+            detail,
+            "error",
+        )
     if isinstance(exc, ValueError) or code == errno.ENOENT:
-        return Trouble("unknown line", f"`gpioinfo {chip}` lists the chip's line names and offsets; fix the lamp "
-                       "lines", detail, "error")
+        return Trouble(
+            "unknown line",
+            f"`gpioinfo {chip}` lists the chip's line names and offsets; fix the lamp lines",
+            detail,
+            "error",
+        )
     if code == errno.EBUSY:
         return Trouble("line busy", f"`gpioinfo {chip}` shows which consumer holds the line; free it", detail, "error")
     if code in (errno.ENODEV, errno.ENOTTY, errno.ENXIO):
@@ -171,8 +181,13 @@ class GpiodLampPanel:
             return
         self._cause = trouble.cause
         emit = log.error if trouble.level == "error" else log.warning
-        emit("lamps unavailable; the station runs without them", chip=self._chip, cause=trouble.cause,
-             fix=trouble.fix, error=trouble.detail)
+        emit(
+            "lamps unavailable; the station runs without them",
+            chip=self._chip,
+            cause=trouble.cause,
+            fix=trouble.fix,
+            error=trouble.detail,
+        )
 
     def _release(self) -> None:
         request, self._request = self._request, None

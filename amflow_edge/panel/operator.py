@@ -16,9 +16,9 @@ from typing import Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from amflow_edge.qc.decisions import DecisionError, Decisions
-from amflow_edge.panel.base import ButtonPress, Lamps, LampSignal
 from amflow_edge.messaging.payload import EventName, Scan
+from amflow_edge.panel.base import ButtonPress, Lamps, LampSignal
+from amflow_edge.qc.decisions import DecisionError, Decisions
 from amflow_edge.storage.record import ScanRecord
 
 log = structlog.get_logger(__name__)
@@ -147,17 +147,31 @@ class OperatorPanel:
         with self._lock:
             since = time.monotonic() - self._decided_at
             if since < self._lockout_s:
-                log.info("button press ignored: within the lockout after a decision", action=press.action,
-                         button=press.source, seconds_since_decision=round(since, 3))
+                log.info(
+                    "button press ignored: within the lockout after a decision",
+                    action=press.action,
+                    button=press.source,
+                    seconds_since_decision=round(since, 3),
+                )
                 return None
             awaited = self.view().awaiting_decision
             if awaited is None:
-                log.info("button press ignored: no scan awaits a decision", action=press.action, button=press.source,
-                         policy=self._policy)
+                log.info(
+                    "button press ignored: no scan awaits a decision",
+                    action=press.action,
+                    button=press.source,
+                    policy=self._policy,
+                )
                 return None
             try:
-                return self._decisions.decide(awaited, press.action == "approve", source="button",
-                                              device=press.source, at=press.at, only_if_undecided=True)
+                return self._decisions.decide(
+                    awaited,
+                    press.action == "approve",
+                    source="button",
+                    device=press.source,
+                    at=press.at,
+                    only_if_undecided=True,
+                )
             except DecisionError as exc:
                 log.error("button press not applied", scan=awaited, error=str(exc))
                 return None

@@ -14,8 +14,8 @@ import structlog
 
 from amflow_edge.messaging.events import Events
 from amflow_edge.messaging.payload import timestamp
-from amflow_edge.qc.rules import with_operator_decision
 from amflow_edge.qc.reasons import ReasonCatalogue
+from amflow_edge.qc.rules import with_operator_decision
 from amflow_edge.storage.record import OperatorDecisionRecord, ScanRecord
 
 log = structlog.get_logger(__name__)
@@ -73,7 +73,15 @@ class Decisions:
         try:
             record = self._events.update_scan(scan_uuid, "scan.quality_control", change)
         except KeyError:
-            raise DecisionError(f"scan {scan_uuid} is not known to this station; send the uuid of a stored scan") from None
-        log.info("operator decided", scan=scan_uuid, qc_operator=passed, source=source, device=device,
-                 qc_pass=record.scan.qc_pass)
+            raise DecisionError(
+                f"scan {scan_uuid} is not known to this station; send the uuid of a stored scan"
+            ) from None
+        log.info(
+            "operator decided",
+            scan=scan_uuid,
+            qc_operator=passed,
+            source=source,
+            device=device,
+            qc_pass=record.scan.qc_pass,
+        )
         return record

@@ -13,8 +13,8 @@ from typing import get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from amflow_edge.inspection.profiles import Reason
 from amflow_edge.common.shipped import QC_REASONS
+from amflow_edge.inspection.profiles import Reason
 
 DEFAULT_REASONS = QC_REASONS
 REASON_ID = r"^[a-z][a-z0-9_]{0,63}$"
@@ -55,7 +55,9 @@ class ReasonCatalogue(BaseModel):
         categories = {c.id for c in self.categories}
         for reason in self.reasons:
             if reason.category not in categories:
-                problems.append(f"reason {reason.id!r}: unknown category {reason.category!r}; add a [[category]] for it")
+                problems.append(
+                    f"reason {reason.id!r}: unknown category {reason.category!r}; add a [[category]] for it"
+                )
         missing = sorted(set(get_args(Reason)) - self.ids)
         if missing:
             problems.append(f"the inspection reports {', '.join(missing)}; keep a [[reason]] for each")
@@ -76,7 +78,9 @@ def load_reasons(path: Path | None = None) -> ReasonCatalogue:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ReasonCatalogueError(f"{path}: not found; set qc.reasons to a catalogue file, or remove it for the default")
+        raise ReasonCatalogueError(
+            f"{path}: not found; set qc.reasons to a catalogue file, or remove it for the default"
+        )
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ReasonCatalogueError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
     try:

@@ -97,7 +97,9 @@ def build_station(
         DiskGuard(cfg.station.data_root, cfg.disk.min_free_bytes, cfg.disk.resume_free_bytes),
     )
     capture_heartbeat = Heartbeat("capture loop", cfg.watchdog.capture_silent_s)
-    loop = CaptureLoop(cfg, driver, store, announcer=events, sessions=sessions, pause=pause, heartbeat=capture_heartbeat)
+    loop = CaptureLoop(
+        cfg, driver, store, announcer=events, sessions=sessions, pause=pause, heartbeat=capture_heartbeat
+    )
     service = StationService(
         cfg,
         events=events,

@@ -12,8 +12,8 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
-from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -21,13 +21,13 @@ import structlog
 
 from amflow_edge import __version__
 from amflow_edge.config.station import StationConfig
-from amflow_edge.storage.db import DatabaseError
-from amflow_edge.ops.watchdog import Heartbeat
-from amflow_edge.messaging.payload import Assignment, new_scan, timestamp
-from amflow_edge.storage.record import CameraShotRecord, ScanRecord, StationMetadata
-from amflow_edge.station.session import ScanningSession
-from amflow_edge.storage.store import ScanStore, StoreError, image_file
 from amflow_edge.drivers.base import CameraDriver, DriverError, GrabError, HardwareTriggered, Shot
+from amflow_edge.messaging.payload import Assignment, new_scan, timestamp
+from amflow_edge.ops.watchdog import Heartbeat
+from amflow_edge.station.session import ScanningSession
+from amflow_edge.storage.db import DatabaseError
+from amflow_edge.storage.record import CameraShotRecord, ScanRecord, StationMetadata
+from amflow_edge.storage.store import ScanStore, StoreError, image_file
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +42,7 @@ class CaptureResult:
 @dataclass
 class Trigger:
     source: str
-    at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
     design_material: str | None = None
     assignment: Assignment | None = None
     done: Callable[[CaptureResult], None] | None = None
@@ -69,7 +69,9 @@ def check_shot(shot: Shot, cfg: StationConfig) -> None:
             continue
         image = frame.image
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 2:
-            problems.append(f"{camera.name}: expected a 2-D uint8 Mono8 image, got {getattr(image, 'dtype', type(image))}")
+            problems.append(
+                f"{camera.name}: expected a 2-D uint8 Mono8 image, got {getattr(image, 'dtype', type(image))}"
+            )
         elif image.shape != (camera.height, camera.width):
             problems.append(
                 f"{camera.name}: expected {camera.width}×{camera.height}, got {image.shape[1]}×{image.shape[0]}"
@@ -174,7 +176,7 @@ class CaptureLoop:
     def _wait_for_pulse(self, stop: threading.Event) -> None:
         """Hardware trigger: the part-present sensor fires the cameras; a scan starts when their frames arrive."""
         assert isinstance(self._driver, HardwareTriggered)
-        captured_at = datetime.now(timezone.utc)
+        captured_at = datetime.now(UTC)
         try:
             shot = self._driver.wait_shot(0.2)
             if shot is not None:
@@ -198,7 +200,7 @@ class CaptureLoop:
         scan_uuid = str(uuid.uuid1())
         with structlog.contextvars.bound_contextvars(scan=scan_uuid):
             try:
-                captured_at = trigger.at if shot is not None else datetime.now(timezone.utc)
+                captured_at = trigger.at if shot is not None else datetime.now(UTC)
                 if shot is None:
                     self._driver.trigger()
                     shot = self._driver.grab(self._cfg.rig.grab_timeout_s)

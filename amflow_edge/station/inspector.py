@@ -142,8 +142,13 @@ class Inspector:
         record = self._set_verdict(
             scan_uuid, str(report.id), report.qc_machine, report.qc_needs_review, list(report.qc_reasons)
         )
-        log.info("scan inspected", scan=scan_uuid, qc_machine=report.qc_machine,
-                 qc_needs_review=report.qc_needs_review, qc_reasons=list(report.qc_reasons))
+        log.info(
+            "scan inspected",
+            scan=scan_uuid,
+            qc_machine=report.qc_machine,
+            qc_needs_review=report.qc_needs_review,
+            qc_reasons=list(report.qc_reasons),
+        )
         return record
 
     def apply_failure(self, scan_uuid: str) -> ScanRecord:

@@ -81,7 +81,11 @@ class StationService:
         self.retention: Retention | None = None
         if cfg.backup.path is not None:
             self.backup = BackupMover(
-                scans_dir, cfg.backup.path, cfg.backup.after_s, self._eligible, self._mark_backed_up,
+                scans_dir,
+                cfg.backup.path,
+                cfg.backup.after_s,
+                self._eligible,
+                self._mark_backed_up,
                 hold=lambda _uuid: events.holding(),
             )
             if cfg.disk.retention_days is not None:

@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfo
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from amflow_edge.messaging.command_models import SessionDesign
-from amflow_edge.config.station import StationConfig
 from amflow_edge.common.durable import remove_durably, replace_durably
+from amflow_edge.config.station import StationConfig
+from amflow_edge.messaging.command_models import SessionDesign
 from amflow_edge.messaging.payload import Batch, Output, timestamp
 
 log = structlog.get_logger(__name__)
@@ -62,11 +62,15 @@ class SessionKeeper:
         except FileNotFoundError:
             return None
         except (OSError, ValidationError) as exc:
-            log.error("the saved session is unreadable; starting the default session", path=str(self._path),
-                      error=str(exc))
+            log.error(
+                "the saved session is unreadable; starting the default session", path=str(self._path), error=str(exc)
+            )
             return None
-        log.info("resuming the scanning session", scan_session=session.scan_session,
-                 batch=session.batch.id if session.batch else None)
+        log.info(
+            "resuming the scanning session",
+            scan_session=session.scan_session,
+            batch=session.batch.id if session.batch else None,
+        )
         return session
 
     @property

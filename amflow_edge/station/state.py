@@ -6,11 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from amflow_edge.messaging.outbox import OutboxStats
-from amflow_edge.panel.operator import OperatorView
-from amflow_edge.messaging.payload import Batch, Output
 from amflow_edge.drivers.base import CameraHealth
-
+from amflow_edge.messaging.outbox import OutboxStats
+from amflow_edge.messaging.payload import Batch, Output
+from amflow_edge.panel.operator import OperatorView
 
 Mode = Literal["starting", "running", "paused", "stopping"]
 
@@ -22,9 +21,7 @@ class StationState(BaseModel):
 
     station: str = Field(description="Station id.")
     version: str = Field(description="amflow-edge version.")
-    mode: Mode = Field(
-        description="What the daemon is doing; 'paused' means it refuses scans, see paused_reason."
-    )
+    mode: Mode = Field(description="What the daemon is doing; 'paused' means it refuses scans, see paused_reason.")
     paused_reason: str | None = Field(description="Why the station refuses scans, and what to do.")
     broker_connected: bool = Field(description="Whether the station is connected to the broker.")
     outbox: OutboxStats = Field(description="Events not yet acknowledged by the broker.")
@@ -33,7 +30,9 @@ class StationState(BaseModel):
     scan_session: str = Field(description="UUID of the current scanning session.")
     batch: Batch | None = Field(description="The batch of the current session, if any.")
     output: Output | None = Field(description="The output of the current session, if any.")
-    operator: OperatorView = Field(description="The operator panel: the lamps' signal and the scan awaiting a decision.")
+    operator: OperatorView = Field(
+        description="The operator panel: the lamps' signal and the scan awaiting a decision."
+    )
     cameras: list[CameraHealth] = Field(description="Health of each camera.")
     scans_stored: int = Field(description="Scans stored since start.")
     scans_failed: int = Field(description="Triggers that produced no scan since start.")

@@ -122,7 +122,9 @@ class Station:
             log.warning("this camera driver cannot take empty-tray references; scans are not inspected")
             return
         shot = self.driver.grab_reference(self.cfg.rig.grab_timeout_s)
-        path = self.store.write_reference(scan_session or self.scan_session, {n: f.image for n, f in shot.frames.items()})
+        path = self.store.write_reference(
+            scan_session or self.scan_session, {n: f.image for n, f in shot.frames.items()}
+        )
         log.info("empty-tray references stored", path=str(path))
 
     def switch_session(self, session: ScanningSession, designs: list[Design]) -> None:
@@ -131,8 +133,12 @@ class Station:
             self.capture_reference(session.scan_session)
         self.sessions.replace(session)
         self.catalogue.use(designs)
-        log.info("scanning session changed", scan_session=session.scan_session,
-                 batch=session.batch.id if session.batch else None, designs=len(designs))
+        log.info(
+            "scanning session changed",
+            scan_session=session.scan_session,
+            batch=session.batch.id if session.batch else None,
+            designs=len(designs),
+        )
         self.publish_state()
 
     def supervise(self) -> None:
@@ -163,14 +169,20 @@ class Station:
         if self.inspector is None:
             return 0
         pending = [
-            r for r in self.events.recent_records(limit)
-            if r.scan.inspectionreport is None and r.scan.qc_machine is None and not r.scan.qc_needs_review
+            r
+            for r in self.events.recent_records(limit)
+            if r.scan.inspectionreport is None
+            and r.scan.qc_machine is None
+            and not r.scan.qc_needs_review
             and r.scan.qc_operator is None
         ]
         gone = [r.scan.uuid for r in pending if not self.store.directory_of(r).is_dir()]
         if gone:
-            log.error("uninspected scans whose directories are gone (moved or deleted by hand); not inspected",
-                      count=len(gone), scans=gone[:10])
+            log.error(
+                "uninspected scans whose directories are gone (moved or deleted by hand); not inspected",
+                count=len(gone),
+                scans=gone[:10],
+            )
             pending = [r for r in pending if r.scan.uuid not in gone]
         for record in pending:
             self.inspect(record)
@@ -185,8 +197,9 @@ class Station:
         try:
             job = self.jobs.for_scan(record)
         except LookupError as exc:
-            log.warning("scan cannot be inspected; it needs an operator's review", scan=record.scan.uuid,
-                        reason=str(exc))
+            log.warning(
+                "scan cannot be inspected; it needs an operator's review", scan=record.scan.uuid, reason=str(exc)
+            )
             self.inspector.apply_failure(record.scan.uuid)
             return
         self.inspector.submit(job)
@@ -232,8 +245,12 @@ class Station:
         for index, source in enumerate(self.buttons):
             self._spawn(f"button-{index}", source.run, self.panel.press, self.stop_event)
         if options.timer and self.cfg.capture.timer_interval_s is not None:
-            self._spawn("timer", self._every, self.cfg.capture.timer_interval_s,
-                        lambda: self.loop.submit(Trigger(source="timer")))
+            self._spawn(
+                "timer",
+                self._every,
+                self.cfg.capture.timer_interval_s,
+                lambda: self.loop.submit(Trigger(source="timer")),
+            )
         log.info(
             "station running",
             station=self.cfg.station.id,
@@ -256,8 +273,9 @@ class Station:
         if self.inspector is not None:
             self.inspector.close()  # inspections under way finish and queue their events
         if self.mqtt.connected.is_set() and not self.relay.drain(flush_timeout_s):
-            log.warning("events still queued at stop; they are sent at the next start",
-                        backlog=self.outbox.stats().backlog)
+            log.warning(
+                "events still queued at stop; they are sent at the next start", backlog=self.outbox.stats().backlog
+            )
         self._mode = "stopping"
         self.publish_state()
         self.relay.stop()

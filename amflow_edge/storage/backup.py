@@ -33,7 +33,7 @@ import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -221,8 +221,9 @@ class BackupMover:
                 self._step("marked", name)
                 discard_scan(self.scans_dir, name, lambda: self._step("discarding", name))
                 return True
-        log.error("backup copy differs from the original; removing the copy, the original is kept",
-                  scan=name, copy=str(copy))
+        log.error(
+            "backup copy differs from the original; removing the copy, the original is kept", scan=name, copy=str(copy)
+        )
         self.staging_dir.mkdir(exist_ok=True)
         bad = self.staging_dir / name
         _remove(bad)
@@ -242,7 +243,7 @@ class BackupMover:
 
     def candidates(self, now: datetime | None = None) -> list[str]:
         """Scans old enough and eligible, oldest first."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         dated: list[tuple[datetime, str]] = []
         for name in self._scan_names(self.scans_dir):
             try:
@@ -315,8 +316,14 @@ class BackupMover:
             self._mark(name, final)
             self._step("marked", name)
             discard_scan(self.scans_dir, name, lambda: self._step("discarding", name))
-        log.info("scan moved to backup", scan=name, path=str(final), files=len(hashes),
-                 bytes=sum(size for size, _, _ in before.values()), seconds=round(time.monotonic() - started, 2))
+        log.info(
+            "scan moved to backup",
+            scan=name,
+            path=str(final),
+            files=len(hashes),
+            bytes=sum(size for size, _, _ in before.values()),
+            seconds=round(time.monotonic() - started, 2),
+        )
         return final
 
     def _check_room(self, name: str, original: Path, snapshot: dict[str, tuple[int, int, int]]) -> None:
@@ -349,11 +356,15 @@ class BackupMover:
     def _explain(self, exc: OSError, name: str) -> str:
         where = exc.filename or self.backup_dir
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return (f"backup disk full while copying scan {name} to {where}: free space in {self.backup_dir} "
-                    f"or give backup.path a bigger disk. The scan stays in {self.scans_dir}")
+            return (
+                f"backup disk full while copying scan {name} to {where}: free space in {self.backup_dir} "
+                f"or give backup.path a bigger disk. The scan stays in {self.scans_dir}"
+            )
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return (f"no permission to write {where}: make {self.backup_dir} writable by the service user "
-                    "(and listed in ReadWritePaths= of the unit). The scan stays in the data root")
+            return (
+                f"no permission to write {where}: make {self.backup_dir} writable by the service user "
+                "(and listed in ReadWritePaths= of the unit). The scan stays in the data root"
+            )
         return f"cannot write {where}: {exc.strerror or exc}; check the backup disk. The scan stays in the data root"
 
     def run(self, stop: threading.Event, interval_s: float) -> None:
@@ -389,7 +400,7 @@ def _copy_file(source: Path, destination: Path) -> str:
                 digest.update(chunk)
                 view = memoryview(chunk)
                 while view:
-                    view = view[os.write(dst, view):]
+                    view = view[os.write(dst, view) :]
             os.fsync(dst)
         finally:
             os.close(dst)

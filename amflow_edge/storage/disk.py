@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -71,8 +71,12 @@ class DiskGuard:
             if self._reason is None:
                 if free < self.min_free_bytes:
                     self._reason = self._explain(free)
-                    log.error("capture paused: the data root is nearly full", path=str(self.path),
-                              free_bytes=free, min_free_bytes=self.min_free_bytes)
+                    log.error(
+                        "capture paused: the data root is nearly full",
+                        path=str(self.path),
+                        free_bytes=free,
+                        min_free_bytes=self.min_free_bytes,
+                    )
             elif free > self.resume_free_bytes:
                 log.info("capture resumed: space on the data root was freed", path=str(self.path), free_bytes=free)
                 self._reason = None
@@ -106,7 +110,7 @@ class Retention:
 
     def expired(self, now: datetime | None = None) -> list[str]:
         """Scans past the retention period, oldest first (whether backed up or not)."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         dated: list[tuple[datetime, str]] = []
         try:
             entries = [p for p in self.scans_dir.iterdir() if is_scan_name(p.name) and p.is_dir()]

@@ -79,9 +79,12 @@ class ScanStore:
         self.scans_dir = Path(data_root) / "scans"
         self.incoming_dir = self.scans_dir / INCOMING
         self._png_params = [
-            cv2.IMWRITE_PNG_COMPRESSION, compression,
-            cv2.IMWRITE_PNG_STRATEGY, PNG_STRATEGIES[strategy],
-            cv2.IMWRITE_PNG_FILTER, PNG_FILTERS[png_filter],
+            cv2.IMWRITE_PNG_COMPRESSION,
+            compression,
+            cv2.IMWRITE_PNG_STRATEGY,
+            PNG_STRATEGIES[strategy],
+            cv2.IMWRITE_PNG_FILTER,
+            PNG_FILTERS[png_filter],
         ]
         self._pool = ThreadPoolExecutor(max_workers=encode_threads, thread_name_prefix="png")
 

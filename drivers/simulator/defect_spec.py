@@ -48,7 +48,9 @@ def _check_size(kind: str, size: float | tuple[float, ...]) -> None:
     if kind == "scale" and isinstance(size, tuple):
         magnitudes = [m for m in magnitudes if m != 0.0]
         if not magnitudes:
-            raise DefectError("scale 0,0,0 is no defect; give at least one non-zero x,y,z percentage, e.g. scale:0,0,-0.8")
+            raise DefectError(
+                "scale 0,0,0 is no defect; give at least one non-zero x,y,z percentage, e.g. scale:0,0,-0.8"
+            )
     for value in magnitudes:
         if not low <= value <= high:
             sign = "±" if kind == "scale" else ""
@@ -87,7 +89,9 @@ class Defect(BaseModel):
         try:
             values = tuple(float(part) for part in size_text.split(","))
         except ValueError:
-            raise DefectError(f"defect {text!r}: size {size_text.strip()!r} is not a number ({_MEANING[kind]})") from None
+            raise DefectError(
+                f"defect {text!r}: size {size_text.strip()!r} is not a number ({_MEANING[kind]})"
+            ) from None
         size: float | tuple[float, ...] = values[0] if len(values) == 1 else values
         _check_size(kind, size)
         return cls(kind=kind, size=size)  # type: ignore[arg-type]

@@ -17,7 +17,14 @@ import numpy as np
 import trimesh
 
 from amflow_edge.drivers.simulator.defect_sites import RestingPart, SiteError, cut_direction, edge_site, surface_site
-from amflow_edge.drivers.simulator.defect_spec import SIZE_RANGES, BoundingBox, Defect, DefectError, DefectKind, DefectTruth
+from amflow_edge.drivers.simulator.defect_spec import (
+    SIZE_RANGES,
+    BoundingBox,
+    Defect,
+    DefectError,
+    DefectKind,
+    DefectTruth,
+)
 
 __all__ = [
     "SIZE_RANGES",

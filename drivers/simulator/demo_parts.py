@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 from manifold3d import CrossSection, Manifold, OpType
+
 from amflow_edge.common.shipped import DEMO_DESIGNS
 
 DEFAULT_OUT = DEMO_DESIGNS
@@ -59,9 +60,9 @@ def _profile_xz(section: CrossSection, width: float) -> Manifold:
 def montageblok() -> Manifold:
     """80 × 50 × 34 mounting block: a step, two counterbored M8 holes, two M6 holes and a cross bore."""
     body = _box(-40, -25, 0, 40, 25, 34) - _box(-41, -26, 20, -10, 26, 35)
-    holes = [
-        _cylinder(4.25, 36, x=20, y=y, z=-1) + _cylinder(7.5, 10, x=20, y=y, z=26) for y in (-14.0, 14.0)
-    ] + [_cylinder(3.3, 22, x=-25, y=y, z=-1) for y in (-14.0, 14.0)]
+    holes = [_cylinder(4.25, 36, x=20, y=y, z=-1) + _cylinder(7.5, 10, x=20, y=y, z=26) for y in (-14.0, 14.0)] + [
+        _cylinder(3.3, 22, x=-25, y=y, z=-1) for y in (-14.0, 14.0)
+    ]
     cross_bore = Manifold.cylinder(52, 4.0, circular_segments=SEGMENTS).rotate((0.0, 90.0, 0.0)).translate((-11, 0, 27))
     return body - _union(holes + [cross_bore])
 

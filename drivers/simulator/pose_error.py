@@ -48,7 +48,9 @@ def pose_error(mesh: trimesh.Trimesh, true_pose: np.ndarray, estimated_pose: np.
     residual = math.inf
     for _ in range(ICP_ITERATIONS):
         moved = estimated @ correction[:3, :3].T + correction[:3, 3]
-        closest = scene.compute_closest_points(o3d.core.Tensor(moved.astype(np.float32)))["points"].numpy().astype(np.float64)
+        closest = (
+            scene.compute_closest_points(o3d.core.Tensor(moved.astype(np.float32)))["points"].numpy().astype(np.float64)
+        )
         distance = float(np.linalg.norm(closest - moved, axis=1).mean())
         step = _procrustes(moved, closest)
         correction = step @ correction
@@ -78,4 +80,6 @@ def _compared(
 ) -> tuple[o3d.t.geometry.RaycastingScene, np.ndarray]:
     """The design's surface at the true pose, as a scene to measure distances to, and its surface samples at the estimate."""
     vertices = np.asarray(mesh.vertices) @ true_pose[:3, :3].T + true_pose[:3, 3]
-    return triangle_scene(vertices, mesh.faces), surface_samples(mesh) @ estimated_pose[:3, :3].T + estimated_pose[:3, 3]
+    return triangle_scene(vertices, mesh.faces), surface_samples(mesh) @ estimated_pose[:3, :3].T + estimated_pose[
+        :3, 3
+    ]

@@ -26,11 +26,19 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 
-from amflow_edge.inspection.geometry.camera import CameraCalibration
-from amflow_edge.inspection.geometry.lighting import Lighting, ShadowGrid, shadow_factor
-from amflow_edge.inspection.geometry.raycast import MeshData, PlacedPart, cast, edge_pixels, interpolate_rays, mesh_data, place_part
 from amflow_edge.drivers.simulator.sensor import expose, optical_blur, sensor_gain
 from amflow_edge.drivers.simulator.tray_texture import TrayTexture
+from amflow_edge.inspection.geometry.camera import CameraCalibration
+from amflow_edge.inspection.geometry.lighting import Lighting, ShadowGrid, shadow_factor
+from amflow_edge.inspection.geometry.raycast import (
+    MeshData,
+    PlacedPart,
+    cast,
+    edge_pixels,
+    interpolate_rays,
+    mesh_data,
+    place_part,
+)
 
 SKY_BRIGHTNESS = 0.02
 AA_GRID = 4
@@ -168,14 +176,17 @@ class Renderer:
         ny, nx = grid.factor.shape
         edge = np.linspace(0.0, 1.0, 16)
         w, h = nx * grid.cell_mm, ny * grid.cell_mm
-        border = np.concatenate(
-            [
-                np.column_stack([edge * w, np.zeros_like(edge)]),
-                np.column_stack([edge * w, np.full_like(edge, h)]),
-                np.column_stack([np.zeros_like(edge), edge * h]),
-                np.column_stack([np.full_like(edge, w), edge * h]),
-            ]
-        ) + grid.origin
+        border = (
+            np.concatenate(
+                [
+                    np.column_stack([edge * w, np.zeros_like(edge)]),
+                    np.column_stack([edge * w, np.full_like(edge, h)]),
+                    np.column_stack([np.zeros_like(edge), edge * h]),
+                    np.column_stack([np.full_like(edge, w), edge * h]),
+                ]
+            )
+            + grid.origin
+        )
         trace = self._pixel_rect(view, part.placed.support_world, REGION_PAD_PX)
         if trace is None:
             return None

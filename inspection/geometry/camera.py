@@ -72,7 +72,9 @@ class CameraCalibration(BaseModel):
     serial: str = Field(min_length=1, description="Serial number of the physical camera this calibration belongs to.")
     image_width: int = Field(gt=0, description="Width in pixels of the images the calibration was made for.")
     image_height: int = Field(gt=0, description="Height in pixels of the images the calibration was made for.")
-    camera_matrix: list[list[float]] = Field(description="3×3 intrinsic matrix [[fx,0,cx],[0,fy,cy],[0,0,1]] in pixels.")
+    camera_matrix: list[list[float]] = Field(
+        description="3×3 intrinsic matrix [[fx,0,cx],[0,fy,cy],[0,0,1]] in pixels."
+    )
     dist_coeffs: list[float] = Field(
         description="OpenCV distortion coefficients k1,k2,p1,p2[,k3[,k4,k5,k6]] (4, 5 or 8 values)."
     )
@@ -240,8 +242,13 @@ class CameraCalibration(BaseModel):
         scene, so they are computed once per calibration object and shared. The cache is keyed
         by the parameters because model_copy(update=...) copies private state along.
         """
-        key = (tuple(map(tuple, self.camera_matrix)), tuple(self.dist_coeffs), tuple(map(tuple, self.rotation)),
-               self.image_width, self.image_height)
+        key = (
+            tuple(map(tuple, self.camera_matrix)),
+            tuple(self.dist_coeffs),
+            tuple(map(tuple, self.rotation)),
+            self.image_width,
+            self.image_height,
+        )
         cached = self._rays_cache
         if cached is None or cached[0] != key:
             cached = (key, self._compute_pixel_rays())
@@ -387,12 +394,19 @@ def load_calibration(path: str | os.PathLike[str]) -> CameraCalibration:
         data["camera_matrix"] = camera_matrix.reshape(3, 3).tolist()
         dist = _read_matrix(fs, path, "distortion_coefficients", "N×1 with N = 4, 5 or 8", lengths=_DIST_LENGTHS)
         if dist is None:
-            raise _fail(path, "distortion_coefficients", "missing", "add k1,k2,p1,p2,k3 as a 5×1 !!opencv-matrix (zeros if none)")
+            raise _fail(
+                path,
+                "distortion_coefficients",
+                "missing",
+                "add k1,k2,p1,p2,k3 as a 5×1 !!opencv-matrix (zeros if none)",
+            )
         data["dist_coeffs"] = dist.reshape(-1).tolist()
         data["rotation"] = _read_rotation(fs, path, keys)
         translation = _read_matrix(fs, path, "translation_vector", "3×1 (millimetres)")
         if translation is None:
-            raise _fail(path, "translation_vector", "missing", "add the world→camera translation in mm as a 3×1 !!opencv-matrix")
+            raise _fail(
+                path, "translation_vector", "missing", "add the world→camera translation in mm as a 3×1 !!opencv-matrix"
+            )
         data["translation"] = translation.reshape(3).tolist()
     finally:
         fs.release()

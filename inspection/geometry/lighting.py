@@ -163,7 +163,12 @@ class Lighting:
         return brightness.astype(np.float32), np.ascontiguousarray(n.T, dtype=np.float32)
 
     def expected_irradiance(
-        self, scene: o3d.t.geometry.RaycastingScene, p: np.ndarray, n: np.ndarray, camera_index: int, shadows: bool = True
+        self,
+        scene: o3d.t.geometry.RaycastingScene,
+        p: np.ndarray,
+        n: np.ndarray,
+        camera_index: int,
+        shadows: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Irradiance of (3, N) surface points with normals `n`, without grain or gloss: what the design predicts.
 
@@ -187,7 +192,9 @@ class Lighting:
             a, b = _perpendicular_basis(light.axis)
             origins = (p[:, which] + n[:, which] * SHADOW_EPS_MM).T
             rays = [
-                np.concatenate([origins, light.position + RING_RADIUS_MM * (math.cos(f) * a + math.sin(f) * b) - origins], 1)
+                np.concatenate(
+                    [origins, light.position + RING_RADIUS_MM * (math.cos(f) * a + math.sin(f) * b) - origins], 1
+                )
                 for f in phases
             ]
             batch = o3d.core.Tensor(np.ascontiguousarray(np.concatenate(rays), dtype=np.float32))

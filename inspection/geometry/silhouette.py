@@ -59,9 +59,7 @@ def front_faces(calib: CameraCalibration, vertices_world: np.ndarray, faces: np.
     return np.nonzero(np.einsum("ij,ij->i", normals, tri[:, 0] - calib.centre) < 0)[0]
 
 
-def rasterize(
-    pixels: np.ndarray, faces: np.ndarray, window: Window
-) -> np.ndarray:
+def rasterize(pixels: np.ndarray, faces: np.ndarray, window: Window) -> np.ndarray:
     """uint8 mask (255 inside) of the union of the given projected triangles inside `window`."""
     mask = np.zeros((window.height, window.width), dtype=np.uint8)
     if len(faces) == 0:
@@ -75,9 +73,7 @@ def rasterize(
     return mask
 
 
-def silhouette(
-    calib: CameraCalibration, vertices_world: np.ndarray, faces: np.ndarray, window: Window
-) -> np.ndarray:
+def silhouette(calib: CameraCalibration, vertices_world: np.ndarray, faces: np.ndarray, window: Window) -> np.ndarray:
     """Model silhouette in `window`; vertices behind the camera are not expected (parts lie on the tray)."""
     front = faces[front_faces(calib, vertices_world, faces)]
     return rasterize(calib.project(vertices_world), front, window)

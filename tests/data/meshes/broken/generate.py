@@ -43,7 +43,8 @@ def broken_meshes() -> dict[str, bytes]:
         # nothing at all, as left behind by an interrupted copy
         "empty.stl": b"",
         # bytes that are neither binary nor ASCII STL
-        "garbage.stl": b"this is not a mesh\n" + np.random.default_rng(7).integers(0, 256, 300, dtype=np.uint8).tobytes(),
+        "garbage.stl": b"this is not a mesh\n"
+        + np.random.default_rng(7).integers(0, 256, 300, dtype=np.uint8).tobytes(),
         # a cup: the 24-sided rim is too large a hole for automatic repair
         "open_cup.stl": _stl(_without_top(cup)),
         # two cubes touching along one edge: that edge has four faces, which no repair can fix
