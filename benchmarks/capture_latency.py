@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from amflow_edge.config.station import load_config  # noqa: E402
+from amflow_edge.config.loading import load_config  # noqa: E402
 from amflow_edge.ops.log import configure_logging  # noqa: E402
 from amflow_edge.station.build import build_station  # noqa: E402
 from amflow_edge.station.capture import Trigger  # noqa: E402
@@ -80,6 +80,13 @@ def measure_latency(
         broker.stop()
 
 
+def read_png(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise SystemExit(f"{path}: not a readable PNG")
+    return image
+
+
 def png_options(frames: dict[str, np.ndarray], threads: int) -> None:
     print("\nPNG settings on the five rendered frames (encode only, parallel threads):")
     print(f"{'level':>5} {'strategy':>13} {'filter':>6} {'five images ms':>15} {'MB per scan':>12}")
@@ -98,7 +105,9 @@ def png_options(frames: dict[str, np.ndarray], threads: int) -> None:
                 runs = []
                 for _ in range(3):
                     start = time.perf_counter()
-                    encoded = list(pool.map(lambda image: cv2.imencode(".png", image, params)[1], frames.values()))
+                    encoded = list(
+                        pool.map(lambda image, params=params: cv2.imencode(".png", image, params)[1], frames.values())
+                    )
                     runs.append((time.perf_counter() - start) * 1000)
                 size = sum(e.size for e in encoded) / 1e6
                 print(f"{level:>5} {strategy:>13} {png_filter:>6} {min(runs):>15.0f} {size:>12.1f}")
@@ -146,7 +155,7 @@ def main() -> None:
         )
         if args.png_options:
             shot_dir = next(d for d in scans_dir.iterdir() if d.name != ".incoming")
-            frames = {p.stem: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(shot_dir.glob("*.png"))}
+            frames = {p.stem: read_png(p) for p in sorted(shot_dir.glob("*.png"))}
             png_options(frames, station.cfg.capture.encode_threads)
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from amflow_edge.config.station import load_config  # noqa: E402
+from amflow_edge.config.loading import load_config  # noqa: E402
 from amflow_edge.messaging.events import Events  # noqa: E402
 from amflow_edge.messaging.mqtt import StationMqtt  # noqa: E402
 from amflow_edge.messaging.relay import Relay  # noqa: E402

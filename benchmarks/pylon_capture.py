@@ -27,7 +27,8 @@ os.environ["PYLON_CAMEMU"] = "5"
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from amflow_edge.config.station import StationConfig, load_config  # noqa: E402
+from amflow_edge.config.loading import load_config  # noqa: E402
+from amflow_edge.config.station import StationConfig  # noqa: E402
 from amflow_edge.drivers.pylon import PylonDriver  # noqa: E402
 from amflow_edge.ops.log import configure_logging  # noqa: E402
 from amflow_edge.station.build import build_station  # noqa: E402

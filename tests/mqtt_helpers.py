@@ -112,7 +112,7 @@ class Subscriber:
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *a: self._subscribed.put(1)
-        self._client.reconnect_delay_set(0.1, 1)
+        self._client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # paho waits float seconds; its hint says int
         properties = None
         if client_id:
             properties = Properties(PacketTypes.CONNECT)
@@ -126,7 +126,7 @@ class Subscriber:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg.properties, "UserProperty", None) or []
-        self.messages.put(Received(msg.topic, msg.payload, bool(msg.retain), dict(props)))
+        self.messages.put(Received(msg.topic, bytes(msg.payload), bool(msg.retain), dict(props)))
 
     def next(self, timeout_s: float = 30.0, topic: str | None = None) -> Received:
         """The oldest message not yet taken (on `topic`, if given; others stay for later) or AssertionError."""
@@ -148,7 +148,7 @@ class Subscriber:
             except queue.Empty:
                 continue
 
-    def publish(self, topic: str, payload: bytes, properties: object = None) -> None:
+    def publish(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
         self._client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(5)
 
     def close(self) -> None:

@@ -159,7 +159,7 @@ def extra_keys(obj: JsonObject, kind: str) -> set[str]:
 
 
 def first_difference(committed: str, current: str) -> str:
-    for number, (old, new) in enumerate(zip(committed.splitlines(), current.splitlines()), 1):
+    for number, (old, new) in enumerate(zip(committed.splitlines(), current.splitlines(), strict=False), 1):
         if old != new:
             return f"line {number}: committed {old.strip()!r}, models give {new.strip()!r}"
     return f"committed has {len(committed.splitlines())} lines, models give {len(current.splitlines())}"

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -239,7 +238,7 @@ def test_recover_cleans_up_and_finishes_or_undoes_interrupted_moves(dirs: tuple[
     assert marks.calls == [(identical, backup / identical)]
     assert not (scans / identical).exists() and digest(backup / identical) == originals[identical]
     assert digest(scans / differing) == originals[differing] and not (backup / differing).exists()
-    assert [p for p in (scans / INCOMING).iterdir()] == [being_written]
+    assert list((scans / INCOMING).iterdir()) == [being_written]
     assert list((backup / INCOMING).iterdir()) == []
 
     assert sorted(mover.run_once(NOW)) == sorted([differing, half])
@@ -312,10 +311,10 @@ def finish_and_check(scans: Path, backup: Path, marks: Path, expected: dict[str,
 
 
 @pytest.fixture
-def two_scans(dirs: tuple[Path, Path]) -> Iterator[tuple[Path, Path, dict[str, dict[str, str]]]]:
+def two_scans(dirs: tuple[Path, Path]) -> tuple[Path, Path, dict[str, dict[str, str]]]:
     scans, backup = dirs
     names = [make_scan(scans, timedelta(days=3)), make_scan(scans, timedelta(days=2))]
-    yield scans, backup, {name: digest(scans / name) for name in names}
+    return scans, backup, {name: digest(scans / name) for name in names}
 
 
 @pytest.mark.parametrize(

@@ -117,7 +117,7 @@ def test_capture_request_over_mqtt_is_answered_with_the_scan(
 
 
 @pytest.mark.parametrize(
-    "body, expected",
+    ("body", "expected"),
     [
         (b"{not json", "not valid JSON"),
         (b'{"design_material": "../../etc/passwd"}', "design_material"),

@@ -201,9 +201,7 @@ def test_a_scan_directory_removed_by_hand_does_not_stop_the_station(tmp_path: Pa
     try:
         with capture_logs() as logs:
             station.start(RunOptions())
-            decided = station.decisions.decide(
-                result.uuid, False, source="mqtt", device="mqtt", at=datetime.now(UTC)
-            )
+            decided = station.decisions.decide(result.uuid, False, source="mqtt", device="mqtt", at=datetime.now(UTC))
         assert decided.scan.qc_pass is False
         events = {entry["event"] for entry in logs}
         assert "uninspected scans whose directories are gone (moved or deleted by hand); not inspected" in events

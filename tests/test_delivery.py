@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,9 @@ def stored_scans(data_root: Path) -> list[ScanRecord]:
     return sorted(records, key=lambda r: (r.scan.created, r.scan.uuid))
 
 
-def test_every_event_arrives_in_order_across_broker_outages(tmp_path: Path, record_property) -> None:
+def test_every_event_arrives_in_order_across_broker_outages(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     broker = Broker(tmp_path, persistence=True)
     broker.start()
     subscriber = Subscriber(broker, [CAPTURE_TOPIC], client_id="mes-test")

@@ -114,7 +114,7 @@ def test_settings_defaults_and_validation() -> None:
     with pytest.raises(ValidationError):
         DiskSettings(retention_days=0)
     with pytest.raises(ValidationError):
-        DiskSettings(min_free_byte=1)  # type: ignore[call-arg]  # a typo is an error, not a default
+        DiskSettings(min_free_byte=1)  # a typo is an error, not a default
     assert BackupSettings().path is None
     assert WatchdogSettings().capture_silent_s > 60
 

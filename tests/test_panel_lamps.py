@@ -25,7 +25,7 @@ UNAVAILABLE = "lamps unavailable; the station runs without them"
 
 
 @pytest.mark.parametrize(
-    "signal, fitted, expected",
+    ("signal", "fitted", "expected"),
     [
         ("idle", ALL, LampPattern()),
         ("pass", ALL, LampPattern(steady=frozenset({"green"}))),

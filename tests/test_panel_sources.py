@@ -6,12 +6,13 @@ machine has them; elsewhere those tests skip and say why.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,7 +72,7 @@ def wait_for(predicate: Callable[[], bool], what: str) -> None:
         time.sleep(0.01)
 
 
-def entries(logs: list[dict[str, Any]], event: str, **fields: object) -> list[dict[str, Any]]:
+def entries(logs: Sequence[Mapping[str, Any]], event: str, **fields: object) -> list[Mapping[str, Any]]:
     return [e for e in logs if e["event"] == event and all(e.get(k) == v for k, v in fields.items())]
 
 
@@ -136,7 +137,7 @@ def test_two_names_of_one_key_cannot_mean_approve_and_reject() -> None:
 
 
 @pytest.mark.parametrize(
-    "where, cause, fix",
+    ("where", "cause", "fix"),
     [
         ("missing", "not found", "ls -l /dev/input/by-id"),
         ("/dev/null", "not an input event device", "/dev/input/by-id/"),
@@ -276,7 +277,7 @@ TYPED = [
 def test_real_device_through_uinput_one_press_per_key_down_and_grab() -> None:
     keys = [ecodes.KEY_F13, ecodes.KEY_F14, ecodes.KEY_A]
     with evdev.UInput({ecodes.EV_KEY: keys}, name="amflow-edge test pedal") as pedal:
-        path = pedal.device.path
+        path = str(pedal.device.path)
         source = EvdevButtonSource(pedal_settings(path))
         with capture_logs() as logs:
             running = Running(source)
@@ -328,7 +329,7 @@ def test_falling_edges_and_other_lines_are_no_press() -> None:
 
 
 @pytest.mark.parametrize(
-    "chip, cause", [("missing", "not found"), ("/dev/null", "not a GPIO chip")], ids=["missing", "not-a-chip"]
+    ("chip", "cause"), [("missing", "not found"), ("/dev/null", "not a GPIO chip")], ids=["missing", "not-a-chip"]
 )
 def test_bad_chip_is_retried_quietly_and_stop_is_honoured(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chip: str, cause: str
@@ -427,10 +428,8 @@ def pipe() -> Iterator[tuple[Any, int]]:
     stream = open(read_end, encoding="utf-8")  # noqa: SIM115 - closed below
     yield stream, write_end
     stream.close()
-    try:
+    with contextlib.suppress(OSError):
         os.close(write_end)
-    except OSError:
-        pass
 
 
 def test_keys_become_presses_case_insensitively_and_eof_ends_the_run(pipe: tuple[Any, int]) -> None:

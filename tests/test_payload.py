@@ -60,7 +60,7 @@ def assert_same_shape(ours: Any, theirs: Any, where: str = "") -> None:
             assert_same_shape(ours[key], theirs[key], f"{where}.{key}")
     elif isinstance(theirs, list):
         assert isinstance(ours, list), f"{where}: expected a list"
-        for a, b in zip(ours, theirs):
+        for a, b in zip(ours, theirs, strict=False):
             assert_same_shape(a, b, f"{where}[]")
     elif theirs is not None:
         assert json_type(ours) == json_type(theirs), f"{where}: {json_type(ours)} != {json_type(theirs)}"
@@ -127,7 +127,7 @@ def test_timestamps_always_carry_microseconds_and_offset() -> None:
 
 
 @pytest.mark.parametrize(
-    "field, value",
+    ("field", "value"),
     [
         ("uuid", str(uuid.uuid4())),  # version 4, not 1
         ("created", "2026-03-11T16:36:57+01:00"),  # no microseconds

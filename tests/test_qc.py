@@ -14,7 +14,7 @@ LATER = "2026-03-11T16:40:00.000000+01:00"
 
 
 @pytest.mark.parametrize(
-    "machine, review, operator, expected",
+    ("machine", "review", "operator", "expected"),
     [
         (m, r, o, o if o is not None else (None if r else m))
         for m, r, o in itertools.product([True, False, None], [True, False], [True, False, None])
@@ -44,7 +44,7 @@ def test_operator_decides_and_clears_review() -> None:
 
 
 @pytest.mark.parametrize("operator", [True, False])
-@pytest.mark.parametrize("machine, review", [(True, False), (False, False), (True, True), (False, True)])
+@pytest.mark.parametrize(("machine", "review"), [(True, False), (False, False), (True, True), (False, True)])
 def test_reevaluation_never_overrides_the_operator(operator: bool, machine: bool, review: bool) -> None:
     decided = with_operator_decision(
         with_machine_verdict(make_record().scan, NOW, None, not machine, False, []), NOW, operator

@@ -196,7 +196,9 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize("command, body, expected", HOSTILE, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(HOSTILE)])
+@pytest.mark.parametrize(
+    ("command", "body", "expected"), HOSTILE, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(HOSTILE)]
+)
 def test_malformed_and_hostile_requests_are_refused_and_change_nothing(
     quiet_station: tuple[Station, Subscriber, str], command: str, body: Any, expected: str
 ) -> None:

@@ -6,8 +6,10 @@ the config, request and payload models loadable without a geometry library or a 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,29 @@ def test_the_structure_checks_see_heavy_imports() -> None:
 
 def test_each_file_is_read_as_one_module() -> None:
     assert len(FILES) == len({path.resolve() for path in FILES.values()})
+
+
+def test_the_wheel_installs_one_package_with_the_drivers_and_the_inspection_inside(tmp_path: Path) -> None:
+    """Built from a copy, so setuptools' build/ folder in the checkout can never lend the wheel a stale file."""
+    source = tmp_path / "source"
+    shutil.copytree(
+        REPO,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(".*", "run", "build", "*.egg-info", "__pycache__", "tests", "benchmarks"),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    [wheel] = tmp_path.glob("amflow_edge-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        inspect_source = archive.read("amflow_edge/inspection/inspect.py")
+    assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {"amflow_edge"}
+    assert "amflow_edge/drivers/pylon.py" in names and "amflow_edge/drivers/simulator/render.py" in names
+    assert inspect_source == (REPO / "inspection" / "inspect.py").read_bytes()

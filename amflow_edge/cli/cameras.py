@@ -30,7 +30,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows += [("-", serial, "-", "-", f"{name} NOT CONNECTED") for name, serial in missing]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     if not cameras:
         print("no cameras found: check power and cables (GigE: the NIC's subnet, jumbo frames)", file=sys.stderr)
     return EXIT_FAILED if missing or not cameras else 0
@@ -73,7 +73,7 @@ def cmd_save_features(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cameras = sub.add_parser("cameras", help="Basler cameras: list what is connected, save feature files")
     verbs = cameras.add_subparsers(dest="verb", required=True)
     listing = verbs.add_parser("list", help="connected cameras and which station camera each is")

@@ -19,7 +19,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return exit_code(results)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     doctor = sub.add_parser("doctor", help="check config, cameras, calibration, designs, broker, outbox, disk, clock")
     doctor.add_argument("--config", type=Path, required=True, help="station TOML")
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON")

@@ -10,7 +10,7 @@ from pathlib import Path
 from amflow_edge.common.shipped import DEMO_CALIBRATION as DEFAULT_CALIBRATION
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "inspect",
         help="align a design to a scan directory and judge it; prints the inspection report as JSON",

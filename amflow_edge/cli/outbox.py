@@ -66,7 +66,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     outbox = subparsers.add_parser("outbox", help="inspect and replay the event outbox")
     commands = outbox.add_subparsers(dest="outbox_command", required=True)
     status = commands.add_parser("status", help="backlog, oldest unsent event, acknowledged events kept")

@@ -167,7 +167,7 @@ def cmd_reevaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser("run", help="run the station daemon")
     run.add_argument("--config", type=Path, required=True, help="station TOML")
     run.add_argument("--scans", type=int, default=None, help="stop after this many stored scans (demos, tests)")

@@ -34,7 +34,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(path, ["file not found: pass the path of the station TOML (see config/station.example.toml)"])
+        raise ConfigError(
+            path, ["file not found: pass the path of the station TOML (see config/station.example.toml)"]
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
     except OSError as exc:

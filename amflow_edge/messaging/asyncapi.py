@@ -20,7 +20,8 @@ from amflow_edge.messaging.payload import Envelope, EventName
 from amflow_edge.station.state import StationState
 
 JsonObject = dict[str, Any]
-SchemaRefs = dict[tuple[type[BaseModel], JsonSchemaMode], JsonObject]
+SchemaRefs = dict[tuple[Any, JsonSchemaMode], JsonObject]
+"""pydantic's schema references, keyed by (model, mode); its models may also be pydantic dataclasses."""
 
 SCHEMA_REF = "#/components/schemas/{model}"
 MQTT_BINDING = "0.2.0"

@@ -24,7 +24,7 @@ Reply = Callable[[Response], None]
 Handler = Callable[[Any, Reply], None]
 
 
-class CommandRefused(Exception):
+class CommandRefusedError(Exception):
     """Raised by a handler when the request is well-formed but cannot be done now; nothing was changed."""
 
 
@@ -74,7 +74,7 @@ class CommandHandler:
             return fail(problems(exc))
         try:
             self._handlers[command](request.root if isinstance(request, RootModel) else request, reply)
-        except CommandRefused as exc:
+        except CommandRefusedError as exc:
             fail(str(exc))
         except Exception as exc:  # a handler bug must still answer, and never kill paho's thread
             log.exception("request handler failed", command=command)

@@ -262,4 +262,4 @@ class StationMqtt:
         if not message.topic.startswith(self.request_prefix) or self._on_request is None:
             return
         command = message.topic[len(self.request_prefix) :]
-        self._on_request(command, message.payload, getattr(message, "properties", None))
+        self._on_request(command, bytes(message.payload), getattr(message, "properties", None))

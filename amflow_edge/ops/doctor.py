@@ -110,7 +110,7 @@ def check_designs(cfg: StationConfig, problems: list[str]) -> CheckResult:
 # --- broker -------------------------------------------------------------------------------
 
 
-class NoMqttAnswer(Exception):
+class NoMqttAnswerError(Exception):
     """The connection (and TLS) worked, but what answered did not speak MQTT v5 to us."""
 
 
@@ -119,7 +119,7 @@ def mqtt_connect_probe(cfg: StationConfig, timeout_s: float) -> tuple[int, str]:
 
     Its own client id and a clean start, so the probe never takes over or disturbs the
     running station's session. Connection and TLS errors propagate as OSError/SSLError;
-    a peer that then does not answer like an MQTT v5 broker raises NoMqttAnswer.
+    a peer that then does not answer like an MQTT v5 broker raises NoMqttAnswerError.
     """
     import paho.mqtt.client as mqtt
 
@@ -146,7 +146,7 @@ def mqtt_connect_probe(cfg: StationConfig, timeout_s: float) -> tuple[int, str]:
     client.loop_start()
     try:
         if not done.wait(timeout_s) or not answer:
-            raise NoMqttAnswer("no CONNACK came back")
+            raise NoMqttAnswerError("no CONNACK came back")
         return answer[0]
     finally:
         client.disconnect()
@@ -159,7 +159,7 @@ def check_broker(cfg: StationConfig, timeout_s: float = 3.0) -> CheckResult:
         code, reason = mqtt_connect_probe(cfg, timeout_s)
     except MqttSetupError as exc:
         return _fail("broker", str(exc), "fix mqtt.tls in the station TOML")
-    except NoMqttAnswer as exc:
+    except NoMqttAnswerError as exc:
         return _fail(
             "broker",
             f"{where}: the connection works but no MQTT v5 broker answered CONNECT ({exc})",
@@ -370,7 +370,7 @@ def check_cameras(cfg: StationConfig, camera_check: CameraCheck | None) -> Check
 def _guarded(name: str, check: Callable[[], CheckResult]) -> CheckResult:
     try:
         return check()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a check that crashes is that row's failure; the table stays whole
         return _fail(
             name,
             f"the check itself failed: {type(exc).__name__}: {exc}",

@@ -95,7 +95,7 @@ class Watchdog:
         for name, check in checks:
             try:
                 reason = check()
-            except Exception as exc:  # a broken check must not look healthy
+            except Exception as exc:  # noqa: BLE001 - a broken check must not look healthy
                 reason = f"liveness check raised {type(exc).__name__}: {exc}"
             if reason is not None:
                 failing[name] = reason

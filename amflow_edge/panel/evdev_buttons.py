@@ -6,6 +6,7 @@ operator resting a foot on it must not decide the next scan too.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import select
@@ -161,11 +162,7 @@ class EvdevButtonSource:
 
 def _release(device: evdev.InputDevice, grabbed: bool) -> None:
     if grabbed:
-        try:
+        with contextlib.suppress(OSError):
             device.ungrab()
-        except OSError:
-            pass
-    try:
+    with contextlib.suppress(OSError):
         device.close()
-    except OSError:
-        pass

@@ -26,7 +26,7 @@ POLL = timedelta(seconds=0.2)
 BIASES = {"as-is": Bias.AS_IS, "pull-up": Bias.PULL_UP, "pull-down": Bias.PULL_DOWN, "disabled": Bias.DISABLED}
 
 
-class UnknownLine(LookupError):
+class UnknownLineError(LookupError):
     """A configured line the chip does not have; kept apart from OSError so it is not mistaken for a missing chip."""
 
 
@@ -65,17 +65,17 @@ def line_offset(chip: gpiod.Chip, line: LineId, field: str) -> int:
     try:
         return chip.line_offset_from_id(line)
     except ValueError as exc:
-        raise UnknownLine(f"{field} {line!r}: {exc}") from exc
+        raise UnknownLineError(f"{field} {line!r}: {exc}") from exc
     except OSError as exc:
         if exc.errno == errno.ENOENT:
-            raise UnknownLine(f"{field} {line!r}: no line of that name") from exc
+            raise UnknownLineError(f"{field} {line!r}: no line of that name") from exc
         raise
 
 
 def describe(exc: BaseException, chip: str) -> Trouble:
     detail = str(exc)
     code = exc.errno if isinstance(exc, OSError) else None
-    if isinstance(exc, UnknownLine):
+    if isinstance(exc, UnknownLineError):
         return Trouble(
             "unknown line",
             f"`gpioinfo {chip}` lists the chip's line names and offsets; fix the setting",
@@ -136,7 +136,7 @@ class GpiodButtonSource:
             approve = line_offset(chip, settings.approve_line, "approve_line")
             reject = line_offset(chip, settings.reject_line, "reject_line")
             if approve == reject:
-                raise UnknownLine(f"approve_line and reject_line are both offset {approve}")
+                raise UnknownLineError(f"approve_line and reject_line are both offset {approve}")
             request = chip.request_lines(config={(approve, reject): line_settings(settings)}, consumer=CONSUMER)
         bindings = bind_lines(settings, approve, reject)
         with request:

@@ -6,6 +6,7 @@ trouble: a missing lamp chip is logged once per cause and retried on the next ch
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import threading
 from dataclasses import dataclass
@@ -192,7 +193,5 @@ class GpiodLampPanel:
     def _release(self) -> None:
         request, self._request = self._request, None
         if request is not None:
-            try:
+            with contextlib.suppress(Exception):  # releasing a dead request is best effort
                 request.release()
-            except Exception:  # noqa: BLE001 - releasing a dead request is best effort
-                pass

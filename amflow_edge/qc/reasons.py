@@ -80,7 +80,7 @@ def load_reasons(path: Path | None = None) -> ReasonCatalogue:
     except FileNotFoundError:
         raise ReasonCatalogueError(
             f"{path}: not found; set qc.reasons to a catalogue file, or remove it for the default"
-        )
+        ) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ReasonCatalogueError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
     try:

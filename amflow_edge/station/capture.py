@@ -53,7 +53,7 @@ class CameraTask:
     """Work that needs the cameras to itself between scans (empty-tray references at a session change)."""
 
     name: str
-    run: Callable[[], None]
+    run: Callable[[], object]
 
 
 class FrameError(DriverError):

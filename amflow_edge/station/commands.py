@@ -24,7 +24,7 @@ from amflow_edge.messaging.command_models import (
     SessionEnd,
     SessionStart,
 )
-from amflow_edge.messaging.commands import CommandRefused, Handler, Reply
+from amflow_edge.messaging.commands import CommandRefusedError, Handler, Reply
 from amflow_edge.messaging.events import Events
 from amflow_edge.qc.decisions import DecisionError, Decisions
 from amflow_edge.station.capture import CameraTask, CaptureLoop, CaptureResult, Trigger
@@ -67,7 +67,7 @@ class StationCommands:
 
     def capture(self, request: CaptureRequest, reply: Reply) -> None:
         if request.design_material is not None and request.design_material not in self._designs.current():
-            raise CommandRefused(
+            raise CommandRefusedError(
                 f"design_material {request.design_material} is unknown to this station; add it to the design "
                 "library or start a session whose designs include it"
             )
@@ -94,23 +94,23 @@ class StationCommands:
                 reasons=request.reasons,
             )
         except DecisionError as exc:
-            raise CommandRefused(str(exc)) from None
+            raise CommandRefusedError(str(exc)) from None
         reply(Response(status="ok", command="qc", scan=record.scan.uuid, data=record.scan))
 
     def reevaluate(self, request: ReevaluateRequest, reply: Reply) -> None:
         scan_uuid = str(request.scan)
         if self._inspector is None:
-            raise CommandRefused("inspection is disabled on this station (inspection.enabled = false)")
+            raise CommandRefusedError("inspection is disabled on this station (inspection.enabled = false)")
         record = self._events.record(scan_uuid)
         if record is None:
-            raise CommandRefused(f"scan {scan_uuid} is not known to this station; send the uuid of a stored scan")
+            raise CommandRefusedError(f"scan {scan_uuid} is not known to this station; send the uuid of a stored scan")
         try:
             load_profile(request.profile)
             job = self._jobs.for_scan(record, profile=request.profile)
         except ProfileError as exc:
-            raise CommandRefused(str(exc).replace(str(Path.cwd()) + "/", "")) from None
+            raise CommandRefusedError(str(exc).replace(str(Path.cwd()) + "/", "")) from None
         except LookupError as exc:
-            raise CommandRefused(f"scan {scan_uuid} cannot be inspected: {exc}") from None
+            raise CommandRefusedError(f"scan {scan_uuid} cannot be inspected: {exc}") from None
 
         def done(updated: ScanRecord | None, error: str | None) -> None:
             if updated is None:
@@ -140,9 +140,9 @@ class StationCommands:
         current = self._sessions.current
         if isinstance(request, SessionStart) and current.requested:
             batch = current.batch.id if current.batch else "?"
-            raise CommandRefused(f"session {current.scan_session} (batch {batch}) is active; end it first")
+            raise CommandRefusedError(f"session {current.scan_session} (batch {batch}) is active; end it first")
         if isinstance(request, SessionEnd) and not current.requested:
-            raise CommandRefused("no session is active; start one first")
+            raise CommandRefusedError("no session is active; start one first")
 
     def _switch(self, request: SessionStart | SessionEnd, designs: list[Design], reply: Reply) -> None:
         """On the capture thread, where session changes are serialised: the state is checked again here,
@@ -154,7 +154,7 @@ class StationCommands:
             else:
                 new = self._sessions.default()
             self._switch_session(new, designs)
-        except CommandRefused as exc:
+        except CommandRefusedError as exc:
             reply(Response(status="error", command="session", error=str(exc)))
         except Exception as exc:
             log.exception("session change failed; the previous session goes on")

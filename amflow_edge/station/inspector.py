@@ -8,21 +8,29 @@ event through the same transaction as every other scan change.
 from __future__ import annotations
 
 import multiprocessing
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
+from amflow_edge.inspection.designs import Units, load_mesh_mm
+from amflow_edge.inspection.geometry.camera import CameraCalibration, load_calibration
+from amflow_edge.inspection.profiles import InspectionProfile, load_profile
+from amflow_edge.inspection.report import InspectionReport
 from amflow_edge.messaging.events import Events
 from amflow_edge.messaging.payload import timestamp
 from amflow_edge.qc.rules import with_machine_verdict
 from amflow_edge.storage.record import ScanRecord
+
+if TYPE_CHECKING:
+    import trimesh
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +48,7 @@ class InspectionJob(BaseModel):
     reference_dir: Path = Field(description="Empty-tray images empty_camNN.png of the scan's session.")
     calibrations: dict[str, Path] = Field(description="Camera name → calibration YAML.")
     design_path: Path = Field(description="Mesh file of the design.")
-    units: Literal["mm", "inch", "m"] = Field(description="Units of the mesh file.")
+    units: Units = Field(description="Units of the mesh file.")
     design_material: str = Field(description="The design's id.")
     profile: str = Field(description="Inspection profile name or path.")
     cache_dir: Path = Field(description="Design precomputation cache.")
@@ -60,28 +68,23 @@ def design_of(record: ScanRecord) -> str | None:
 
 
 @lru_cache(maxsize=8)
-def _mesh(path: str, units: str):  # type: ignore[no-untyped-def]
-    from amflow_edge.inspection.designs import load_mesh_mm
-
-    return load_mesh_mm(path, units)  # type: ignore[arg-type]
+def _mesh(path: str, units: Units) -> trimesh.Trimesh:
+    return load_mesh_mm(path, units)
 
 
 @lru_cache(maxsize=4)
-def _cameras(calibrations: tuple[tuple[str, str], ...]):  # type: ignore[no-untyped-def]
-    from amflow_edge.inspection.geometry.camera import load_calibration
-
+def _cameras(calibrations: tuple[tuple[str, str], ...]) -> list[CameraCalibration]:
     return [load_calibration(path) for _, path in calibrations]
 
 
 @lru_cache(maxsize=4)
-def _profile(name_or_path: str):  # type: ignore[no-untyped-def]
-    from amflow_edge.inspection.profiles import load_profile
-
+def _profile(name_or_path: str) -> InspectionProfile:
     return load_profile(name_or_path)
 
 
 def run_job(job_json: str) -> str:
-    """Runs in the worker process; meshes, calibrations and profiles stay loaded between scans."""
+    """Runs in the worker process; meshes, calibrations and profiles stay loaded between scans. The pipeline is
+    imported here, in the worker, so the daemon's own process never loads open3d and trimesh."""
     from amflow_edge.inspection.inspect import inspect_scan, read_image
 
     job = InspectionJob.model_validate_json(job_json)
@@ -98,7 +101,7 @@ def run_job(job_json: str) -> str:
         _profile(job.profile),
         cache_dir=job.cache_dir,
         out_dir=job.scan_dir,
-        scan=job.scan_uuid,
+        scan=uuid.UUID(job.scan_uuid),
     )
     return report.model_dump_json()
 
@@ -125,7 +128,7 @@ class Inspector:
         error: str | None = None
         try:
             record = self.apply(job.scan_uuid, future.result())
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong in the worker, an operator must look
             error = f"inspection failed: {exc}"
             if failure_needs_review:
                 log.error("inspection failed; the scan needs an operator's review", scan=job.scan_uuid, error=str(exc))
@@ -136,8 +139,6 @@ class Inspector:
             on_done(record if error is None else None, error)
 
     def apply(self, scan_uuid: str, report_json: str) -> ScanRecord:
-        from amflow_edge.inspection.report import InspectionReport
-
         report = InspectionReport.model_validate_json(report_json)
         record = self._set_verdict(
             scan_uuid, str(report.id), report.qc_machine, report.qc_needs_review, list(report.qc_reasons)

@@ -161,7 +161,7 @@ class Station:
         """A session resumed after a restart needs its batch's meshes again; a mesh gone since is reported, not fatal."""
         try:
             self.catalogue.use(self.catalogue.resolve(self.sessions.current.designs))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - an unreadable mesh must not keep the station from starting
             log.error("a design of the resumed session cannot be loaded; its scans are not inspected", error=str(exc))
 
     def resume_inspections(self, limit: int = 1000) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 SCHEMA_VERSION = 1
@@ -100,9 +100,7 @@ class StationDb:
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
-                try:
+                with suppress(sqlite3.ProgrammingError):
                     conn.close()
-                except sqlite3.ProgrammingError:
-                    pass
             self._all.clear()
         self._local = threading.local()

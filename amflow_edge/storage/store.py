@@ -123,7 +123,7 @@ class ScanStore:
     ) -> Path:
         """Store the images and scan.json of one scan atomically; returns the final directory."""
         uuid = record.scan.uuid
-        files = {image_file(name): image for name, image in images.items()}
+        files: dict[str, np.ndarray | bytes] = {image_file(name): image for name, image in images.items()}
         files[RECORD_FILE] = record.model_dump_json(indent=2).encode("utf-8")
         return self._publish(self.incoming_dir / uuid, self.scan_dir(uuid), files, before_publish)
 
