@@ -25,14 +25,14 @@ sys.path.insert(0, str(REPO))
 from amflow_edge.drivers.simulator.pose_error import largest_deviation, pose_error  # noqa: E402
 from amflow_edge.drivers.simulator.render import Renderer  # noqa: E402
 from amflow_edge.inspection.design_cache import design_model  # noqa: E402
-from amflow_edge.inspection.designs import load_mesh_mm  # noqa: E402
+from amflow_edge.inspection.designs import Units, load_mesh_mm  # noqa: E402
 from amflow_edge.inspection.geometry.camera import load_rig  # noqa: E402
 from amflow_edge.inspection.geometry.placement import place_on_tray  # noqa: E402
 from amflow_edge.inspection.inspect import inspect_scan  # noqa: E402
 from amflow_edge.inspection.profiles import load_profile  # noqa: E402
 from amflow_edge.inspection.report import InspectionReport  # noqa: E402
 
-REAL = [
+REAL: list[tuple[str, Units]] = [
     ("20mm-xyz-cube.stl", "mm"),
     ("angle_block.STL", "inch"),
     ("featuretype.STL", "inch"),

@@ -15,6 +15,7 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import cv2
 import numpy as np
@@ -30,7 +31,7 @@ from amflow_edge.inspection.regions import open_to_background  # noqa: E402
 from amflow_edge.inspection.segment import segment_scan  # noqa: E402
 
 
-def _inspection_benchmark():  # type: ignore[no-untyped-def]
+def _inspection_benchmark() -> ModuleType:
     """benchmarks/inspection.py, whose name the inspection package shadows."""
     spec = importlib.util.spec_from_file_location("inspection_benchmark", REPO / "benchmarks" / "inspection.py")
     assert spec is not None and spec.loader is not None
@@ -76,7 +77,7 @@ def main() -> int:
                 outline = truth & ~cv2.erode(truth.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
                 bias.append(
                     (np.count_nonzero(mask & ~truth) - np.count_nonzero(truth & ~mask))
-                    / max(np.count_nonzero(outline), 1)
+                    / max(int(np.count_nonzero(outline)), 1)
                 )
             print(f"  {name} seed {seed}", flush=True)
     print()

@@ -12,9 +12,10 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -33,8 +34,11 @@ _JOIN_TIMEOUT_S = 30.0
 
 
 class _Design(Protocol):
-    design_material: str
-    title: str
+    @property
+    def design_material(self) -> str: ...
+
+    @property
+    def title(self) -> str: ...
 
     def mesh(self) -> trimesh.Trimesh: ...
 
@@ -43,7 +47,7 @@ class _DesignSource(Protocol):
     """The part of inspection.designs.DesignLibrary the mock needs."""
 
     @property
-    def designs(self) -> list[_Design]: ...
+    def designs(self) -> Sequence[_Design]: ...
 
     def get(self, design_material: str) -> _Design: ...
 
@@ -57,7 +61,7 @@ class _Scene:
     images: dict[str, np.ndarray]
     defect: dict[str, object] | None = None
 
-    def metadata(self) -> dict[str, object]:
+    def metadata(self) -> dict[str, Any]:
         return {
             "mock_scene": {
                 "design_material": self.design_material,

@@ -9,6 +9,7 @@ station's capture thread; the supervisor only asks `needs_reconnect()` and sched
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -30,7 +31,7 @@ PULSE_POLL_S = 0.005
 FIRST_RECONNECT_S = 1.0
 
 
-class _RemovalFlag(pylon.ConfigurationEventHandler):  # type: ignore[misc]
+class _RemovalFlag(pylon.ConfigurationEventHandler):
     def __init__(self) -> None:
         super().__init__()
         self.removed = threading.Event()
@@ -375,10 +376,8 @@ class PylonDriver:
 
     def reconnect(self) -> None:
         """Re-enumerate by serial and reopen lost cameras, with backoff; runs on the capture thread."""
-        try:
+        with contextlib.suppress(DriverError):
             self._check()
-        except DriverError:
-            pass
         now = time.monotonic()
         due = [e for e in self._cameras if e.lost is not None and now >= e.next_attempt]
         if not due:
@@ -406,10 +405,8 @@ class PylonDriver:
             camera.Close,
             camera.DestroyDevice,
         ):
-            try:
+            with contextlib.suppress(genicam.GenericException):
                 step()
-            except genicam.GenericException:
-                pass
 
     def close(self) -> None:
         for entry in self._cameras:

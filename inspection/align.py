@@ -214,7 +214,7 @@ def coarse_search(model: DesignModel, views: Sequence[View]) -> list[tuple[float
             shift_world = top.calib.R.T @ np.array([shift_px[0], shift_px[1], 0.0]) * mm_per_px
             pose[:2, 3] += shift_world[:2]
             moved = cv2.warpAffine(
-                rendered, np.float32([[1, 0, shift_px[0]], [0, 1, shift_px[1]]]), rendered.shape[::-1]
+                rendered, np.array([[1, 0, shift_px[0]], [0, 1, shift_px[1]]], dtype=np.float32), rendered.shape[::-1]
             )
             candidates.append((_iou(moved > 127, observed_top), pose, index))
     candidates.sort(key=lambda c: -c[0])
@@ -375,6 +375,28 @@ def _jacobian(
     return pose_jacobian(*world_gradients(points, views, pose), pivot, radius)
 
 
+def _step_residuals(
+    x: np.ndarray,
+    points: dict[str, np.ndarray],
+    views: dict[str, View],
+    pose: np.ndarray,
+    centre: np.ndarray,
+    radius: float,
+) -> np.ndarray:
+    return np.concatenate(list(residuals(points, views, moved_pose(pose, x, centre, radius)).values()))
+
+
+def _step_jacobian(
+    x: np.ndarray,
+    points: dict[str, np.ndarray],
+    views: dict[str, View],
+    pose: np.ndarray,
+    centre: np.ndarray,
+    radius: float,
+) -> np.ndarray:
+    return _jacobian(points, views, moved_pose(pose, x, centre, radius), centre + x[3:], radius)
+
+
 def refine(
     model: DesignModel,
     views: Sequence[View],
@@ -397,17 +419,11 @@ def refine(
         if sum(len(p) for p in points.values()) < 12:
             break
         centre = transform(pose, model.centroid[None])[0]
-
-        def fun(x: np.ndarray) -> np.ndarray:
-            return np.concatenate(list(residuals(points, by_name, moved_pose(pose, x, centre, radius)).values()))
-
-        def jac(x: np.ndarray) -> np.ndarray:
-            return _jacobian(points, by_name, moved_pose(pose, x, centre, radius), centre + x[3:], radius)
-
         result = least_squares(
-            fun,
+            _step_residuals,
             np.zeros(6),
-            jac=jac,
+            jac=_step_jacobian,
+            args=(points, by_name, pose, centre, radius),
             loss="cauchy",
             f_scale=LOSS_SCALE_PX,
             max_nfev=30,
@@ -447,7 +463,7 @@ def align(model: DesignModel, views: Sequence[View]) -> Alignment:
         if len(distinct) < FINAL_HYPOTHESES and not any(_look_alike(model, d[1], candidate[1]) for d in distinct):
             distinct.append(candidate)
     finished: list[tuple[float, np.ndarray, int, float, dict[str, np.ndarray]]] = []
-    for cost, refined, index, score in distinct:
+    for _, refined, index, score in distinct:
         pose, _, final = refine(model, views, refined)
         finished.append((_robust_cost(final), pose, index, score, final))
     best = _on_the_tray(model, finished)
@@ -472,14 +488,14 @@ def _look_alike(model: DesignModel, pose: np.ndarray, other: np.ndarray) -> bool
     centre = model.centroid
     for candidate in model.symmetries:
         turn = Rotation.from_matrix(candidate[:3, :3].T @ motion[:3, :3]).magnitude()
-        slide = np.linalg.norm(transform(motion, centre[None]) - transform(candidate, centre[None]))
+        slide = float(np.linalg.norm(transform(motion, centre[None]) - transform(candidate, centre[None])))
         if math.degrees(turn) < SAME_POSE_DEG and slide < SAME_POSE_MM:
             return True
     if len(model.spin_axis):
         point, axis = model.spin_axis
         rotvec = Rotation.from_matrix(motion[:3, :3]).as_rotvec()
         off_axis = np.linalg.norm(rotvec - axis * float(rotvec @ axis))
-        slide = np.linalg.norm(transform(motion, point[None])[0] - point)
+        slide = float(np.linalg.norm(transform(motion, point[None])[0] - point))
         return math.degrees(off_axis) < SAME_POSE_DEG and slide < SAME_POSE_MM
     return False
 

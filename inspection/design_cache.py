@@ -165,7 +165,7 @@ def _distinct_rest_poses(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]
     """
     poses, probs = stable_poses(mesh)
     kept: list[tuple[np.ndarray, float, np.ndarray]] = []
-    for pose, prob in zip(poses, probs):
+    for pose, prob in zip(poses, probs, strict=True):
         signature = _signature(mesh, pose)
         for index, (_, total, other) in enumerate(kept):
             if np.allclose(signature, other, rtol=0.02, atol=0.3):

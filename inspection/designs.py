@@ -193,7 +193,7 @@ def _parse(data: bytes, path: Path, file_type: str) -> trimesh.Trimesh:
         raise MeshError(path, "file is empty (0 bytes)", f"{export_again}; the copy was probably interrupted")
     try:
         scene = trimesh.load_scene(io.BytesIO(data), file_type=file_type)
-    except Exception as exc:  # trimesh's parsers raise anything from ValueError to IndexError on bad files
+    except Exception as exc:  # noqa: BLE001 - trimesh's parsers raise anything from ValueError to IndexError on bad files
         raise MeshError(path, f"cannot be parsed as {kind} ({type(exc).__name__}: {exc})", export_again) from None
     geometries = list(scene.geometry.values())
     meshes = [g for g in geometries if isinstance(g, trimesh.Trimesh) and len(g.faces) > 0]

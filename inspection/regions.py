@@ -133,7 +133,7 @@ def regions(
             depth_mm=round(float(depth_px[i]) * mm_per_px, 3),
             centre_part_mm=[round(float(v), 2) for v in point],
         )
-        for i, point in zip(chosen, world)
+        for i, point in zip(chosen, world, strict=True)
     ]
     return sorted(found, key=lambda r: -r.depth_mm)
 

@@ -46,9 +46,7 @@ class InspectionReport(BaseModel):
     scan: uuid.UUID | None = Field(default=None, description="The scan inspected, when known.")
     design_material: str = Field(description="Design the scan was compared against.")
     profile: str = Field(description="Inspection profile name.")
-    created: datetime = Field(
-        default_factory=lambda: datetime.now(UTC), description="When the inspection ran (UTC)."
-    )
+    created: datetime = Field(default_factory=lambda: datetime.now(UTC), description="When the inspection ran (UTC).")
     pose: list[list[float]] | None = Field(
         description="Part→tray 4×4 pose (mm) found by the fit; null when no part could be aligned."
     )

@@ -320,7 +320,7 @@ def change_roi(image: np.ndarray, reference: np.ndarray, gain: float) -> tuple[i
     small = cv2.resize(image, size, interpolation=cv2.INTER_AREA).astype(np.float32)
     small_ref = cv2.resize(reference, size, interpolation=cv2.INTER_AREA).astype(np.float32) * np.float32(gain)
     ratio = cv2.GaussianBlur(small, (0, 0), 1.0) / np.maximum(cv2.GaussianBlur(small_ref, (0, 0), 1.0), 1.0)
-    changed = (np.abs(ratio - 1.0) > ROI_CHANGE).astype(np.uint8)
+    changed: np.ndarray = (np.abs(ratio - 1.0) > ROI_CHANGE).astype(np.uint8)
     changed = cv2.morphologyEx(changed, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     count, _, stats, _ = cv2.connectedComponentsWithStats(changed, connectivity=8)
     big = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= ROI_MIN_PX]

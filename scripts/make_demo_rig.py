@@ -18,6 +18,7 @@ import numpy as np
 from amflow_edge.inspection.geometry.camera import (
     BASLER_ACA2440_PIXEL_PITCH_MM,
     CameraCalibration,
+    CameraName,
     look_at,
     save_calibration,
 )
@@ -29,7 +30,7 @@ OBLIQUE_LENS_MM = 16.0
 TRAY_CORNERS = np.array([[x, y, 0.0] for x in (-150.0, 150.0) for y in (-120.0, 120.0)])
 
 # name, serial, azimuth°, elevation°, roll°, focal-length error (fraction), principal offset px, (k1, k2, p1, p2, k3)
-OBLIQUES = [
+OBLIQUES: list[tuple[CameraName, str, float, float, float, float, tuple[float, float], tuple[float, ...]]] = [
     ("cam02", "40012302", 0.0, 45.0, 0.8, 0.004, (6.0, -4.5), (-0.071, 0.052, 0.00021, -0.00014, 0.0)),
     ("cam03", "40012303", 90.0, 44.6, -1.1, -0.003, (-8.2, 3.1), (-0.083, 0.071, -0.00009, 0.00025, 0.0)),
     ("cam04", "40012304", 180.0, 45.3, 0.5, 0.002, (3.7, 7.9), (-0.066, 0.041, 0.00017, 0.00011, 0.0)),
@@ -55,7 +56,7 @@ def demo_rig() -> list[CameraCalibration]:
         eye = OBLIQUE_DISTANCE_MM * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
         rig.append(
             look_at(
-                name,  # type: ignore[arg-type]
+                name,
                 serial,
                 eye=eye,
                 target=(0.0, 0.0, 0.0),

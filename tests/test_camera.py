@@ -31,7 +31,10 @@ def oblique(dist: tuple[float, ...] = (-0.08, 0.05, 0.0002, -0.0001, 0.0)) -> Ca
     )
 
 
-def write_yaml(path: Path, entries: dict[str, object]) -> Path:
+YamlValue = int | float | str | np.ndarray  # what cv2.FileStorage.write takes
+
+
+def write_yaml(path: Path, entries: dict[str, YamlValue]) -> Path:
     fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_WRITE)
     for key, value in entries.items():
         fs.write(key, value)
@@ -39,7 +42,7 @@ def write_yaml(path: Path, entries: dict[str, object]) -> Path:
     return path
 
 
-def valid_entries(calib: CameraCalibration) -> dict[str, object]:
+def valid_entries(calib: CameraCalibration) -> dict[str, YamlValue]:
     return {
         "camera_name": calib.name,
         "serial": calib.serial,
@@ -110,7 +113,7 @@ def test_missing_key_names_file_and_key(tmp_path: Path, key: str) -> None:
         ("image_width", "wide", "integer"),
     ],
 )
-def test_bad_values_name_the_key_and_the_problem(tmp_path: Path, key: str, value: object, expected: str) -> None:
+def test_bad_values_name_the_key_and_the_problem(tmp_path: Path, key: str, value: YamlValue, expected: str) -> None:
     entries = valid_entries(oblique())
     entries[key] = value
     path = write_yaml(tmp_path / "cam02.yaml", entries)
@@ -212,7 +215,7 @@ def test_demo_rig_files_match_their_generator() -> None:
     assert spec is not None and spec.loader is not None
     make = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make)
-    for generated, stored in zip(make.demo_rig(), load_rig(DEMO_RIG)):
+    for generated, stored in zip(make.demo_rig(), load_rig(DEMO_RIG), strict=True):
         assert np.allclose(generated.K, stored.K) and np.allclose(generated.R, stored.R, atol=1e-12)
         assert np.allclose(generated.t, stored.t, atol=1e-9) and generated.dist_coeffs == stored.dist_coeffs
 

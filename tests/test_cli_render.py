@@ -31,6 +31,12 @@ def run(*argv: str | Path) -> int:
     return int(args.func(args))
 
 
+def read_png(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert image is not None, f"{path}: not written or not a readable image"
+    return image
+
+
 @pytest.fixture(scope="module")
 def small_rig(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo rig at a quarter of the resolution: the same views, a sixteenth of the pixels."""
@@ -67,8 +73,8 @@ def test_writes_five_scans_five_empty_trays_and_the_truth(rendered: Path, block:
     assert isinstance(truth.defect, DefectTruth) and truth.defect.spec == "missing_chunk:1"
     assert truth.defect.volume_change_mm3 < 0
     for camera in CAMERAS:
-        scan = cv2.imread(str(rendered / f"scan_{camera}.png"), cv2.IMREAD_UNCHANGED)
-        empty = cv2.imread(str(rendered / f"empty_{camera}.png"), cv2.IMREAD_UNCHANGED)
+        scan = read_png(rendered / f"scan_{camera}.png")
+        empty = read_png(rendered / f"empty_{camera}.png")
         assert scan.shape == empty.shape == (512, 612) and scan.dtype == np.uint8
         assert np.count_nonzero(scan != empty) > 1000, f"{camera}: the part must show"
         corner = (slice(0, 40), slice(0, 40))  # tray only: another frame has other sensor noise
@@ -82,8 +88,8 @@ def test_the_pose_puts_the_part_on_the_tray_where_the_cameras_see_it(rendered: P
     placed = trimesh.transform_points(trimesh.load_mesh(block).vertices, pose)
     assert abs(placed[:, 2].min()) < 1e-6 and np.all(np.abs(placed[:, :2]) <= [140.0, 110.0])
     for calib in load_rig(truth.calibration):
-        scan = cv2.imread(str(rendered / f"scan_{calib.name}.png"), cv2.IMREAD_UNCHANGED).astype(np.int16)
-        empty = cv2.imread(str(rendered / f"empty_{calib.name}.png"), cv2.IMREAD_UNCHANGED).astype(np.int16)
+        scan = read_png(rendered / f"scan_{calib.name}.png").astype(np.int16)
+        empty = read_png(rendered / f"empty_{calib.name}.png").astype(np.int16)
         u, v = np.round(calib.project(trimesh.transform_points([[0.0, 0.0, 7.5]], pose))[0]).astype(int)
         assert np.abs(scan[v - 2 : v + 3, u - 2 : u + 3] - empty[v - 2 : v + 3, u - 2 : u + 3]).mean() > 20, calib.name
 
@@ -93,7 +99,7 @@ def test_the_same_seed_renders_the_same_scene(rendered: Path, block: Path, small
     assert run(block, "--out", again, "--seed", "5", "--calibration", small_rig, "--defect", "missing_chunk:1.0") == 0
     assert json.loads((again / "truth.json").read_text()) == json.loads((rendered / "truth.json").read_text())
     for name in ("scan_cam03.png", "empty_cam03.png"):
-        assert np.array_equal(cv2.imread(str(again / name)), cv2.imread(str(rendered / name)))
+        assert np.array_equal(cv2.imread(str(again / name)), cv2.imread(str(rendered / name)))  # type: ignore[arg-type]  # assertion kept as written; None only for a missing file
 
 
 def test_units_scale_the_part_and_no_defect_is_null(block: Path, small_rig: Path, tmp_path: Path) -> None:

@@ -148,6 +148,7 @@ def test_warp_curls_the_long_axis_and_the_ends_lift_off_the_tray() -> None:
     degrees = 4.0
     result, truth = apply_defect(mesh, Defect.parse(f"warp:{degrees:g}"), defect_rng(0), pose=FLAT)
     assert result.is_watertight
+    assert truth.normal is not None
     assert np.allclose(truth.normal, [0.0, 0.0, 1.0]), "the ends move up, away from the tray"
     placed = rested(settle(result, FLAT), result)
     radius = 100.0 / math.radians(degrees)

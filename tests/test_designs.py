@@ -228,10 +228,10 @@ def test_mesh_is_loaded_once_across_threads(monkeypatch: pytest.MonkeyPatch) -> 
     calls: list[int] = []
     real = designs._mesh_from_bytes
 
-    def slow_load(*args: object, **kwargs: object) -> trimesh.Trimesh:
+    def slow_load(data: bytes, path: Path, file_type: str, units: str) -> trimesh.Trimesh:
         calls.append(1)
         time.sleep(0.05)
-        return real(*args, **kwargs)
+        return real(data, path, file_type, units)
 
     monkeypatch.setattr(designs, "_mesh_from_bytes", slow_load)
     barrier = threading.Barrier(8)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -106,7 +107,7 @@ def test_grab_returns_every_camera_and_the_scene(driver: MockDriver, small_rig: 
         frame = shot.frames[camera.name]
         assert frame.camera == camera.name and frame.serial == camera.serial
         assert frame.image.shape == (HEIGHT, WIDTH) and frame.image.dtype == np.uint8
-        assert frame.timestamp.tzinfo is not None and frame.timestamp.utcoffset().total_seconds() == 0
+        assert frame.timestamp.tzinfo is not None and frame.timestamp.utcoffset().total_seconds() == 0  # type: ignore[union-attr]  # tzinfo is checked first
         assert before <= frame.timestamp <= datetime.now(UTC)
         assert frame.exposure_us == camera.exposure_us and frame.gain_db == camera.gain_db
     scene = shot.metadata["mock_scene"]
@@ -132,7 +133,7 @@ def test_prerendered_grabs_are_fast_and_scenes_follow_the_run_seed(driver: MockD
 
 
 def test_runs_are_reproducible(small_rig: list[CameraSettings]) -> None:
-    def first_shot(seed: int) -> tuple[dict[str, object], np.ndarray]:
+    def first_shot(seed: int) -> tuple[dict[str, Any], np.ndarray]:
         instance = MockDriver(small_rig, MockDriverSettings(seed=seed, scene_pool=1), library())
         instance.open()
         try:
@@ -260,7 +261,7 @@ def test_works_with_the_real_design_library(small_rig: list[CameraSettings]) -> 
 
 def first_scenes(
     small_rig: list[CameraSettings], count: int = 1, **settings: object
-) -> list[tuple[dict[str, object], dict[str, np.ndarray]]]:
+) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
     instance = MockDriver(small_rig, MockDriverSettings(scene_pool=count, **settings), library())
     instance.open()
     try:
@@ -270,7 +271,7 @@ def first_scenes(
             shots.append(instance.grab(timeout_s=1.0))
     finally:
         instance.close()
-    return [(shot.metadata["mock_scene"], {n: f.image for n, f in shot.frames.items()}) for shot in shots]  # type: ignore[misc]
+    return [(shot.metadata["mock_scene"], {n: f.image for n, f in shot.frames.items()}) for shot in shots]
 
 
 def test_listed_defects_at_rate_zero_change_nothing(small_rig: list[CameraSettings]) -> None:
@@ -285,7 +286,7 @@ def test_defective_scenes_show_the_defect_and_record_its_truth(small_rig: list[C
     clean = first_scenes(small_rig, count=2, seed=4)
     defective = first_scenes(small_rig, count=2, seed=4, defects=defects, defect_rate=1.0)
     assert first_scenes(small_rig, count=2, seed=4, defects=defects, defect_rate=1.0)[1][0] == defective[1][0]
-    for (clean_meta, clean_images), (meta, images) in zip(clean, defective):
+    for (clean_meta, clean_images), (meta, images) in zip(clean, defective, strict=True):
         truth = meta["defect"]
         assert isinstance(truth, dict) and truth["spec"] in defects
         assert (truth["volume_change_mm3"] < 0) == (truth["kind"] == "missing_chunk")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from amflow_edge.cli.main import main
@@ -39,16 +41,16 @@ def pylon_station(tmp_path: Path, port: int = 1883, serials: list[str] = REVERSE
     )
 
 
-def fed_station(tmp_path: Path, port: int = 1883, **pylon: object) -> tuple[StationConfig, dict[str, object]]:
+def fed_station(tmp_path: Path, port: int = 1883, **pylon: object) -> tuple[StationConfig, dict[str, np.ndarray]]:
     """A pylon station whose emulated cameras each deliver their own noise picture."""
-    config = pylon_station(tmp_path, port, **pylon)
+    config = pylon_station(tmp_path, port, REVERSED, **pylon)
     cfg = load_config(config)
     assert cfg.pylon.features_dir is not None
     save_features(config, cfg.pylon.features_dir)
     images = write_images(tmp_path / "images", EMULATED, cfg.cameras[0].width, cfg.cameras[0].height)
     for serial in EMULATED:
         point_at_image(cfg.pylon.features_dir / f"{serial}.pfs", tmp_path / "images" / f"{serial}.png")
-    return cfg, images  # type: ignore[return-value]
+    return cfg, images
 
 
 def test_cameras_are_mapped_by_serial_and_frames_are_the_cameras_pictures(emulated: list[str], tmp_path: Path) -> None:
@@ -118,18 +120,23 @@ def test_action_commands_on_cameras_without_them_are_refused_clearly(emulated: l
     with pytest.raises(ConfigError, match=r"pylon: trigger = 'action' needs an \[pylon.action\] table"):
         load_config(pylon_station(tmp_path, trigger="action"))
     cfg = load_config(pylon_station(tmp_path))
-    settings = PylonSettings(trigger="action", action={"device_key": 1, "group_key": 1})  # type: ignore[arg-type]
+    settings = PylonSettings(trigger="action", action={"device_key": 1, "group_key": 1})
     with pytest.raises(DriverError, match="has no action commands; use trigger = software or line1"):
         PylonDriver(cfg.cameras, settings).open()
 
 
 @pytest.fixture
-def running(emulated: list[str], tmp_path: Path, broker: Broker) -> Station:
+def running(emulated: list[str], tmp_path: Path, broker: Broker) -> Iterator[Station]:
     cfg, _ = fed_station(tmp_path, broker.port)
     station = build_station(cfg)
     station.start(RunOptions(supervise_interval_s=0.2))
-    yield station  # type: ignore[misc]
+    yield station
     station.shutdown()
+
+
+def pylon_driver(station: Station) -> PylonDriver:
+    assert isinstance(station.driver, PylonDriver)
+    return station.driver
 
 
 def scan_dirs(station: Station) -> list[str]:
@@ -139,19 +146,20 @@ def scan_dirs(station: Station) -> list[str]:
 def test_failed_buffers_and_timeouts_fail_the_scan_cleanly_and_the_station_carries_on(running: Station) -> None:
     first = running.loop.capture(Trigger(source="test"))
     assert first.ok
-    cam03 = running.driver.camera("cam03")  # type: ignore[attr-defined]
+    cam03 = pylon_driver(running).camera("cam03")
     cam03.ForceFailedBufferCount.Value = 1
     cam03.ForceFailedBuffer.Execute()
     failed = running.loop.capture(Trigger(source="test"))
     assert not failed.ok and failed.error is not None and failed.error.startswith("cam03: failed buffer")
-    running.driver.camera("cam02").AcquisitionStop.Execute()  # type: ignore[attr-defined]  # a camera gone silent
+    pylon_driver(running).camera("cam02").AcquisitionStop.Execute()  # a camera gone silent
     timed_out = running.loop.capture(Trigger(source="test"))
     assert not timed_out.ok and timed_out.error == "cam02: not ready for a trigger within 1000 ms (serial 0815-0003)"
-    running.driver.camera("cam02").AcquisitionStart.Execute()  # type: ignore[attr-defined]
+    pylon_driver(running).camera("cam02").AcquisitionStart.Execute()
     again = running.loop.capture(Trigger(source="test"))
     assert again.ok, again.error
-    assert scan_dirs(running) == sorted([first.uuid, again.uuid])  # type: ignore[list-item]
-    record = json.loads((running.store.scan_dir(again.uuid) / "scan.json").read_text())  # type: ignore[arg-type]
+    assert first.uuid is not None and again.uuid is not None
+    assert scan_dirs(running) == sorted([first.uuid, again.uuid])
+    record = json.loads((running.store.scan_dir(again.uuid) / "scan.json").read_text())
     cam = record["station"]["cameras"]["cam01"]
     assert cam["serial"] == "0815-0004" and len(cam["extra"]["features_sha256"]) == 64
     assert record["station"]["driver"] == "pylon"
@@ -160,7 +168,7 @@ def test_failed_buffers_and_timeouts_fail_the_scan_cleanly_and_the_station_carri
 def test_a_camera_closed_under_the_daemon_is_reported_and_recovered(running: Station, broker: Broker) -> None:
     states = Subscriber(broker, ["amflow/test-station/state"])
     assert running.loop.capture(Trigger(source="test")).ok
-    running.driver.camera("cam04").Close()  # type: ignore[attr-defined]
+    pylon_driver(running).camera("cam04").Close()
     refused = running.loop.capture(Trigger(source="test"))
     assert not refused.ok and "incomplete rig" in (refused.error or "") and "cam04" in (refused.error or "")
     assert wait_for(lambda: all(h.connected for h in running.driver.health())), running.driver.health()
@@ -189,13 +197,14 @@ def test_line1_trigger_stores_a_scan_when_the_frames_arrive(
         reference = cv2.imread(
             str(station.store.reference_dir(station.scan_session) / "empty_cam02.png"), cv2.IMREAD_UNCHANGED
         )  # taken by software trigger: no part pulses the sensor
+        assert reference is not None
         assert (reference == images[cfg.cameras[1].serial]).all()
         refused = station.loop.capture(Trigger(source="mqtt"))
         assert not refused.ok and "triggered on Line1" in (refused.error or "")
-        driver = station.driver
-        assert driver.camera("cam01").TriggerSource.Value == "Line1"  # type: ignore[attr-defined]
+        driver = pylon_driver(station)
+        assert driver.camera("cam01").TriggerSource.Value == "Line1"
         for camera in cfg.cameras:  # play the part-present sensor: every camera fires once
-            pylon_camera = driver.camera(camera.name)  # type: ignore[attr-defined]
+            pylon_camera = driver.camera(camera.name)
             pylon_camera.TriggerSource.Value = "Software"
             pylon_camera.ExecuteSoftwareTrigger()
         assert wait_for(lambda: station.loop.scans_stored == 1)
@@ -203,13 +212,14 @@ def test_line1_trigger_stores_a_scan_when_the_frames_arrive(
         record = json.loads((station.store.scan_dir(scan) / "scan.json").read_text())
         assert record["station"]["trigger_source"] == "hardware"
         stored = cv2.imread(str(station.store.scan_dir(scan) / "scan_cam05.png"), cv2.IMREAD_UNCHANGED)
+        assert stored is not None
         assert (stored == images[cfg.cameras[4].serial]).all()
 
         for camera in cfg.cameras[1:]:  # cam01 misses a pulse: no scan, and nothing of it left over
-            driver.camera(camera.name).ExecuteSoftwareTrigger()  # type: ignore[attr-defined]
+            driver.camera(camera.name).ExecuteSoftwareTrigger()
         assert wait_for(lambda: station.loop.scans_failed == 2)  # the refused mqtt capture, then this one
         for camera in cfg.cameras:
-            driver.camera(camera.name).ExecuteSoftwareTrigger()  # type: ignore[attr-defined]
+            driver.camera(camera.name).ExecuteSoftwareTrigger()
         assert wait_for(lambda: station.loop.scans_stored == 2)
         [second] = [s for s in scan_dirs(station) if s != scan]
         numbers = json.loads((station.store.scan_dir(second) / "scan.json").read_text())["station"]["cameras"]

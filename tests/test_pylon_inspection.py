@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import cv2
 
@@ -27,7 +28,7 @@ __all__ = ["emulated"]
 EVENTS = "amflow/test-station/event"
 
 
-def run_until_inspected(station: Station, subscriber: Subscriber, trigger: Trigger) -> tuple[str, dict]:  # type: ignore[type-arg]
+def run_until_inspected(station: Station, subscriber: Subscriber, trigger: Trigger) -> tuple[str, dict[str, Any]]:
     result = station.loop.capture(trigger)
     assert result.ok and result.uuid, result.error
     quality = json.loads(subscriber.next(topic=f"{EVENTS}/scan.quality_control", timeout_s=180).payload)["data"]
@@ -78,6 +79,7 @@ def test_inspection_through_pylon_equals_the_mock_path(emulated: list[str], tmp_
                 str(station.store.reference_dir(station.scan_session) / f"empty_{camera.name}.png"),
                 cv2.IMREAD_UNCHANGED,
             )
+            assert taken is not None
             assert (taken == cv2.imread(str(references / f"empty_{camera.name}.png"), cv2.IMREAD_UNCHANGED)).all()
         scan, quality = run_until_inspected(station, subscriber, Trigger(source="test", design_material=design))
         report = json.loads((station.store.scan_dir(scan) / "inspection_report.json").read_text())

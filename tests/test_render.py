@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pytest
@@ -19,6 +20,12 @@ BOX_POSE = trimesh.transformations.concatenate_matrices(
 )
 
 
+class Scene(TypedDict):
+    images: dict[str, np.ndarray]
+    empty: dict[str, np.ndarray]
+    seconds: float
+
+
 @pytest.fixture(scope="module")
 def renderer() -> Renderer:
     return Renderer(load_rig(REPO / "config" / "calibration" / "demo"))
@@ -30,7 +37,7 @@ def box() -> trimesh.Trimesh:
 
 
 @pytest.fixture(scope="module")
-def scene(renderer: Renderer, box: trimesh.Trimesh) -> dict[str, object]:
+def scene(renderer: Renderer, box: trimesh.Trimesh) -> Scene:
     renderer.render(box, BOX_POSE, seed=10)  # warm the per-mesh caches, as every scene after the first finds them
     started = time.perf_counter()
     images = renderer.render(box, BOX_POSE, seed=11)
@@ -38,7 +45,7 @@ def scene(renderer: Renderer, box: trimesh.Trimesh) -> dict[str, object]:
     return {"images": images, "empty": renderer.render(None, None, seed=11), "seconds": seconds}
 
 
-def test_five_mono8_images_of_the_calibrated_size(scene: dict[str, object]) -> None:
+def test_five_mono8_images_of_the_calibrated_size(scene: Scene) -> None:
     images = scene["images"]
     assert isinstance(images, dict) and sorted(images) == ["cam01", "cam02", "cam03", "cam04", "cam05"]
     for image in images.values():
@@ -46,17 +53,15 @@ def test_five_mono8_images_of_the_calibrated_size(scene: dict[str, object]) -> N
         assert 15 < image.mean() < 120 and image.max() > 120
 
 
-def test_a_scene_renders_within_the_time_budget(scene: dict[str, object]) -> None:
+def test_a_scene_renders_within_the_time_budget(scene: Scene) -> None:
     print(f"render time, five cameras at 2448×2048: {scene['seconds']:.2f} s")
     assert scene["seconds"] < 6.0, "the target is 3 s on the 2-core station; 6 s means a real regression"
 
 
-def test_same_seed_same_images_other_seed_other_noise(
-    renderer: Renderer, box: trimesh.Trimesh, scene: dict[str, object]
-) -> None:
+def test_same_seed_same_images_other_seed_other_noise(renderer: Renderer, box: trimesh.Trimesh, scene: Scene) -> None:
     again = renderer.render(box, BOX_POSE, seed=11)
     other = renderer.render(box, BOX_POSE, seed=12)
-    for name, image in scene["images"].items():  # type: ignore[union-attr]
+    for name, image in scene["images"].items():
         assert np.array_equal(image, again[name])
         difference = image.astype(np.int16) - other[name]
         assert np.count_nonzero(difference) > image.size // 4
@@ -64,12 +69,12 @@ def test_same_seed_same_images_other_seed_other_noise(
 
 
 def test_the_part_shows_where_it_projects_and_nowhere_far_from_it(
-    renderer: Renderer, box: trimesh.Trimesh, scene: dict[str, object]
+    renderer: Renderer, box: trimesh.Trimesh, scene: Scene
 ) -> None:
     top_centre = trimesh.transform_points([[0.0, 0.0, 10.0]], BOX_POSE)
     for calib in renderer.cameras:
-        image = scene["images"][calib.name].astype(np.int16)  # type: ignore[index]
-        empty = scene["empty"][calib.name].astype(np.int16)  # type: ignore[index]
+        image = scene["images"][calib.name].astype(np.int16)
+        empty = scene["empty"][calib.name].astype(np.int16)
         u, v = np.round(calib.project(top_centre)[0]).astype(int)
         assert np.abs(image[v - 5 : v + 6, u - 5 : u + 6] - empty[v - 5 : v + 6, u - 5 : u + 6]).mean() > 30, calib.name
         corners = calib.project(trimesh.transform_points(box.vertices, BOX_POSE))
@@ -80,9 +85,9 @@ def test_the_part_shows_where_it_projects_and_nowhere_far_from_it(
         assert np.array_equal(image[far], empty[far]), f"{calib.name}: pixels far from the part changed"
 
 
-def test_empty_tray_images_differ_only_by_sensor_noise(renderer: Renderer, scene: dict[str, object]) -> None:
+def test_empty_tray_images_differ_only_by_sensor_noise(renderer: Renderer, scene: Scene) -> None:
     other = renderer.render(None, None, seed=99)
-    for name, empty in scene["empty"].items():  # type: ignore[union-attr]
+    for name, empty in scene["empty"].items():
         difference = empty.astype(np.int16) - other[name]
         assert abs(float(difference.mean())) < 0.05
         assert 0.7 < float(difference.std()) < 4.0, "shot noise of a ~20–90 DN image"

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from amflow_edge.inspection.geometry.camera import CameraCalibration
 from amflow_edge.inspection.geometry.silhouette import full_window, silhouette
 from amflow_edge.inspection.regions import open_to_background
 from amflow_edge.inspection.segment import (
@@ -21,7 +22,7 @@ from amflow_edge.inspection.segment import (
 from tests.inspection_scenes import design, empty, placed, rig
 
 
-def _truth(name: str, pose: np.ndarray, calib) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _truth(name: str, pose: np.ndarray, calib: CameraCalibration) -> np.ndarray:
     mesh = design(name)
     vertices = mesh.vertices @ pose[:3, :3].T + pose[:3, 3]
     return silhouette(calib, vertices, np.asarray(mesh.faces), full_window(calib, 1.0)) > 0

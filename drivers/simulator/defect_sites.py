@@ -17,6 +17,8 @@ import open3d as o3d
 import trimesh
 from scipy.spatial import ConvexHull, QhullError
 
+from amflow_edge.inspection.geometry.raycast import tensor
+
 _EDGE_SAMPLES = 3000
 _SURFACE_SAMPLES = 4000
 _SHARP_EDGE_DEG = 30.0
@@ -93,18 +95,18 @@ class RestingPart:
         if self._scene is None:
             self._scene = o3d.t.geometry.RaycastingScene()
             vertices = self.to_tray(np.asarray(self.mesh.vertices, dtype=np.float64)).astype(np.float32)
-            self._scene.add_triangles(o3d.core.Tensor(vertices), o3d.core.Tensor(self.mesh.faces.astype(np.uint32)))
+            self._scene.add_triangles(tensor(vertices), tensor(self.mesh.faces.astype(np.uint32)))
         count, views = len(probes), len(self.viewpoints)
         origins = np.tile(self.viewpoints, (count, 1))
         directions = np.repeat(self.to_tray(probes), views, axis=0) - origins
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         rays = np.concatenate([origins, directions], axis=1).astype(np.float32)
-        hits = {k: v.numpy() for k, v in self._scene.list_intersections(o3d.core.Tensor(rays)).items()}
+        hits = {k: v.numpy() for k, v in self._scene.list_intersections(tensor(rays)).items()}
         ray = hits["ray_ids"].astype(np.int64)
         where = origins[ray] + directions[ray] * hits["t_hit"][:, None]
         elsewhere = np.linalg.norm(where - np.repeat(self.to_tray(centres), views, axis=0)[ray], axis=1) > radius
         blocked = np.bincount(ray, weights=elsewhere, minlength=len(rays)) > 0
-        return ~blocked.reshape(count, views).all(axis=1)
+        return ~np.all(blocked.reshape(count, views), axis=1)
 
     def weights(self, points: np.ndarray, reach_mm: float) -> np.ndarray:
         """Preference for high points near the outline, never zero so every candidate stays possible."""
@@ -189,7 +191,7 @@ def _choose(
     clear = part.above_tray(points) >= radius_mm + _CLEARANCE_MM
     facing = part.facing_up(normals) >= _MIN_FACING_UP
     depth = part.below_hull(points)
-    tiers = []
+    tiers: list[np.ndarray] = []
     for tolerance in (_ON_HULL_MM, 0.05 * float(part.mesh.extents.max()), math.inf):
         index = np.flatnonzero(clear & facing & (depth <= tolerance))
         if len(index) and not (tiers and len(tiers[-1]) == len(index)):

@@ -94,7 +94,7 @@ class Defect(BaseModel):
             ) from None
         size: float | tuple[float, ...] = values[0] if len(values) == 1 else values
         _check_size(kind, size)
-        return cls(kind=kind, size=size)  # type: ignore[arg-type]
+        return cls(kind=kind, size=size)
 
     @property
     def amount(self) -> float:

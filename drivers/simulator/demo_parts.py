@@ -188,7 +188,7 @@ def to_trimesh(solid: Manifold) -> trimesh.Trimesh:
     unique, inverse = np.unique(vertices, axis=0, return_inverse=True)
     faces = inverse.reshape(-1)[faces]
     first = np.argmin(faces, axis=1)
-    faces = np.stack([np.roll(f, -s) for f, s in zip(faces, first)]) if len(faces) else faces
+    faces = np.stack([np.roll(f, -s) for f, s in zip(faces, first, strict=True)]) if len(faces) else faces
     faces = faces[np.lexsort(faces.T[::-1])]
     return trimesh.Trimesh(unique.astype(np.float64), faces, process=False)
 

@@ -17,7 +17,7 @@ import numpy as np
 import open3d as o3d
 import trimesh
 
-from amflow_edge.inspection.geometry.raycast import triangle_scene
+from amflow_edge.inspection.geometry.raycast import tensor, triangle_scene
 
 SAMPLES = 3000
 ICP_ITERATIONS = 40
@@ -48,9 +48,7 @@ def pose_error(mesh: trimesh.Trimesh, true_pose: np.ndarray, estimated_pose: np.
     residual = math.inf
     for _ in range(ICP_ITERATIONS):
         moved = estimated @ correction[:3, :3].T + correction[:3, 3]
-        closest = (
-            scene.compute_closest_points(o3d.core.Tensor(moved.astype(np.float32)))["points"].numpy().astype(np.float64)
-        )
+        closest = scene.compute_closest_points(tensor(moved.astype(np.float32)))["points"].numpy().astype(np.float64)
         distance = float(np.linalg.norm(closest - moved, axis=1).mean())
         step = _procrustes(moved, closest)
         correction = step @ correction
@@ -72,7 +70,7 @@ def largest_deviation(mesh: trimesh.Trimesh, true_pose: np.ndarray, estimated_po
     forgive it, and stays at a few tenths of a millimetre for a pose that is right.
     """
     scene, estimated = _compared(mesh, true_pose, estimated_pose)
-    return float(scene.compute_distance(o3d.core.Tensor(estimated.astype(np.float32))).numpy().max())
+    return float(scene.compute_distance(tensor(estimated.astype(np.float32))).numpy().max())
 
 
 def _compared(

@@ -125,7 +125,7 @@ class Renderer:
         if mesh is not None:
             part = self._prepare_part(mesh, np.eye(4) if pose is None else np.asarray(pose, dtype=np.float64))
         images = self._pool.map(lambda view: self._render_view(view, part, seed), self._views)
-        return {view.calib.name: image for view, image in zip(self._views, images)}
+        return {view.calib.name: image for view, image in zip(self._views, images, strict=True)}
 
     def _prepare_view(self, index: int, calib: CameraCalibration) -> _View:
         rays = calib.pixel_rays()

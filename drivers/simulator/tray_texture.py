@@ -61,9 +61,11 @@ def _tray_texture(tray_size_mm: tuple[float, float]) -> tuple[np.ndarray, np.nda
     x = origin[0] + (np.arange(nx, dtype=np.float32) + 0.5) * TRAY_TEXEL_MM
     y = origin[1] + (np.arange(ny, dtype=np.float32) + 0.5) * TRAY_TEXEL_MM
 
-    speckle = cv2.GaussianBlur(rng.standard_normal((ny, nx), dtype=np.float32), (0, 0), 1.2)
+    speckle: np.ndarray = cv2.GaussianBlur(rng.standard_normal((ny, nx), dtype=np.float32), (0, 0), 1.2)
     speckle /= speckle.std()
-    coarse = cv2.GaussianBlur(rng.standard_normal((ny // 10 + 1, nx // 10 + 1), dtype=np.float32), (0, 0), 2.5)
+    coarse: np.ndarray = cv2.GaussianBlur(
+        rng.standard_normal((ny // 10 + 1, nx // 10 + 1), dtype=np.float32), (0, 0), 2.5
+    )
     mottle = cv2.resize(coarse / max(float(coarse.std()), 1e-6), (nx, ny), interpolation=cv2.INTER_LINEAR)
 
     pass_width, cutter_radius, feed = 60.0, 40.0, 0.9

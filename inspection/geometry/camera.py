@@ -273,8 +273,8 @@ class CameraCalibration(BaseModel):
 def look_at(
     name: CameraName,
     serial: str,
-    eye: Sequence[float],
-    target: Sequence[float],
+    eye: Sequence[float] | np.ndarray,
+    target: Sequence[float] | np.ndarray,
     focal_length_mm: float,
     *,
     up: Sequence[float] = (0.0, 0.0, 1.0),
@@ -381,7 +381,7 @@ def load_calibration(path: str | os.PathLike[str]) -> CameraCalibration:
     if not fs.isOpened():
         raise CalibrationError(f"{path}: OpenCV could not open it; it must be an OpenCV FileStorage YAML ('%YAML:1.0')")
     try:
-        keys = [k for k in fs.root().keys()]
+        keys = list(fs.root().keys())
         data: dict[str, object] = {
             "name": _read_string(fs, path, "camera_name", "cam01"),
             "serial": _read_string(fs, path, "serial", "40012301"),

@@ -15,7 +15,7 @@ import numpy as np
 import open3d as o3d
 
 from amflow_edge.inspection.geometry.camera import CameraCalibration
-from amflow_edge.inspection.geometry.raycast import PlacedPart, surface_normals
+from amflow_edge.inspection.geometry.raycast import PlacedPart, surface_normals, tensor
 
 PART_ALBEDO = 0.46
 PART_GRAIN_FINE = 0.06
@@ -108,7 +108,7 @@ class Lighting:
         for direction in _cosine_directions(rng, count, AO_SAMPLES):
             batches.append(np.concatenate([origins, direction * 1000.0], axis=1))
             weights.append(np.full(count, self.dome / AO_SAMPLES, dtype=np.float32))
-        occluded = scene.test_occlusions(o3d.core.Tensor(np.concatenate(batches)), tnear=0.0, tfar=1.0).numpy()
+        occluded = scene.test_occlusions(tensor(np.concatenate(batches)), tnear=0.0, tfar=1.0).numpy()
         lost = (occluded.reshape(len(batches), count) * np.stack(weights)).sum(axis=0)
         factor = (1.0 - lost / free).reshape(ny, nx).astype(np.float32)
         factor = cv2.GaussianBlur(factor, (0, 0), 1.0, borderType=cv2.BORDER_REPLICATE)
@@ -149,12 +149,12 @@ class Lighting:
         visible = [np.ones(len(t), dtype=np.float32) for _ in self.lights]
         if shadow_rays:
             batch = np.ascontiguousarray(np.concatenate([r for _, _, r in shadow_rays]), dtype=np.float32)
-            occluded = part.scene.test_occlusions(o3d.core.Tensor(batch), tnear=0.0, tfar=1.0).numpy()
+            occluded = part.scene.test_occlusions(tensor(batch), tnear=0.0, tfar=1.0).numpy()
             start = 0
             for index, which, rays in shadow_rays:
                 visible[index][which] = ~occluded[start : start + len(rays)]
                 start += len(rays)
-        for (irradiance, glint), vis in zip(terms, visible):
+        for (irradiance, glint), vis in zip(terms, visible, strict=True):
             diffuse += irradiance * vis
             specular += glint * vis
 
@@ -197,7 +197,7 @@ class Lighting:
                 )
                 for f in phases
             ]
-            batch = o3d.core.Tensor(np.ascontiguousarray(np.concatenate(rays), dtype=np.float32))
+            batch = tensor(np.ascontiguousarray(np.concatenate(rays), dtype=np.float32))
             occluded = scene.test_occlusions(batch, tnear=0.0, tfar=1.0).numpy().reshape(len(phases), -1)
             shade = occluded.mean(axis=0)
             penumbra[which] += irradiance[which] * ((shade > 0) & (shade < 1))

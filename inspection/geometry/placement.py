@@ -51,7 +51,7 @@ def _compute_stable_poses(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray
         except Exception:  # noqa: BLE001 - trimesh raises anything from qhull to linalg errors on odd meshes
             poses = None
     usable = poses is not None and len(poses) > 0 and np.all(np.isfinite(poses))
-    if not usable or not np.isfinite(np.sum(probs)) or np.sum(probs) <= 0:
+    if not usable or probs is None or not np.isfinite(np.sum(probs)) or np.sum(probs) <= 0:
         poses, probs = _hull_face_poses(mesh)
     probs = np.asarray(probs, dtype=np.float64)
     keep = probs >= _MIN_PROBABILITY * probs.max()

@@ -65,12 +65,19 @@ def place_part(mesh: trimesh.Trimesh, data: MeshData, pose: np.ndarray) -> Place
     )
 
 
+def tensor(array: np.ndarray) -> o3d.core.Tensor:
+    """A copy of `array` as an open3d tensor of its own dtype, on the CPU.
+
+    One place for the stub's mistake: open3d's generated stub makes dtype and device required,
+    though the binding defaults them to the array's dtype and the CPU.
+    """
+    return o3d.core.Tensor(array)  # type: ignore[call-overload]  # the stub omits the binding's defaults
+
+
 def triangle_scene(vertices: np.ndarray, faces: np.ndarray) -> o3d.t.geometry.RaycastingScene:
     """An open3d ray-casting scene of (V, 3) vertices and (F, 3) faces, in whatever frame the vertices are."""
     scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(
-        o3d.core.Tensor(np.asarray(vertices, dtype=np.float32)), o3d.core.Tensor(np.asarray(faces, dtype=np.uint32))
-    )
+    scene.add_triangles(tensor(np.asarray(vertices, dtype=np.float32)), tensor(np.asarray(faces, dtype=np.uint32)))
     return scene
 
 
@@ -78,7 +85,7 @@ def cast(scene: o3d.t.geometry.RaycastingScene, centre: np.ndarray, directions: 
     rays = np.empty((len(directions), 6), dtype=np.float32)
     rays[:, :3] = centre
     rays[:, 3:] = directions
-    result = scene.cast_rays(o3d.core.Tensor(rays))
+    result = scene.cast_rays(tensor(rays))
     return {key: value.numpy() for key, value in result.items()}
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import open3d as o3d
 
 from amflow_edge.inspection.geometry.camera import CameraCalibration
+from amflow_edge.inspection.geometry.raycast import tensor
 
 _SHIFT = 4
 _ONE = 1 << _SHIFT
@@ -100,7 +101,7 @@ def cast_silhouette(
     batch = np.empty((len(rays), 6), dtype=np.float32)
     batch[:, :3] = origin
     batch[:, 3:] = rays @ rotation.astype(np.float32)
-    hit = scene.test_occlusions(o3d.core.Tensor(batch)).numpy()
+    hit = scene.test_occlusions(tensor(batch)).numpy()
     return hit.reshape(window.height, window.width)
 
 

@@ -11,11 +11,10 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-import open3d as o3d
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from amflow_edge.inspection.geometry.raycast import triangle_scene
+from amflow_edge.inspection.geometry.raycast import tensor, triangle_scene
 
 SYMMETRY_SAMPLES = 2000
 SYMMETRY_TOLERANCE = 0.01
@@ -41,7 +40,7 @@ def symmetries(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray, float]:
 
     def distances(motion: np.ndarray) -> np.ndarray:
         moved = (points @ motion[:3, :3].T + motion[:3, 3]).astype(np.float32)
-        return scene.compute_distance(o3d.core.Tensor(moved)).numpy()
+        return scene.compute_distance(tensor(moved)).numpy()
 
     def keeps(motion: np.ndarray) -> bool:
         return float(distances(motion).mean()) < tolerance
@@ -83,7 +82,7 @@ def _quarter_turns() -> list[np.ndarray]:
         for signs in itertools.product((1.0, -1.0), repeat=3):
             matrix = np.zeros((4, 4))
             matrix[3, 3] = 1.0
-            for row, (col, sign) in enumerate(zip(perm, signs)):
+            for row, (col, sign) in enumerate(zip(perm, signs, strict=True)):
                 matrix[row, col] = sign
             if np.linalg.det(matrix[:3, :3]) > 0:
                 turns.append(matrix)

@@ -32,6 +32,8 @@ def broken_meshes() -> dict[str, bytes]:
     bowtie_a = _cube()
     bowtie_b = _cube()
     bowtie_b.apply_translation((10.0, 10.0, 0.0))
+    bowtie = trimesh.util.concatenate([bowtie_a, bowtie_b])
+    assert isinstance(bowtie, trimesh.Trimesh)
     on_edge = cube.vertices[cube.faces[0][:2]]
     sliver = np.array([on_edge[0], on_edge[1], on_edge.mean(axis=0)])
     with_slivers = trimesh.Trimesh(
@@ -48,7 +50,7 @@ def broken_meshes() -> dict[str, bytes]:
         # a cup: the 24-sided rim is too large a hole for automatic repair
         "open_cup.stl": _stl(_without_top(cup)),
         # two cubes touching along one edge: that edge has four faces, which no repair can fix
-        "bowtie.stl": _stl(trimesh.util.concatenate([bowtie_a, bowtie_b])),
+        "bowtie.stl": _stl(bowtie),
         # a cube missing its top square: a quad hole that repair can close
         "missing_face.stl": _stl(_without_top(cube)),
         # a cube with every face wound inwards: repair flips it
