@@ -149,7 +149,18 @@ def test_the_wheel_installs_one_package_with_the_drivers_and_the_inspection_insi
         ignore=shutil.ignore_patterns(".*", "run", "build", "*.egg-info", "__pycache__", "tests", "benchmarks"),
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
