@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from functools import cache, wraps
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -20,8 +22,8 @@ import trimesh
 from threadpoolctl import ThreadpoolController
 
 from amflow_edge.common.shipped import DEMO_CALIBRATION
-from amflow_edge.inspection.align import AlignmentError, View, align, fit_scale, refit
-from amflow_edge.inspection.design_cache import design_model
+from amflow_edge.inspection.align import Alignment, AlignmentError, View, align, fit_scale, refit
+from amflow_edge.inspection.design_cache import DesignModel, design_model
 from amflow_edge.inspection.designs import Units, load_mesh_mm
 from amflow_edge.inspection.geometry.camera import (
     RIG_CAMERAS,
@@ -29,6 +31,7 @@ from amflow_edge.inspection.geometry.camera import (
     load_rig,
 )
 from amflow_edge.inspection.metrics import compute_metrics, model_masks
+from amflow_edge.inspection.models import InspectionMetrics
 from amflow_edge.inspection.overlay import (
     CONTACT_SHEET,
     contact_sheet,
@@ -106,72 +109,138 @@ def inspect_scan(
     scan: uuid.UUID | None = None,
 ) -> InspectionReport:
     """Align the design to the scan, measure, judge with `profile`; write report and overlays into out_dir if given."""
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    _check_inputs(images, references, cameras)
+    watch = _Stopwatch()
+    with watch.stage("design"):
+        _check_inputs(images, references, cameras)
+        model = _design(mesh_mm, cache_dir, design_material)
+    with watch.stage("segment"):
+        views = _segment(images, references, cameras)
+    found = _fit_and_measure(model, views, images, watch)
+    report = _report(found, profile, design_material, scan)
+    if out_dir is not None:
+        with watch.stage("overlays"):
+            report.overlays = _write_overlays(Path(out_dir), images, views, found.drawn, report)
+    report.timings_s = watch.rounded()
+    if out_dir is not None:
+        write_report(report, out_dir)
+    return report
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What fitting and measuring gave: nothing but notes when no part could be aligned."""
+
+    alignment: Alignment | None
+    metrics: InspectionMetrics | None
+    drawn: dict[str, dict[str, np.ndarray]]
+    """Per camera, the masks the overlays draw."""
+    notes: list[str]
+
+
+class _Stopwatch:
+    """Seconds per stage of one inspection, and in total since it was made, for the report's timings."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Times the block; a stage timed twice adds up."""
+        mark = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - mark
+
+    def rounded(self) -> dict[str, float]:
+        """The stages and the total so far, to 0.1 ms."""
+        seconds = {**self.seconds, "total": time.perf_counter() - self.started}
+        return {k: round(v, 4) for k, v in seconds.items()}
+
+
+def _design(mesh_mm: trimesh.Trimesh, cache_dir: Path | str | None, design_material: str) -> DesignModel:
     try:
-        model = design_model(mesh_mm, cache_dir)
+        return design_model(mesh_mm, cache_dir)
     except ValueError as exc:
         raise InspectionInputError(f"design {design_material}: {exc}") from None
-    timings["design"] = time.perf_counter() - started
 
-    mark = time.perf_counter()
+
+def _segment(
+    images: Mapping[str, np.ndarray], references: Mapping[str, np.ndarray], cameras: Sequence[CameraCalibration]
+) -> list[View]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         segmentations = list(pool.map(lambda c: segment_scan(c.name, images[c.name], references[c.name]), cameras))
-    views = [View(calib, seg.mask, seg.clear_tray, seg.clear_part) for calib, seg in zip(cameras, segmentations)]
-    timings["segment"] = time.perf_counter() - mark
+    return [
+        View(calib, seg.mask, seg.clear_tray, seg.clear_part) for calib, seg in zip(cameras, segmentations, strict=True)
+    ]
 
-    notes: list[str] = []
-    metrics = None
-    alignment = None
-    drawn: dict[str, dict[str, np.ndarray]] = {}
-    mark = time.perf_counter()
-    try:
-        alignment = align(model, views)
-    except AlignmentError as exc:
-        notes.append(f"no part could be aligned: {exc}")
-    timings["align"] = time.perf_counter() - mark
-    if alignment is not None:
-        mark = time.perf_counter()
-        masks = model_masks(model, views, alignment.pose)
-        if len(model.symmetries) > 1 or len(model.spin_axis):
-            chosen = choose_symmetric(model, views, alignment.pose, images, masks)
-            if not np.allclose(chosen, alignment.pose):
-                alignment = refit(model, views, alignment, chosen)
-                masks = model_masks(model, views, alignment.pose)
-            timings["look_alikes"] = time.perf_counter() - mark
-            mark = time.perf_counter()
-        # The shading comparison is mostly ray casting, the scale and bend fits mostly Python: side by side.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            surface = pool.submit(compare_shading, model, views, alignment.pose, images, masks)
-            scale = fit_scale(model, views, alignment.pose)
-            bend = fit_bend(model, views, alignment.pose)
-            metrics, drawn = compute_metrics(model, views, alignment, scale, bend, masks, surface.result())
-        timings["metrics"] = time.perf_counter() - mark
 
-    criteria, machine, review, reasons = judge(profile, metrics)
-    report = InspectionReport(
+def _fit_and_measure(
+    model: DesignModel, views: Sequence[View], images: Mapping[str, np.ndarray], watch: _Stopwatch
+) -> _Found:
+    with watch.stage("align"):
+        try:
+            alignment = align(model, views)
+        except AlignmentError as exc:
+            return _Found(None, None, {}, [f"no part could be aligned: {exc}"])
+    # Without look-alikes to choose from, the model masks are timed with the metrics.
+    with watch.stage("look_alikes" if _has_look_alikes(model) else "metrics"):
+        alignment, masks = _choose_look_alike(model, views, alignment, images)
+    with watch.stage("metrics"):
+        metrics, drawn = _measure(model, views, alignment, images, masks)
+    return _Found(alignment, metrics, drawn, [])
+
+
+def _has_look_alikes(model: DesignModel) -> bool:
+    return len(model.symmetries) > 1 or bool(len(model.spin_axis))
+
+
+def _choose_look_alike(
+    model: DesignModel, views: Sequence[View], alignment: Alignment, images: Mapping[str, np.ndarray]
+) -> tuple[Alignment, dict[str, np.ndarray]]:
+    """The alignment at the look-alike pose whose shading fits the photos best (the fit itself for a design
+    without look-alikes), and its model masks."""
+    masks = model_masks(model, views, alignment.pose)
+    if _has_look_alikes(model):
+        chosen = choose_symmetric(model, views, alignment.pose, images, masks)
+        if not np.allclose(chosen, alignment.pose):
+            alignment = refit(model, views, alignment, chosen)
+            masks = model_masks(model, views, alignment.pose)
+    return alignment, masks
+
+
+def _measure(
+    model: DesignModel,
+    views: Sequence[View],
+    alignment: Alignment,
+    images: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray],
+) -> tuple[InspectionMetrics, dict[str, dict[str, np.ndarray]]]:
+    # The shading comparison is mostly ray casting, the scale and bend fits mostly Python: side by side.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        surface = pool.submit(compare_shading, model, views, alignment.pose, images, masks)
+        scale = fit_scale(model, views, alignment.pose)
+        bend = fit_bend(model, views, alignment.pose)
+        return compute_metrics(model, views, alignment, scale, bend, masks, surface.result())
+
+
+def _report(
+    found: _Found, profile: InspectionProfile, design_material: str, scan: uuid.UUID | None
+) -> InspectionReport:
+    criteria, machine, review, reasons = judge(profile, found.metrics)
+    alignment = found.alignment
+    return InspectionReport(
         scan=scan,
         design_material=design_material,
         profile=profile.name,
         pose=None if alignment is None else [[round(float(v), 6) for v in row] for row in alignment.pose],
         rest_pose_index=None if alignment is None else alignment.rest_index,
-        metrics=metrics,
+        metrics=found.metrics,
         criteria=criteria,
         qc_machine=machine,
         qc_needs_review=review,
         qc_reasons=reasons,
-        notes=notes,
+        notes=found.notes,
     )
-    if out_dir is not None:
-        mark = time.perf_counter()
-        report.overlays = _write_overlays(Path(out_dir), images, views, drawn, report)
-        timings["overlays"] = time.perf_counter() - mark
-    timings["total"] = time.perf_counter() - started
-    report.timings_s = {k: round(v, 4) for k, v in timings.items()}
-    if out_dir is not None:
-        write_report(report, out_dir)
-    return report
 
 
 def _write_overlays(
@@ -228,14 +297,12 @@ def inspect_directory(
     if not directory.is_dir():
         raise InspectionInputError(f"{directory}: no such scan directory")
     cameras = load_rig(calibration)
-    images = {name: read_image(directory / f"scan_{name}.png") for name in RIG_CAMERAS}
-    references = {name: read_image(directory / f"empty_{name}.png") for name in RIG_CAMERAS}
+    images: dict[str, np.ndarray] = {name: read_image(directory / f"scan_{name}.png") for name in RIG_CAMERAS}
+    references: dict[str, np.ndarray] = {name: read_image(directory / f"empty_{name}.png") for name in RIG_CAMERAS}
     mesh = load_mesh_mm(design, units)
     scan = None
-    try:
+    with suppress(ValueError):
         scan = uuid.UUID(directory.name)
-    except ValueError:
-        pass
     return inspect_scan(
         images,
         references,

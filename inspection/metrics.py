@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import open3d as o3d
 
 from amflow_edge.inspection.align import Alignment, View, transform
 from amflow_edge.inspection.design_cache import DesignModel
@@ -65,109 +67,182 @@ def compute_metrics(
     `masks` are `model_masks` at the alignment's pose when the caller has them already; without
     `surface` (inspection.shading.compare_shading) the surface figures stay 0.
     """
-    pose = alignment.pose
-    inverse = np.linalg.inv(pose)
-    centre = transform(pose, model.centroid[None])[0]
-    masks = model_masks(model, views, pose) if masks is None else masks
+    fit = _Fit.of(model, alignment)
+    masks = model_masks(model, views, alignment.pose) if masks is None else masks
     surface = ShadingComparison([], {}) if surface is None else surface
-    per_camera: list[CameraMetrics] = []
-    deviations: list[np.ndarray] = []
-    missing_regions: list[Region] = []
-    extra_regions: list[Region] = []
-    drawn: dict[str, dict[str, np.ndarray]] = {}
-    vertices = transform(pose, model.vertices)
-    design = triangle_scene(vertices, model.faces)
-    z_range = (0.0, float(vertices[:, 2].max()) + TOP_MARGIN_MM)
-    for view in views:
-        if view.empty:
-            continue
-        name = view.calib.name
-        w = view.sdf_window
-        observed = w.crop(view.mask)
-        model_mask = masks[name]
-        scale_mm = _mm_per_px(view, centre)
-        union = np.count_nonzero(observed | model_mask)
-        iou = np.count_nonzero(observed & model_mask) / union if union else 0.0
-        model_outline = alignment.residuals_px.get(name, np.zeros(0))
-        inside = model_mask.astype(np.uint8)
-        model_sdf = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5) - cv2.distanceTransform(inside, cv2.DIST_L2, 5)
-        background = open_to_background(observed)
-        edge = observed & cv2.dilate(background.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-        observed_outline = model_sdf[edge]
-        deviation = np.abs(np.concatenate([model_outline, observed_outline])) * scale_mm
-        deviations.append(deviation)
-        missing = model_mask & background & _certain(view.clear_tray, w)
-        others = [v for v in views if v is not view and not v.empty]
-        extra = consistent_extra(observed & ~model_mask & _certain(view.clear_part, w), view, others, z_range)
-        to_observed, to_model = reach_maps(model_mask, observed)
-        missing_here = [
-            r
-            for r in regions(missing, to_observed, view, scale_mm, inverse, centre, design)
-            if r.depth_mm >= DEPTH_FLOOR_MM
-        ]
-        extra_here = [
-            r for r in regions(extra, to_model, view, scale_mm, inverse, centre) if r.depth_mm >= DEPTH_FLOOR_MM
-        ]
-        missing_regions += missing_here
-        extra_regions += extra_here
-        visible = view.calib.visible(vertices, margin_px=2.0)
-        per_camera.append(
-            CameraMetrics(
-                camera=name,
-                silhouette_iou=round(iou, 4),
-                contour_p95_mm=round(_percentile(deviation, 95), 4),
-                contour_p99_mm=round(_percentile(deviation, 99), 4),
-                contour_max_mm=round(float(deviation.max()) if len(deviation) else 0.0, 4),
-                missing_mm2=max((r.area_mm2 for r in missing_here), default=0.0),
-                extra_mm2=max((r.area_mm2 for r in extra_here), default=0.0),
-                visible_fraction=round(float(visible.mean()), 4),
-                mm_per_px=round(scale_mm, 5),
-            )
+    seen = [v for v in views if not v.empty]
+    cameras = [
+        _measure_camera(_Sight.of(v, masks[v.calib.name], fit), [o for o in seen if o is not v], fit) for v in seen
+    ]
+    surface = surface.confirmed_by([(r.camera, r.centre_part_mm) for c in cameras for r in c.missing])
+    missing = _confirm_missing([r for c in cameras for r in c.missing], surface)
+    missing.sort(key=lambda r: -r.depth_mm)
+    extra = sorted((r for c in cameras for r in c.extra), key=lambda r: -r.depth_mm)
+    metrics = _summarise(fit, _Findings(cameras, missing, extra, surface), scale, bend_deg)
+    return metrics, _drawn(cameras, surface)
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """The design at the found pose, as every camera's measurement needs it."""
+
+    model: DesignModel
+    alignment: Alignment
+    vertices: np.ndarray
+    inverse: np.ndarray
+    centre: np.ndarray
+    design: o3d.t.geometry.RaycastingScene
+    z_range: tuple[float, float]
+
+    @classmethod
+    def of(cls, model: DesignModel, alignment: Alignment) -> _Fit:
+        pose = alignment.pose
+        vertices = transform(pose, model.vertices)
+        return cls(
+            model,
+            alignment,
+            vertices,
+            np.linalg.inv(pose),
+            transform(pose, model.centroid[None])[0],
+            triangle_scene(vertices, model.faces),
+            (0.0, float(vertices[:, 2].max()) + TOP_MARGIN_MM),
         )
-        drawn[name] = {"model": model_mask, "missing": missing, "extra": extra}
-    surface = surface.confirmed_by([(r.camera, r.centre_part_mm) for r in missing_regions])
-    missing_regions = _confirm_missing(missing_regions, surface)
+
+
+@dataclass(frozen=True)
+class _Sight:
+    """One camera's photographed and modelled part inside its window, and its scale at the part."""
+
+    view: View
+    observed: np.ndarray
+    model: np.ndarray
+    background: np.ndarray
+    mm_per_px: float
+
+    @classmethod
+    def of(cls, view: View, model_mask: np.ndarray, fit: _Fit) -> _Sight:
+        observed = view.sdf_window.crop(view.mask)
+        return cls(view, observed, model_mask, open_to_background(observed), _mm_per_px(view, fit.centre))
+
+
+@dataclass(frozen=True)
+class _CameraFindings:
+    """What one camera measured: its metrics, outline deviations (mm), deep regions and the masks to draw."""
+
+    metrics: CameraMetrics
+    deviation: np.ndarray
+    missing: list[Region]
+    extra: list[Region]
+    drawn: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class _Findings:
+    """Every camera's findings, with the regions confirmed across cameras and sorted deepest first."""
+
+    cameras: list[_CameraFindings]
+    missing: list[Region]
+    extra: list[Region]
+    surface: ShadingComparison
+
+
+def _measure_camera(sight: _Sight, others: Sequence[View], fit: _Fit) -> _CameraFindings:
+    view, w, scale_mm = sight.view, sight.view.sdf_window, sight.mm_per_px
+    deviation = _outline_deviation(sight, fit.alignment.residuals_px.get(view.calib.name, np.zeros(0)))
+    missing = sight.model & sight.background & _certain(view.clear_tray, w)
+    extra = consistent_extra(sight.observed & ~sight.model & _certain(view.clear_part, w), view, others, fit.z_range)
+    to_observed, to_model = reach_maps(sight.model, sight.observed)
+    missing_here = _deep(regions(missing, to_observed, view, scale_mm, fit.inverse, fit.centre, fit.design))
+    extra_here = _deep(regions(extra, to_model, view, scale_mm, fit.inverse, fit.centre))
+    visible = view.calib.visible(fit.vertices, margin_px=2.0)
+    return _CameraFindings(
+        _camera_metrics(sight, deviation, missing_here, extra_here, float(visible.mean())),
+        deviation,
+        missing_here,
+        extra_here,
+        {"model": sight.model, "missing": missing, "extra": extra},
+    )
+
+
+def _outline_deviation(sight: _Sight, model_outline: np.ndarray) -> np.ndarray:
+    """Both ways round, in mm: the design's outline points from the photo's, the photo's outline from the design's."""
+    inside = sight.model.astype(np.uint8)
+    model_sdf = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5) - cv2.distanceTransform(inside, cv2.DIST_L2, 5)
+    edge = sight.observed & cv2.dilate(sight.background.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    return np.abs(np.concatenate([model_outline, model_sdf[edge]])) * sight.mm_per_px
+
+
+def _deep(found: list[Region]) -> list[Region]:
+    return [r for r in found if r.depth_mm >= DEPTH_FLOOR_MM]
+
+
+def _camera_metrics(
+    sight: _Sight, deviation: np.ndarray, missing: Sequence[Region], extra: Sequence[Region], visible: float
+) -> CameraMetrics:
+    union = np.count_nonzero(sight.observed | sight.model)
+    iou = np.count_nonzero(sight.observed & sight.model) / union if union else 0.0
+    return CameraMetrics(
+        camera=sight.view.calib.name,
+        silhouette_iou=round(iou, 4),
+        contour_p95_mm=round(_percentile(deviation, 95), 4),
+        contour_p99_mm=round(_percentile(deviation, 99), 4),
+        contour_max_mm=round(float(deviation.max()) if len(deviation) else 0.0, 4),
+        missing_mm2=max((r.area_mm2 for r in missing), default=0.0),
+        extra_mm2=max((r.area_mm2 for r in extra), default=0.0),
+        visible_fraction=round(visible, 4),
+        mm_per_px=round(sight.mm_per_px, 5),
+    )
+
+
+def _drawn(cameras: Sequence[_CameraFindings], surface: ShadingComparison) -> dict[str, dict[str, np.ndarray]]:
+    drawn = {c.metrics.camera: dict(c.drawn) for c in cameras}
     for name, pixels in surface.masks.items():
         if name in drawn:
             drawn[name]["surface"] = pixels
-    everything = np.concatenate(deviations) if deviations else np.zeros(0)
-    missing_regions.sort(key=lambda r: -r.depth_mm)
-    extra_regions.sort(key=lambda r: -r.depth_mm)
+    return drawn
+
+
+def _summarise(fit: _Fit, found: _Findings, scale: np.ndarray, bend_deg: float) -> InspectionMetrics:
+    per_camera = [c.metrics for c in found.cameras]
+    everything = np.concatenate([c.deviation for c in found.cameras]) if found.cameras else np.zeros(0)
     scale_pct = (np.asarray(scale) - 1.0) * 100.0
-    residuals = np.concatenate(list(alignment.residuals_px.values())) if alignment.residuals_px else np.zeros(0)
-    mean_scale = float(np.mean([c.mm_per_px for c in per_camera])) if per_camera else 0.0
-    metrics = InspectionMetrics(
+    missing, extra, surface = found.missing, found.extra, found.surface
+    return InspectionMetrics(
         silhouette_iou_min=min((c.silhouette_iou for c in per_camera), default=0.0),
         silhouette_iou_mean=round(float(np.mean([c.silhouette_iou for c in per_camera])) if per_camera else 0.0, 4),
         contour_p95_mm=round(_percentile(everything, 95), 4),
         contour_p99_mm=round(_percentile(everything, 99), 4),
         contour_max_mm=round(float(everything.max()) if len(everything) else 0.0, 4),
-        missing_material_mm2=_missing_area(missing_regions),
-        missing_material_depth_mm=max((r.depth_mm for r in missing_regions), default=0.0),
-        extra_material_mm2=max((r.area_mm2 for r in extra_regions), default=0.0),
-        extra_material_depth_mm=max((r.depth_mm for r in extra_regions), default=0.0),
+        missing_material_mm2=_missing_area(missing),
+        missing_material_depth_mm=max((r.depth_mm for r in missing), default=0.0),
+        extra_material_mm2=max((r.area_mm2 for r in extra), default=0.0),
+        extra_material_depth_mm=max((r.depth_mm for r in extra), default=0.0),
         surface_defect_mm2=max((r.area_mm2 for r in surface.regions), default=0.0),
         surface_defect_contrast=max((r.contrast for r in surface.regions), default=0.0),
-        missing_material_contrast=_bitten_patch_contrast(surface.regions, missing_regions),
+        missing_material_contrast=_bitten_patch_contrast(surface.regions, missing),
         scale_x_pct=round(float(scale_pct[0]), 3),
         scale_y_pct=round(float(scale_pct[1]), 3),
         scale_z_pct=round(float(scale_pct[2]), 3),
         scale_max_abs_pct=round(float(np.abs(scale_pct).max()), 3),
-        tilt_deg=round(tilt_deg(model, pose), 3),
+        tilt_deg=round(tilt_deg(fit.model, fit.alignment.pose), 3),
         warp_deg=round(abs(bend_deg), 3),
-        lift_mm=round(float(vertices[:, 2].min()), 4),
-        alignment_residual_mm=round(
-            float(np.median(np.abs(residuals))) * mean_scale if len(residuals) else math.inf, 4
-        ),
-        alignment_inlier_fraction=round(alignment.inlier_fraction, 4),
+        lift_mm=round(float(fit.vertices[:, 2].min()), 4),
+        alignment_residual_mm=round(_alignment_residual_mm(fit.alignment, per_camera), 4),
+        alignment_inlier_fraction=round(fit.alignment.inlier_fraction, 4),
         visible_fraction=min((c.visible_fraction for c in per_camera), default=0.0),
         cameras_seeing_part=len(per_camera),
-        missing_regions=missing_regions[:10],
-        extra_regions=extra_regions[:10],
+        missing_regions=missing[:10],
+        extra_regions=extra[:10],
         surface_regions=surface.regions[:10],
         per_camera=per_camera,
     )
-    return metrics, drawn
+
+
+def _alignment_residual_mm(alignment: Alignment, per_camera: Sequence[CameraMetrics]) -> float:
+    """The fit's median outline residual, at the cameras' mean scale; infinite without residuals."""
+    residuals = np.concatenate(list(alignment.residuals_px.values())) if alignment.residuals_px else np.zeros(0)
+    mean_scale = float(np.mean([c.mm_per_px for c in per_camera])) if per_camera else 0.0
+    return float(np.median(np.abs(residuals))) * mean_scale if len(residuals) else math.inf
 
 
 def _certain(mask: np.ndarray | None, window: Window) -> np.ndarray | bool:

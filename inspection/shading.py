@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import cv2
 import numpy as np
@@ -144,7 +145,7 @@ def choose_symmetric(
     period = float(model.spin_period_deg)
     best = min(np.arange(0.0, period, SPIN_STEP_DEG), key=lambda a: turned(a, SPIN_COARSE_STEP_PX, False))
     for fine, step, reach in SPIN_STAGES:
-        best = _middle_of_best(best + fine * np.arange(-reach, reach + 1), lambda a, step=step: turned(a, step))
+        best = _middle_of_best(best + fine * np.arange(-reach, reach + 1), partial(turned, step=step))
     return pose @ spin(point, axis, math.radians(best))
 
 
@@ -168,7 +169,9 @@ def compare_shading(
     inverse = np.linalg.inv(pose)
     grids = _grids(model, _frames(views, images, model_masks, STEP_PX, segmented=False), pose, lighting, shadows=True)
     found = [item for view, grid in grids for item in _regions(grid, view, inverse)]
-    masks = {v.calib.name: np.zeros(model_masks[v.calib.name].shape, dtype=bool) for v in seeing(views).values()}
+    masks: dict[str, np.ndarray] = {
+        v.calib.name: np.zeros(model_masks[v.calib.name].shape, dtype=bool) for v in seeing(views).values()
+    }
     places = [(r.camera, r.centre_part_mm) for r, _ in found]
     standing, pending = [], []
     for region, cells in found:
@@ -295,14 +298,53 @@ def _residuals(
 ) -> _Grid | None:
     """Photo ÷ (gain × the design's expected irradiance) − 1 per cell where a prediction can be trusted, and in
     penumbrae how far outside the range the half-hidden lights allow (PENUMBRA_SHARE)."""
-    view, step, cells, shape = frame.view, frame.step, frame.cells, frame.shape
-    rows, cols = shape
-    usable, photo = frame.usable, frame.photo
+    surface = _surface(model, frame, scene, pose)
+    focal = float(frame.view.calib.K[0, 0])
+    prediction = _unshadowed(frame, surface, _trusted(frame, surface, focal), scene, lighting)
+    if shadows:
+        _shadow(prediction, frame, surface, scene, lighting)
+    if np.count_nonzero(prediction.valid) < MIN_REGION_CELLS:
+        return None
+    rows, cols = frame.shape
+    return _Grid(
+        _judged(frame.photo, prediction).reshape(rows, cols),
+        prediction.valid.reshape(rows, cols),
+        surface.world.reshape(rows, cols, 3),
+        surface.depth.reshape(rows, cols),
+        frame.step,
+        focal,
+    )
+
+
+@dataclass(frozen=True)
+class _Surface:
+    """Where each cell's ray meets the design at the pose, per cell of the frame's grid (flattened)."""
+
+    hit: np.ndarray
+    depth: np.ndarray
+    """0 where the ray misses."""
+    normals: np.ndarray
+    world: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Prediction:
+    """Per cell, flattened: the design's expected irradiance, how far half-hidden lights may move it (0 outside
+    penumbrae), and whether the cell is compared. The arrays are refined in place by `_shadow`."""
+
+    expected: np.ndarray
+    spread: np.ndarray
+    valid: np.ndarray
+
+
+def _surface(model: DesignModel, frame: _Frame, scene: o3d.t.geometry.RaycastingScene, pose: np.ndarray) -> _Surface:
+    rows, cols = frame.shape
+    cells = frame.cells
     # Rays only where a comparison can be made: cells beside them count as misses, which edge_pixels
     # then marks, so the outlines of model and photo are kept clear of as they should be.
     rays = np.zeros((rows * cols, 3), dtype=np.float32)
     rays[cells] = frame.rays
-    centre = view.calib.centre.astype(np.float32)
+    centre = frame.view.calib.centre.astype(np.float32)
     hits = cast(scene, centre, frame.rays)
     t = np.full(rows * cols, np.inf, dtype=np.float32)
     t[cells] = hits["t_hit"]
@@ -317,52 +359,74 @@ def _residuals(
         frame.rays[landed].T,
     ).T
     depth = np.where(hit, t, 0.0)
-    focal = float(view.calib.K[0, 0])
+    return _Surface(hit, depth, normals, centre + rays * depth[:, None])
+
+
+def _trusted(frame: _Frame, surface: _Surface, focal: float) -> np.ndarray:
+    """The cells where a prediction can be trusted: covered by the design and the photo, clear of its outlines,
+    depth steps and creases."""
+    rows, cols = frame.shape
+    step = frame.step
     edges = edge_pixels(
-        hit.reshape(rows, cols),
-        depth.reshape(rows, cols),
-        normals.reshape(rows, cols, 3),
+        surface.hit.reshape(rows, cols),
+        surface.depth.reshape(rows, cols),
+        surface.normals.reshape(rows, cols, 3),
         step * DEPTH_STEP_PX / focal,
     )
     reach = 2 * int(np.ceil(EDGE_CLEAR_PX / step)) + 1
     near_edge = cv2.dilate(edges.astype(np.uint8), np.ones((reach, reach), np.uint8)).astype(bool)
-    valid = (hit.reshape(rows, cols) & usable & ~near_edge).ravel()
-    world = centre + rays * depth[:, None]
-    shape = (rows, cols)
-    expected = np.zeros(len(t), dtype=np.float32)
-    unshadowed, _ = lighting.expected_irradiance(scene, world[valid].T, normals[valid].T, frame.index, shadows=False)
+    return (surface.hit.reshape(rows, cols) & frame.usable & ~near_edge).ravel()
+
+
+def _unshadowed(
+    frame: _Frame,
+    surface: _Surface,
+    valid: np.ndarray,
+    scene: o3d.t.geometry.RaycastingScene,
+    lighting: Lighting,
+) -> _Prediction:
+    expected = np.zeros(len(valid), dtype=np.float32)
+    unshadowed, _ = lighting.expected_irradiance(
+        scene, surface.world[valid].T, surface.normals[valid].T, frame.index, shadows=False
+    )
     expected[valid] = unshadowed
     valid &= expected > MIN_IRRADIANCE
-    spread = np.zeros(len(t), dtype=np.float32)
-    if shadows:
-        # Shadow rays cost half the comparison, and only matter where the photo is darker or brighter
-        # than the unshadowed prediction: elsewhere the part is lit as if nothing were in the way.
-        rough = _residual(photo, expected, valid)
-        doubtful = _smooth(rough.reshape(shape), valid.reshape(shape), step)[0] > SHADOW_CHECK * TOLERANCE
-        size = max(SMOOTH_PX // step, 1)
-        doubtful = cv2.dilate(doubtful.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool).ravel() & valid
-        lit, uncertain = lighting.expected_irradiance(
-            scene, world[doubtful].T, normals[doubtful].T, frame.index, shadows=True
-        )
-        expected[doubtful] = lit
-        spread[doubtful] = np.where(uncertain > PENUMBRA_SHARE * lit, uncertain, 0.0)
-        valid[doubtful] &= lit + spread[doubtful] > MIN_IRRADIANCE
-    if np.count_nonzero(valid) < MIN_REGION_CELLS:
-        return None
+    return _Prediction(expected, np.zeros(len(valid), dtype=np.float32), valid)
+
+
+def _shadow(
+    prediction: _Prediction,
+    frame: _Frame,
+    surface: _Surface,
+    scene: o3d.t.geometry.RaycastingScene,
+    lighting: Lighting,
+) -> None:
+    """Shadow rays cost half the comparison, and only matter where the photo is darker or brighter
+    than the unshadowed prediction: elsewhere the part is lit as if nothing were in the way."""
+    expected, spread, valid = prediction.expected, prediction.spread, prediction.valid
+    shape, step = frame.shape, frame.step
+    rough = _residual(frame.photo, expected, valid)
+    doubtful = _smooth(rough.reshape(shape), valid.reshape(shape), step)[0] > SHADOW_CHECK * TOLERANCE
+    size = max(SMOOTH_PX // step, 1)
+    doubtful = cv2.dilate(doubtful.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool).ravel() & valid
+    lit, uncertain = lighting.expected_irradiance(
+        scene, surface.world[doubtful].T, surface.normals[doubtful].T, frame.index, shadows=True
+    )
+    expected[doubtful] = lit
+    spread[doubtful] = np.where(uncertain > PENUMBRA_SHARE * lit, uncertain, 0.0)
+    valid[doubtful] &= lit + spread[doubtful] > MIN_IRRADIANCE
+
+
+def _judged(photo: np.ndarray, prediction: _Prediction) -> np.ndarray:
+    """The residual of each compared cell; in a penumbra, how far it lies outside the range its lights allow."""
+    expected, spread, valid = prediction.expected, prediction.spread, prediction.valid
     residual = _residual(photo, expected, valid)
     penumbra = np.flatnonzero(valid & (spread > 0))
     if len(penumbra):
         value = (residual[penumbra] + 1.0) * expected[penumbra]
         lo = np.maximum(expected[penumbra] - spread[penumbra], 1e-6)
         residual[penumbra] = _outside(value, lo, expected[penumbra] + spread[penumbra])
-    return _Grid(
-        residual.reshape(shape),
-        valid.reshape(shape),
-        world.reshape(rows, cols, 3),
-        depth.reshape(shape),
-        step,
-        focal,
-    )
+    return residual
 
 
 def _outside(value: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

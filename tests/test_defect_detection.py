@@ -14,12 +14,13 @@ import pytest
 from amflow_edge.drivers.simulator.defects import Defect, apply_defect, defect_rng, settle
 from amflow_edge.inspection.inspect import inspect_scan
 from amflow_edge.inspection.profiles import load_profile
+from amflow_edge.inspection.report import InspectionReport
 from tests.inspection_scenes import design, empty, placed, renderer, rig
 
 NAME, SEED = "montageblok_mb80", 3
 
 
-def _inspect(spec: str, cache: Path):  # type: ignore[no-untyped-def]
+def _inspect(spec: str, cache: Path) -> InspectionReport:
     pose, _ = placed(NAME, SEED)
     mesh = design(NAME)
     shown, _truth = apply_defect(mesh, Defect.parse(spec), defect_rng(SEED), pose=pose)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,21 +19,21 @@ from amflow_edge.inspection.metrics import (
     compute_metrics,
     tilt_deg,
 )
-from amflow_edge.inspection.models import CONFIRM_MM, SINGLE_CAMERA_MM2, Region, SurfaceRegion
+from amflow_edge.inspection.models import CONFIRM_MM, SINGLE_CAMERA_MM2, InspectionMetrics, Region, SurfaceRegion
 from amflow_edge.inspection.regions import open_to_background, regions
 from amflow_edge.inspection.segment import segment_scan
 from amflow_edge.inspection.shading import ShadingComparison
 from tests.inspection_scenes import design, empty, placed, renderer, rig
 
 
-def _metrics(images: dict[str, np.ndarray], name: str, cache):  # type: ignore[no-untyped-def]
+def _metrics(images: dict[str, np.ndarray], name: str, cache: Path) -> InspectionMetrics:
     model = design_model(design(name), cache)
     views = [View(c, segment_scan(c.name, images[c.name], empty()[c.name]).mask) for c in rig()]
     found = align(model, views)
     return compute_metrics(model, views, found, fit_scale(model, views, found.pose))[0]
 
 
-def test_tilt_is_zero_at_rest_and_measures_a_propped_part(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_tilt_is_zero_at_rest_and_measures_a_propped_part(tmp_path: Path) -> None:
     model = design_model(design("montageblok_mb80"), tmp_path)
     rest = model.rest_poses[0]
     assert tilt_deg(model, rest) < 1e-6
@@ -40,7 +41,7 @@ def test_tilt_is_zero_at_rest_and_measures_a_propped_part(tmp_path) -> None:  # 
     assert tilt_deg(model, propped) == pytest.approx(12.0, abs=0.01)
 
 
-def test_an_intact_part_measures_small_and_a_cut_away_corner_large(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_an_intact_part_measures_small_and_a_cut_away_corner_large(tmp_path: Path) -> None:
     name = "montageblok_mb80"
     pose, images = placed(name, 3)
     intact = _metrics(images, name, tmp_path)
@@ -60,7 +61,7 @@ def test_an_intact_part_measures_small_and_a_cut_away_corner_large(tmp_path) -> 
     assert intact.scale_max_abs_pct < 1.5 and cut.scale_max_abs_pct < 1.5, "a chip must not read as shrinkage"
 
 
-def test_a_part_too_low_reads_shrunk_in_height(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_part_too_low_reads_shrunk_in_height(tmp_path: Path) -> None:
     """The outline along the tray is left out of the scale fit (its contact shadow reads as part), so the tray
     must pin the part's foot: free to shift up and down, a block 2 % too low read -0.9 % (a 20 mm cube -0.04 %)."""
     name = "montageblok_mb80"
@@ -89,7 +90,7 @@ def test_only_background_open_to_the_outside_can_show_missing_material() -> None
 
 
 @pytest.mark.parametrize(("name", "seed"), [("angle_bracket_ab60", 1001), ("spur_gear_z20m25", 1011)])
-def test_material_is_judged_only_where_the_photo_is_certain(name: str, seed: int, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_material_is_judged_only_where_the_photo_is_certain(name: str, seed: int, tmp_path: Path) -> None:
     """Intact parts: dark faces given to the tray read as 2.8–6.7 mm² missing, shadow given to the part as 6 mm² extra."""
     _, images = placed(name, seed)
     segmentations = [(c, segment_scan(c.name, images[c.name], empty()[c.name])) for c in rig()]

@@ -173,6 +173,7 @@ def test_a_chip_one_camera_sees_face_on_and_another_in_its_outline_fails(tmp_pat
     does not stand, and bites cam05's outline 1.2 mm from that patch, which confirms it; the pair is also
     what missing_material_contrast judges."""
     report, chip = _inspected_benchmark_chip("cross_knob_ck40", 0.7, 1025, tmp_path)
+    assert report.metrics is not None
     assert report.metrics is not None and not report.qc_machine, report.metrics.surface_regions
     assert sorted(report.qc_reasons) == ["missing_material", "surface_defect"]
     assert _near(report.metrics.missing_regions, chip), "the bite is located on the design where the chip is"
