@@ -44,7 +44,7 @@ class DesignModel:
     rest_probabilities: np.ndarray
     all_rest_poses: np.ndarray
     corner_normals: np.ndarray
-    """(F, 3, 3) shading normals per face corner (inspection.raycast.corner_normals), for the shading comparison."""
+    """(F, 3, 3) shading normals per face corner (geometry.raycast.corner_normals), for the shading comparison."""
     symmetries: np.ndarray
     """(K, 4, 4) design-frame motions that map the design's shape onto itself, identity first: outlines cannot
     tell these poses apart, engraved lettering or a flat on a shaft can (inspection.shading.choose_symmetric)."""
@@ -110,7 +110,7 @@ def design_model(mesh: trimesh.Trimesh, cache_dir: Path | str | None = None) -> 
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {k: v for k, v in model.__dict__.items() if k != "sha1"}
-        with replacing(path) as tmp:
+        with replacing(path, shared=True) as tmp:
             np.savez(tmp, **arrays)
     return model
 

@@ -53,6 +53,6 @@ def contact_sheet(tiles: list[np.ndarray], title: str) -> np.ndarray:
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
-    with replacing(path) as tmp:
+    with replacing(path, shared=True) as tmp:
         if not cv2.imwrite(str(tmp), image):
             raise OSError(f"{path}: could not write the overlay image; check the directory is writable")

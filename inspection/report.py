@@ -99,5 +99,5 @@ def _result(criterion: Criterion, value: float | None, verdict: Verdict) -> Crit
 def write_report(report: InspectionReport, directory: Path | str) -> Path:
     """Write atomically, so a reader (the daemon, an operator's viewer) never sees half a report."""
     path = Path(directory) / REPORT_NAME
-    replace_durably(path, (json.dumps(report.model_dump(mode="json"), indent=2) + "\n").encode())
+    replace_durably(path, (json.dumps(report.model_dump(mode="json"), indent=2) + "\n").encode(), shared=True)
     return path

@@ -163,7 +163,7 @@ def test_a_scan_changed_during_the_copy_is_left_for_the_next_round(dirs: tuple[P
     def operator_decides(step: str, what: str) -> None:
         if step == "copied":  # scan.json rewritten as ScanStore.update_record does: temp file + rename
             record = scans / name / "scan.json"
-            temporary = record.with_name(".scan.json.tmp")
+            temporary = record.with_name(".scan.tmp.json")
             temporary.write_bytes(record.read_bytes().replace(b'"test"', b'"test", "decided": true'))
             os.replace(temporary, record)
 
