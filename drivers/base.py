@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from amflow_edge.common.config_file import ConfigPath
 
 CAMERA_NAMES: tuple[str, ...] = ("cam01", "cam02", "cam03", "cam04", "cam05")
 
@@ -26,7 +27,7 @@ class CameraSettings(BaseModel):
         description="Station-wide camera name; decides the image file name scan_<name>.png."
     )
     serial: str = Field(min_length=1, description="Camera serial number; cameras are mapped by it, never by order.")
-    calibration: Path = Field(
+    calibration: ConfigPath = Field(
         description="OpenCV-style calibration YAML of this camera (intrinsics, world→camera pose)."
     )
     width: int = Field(default=2448, gt=0, description="Image width in pixels.")

@@ -5,10 +5,11 @@ Apart from the driver so that reading a config, on a mock station too, never loa
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from amflow_edge.common.config_file import ConfigPath
 
 
 class ActionCommand(BaseModel):
@@ -36,7 +37,7 @@ class PylonSettings(BaseModel):
     )
     line_activation: Literal["RisingEdge", "FallingEdge"] = Field(default="RisingEdge", description="Line1 edge.")
     action: ActionCommand | None = Field(default=None, description="Keys of the action command (trigger = 'action').")
-    features_dir: Path | None = Field(
+    features_dir: ConfigPath | None = Field(
         default=None,
         description="Folder of <serial>.pfs feature files, loaded with validation at open "
         "(`amflow-edge cameras save-features` writes them). Exposure and gain from [[cameras]] are applied after.",

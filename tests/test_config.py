@@ -6,11 +6,16 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import BaseModel
 
 from amflow_edge.cli.main import main
-from amflow_edge.config.loading import ConfigError, load_config
+from amflow_edge.common.config_file import is_config_path
+from amflow_edge.config.loading import ConfigError, load_config, resolve_paths
+from amflow_edge.config.qc import EvdevButtons, QcSettings
+from amflow_edge.config.station import StationConfig
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "config" / "demo.toml"
@@ -147,3 +152,49 @@ def test_the_example_station_config_is_valid_apart_from_its_station_files(monkey
     with pytest.raises(ConfigError) as caught:
         load_config(REPO / "config" / "station.example.toml")
     assert any("cameras[0].calibration (cam01)" in p for p in caught.value.problems)
+
+
+def test_file_settings_resolve_next_to_the_config_and_device_paths_stay_as_written(tmp_path: Path) -> None:
+    qc = QcSettings(
+        reasons=Path("reasons.toml"),
+        buttons=[EvdevButtons(device=Path("by-id/pedal"), approve_keys=["KEY_B"], reject_keys=["KEY_C"])],
+    )
+    resolved = resolve_paths(qc, tmp_path)
+    assert resolved.reasons == (tmp_path / "reasons.toml").resolve()
+    assert isinstance(resolved.buttons[0], EvdevButtons) and resolved.buttons[0].device == Path("by-id/pedal")
+
+
+def _plain_path_fields(model: type[BaseModel], seen: set[type[BaseModel]]) -> set[str]:
+    """Path settings not marked ConfigPath, at any depth of the config model."""
+    found: set[str] = set()
+    seen.add(model)
+    for name, field in model.model_fields.items():
+        annotation = str(field.annotation)
+        if "Path" in annotation and not is_config_path(field):
+            found.add(f"{model.__name__}.{name}")
+        for inner in _models_in(field.annotation):
+            if inner not in seen:
+                found |= _plain_path_fields(inner, seen)
+    return found
+
+
+def _models_in(annotation: object) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for argument in get_args(annotation) for model in _models_in(argument)]
+
+
+def test_every_path_setting_says_whether_it_lies_next_to_the_config() -> None:
+    """A new path setting is a file next to the config (ConfigPath) unless it is a device node, listed here."""
+    assert _plain_path_fields(StationConfig, set()) == {"EvdevButtons.device", "GpiodButtons.chip", "GpiodLamps.chip"}
+
+
+def test_a_credential_that_cannot_be_read_is_named_not_taken_for_a_missing_password(
+    config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt_password").symlink_to(creds / "mqtt_password")  # unreadable even for root: a link loop
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    with pytest.raises(ConfigError, match="cannot read the 'mqtt_password' credential"):
+        load_config(config_dir / "demo.toml")

@@ -278,3 +278,10 @@ def test_a_port_that_is_not_an_mqtt_broker(tmp_path: Path) -> None:
         server.close()
     assert not row.ok and "no MQTT v5 broker answered CONNECT" in row.detail
     assert row.fix and "mqtt.port" in row.fix
+
+
+def test_an_unreadable_file_and_a_wrong_setting_get_each_their_own_fix(tmp_path: Path) -> None:
+    [unreadable] = run_checks_for_file(tmp_path / "missing.toml", synchronised=synced)
+    [invalid] = run_checks_for_file(write_station(tmp_path, 1883, {"mqtt": {"prot": 1883}}), synchronised=synced)
+    assert unreadable.fix == "fix the station TOML"
+    assert invalid.fix == "edit the station TOML; see config/station.example.toml"

@@ -6,9 +6,7 @@ stays free of what reading those files needs.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from amflow_edge.config.problems import FileProblem
+from amflow_edge.config.problems import Area, FileProblem
 from amflow_edge.config.station import StationConfig
 from amflow_edge.inspection.designs import DesignError, DesignLibrary
 from amflow_edge.inspection.geometry.camera import CalibrationError, load_calibration
@@ -16,8 +14,6 @@ from amflow_edge.inspection.profiles import ProfileError, load_profile
 from amflow_edge.panel.errors import PanelConfigError
 from amflow_edge.panel.factory import make_button_sources
 from amflow_edge.qc.reasons import ReasonCatalogueError, load_reasons
-
-Area = Literal["config", "calibration", "designs"]
 
 
 def file_problems(cfg: StationConfig) -> list[FileProblem]:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from amflow_edge.common.config_file import is_config_path
 from amflow_edge.config.files import file_problems
 from amflow_edge.config.problems import describe_validation_error
 from amflow_edge.config.station import StationConfig
@@ -46,29 +47,34 @@ def read_toml(path: Path) -> dict[str, Any]:
 def _resolved(value: Any, base: Path) -> Any:
     if isinstance(value, Path):
         return value if value.is_absolute() else (base / value).resolve()
-    if isinstance(value, BaseModel):
-        return resolve_paths(value, base)
     if isinstance(value, list):
         return [_resolved(item, base) for item in value]
     return value
 
 
 def resolve_paths(model: M, base: Path) -> M:
-    """Every Path field, at any depth, made absolute against `base`: relative paths in a file mean 'next to
-    this file', wherever the daemon was started from. Found by type, so a new path setting needs nothing here."""
-    changes = {}
-    for name in type(model).model_fields:
+    """Every ConfigPath setting, at any depth, made absolute against `base`: relative paths in a file mean
+    'next to this file', wherever the daemon was started from. Found by type, so a new file setting needs
+    nothing here; other paths (device nodes) stay as written."""
+    changes: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
         value = getattr(model, name)
-        resolved = _resolved(value, base)
-        if resolved is not value:
-            changes[name] = resolved
-    return model.model_copy(update=changes) if changes else model
+        if is_config_path(field):
+            changes[name] = _resolved(value, base)
+        elif isinstance(value, BaseModel):
+            changes[name] = resolve_paths(value, base)
+        elif isinstance(value, list) and any(isinstance(item, BaseModel) for item in value):
+            changes[name] = [resolve_paths(item, base) if isinstance(item, BaseModel) else item for item in value]
+    return model.model_copy(update=changes)
 
 
 def parse_config(path: Path) -> StationConfig:
     """The validated model with absolute paths; the files it names are not looked at."""
-    path = Path(path)
-    raw = read_toml(path)
+    return validate_config(read_toml(Path(path)), Path(path))
+
+
+def validate_config(raw: dict[str, Any], path: Path) -> StationConfig:
+    """`raw`, read from the file at `path`, as the model with absolute paths."""
     try:
         cfg = StationConfig(**raw)
     except ValidationError as exc:

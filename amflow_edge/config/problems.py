@@ -9,12 +9,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 _MAX_SHOWN = 60
 
 
+Area = Literal["config", "calibration", "designs"]
+"""The doctor's rows that file problems are reported under."""
+
+
 class FileProblem(BaseModel):
     """A problem only a file the config names can show, with the area the doctor reports it under."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    area: Literal["config", "calibration", "designs"] = Field(description="The doctor's row for it.")
+    area: Area = Field(description="The doctor's row for it.")
     text: str = Field(description="Where, what was expected and what was found.")
 
 

@@ -1,6 +1,6 @@
 """Config of the quality-control workflow: decision policy, reason catalogue, buttons and lamps.
 
-Kept apart from config.py because integrators wire this part per station (which pedal, which
+Kept apart from station.py because integrators wire this part per station (which pedal, which
 GPIO lines), and a strict model per hardware kind catches a wrong line or key at start.
 """
 
@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from amflow_edge.common.config_file import ConfigPath
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -127,7 +129,7 @@ class QcSettings(BaseModel):
         le=30,
         description="Presses this soon after a decision are ignored (a double press, a bounce).",
     )
-    reasons: Path | None = Field(
+    reasons: ConfigPath | None = Field(
         default=None,
         description="QualityControlReason catalogue (TOML); default config/qc_reasons.toml shipped with amflow-edge.",
     )

@@ -15,7 +15,9 @@ DEFAULT_CREDENTIALS_DIR = Path("/etc/amflow-edge")
 
 
 def read_credential(name: str, directory: Path | None = None) -> SecretStr | None:
-    """The credential `name` from `directory` (default `$CREDENTIALS_DIRECTORY`), or None when there is none."""
+    """The credential `name` from `directory` (default `$CREDENTIALS_DIRECTORY`), or None when there is none.
+    A credential that is there but cannot be read raises OSError: that is a permission to fix, not a
+    missing password."""
     if directory is None:
         env = os.environ.get("CREDENTIALS_DIRECTORY")
         if not env:
@@ -23,5 +25,5 @@ def read_credential(name: str, directory: Path | None = None) -> SecretStr | Non
         directory = Path(env)
     try:
         return SecretStr((directory / name).read_text(encoding="utf-8").rstrip("\r\n"))
-    except OSError:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None

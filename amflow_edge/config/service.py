@@ -1,15 +1,15 @@
 """Settings of the station as a long-running service: disk bounds, retention, backup, watchdog.
 
-Sections [disk], [backup] and [watchdog] of the station TOML. Kept apart from config.py so
+Sections [disk], [backup] and [watchdog] of the station TOML. Kept apart from station.py so
 the service machinery (disk.py, backup.py, watchdog.py, doctor.py) can be read and tested
 on its own; StationConfig includes them like any other section.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from amflow_edge.common.config_file import ConfigPath
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -55,7 +55,7 @@ class BackupSettings(BaseModel):
 
     model_config = _STRICT
 
-    path: Path | None = Field(
+    path: ConfigPath | None = Field(
         default=None,
         description="Directory on the backup disk (e.g. /backup/amflow-edge); must exist and be writable by the "
         "service. The station never creates it, so an unmounted disk is reported instead of filled. "

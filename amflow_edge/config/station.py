@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from amflow_edge.common.config_file import ConfigPath
 from amflow_edge.config.qc import QcSettings
 from amflow_edge.config.secrets import read_credential
 from amflow_edge.config.service import BackupSettings, DiskSettings, WatchdogSettings
@@ -36,8 +37,8 @@ class StationSettings(BaseModel):
         description="Station id; part of every MQTT topic, so no spaces, '/', '+' or '#'.",
     )
     timezone: str = Field(default="Europe/Amsterdam", description="IANA time zone for the created/modified timestamps.")
-    data_root: Path = Field(default=Path("/data"), description="Scans are stored in <data_root>/scans/<uuid>/.")
-    state_dir: Path = Field(
+    data_root: ConfigPath = Field(default=Path("/data"), description="Scans are stored in <data_root>/scans/<uuid>/.")
+    state_dir: ConfigPath = Field(
         default=Path("/var/lib/amflow-edge"), description="Station state (databases, caches); survives restarts."
     )
 
@@ -61,8 +62,8 @@ class RigSettings(BaseModel):
 class DesignsSettings(BaseModel):
     model_config = _STRICT
 
-    library: Path = Field(description="Design library TOML: design_material id → mesh file, units, material.")
-    batch_meshes: Path | None = Field(
+    library: ConfigPath = Field(description="Design library TOML: design_material id → mesh file, units, material.")
+    batch_meshes: ConfigPath | None = Field(
         default=None,
         description="Folder of the mesh files a session request may name (the MES drops them here); "
         "default the library's folder. Requests cannot reach files outside it.",
@@ -72,9 +73,9 @@ class DesignsSettings(BaseModel):
 class TlsSettings(BaseModel):
     model_config = _STRICT
 
-    ca_file: Path | None = Field(default=None, description="CA certificate that signed the broker's certificate.")
-    cert_file: Path | None = Field(default=None, description="Client certificate, when the broker wants one.")
-    key_file: Path | None = Field(default=None, description="Client private key for cert_file.")
+    ca_file: ConfigPath | None = Field(default=None, description="CA certificate that signed the broker's certificate.")
+    cert_file: ConfigPath | None = Field(default=None, description="Client certificate, when the broker wants one.")
+    key_file: ConfigPath | None = Field(default=None, description="Client private key for cert_file.")
 
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> TlsSettings:
@@ -126,7 +127,13 @@ class MqttSettings(BaseModel):
     @model_validator(mode="after")
     def _password_from_credentials(self) -> MqttSettings:
         if self.password is None:
-            self.password = read_credential(self.password_credential)
+            try:
+                self.password = read_credential(self.password_credential)
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read the {self.password_credential!r} credential ({exc.strerror}); "
+                    "check the unit's LoadCredential= and the file's permissions"
+                ) from None
         return self
 
 

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
 from amflow_edge.config.files import file_problems
-from amflow_edge.config.loading import ConfigError, parse_config
+from amflow_edge.config.loading import ConfigError, read_toml, validate_config
 from amflow_edge.config.secrets import DEFAULT_CREDENTIALS_DIR, read_credential
 from amflow_edge.config.station import StationConfig
 from amflow_edge.inspection.designs import DesignError, DesignLibrary
@@ -418,12 +418,20 @@ def run_checks_for_file(
     """The doctor from a config file, even one with problems: a config that load_config() refuses for a missing
     calibration still gets every other row. Outside systemd there is no $CREDENTIALS_DIRECTORY, so the broker
     password is read from credentials_dir (where the unit's LoadCredential= reads it), when readable."""
+    path = Path(path)
     try:
-        cfg = parse_config(path)
+        raw = read_toml(path)
+    except ConfigError as exc:
+        return [_fail("config", "\n".join(exc.problems), "fix the station TOML")]
+    try:
+        cfg = validate_config(raw, path)
     except ConfigError as exc:
         return [_fail("config", "\n".join(exc.problems), "edit the station TOML; see config/station.example.toml")]
     if cfg.mqtt.password is None and credentials_dir is not None:
-        password = read_credential(cfg.mqtt.password_credential, credentials_dir)
+        try:
+            password = read_credential(cfg.mqtt.password_credential, credentials_dir)
+        except OSError:
+            password = None  # not readable by whoever runs the doctor; the broker row says what that costs
         if password is not None:
             cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"password": password})})
     return run_checks(cfg, camera_check, synchronised=synchronised, broker_timeout_s=broker_timeout_s)
