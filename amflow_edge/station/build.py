@@ -24,7 +24,7 @@ from amflow_edge.messaging.events import Events
 from amflow_edge.messaging.mqtt import StationMqtt
 from amflow_edge.messaging.outbox import Outbox
 from amflow_edge.messaging.relay import Relay
-from amflow_edge.ops.watchdog import Heartbeat
+from amflow_edge.ops.watchdog import Heartbeat, Watchdog
 from amflow_edge.panel.base import ButtonSource, Lamps
 from amflow_edge.panel.factory import make_button_sources, make_lamps
 from amflow_edge.panel.operator import OperatorPanel
@@ -36,11 +36,13 @@ from amflow_edge.station.designs import DesignCatalogue
 from amflow_edge.station.inspection_jobs import InspectionJobs
 from amflow_edge.station.inspector import Inspector
 from amflow_edge.station.pause import PauseGuard
-from amflow_edge.station.service import StationService
-from amflow_edge.station.session import SessionKeeper
+from amflow_edge.station.scan_files import ScanFiles
+from amflow_edge.station.service import SUPERVISOR_SILENT_S, StationService, mqtt_thread_check
+from amflow_edge.station.session import SessionKeeper, batch_mesh_dir
 from amflow_edge.station.station import Station
+from amflow_edge.storage.backup import BackupMover
 from amflow_edge.storage.db import DB_FILE, StationDb
-from amflow_edge.storage.disk import DiskGuard
+from amflow_edge.storage.disk import DiskGuard, Retention
 from amflow_edge.storage.store import ScanStore
 
 
@@ -54,6 +56,51 @@ def make_driver(cfg: StationConfig, library: DesignLibrary) -> CameraDriver:
     from amflow_edge.drivers.pylon import PylonDriver
 
     return PylonDriver(cfg.cameras, cfg.pylon)
+
+
+def _service(
+    cfg: StationConfig,
+    store: ScanStore,
+    events: Events,
+    outbox: Outbox,
+    mqtt: StationMqtt,
+    pause: PauseGuard,
+    loop: CaptureLoop,
+    capture_heartbeat: Heartbeat,
+    panel: OperatorPanel,
+    inspects: bool,
+) -> StationService:
+    """The station as a systemd service: its watchdog's checks, and backup and retention when configured."""
+    supervisor_heartbeat = Heartbeat("supervisor", SUPERVISOR_SILENT_S)
+    watchdog = Watchdog()
+    watchdog.add_check("capture", capture_heartbeat)
+    watchdog.add_check("supervisor", supervisor_heartbeat)
+    watchdog.add_check("mqtt", mqtt_thread_check(mqtt))
+    files = ScanFiles(events, lambda: panel.view().latest_scan, inspects, cfg.station.timezone)
+    backup = retention = None
+    if cfg.backup.path is not None:
+        backup = BackupMover(
+            store.scans_dir,
+            cfg.backup.path,
+            cfg.backup.after_s,
+            files.done_with,
+            files.mark_backed_up,
+            hold=lambda _uuid: events.holding(),
+        )
+        if cfg.disk.retention_days is not None:
+            retention = Retention(cfg.backup.path, cfg.disk.retention_days, backed_up=files.moved_here)
+    return StationService(
+        cfg,
+        outbox=outbox,
+        pause=pause,
+        counts=loop,
+        watchdog=watchdog,
+        capture_heartbeat=capture_heartbeat,
+        supervisor_heartbeat=supervisor_heartbeat,
+        files=files,
+        backup=backup,
+        retention=retention,
+    )
 
 
 def build_station(
@@ -72,12 +119,12 @@ def build_station(
     relay = Relay(db, mqtt, cfg.mqtt.max_in_flight, cfg.outbox.retention_s)
     events = Events(cfg, db, relay.wake, mirror=store.update_record)
     library = DesignLibrary.load(cfg.designs.library)
-    designs = DesignCatalogue(library, cfg.designs.batch_meshes or cfg.designs.library.parent)
+    catalogue = DesignCatalogue(library, batch_mesh_dir(cfg))
     driver = driver if driver is not None else make_driver(cfg, library)
     inspector = Inspector(events, tz) if cfg.inspection.enabled else None
     jobs = InspectionJobs(
         store,
-        designs,
+        catalogue,
         sessions,
         calibrations={c.name: c.calibration for c in cfg.cameras},
         profile=cfg.inspection.profile,
@@ -100,18 +147,7 @@ def build_station(
     loop = CaptureLoop(
         cfg, driver, store, announcer=events, sessions=sessions, pause=pause, heartbeat=capture_heartbeat
     )
-    service = StationService(
-        cfg,
-        events=events,
-        outbox=outbox,
-        pause=pause,
-        counts=loop,
-        mqtt=mqtt,
-        capture_heartbeat=capture_heartbeat,
-        scans_dir=store.scans_dir,
-        latest_scan=lambda: panel.view().latest_scan,
-        inspects=inspector is not None,
-    )
+    service = _service(cfg, store, events, outbox, mqtt, pause, loop, capture_heartbeat, panel, inspector is not None)
     station = Station(
         cfg=cfg,
         sessions=sessions,
@@ -121,7 +157,7 @@ def build_station(
         mqtt=mqtt,
         relay=relay,
         events=events,
-        catalogue=designs,
+        catalogue=catalogue,
         driver=driver,
         inspector=inspector,
         jobs=jobs,
@@ -136,7 +172,7 @@ def build_station(
     loop.listen(station.after_scan)
     commands = StationCommands(
         loop=loop,
-        designs=designs,
+        catalogue=catalogue,
         decisions=decisions,
         events=events,
         inspector=inspector,

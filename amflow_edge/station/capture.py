@@ -23,7 +23,6 @@ from amflow_edge import __version__
 from amflow_edge.config.station import StationConfig
 from amflow_edge.drivers.base import CameraDriver, DriverError, GrabError, HardwareTriggered, Shot
 from amflow_edge.messaging.payload import Assignment, new_scan, timestamp
-from amflow_edge.ops.watchdog import Heartbeat
 from amflow_edge.station.session import ScanningSession
 from amflow_edge.storage.db import DatabaseError
 from amflow_edge.storage.record import CameraShotRecord, ScanRecord, StationMetadata
@@ -94,6 +93,12 @@ class CurrentSession(Protocol):
     def current(self) -> ScanningSession: ...
 
 
+class Beat(Protocol):
+    def beat(self) -> None:
+        """The loop is alive (the watchdog's Heartbeat)."""
+        ...
+
+
 class Pause(Protocol):
     def reason(self) -> str | None:
         """Why capture must wait, or None."""
@@ -110,7 +115,7 @@ class CaptureLoop:
         announcer: ScanAnnouncer,
         sessions: CurrentSession,
         pause: Pause,
-        heartbeat: Heartbeat,
+        heartbeat: Beat,
     ) -> None:
         self._cfg = cfg
         self._driver = driver

@@ -45,7 +45,7 @@ class StationCommands:
         self,
         *,
         loop: CaptureLoop,
-        designs: DesignCatalogue,
+        catalogue: DesignCatalogue,
         decisions: Decisions,
         events: Events,
         inspector: Inspector | None,
@@ -54,7 +54,7 @@ class StationCommands:
         switch_session: SwitchSession,
     ) -> None:
         self._loop = loop
-        self._designs = designs
+        self._catalogue = catalogue
         self._decisions = decisions
         self._events = events
         self._inspector = inspector
@@ -66,7 +66,7 @@ class StationCommands:
         return {"capture": self.capture, "qc": self.qc, "reevaluate": self.reevaluate, "session": self.session}
 
     def capture(self, request: CaptureRequest, reply: Reply) -> None:
-        if request.design_material is not None and request.design_material not in self._designs.current():
+        if request.design_material is not None and request.design_material not in self._catalogue.current():
             raise CommandRefusedError(
                 f"design_material {request.design_material} is unknown to this station; add it to the design "
                 "library or start a session whose designs include it"
@@ -126,7 +126,7 @@ class StationCommands:
         def prepare() -> None:
             """Meshes are read and checked here, off paho's thread and off the capture thread."""
             try:
-                designs = self._designs.resolve(request.designs) if isinstance(request, SessionStart) else []
+                designs = self._catalogue.resolve(request.designs) if isinstance(request, SessionStart) else []
             except BatchDesignError as exc:
                 reply(Response(status="error", command="session", error=str(exc)))
                 return

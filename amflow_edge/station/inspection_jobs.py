@@ -16,14 +16,14 @@ class InspectionJobs:
     def __init__(
         self,
         store: ScanStore,
-        designs: DesignCatalogue,
+        catalogue: DesignCatalogue,
         sessions: SessionKeeper,
         calibrations: dict[str, Path],
         profile: str,
         cache_dir: Path,
     ) -> None:
         self._store = store
-        self._designs = designs
+        self._catalogue = catalogue
         self._sessions = sessions
         self._calibrations = calibrations
         self._profile = profile
@@ -38,13 +38,13 @@ class InspectionJobs:
         if design_material is None:
             raise LookupError("the design is unknown (name it in the capture request)")
         try:
-            design = self._designs.current().get(design_material)
+            design = self._catalogue.current().get(design_material)
         except UnknownDesignError:
             session = self._sessions.current
             if design_material in {d.design_material for d in session.designs}:
                 raise LookupError(
                     f"design {design_material} of session {session.scan_session} could not be loaded at start (see the "
-                    f"log); put its mesh back in {self._designs.batch_meshes} and restart, or start the session again"
+                    f"log); put its mesh back in {self._catalogue.batch_meshes} and restart, or start the session again"
                 ) from None
             raise
         if not reference_dir.is_dir():

@@ -50,8 +50,10 @@ class RunOptions:
     timer: bool = True
 
 
-@dataclass
+@dataclass(eq=False)
 class Station:
+    """Identity, not value: two stations with the same parts are still two stations."""
+
     cfg: StationConfig
     sessions: SessionKeeper
     store: ScanStore
@@ -70,14 +72,14 @@ class Station:
     pause: PauseGuard
     loop: CaptureLoop
     service: StationService
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _reconnect_queued: bool = False
-    _last_health: list[CameraHealth] = field(default_factory=list)
-    _max_scans: int | None = None
-    _mode: Mode = "starting"
-    _last_state: float = 0.0
-    _state_interval_s: float = 30.0
+    stop_event: threading.Event = field(default_factory=threading.Event, init=False)
+    _threads: list[threading.Thread] = field(default_factory=list, init=False)
+    _reconnect_queued: bool = field(default=False, init=False)
+    _last_health: list[CameraHealth] = field(default_factory=list, init=False)
+    _max_scans: int | None = field(default=None, init=False)
+    _mode: Mode = field(default="starting", init=False)
+    _last_state: float = field(default=0.0, init=False)
+    _state_interval_s: float = field(default=30.0, init=False)
 
     def state(self) -> StationState:
         outbox = self.outbox.stats()
