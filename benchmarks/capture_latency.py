@@ -6,7 +6,7 @@ Five mock cameras at 2448×2048 Mono8. The mock renders its scenes ahead (scene_
 real camera's exposure happens before its frame arrives, so the figure is the station's own
 cost: grab hand-over, checks, PNG encoding, fsync, rename, publish, broker round trip.
 With --png-options it also measures the PNG settings on the rendered frames, which is how
-the default in amflow_edge/config.py was chosen.
+the default in amflow_edge/config/station.py was chosen.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/inspection.py            # full run (about 20 parts × placements × defects)
     .venv/bin/python benchmarks/inspection.py --quick    # a few minutes
 
-Scenes are rendered with inspection.render at full 2448×2048 resolution; the design cache is warmed
+Scenes are rendered with amflow_edge.drivers.simulator.render at full 2448×2048 resolution; the design cache is warmed
 before timing, since a station inspects known designs.
 """
 

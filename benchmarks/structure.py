@@ -41,7 +41,11 @@ def longest_function(files: dict[str, Path]) -> tuple[int, str]:
 
 def import_cost(repo: Path, argv: list[str], runs: int) -> tuple[float, list[str]]:
     """Milliseconds of imports (median) and which heavy libraries the command loaded."""
-    code = "import sys; from amflow_edge.cli import main; sys.argv = ['amflow-edge', *sys.argv[1:]]; sys.exit(main())"
+    code = (  # the console script's entry point, in this layout (cli.main:main) or the flat one (cli:main)
+        "import sys; sys.argv = ['amflow-edge', *sys.argv[1:]]\n"
+        "from amflow_edge.cli import main\n"
+        "sys.exit((main.main if not callable(main) else main)())"
+    )
     totals = []
     heavy: set[str] = set()
     for _ in range(runs):

@@ -1,1 +1,1 @@
-"""Camera drivers: one file per kind of camera rig, all meeting drivers.base.CameraDriver."""
+"""Camera drivers: one module per kind of camera rig, all meeting base.CameraDriver."""

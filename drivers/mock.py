@@ -21,13 +21,14 @@ import numpy as np
 
 from amflow_edge.drivers.base import CameraHealth, CameraSettings, DriverError, Frame, GrabError, Shot
 from amflow_edge.drivers.mock_settings import MockDriverSettings
+from amflow_edge.drivers.simulator.defect_spec import Defect
+from amflow_edge.drivers.simulator.defects import DefectError, apply_defect, defect_rng, settle
+from amflow_edge.drivers.simulator.render import Renderer
+from amflow_edge.inspection.geometry.camera import CalibrationError, CameraCalibration, load_calibration
+from amflow_edge.inspection.geometry.placement import PlacementError, place_on_tray
 
 if TYPE_CHECKING:
     import trimesh
-
-    from amflow_edge.drivers.simulator.defect_spec import Defect
-    from amflow_edge.drivers.simulator.render import Renderer
-    from amflow_edge.inspection.geometry.camera import CameraCalibration
 
 _STOP_POLL_S = 0.2
 _JOIN_TIMEOUT_S = 30.0
@@ -106,9 +107,6 @@ class MockDriver:
     def open(self) -> None:
         if self._open:
             return
-        from amflow_edge.drivers.simulator.defect_spec import Defect
-        from amflow_edge.drivers.simulator.render import Renderer
-
         calibrations = [self._calibration(camera) for camera in self._cameras]
         self._design_ids = self._chosen_designs()
         self._defects = [Defect.parse(text) for text in self._settings.defects]
@@ -131,8 +129,6 @@ class MockDriver:
         self._open = True
 
     def _calibration(self, camera: CameraSettings) -> CameraCalibration:
-        from amflow_edge.inspection.geometry.camera import CalibrationError, load_calibration
-
         try:
             calib = load_calibration(camera.calibration)
         except CalibrationError as exc:
@@ -176,8 +172,6 @@ class MockDriver:
         return mesh
 
     def _render_scene(self, index: int) -> _Scene:
-        from amflow_edge.inspection.geometry.placement import PlacementError, place_on_tray
-
         assert self._renderer is not None
         seed = scene_seed(self._settings.seed, index)
         rng = np.random.default_rng(seed)
@@ -212,8 +206,6 @@ class MockDriver:
         """
         if not self._defects or self._settings.defect_rate <= 0:
             return mesh, pose, None
-        from amflow_edge.drivers.simulator.defects import DefectError, apply_defect, defect_rng, settle
-
         rng = defect_rng(seed)
         if rng.random() >= self._settings.defect_rate:
             return mesh, pose, None

@@ -1,4 +1,4 @@
-"""Geometry and image work of the station: designs, cameras, rendering, and (later) alignment and metrics.
+"""The inspection: five photos, their empty-tray references, the calibration and a design in; a report out.
 
-Knows nothing of MQTT, systemd or the daemon, so it can be used and tested on its own.
-"""
+Knows nothing of MQTT, systemd, the daemon or the simulator, so it can be used and tested on its own.
+`inspect.py` is the entry point; `models.py` holds what it finds as plain data; `geometry/` the cameras and rays."""

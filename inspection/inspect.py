@@ -58,7 +58,9 @@ def _check_inputs(
     images: Mapping[str, np.ndarray], references: Mapping[str, np.ndarray], cameras: Sequence[CameraCalibration]
 ) -> None:
     if not cameras:
-        raise InspectionInputError("no camera calibrations given; load the rig with inspection.camera.load_rig(dir)")
+        raise InspectionInputError(
+            "no camera calibrations given; load the rig with amflow_edge.inspection.geometry.camera.load_rig(dir)"
+        )
     for calib in cameras:
         for what, source in (("scan image", images), ("empty-tray reference image", references)):
             if calib.name not in source:

@@ -5,7 +5,7 @@ reads on intact parts (inspection.regions), and a chip away from every outline c
 faces, though, turn to the lights at angles the design has nowhere near there: averaged over a few
 pixels they read 100 % and more off the design's prediction (median 115 %), while intact surfaces
 read at most 41 % once a second camera must confirm a patch (132 scenes of benchmarks/inspection.py).
-The prediction assumes the station's lights as inspection.lighting describes them (a ring light on
+The prediction assumes the station's lights as inspection.geometry.lighting describes them (a ring light on
 every camera and a dome, matte parts) with one unknown gain per camera (exposure × albedo), fitted
 as the median ratio; a station lit otherwise must be described there before this comparison means
 anything.

@@ -1,4 +1,4 @@
-"""Defects put into a demo part with inspection.defects fail the default profile, each with its own reason.
+"""Defects put into a demo part with the simulator's defects fail the default profile, each with its own reason.
 
 Sizes are large enough for the outline criteria to name the defect by its own reason; a 1 mm
 chip changes outlines no more than segmentation noise does and is caught by its shading instead

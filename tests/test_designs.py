@@ -361,7 +361,7 @@ def test_regenerating_demo_parts_gives_the_committed_bytes(tmp_path: Path) -> No
     assert generated == committed
     for name in generated:
         assert (tmp_path / name).read_bytes() == (DEMO_DIR / name).read_bytes(), (
-            f"{name} differs from config/designs/{name}: run `python -m inspection.demo_parts` and note the ids changed"
+            f"{name} differs from config/designs/{name}: run `python -m amflow_edge.drivers.simulator.demo_parts` and note the ids changed"
         )
 
 

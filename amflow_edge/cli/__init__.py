@@ -1,5 +1,1 @@
-"""`amflow-edge`: the station's command line, one module per group of commands."""
-
-from amflow_edge.cli.main import main
-
-__all__ = ["main"]
+"""`amflow-edge`: the station's command line, one module per group of commands (entry point: main.main)."""

@@ -15,6 +15,8 @@ from amflow_edge.config.station import StationConfig
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_BAD_INPUT = EXIT_CONFIG
+"""A file or argument a person gave is wrong (a mesh, a calibration): the same code, it needs the same care."""
 
 
 def load_or_report(path: Path) -> StationConfig | None:

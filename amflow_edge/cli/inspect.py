@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 from amflow_edge.common.shipped import DEMO_CALIBRATION as DEFAULT_CALIBRATION
+from amflow_edge.inspection.designs import MeshError
+from amflow_edge.inspection.geometry.camera import CalibrationError
+from amflow_edge.inspection.profiles import ProfileError
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,10 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from amflow_edge.inspection.designs import MeshError
-    from amflow_edge.inspection.geometry.camera import CalibrationError
-    from amflow_edge.inspection.inspect import InspectionInputError, inspect_directory
-    from amflow_edge.inspection.profiles import ProfileError
+    from amflow_edge.inspection.inspect import InspectionInputError, inspect_directory  # the pipeline: open3d
 
     try:
         report = inspect_directory(

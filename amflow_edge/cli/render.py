@@ -3,6 +3,9 @@
 Integrators use it to try an inspection on their own parts (and on defective copies of them)
 before any hardware exists: the scan images, the empty-tray references and the truth of where the
 part lay and what was wrong with it. The interface is a contract; keep it stable.
+
+The renderer, defects and placement (trimesh, open3d) are imported when a part is rendered, so the
+other commands and `--help` do not load them.
 """
 
 from __future__ import annotations
@@ -11,18 +14,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import get_args
 
+import cv2
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from amflow_edge.cli.common import EXIT_CONFIG
+from amflow_edge.cli.common import EXIT_BAD_INPUT
 from amflow_edge.common.shipped import DEMO_CALIBRATION
-from amflow_edge.drivers.simulator.defect_spec import DefectTruth
+from amflow_edge.drivers.simulator.defect_spec import DefectError, DefectTruth
+from amflow_edge.inspection.designs import MeshError, Units, load_mesh_mm
+from amflow_edge.inspection.geometry.camera import CalibrationError, load_rig
 
-if TYPE_CHECKING:
-    import numpy as np
-
-Units = Literal["mm", "inch", "m"]  # inspection.designs.Units, restated: importing designs costs a second per command
 TRAY_SIZE_MM = (300.0, 240.0)
 DEFAULT_CALIBRATION = DEMO_CALIBRATION
 REFERENCE_SEED_OFFSET = 500_000
@@ -91,9 +94,6 @@ def _seed(text: str) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from amflow_edge.drivers.simulator.defect_spec import DefectError
-    from amflow_edge.inspection.designs import MeshError
-    from amflow_edge.inspection.geometry.camera import CalibrationError
     from amflow_edge.inspection.geometry.placement import PlacementError
 
     try:
@@ -101,19 +101,15 @@ def cmd_render(args: argparse.Namespace) -> int:
         _write(args.out, truth, images)
     except (CalibrationError, DefectError, MeshError, PlacementError, OSError) as exc:
         print(f"amflow-edge render: error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_BAD_INPUT
     defect = "no defect" if truth.defect is None else f"defect {truth.defect.spec}"
     print(f"{args.out}: 5 scan images, 5 empty-tray images and {TRUTH_FILE} ({defect}, seed {truth.seed})")
     return 0
 
 
 def _render(args: argparse.Namespace) -> tuple[RenderTruth, dict[str, np.ndarray]]:
-    import numpy as np
-
     from amflow_edge.drivers.simulator.defects import Defect, apply_defect, defect_rng, settle
     from amflow_edge.drivers.simulator.render import Renderer
-    from amflow_edge.inspection.designs import load_mesh_mm
-    from amflow_edge.inspection.geometry.camera import load_rig
     from amflow_edge.inspection.geometry.placement import PlacementError, place_on_tray
 
     defect = None if args.defect is None else Defect.parse(args.defect)
@@ -151,8 +147,6 @@ def _render(args: argparse.Namespace) -> tuple[RenderTruth, dict[str, np.ndarray
 
 def _write(out: Path, truth: RenderTruth, images: dict[str, np.ndarray]) -> None:
     """Images first and truth.json last, so a directory with a truth.json is complete."""
-    import cv2
-
     out.mkdir(parents=True, exist_ok=True)
     (out / TRUTH_FILE).unlink(missing_ok=True)
     for name, image in images.items():

@@ -1,0 +1,1 @@
+"""The station configuration: its model, how a file becomes it, and the files it names."""

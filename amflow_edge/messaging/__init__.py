@@ -1,0 +1,1 @@
+"""The plant's side: the AM-Vision payload, the outbox and relay that deliver it, MQTT, and requests."""

@@ -1,0 +1,1 @@
+"""Running and looking after a station: the doctor, the watchdog, systemd notifications, logging."""

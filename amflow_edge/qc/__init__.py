@@ -1,0 +1,1 @@
+"""Quality control: AM-Vision's decision rules, the reason catalogue and operator decisions."""

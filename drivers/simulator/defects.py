@@ -25,6 +25,7 @@ from amflow_edge.drivers.simulator.defect_spec import (
     DefectKind,
     DefectTruth,
 )
+from amflow_edge.inspection.geometry.placement import stable_poses
 
 __all__ = [
     "SIZE_RANGES",
@@ -71,8 +72,6 @@ def apply_defect(
     still places it; re-rest it with `settle` before rendering.
     """
     if pose is None:
-        from amflow_edge.inspection.geometry.placement import stable_poses
-
         pose = stable_poses(mesh_mm)[0][0]
     pose = np.asarray(pose, dtype=np.float64)
     if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):

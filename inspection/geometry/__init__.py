@@ -1,0 +1,1 @@
+"""Cameras, rays and resting poses: the geometry the inspection and the simulator share."""
