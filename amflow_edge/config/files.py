@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from amflow_edge.config.problems import Area, FileProblem
 from amflow_edge.config.station import StationConfig
+from amflow_edge.config.tls import tls_problems
 from amflow_edge.inspection.designs import DesignError, DesignLibrary
 from amflow_edge.inspection.geometry.camera import CalibrationError, load_calibration
 from amflow_edge.inspection.profiles import ProfileError, load_profile
@@ -17,7 +18,9 @@ from amflow_edge.qc.reasons import ReasonCatalogueError, load_reasons
 
 
 def file_problems(cfg: StationConfig) -> list[FileProblem]:
-    """Problems only the files themselves can show: missing or unreadable calibrations, designs, TLS files."""
+    """Problems only the files themselves can show: missing or unreadable calibrations, designs, TLS files (these
+    loaded as the MQTT client loads them, and judged as the service user, so that `run` cannot fail on what
+    `check-config` passed)."""
     problems: list[FileProblem] = []
 
     def add(area: Area, text: str) -> None:
@@ -67,9 +70,8 @@ def file_problems(cfg: StationConfig) -> list[FileProblem]:
     except PanelConfigError as exc:
         add("config", f"qc.buttons: {exc}")
     if cfg.mqtt.tls is not None:
-        for key, value in cfg.mqtt.tls.model_dump().items():
-            if value is not None and not value.is_file():
-                add("config", f"mqtt.tls.{key}: expected a readable file (found no file at {value})")
+        for problem in tls_problems(cfg.mqtt.tls):
+            add("config", problem)
     if cfg.mqtt.username is not None and cfg.mqtt.password is None:
         add(
             "config",
