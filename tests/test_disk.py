@@ -15,7 +15,9 @@ import pytest
 from pydantic import ValidationError
 
 from amflow_edge.config.service import GIB, BackupSettings, DiskSettings, WatchdogSettings
-from amflow_edge.storage.disk import DiskGuard, Retention, format_bytes, free_bytes
+from amflow_edge.storage.disk import DiskGuard, Retention, format_bytes, free_bytes, mount_point
+from amflow_edge.storage.store import ScanStore, StoreError
+from tests.factories import make_images, make_record
 
 MIB = 1024**2
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
@@ -104,6 +106,41 @@ def test_guard_reports_a_missing_data_root(tmp_path: Path) -> None:
     assert reason is not None and "cannot read the free space" in reason and "station.data_root" in reason
     with pytest.raises(ValueError, match="resume_free_bytes"):
         DiskGuard(tmp_path, 2, 1)
+
+
+def test_guard_names_the_mount_point_of_a_data_root_below_it(small_disk: Path) -> None:
+    """The disk to clean up or enlarge is the file system's, named by its mount point, not the data root's path."""
+    root = small_disk / "srv" / "data"
+    root.mkdir(parents=True)
+    reason = DiskGuard(root, min_free_bytes=free_bytes(root) + GIB, resume_free_bytes=free_bytes(root) + GIB).reason()
+    assert reason is not None
+    assert f"free on {small_disk} (the file system holding {root})" in reason, reason
+
+
+def test_mount_point_of_real_mounts_and_of_paths_below_them(tmp_path: Path) -> None:
+    assert mount_point(Path("/")) == Path("/")
+    assert mount_point(Path("/proc")) == Path("/proc")
+    assert mount_point(Path("/proc/self/status")) == Path("/proc")  # /proc/self is a link to /proc/<pid>
+    below = mount_point(tmp_path)
+    assert os.path.ismount(below) and tmp_path.resolve().is_relative_to(below)
+    assert mount_point(tmp_path / "not" / "yet") == below  # a data root still to be created
+
+
+def test_mount_point_follows_links_onto_another_disk(small_disk: Path, tmp_path: Path) -> None:
+    (small_disk / "scans").mkdir()
+    link = tmp_path / "data"
+    link.symlink_to(small_disk / "scans")
+    assert mount_point(link) == small_disk
+    assert mount_point(link / "scans" / ".incoming" / "x.png") == small_disk
+
+
+def test_a_full_data_root_of_its_own_names_its_mount_point_not_the_root(small_disk: Path) -> None:
+    store = ScanStore(small_disk)
+    store.prepare()
+    fill(small_disk / "ballast", free_bytes(small_disk) - 256 * 1024)
+    with pytest.raises(StoreError) as caught:
+        store.write_scan(make_record(), make_images(height=300, width=400, seed=3))  # ~600 kB of noise
+    assert f"free space on {small_disk} " in str(caught.value), caught.value
 
 
 def test_settings_defaults_and_validation() -> None:

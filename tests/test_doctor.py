@@ -285,3 +285,31 @@ def test_an_unreadable_file_and_a_wrong_setting_get_each_their_own_fix(tmp_path:
     [invalid] = run_checks_for_file(write_station(tmp_path, 1883, {"mqtt": {"prot": 1883}}), synchronised=synced)
     assert unreadable.fix == "fix the station TOML"
     assert invalid.fix == "edit the station TOML; see config/station.example.toml"
+
+
+def test_the_disk_row_names_the_file_system_by_its_mount_point(tmp_path: Path) -> None:
+    from tests.test_disk import mount_tmpfs
+
+    cfg = load_config(write_station(tmp_path, 1883))
+    disk = tmp_path / "srv"
+    mount_tmpfs(disk, "8m")
+    try:
+        root = disk / "data"
+        root.mkdir()
+        station = cfg.station.model_copy(update={"data_root": root})
+        row = check_disk(cfg.model_copy(update={"station": station, "disk": DiskSettings(min_free_bytes=0)}))
+        assert row.ok and f"free of 8.0 MiB on {disk} (the file system holding {root})" in row.detail, row.detail
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_tls_file_the_client_cannot_load_fails_the_config_row(tmp_path: Path) -> None:
+    from tests.test_tls import make_ca
+
+    ca_key, _ = make_ca(tmp_path, "plant-ca")
+    station = write_station(tmp_path, free_port(), {"mqtt.tls": {"ca_file": str(ca_key)}})
+    rows = by_name(run_checks_for_file(station, synchronised=synced, broker_timeout_s=1.0))
+    assert not rows["config"].ok
+    assert (
+        f"mqtt.tls.ca_file: expected a PEM CA certificate (found no certificate in {ca_key})" in rows["config"].detail
+    )

@@ -31,7 +31,7 @@ from amflow_edge.inspection.designs import DesignError, DesignLibrary
 from amflow_edge.messaging.mqtt import MqttSetupError, diagnose_connection, tls_context
 from amflow_edge.messaging.outbox import Outbox
 from amflow_edge.storage.db import DB_FILE, StationDb
-from amflow_edge.storage.disk import DiskGuard, format_bytes
+from amflow_edge.storage.disk import DiskGuard, format_bytes, where_on_disk
 
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
 SYSTEMD_RUNNING = Path("/run/systemd/system")
@@ -266,7 +266,7 @@ def check_disk(cfg: StationConfig) -> CheckResult:
         return _fail("disk", reason, "free space on the data root; capture resumes by itself")
     free = guard.free_bytes()
     st = os.statvfs(root)
-    detail = f"{format_bytes(free)} free of {format_bytes(st.f_blocks * st.f_frsize)} on {root}"
+    detail = f"{format_bytes(free)} free of {format_bytes(st.f_blocks * st.f_frsize)} on {where_on_disk(root)}"
     if free < disk.resume_free_bytes:
         return _warn(
             "disk",

@@ -30,6 +30,26 @@ def format_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
+def mount_point(path: Path) -> Path:
+    """The mount point of the file system holding `path`: the disk to clean up or enlarge when it is full.
+
+    A data root is often its own disk (/srv/scans) or a directory on one (/data/amflow); naming the path's
+    anchor ('/') would send the integrator to the wrong disk. Symbolic links are resolved first, so a data
+    root linked onto another disk names that disk; a path that does not exist (yet) names the disk it
+    would be created on.
+    """
+    current = Path(path).resolve()
+    while not os.path.ismount(current) and current != current.parent:
+        current = current.parent
+    return current
+
+
+def where_on_disk(path: Path) -> str:
+    """`path` as a person looks for it on a full disk: the mount point, and the path itself when it lies below."""
+    mount = mount_point(path)
+    return str(mount) if mount == Path(path).resolve() else f"{mount} (the file system holding {path})"
+
+
 def free_bytes(path: Path, statvfs: Callable[[Path], os.statvfs_result] = os.statvfs) -> int:
     """Space an unprivileged process may still use (f_bavail: the root-reserved blocks are not ours)."""
     st = statvfs(path)
@@ -86,8 +106,9 @@ class DiskGuard:
 
     def _explain(self, free: int) -> str:
         return (
-            f"only {format_bytes(free)} free on {self.path} (capture pauses below {format_bytes(self.min_free_bytes)} "
-            f"and resumes above {format_bytes(self.resume_free_bytes)}); move scans to the backup disk "
+            f"only {format_bytes(free)} free on {where_on_disk(self.path)} (capture pauses below "
+            f"{format_bytes(self.min_free_bytes)} and resumes above {format_bytes(self.resume_free_bytes)}); "
+            "move scans to the backup disk "
             "(backup.path), let old backed-up scans expire (disk.retention_days), or give the data root a bigger disk"
         )
 

@@ -22,6 +22,7 @@ import structlog
 
 from amflow_edge.common.durable import fsync_dir, replace_durably, write_durably
 from amflow_edge.config.station import CaptureSettings
+from amflow_edge.storage.disk import mount_point
 from amflow_edge.storage.record import ScanRecord
 
 log = structlog.get_logger(__name__)
@@ -61,7 +62,7 @@ def image_file(camera: str) -> str:
 
 def _explain(exc: OSError, where: Path) -> str:
     if exc.errno == errno.ENOSPC:
-        return f"disk full while writing {where}: free space on {where.anchor or '/'} or move old scans to backup"
+        return f"disk full while writing {where}: free space on {mount_point(where)} or move old scans to backup"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"no permission to write {where}: give the station user write access to the data root"
     return f"cannot write {where}: {exc.strerror}"
