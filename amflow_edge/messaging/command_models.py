@@ -13,8 +13,16 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from amflow_edge.messaging.payload import DESIGN_MATERIAL, Assignment, Batch, Output, Scan
-from amflow_edge.qc.reasons import REASON_ID
+from amflow_edge.messaging.payload import (
+    MAX_COMMENT_LENGTH,
+    MAX_REASONS,
+    Assignment,
+    Batch,
+    DesignMaterial,
+    Output,
+    ReasonId,
+    Scan,
+)
 
 _REQUEST = ConfigDict(extra="forbid", strict=True)
 
@@ -26,9 +34,8 @@ class CaptureRequest(BaseModel):
 
     model_config = _REQUEST
 
-    design_material: str | None = Field(
+    design_material: DesignMaterial | None = Field(
         default=None,
-        pattern=DESIGN_MATERIAL,
         description="The part expected on the tray; becomes the scan's design_material and the design it is "
         "inspected against. Must be in the design library or the active session's designs.",
     )
@@ -44,10 +51,10 @@ class QcRequest(BaseModel):
 
     scan: UUID = Field(description="UUID of the scan decided.")
     passed: bool = Field(alias="pass", description="true approves the part, false rejects it.")
-    comment: str | None = Field(default=None, max_length=2000, description="Becomes qc_comment.")
-    reasons: list[Annotated[str, Field(pattern=REASON_ID)]] | None = Field(
+    comment: str | None = Field(default=None, max_length=MAX_COMMENT_LENGTH, description="Becomes qc_comment.")
+    reasons: list[ReasonId] | None = Field(
         default=None,
-        max_length=32,
+        max_length=MAX_REASONS,
         description="QualityControlReason ids (see the reason catalogue); replace qc_reasons when given.",
     )
     operator: str | None = Field(
@@ -71,8 +78,8 @@ class SessionDesign(BaseModel):
 
     model_config = _REQUEST
 
-    design_material: str = Field(
-        pattern=DESIGN_MATERIAL, description="The design's id; its first 40 hex digits are the SHA-1 of the mesh file."
+    design_material: DesignMaterial = Field(
+        description="The design's id; its first 40 hex digits are the SHA-1 of the mesh file."
     )
     mesh: str | None = Field(
         default=None,

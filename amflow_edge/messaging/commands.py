@@ -14,6 +14,7 @@ import structlog
 from pydantic import BaseModel, RootModel, ValidationError
 
 from amflow_edge.messaging.command_models import COMMANDS, Response
+from amflow_edge.ops.log_limit import RateLimitedLog
 
 log = structlog.get_logger(__name__)
 
@@ -37,12 +38,26 @@ def problems(exc: ValidationError) -> str:
     )
 
 
+def default_refusal_log() -> RateLimitedLog:
+    """Every refusal is answered, but only the first few a minute are logged in full: a client retrying a bad
+    request in a loop must not fill the journal. The rest are counted per command in one line a minute."""
+    return RateLimitedLog(
+        lambda event, **fields: log.warning(event, **fields),  # looked up per line: logging may be set up later
+        "more requests refused; not logged one by one",
+        burst=5,
+        period_s=60.0,
+    )
+
+
 class CommandHandler:
-    def __init__(self, handlers: Mapping[str, Handler], respond: Responder) -> None:
+    def __init__(
+        self, handlers: Mapping[str, Handler], respond: Responder, refusal_log: RateLimitedLog | None = None
+    ) -> None:
         unknown = set(handlers) - set(COMMANDS)
         assert not unknown, f"handlers without a request model: {unknown}"
         self._handlers = dict(handlers)
         self._respond = respond
+        self._refused = refusal_log if refusal_log is not None else default_refusal_log()
 
     def __call__(self, command: str, body: bytes, properties: Any) -> None:
         answered = False
@@ -53,7 +68,9 @@ class CommandHandler:
                 return
             answered = True
             if response.status == "error":
-                log.warning("request refused", command=command, error=response.error)
+                # Counted by command; unknown names together, or a client inventing names would grow the count.
+                key = command if command in self._handlers else "(unknown command)"
+                self._refused("request refused", key=key, command=command, error=response.error)
             self._respond(command, response.model_dump_json().encode(), properties)
 
         def fail(message: str) -> None:

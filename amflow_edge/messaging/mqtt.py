@@ -26,6 +26,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from amflow_edge.config.station import StationConfig
+from amflow_edge.config.tls import tls_context_for
+from amflow_edge.ops.log_limit import FirstSeen, RateLimitedLog
 
 log = structlog.get_logger(__name__)
 
@@ -40,26 +42,10 @@ class MqttSetupError(ValueError):
 
 
 def tls_context(cfg: StationConfig) -> ssl.SSLContext:
+    """Built as check-config checks the same files (config.tls), so what it passes, run can use."""
     tls = cfg.mqtt.tls
     assert tls is not None
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    try:
-        if tls.ca_file is not None:
-            context.load_verify_locations(cafile=str(tls.ca_file))
-    except (ssl.SSLError, OSError) as exc:
-        raise MqttSetupError(
-            f"mqtt.tls.ca_file: {tls.ca_file} is not a readable PEM CA certificate ({exc}); "
-            "point it at the CA that signed the broker's certificate"
-        ) from None
-    try:
-        if tls.cert_file is not None and tls.key_file is not None:
-            context.load_cert_chain(certfile=str(tls.cert_file), keyfile=str(tls.key_file))
-    except (ssl.SSLError, OSError) as exc:
-        raise MqttSetupError(
-            f"mqtt.tls.cert_file/key_file: {tls.cert_file} and {tls.key_file} are not a matching PEM certificate "
-            f"and private key ({exc}); check both files"
-        ) from None
-    return context
+    return tls_context_for(tls, error=MqttSetupError)
 
 
 def diagnose_connection(cfg: StationConfig, timeout_s: float = 3.0) -> str:
@@ -88,6 +74,30 @@ def diagnose_connection(cfg: StationConfig, timeout_s: float = 3.0) -> str:
         return f"{exc.strerror or exc}"
 
 
+MAX_TOPIC_BYTES = 65535
+
+
+def response_topic_problem(topic: str, station_root: str) -> str | None:
+    """Why the station will not publish to a request's MQTT v5 response topic, or None when it will.
+
+    The station may write its own topics where no one else may (broker ACLs), so answering into its
+    own tree would let anyone allowed to send a request inject messages into its events, state or
+    availability. A wildcard is no topic at all (paho raises); control characters and over-long names
+    make the broker drop the connection, and paho would resend the answer on every reconnect.
+    """
+    if topic == station_root or topic.startswith(station_root + "/"):
+        return f"it is inside the station's own topics ({station_root}/…), where only the station publishes"
+    if "+" in topic or "#" in topic:
+        return "it contains a wildcard (+ or #); a response topic must be a single topic name"
+    if topic.startswith("$"):
+        return "topics starting with $ are reserved for the broker"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in topic):
+        return "it contains a control character, which the broker refuses in topic names"
+    if len(topic.encode("utf-8")) > MAX_TOPIC_BYTES:
+        return f"it is longer than MQTT's {MAX_TOPIC_BYTES} bytes"
+    return None
+
+
 def _guarded(func: Callable[P, R]) -> Callable[P, R | None]:
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
@@ -113,6 +123,13 @@ class StationMqtt:
         self.availability_topic = cfg.topic("availability")
         self.state_topic = cfg.topic("state")
         self.request_prefix = cfg.topic("request") + "/"
+        self._station_root = cfg.topic()
+        self._told_topics = FirstSeen()
+        self._topic_log = RateLimitedLog(
+            lambda event, **fields: log.warning(event, **fields),
+            "more response topics ignored; not logged one by one",
+            burst=10,
+        )
         self._client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
@@ -187,15 +204,37 @@ class StationMqtt:
         return self._client.publish(topic, payload, qos=1, retain=retain, properties=properties)
 
     def respond(self, command: str, payload: bytes, request_properties: Properties | None) -> None:
-        """Answer on the station's response topic, and on the requester's own response topic if it named one."""
+        """Answer on the station's response topic, and on the requester's own response topic if it named one
+        the station may publish to (see `response_topic_problem`); a refused one only costs the requester
+        that copy of the answer, never the answer itself."""
         self.publish(self._cfg.topic("response", command), payload)
         response_topic = getattr(request_properties, "ResponseTopic", None)
-        if response_topic:
-            properties = Properties(PacketTypes.PUBLISH)
-            correlation = getattr(request_properties, "CorrelationData", None)
-            if correlation is not None:
-                properties.CorrelationData = correlation
+        if not response_topic:
+            return
+        problem = response_topic_problem(str(response_topic), self._station_root)
+        if problem is not None:
+            self._ignore_response_topic(command, str(response_topic), problem)
+            return
+        properties = Properties(PacketTypes.PUBLISH)
+        correlation = getattr(request_properties, "CorrelationData", None)
+        if correlation is not None:
+            properties.CorrelationData = correlation
+        try:
             self._client.publish(response_topic, payload, qos=1, properties=properties)
+        except ValueError as exc:  # a topic paho refuses that the rule above did not foresee
+            self._ignore_response_topic(command, str(response_topic), str(exc))
+
+    def _ignore_response_topic(self, command: str, topic: str, reason: str) -> None:
+        """Once per topic, since MQTT does not say which client sent a request: a client that keeps sending
+        the same bad topic is one line, a client inventing new ones is rate-limited."""
+        if self._told_topics(hash(topic)):  # a hash: topics may be 64 KiB long, and a missed line is harmless
+            self._topic_log(
+                "ignored the request's MQTT v5 response topic; the answer went to the station's response topic only",
+                key=reason,
+                command=command,
+                response_topic=topic[:256],
+                reason=reason,
+            )
 
     def _handle_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any

@@ -8,10 +8,12 @@ from another in shape.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from amflow_edge.qc.reasons import REASON_ID
 
 EventName = Literal["scan.capture", "scan.quality_control", "scan.assign"]
 
@@ -19,6 +21,22 @@ _TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}[+-]\d{2}:\d{2
 _STRICT = ConfigDict(extra="forbid", strict=True)
 DESIGN_MATERIAL = r"^[0-9a-f]{40}_[A-Z0-9]+_[A-Z0-9]+_[A-Z0-9]+$"
 """<SHA-1 of the geometry>_<PROCESS>_<MATERIAL>_<COLOUR>, as AM-Vision names a design_material."""
+
+# Bounds on every value a request can put into the payload. Every later event of a scan or session
+# carries these values, and AM-Vision's consumers (JavaScript front ends, Django models with varchar
+# columns) cannot hold an unbounded string or an integer beyond a double's exact range. The models
+# carry them as constraints, so the JSON Schema and AsyncAPI documents state them too.
+MAX_SAFE_INTEGER = 2**53 - 1
+"""JavaScript's Number.MAX_SAFE_INTEGER: beyond it a JSON number no longer round-trips through a JS client."""
+MAX_ID_LENGTH = 255
+"""Ids and titles: a varchar(255), the common database column for names."""
+MAX_COMMENT_LENGTH = 2000
+MAX_REASONS = 32
+"""More reasons than the catalogue could sensibly hold for one part."""
+
+DesignMaterial = Annotated[str, Field(pattern=DESIGN_MATERIAL, max_length=MAX_ID_LENGTH)]
+SafeCount = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
+ReasonId = Annotated[str, Field(pattern=REASON_ID)]
 
 
 def timestamp(moment: datetime) -> str:
@@ -39,25 +57,25 @@ class Hook(BaseModel):
 class Assignment(BaseModel):
     model_config = _STRICT
 
-    assignment: str = Field(description="UUID of the scan assignment.")
-    part_id: str = Field(description="Part id in the order system.")
-    part_title: str = Field(description="Human title of the part.")
-    copies: int = Field(description="Copies of this part in the batch.")
-    last_added_copies: int = Field(description="Copies added by the last assignment.")
+    assignment: str = Field(max_length=MAX_ID_LENGTH, description="UUID of the scan assignment.")
+    part_id: str = Field(max_length=MAX_ID_LENGTH, description="Part id in the order system.")
+    part_title: str = Field(max_length=MAX_ID_LENGTH, description="Human title of the part.")
+    copies: SafeCount = Field(description="Copies of this part in the batch.")
+    last_added_copies: SafeCount = Field(description="Copies added by the last assignment.")
     manual: bool = Field(description="Assigned by an operator rather than by the station.")
 
 
 class Output(BaseModel):
     model_config = _STRICT
 
-    id: int = Field(description="The output (bin/slot) the part goes to.")
+    id: SafeCount = Field(description="The output (bin/slot) the part goes to.")
 
 
 class Batch(BaseModel):
     model_config = _STRICT
 
-    id: str = Field(description="Batch id.")
-    title: str = Field(description="Batch title.")
+    id: str = Field(max_length=MAX_ID_LENGTH, description="Batch id.")
+    title: str = Field(max_length=MAX_ID_LENGTH, description="Batch title.")
 
 
 class Scan(BaseModel):
@@ -70,9 +88,7 @@ class Scan(BaseModel):
     modified: str = Field(pattern=_TIMESTAMP_PATTERN, description="Time of the last change of the scan.")
     uuid: str = Field(description="Version-1 UUID of the scan.")
     scan_session: str = Field(description="UUID of the scanning session.")
-    design_material: str | None = Field(
-        pattern=DESIGN_MATERIAL, description="Geometry + material id; null while unknown."
-    )
+    design_material: DesignMaterial | None = Field(description="Geometry + material id; null while unknown.")
     scan_urls: list[str] = Field(description="/data/scans/<uuid>/scan_camNN.png, one per camera.")
     scan_urls_full: list[str] = Field(description="/api/scan/<uuid>/full_image/N/, one per camera.")
     assignment: Assignment | None = Field(description="Null until assigned.")
@@ -84,8 +100,8 @@ class Scan(BaseModel):
     qc_needs_review: bool = Field(description="A human must review.")
     qc_operator: bool | None = Field(description="The operator's verdict; null until given.")
     qc_pass: bool | None = Field(description="Final decision.")
-    qc_comment: str | None = Field(description="Quality-control comment.")
-    qc_reasons: list[str] = Field(description="QualityControlReason ids.")
+    qc_comment: str | None = Field(max_length=MAX_COMMENT_LENGTH, description="Quality-control comment.")
+    qc_reasons: list[ReasonId] = Field(max_length=MAX_REASONS, description="QualityControlReason ids.")
 
     @field_validator("uuid")
     @classmethod

@@ -10,12 +10,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import structlog
 
 from amflow_edge.inspection.designs import Design
-from amflow_edge.inspection.profiles import ProfileError, load_profile
+from amflow_edge.inspection.profiles import PROFILE_DIR, ProfileError, load_profile, profile_path
 from amflow_edge.messaging.command_models import (
     CaptureRequest,
     QcRequest,
@@ -104,11 +103,18 @@ class StationCommands:
         record = self._events.record(scan_uuid)
         if record is None:
             raise CommandRefusedError(f"scan {scan_uuid} is not known to this station; send the uuid of a stored scan")
+        # Requests name profiles, never paths, so the answer offers names only and shows no station path.
+        known = sorted(path.stem for path in PROFILE_DIR.glob("*.toml"))
+        if request.profile not in known:
+            raise CommandRefusedError(
+                f"unknown inspection profile {request.profile!r}; use one of: {', '.join(known) or '(none installed)'}"
+            )
         try:
             load_profile(request.profile)
             job = self._jobs.for_scan(record, profile=request.profile)
         except ProfileError as exc:
-            raise CommandRefusedError(str(exc).replace(str(Path.cwd()) + "/", "")) from None
+            where = str(profile_path(request.profile))
+            raise CommandRefusedError(str(exc).replace(where, f"inspection profile {request.profile!r}")) from None
         except LookupError as exc:
             raise CommandRefusedError(f"scan {scan_uuid} cannot be inspected: {exc}") from None
 
@@ -129,6 +135,10 @@ class StationCommands:
                 designs = self._catalogue.resolve(request.designs) if isinstance(request, SessionStart) else []
             except BatchDesignError as exc:
                 reply(Response(status="error", command="session", error=str(exc)))
+                return
+            except Exception:  # on this thread no one else would answer, and the requester would wait forever
+                log.exception("reading the session's designs failed; the previous session goes on")
+                reply(Response(status="error", command="session", error="internal error reading the batch's designs"))
                 return
             task = CameraTask(name="session", run=lambda: self._switch(request, designs, reply))
             if not self._loop.submit_task(task):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
-from amflow_edge.inspection.designs import Design, DesignLibrary, MeshError, design_from_file
+from amflow_edge.inspection.designs import Design, DesignLibrary, MeshError, design_from_file, mesh_formats
 from amflow_edge.messaging.command_models import SessionDesign
 
 
@@ -39,13 +40,56 @@ class DesignCatalogue:
                         "send its mesh (a file in the batch mesh folder) with it"
                     )
                 continue
-            path = (folder / entry.mesh).resolve()
-            if not path.is_relative_to(folder):
-                raise BatchDesignError(
-                    f"mesh {entry.mesh!r} is outside the batch mesh folder; name a file inside {folder}"
-                )
-            try:
-                designs.append(design_from_file(path, entry.units, entry.design_material, entry.title))
-            except MeshError as exc:
-                raise BatchDesignError(f"design {entry.design_material}: {exc}") from None
+            designs.append(_batch_design(folder, entry, entry.mesh))
         return designs
+
+
+def _batch_design(folder: Path, entry: SessionDesign, mesh: str) -> Design:
+    """A requester may name any file in the folder, so errors name the file as the request did and nothing
+    more: no absolute path of the station, and no hash of the file (a hash would confirm a guess about the
+    content of a file the requester never sent, such as a key someone left there). Every check that needs
+    no parsing comes first, so a file that is no mesh is never read."""
+    name = repr(mesh)
+    try:
+        path = (folder / mesh).resolve()
+    except ValueError:  # a NUL in the name; raised by the OS call, so it would escape as a bug
+        raise BatchDesignError(f"mesh {name} is not a usable file name; name a file in the batch mesh folder") from None
+    except (RuntimeError, OSError):  # a symbolic link that points back at itself
+        raise BatchDesignError(
+            f"mesh {name} cannot be resolved (a symbolic link loop); replace the link with the mesh file"
+        ) from None
+    if not path.is_relative_to(folder):
+        raise BatchDesignError(
+            f"mesh {name} is outside the batch mesh folder; name a file inside it, relative to the folder"
+        )
+    if not path.exists():
+        raise BatchDesignError(
+            f"mesh {name} is not in the batch mesh folder; copy the file there first, or correct the name "
+            "(relative to the folder)"
+        )
+    if not path.is_file():
+        raise BatchDesignError(f"mesh {name} is not a file; name the mesh file itself, not a folder")
+    formats = sorted(mesh_formats())
+    if path.suffix.lower() not in formats:
+        raise BatchDesignError(
+            f"mesh {name} is not a mesh file; send the design exported as one of {', '.join(formats)}"
+        )
+    try:
+        with path.open("rb") as file:
+            digest = hashlib.file_digest(file, "sha1").hexdigest()
+    except OSError as exc:
+        raise BatchDesignError(
+            f"mesh {name} cannot be read ({exc.strerror or type(exc).__name__}); check the file's permissions"
+        ) from None
+    mismatch = BatchDesignError(
+        f"design_material {entry.design_material} does not match mesh {name}: its first 40 hex digits must be "
+        "the SHA-1 of the file; send the mesh file the design_material id was made from, or the id of this file"
+    )
+    if not entry.design_material.startswith(digest + "_"):
+        raise mismatch
+    try:
+        return design_from_file(path, entry.units, entry.design_material, entry.title)
+    except MeshError as exc:
+        if "SHA-1" in exc.problem:  # the file changed after it was hashed above; its new hash stays here too
+            raise mismatch from None
+        raise BatchDesignError(f"design {entry.design_material}: mesh {name}: {exc.problem}. Fix: {exc.fix}") from None
