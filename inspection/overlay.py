@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from amflow_edge.common.durable import replacing
+from amflow_edge.common.durable import replace_durably
 from amflow_edge.inspection.geometry.silhouette import Window
 
 CONTACT_SHEET = "inspection_overlays.png"
@@ -53,6 +53,12 @@ def contact_sheet(tiles: list[np.ndarray], title: str) -> np.ndarray:
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
-    with replacing(path, shared=True) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise OSError(f"{path}: could not write the overlay image; check the directory is writable")
+    """Encoded in memory and written by us, not by cv2.imwrite, whose bare False cannot tell a full disk from
+    a read-only directory: the error says which it was."""
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode the overlay image ({image.shape}, {image.dtype})")
+    try:
+        replace_durably(path, encoded.tobytes(), shared=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"could not write the overlay image {path}: {exc.strerror}") from exc

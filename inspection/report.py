@@ -55,7 +55,10 @@ class InspectionReport(BaseModel):
     criteria: list[CriterionResult] = Field(description="Every criterion of the profile with its value and verdict.")
     qc_machine: bool = Field(description="True when every criterion passes.")
     qc_needs_review: bool = Field(description="True when a value is in a review band or the alignment is uncertain.")
-    qc_reasons: list[Reason] = Field(description="Reasons of the failed criteria, each once, in profile order.")
+    qc_reasons: list[Reason] = Field(
+        description="Reasons of the failed criteria, each once, in profile order; when none failed but a review is "
+        "needed, the reasons of the criteria that asked for it (misalignment for an uncertain pose)."
+    )
     notes: list[str] = Field(
         default_factory=list, description="Plain-language remarks (why evidence is insufficient, ...)."
     )
@@ -78,10 +81,23 @@ def judge(
     if metrics is None and "insufficient_evidence" not in reasons:
         reasons.insert(0, "insufficient_evidence")
     machine = not reasons
-    review = any(r.verdict == "review" for r in results) or (
-        metrics is not None and metrics.alignment_inlier_fraction < profile.min_alignment_inlier_fraction
-    )
+    uncertain_pose = metrics is not None and metrics.alignment_inlier_fraction < profile.min_alignment_inlier_fraction
+    review = any(r.verdict == "review" for r in results) or uncertain_pose
+    if review and not reasons:
+        reasons = _review_reasons(results, uncertain_pose)
     return results, machine, review, reasons
+
+
+def _review_reasons(results: list[CriterionResult], uncertain_pose: bool) -> list[Reason]:
+    """An operator asked to review a part the machine passed is told why: the reasons of the criteria whose
+    values lie in their review band, and misalignment when the pose itself is uncertain."""
+    reasons: list[Reason] = []
+    for result in results:
+        if result.verdict == "review" and result.reason not in reasons:
+            reasons.append(result.reason)
+    if uncertain_pose and "misalignment" not in reasons:
+        reasons.append("misalignment")
+    return reasons
 
 
 def _result(criterion: Criterion, value: float | None, verdict: Verdict) -> CriterionResult:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from amflow_edge.inspection.models import InspectionMetrics
 from amflow_edge.inspection.profiles import Criterion, ProfileError, load_profile
+from amflow_edge.inspection.report import judge
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -75,3 +77,29 @@ def test_verdicts_with_a_review_band() -> None:
         metric="silhouette_iou_min", comparator=">=", threshold=0.8, review_band=0.05, reason="wrong_part"
     )
     assert [at_least.judge(v) for v in (0.9, 0.82, 0.79)] == ["pass", "review", "fail"]
+
+
+def _metrics(**values: float) -> InspectionMetrics:
+    required = {
+        name: 1.0
+        for name, field in InspectionMetrics.model_fields.items()
+        if field.is_required() and name != "cameras_seeing_part"
+    }
+    return InspectionMetrics(**{**required, "cameras_seeing_part": 5, **values})
+
+
+def test_a_review_always_says_why() -> None:
+    profile = load_profile("default")
+    warp = next(c for c in profile.criteria if c.metric == "warp_deg")
+    in_band = warp.threshold - warp.review_band / 2
+    assert warp.judge(in_band) == "review"
+    passing = {
+        c.metric: (c.threshold - 2 * c.review_band - 1 if c.comparator == "<=" else c.threshold + 2 * c.review_band + 1)
+        for c in profile.criteria
+    }
+    _, machine, review, reasons = judge(profile, _metrics(**{**passing, "warp_deg": in_band}))
+    assert (machine, review, reasons) == (True, True, ["warp"])
+    _, machine, review, reasons = judge(profile, _metrics(**{**passing, "alignment_inlier_fraction": 0.1}))
+    assert (machine, review, reasons) == (True, True, ["misalignment"])
+    _, machine, review, reasons = judge(profile, _metrics(**passing))
+    assert (machine, review, reasons) == (True, False, [])

@@ -1,4 +1,8 @@
-"""Structured logs: JSON lines for the journal, readable colours for a developer at a terminal."""
+"""Structured logs: JSON lines for the journal, readable colours for a developer at a terminal.
+
+Libraries log through Python's logging (paho at every broker outage, the inspection's stdlib loggers);
+their records go through the same renderer, so the journal holds JSON lines only.
+"""
 
 from __future__ import annotations
 
@@ -18,17 +22,24 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+class _StdlibBridge(logging.StreamHandler):
+    """Our handler on the root logger; a second configure_logging replaces it rather than adding another."""
+
+
 def configure_logging(level: str = "info", json: bool | None = None) -> None:
     """JSON when stderr is not a terminal (systemd, CI), so every line is machine-readable with its scan uuid."""
     as_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     )
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info if as_json else structlog.dev.set_exc_info,
             renderer,
@@ -37,3 +48,19 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+    bridge = _StdlibBridge(_CurrentStderr())
+    bridge.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info if as_json else structlog.dev.set_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdlibBridge)]:
+        root.removeHandler(handler)
+    root.addHandler(bridge)
+    root.setLevel(logging.getLevelNamesMapping()[level.upper()])

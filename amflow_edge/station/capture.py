@@ -199,8 +199,8 @@ class CaptureLoop:
         """Trigger and grab (or take the frames a hardware pulse already delivered), then store and announce."""
         reason = self._pause.reason()
         if reason is not None:
-            self.scans_failed += 1
-            log.error("capture refused: the station is paused", source=trigger.source, reason=reason)
+            if trigger.source != "timer":  # the timer's ticks skip quietly; the pause itself is logged once
+                log.warning("capture refused: the station is paused", source=trigger.source, reason=reason)
             return CaptureResult(ok=False, error=f"station paused: {reason}")
         scan_uuid = str(uuid.uuid1())
         with structlog.contextvars.bound_contextvars(scan=scan_uuid):

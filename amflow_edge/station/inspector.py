@@ -8,6 +8,9 @@ event through the same transaction as every other scan change.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -106,11 +109,34 @@ def run_job(job_json: str) -> str:
     return report.model_dump_json()
 
 
+PARENT_POLL_S = 0.5
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Runs in each worker as it starts. A worker whose daemon died (kill -9, OOM killer) is orphaned, not
+    stopped: under a supervisor other than systemd (which kills the unit's whole cgroup) it would live on with
+    its loaded meshes. It watches who its parent is and ends itself once that is no longer the daemon.
+    (prctl's parent-death signal fires when the *thread* that started the worker ends, which here is any
+    thread that happened to submit a job.)"""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 class Inspector:
     def __init__(self, events: Events, timezone: str, workers: int = 1) -> None:
         self._events = events
         self._tz = ZoneInfo(timezone)
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        )
 
     def submit(
         self, job: InspectionJob, on_done: InspectionDone | None = None, failure_needs_review: bool = True

@@ -11,7 +11,7 @@ from amflow_edge.messaging.outbox import OutboxStats
 from amflow_edge.messaging.payload import Batch, Output
 from amflow_edge.panel.operator import OperatorView
 
-Mode = Literal["starting", "running", "paused", "stopping"]
+Mode = Literal["starting", "running", "paused", "stopping", "stopped"]
 
 
 class StationState(BaseModel):
@@ -20,8 +20,16 @@ class StationState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     station: str = Field(description="Station id.")
+    at: str = Field(
+        description="When this state was taken (ISO 8601 with the station's UTC offset). The state is the last one "
+        "known: a station killed outright leaves its last state retained, so a subscriber tells whether the station "
+        "is alive from `availability` (its will says 'offline'), and how old the state is from this."
+    )
     version: str = Field(description="amflow-edge version.")
-    mode: Mode = Field(description="What the daemon is doing; 'paused' means it refuses scans, see paused_reason.")
+    mode: Mode = Field(
+        description="What the daemon is doing; 'paused' means it refuses scans, see paused_reason; a clean stop ends "
+        "with 'stopped'."
+    )
     paused_reason: str | None = Field(description="Why the station refuses scans, and what to do.")
     broker_connected: bool = Field(description="Whether the station is connected to the broker.")
     outbox: OutboxStats = Field(description="Events not yet acknowledged by the broker.")
@@ -35,5 +43,8 @@ class StationState(BaseModel):
     )
     cameras: list[CameraHealth] = Field(description="Health of each camera.")
     scans_stored: int = Field(description="Scans stored since start.")
-    scans_failed: int = Field(description="Triggers that produced no scan since start.")
+    scans_failed: int = Field(
+        description="Captures that failed since start (a camera, a full disk); triggers refused while paused are not "
+        "counted."
+    )
     last_scan: str | None = Field(description="UUID of the last stored scan.")

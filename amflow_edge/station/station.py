@@ -13,6 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -23,6 +25,7 @@ from amflow_edge.inspection.designs import Design, DesignLibrary
 from amflow_edge.messaging.events import Events
 from amflow_edge.messaging.mqtt import StationMqtt
 from amflow_edge.messaging.outbox import Outbox
+from amflow_edge.messaging.payload import timestamp
 from amflow_edge.messaging.relay import Relay
 from amflow_edge.panel.base import ButtonSource
 from amflow_edge.panel.operator import OperatorPanel
@@ -37,7 +40,7 @@ from amflow_edge.station.session import ScanningSession, SessionKeeper
 from amflow_edge.station.state import Mode, StationState
 from amflow_edge.storage.db import StationDb
 from amflow_edge.storage.record import ScanRecord
-from amflow_edge.storage.store import ScanStore
+from amflow_edge.storage.store import ScanStore, StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +78,7 @@ class Station:
     stop_event: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _reconnect_queued: bool = field(default=False, init=False)
+    _references_queued: bool = field(default=False, init=False)
     _last_health: list[CameraHealth] = field(default_factory=list, init=False)
     _max_scans: int | None = field(default=None, init=False)
     _mode: Mode = field(default="starting", init=False)
@@ -88,6 +92,7 @@ class Station:
         session = self.sessions.current
         return StationState(
             station=self.cfg.station.id,
+            at=timestamp(datetime.now(ZoneInfo(self.cfg.station.timezone))),
             version=__version__,
             mode=mode,
             paused_reason=paused,
@@ -129,6 +134,31 @@ class Station:
         )
         log.info("empty-tray references stored", path=str(path))
 
+    def _has_references(self) -> bool:
+        return self.store.reference_dir(self.scan_session).is_dir()
+
+    def _references_at_start(self) -> None:
+        """A station short of disk space still starts (paused, saying why): references that cannot be written
+        now are taken by the supervisor once there is room, before capture resumes."""
+        if self._has_references():
+            return
+        low = self.pause.disk.reason()
+        if low is not None:
+            log.warning(
+                "empty-tray references not taken: the disk is low; they are taken when there is room", reason=low
+            )
+            return
+        self._retake_references()
+
+    def _retake_references(self) -> None:
+        self._references_queued = False
+        if self._has_references():
+            return
+        try:
+            self.capture_reference()
+        except StoreError as exc:
+            log.error("empty-tray references not stored; they are taken again when there is room", error=str(exc))
+
     def switch_session(self, session: ScanningSession, designs: list[Design]) -> None:
         """On the capture thread: references for the new session first, so a failure leaves the old one running."""
         if self.inspector is not None:
@@ -150,6 +180,14 @@ class Station:
         health = self.driver.health()
         if isinstance(self.driver, Reconnecting) and self.driver.needs_reconnect() and not self._reconnect_queued:
             self._reconnect_queued = self.loop.submit_task(CameraTask(name="reconnect", run=self._reconnect))
+        if (
+            self.inspector is not None
+            and not self._references_queued
+            and self.pause.reason() is None
+            and not self._has_references()
+        ):
+            task = CameraTask(name="references", run=self._retake_references)
+            self._references_queued = self.loop.submit_task(task)
         if health != self._last_health or time.monotonic() - self._last_state >= self._state_interval_s:
             self._last_health = health
             self.publish_state()
@@ -236,8 +274,7 @@ class Station:
         self.panel.follow(latest[0] if latest else None)
         self.driver.open()
         if self.inspector is not None:
-            if not self.store.reference_dir(self.scan_session).is_dir():
-                self.capture_reference()
+            self._references_at_start()
             self.resume_inspections()
         self.relay.start()
         self.mqtt.start()
@@ -268,7 +305,10 @@ class Station:
             pass
 
     def shutdown(self, flush_timeout_s: float = 10.0) -> None:
+        """Ends with a retained state 'stopped', then 'offline': a subscriber sees a clean stop as one."""
         self.service.stopping()
+        self._mode = "stopping"
+        self.publish_state()
         self.stop_event.set()
         for thread in self._threads:
             thread.join(timeout=30)
@@ -278,7 +318,7 @@ class Station:
             log.warning(
                 "events still queued at stop; they are sent at the next start", backlog=self.outbox.stats().backlog
             )
-        self._mode = "stopping"
+        self._mode = "stopped"
         self.publish_state()
         self.relay.stop()
         self.mqtt.stop()

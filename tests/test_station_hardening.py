@@ -1,0 +1,229 @@
+"""A station short of disk space starts paused and says why; ticks while paused are quiet; a clean stop says
+'stopped'. Each test here reproduces a defect found by hostile testing (issue #22)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from amflow_edge.config.loading import load_config
+from amflow_edge.inspection.overlay import write_png
+from amflow_edge.ops.log import configure_logging
+from amflow_edge.station.build import build_station
+from amflow_edge.station.capture import Trigger
+from amflow_edge.station.station import RunOptions, Station
+from tests.mqtt_helpers import Broker, Subscriber
+from tests.polling import wait_for
+from tests.station_files import REPO, write_station
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.decode().strip()}); needs root")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def _station_on(disk: Path, tmp_path: Path, broker: Broker) -> Station:
+    config = write_station(
+        tmp_path,
+        broker.port,
+        {
+            "station": {"data_root": str(disk / "data")},
+            "mock": {"scene_pool": 1},
+            "inspection": {"enabled": True},
+            "disk": {"min_free_bytes": 2 * MIB, "resume_free_bytes": 3 * MIB},
+        },
+    )
+    return build_station(load_config(config))
+
+
+def test_a_station_below_the_disk_guard_starts_paused_and_takes_its_references_when_there_is_room(
+    small_disk: Path, tmp_path: Path, broker: Broker
+) -> None:
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (8 * MIB - 128 * 1024))  # a full disk: too little even for the references
+    station = _station_on(small_disk, tmp_path, broker)
+    station.start(RunOptions(supervise_interval_s=0.2))
+    try:
+        state = station.state()
+        assert state.mode == "paused" and "disk" in (state.paused_reason or "")
+        references = station.store.reference_dir(station.scan_session)
+        assert not references.exists()
+        filler.unlink()
+        assert wait_for(references.is_dir, timeout_s=60), "references were not taken once the disk had room"
+        assert wait_for(lambda: station.state().mode == "running")
+    finally:
+        station.shutdown()
+
+
+def test_timer_ticks_while_paused_are_skipped_quietly_and_the_pause_is_logged_once(
+    tmp_path: Path, broker: Broker
+) -> None:
+    huge = 10**18
+    cfg = load_config(
+        write_station(
+            tmp_path,
+            broker.port,
+            {"mock": {"scene_pool": 1}, "disk": {"min_free_bytes": huge, "resume_free_bytes": huge}},
+        )
+    )
+    station = build_station(cfg)
+    station.start(RunOptions())
+    try:
+        with capture_logs() as logs:
+            results = [station.loop.capture(Trigger(source="timer")) for _ in range(5)]
+            station.state()
+        assert not any(result.ok for result in results)
+        assert station.loop.scans_failed == 0
+        assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
+        with capture_logs() as logs:
+            station.pause.disk.min_free_bytes = station.pause.disk.resume_free_bytes = 0
+            for _ in range(3):
+                station.pause.reason()
+        assert [e["event"] for e in logs] == ["capture resumed: space on the data root was freed"]
+    finally:
+        station.shutdown()
+
+
+def test_a_clean_stop_leaves_a_retained_stopped_state_with_its_time(tmp_path: Path, broker: Broker) -> None:
+    cfg = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}}))
+    station = build_station(cfg)
+    station.start(RunOptions())
+    station.shutdown()
+    watcher = Subscriber(broker, [cfg.topic("state")])
+    try:
+        state = json.loads(watcher.next(topic=cfg.topic("state")).payload)
+    finally:
+        watcher.close()
+    assert state["mode"] == "stopped"
+    assert state["at"].startswith("20") and state["at"][-6] in "+-"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_the_inspection_worker_ends_when_its_daemon_is_killed(tmp_path: Path, broker: Broker) -> None:
+    env = {
+        "AMFLOW_MQTT__PORT": str(broker.port),
+        "AMFLOW_STATION__DATA_ROOT": str(tmp_path / "data"),
+        "AMFLOW_STATION__STATE_DIR": str(tmp_path / "state"),
+        "AMFLOW_CAPTURE__TIMER_INTERVAL_S": "0.5",
+        "AMFLOW_MOCK__SCENE_POOL": "1",
+        "PATH": "/usr/bin:/bin",
+    }
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "amflow_edge.cli", "run", "--config", str(REPO / "config" / "demo.toml")],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_for(lambda: len(_children(daemon.pid)) >= 2, timeout_s=120), "no inspection worker started"
+        children = _children(daemon.pid)
+    finally:
+        daemon.kill()
+        daemon.wait(timeout=30)
+    try:
+        assert wait_for(lambda: not any(_alive(pid) for pid in children), timeout_s=30), (
+            f"left running after the daemon was killed: {[pid for pid in children if _alive(pid)]}"
+        )
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_library_log_records_are_json_lines_like_the_stations_own(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", json=True)
+    logging.getLogger("paho.mqtt.client").error("Client is not connected. Socket: None)")
+    [line] = capsys.readouterr().err.splitlines()
+    record = json.loads(line)
+    assert (record["event"], record["logger"], record["level"]) == (
+        "Client is not connected. Socket: None)",
+        "paho.mqtt.client",
+        "error",
+    )
+
+
+def test_the_daemons_log_stays_json_through_a_broker_outage_and_a_stop(tmp_path: Path, broker: Broker) -> None:
+    env = {
+        "AMFLOW_MQTT__PORT": str(broker.port),
+        "AMFLOW_STATION__DATA_ROOT": str(tmp_path / "data"),
+        "AMFLOW_STATION__STATE_DIR": str(tmp_path / "state"),
+        "AMFLOW_INSPECTION__ENABLED": "false",
+        "AMFLOW_MOCK__SCENE_POOL": "1",
+        "PATH": "/usr/bin:/bin",
+    }
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "amflow_edge.cli", "--log-json", "run", "--config", str(REPO / "config" / "demo.toml")],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert daemon.stderr is not None
+        for line in daemon.stderr:
+            lines.append(line)
+            if "connected to the MQTT broker" in line and "disconnected" not in line:
+                break
+        broker.stop()
+        time.sleep(3)
+        daemon.send_signal(signal.SIGTERM)
+        _, rest = daemon.communicate(timeout=60)
+        lines += rest.splitlines()
+    finally:
+        daemon.kill()
+    assert any("disconnected" in line for line in lines)
+    not_json = [line for line in lines if line.strip() and not line.lstrip().startswith("{")]
+    assert not_json == []
+    for line in lines:
+        if line.strip():
+            json.loads(line)
+
+
+def test_an_overlay_that_does_not_fit_on_the_disk_says_the_disk_is_full(small_disk: Path) -> None:
+    (small_disk / "filler").write_bytes(b"\0" * (8 * MIB - 64 * 1024))
+    noise = np.random.default_rng(1).integers(0, 255, (512, 612, 3), dtype=np.uint8)
+    with pytest.raises(OSError, match="could not write the overlay image .*: No space left on device"):
+        write_png(small_disk / "overlay_cam01.png", noise)
+    assert [p.name for p in small_disk.iterdir()] == ["filler"]
