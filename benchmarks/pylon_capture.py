@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -24,10 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ["PYLON_CAMEMU"] = "5"
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from amflow_edge.config.loading import load_config  # noqa: E402
 from amflow_edge.config.station import StationConfig  # noqa: E402
 from amflow_edge.drivers.pylon import PylonDriver  # noqa: E402
 from amflow_edge.ops.log import configure_logging  # noqa: E402
@@ -35,39 +32,7 @@ from amflow_edge.station.build import build_station  # noqa: E402
 from amflow_edge.station.capture import Trigger  # noqa: E402
 from amflow_edge.station.station import RunOptions, Station  # noqa: E402
 from tests.mqtt_helpers import Broker, Subscriber  # noqa: E402
-from tests.pylon_rig import point_at_image, save_features  # noqa: E402
-
-SERIALS = [f"0815-000{i}" for i in range(5)]
-
-
-def station_config(workdir: Path, port: int) -> StationConfig:
-    """The demo station, with five emulated Basler cameras fed a rendered demo scan."""
-    images = workdir / "images"
-    images.mkdir()
-    rng = np.random.default_rng(7)
-    for serial in SERIALS:  # sensor-like noise around grey: PNG costs what it costs on real frames
-        cv2.imwrite(str(images / f"{serial}.png"), np.clip(rng.normal(110, 12, (2048, 2448)), 0, 255).astype(np.uint8))
-    text = (REPO / "config" / "demo.toml").read_text()
-    for index, serial in enumerate(SERIALS, start=1):
-        text = text.replace(f'serial = "4001230{index}"', f'serial = "{serial}"')
-    text = text.replace('driver = "mock"', 'driver = "pylon"').replace("timer_interval_s = 3.0", "")
-    text = text.replace('"designs/designs.toml"', f'"{REPO / "config" / "designs" / "designs.toml"}"')
-    text = re.sub(r'calibration = "calibration/', f'calibration = "{REPO}/config/calibration/', text)
-    text += f'\n[pylon]\nfeatures_dir = "{workdir / "features"}"\n'
-    config = workdir / "station.toml"
-    config.write_text(
-        text.replace('"../run/data"', f'"{workdir / "data"}"').replace('"../run/state"', f'"{workdir / "state"}"')
-    )
-    save_features(config, workdir / "features")
-    for serial in SERIALS:
-        point_at_image(workdir / "features" / f"{serial}.pfs", images / f"{serial}.png")
-    cfg = load_config(config)
-    return cfg.model_copy(
-        update={
-            "mqtt": cfg.mqtt.model_copy(update={"port": port}),
-            "inspection": cfg.inspection.model_copy(update={"enabled": False}),
-        }
-    )
+from tests.pylon_rig import full_resolution_station  # noqa: E402
 
 
 def frames_in_memory(cfg: StationConfig, scans: int) -> list[float]:
@@ -125,7 +90,7 @@ def main() -> None:
         broker = Broker(workdir)
         broker.start()
         try:
-            cfg = station_config(workdir, broker.port)
+            cfg = full_resolution_station(workdir, broker.port)
             configure_logging("warning", json=False)  # save-features set its own
             memory = frames_in_memory(cfg, args.scans)
             station = build_station(cfg)

@@ -131,6 +131,7 @@ class PylonDriver:
             entry.model = info.GetModelName()
             entry.features_sha256 = self._load_features(camera, entry.settings)
             self._configure(camera, entry.settings)
+            camera.MaxNumBuffer.Value = self._settings.grab_buffers
             camera.StartGrabbing(pylon.GrabStrategy_OneByOne)
         except genicam.GenericException as exc:
             self._release(entry)

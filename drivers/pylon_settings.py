@@ -45,6 +45,14 @@ class PylonSettings(BaseModel):
     link_mb_s: float = Field(
         default=100.0, gt=0, description="Sustained transfer rate per camera (MB/s), for the grab deadline."
     )
+    grab_buffers: int = Field(
+        default=3,
+        ge=2,
+        le=32,
+        description="Frame buffers per camera (pylon's MaxNumBuffer, 10 by default). One trigger takes one frame per "
+        "camera, so a few are enough; each holds a full frame, and ten per camera kept 250 MB of a 5 MP station "
+        "resident.",
+    )
     reconnect_max_backoff_s: float = Field(
         default=30.0, gt=0, le=600, description="Longest wait between attempts to reopen a removed camera."
     )

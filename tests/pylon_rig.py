@@ -15,6 +15,10 @@ import numpy as np
 import pytest
 
 from amflow_edge.cli.main import main
+from amflow_edge.config.loading import load_config
+from amflow_edge.config.station import StationConfig
+
+REPO = Path(__file__).resolve().parent.parent
 
 EMULATED = [f"0815-000{i}" for i in range(5)]
 
@@ -48,3 +52,34 @@ def write_images(directory: Path, serials: list[str], width: int, height: int) -
         cv2.imwrite(str(directory / f"{serial}.png"), image)
         images[serial] = image
     return images
+
+
+def full_resolution_station(workdir: Path, port: int) -> StationConfig:
+    """The demo station at full resolution, five emulated Basler cameras each fed a noise picture (the benchmarks'
+    station; the daemon can run it from workdir/station.toml with PYLON_CAMEMU=5)."""
+    images = workdir / "images"
+    images.mkdir()
+    rng = np.random.default_rng(7)
+    for serial in EMULATED:  # sensor-like noise around grey: PNG costs what it costs on real frames
+        cv2.imwrite(str(images / f"{serial}.png"), np.clip(rng.normal(110, 12, (2048, 2448)), 0, 255).astype(np.uint8))
+    text = (REPO / "config" / "demo.toml").read_text()
+    for index, serial in enumerate(EMULATED, start=1):
+        text = text.replace(f'serial = "4001230{index}"', f'serial = "{serial}"')
+    text = text.replace('driver = "mock"', 'driver = "pylon"').replace("timer_interval_s = 3.0", "")
+    text = text.replace('"designs/designs.toml"', f'"{REPO / "config" / "designs" / "designs.toml"}"')
+    text = re.sub(r'calibration = "calibration/', f'calibration = "{REPO}/config/calibration/', text)
+    text += f'\n[pylon]\nfeatures_dir = "{workdir / "features"}"\n'
+    config = workdir / "station.toml"
+    config.write_text(
+        text.replace('"../run/data"', f'"{workdir / "data"}"').replace('"../run/state"', f'"{workdir / "state"}"')
+    )
+    save_features(config, workdir / "features")
+    for serial in EMULATED:
+        point_at_image(workdir / "features" / f"{serial}.pfs", images / f"{serial}.png")
+    cfg = load_config(config)
+    return cfg.model_copy(
+        update={
+            "mqtt": cfg.mqtt.model_copy(update={"port": port}),
+            "inspection": cfg.inspection.model_copy(update={"enabled": False}),
+        }
+    )

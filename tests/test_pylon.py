@@ -280,3 +280,17 @@ def test_the_action_command_is_a_gvcp_broadcast_with_the_configured_keys(tmp_pat
     packet = bytes.fromhex(proc.stdout.strip().splitlines()[-1])
     assert packet[0] == 0x42 and packet[2:4] == b"\x01\x00"  # GVCP key, ACTION_CMD
     assert packet[8:20] == bytes.fromhex("1122334455667788f0f0f0f0")
+
+
+def test_each_camera_keeps_only_the_configured_few_frame_buffers(emulated: list[str], tmp_path: Path) -> None:
+    """pylon's default of ten full frames per camera kept 250 MB of a 5 MP station resident (issue #22)."""
+    cfg, _ = fed_station(tmp_path)
+    driver = PylonDriver(cfg.cameras, cfg.pylon.model_copy(update={"grab_buffers": 2}))
+    driver.open()
+    try:
+        driver.trigger()
+        driver.grab(5.0)
+        cameras = [entry.camera for entry in driver._cameras]  # the driver's own InstantCameras, read back
+        assert [camera.MaxNumBuffer.Value for camera in cameras if camera is not None] == [2] * 5
+    finally:
+        driver.close()
