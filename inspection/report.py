@@ -83,7 +83,7 @@ def judge(
     machine = not reasons
     uncertain_pose = metrics is not None and metrics.alignment_inlier_fraction < profile.min_alignment_inlier_fraction
     review = any(r.verdict == "review" for r in results) or uncertain_pose
-    if review and not reasons:
+    if review and not reasons:  # a failed part's reasons stay its failures: MES sorting reads them as such
         reasons = _review_reasons(results, uncertain_pose)
     return results, machine, review, reasons
 

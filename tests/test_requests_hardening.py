@@ -473,6 +473,7 @@ def test_a_mesh_that_does_not_match_its_id_is_named_without_its_hash(rig: Rig, s
         ("sub", "'sub' is not a file"),
         ("loop.stl", "'loop.stl' cannot be resolved"),
         ("nul\x00.stl", "'nul\\x00.stl' is not a usable file name"),
+        ("é" * 200 + ".stl", "cannot be looked up (File name too long)"),
     ],
 )
 def test_missing_outside_and_folder_meshes_are_named_without_the_station_paths(

@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,9 @@ from amflow_edge.inspection.overlay import write_png
 from amflow_edge.ops.log import configure_logging
 from amflow_edge.station.build import build_station
 from amflow_edge.station.capture import Trigger
+from amflow_edge.station.inspector import _worker_started
 from amflow_edge.station.station import RunOptions, Station
+from amflow_edge.storage.disk import free_bytes
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.polling import wait_for
 from tests.station_files import REPO, write_station
@@ -227,3 +231,85 @@ def test_an_overlay_that_does_not_fit_on_the_disk_says_the_disk_is_full(small_di
     with pytest.raises(OSError, match="could not write the overlay image .*: No space left on device"):
         write_png(small_disk / "overlay_cam01.png", noise)
     assert [p.name for p in small_disk.iterdir()] == ["filler"]
+
+
+def test_a_record_stored_before_the_bounds_is_left_out_and_does_not_stop_the_start(
+    tmp_path: Path, broker: Broker
+) -> None:
+    cfg = load_config(write_station(tmp_path, broker.port, {"mock": {"scene_pool": 1}}))
+    station = build_station(cfg)
+    station.start(RunOptions())
+    try:
+        uuid = station.loop.capture(Trigger(source="test")).uuid
+        assert uuid is not None
+        with station.db.transaction() as conn:
+            [stored] = conn.execute("SELECT record FROM scans WHERE uuid = ?", (uuid,)).fetchone()
+            record = json.loads(stored)
+            record["scan"]["batch"]["title"] = "T" * 60000  # as the unbounded models let through
+            conn.execute("UPDATE scans SET record = ? WHERE uuid = ?", (json.dumps(record), uuid))
+    finally:
+        station.shutdown()
+    again = build_station(cfg)
+    with capture_logs() as logs:
+        again.start(RunOptions())
+    try:
+        assert again.events.record(uuid) is None
+        assert [e["scan"] for e in logs if e["event"].startswith("a stored scan record no longer validates")] == [uuid]
+    finally:
+        again.shutdown()
+
+
+def test_a_new_session_on_a_full_disk_uses_the_previous_sessions_references(
+    small_disk: Path, tmp_path: Path, broker: Broker
+) -> None:
+    first = _station_on(small_disk, tmp_path, broker)
+    first.start(RunOptions())
+    previous = first.store.reference_dir(first.scan_session)
+    first.shutdown()
+    assert previous.is_dir()
+    (small_disk / "filler").write_bytes(b"\0" * (free_bytes(small_disk) - 128 * 1024))
+    station = _station_on(small_disk, tmp_path, broker)
+    station.start(RunOptions())
+    try:
+        references = station.store.reference_dir(station.scan_session)
+        assert station.scan_session != first.scan_session
+        assert references.is_symlink() and references.resolve() == previous.resolve()
+        assert "no empty-tray references" not in (station.state().paused_reason or "")
+    finally:
+        station.shutdown()
+
+
+def _log_in_worker() -> None:
+    logging.getLogger("trimesh").warning("face normals fixed")
+
+
+def test_the_inspection_worker_logs_json_lines_like_the_daemon(capfd: pytest.CaptureFixture[str]) -> None:
+    with ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_started,
+        initargs=(os.getpid(), "info", True),
+    ) as pool:
+        pool.submit(_log_in_worker).result(timeout=60)
+    [line] = [line for line in capfd.readouterr().err.splitlines() if "face normals" in line]
+    assert json.loads(line)["logger"] == "trimesh"
+
+
+def test_a_flood_of_capture_requests_while_paused_is_answered_but_logged_a_few_times(
+    tmp_path: Path, broker: Broker
+) -> None:
+    huge = 10**18
+    cfg = load_config(
+        write_station(
+            tmp_path, broker.port, {"mock": {"scene_pool": 1}, "disk": {"min_free_bytes": huge, "resume_free_bytes": huge}}
+        )
+    )
+    station = build_station(cfg)
+    station.start(RunOptions())
+    try:
+        with capture_logs() as logs:
+            results = [station.loop.capture(Trigger(source="mqtt")) for _ in range(50)]
+        assert all(not r.ok and (r.error or "").startswith("station paused") for r in results)
+        assert len([e for e in logs if e["event"] == "capture refused: the station is paused"]) == 5
+    finally:
+        station.shutdown()

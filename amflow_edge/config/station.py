@@ -23,6 +23,7 @@ from amflow_edge.config.service import BackupSettings, DiskSettings, WatchdogSet
 from amflow_edge.drivers.base import CAMERA_NAMES, CameraSettings
 from amflow_edge.drivers.mock_settings import MockDriverSettings
 from amflow_edge.drivers.pylon_settings import PylonSettings
+from amflow_edge.messaging.payload import MAX_ID_LENGTH
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -195,9 +196,13 @@ class SessionSettings(BaseModel):
         default=None, description="UUID of the scanning session; a new one is made at each start when absent."
     )
     batch_id: str | None = Field(
-        default=None, description="Id of the active batch, e.g. PRTS_SRC_102_DAT_20260309_VER_A."
+        default=None,
+        max_length=MAX_ID_LENGTH,
+        description="Id of the active batch, e.g. PRTS_SRC_102_DAT_20260309_VER_A.",
     )
-    batch_title: str | None = Field(default=None, description="Title of the active batch, e.g. 20260309_02A.")
+    batch_title: str | None = Field(
+        default=None, max_length=MAX_ID_LENGTH, description="Title of the active batch, e.g. 20260309_02A."
+    )
 
     @model_validator(mode="after")
     def _batch_complete(self) -> SessionSettings:

@@ -5,11 +5,13 @@ Every event is built by payload.envelope from the scan as stored; the relay publ
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
+from pydantic import ValidationError
 
 from amflow_edge.config.station import StationConfig
 from amflow_edge.messaging.outbox import Outbox
@@ -20,6 +22,29 @@ from amflow_edge.storage.record import ScanRecord
 from amflow_edge.storage.store import StoreError
 
 log = structlog.get_logger(__name__)
+
+
+def _readable(stored: str | bytes) -> ScanRecord | None:
+    """A stored record, or None for one the models no longer accept (a value beyond a bound added since it was
+    stored): that scan is left out, said once in the log, rather than keeping the station from starting."""
+    try:
+        return ScanRecord.model_validate_json(stored)
+    except ValidationError as exc:
+        scan = _uuid_of(stored)
+        if scan not in _unreadable:
+            _unreadable.add(scan)
+            log.error("a stored scan record no longer validates; the scan is left out", scan=scan, error=str(exc))
+        return None
+
+
+def _uuid_of(stored: str | bytes) -> str:
+    try:
+        return str(json.loads(stored)["scan"]["uuid"])
+    except (ValueError, KeyError, TypeError):
+        return "?"
+
+
+_unreadable: set[str] = set()
 
 
 class Events:
@@ -109,11 +134,11 @@ class Events:
 
     def record(self, scan_uuid: str) -> ScanRecord | None:
         row = self._db.connection().execute("SELECT record FROM scans WHERE uuid = ?", (scan_uuid,)).fetchone()
-        return None if row is None else ScanRecord.model_validate_json(row[0])
+        return None if row is None else _readable(row[0])
 
     def recent_records(self, limit: int) -> list[ScanRecord]:
         rows = self._db.connection().execute("SELECT record FROM scans ORDER BY rowid DESC LIMIT ?", (limit,))
-        return [ScanRecord.model_validate_json(row[0]) for row in rows][::-1]
+        return [record for row in rows if (record := _readable(row[0])) is not None][::-1]
 
     def known_scans(self) -> set[str]:
         return {row[0] for row in self._db.connection().execute("SELECT uuid FROM scans")}

@@ -1,7 +1,8 @@
 """Structured logs: JSON lines for the journal, readable colours for a developer at a terminal.
 
-Libraries log through Python's logging (paho at every broker outage, the inspection's stdlib loggers);
-their records go through the same renderer, so the journal holds JSON lines only.
+Libraries log through Python's logging (paho at every broker outage, the inspection's stdlib loggers in the
+worker process, Python's warnings); their records go through the same renderer, so the journal holds JSON
+lines only.
 """
 
 from __future__ import annotations
@@ -26,9 +27,20 @@ class _StdlibBridge(logging.StreamHandler):
     """Our handler on the root logger; a second configure_logging replaces it rather than adding another."""
 
 
+_configured: tuple[str, bool] = ("info", True)
+
+
+def current_logging() -> tuple[str, bool]:
+    """(level, JSON or not) as last configured: what a worker process is started with, to log as we do."""
+    return _configured
+
+
 def configure_logging(level: str = "info", json: bool | None = None) -> None:
     """JSON when stderr is not a terminal (systemd, CI), so every line is machine-readable with its scan uuid."""
+    global _configured
     as_json = not sys.stderr.isatty() if json is None else json
+    _configured = (level, as_json)
+    logging.captureWarnings(True)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     )

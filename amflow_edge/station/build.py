@@ -35,7 +35,7 @@ from amflow_edge.station.commands import StationCommands
 from amflow_edge.station.designs import DesignCatalogue
 from amflow_edge.station.inspection_jobs import InspectionJobs
 from amflow_edge.station.inspector import Inspector
-from amflow_edge.station.pause import PauseGuard
+from amflow_edge.station.pause import PauseGuard, missing_references
 from amflow_edge.station.scan_files import ScanFiles
 from amflow_edge.station.service import SUPERVISOR_SILENT_S, StationService, mqtt_thread_check
 from amflow_edge.station.session import SessionKeeper, batch_mesh_dir
@@ -142,6 +142,7 @@ def build_station(
     pause = PauseGuard(
         BacklogGuard(outbox, cfg.outbox),
         DiskGuard(cfg.station.data_root, cfg.disk.min_free_bytes, cfg.disk.resume_free_bytes),
+        missing_references(store, sessions) if inspector is not None else lambda: None,
     )
     capture_heartbeat = Heartbeat("capture loop", cfg.watchdog.capture_silent_s)
     loop = CaptureLoop(

@@ -23,6 +23,7 @@ from amflow_edge import __version__
 from amflow_edge.config.station import StationConfig
 from amflow_edge.drivers.base import CameraDriver, DriverError, GrabError, HardwareTriggered, Shot
 from amflow_edge.messaging.payload import Assignment, new_scan, timestamp
+from amflow_edge.ops.log_limit import RateLimitedLog
 from amflow_edge.station.session import ScanningSession
 from amflow_edge.storage.db import DatabaseError
 from amflow_edge.storage.record import CameraShotRecord, ScanRecord, StationMetadata
@@ -127,6 +128,10 @@ class CaptureLoop:
         self._tz = ZoneInfo(cfg.station.timezone)
         self._triggers: queue.Queue[Trigger | CameraTask] = queue.Queue(maxsize=8)
         self._listeners: list[Callable[[ScanRecord], None]] = []
+        self._refusals = RateLimitedLog(
+            lambda event, **fields: log.warning(event, **fields),
+            "more captures refused; not logged one by one",
+        )
         self.scans_stored = 0
         self.scans_failed = 0
         self.last_scan: str | None = None
@@ -141,7 +146,7 @@ class CaptureLoop:
             self._triggers.put_nowait(trigger)
             return True
         except queue.Full:
-            log.warning("trigger refused: captures are queued up", source=trigger.source)
+            self._refusals("trigger refused: captures are queued up", trigger.source, source=trigger.source)
             if trigger.done:
                 trigger.done(CaptureResult(ok=False, error="station busy: too many captures queued"))
             return False
@@ -200,7 +205,9 @@ class CaptureLoop:
         reason = self._pause.reason()
         if reason is not None:
             if trigger.source != "timer":  # the timer's ticks skip quietly; the pause itself is logged once
-                log.warning("capture refused: the station is paused", source=trigger.source, reason=reason)
+                self._refusals(
+                    "capture refused: the station is paused", trigger.source, source=trigger.source, reason=reason
+                )
             return CaptureResult(ok=False, error=f"station paused: {reason}")
         scan_uuid = str(uuid.uuid1())
         with structlog.contextvars.bound_contextvars(scan=scan_uuid):

@@ -62,12 +62,19 @@ def _batch_design(folder: Path, entry: SessionDesign, mesh: str) -> Design:
         raise BatchDesignError(
             f"mesh {name} is outside the batch mesh folder; name a file inside it, relative to the folder"
         )
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except OSError as exc:  # a name too long for the file system, a folder the station may not read
+        raise BatchDesignError(
+            f"mesh {name} cannot be looked up ({exc.strerror or type(exc).__name__}); name a file in the batch "
+            "mesh folder, at most 255 bytes a name"
+        ) from None
+    if not exists:
         raise BatchDesignError(
             f"mesh {name} is not in the batch mesh folder; copy the file there first, or correct the name "
             "(relative to the folder)"
         )
-    if not path.is_file():
+    if not is_file:
         raise BatchDesignError(f"mesh {name} is not a file; name the mesh file itself, not a folder")
     formats = sorted(mesh_formats())
     if path.suffix.lower() not in formats:

@@ -29,6 +29,7 @@ from amflow_edge.inspection.profiles import InspectionProfile, load_profile
 from amflow_edge.inspection.report import InspectionReport
 from amflow_edge.messaging.events import Events
 from amflow_edge.messaging.payload import timestamp
+from amflow_edge.ops.log import configure_logging, current_logging
 from amflow_edge.qc.rules import with_machine_verdict
 from amflow_edge.storage.record import ScanRecord
 
@@ -92,28 +93,35 @@ def run_job(job_json: str) -> str:
 
     job = InspectionJob.model_validate_json(job_json)
     names = sorted(job.calibrations)
-    images = {name: read_image(job.scan_dir / f"scan_{name}.png") for name in names}
-    references = {name: read_image(job.reference_dir / f"empty_{name}.png") for name in names}
-    cameras = _cameras(tuple((name, str(job.calibrations[name])) for name in names))
-    report = inspect_scan(
-        images,
-        references,
-        cameras,
-        _mesh(str(job.design_path), job.units),
-        job.design_material,
-        _profile(job.profile),
-        cache_dir=job.cache_dir,
-        out_dir=job.scan_dir,
-        scan=uuid.UUID(job.scan_uuid),
-    )
+    with structlog.contextvars.bound_contextvars(scan=job.scan_uuid):  # the worker's lines name the scan too
+        images = {name: read_image(job.scan_dir / f"scan_{name}.png") for name in names}
+        references = {name: read_image(job.reference_dir / f"empty_{name}.png") for name in names}
+        cameras = _cameras(tuple((name, str(job.calibrations[name])) for name in names))
+        report = inspect_scan(
+            images,
+            references,
+            cameras,
+            _mesh(str(job.design_path), job.units),
+            job.design_material,
+            _profile(job.profile),
+            cache_dir=job.cache_dir,
+            out_dir=job.scan_dir,
+            scan=uuid.UUID(job.scan_uuid),
+        )
     return report.model_dump_json()
 
 
 PARENT_POLL_S = 0.5
 
 
+def _worker_started(parent_pid: int, log_level: str, log_json: bool) -> None:
+    """Runs in each worker as it starts: it logs as the daemon does, and ends with it."""
+    configure_logging(log_level, log_json)
+    _exit_with_parent(parent_pid)
+
+
 def _exit_with_parent(parent_pid: int) -> None:
-    """Runs in each worker as it starts. A worker whose daemon died (kill -9, OOM killer) is orphaned, not
+    """A worker whose daemon died (kill -9, OOM killer) is orphaned, not
     stopped: under a supervisor other than systemd (which kills the unit's whole cgroup) it would live on with
     its loaded meshes. It watches who its parent is and ends itself once that is no longer the daemon.
     (prctl's parent-death signal fires when the *thread* that started the worker ends, which here is any
@@ -134,8 +142,8 @@ class Inspector:
         self._pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_exit_with_parent,
-            initargs=(os.getpid(),),
+            initializer=_worker_started,
+            initargs=(os.getpid(), *current_logging()),
         )
 
     def submit(

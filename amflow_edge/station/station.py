@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from amflow_edge import __version__
+from amflow_edge.common.backoff import Backoff
 from amflow_edge.config.station import StationConfig
 from amflow_edge.drivers.base import CameraDriver, CameraHealth, Reconnecting, ReferenceSource
 from amflow_edge.inspection.designs import Design, DesignLibrary
@@ -79,6 +80,8 @@ class Station:
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _reconnect_queued: bool = field(default=False, init=False)
     _references_queued: bool = field(default=False, init=False)
+    _reference_retries: Backoff = field(default_factory=lambda: Backoff(5.0, 300.0), init=False)
+    _next_reference_try: float = field(default=0.0, init=False)
     _last_health: list[CameraHealth] = field(default_factory=list, init=False)
     _max_scans: int | None = field(default=None, init=False)
     _mode: Mode = field(default="starting", init=False)
@@ -138,26 +141,52 @@ class Station:
         return self.store.reference_dir(self.scan_session).is_dir()
 
     def _references_at_start(self) -> None:
-        """A station short of disk space still starts (paused, saying why): references that cannot be written
-        now are taken by the supervisor once there is room, before capture resumes."""
+        """A station short of disk space still starts. A new session whose references cannot be written uses
+        the previous session's (a link); with none to use, capture waits, paused and saying why, until the
+        supervisor has taken them once there is room."""
         if self._has_references():
             return
-        low = self.pause.disk.reason()
-        if low is not None:
-            log.warning(
-                "empty-tray references not taken: the disk is low; they are taken when there is room", reason=low
-            )
-            return
-        self._retake_references()
+        why = self.pause.disk.reason()
+        if why is None:
+            try:
+                self.capture_reference()
+                return
+            except StoreError as exc:
+                why = str(exc)
+        previous = self.store.latest_references(besides=self.scan_session)
+        if previous is not None:
+            try:
+                self.store.adopt_references(self.scan_session, previous)
+            except OSError as exc:
+                log.error("the previous session's references could not be linked", error=str(exc))
+            else:
+                log.warning(
+                    "empty-tray references not taken; this session uses the previous session's",
+                    reason=why,
+                    references=str(previous),
+                )
+                return
+        log.warning("empty-tray references not taken; capture waits until they are", reason=why)
 
     def _retake_references(self) -> None:
-        self._references_queued = False
-        if self._has_references():
-            return
         try:
-            self.capture_reference()
+            if not self._has_references():
+                self.capture_reference()
+                self._reference_retries.reset()
         except StoreError as exc:
             log.error("empty-tray references not stored; they are taken again when there is room", error=str(exc))
+        finally:
+            self._references_queued = False
+
+    def _references_due(self) -> bool:
+        """Missing references are retaken when the disk has room, at most at the backoff's pace: a retake
+        renders or grabs five full frames, and a disk that refuses them keeps refusing for a while."""
+        if self.inspector is None or self._references_queued or self._has_references():
+            return False
+        if self.pause.disk.reason() is not None or time.monotonic() < self._next_reference_try:
+            return False
+        self._next_reference_try = time.monotonic() + self._reference_retries.next_delay()
+        return True
 
     def switch_session(self, session: ScanningSession, designs: list[Design]) -> None:
         """On the capture thread: references for the new session first, so a failure leaves the old one running."""
@@ -180,14 +209,10 @@ class Station:
         health = self.driver.health()
         if isinstance(self.driver, Reconnecting) and self.driver.needs_reconnect() and not self._reconnect_queued:
             self._reconnect_queued = self.loop.submit_task(CameraTask(name="reconnect", run=self._reconnect))
-        if (
-            self.inspector is not None
-            and not self._references_queued
-            and self.pause.reason() is None
-            and not self._has_references()
-        ):
-            task = CameraTask(name="references", run=self._retake_references)
-            self._references_queued = self.loop.submit_task(task)
+        if self._references_due():
+            self._references_queued = True  # before the submit: the capture thread may run it at once
+            if not self.loop.submit_task(CameraTask(name="references", run=self._retake_references)):
+                self._references_queued = False
         if health != self._last_health or time.monotonic() - self._last_state >= self._state_interval_s:
             self._last_health = health
             self.publish_state()

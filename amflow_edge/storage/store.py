@@ -131,10 +131,25 @@ class ScanStore:
     def reference_dir(self, scan_session: str) -> Path:
         return self.scans_dir.parent / "references" / scan_session
 
+    def latest_references(self, besides: str) -> Path | None:
+        """The most recent other session's empty-tray references, if any are stored."""
+        parent = self.reference_dir(besides).parent
+        others = [p for p in parent.glob("*") if p.name != besides and p.is_dir() and not p.name.startswith(".")]
+        return max(others, key=lambda p: p.stat().st_mtime, default=None)
+
+    def adopt_references(self, scan_session: str, source: Path) -> None:
+        """The session uses `source`'s references: a link, which fits on a disk too full for five images."""
+        link = self.reference_dir(scan_session)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(source.resolve(), target_is_directory=True)
+        fsync_dir(link.parent)
+
     def write_reference(self, scan_session: str, images: Mapping[str, np.ndarray]) -> Path:
         """The empty-tray images of a session, which inspection compares every scan of the session with."""
         final = self.reference_dir(scan_session)
-        if final.exists():
+        if final.is_symlink():
+            final.unlink()
+        elif final.exists():
             shutil.rmtree(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         files = {f"empty_{name}.png": image for name, image in images.items()}
