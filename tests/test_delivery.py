@@ -224,7 +224,9 @@ def test_wrong_password_is_named_and_the_station_keeps_capturing(tmp_path: Path)
     assert Outbox(StationDb(tmp_path / "state" / DB_FILE)).stats().backlog >= 1
 
 
-def test_unreadable_tls_file_stops_the_start_as_a_config_problem_naming_the_setting(tmp_path: Path, broker: Broker) -> None:
+def test_unreadable_tls_file_stops_the_start_as_a_config_problem_naming_the_setting(
+    tmp_path: Path, broker: Broker
+) -> None:
     bad_ca = tmp_path / "ca.pem"
     bad_ca.write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
     config = write_station(tmp_path, broker.port, {"mqtt.tls": {"ca_file": str(bad_ca)}})

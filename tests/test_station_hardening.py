@@ -301,7 +301,9 @@ def test_a_flood_of_capture_requests_while_paused_is_answered_but_logged_a_few_t
     huge = 10**18
     cfg = load_config(
         write_station(
-            tmp_path, broker.port, {"mock": {"scene_pool": 1}, "disk": {"min_free_bytes": huge, "resume_free_bytes": huge}}
+            tmp_path,
+            broker.port,
+            {"mock": {"scene_pool": 1}, "disk": {"min_free_bytes": huge, "resume_free_bytes": huge}},
         )
     )
     station = build_station(cfg)
