@@ -107,3 +107,28 @@ def test_refusals_name_the_fix(tmp_path: Path) -> None:
     environment = {k: v for k, v in os.environ.items() if k != "DESTDIR"}
     refused = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode != 0 and "run as root" in refused.stderr
+
+
+def test_every_dependency_an_install_takes_is_pinned_by_the_constraints() -> None:
+    """Two stations installed a month apart run the same versions: nothing pip installs is left to the day."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["pylon"]]
+    wanted += project["optional-dependencies"]["panel"]
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            requirement = Requirement(line)
+            pins[requirement.name.lower().replace("_", "-")] = requirement
+    for text in wanted:
+        requirement = Requirement(text)
+        name = requirement.name.lower().replace("_", "-")
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        assert name in pins, f"{name} is not pinned in constraints.txt"
+        [spec] = pins[name].specifier
+        assert spec.operator == "==" and requirement.specifier.contains(spec.version), f"{name}: {spec}"
+    assert "-c constraints.txt" in SCRIPT.read_text().replace('"$CHECKOUT/constraints.txt"', "constraints.txt")

@@ -6,6 +6,7 @@ the config, request and payload models loadable without a geometry library or a 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.import_graph import REPO, cycles, import_graph, module_files
+from tests.mqtt_helpers import Broker
 
 FILES = module_files()
 GRAPH = import_graph(FILES)
@@ -150,38 +152,113 @@ def test_each_file_is_read_as_one_module() -> None:
     assert len(FILES) == len({path.resolve() for path in FILES.values()})
 
 
-def test_the_wheel_installs_one_package_with_the_drivers_and_the_inspection_inside(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built from a copy, so setuptools' build/ folder in the checkout can never lend the wheel a stale file."""
-    source = tmp_path / "source"
+    work = tmp_path_factory.mktemp("wheel")
+    source = work / "source"
     shutil.copytree(
         REPO,
         source,
         symlinks=True,
         ignore=shutil.ignore_patterns(".*", "run", "build", "*.egg-info", "__pycache__", "tests", "benchmarks"),
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(source),
-        ],
-        cwd=tmp_path,
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(work)]
+    proc = subprocess.run([*build, str(source)], cwd=work, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    [built] = work.glob("amflow_edge-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel installed on its own, away from the checkout (its dependencies come from the test venv)."""
+    target = tmp_path_factory.mktemp("installed")
+    install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)]
+    proc = subprocess.run(install, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return target
+
+
+SITE_PACKAGES = next(Path(p) for p in sys.path if p.endswith("site-packages"))
+
+
+def _from_installed(
+    installed: Path, *args: str, env: dict[str, str] | None = None, absent: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """`python -S`, so nothing of the checkout's editable install is on the path: the installed package, the
+    test venv's libraries, and stand-ins that fail to import for the libraries named `absent`."""
+    stand_ins = installed.parent / "absent"
+    for name in absent:
+        (stand_ins / name).mkdir(parents=True, exist_ok=True)
+        (stand_ins / name / "__init__.py").write_text("raise ImportError('not installed here')\n")
+    path = [str(stand_ins)] if absent else []
+    return subprocess.run(
+        [sys.executable, "-S", "-m", "amflow_edge.cli", *args],
+        cwd=installed.parent,  # not the checkout: nothing may come from its folders
+        env={**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([*path, str(installed), str(SITE_PACKAGES)])},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=240,
     )
-    assert proc.returncode == 0, proc.stderr
-    [wheel] = tmp_path.glob("amflow_edge-*.whl")
+
+
+def test_the_wheel_installs_one_package_with_the_drivers_and_the_inspection_inside(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         inspect_source = archive.read("amflow_edge/inspection/inspect.py")
     assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {"amflow_edge"}
     assert "amflow_edge/drivers/pylon.py" in names and "amflow_edge/drivers/simulator/render.py" in names
     assert inspect_source == (REPO / "inspection" / "inspect.py").read_bytes()
+    assert (
+        "amflow_edge/files/inspection_profiles/default.toml" in names and "amflow_edge/files/qc_reasons.toml" in names
+    )
+
+
+def test_the_installed_package_finds_its_own_profiles_and_reasons(installed: Path) -> None:
+    where = subprocess.run(
+        [sys.executable, "-c", "import amflow_edge; print(amflow_edge.__file__)"],
+        cwd=installed.parent,
+        env={**os.environ, "PYTHONPATH": str(installed)},
+        capture_output=True,
+        text=True,
+    )
+    assert where.stdout.startswith(str(installed)), where.stdout
+    proc = _from_installed(installed, "check-config", str(installed / "amflow_edge" / "files" / "station.example.toml"))
+    assert proc.returncode == 2  # the example names a site's calibration, designs and TLS files, absent here
+    assert "inspection.profile" not in proc.stderr and "qc.reasons" not in proc.stderr, proc.stderr
+
+
+def test_a_pylon_station_without_the_pylon_extra_is_told_what_to_install(installed: Path, tmp_path: Path) -> None:
+    config = tmp_path / "station.toml"
+    demo = installed / "amflow_edge" / "files" / "demo.toml"
+    config.write_text(
+        demo.read_text()
+        .replace('driver = "mock"', 'driver = "pylon"')
+        .replace('"designs/', f'"{demo.parent}/designs/')
+        .replace('"calibration/', f'"{demo.parent}/calibration/')
+    )
+    proc = _from_installed(installed, "check-config", str(config), absent=("pypylon",))
+    assert proc.returncode == 2 and "pip install 'amflow-edge[pylon]'" in proc.stderr, proc.stderr
+
+
+def test_a_mock_station_runs_from_the_installed_package_without_the_extras(installed: Path, tmp_path: Path) -> None:
+    broker = Broker(tmp_path)
+    broker.start()
+    try:
+        env = {
+            "AMFLOW_MQTT__PORT": str(broker.port),
+            "AMFLOW_STATION__DATA_ROOT": str(tmp_path / "data"),
+            "AMFLOW_STATION__STATE_DIR": str(tmp_path / "state"),
+            "AMFLOW_INSPECTION__ENABLED": "false",
+            "AMFLOW_MOCK__SCENE_POOL": "1",
+            "AMFLOW_CAPTURE__TIMER_INTERVAL_S": "0.5",
+        }
+        demo = installed / "amflow_edge" / "files" / "demo.toml"
+        proc = _from_installed(
+            installed, "run", "--config", str(demo), "--scans", "1", env=env, absent=("pypylon", "evdev", "gpiod")
+        )
+    finally:
+        broker.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p for p in (tmp_path / "data" / "scans").iterdir() if not p.name.startswith(".")]

@@ -6,6 +6,7 @@ stays free of what reading those files needs.
 
 from __future__ import annotations
 
+from amflow_edge.common.extras import missing
 from amflow_edge.config.problems import Area, FileProblem
 from amflow_edge.config.station import StationConfig
 from amflow_edge.config.tls import tls_problems
@@ -69,6 +70,8 @@ def file_problems(cfg: StationConfig) -> list[FileProblem]:
         make_button_sources(cfg.qc.buttons)
     except PanelConfigError as exc:
         add("config", f"qc.buttons: {exc}")
+    if cfg.rig.driver == "pylon" and (problem := missing("pypylon", "pylon")) is not None:
+        add("config", f"rig.driver: 'pylon' needs pypylon: {problem}")
     if cfg.mqtt.tls is not None:
         for problem in tls_problems(cfg.mqtt.tls):
             add("config", problem)

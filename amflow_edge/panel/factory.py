@@ -6,6 +6,7 @@ without evdev or libgpiod installed can still run with the other drivers.
 
 from __future__ import annotations
 
+from amflow_edge.common.extras import missing
 from amflow_edge.config.qc import (
     ButtonSettings,
     EvdevButtons,
@@ -14,12 +15,23 @@ from amflow_edge.config.qc import (
     KeyboardButtons,
 )
 from amflow_edge.panel.base import ButtonSource, Lamps, NoLamps
+from amflow_edge.panel.errors import PanelConfigError
+
+
+def _needs(module: str) -> None:
+    """The panel's libraries are an extra (C builds a mock-only station need not make); a station configured
+    with buttons or lamps without them is told which extra to install, not handed an ImportError."""
+    problem = missing(module, "panel")
+    if problem is not None:
+        raise PanelConfigError(problem)
 
 
 def make_button_sources(settings: list[ButtonSettings]) -> list[ButtonSource]:
     """One source per configured device; raises PanelConfigError for a setting the hardware layer cannot use."""
     sources: list[ButtonSource] = []
     for item in settings:
+        if isinstance(item, EvdevButtons | GpiodButtons):
+            _needs("evdev" if isinstance(item, EvdevButtons) else "gpiod")
         if isinstance(item, EvdevButtons):
             from amflow_edge.panel.evdev_buttons import EvdevButtonSource
 
@@ -40,6 +52,7 @@ def make_button_sources(settings: list[ButtonSettings]) -> list[ButtonSource]:
 def make_lamps(settings: GpiodLamps | None) -> Lamps:
     if settings is None:
         return NoLamps()
+    _needs("gpiod")
     from amflow_edge.panel.gpiod_lamps import GpiodLampPanel
 
     return GpiodLampPanel(settings)
