@@ -315,3 +315,21 @@ def test_a_flood_of_capture_requests_while_paused_is_answered_but_logged_a_few_t
         assert len([e for e in logs if e["event"] == "capture refused: the station is paused"]) == 5
     finally:
         station.shutdown()
+
+
+def test_under_journald_every_line_carries_its_syslog_priority(tmp_path: Path) -> None:
+    """journald files unprefixed stderr lines as info, so `journalctl -p err` showed nothing (issue #25)."""
+    stream = tmp_path / "journal-stream"
+    code = (
+        "import logging, structlog; from amflow_edge.ops.log import configure_logging\n"
+        "configure_logging('info', json=True)\n"
+        "structlog.get_logger('x').error('camera lost'); logging.getLogger('paho').warning('slow broker')\n"
+        "structlog.get_logger('x').info('scan stored')\n"
+    )
+    with stream.open("w") as stderr:
+        status = os.fstat(stderr.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}
+        subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, stderr=stderr, check=True, timeout=60)
+    lines = stream.read_text().splitlines()
+    assert [line[:3] for line in lines] == ["<3>", "<4>", "<6>"]
+    assert [json.loads(line[3:])["event"] for line in lines] == ["camera lost", "slow broker", "scan stored"]

@@ -8,6 +8,7 @@ lines only.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
@@ -29,6 +30,31 @@ class _StdlibBridge(logging.StreamHandler):
 
 _configured: tuple[str, bool] = ("info", True)
 
+SYSLOG_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "exception": 3, "critical": 2}
+"""sd-daemon(3)'s level prefixes, which journald reads off each line it is given on stderr."""
+
+
+def stderr_is_the_journal() -> bool:
+    """systemd says so in $JOURNAL_STREAM (device:inode of the stream it connected): the prefixes are for it,
+    and would only spoil the JSON anywhere else (a terminal, a file, CI)."""
+    try:
+        device, inode = (int(part) for part in os.environ.get("JOURNAL_STREAM", "").split(":"))
+        status = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError):
+        return False
+    return (status.st_dev, status.st_ino) == (device, inode)
+
+
+def _with_priority(renderer: structlog.typing.Processor) -> structlog.typing.Processor:
+    """`journalctl -p err` then shows the errors: without a prefix journald files every line as info."""
+
+    def render(logger: object, name: str, event: structlog.typing.EventDict) -> str:
+        line = renderer(logger, name, event)
+        text = line.decode() if isinstance(line, bytes) else str(line)
+        return f"<{SYSLOG_PRIORITY.get(str(event.get('level')), 6)}>{text}"
+
+    return render
+
 
 def current_logging() -> tuple[str, bool]:
     """(level, JSON or not) as last configured: what a worker process is started with, to log as we do."""
@@ -44,6 +70,8 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     )
+    if stderr_is_the_journal():
+        renderer = _with_priority(renderer)
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
