@@ -187,6 +187,13 @@ class InspectionSettings(BaseModel):
         min_length=1,
         description="Inspection profile: a name in config/inspection_profiles or a path.",
     )
+    deadline_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="Longest one inspection may run; a worker still busy then is stopped and replaced, and the "
+        "scan goes to review (insufficient_evidence).",
+    )
 
 
 class SessionSettings(BaseModel):

@@ -68,7 +68,7 @@ def _service(
     loop: CaptureLoop,
     capture_heartbeat: Heartbeat,
     panel: OperatorPanel,
-    inspects: bool,
+    inspector: Inspector | None,
 ) -> StationService:
     """The station as a systemd service: its watchdog's checks, and backup and retention when configured."""
     supervisor_heartbeat = Heartbeat("supervisor", SUPERVISOR_SILENT_S)
@@ -76,7 +76,9 @@ def _service(
     watchdog.add_check("capture", capture_heartbeat)
     watchdog.add_check("supervisor", supervisor_heartbeat)
     watchdog.add_check("mqtt", mqtt_thread_check(mqtt))
-    files = ScanFiles(events, lambda: panel.view().latest_scan, inspects, cfg.station.timezone)
+    if inspector is not None:
+        watchdog.add_check("inspection", inspector.health)
+    files = ScanFiles(events, lambda: panel.view().latest_scan, inspector is not None, cfg.station.timezone)
     backup = retention = None
     if cfg.backup.path is not None:
         backup = BackupMover(
@@ -121,7 +123,7 @@ def build_station(
     library = DesignLibrary.load(cfg.designs.library)
     catalogue = DesignCatalogue(library, batch_mesh_dir(cfg))
     driver = driver if driver is not None else make_driver(cfg, library)
-    inspector = Inspector(events, tz) if cfg.inspection.enabled else None
+    inspector = Inspector(events, tz, deadline_s=cfg.inspection.deadline_s) if cfg.inspection.enabled else None
     jobs = InspectionJobs(
         store,
         catalogue,
@@ -148,7 +150,7 @@ def build_station(
     loop = CaptureLoop(
         cfg, driver, store, announcer=events, sessions=sessions, pause=pause, heartbeat=capture_heartbeat
     )
-    service = _service(cfg, store, events, outbox, mqtt, pause, loop, capture_heartbeat, panel, inspector is not None)
+    service = _service(cfg, store, events, outbox, mqtt, pause, loop, capture_heartbeat, panel, inspector)
     station = Station(
         cfg=cfg,
         sessions=sessions,

@@ -13,7 +13,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -135,12 +136,33 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+Runner = Callable[[str], str]
+"""What a worker runs for one job: its JSON in, the report's JSON out (run_job)."""
+
+
 class Inspector:
-    def __init__(self, events: Events, timezone: str, workers: int = 1) -> None:
+    """Inspections in a worker process that cannot wedge the station. A worker that crashes, or is still busy
+    after the deadline (then it is stopped), is replaced; the jobs it had are tried once more on the new one,
+    since all but one of them were only waiting, and a job that loses a worker twice sends its scan to
+    review with the cause."""
+
+    def __init__(
+        self, events: Events, timezone: str, *, deadline_s: float = 300.0, workers: int = 1, runner: Runner = run_job
+    ) -> None:
         self._events = events
         self._tz = ZoneInfo(timezone)
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers,
+        self._deadline_s = deadline_s
+        self._workers = workers
+        self.runner = runner  # tests put in one that crashes or hangs
+        self._lock = threading.Lock()
+        self._waiting: dict[Future[str], tuple[str, float]] = {}  # future → (scan, when submitted)
+        self._last_done = time.monotonic()
+        self._stopped: dict[str, str] = {}  # scan → why its worker was stopped
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_started,
             initargs=(os.getpid(), *current_logging()),
@@ -150,25 +172,81 @@ class Inspector:
         self, job: InspectionJob, on_done: InspectionDone | None = None, failure_needs_review: bool = True
     ) -> Future[str]:
         """Queue an inspection; `failure_needs_review=False` (a re-evaluation) leaves the scan as it was on failure."""
-        future = self._pool.submit(run_job, job.model_dump_json())
-        future.add_done_callback(lambda done: self._finish(job, done, on_done, failure_needs_review))
+        future = self._submit(job, on_done, failure_needs_review, retry=True)
         log.info("inspection queued", scan=job.scan_uuid, design_material=job.design_material, profile=job.profile)
         return future
 
+    def _submit(
+        self, job: InspectionJob, on_done: InspectionDone | None, failure_needs_review: bool, *, retry: bool
+    ) -> Future[str]:
+        with self._lock:
+            try:
+                future = self._pool.submit(self.runner, job.model_dump_json())
+            except BrokenProcessPool:
+                log.warning("the inspection worker had stopped; a new one is started")
+                self._pool = self._new_pool()
+                future = self._pool.submit(self.runner, job.model_dump_json())
+            self._waiting[future] = (job.scan_uuid, time.monotonic())
+        future.add_done_callback(lambda done: self._finish(job, done, on_done, failure_needs_review, retry))
+        return future
+
+    def check_deadline(self) -> None:
+        """From the supervisor: stop a worker still busy with one job after the deadline. The job at the head
+        of the queue started when it was submitted or when the one before it ended, whichever was later."""
+        with self._lock:
+            if not self._waiting:
+                return
+            scan, submitted = min(self._waiting.values(), key=lambda item: item[1])
+            if time.monotonic() - max(submitted, self._last_done) < self._deadline_s:
+                return
+            self._stopped[scan] = f"its inspection ran longer than {self._deadline_s:g} s (inspection.deadline_s)"
+            pool, self._pool = self._pool, self._new_pool()
+        log.error("inspection worker stopped: over its deadline", scan=scan, deadline_s=self._deadline_s)
+        for process in list(getattr(pool, "_processes", {}).values()):  # the executor offers no other way
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=False)
+
+    def health(self) -> str | None:
+        """For the watchdog: a worker that neither finishes nor is replaced means inspection has stopped."""
+        with self._lock:
+            if not self._waiting:
+                return None
+            oldest = min(submitted for _, submitted in self._waiting.values())
+            busy_s = time.monotonic() - max(oldest, self._last_done)
+        if busy_s > 3 * self._deadline_s:
+            return f"the inspection worker has been busy for {busy_s:.0f} s (deadline {self._deadline_s:g} s)"
+        return None
+
     def _finish(
-        self, job: InspectionJob, future: Future[str], on_done: InspectionDone | None, failure_needs_review: bool
+        self,
+        job: InspectionJob,
+        future: Future[str],
+        on_done: InspectionDone | None,
+        failure_needs_review: bool,
+        retry: bool,
     ) -> None:
+        with self._lock:
+            self._waiting.pop(future, None)
+            self._last_done = time.monotonic()
         record: ScanRecord | None = None
         error: str | None = None
         try:
             record = self.apply(job.scan_uuid, future.result())
+        except BrokenProcessPool:
+            if retry:
+                log.warning("inspection worker lost; the job is tried once more", scan=job.scan_uuid)
+                self._submit(job, on_done, failure_needs_review, retry=False)
+                return
+            cause = self._stopped.pop(job.scan_uuid, "the inspection worker crashed (twice)")
+            error = f"inspection failed: {cause}"
         except Exception as exc:  # noqa: BLE001 - whatever went wrong in the worker, an operator must look
             error = f"inspection failed: {exc}"
+        if error is not None:
             if failure_needs_review:
-                log.error("inspection failed; the scan needs an operator's review", scan=job.scan_uuid, error=str(exc))
+                log.error("inspection failed; the scan needs an operator's review", scan=job.scan_uuid, error=error)
                 record = self.apply_failure(job.scan_uuid)
             else:
-                log.error("inspection failed; the scan is left as it was", scan=job.scan_uuid, error=str(exc))
+                log.error("inspection failed; the scan is left as it was", scan=job.scan_uuid, error=error)
         if on_done is not None:
             on_done(record if error is None else None, error)
 
@@ -203,4 +281,10 @@ class Inspector:
         )
 
     def close(self) -> None:
+        """Inspections under way finish and queue their events; one still running after the deadline is stopped,
+        so a hung worker cannot hold up the stop."""
+        with self._lock:
+            pending = list(self._waiting)
+        if wait(pending, timeout=self._deadline_s).not_done:
+            self.check_deadline()
         self._pool.shutdown(wait=True, cancel_futures=False)

@@ -206,6 +206,8 @@ class Station:
         """Periodic: keep paho's network thread alive, get lost cameras back, tell the plant how the station is."""
         self.service.supervise()
         self.mqtt.revive()
+        if self.inspector is not None:
+            self.inspector.check_deadline()
         health = self.driver.health()
         if isinstance(self.driver, Reconnecting) and self.driver.needs_reconnect() and not self._reconnect_queued:
             self._reconnect_queued = self.loop.submit_task(CameraTask(name="reconnect", run=self._reconnect))
