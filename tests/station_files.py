@@ -7,11 +7,14 @@ the real path still runs: rendering, PNG, fsync, rename, database, relay, broker
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from amflow_edge.inspection.geometry.camera import load_rig, save_calibration
+
+if TYPE_CHECKING:
+    from tests.mqtt_helpers import Broker
 
 REPO = Path(__file__).resolve().parent.parent
 SCALE = 0.25
@@ -81,3 +84,15 @@ def write_station(
     path = root / "station.toml"
     path.write_text("\n".join(lines))
     return path
+
+
+def demo_env(tmp_path: Path, broker: Broker, **settings: str) -> dict[str, str]:
+    """The demo config in a subprocess, pointed at the test's broker and directories (never the repo's run/)."""
+    return {
+        "AMFLOW_MQTT__PORT": str(broker.port),
+        "AMFLOW_STATION__DATA_ROOT": str(tmp_path / "data"),
+        "AMFLOW_STATION__STATE_DIR": str(tmp_path / "state"),
+        "AMFLOW_INSPECTION__ENABLED": "false",
+        "PATH": "/usr/bin:/bin",
+        **settings,
+    }

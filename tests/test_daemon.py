@@ -22,6 +22,7 @@ from amflow_edge.station.station import RunOptions, Station
 from amflow_edge.storage.record import ScanRecord
 from tests.conftest import EXAMPLE_PAYLOAD
 from tests.mqtt_helpers import Broker, Subscriber
+from tests.station_files import demo_env
 from tests.test_payload import assert_same_shape
 
 REPO = Path(__file__).resolve().parent.parent
@@ -172,18 +173,6 @@ def test_clean_stop_says_offline(tmp_path: Path, broker: Broker, subscriber: Sub
     assert subscriber.next(topic=f"{PREFIX}/availability").payload == b"online"
     station.shutdown()
     assert subscriber.next(topic=f"{PREFIX}/availability").payload == b"offline"
-
-
-def demo_env(tmp_path: Path, broker: Broker, **settings: str) -> dict[str, str]:
-    """The demo config in a subprocess, pointed at the test's broker and directories (never the repo's run/)."""
-    return {
-        "AMFLOW_MQTT__PORT": str(broker.port),
-        "AMFLOW_STATION__DATA_ROOT": str(tmp_path / "data"),
-        "AMFLOW_STATION__STATE_DIR": str(tmp_path / "state"),
-        "AMFLOW_INSPECTION__ENABLED": "false",
-        "PATH": "/usr/bin:/bin",
-        **settings,
-    }
 
 
 def test_the_daemon_command_runs_scans_and_exits(tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:

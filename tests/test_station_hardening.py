@@ -30,7 +30,7 @@ from amflow_edge.station.station import RunOptions, Station
 from amflow_edge.storage.disk import free_bytes
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.polling import wait_for
-from tests.station_files import REPO, write_station
+from tests.station_files import REPO, demo_env, write_station
 
 MIB = 1024 * 1024
 
@@ -79,19 +79,19 @@ def test_a_station_below_the_disk_guard_starts_paused_and_takes_its_references_w
         station.shutdown()
 
 
+def _paused_station(tmp_path: Path, broker: Broker) -> Station:
+    """Started, and paused by a disk guard no disk can satisfy."""
+    huge = 10**18
+    sections = {"mock": {"scene_pool": 1}, "disk": {"min_free_bytes": huge, "resume_free_bytes": huge}}
+    station = build_station(load_config(write_station(tmp_path, broker.port, sections)))
+    station.start(RunOptions())
+    return station
+
+
 def test_timer_ticks_while_paused_are_skipped_quietly_and_the_pause_is_logged_once(
     tmp_path: Path, broker: Broker
 ) -> None:
-    huge = 10**18
-    cfg = load_config(
-        write_station(
-            tmp_path,
-            broker.port,
-            {"mock": {"scene_pool": 1}, "disk": {"min_free_bytes": huge, "resume_free_bytes": huge}},
-        )
-    )
-    station = build_station(cfg)
-    station.start(RunOptions())
+    station = _paused_station(tmp_path, broker)
     try:
         with capture_logs() as logs:
             results = [station.loop.capture(Trigger(source="timer")) for _ in range(5)]
@@ -143,14 +143,13 @@ def _alive(pid: int) -> bool:
 
 
 def test_the_inspection_worker_ends_when_its_daemon_is_killed(tmp_path: Path, broker: Broker) -> None:
-    env = {
-        "AMFLOW_MQTT__PORT": str(broker.port),
-        "AMFLOW_STATION__DATA_ROOT": str(tmp_path / "data"),
-        "AMFLOW_STATION__STATE_DIR": str(tmp_path / "state"),
-        "AMFLOW_CAPTURE__TIMER_INTERVAL_S": "0.5",
-        "AMFLOW_MOCK__SCENE_POOL": "1",
-        "PATH": "/usr/bin:/bin",
-    }
+    env = demo_env(
+        tmp_path,
+        broker,
+        AMFLOW_INSPECTION__ENABLED="true",
+        AMFLOW_CAPTURE__TIMER_INTERVAL_S="0.5",
+        AMFLOW_MOCK__SCENE_POOL="1",
+    )
     daemon = subprocess.Popen(
         [sys.executable, "-m", "amflow_edge.cli", "run", "--config", str(REPO / "config" / "demo.toml")],
         cwd=REPO,
@@ -187,14 +186,7 @@ def test_library_log_records_are_json_lines_like_the_stations_own(capsys: pytest
 
 
 def test_the_daemons_log_stays_json_through_a_broker_outage_and_a_stop(tmp_path: Path, broker: Broker) -> None:
-    env = {
-        "AMFLOW_MQTT__PORT": str(broker.port),
-        "AMFLOW_STATION__DATA_ROOT": str(tmp_path / "data"),
-        "AMFLOW_STATION__STATE_DIR": str(tmp_path / "state"),
-        "AMFLOW_INSPECTION__ENABLED": "false",
-        "AMFLOW_MOCK__SCENE_POOL": "1",
-        "PATH": "/usr/bin:/bin",
-    }
+    env = demo_env(tmp_path, broker, AMFLOW_MOCK__SCENE_POOL="1")
     daemon = subprocess.Popen(
         [sys.executable, "-m", "amflow_edge.cli", "--log-json", "run", "--config", str(REPO / "config" / "demo.toml")],
         cwd=REPO,
@@ -298,16 +290,7 @@ def test_the_inspection_worker_logs_json_lines_like_the_daemon(capfd: pytest.Cap
 def test_a_flood_of_capture_requests_while_paused_is_answered_but_logged_a_few_times(
     tmp_path: Path, broker: Broker
 ) -> None:
-    huge = 10**18
-    cfg = load_config(
-        write_station(
-            tmp_path,
-            broker.port,
-            {"mock": {"scene_pool": 1}, "disk": {"min_free_bytes": huge, "resume_free_bytes": huge}},
-        )
-    )
-    station = build_station(cfg)
-    station.start(RunOptions())
+    station = _paused_station(tmp_path, broker)
     try:
         with capture_logs() as logs:
             results = [station.loop.capture(Trigger(source="mqtt")) for _ in range(50)]
