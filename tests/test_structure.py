@@ -226,6 +226,7 @@ def test_the_installed_package_finds_its_own_profiles_and_reasons(installed: Pat
     assert where.stdout.startswith(str(installed)), where.stdout
     proc = _from_installed(installed, "check-config", str(installed / "amflow_edge" / "files" / "station.example.toml"))
     assert proc.returncode == 2  # the example names a site's calibration, designs and TLS files, absent here
+    assert "cameras[0].calibration" in proc.stderr and "designs.library" in proc.stderr, proc.stderr
     assert "inspection.profile" not in proc.stderr and "qc.reasons" not in proc.stderr, proc.stderr
 
 

@@ -45,7 +45,7 @@ def _decided(station: Station, scan: str) -> bool:
 
 
 @pytest.mark.parametrize("fault", [crash, hang], ids=["crash", "hang"])
-def test_a_failed_worker_costs_one_review_and_the_next_scan_is_inspected(
+def test_a_failed_worker_costs_its_scan_a_review_and_the_scan_behind_it_is_inspected(
     tmp_path: Path, broker: Broker, fault: Runner
 ) -> None:
     station = _station(tmp_path, broker)
@@ -53,17 +53,27 @@ def test_a_failed_worker_costs_one_review_and_the_next_scan_is_inspected(
         assert station.inspector is not None
         station.inspector.runner = fault
         lost = station.loop.capture(Trigger(source="test")).uuid
-        assert lost is not None
+        station.inspector.runner = run_job
+        behind = station.loop.capture(Trigger(source="test")).uuid  # queued behind it, when it hangs
+        assert lost is not None and behind is not None
         assert wait_for(lambda: _decided(station, lost), timeout_s=120), "the scan never reached a decision"
+        station.inspector.deadline_s = 300  # the scan behind it now takes a new worker's start-up; let it
         record = station.events.record(lost)
         assert record is not None
         assert record.scan.qc_needs_review and record.scan.qc_reasons == ["insufficient_evidence"]
-
-        station.inspector.runner = run_job
-        inspected = station.loop.capture(Trigger(source="test")).uuid
-        assert inspected is not None
-        assert wait_for(lambda: _decided(station, inspected), timeout_s=180), "the next scan was never inspected"
-        again = station.events.record(inspected)
+        assert wait_for(lambda: _decided(station, behind), timeout_s=180), "the next scan was never inspected"
+        again = station.events.record(behind)
         assert again is not None and again.scan.inspectionreport is not None
     finally:
         station.shutdown()
+
+
+def test_a_stop_does_not_wait_for_a_hung_worker(tmp_path: Path, broker: Broker) -> None:
+    station = _station(tmp_path, broker)
+    assert station.inspector is not None
+    station.inspector.deadline_s = 3600
+    station.inspector.runner = hang
+    assert station.loop.capture(Trigger(source="test")).ok
+    started = time.monotonic()
+    station.shutdown()
+    assert time.monotonic() - started < 120  # the unit's TimeoutStopSec is 60 s; the stop waits STOP_WAIT_S

@@ -45,15 +45,21 @@ def stderr_is_the_journal() -> bool:
     return (status.st_dev, status.st_ino) == (device, inode)
 
 
-def _with_priority(renderer: structlog.typing.Processor) -> structlog.typing.Processor:
-    """`journalctl -p err` then shows the errors: without a prefix journald files every line as info."""
+class _WithPriority:
+    """`journalctl -p err` shows the errors only with the prefix: without one journald files every line as
+    info. Decided again whenever sys.stderr is another object, since the lines go to whatever it is now."""
 
-    def render(logger: object, name: str, event: structlog.typing.EventDict) -> str:
-        line = renderer(logger, name, event)
+    def __init__(self, renderer: structlog.typing.Processor) -> None:
+        self._renderer = renderer
+        self._stream: object = None
+        self._journal = False
+
+    def __call__(self, logger: object, name: str, event: structlog.typing.EventDict) -> str:
+        line = self._renderer(logger, name, event)
         text = line.decode() if isinstance(line, bytes) else str(line)
-        return f"<{SYSLOG_PRIORITY.get(str(event.get('level')), 6)}>{text}"
-
-    return render
+        if sys.stderr is not self._stream:
+            self._stream, self._journal = sys.stderr, stderr_is_the_journal()
+        return f"<{SYSLOG_PRIORITY.get(str(event.get('level')), 6)}>{text}" if self._journal else text
 
 
 def current_logging() -> tuple[str, bool]:
@@ -70,8 +76,7 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     )
-    if stderr_is_the_journal():
-        renderer = _with_priority(renderer)
+    renderer = _WithPriority(renderer)
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -140,25 +142,46 @@ Runner = Callable[[str], str]
 """What a worker runs for one job: its JSON in, the report's JSON out (run_job)."""
 
 
+STOP_WAIT_S = 40.0
+"""How long a stop waits for inspections under way: well inside the unit's TimeoutStopSec (60 s)."""
+
+
+@dataclass
+class _Pending:
+    """One job in a worker pool: what to do with its result, and where it stands."""
+
+    job: InspectionJob
+    on_done: InspectionDone | None
+    failure_needs_review: bool
+    pool: ProcessPoolExecutor
+    submitted: float
+
+
 class Inspector:
-    """Inspections in a worker process that cannot wedge the station. A worker that crashes, or is still busy
-    after the deadline (then it is stopped), is replaced; the jobs it had are tried once more on the new one,
-    since all but one of them were only waiting, and a job that loses a worker twice sends its scan to
-    review with the cause."""
+    """Inspections in a worker process that cannot wedge the station.
+
+    A worker that crashes, or is still busy after the deadline (the supervisor then stops it), is replaced.
+    The job it was running is blamed: its scan goes to review (insufficient_evidence) with the cause in the
+    log. The jobs that were only waiting behind it are submitted again to the new worker, by a thread of
+    our own: a pool's done-callbacks run under the pool's own lock, where submitting would deadlock."""
 
     def __init__(
         self, events: Events, timezone: str, *, deadline_s: float = 300.0, workers: int = 1, runner: Runner = run_job
     ) -> None:
         self._events = events
         self._tz = ZoneInfo(timezone)
-        self._deadline_s = deadline_s
+        self.deadline_s = deadline_s
         self._workers = workers
         self.runner = runner  # tests put in one that crashes or hangs
         self._lock = threading.Lock()
-        self._waiting: dict[Future[str], tuple[str, float]] = {}  # future → (scan, when submitted)
+        self._pending: dict[Future[str], _Pending] = {}
         self._last_done = time.monotonic()
-        self._stopped: dict[str, str] = {}  # scan → why its worker was stopped
+        self._causes: dict[Future[str], str] = {}  # a stopped worker's job → why it was stopped
+        self._culprits: dict[ProcessPoolExecutor, Future[str] | None] = {}  # a broken pool → the job it ran
+        self._closing = False
+        self._resubmit: queue.Queue[_Pending | None] = queue.Queue()
         self._pool = self._new_pool()
+        threading.Thread(target=self._resubmitter, name="inspection-resubmit", daemon=True).start()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -172,13 +195,11 @@ class Inspector:
         self, job: InspectionJob, on_done: InspectionDone | None = None, failure_needs_review: bool = True
     ) -> Future[str]:
         """Queue an inspection; `failure_needs_review=False` (a re-evaluation) leaves the scan as it was on failure."""
-        future = self._submit(job, on_done, failure_needs_review, retry=True)
+        future = self._submit(job, on_done, failure_needs_review)
         log.info("inspection queued", scan=job.scan_uuid, design_material=job.design_material, profile=job.profile)
         return future
 
-    def _submit(
-        self, job: InspectionJob, on_done: InspectionDone | None, failure_needs_review: bool, *, retry: bool
-    ) -> Future[str]:
+    def _submit(self, job: InspectionJob, on_done: InspectionDone | None, failure_needs_review: bool) -> Future[str]:
         with self._lock:
             try:
                 future = self._pool.submit(self.runner, job.model_dump_json())
@@ -186,69 +207,87 @@ class Inspector:
                 log.warning("the inspection worker had stopped; a new one is started")
                 self._pool = self._new_pool()
                 future = self._pool.submit(self.runner, job.model_dump_json())
-            self._waiting[future] = (job.scan_uuid, time.monotonic())
-        future.add_done_callback(lambda done: self._finish(job, done, on_done, failure_needs_review, retry))
+            self._pending[future] = _Pending(job, on_done, failure_needs_review, self._pool, time.monotonic())
+        future.add_done_callback(self._finish)
         return future
+
+    def _resubmitter(self) -> None:
+        while (pending := self._resubmit.get()) is not None:
+            try:
+                self._submit(pending.job, pending.on_done, pending.failure_needs_review)
+            except RuntimeError:  # the station stops: the scan is inspected at the next start
+                log.warning("inspection not resubmitted: the station is stopping", scan=pending.job.scan_uuid)
+
+    def _head(self, pool: ProcessPoolExecutor | None = None) -> Future[str] | None:
+        """The job a pool's worker is running: the oldest one in it (one worker takes them in order)."""
+        jobs = [(p.submitted, f) for f, p in self._pending.items() if pool is None or p.pool is pool]
+        return min(jobs, key=lambda item: item[0])[1] if jobs else None
 
     def check_deadline(self) -> None:
         """From the supervisor: stop a worker still busy with one job after the deadline. The job at the head
         of the queue started when it was submitted or when the one before it ended, whichever was later."""
         with self._lock:
-            if not self._waiting:
+            head = self._head(self._pool)
+            if head is None:
                 return
-            scan, submitted = min(self._waiting.values(), key=lambda item: item[1])
-            if time.monotonic() - max(submitted, self._last_done) < self._deadline_s:
+            started = max(self._pending[head].submitted, self._last_done)
+            if time.monotonic() - started < self.deadline_s:
                 return
-            self._stopped[scan] = f"its inspection ran longer than {self._deadline_s:g} s (inspection.deadline_s)"
+            scan = self._pending[head].job.scan_uuid
+            self._causes[head] = f"its inspection ran longer than {self.deadline_s:g} s (inspection.deadline_s)"
             pool, self._pool = self._pool, self._new_pool()
-        log.error("inspection worker stopped: over its deadline", scan=scan, deadline_s=self._deadline_s)
-        for process in list(getattr(pool, "_processes", {}).values()):  # the executor offers no other way
-            process.kill()
-        pool.shutdown(wait=False, cancel_futures=False)
+        log.error("inspection worker stopped: over its deadline", scan=scan, deadline_s=self.deadline_s)
+        _kill_workers(pool)
 
     def health(self) -> str | None:
         """For the watchdog: a worker that neither finishes nor is replaced means inspection has stopped."""
         with self._lock:
-            if not self._waiting:
+            head = self._head()
+            if head is None:
                 return None
-            oldest = min(submitted for _, submitted in self._waiting.values())
-            busy_s = time.monotonic() - max(oldest, self._last_done)
-        if busy_s > 3 * self._deadline_s:
-            return f"the inspection worker has been busy for {busy_s:.0f} s (deadline {self._deadline_s:g} s)"
+            busy_s = time.monotonic() - max(self._pending[head].submitted, self._last_done)
+        if busy_s > 3 * self.deadline_s:
+            return f"the inspection worker has been busy for {busy_s:.0f} s (deadline {self.deadline_s:g} s)"
         return None
 
-    def _finish(
-        self,
-        job: InspectionJob,
-        future: Future[str],
-        on_done: InspectionDone | None,
-        failure_needs_review: bool,
-        retry: bool,
-    ) -> None:
+    def _finish(self, future: Future[str]) -> None:
+        """On the pool's own thread: applies the verdict, or hands a job that was only waiting to our thread."""
+        lost = future.cancelled() or isinstance(future.exception(), BrokenProcessPool)
         with self._lock:
-            self._waiting.pop(future, None)
+            pending = self._pending[future]
+            blamed = False
+            if lost and not future.cancelled():  # the job the worker was running when the pool broke, once
+                blamed = self._culprits.setdefault(pending.pool, self._head(pending.pool)) is future
+            del self._pending[future]
+            if not any(p.pool is pending.pool for p in self._pending.values()):
+                self._culprits.pop(pending.pool, None)
+            cause = self._causes.pop(future, None)
             self._last_done = time.monotonic()
+        if lost and not blamed:
+            if self._closing:  # no verdict yet: resume_inspections takes it up at the next start
+                log.info("inspection left for the next start", scan=pending.job.scan_uuid)
+                if pending.on_done is not None:
+                    pending.on_done(None, "the station stopped before the inspection ended; ask again")
+            else:
+                self._resubmit.put(pending)  # it was only waiting behind the job that lost the worker
+            return
         record: ScanRecord | None = None
         error: str | None = None
         try:
-            record = self.apply(job.scan_uuid, future.result())
+            record = self.apply(pending.job.scan_uuid, future.result())
         except BrokenProcessPool:
-            if retry:
-                log.warning("inspection worker lost; the job is tried once more", scan=job.scan_uuid)
-                self._submit(job, on_done, failure_needs_review, retry=False)
-                return
-            cause = self._stopped.pop(job.scan_uuid, "the inspection worker crashed (twice)")
-            error = f"inspection failed: {cause}"
+            error = f"inspection failed: {cause or 'the inspection worker crashed'}"
         except Exception as exc:  # noqa: BLE001 - whatever went wrong in the worker, an operator must look
             error = f"inspection failed: {exc}"
         if error is not None:
-            if failure_needs_review:
-                log.error("inspection failed; the scan needs an operator's review", scan=job.scan_uuid, error=error)
-                record = self.apply_failure(job.scan_uuid)
+            scan = pending.job.scan_uuid
+            if pending.failure_needs_review:
+                log.error("inspection failed; the scan needs an operator's review", scan=scan, error=error)
+                record = self.apply_failure(scan)
             else:
-                log.error("inspection failed; the scan is left as it was", scan=job.scan_uuid, error=error)
-        if on_done is not None:
-            on_done(record if error is None else None, error)
+                log.error("inspection failed; the scan is left as it was", scan=scan, error=error)
+        if pending.on_done is not None:
+            pending.on_done(record if error is None else None, error)
 
     def apply(self, scan_uuid: str, report_json: str) -> ScanRecord:
         report = InspectionReport.model_validate_json(report_json)
@@ -281,10 +320,28 @@ class Inspector:
         )
 
     def close(self) -> None:
-        """Inspections under way finish and queue their events; one still running after the deadline is stopped,
-        so a hung worker cannot hold up the stop."""
+        """Inspections under way finish and queue their events, for at most STOP_WAIT_S; a worker still busy
+        then is stopped, and its scans are inspected at the next start (they have no verdict yet)."""
+        self._closing = True
         with self._lock:
-            pending = list(self._waiting)
-        if wait(pending, timeout=self._deadline_s).not_done:
-            self.check_deadline()
-        self._pool.shutdown(wait=True, cancel_futures=False)
+            waiting = list(self._pending)
+        if wait(waiting, timeout=min(self.deadline_s, STOP_WAIT_S)).not_done:
+            log.warning("inspections still running at stop; they are inspected at the next start")
+            with self._lock:
+                pools = {p.pool for p in self._pending.values()} | {self._pool}
+            for pool in pools:
+                _kill_workers(pool)
+            wait(waiting, timeout=10)
+        self._resubmit.put(None)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool's workers at once; its jobs end with BrokenProcessPool. (Python 3.14 has kill_workers().)"""
+    kill = getattr(pool, "kill_workers", None)
+    if callable(kill):
+        kill()
+    else:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=False)
