@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from amflow_edge.storage.backup import INCOMING, BackupError, BackupMover, hash_tree
+from tests.mounts import mount_tmpfs
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
@@ -97,8 +98,6 @@ def test_moves_old_eligible_scans_oldest_first_verified(dirs: tuple[Path, Path])
 
 def test_backup_on_another_file_system(tmp_path: Path) -> None:
     """The usual case: a USB disk or NAS, where rename cannot move a directory; here a tmpfs."""
-    from tests.test_disk import mount_tmpfs
-
     scans = tmp_path / "scans"
     scans.mkdir()
     backup = tmp_path / "usb"
@@ -123,8 +122,6 @@ def test_backup_on_another_file_system(tmp_path: Path) -> None:
     ],
 )
 def test_a_full_backup_disk_is_a_clear_error_and_the_original_stays(tmp_path: Path, files: dict[str, bytes]) -> None:
-    from tests.test_disk import mount_tmpfs
-
     scans = tmp_path / "scans"
     scans.mkdir()
     backup = tmp_path / "full"

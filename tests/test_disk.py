@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -18,32 +17,16 @@ from amflow_edge.config.service import GIB, BackupSettings, DiskSettings, Watchd
 from amflow_edge.storage.disk import DiskGuard, Retention, format_bytes, free_bytes, mount_point
 from amflow_edge.storage.store import ScanStore, StoreError
 from tests.factories import make_images, make_record
+from tests.mounts import tmpfs
 
 MIB = 1024**2
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 
 
-def mount_tmpfs(directory: Path, size: str) -> None:
-    """Mount a tmpfs of `size` on directory, or skip the test saying why it cannot run here."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a size-limited tmpfs needs root; the threshold tests below still run")
-    directory.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount_tmpfs(mount, "16m")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "disk", "16m") as mount:
+        yield mount
 
 
 def fill(path: Path, size: int) -> None:

@@ -22,6 +22,7 @@ from amflow_edge.ops.doctor import (
 )
 from amflow_edge.storage.db import DB_FILE, StationDb
 from amflow_edge.storage.disk import free_bytes
+from tests.mounts import mount_tmpfs
 from tests.mqtt_helpers import Broker, free_port, password_broker
 from tests.station_files import REPO, write_station
 
@@ -232,8 +233,6 @@ def with_service_sections(cfg: StationConfig, disk: DiskSettings, backup: Backup
 
 
 def test_disk_and_backup_rows_follow_the_service_settings(tmp_path: Path) -> None:
-    from tests.test_disk import mount_tmpfs
-
     cfg = load_config(write_station(tmp_path, 1883))
     (tmp_path / "data").mkdir()
     free = free_bytes(tmp_path / "data")
@@ -288,8 +287,6 @@ def test_an_unreadable_file_and_a_wrong_setting_get_each_their_own_fix(tmp_path:
 
 
 def test_the_disk_row_names_the_file_system_by_its_mount_point(tmp_path: Path) -> None:
-    from tests.test_disk import mount_tmpfs
-
     cfg = load_config(write_station(tmp_path, 1883))
     disk = tmp_path / "srv"
     mount_tmpfs(disk, "8m")

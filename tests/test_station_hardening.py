@@ -28,6 +28,7 @@ from amflow_edge.station.capture import Trigger
 from amflow_edge.station.inspector import _worker_started
 from amflow_edge.station.station import RunOptions, Station
 from amflow_edge.storage.disk import free_bytes
+from tests.mounts import tmpfs
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.polling import wait_for
 from tests.station_files import REPO, demo_env, write_station
@@ -37,13 +38,8 @@ MIB = 1024 * 1024
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.decode().strip()}); needs root")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+    with tmpfs(tmp_path / "disk", "8m") as mount_point:
+        yield mount_point
 
 
 def _station_on(disk: Path, tmp_path: Path, broker: Broker) -> Station:

@@ -17,6 +17,7 @@ import pytest
 from amflow_edge.storage.record import ScanRecord
 from amflow_edge.storage.store import INCOMING, RECORD_FILE, ScanStore, StoreError
 from tests.factories import CAMERAS, make_images, make_record
+from tests.mounts import tmpfs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,13 +82,8 @@ def test_record_update_is_atomic_and_keeps_images(tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount_point)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.decode().strip()}); needs root")
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
+    with tmpfs(tmp_path / "small", "400k") as mount_point:
+        yield mount_point
 
 
 def test_full_disk_gives_a_clear_error_and_keeps_stored_scans(small_disk: Path) -> None:
