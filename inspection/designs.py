@@ -76,6 +76,11 @@ class MeshError(ValueError):
         super().__init__(f"{self.path}: {problem}. Fix: {fix}")
 
 
+class MeshMismatchError(MeshError):
+    """The file is not the one its design_material id was made from (the id's first 40 hex digits are the
+    SHA-1 of the file); a caller that must not show hashes says so in its own words."""
+
+
 class UnknownDesignError(KeyError):
     """Asked for a design_material the library does not hold."""
 
@@ -338,7 +343,7 @@ def design_from_file(path: Path, units: Units, design_material: str, title: str 
     data = _read_mesh_bytes(path)
     digest = hashlib.sha1(data).hexdigest()
     if not design_material.startswith(digest + "_"):
-        raise MeshError(
+        raise MeshMismatchError(
             path,
             f"its SHA-1 is {digest}, but design_material {design_material} names {design_material[:40]}",
             "send the mesh file the design_material id was made from",

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from amflow_edge.inspection.designs import Design, DesignLibrary, MeshError, design_from_file, mesh_formats
+from amflow_edge.inspection.designs import (
+    Design,
+    DesignLibrary,
+    MeshError,
+    MeshMismatchError,
+    design_from_file,
+    mesh_formats,
+)
 from amflow_edge.messaging.command_models import SessionDesign
 
 
@@ -82,21 +88,11 @@ def _batch_design(folder: Path, entry: SessionDesign, mesh: str) -> Design:
             f"mesh {name} is not a mesh file; send the design exported as one of {', '.join(formats)}"
         )
     try:
-        with path.open("rb") as file:
-            digest = hashlib.file_digest(file, "sha1").hexdigest()
-    except OSError as exc:
-        raise BatchDesignError(
-            f"mesh {name} cannot be read ({exc.strerror or type(exc).__name__}); check the file's permissions"
-        ) from None
-    mismatch = BatchDesignError(
-        f"design_material {entry.design_material} does not match mesh {name}: its first 40 hex digits must be "
-        "the SHA-1 of the file; send the mesh file the design_material id was made from, or the id of this file"
-    )
-    if not entry.design_material.startswith(digest + "_"):
-        raise mismatch
-    try:
         return design_from_file(path, entry.units, entry.design_material, entry.title)
+    except MeshMismatchError:  # its message holds the file's hash, which stays here
+        raise BatchDesignError(
+            f"design_material {entry.design_material} does not match mesh {name}: its first 40 hex digits must be "
+            "the SHA-1 of the file; send the mesh file the design_material id was made from, or the id of this file"
+        ) from None
     except MeshError as exc:
-        if "SHA-1" in exc.problem:  # the file changed after it was hashed above; its new hash stays here too
-            raise mismatch from None
         raise BatchDesignError(f"design {entry.design_material}: mesh {name}: {exc.problem}. Fix: {exc.fix}") from None
