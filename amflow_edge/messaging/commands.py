@@ -14,7 +14,7 @@ import structlog
 from pydantic import BaseModel, RootModel, ValidationError
 
 from amflow_edge.messaging.command_models import COMMANDS, Response
-from amflow_edge.ops.log_limit import RateLimitedLog
+from amflow_edge.ops.log_limit import RateLimitedLog, rate_limited_warnings
 
 log = structlog.get_logger(__name__)
 
@@ -41,12 +41,7 @@ def problems(exc: ValidationError) -> str:
 def default_refusal_log() -> RateLimitedLog:
     """Every refusal is answered, but only the first few a minute are logged in full: a client retrying a bad
     request in a loop must not fill the journal. The rest are counted per command in one line a minute."""
-    return RateLimitedLog(
-        lambda event, **fields: log.warning(event, **fields),  # looked up per line: logging may be set up later
-        "more requests refused; not logged one by one",
-        burst=5,
-        period_s=60.0,
-    )
+    return rate_limited_warnings(log, "more requests refused; not logged one by one")
 
 
 class CommandHandler:

@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 
 from amflow_edge.config.station import StationConfig
 from amflow_edge.config.tls import tls_context_for
-from amflow_edge.ops.log_limit import FirstSeen, RateLimitedLog
+from amflow_edge.ops.log_limit import FirstSeen, rate_limited_warnings
 
 log = structlog.get_logger(__name__)
 
@@ -125,11 +125,7 @@ class StationMqtt:
         self.request_prefix = cfg.topic("request") + "/"
         self._station_root = cfg.topic()
         self._told_topics = FirstSeen()
-        self._topic_log = RateLimitedLog(
-            lambda event, **fields: log.warning(event, **fields),
-            "more response topics ignored; not logged one by one",
-            burst=10,
-        )
+        self._topic_log = rate_limited_warnings(log, "more response topics ignored; not logged one by one", burst=10)
         self._client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,

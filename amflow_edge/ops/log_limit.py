@@ -101,6 +101,14 @@ class RateLimitedLog:
         self._suppressed = Counter()
 
 
+def rate_limited_warnings(logger: Any, summary: str, *, burst: int = 5, period_s: float = 60.0) -> RateLimitedLog:
+    """Warnings of `logger`, the first `burst` a period in full and the rest counted in one `summary` line. The
+    logger's method is looked up per line, so logging configured after this is made still applies."""
+    return RateLimitedLog(
+        lambda event, **fields: logger.warning(event, **fields), summary, burst=burst, period_s=period_s
+    )
+
+
 class FirstSeen:
     """True the first time a key is seen, for "say it once per topic" without remembering every topic forever.
 

@@ -23,7 +23,7 @@ from amflow_edge import __version__
 from amflow_edge.config.station import StationConfig
 from amflow_edge.drivers.base import CameraDriver, DriverError, GrabError, HardwareTriggered, Shot
 from amflow_edge.messaging.payload import Assignment, new_scan, timestamp
-from amflow_edge.ops.log_limit import RateLimitedLog
+from amflow_edge.ops.log_limit import rate_limited_warnings
 from amflow_edge.station.session import ScanningSession
 from amflow_edge.storage.db import DatabaseError
 from amflow_edge.storage.record import CameraShotRecord, ScanRecord, StationMetadata
@@ -128,10 +128,7 @@ class CaptureLoop:
         self._tz = ZoneInfo(cfg.station.timezone)
         self._triggers: queue.Queue[Trigger | CameraTask] = queue.Queue(maxsize=8)
         self._listeners: list[Callable[[ScanRecord], None]] = []
-        self._refusals = RateLimitedLog(
-            lambda event, **fields: log.warning(event, **fields),
-            "more captures refused; not logged one by one",
-        )
+        self._refusals = rate_limited_warnings(log, "more captures refused; not logged one by one")
         self.scans_stored = 0
         self.scans_failed = 0
         self.last_scan: str | None = None
