@@ -14,7 +14,8 @@ import pytest
 from pydantic import BaseModel
 
 from amflow_edge.cli.main import main
-from amflow_edge.config.loading import NON_SETTING_VARIABLES, SETTINGS, ConfigError, load_config, setting_variable
+from amflow_edge.config.environment import NON_SETTING_VARIABLES, SETTINGS, setting_variable
+from amflow_edge.config.loading import ConfigError, load_config
 from amflow_edge.config.station import StationConfig
 from amflow_edge.ops.doctor import run_checks_for_file
 from tests.mqtt_helpers import free_port
