@@ -25,7 +25,7 @@ from amflow_edge.inspection.overlay import write_png
 from amflow_edge.ops.log import configure_logging
 from amflow_edge.station.build import build_station
 from amflow_edge.station.capture import Trigger
-from amflow_edge.station.inspector import _worker_started
+from amflow_edge.station.inspector import worker_started
 from amflow_edge.station.station import RunOptions, Station
 from amflow_edge.storage.disk import free_bytes
 from tests.mounts import tmpfs
@@ -275,7 +275,7 @@ def test_the_inspection_worker_logs_json_lines_like_the_daemon(capfd: pytest.Cap
     with ProcessPoolExecutor(
         max_workers=1,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=_worker_started,
+        initializer=worker_started,
         initargs=(os.getpid(), "info", True),
     ) as pool:
         pool.submit(_log_in_worker).result(timeout=60)

@@ -117,7 +117,7 @@ def run_job(job_json: str) -> str:
 PARENT_POLL_S = 0.5
 
 
-def _worker_started(parent_pid: int, log_level: str, log_json: bool) -> None:
+def worker_started(parent_pid: int, log_level: str, log_json: bool) -> None:
     """Runs in each worker as it starts: it logs as the daemon does, and ends with it."""
     configure_logging(log_level, log_json)
     _exit_with_parent(parent_pid)
@@ -187,7 +187,7 @@ class Inspector:
         return ProcessPoolExecutor(
             max_workers=self._workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_started,
+            initializer=worker_started,
             initargs=(os.getpid(), *current_logging()),
         )
 
@@ -223,15 +223,16 @@ class Inspector:
         jobs = [(p.submitted, f) for f, p in self._pending.items() if pool is None or p.pool is pool]
         return min(jobs, key=lambda item: item[0])[1] if jobs else None
 
+    def _busy_s(self, head: Future[str]) -> float:
+        """How long the worker has been on its job: since it was submitted or since the one before it ended,
+        whichever was later (one worker takes the jobs in order)."""
+        return time.monotonic() - max(self._pending[head].submitted, self._last_done)
+
     def check_deadline(self) -> None:
-        """From the supervisor: stop a worker still busy with one job after the deadline. The job at the head
-        of the queue started when it was submitted or when the one before it ended, whichever was later."""
+        """From the supervisor: stop a worker still busy with one job after the deadline."""
         with self._lock:
             head = self._head(self._pool)
-            if head is None:
-                return
-            started = max(self._pending[head].submitted, self._last_done)
-            if time.monotonic() - started < self.deadline_s:
+            if head is None or self._busy_s(head) < self.deadline_s:
                 return
             scan = self._pending[head].job.scan_uuid
             self._causes[head] = f"its inspection ran longer than {self.deadline_s:g} s (inspection.deadline_s)"
@@ -245,7 +246,7 @@ class Inspector:
             head = self._head()
             if head is None:
                 return None
-            busy_s = time.monotonic() - max(self._pending[head].submitted, self._last_done)
+            busy_s = self._busy_s(head)
         if busy_s > 3 * self.deadline_s:
             return f"the inspection worker has been busy for {busy_s:.0f} s (deadline {self.deadline_s:g} s)"
         return None
