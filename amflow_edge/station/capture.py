@@ -56,6 +56,40 @@ class CameraTask:
     run: Callable[[], object]
 
 
+class TaskQueue(Protocol):
+    def submit_task(self, task: CameraTask) -> bool: ...
+
+
+class QueuedOnce:
+    """A camera task the supervisor may ask for on every tick, queued at most once at a time. The mark is set
+    before the task is submitted and cleared when it has run, so a capture thread that runs it at once cannot
+    leave the mark set for good (and the task never asked for again)."""
+
+    def __init__(self, name: str, run: Callable[[], object]) -> None:
+        self._name = name
+        self._run = run
+        self._lock = threading.Lock()
+        self._queued = False
+
+    @property
+    def queued(self) -> bool:
+        return self._queued
+
+    def submit_to(self, loop: TaskQueue) -> None:
+        with self._lock:
+            if self._queued:
+                return
+            self._queued = True
+        if not loop.submit_task(CameraTask(name=self._name, run=self._run_and_clear)):
+            self._queued = False
+
+    def _run_and_clear(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._queued = False
+
+
 class FrameError(DriverError):
     """The driver returned frames the station cannot store (wrong size, type, or a camera missing)."""
 

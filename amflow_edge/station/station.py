@@ -31,7 +31,7 @@ from amflow_edge.messaging.relay import Relay
 from amflow_edge.panel.base import ButtonSource
 from amflow_edge.panel.operator import OperatorPanel
 from amflow_edge.qc.decisions import Decisions
-from amflow_edge.station.capture import CameraTask, CaptureLoop, Trigger
+from amflow_edge.station.capture import CaptureLoop, QueuedOnce, Trigger
 from amflow_edge.station.designs import DesignCatalogue
 from amflow_edge.station.inspection_jobs import InspectionJobs
 from amflow_edge.station.inspector import Inspector
@@ -78,8 +78,8 @@ class Station:
     service: StationService
     stop_event: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
-    _reconnect_queued: bool = field(default=False, init=False)
-    _references_queued: bool = field(default=False, init=False)
+    _reconnect_task: QueuedOnce = field(init=False)
+    _references_task: QueuedOnce = field(init=False)
     _reference_retries: Backoff = field(default_factory=lambda: Backoff(5.0, 300.0), init=False)
     _next_reference_try: float = field(default=0.0, init=False)
     _last_health: list[CameraHealth] = field(default_factory=list, init=False)
@@ -87,6 +87,10 @@ class Station:
     _mode: Mode = field(default="starting", init=False)
     _last_state: float = field(default=0.0, init=False)
     _state_interval_s: float = field(default=30.0, init=False)
+
+    def __post_init__(self) -> None:
+        self._reconnect_task = QueuedOnce("reconnect", self._reconnect)
+        self._references_task = QueuedOnce("references", self._retake_references)
 
     def state(self) -> StationState:
         outbox = self.outbox.stats()
@@ -175,13 +179,11 @@ class Station:
                 self._reference_retries.reset()
         except StoreError as exc:
             log.error("empty-tray references not stored; they are taken again when there is room", error=str(exc))
-        finally:
-            self._references_queued = False
 
     def _references_due(self) -> bool:
         """Missing references are retaken when the disk has room, at most at the backoff's pace: a retake
         renders or grabs five full frames, and a disk that refuses them keeps refusing for a while."""
-        if self.inspector is None or self._references_queued or self._has_references():
+        if self.inspector is None or self._references_task.queued or self._has_references():
             return False
         if self.pause.disk.reason() is not None or time.monotonic() < self._next_reference_try:
             return False
@@ -209,18 +211,15 @@ class Station:
         if self.inspector is not None:
             self.inspector.check_deadline()
         health = self.driver.health()
-        if isinstance(self.driver, Reconnecting) and self.driver.needs_reconnect() and not self._reconnect_queued:
-            self._reconnect_queued = self.loop.submit_task(CameraTask(name="reconnect", run=self._reconnect))
+        if isinstance(self.driver, Reconnecting) and self.driver.needs_reconnect():
+            self._reconnect_task.submit_to(self.loop)
         if self._references_due():
-            self._references_queued = True  # before the submit: the capture thread may run it at once
-            if not self.loop.submit_task(CameraTask(name="references", run=self._retake_references)):
-                self._references_queued = False
+            self._references_task.submit_to(self.loop)
         if health != self._last_health or time.monotonic() - self._last_state >= self._state_interval_s:
             self._last_health = health
             self.publish_state()
 
     def _reconnect(self) -> None:
-        self._reconnect_queued = False
         assert isinstance(self.driver, Reconnecting)
         self.driver.reconnect()
 
