@@ -96,3 +96,18 @@ def demo_env(tmp_path: Path, broker: Broker, **settings: str) -> dict[str, str]:
         "PATH": "/usr/bin:/bin",
         **settings,
     }
+
+
+def batch_station(root: Path, mqtt_port: int) -> Path:
+    """A station with inspection on and a batch mesh folder (root/batch_meshes) that session requests name."""
+    meshes = root / "batch_meshes"
+    meshes.mkdir(exist_ok=True)
+    return write_station(
+        root,
+        mqtt_port,
+        {
+            "mock": {"scene_pool": 1},
+            "inspection": {"enabled": True},
+            "designs": {"library": str(REPO / "config" / "designs" / "designs.toml"), "batch_meshes": str(meshes)},
+        },
+    )

@@ -36,7 +36,7 @@ from amflow_edge.station.capture import Trigger
 from amflow_edge.station.station import RunOptions, Station
 from tests.conftest import EXAMPLE_PAYLOAD
 from tests.mqtt_helpers import Broker, Received, Subscriber
-from tests.station_files import REPO, write_station
+from tests.station_files import REPO, batch_station
 from tests.test_qc_workflow import PREFIX
 
 LogEntry = MutableMapping[str, Any]
@@ -56,19 +56,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     root = tmp_path_factory.mktemp("hardening")
     broker = Broker(root)
     broker.start()
+    cfg = load_config(batch_station(root, broker.port))
     meshes = root / "batch_meshes"
-    meshes.mkdir()
-    cfg = load_config(
-        write_station(
-            root,
-            broker.port,
-            {
-                "mock": {"scene_pool": 1},
-                "inspection": {"enabled": True},
-                "designs": {"library": str(REPO / "config" / "designs" / "designs.toml"), "batch_meshes": str(meshes)},
-            },
-        )
-    )
     station = build_station(cfg)
     try:
         station.start(RunOptions())

@@ -15,7 +15,7 @@ from amflow_edge.station.build import build_station
 from amflow_edge.station.session import SESSION_FILE
 from amflow_edge.station.station import RunOptions, Station
 from tests.mqtt_helpers import Broker, Subscriber
-from tests.station_files import REPO, write_station
+from tests.station_files import REPO, batch_station
 from tests.test_qc_workflow import PREFIX, next_event, request
 
 LIBRARY_DESIGN = REPO / "config" / "designs" / "montageblok_mb80.stl"
@@ -30,19 +30,7 @@ ASSIGNMENT = {
 
 
 def station_config(tmp_path: Path, broker: Broker) -> StationConfig:
-    meshes = tmp_path / "batch_meshes"
-    meshes.mkdir()
-    return load_config(
-        write_station(
-            tmp_path,
-            broker.port,
-            {
-                "mock": {"scene_pool": 1},
-                "inspection": {"enabled": True},
-                "designs": {"library": str(REPO / "config" / "designs" / "designs.toml"), "batch_meshes": str(meshes)},
-            },
-        )
-    )
+    return load_config(batch_station(tmp_path, broker.port))
 
 
 def batch_mesh(cfg: StationConfig) -> tuple[str, str]:
