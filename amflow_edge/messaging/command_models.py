@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel
 
 from amflow_edge.messaging.payload import (
     MAX_COMMENT_LENGTH,
+    MAX_ID_LENGTH,
     MAX_REASONS,
+    MAX_SAFE_INTEGER,
     Assignment,
     Batch,
     DesignMaterial,
@@ -91,15 +93,72 @@ class SessionDesign(BaseModel):
     title: str | None = Field(default=None, max_length=200, description="Human part name for reports and logs.")
 
 
+MAX_BATCH_PARTS = 1000
+"""More order lines than one session of one station scans."""
+
+
+class BatchPart(BaseModel):
+    """One order line of a batch, as AM-Vision lists it: the part, how many copies, where they go, its design."""
+
+    model_config = _REQUEST
+
+    part_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, description="Part id in the order system.")
+    part_title: str = Field(min_length=1, max_length=MAX_ID_LENGTH, description="Human title of the part.")
+    design_material: DesignMaterial = Field(
+        description="The part's geometry and material; several parts may share one, and one geometry may come in "
+        "several materials."
+    )
+    copies: int = Field(ge=1, le=MAX_SAFE_INTEGER, description="How many copies of this part the batch holds.")
+    output: Output | None = Field(default=None, description="The output (bin/slot) this part's copies go to.")
+    mesh: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Mesh file (STL, OBJ, PLY): in a session request relative to the station's batch mesh folder "
+        "(designs.batch_meshes), in a batch file relative to the file. None: the design library has the design.",
+    )
+    units: Literal["mm", "inch", "m"] = Field(default="mm", description="Units of the mesh file.")
+
+
+def _parts_unique(parts: list[BatchPart]) -> list[BatchPart]:
+    seen: set[str] = set()
+    for part in parts:
+        if part.part_id in seen:
+            raise ValueError(f"part_id {part.part_id!r} is listed twice; list each part once, with its copies")
+        seen.add(part.part_id)
+    return parts
+
+
+BatchParts = Annotated[list[BatchPart], Field(max_length=MAX_BATCH_PARTS), AfterValidator(_parts_unique)]
+
+
 class SessionStart(BaseModel):
     model_config = _REQUEST
 
     action: Literal["start"] = Field(description="Start a scanning session for a batch.")
     batch: Batch = Field(description="The batch being scanned; every scan of the session carries it.")
-    designs: list[SessionDesign] = Field(
-        default_factory=list, max_length=500, description="The batch's designs, inspected against during the session."
+    parts: BatchParts = Field(
+        default_factory=list,
+        description="The batch's parts: the station identifies each scan among their designs and assigns it to its part.",
     )
-    output: Output | None = Field(default=None, description="The output (bin/slot) scans of this session go to.")
+    designs: list[SessionDesign] = Field(
+        default_factory=list,
+        max_length=500,
+        description="Designs without parts (the form before parts existed): scans are identified among them but "
+        "not assigned.",
+    )
+    output: Output | None = Field(
+        default=None, description="The output (bin/slot) of a scan whose part names none, if any."
+    )
+
+
+class BatchFile(BaseModel):
+    """A batch as a file (JSON or TOML), for `amflow-edge run --batch` and `amflow-edge identify`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    batch: Batch = Field(description="The batch's id and title.")
+    parts: BatchParts = Field(min_length=1, description="The batch's parts; mesh paths are relative to the file.")
 
 
 class SessionEnd(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -18,12 +19,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from amflow_edge.common.durable import remove_durably, replace_durably
 from amflow_edge.config.station import StationConfig
-from amflow_edge.messaging.command_models import SessionDesign
+from amflow_edge.messaging.command_models import BatchPart, SessionDesign
 from amflow_edge.messaging.payload import Batch, Output, timestamp
 
 log = structlog.get_logger(__name__)
 
 SESSION_FILE = "session.json"
+
+
+class SessionPart(BatchPart):
+    """A batch's part as the session holds it: with the assignment UUID every scan assigned to it carries."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    assignment: str = Field(description="UUID of the part's scan assignment, made when the session started.")
 
 
 class ScanningSession(BaseModel):
@@ -33,7 +42,13 @@ class ScanningSession(BaseModel):
     started: str = Field(description="When the session started (ISO 8601, station time).")
     batch: Batch | None = Field(default=None, description="The batch scanned, if any.")
     output: Output | None = Field(default=None, description="Where the session's parts go, if known.")
-    designs: list[SessionDesign] = Field(default_factory=list, description="The batch's designs.")
+    designs: list[SessionDesign] = Field(default_factory=list, description="Designs of the batch that have no part.")
+    parts: list[SessionPart] = Field(default_factory=list, description="The batch's parts, each with its assignment.")
+    mesh_folder: Path | None = Field(
+        default=None,
+        description="Folder the parts' and designs' mesh paths are relative to: a batch file's folder; None for the "
+        "station's batch mesh folder (designs.batch_meshes).",
+    )
     requested: bool = Field(
         default=False, description="Started by a session request (true) or the station's default session (false)."
     )
@@ -88,13 +103,23 @@ class SessionKeeper:
                 remove_durably(self._path)
             self._current = session
 
-    def new(self, batch: Batch, designs: list[SessionDesign], output: Output | None) -> ScanningSession:
+    def new(
+        self,
+        batch: Batch,
+        designs: list[SessionDesign],
+        output: Output | None,
+        parts: Sequence[BatchPart] = (),
+        mesh_folder: Path | None = None,
+    ) -> ScanningSession:
+        """Each part gets its assignment UUID here, once: every scan assigned to it in this session carries it."""
         return ScanningSession(
             scan_session=str(uuid.uuid4()),
             started=timestamp(datetime.now(self._tz)),
             batch=batch,
             output=output,
             designs=designs,
+            parts=[SessionPart(**part.model_dump(), assignment=str(uuid.uuid4())) for part in parts],
+            mesh_folder=mesh_folder,
             requested=True,
         )
 

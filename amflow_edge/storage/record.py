@@ -40,6 +40,45 @@ class OperatorDecisionRecord(BaseModel):
     reasons: list[str] | None = Field(default=None, description="Reasons given with the decision, if any.")
 
 
+IdentificationOutcome = Literal[
+    "identified",
+    "ambiguous",
+    "material_ambiguous",
+    "not_in_batch",
+    "empty_tray",
+    "several_parts",
+    "out_of_view",
+    "no_candidates",
+    "failed",
+]
+
+
+class CandidateRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    design_material: str = Field(description="A design of the session the scan was compared with.")
+    score: float = Field(ge=0.0, le=1.0, description="How well it explains the photos (1: perfectly).")
+
+
+class IdentificationRecord(BaseModel):
+    """What the station concluded about which design is on the tray, and why: the operator's screen, the button's
+    confirm and the state topic read this; the events carry only its consequence (design_material, assignment)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: IdentificationOutcome = Field(description="identified, or why no design was chosen.")
+    design_material: str | None = Field(description="The design chosen; None when none was.")
+    candidates: list[CandidateRecord] = Field(
+        default_factory=list, max_length=10, description="The closest designs, best first."
+    )
+    reason: str = Field(description="Why this design, or why none, in words.")
+    appearance: float | None = Field(
+        default=None,
+        description="The part's measured reflectance against the tray; what material looks are learned from.",
+    )
+    at: str = Field(description="When the identification finished (ISO 8601, station time).")
+
+
 class StationMetadata(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -52,6 +91,9 @@ class StationMetadata(BaseModel):
     rig: dict[str, Any] = Field(default_factory=dict, description="Rig-level driver facts (the mock's scene truth).")
     decisions: list[OperatorDecisionRecord] = Field(
         default_factory=list, description="Every operator decision on the scan, oldest first."
+    )
+    identification: IdentificationRecord | None = Field(
+        default=None, description="The station's identification of the part, once it has run."
     )
     is_backed_up: bool = Field(default=False, description="Moved to the backup disk (AM-Vision's is_backed_up).")
     backup_path: str | None = Field(default=None, description="Where the scan directory is on the backup disk.")
