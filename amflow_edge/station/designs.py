@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from amflow_edge.inspection.designs import (
@@ -12,7 +13,7 @@ from amflow_edge.inspection.designs import (
     design_from_file,
     mesh_formats,
 )
-from amflow_edge.messaging.command_models import SessionDesign
+from amflow_edge.messaging.command_models import BatchPart, SessionDesign
 
 
 class BatchDesignError(ValueError):
@@ -33,12 +34,19 @@ class DesignCatalogue:
     def use(self, designs: list[Design]) -> None:
         self._current = self.library.with_designs(designs)
 
-    def resolve(self, wanted: list[SessionDesign]) -> list[Design]:
-        """The batch's designs as the station will inspect them; raises BatchDesignError naming the first bad one.
-        Meshes are read only from the batch mesh folder, whatever path a request names."""
-        folder = self.batch_meshes.resolve()
-        designs = []
-        for entry in wanted:
+    def resolve(
+        self, wanted: Sequence[SessionDesign], parts: Sequence[BatchPart] = (), folder: Path | None = None
+    ) -> list[Design]:
+        """The batch's designs as the station will inspect them, once each; raises BatchDesignError naming the
+        first bad one. Meshes are read only from `folder` (the batch mesh folder unless a batch file's own),
+        whatever path a request names."""
+        folder = (folder or self.batch_meshes).resolve()
+        designs: list[Design] = []
+        seen: set[str] = set()
+        for entry in [*wanted, *(design_of_part(part) for part in parts)]:
+            if entry.design_material in seen:
+                continue
+            seen.add(entry.design_material)
             if entry.mesh is None:
                 if entry.design_material not in self.library:
                     raise BatchDesignError(
@@ -48,6 +56,11 @@ class DesignCatalogue:
                 continue
             designs.append(_batch_design(folder, entry, entry.mesh))
         return designs
+
+
+def design_of_part(part: BatchPart) -> SessionDesign:
+    """A part names its design the way a designs entry does."""
+    return SessionDesign(design_material=part.design_material, mesh=part.mesh, units=part.units, title=part.part_title)
 
 
 def _batch_design(folder: Path, entry: SessionDesign, mesh: str) -> Design:
