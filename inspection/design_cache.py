@@ -3,6 +3,10 @@
 Stable resting poses take up to a second for round parts (trimesh finds one per facet of a
 cylinder's side) and the station inspects the same designs all day, so the result is kept on
 disk under the SHA-1 of the mesh geometry: a changed design file gives a new key by itself.
+
+A design that is not a closed solid (an open surface kept as the customer sent it, see
+inspection.mesh_repair) is stored with every face twice, once per side: outlines are drawn from the
+faces turned to the camera, and an open surface shows the camera its inside through a hole.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from amflow_edge.common.durable import replacing
 from amflow_edge.inspection.geometry.placement import stable_poses
 from amflow_edge.inspection.geometry.raycast import corner_normals
 from amflow_edge.inspection.geometry.symmetry import symmetries
+from amflow_edge.inspection.mesh_repair import is_closed_solid
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +85,16 @@ def mesh_sha1(mesh: trimesh.Trimesh) -> str:
 
 
 def check_mesh(mesh: object) -> trimesh.Trimesh:
+    """The mesh, if it has a surface to compare scans with; open or non-manifold meshes are fine (drawn two-sided)."""
     if not isinstance(mesh, trimesh.Trimesh):
         raise ValueError(
             f"the design must be a trimesh.Trimesh in millimetres, got {type(mesh).__name__}; "
             "load it with inspection.designs.load_mesh_mm(path, units)"
         )
-    if len(mesh.faces) < 4 or not np.all(np.isfinite(mesh.vertices)):
+    if len(mesh.faces) == 0 or not np.all(np.isfinite(mesh.vertices)):
         raise ValueError("the design mesh is empty or has non-finite vertices; export the design again")
-    if not mesh.is_watertight:
-        raise ValueError(
-            "the design mesh is not watertight, so its outline at a pose is undefined; "
-            "load it with inspection.designs.load_mesh_mm, which repairs small holes, or fix it in CAD"
-        )
+    if not float(mesh.area) > 0:
+        raise ValueError("every face of the design mesh has zero area, so it has no surface; export the design again")
     return mesh
 
 
@@ -117,13 +120,20 @@ def design_model(mesh: trimesh.Trimesh, cache_dir: Path | str | None = None) -> 
 
 def _compute(mesh: trimesh.Trimesh, sha1: str) -> DesignModel:
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    faces = np.asarray(mesh.faces, dtype=np.int64)
-    edges = np.asarray(mesh.face_adjacency_edges, dtype=np.int64)
-    edge_faces = np.asarray(mesh.face_adjacency, dtype=np.int64)
     coarse_v, coarse_f = _decimate(mesh, COARSE_FACES)
+    if is_closed_solid(mesh):
+        faces = np.asarray(mesh.faces, dtype=np.int64)
+        edges = np.asarray(mesh.face_adjacency_edges, dtype=np.int64)
+        edge_faces = np.asarray(mesh.face_adjacency, dtype=np.int64)
+        normals = corner_normals(mesh)
+    else:
+        faces = two_sided(mesh.faces)
+        edges, edge_faces = _two_sided_adjacency(np.asarray(mesh.faces, dtype=np.int64))
+        coarse_f = two_sided(coarse_f)
+        # A face and its other side point opposite ways, so the crease rule never smooths one into the other.
+        normals = corner_normals(trimesh.Trimesh(vertices, faces, process=False))
     poses, probs = _distinct_rest_poses(mesh)
     every, _ = stable_poses(mesh)
-    normals = corner_normals(mesh)
     box = mesh.bounding_box_oriented.primitive
     return DesignModel(
         sha1,
@@ -141,6 +151,46 @@ def _compute(mesh: trimesh.Trimesh, sha1: str) -> DesignModel:
         np.asarray(box.transform, dtype=np.float64),
         np.asarray(box.extents, dtype=np.float64),
     )
+
+
+def two_sided(faces: np.ndarray) -> np.ndarray:
+    """(2F, 3) the faces, then each wound the other way: face f's other side is face f + F.
+
+    The silhouette is the union of the faces turned to the camera; with both sides of every face
+    present that is every face, so an open surface's outline is its projection, holes and all.
+    """
+    faces = np.asarray(faces, dtype=np.int64)
+    return np.vstack([faces, faces[:, ::-1]])
+
+
+def _two_sided_adjacency(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(E, 2) edges and (E, 2) pairs of faces of `two_sided(faces)` whose change of facing makes the edge part of
+    an outline (geometry.silhouette.silhouette_edge_points).
+
+    An edge of two faces wound alike joins them; of two wound against each other, one face and the other's
+    other side. An edge of one face (a hole's rim) or of more than two (bodies touching) can be on the
+    outline at any pose, so it is paired with its face's other side, whose facing is always the opposite:
+    which of these lie on the outer outline the caller decides against the drawn silhouette.
+    """
+    count = len(faces)
+    directed = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+    owner = np.repeat(np.arange(count), 3)
+    _, group, sizes = np.unique(np.sort(directed, axis=1), axis=0, return_inverse=True, return_counts=True)
+    group = group.ravel()
+    order = np.argsort(group, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    first = order[starts]
+    pairs = sizes == 2
+    second = order[starts[pairs] + 1]
+    manifold = first[pairs]
+    wound_apart = directed[manifold, 0] == directed[second, 1]
+    other = np.where(wound_apart, owner[second], owner[second] + count)
+    rim = first[~pairs]
+    edges = np.vstack([directed[manifold], directed[rim]])
+    edge_faces = np.vstack(
+        [np.column_stack([owner[manifold], other]), np.column_stack([owner[rim], owner[rim] + count])]
+    )
+    return edges.astype(np.int64), edge_faces.astype(np.int64)
 
 
 def _decimate(mesh: trimesh.Trimesh, target: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,9 @@
 A design's id (``design_material``) is the SHA-1 of its mesh file's bytes plus process, material
 and colour, so it changes exactly when the geometry file does; it is computed, never typed in.
 Meshes are checked and converted to millimetres here, once, so every later step (rendering,
-alignment, metrics) can trust a closed, outward-facing mesh in the station's unit.
+alignment, metrics) can trust a mesh in the station's unit: repaired into a closed solid where that is
+safe, otherwise kept as the open surface a slicer would have printed (inspection.mesh_repair), with a
+record of which it is.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from amflow_edge.inspection.mesh_repair import MeshProcessing, UnusableMeshError, prepare_mesh
+
 if TYPE_CHECKING:
     import trimesh
 
@@ -37,6 +41,8 @@ MAX_EXTENT_MM = 1000.0
 _TYPICAL_PART_MM = 50.0
 
 _BASIC_FORMATS: dict[str, str] = {".stl": "stl", ".obj": "obj", ".ply": "ply"}
+PROCESSING_KEY = "amflow_mesh_processing"
+"""Key of a loaded mesh's `metadata` holding its MeshProcessing (as a dict): it travels with the mesh's copies."""
 
 
 @lru_cache(maxsize=1)
@@ -171,7 +177,10 @@ def _file_type(path: Path) -> str:
 
 
 def load_mesh_mm(path: Path | str, units: Units) -> trimesh.Trimesh:
-    """Load a design mesh as one closed, outward-facing solid in millimetres, or say why it cannot be."""
+    """Load a design mesh in millimetres, repaired where safe, or say why it cannot be used at all.
+
+    The mesh may be an open surface when no repair could close it (see `load_design_mesh` for the record).
+    """
     path = Path(path)
     if units not in MM_PER_UNIT:
         raise MeshError(path, f"unknown units {units!r}", f"use one of {', '.join(MM_PER_UNIT)}")
@@ -179,14 +188,41 @@ def load_mesh_mm(path: Path | str, units: Units) -> trimesh.Trimesh:
     return _mesh_from_bytes(_read_mesh_bytes(path), path, file_type, units)
 
 
+def load_design_mesh(path: Path | str, units: Units) -> tuple[trimesh.Trimesh, MeshProcessing]:
+    """`load_mesh_mm` and its processing report: whether the mesh was closed, what was repaired, or that it is
+    used as an open surface, for the design's record."""
+    path = Path(path)
+    if units not in MM_PER_UNIT:
+        raise MeshError(path, f"unknown units {units!r}", f"use one of {', '.join(MM_PER_UNIT)}")
+    return _processed_from_bytes(_read_mesh_bytes(path), path, _file_type(path), units)
+
+
+def mesh_processing(mesh: trimesh.Trimesh) -> MeshProcessing | None:
+    """The processing report of a mesh loaded here (kept in its metadata, so copies keep it); None for others."""
+    recorded = mesh.metadata.get(PROCESSING_KEY)
+    return MeshProcessing.model_validate(recorded) if isinstance(recorded, dict) else None
+
+
 def _mesh_from_bytes(data: bytes, path: Path, file_type: str, units: str) -> trimesh.Trimesh:
-    mesh = _parse(data, path, file_type)
-    mesh.apply_scale(MM_PER_UNIT[units])  # first, so trimesh's absolute merge tolerances act in mm
-    repairs = _clean_and_repair(mesh, path)
-    if repairs:
-        log.warning("%s: repaired mesh: %s", path, "; ".join(repairs))
+    return _processed_from_bytes(data, path, file_type, units)[0]
+
+
+def _processed_from_bytes(
+    data: bytes, path: Path, file_type: str, units: str
+) -> tuple[trimesh.Trimesh, MeshProcessing]:
+    raw = _parse(data, path, file_type)
+    raw.apply_scale(MM_PER_UNIT[units])  # first, so trimesh's absolute merge tolerances act in mm
+    try:
+        mesh, processing = prepare_mesh(raw)
+    except UnusableMeshError as exc:
+        raise MeshError(path, exc.problem, exc.fix) from None
+    if processing.used_as_is:
+        log.warning("%s: mesh used as an open surface: %s", path, processing.summary())
+    elif processing.repairs:
+        log.warning("%s: repaired mesh: %s", path, "; ".join(processing.repairs))
     _check_size(mesh, path, units)
-    return mesh
+    mesh.metadata[PROCESSING_KEY] = processing.model_dump()
+    return mesh, processing
 
 
 def _parse(data: bytes, path: Path, file_type: str) -> trimesh.Trimesh:
@@ -197,10 +233,16 @@ def _parse(data: bytes, path: Path, file_type: str) -> trimesh.Trimesh:
     if not data:
         raise MeshError(path, "file is empty (0 bytes)", f"{export_again}; the copy was probably interrupted")
     try:
-        scene = trimesh.load_scene(io.BytesIO(data), file_type=file_type)
+        # Unprocessed, because processing silently drops the triangles of NaN vertices: a corrupt file
+        # would become a part with faces missing.
+        scene = trimesh.load_scene(io.BytesIO(data), file_type=file_type, process=False)
     except Exception as exc:  # noqa: BLE001 - trimesh's parsers raise anything from ValueError to IndexError on bad files
         raise MeshError(path, f"cannot be parsed as {kind} ({type(exc).__name__}: {exc})", export_again) from None
     geometries = list(scene.geometry.values())
+    _check_finite(geometries, path, export_again)
+    for geometry in geometries:
+        if isinstance(geometry, trimesh.Trimesh):
+            geometry.process()  # what loading with process=True does: merge vertices
     meshes = [g for g in geometries if isinstance(g, trimesh.Trimesh) and len(g.faces) > 0]
     if not meshes:
         if geometries:
@@ -214,55 +256,20 @@ def _parse(data: bytes, path: Path, file_type: str) -> trimesh.Trimesh:
     return mesh
 
 
-def _clean_and_repair(mesh: trimesh.Trimesh, path: Path) -> list[str]:
+def _check_finite(geometries: list[Any], path: Path, export_again: str) -> None:
     import trimesh
 
-    repairs: list[str] = []
-    mesh.merge_vertices()
-    faces_before = len(mesh.faces)
-    keep = mesh.nondegenerate_faces() & mesh.unique_faces()
-    if not keep.all():
-        mesh.update_faces(keep)
-        mesh.remove_unreferenced_vertices()
-        repairs.append(f"removed {faces_before - len(mesh.faces)} degenerate or duplicate faces")
-    if len(mesh.faces) == 0:
-        raise MeshError(path, "every face is degenerate (zero area), so the mesh is empty", "export the design again")
-
-    if not mesh.is_watertight:
-        trimesh.repair.fill_holes(mesh)
-        mesh.merge_vertices()
-        trimesh.repair.fix_normals(mesh, multibody=True)
-        if not mesh.is_watertight:
-            open_edges, overused_edges = _bad_edge_counts(mesh)
-            fixes = []
-            if open_edges:
-                fixes.append("close the holes")
-            if overused_edges:
-                fixes.append("separate bodies that touch only along an edge and remove internal faces")
+    for geometry in geometries:
+        if not isinstance(geometry, trimesh.Trimesh) or len(geometry.faces) == 0:
+            continue
+        finite = np.asarray(np.isfinite(np.asarray(geometry.vertices)).all(axis=1), dtype=bool)
+        broken = int((~finite[geometry.faces]).any(axis=1).sum())
+        if broken:
             raise MeshError(
                 path,
-                f"mesh is not watertight ({open_edges} open edges, "
-                f"{overused_edges} edges shared by more than two faces) "
-                "and automatic repair (merge vertices, fill small holes, fix normals) could not close it",
-                f"{' and '.join(fixes)} in CAD or a mesh repair tool, then export a closed solid",
+                f"{broken} of {len(geometry.faces)} triangles have NaN or infinite vertex coordinates",
+                f"{export_again}; the file is corrupt",
             )
-        repairs.append("closed holes")
-
-    if not mesh.is_winding_consistent or mesh.volume < 0:
-        trimesh.repair.fix_normals(mesh, multibody=True)
-        repairs.append("fixed inverted or inconsistent normals")
-    if not mesh.is_winding_consistent or not mesh.volume > 0:
-        raise MeshError(
-            path,
-            "face orientation cannot be made consistent (the surface is self-intersecting or one-sided)",
-            "repair the mesh in CAD or a mesh repair tool and export a closed solid",
-        )
-    return repairs
-
-
-def _bad_edge_counts(mesh: trimesh.Trimesh) -> tuple[int, int]:
-    _, counts = np.unique(mesh.edges_sorted, axis=0, return_counts=True)
-    return int((counts == 1).sum()), int((counts > 2).sum())
 
 
 def _check_size(mesh: trimesh.Trimesh, path: Path, units: str) -> None:
@@ -317,6 +324,13 @@ class Design:
                     cached = self._load()
                     self._cache["mesh"] = cached
         return cached.copy()
+
+    def processing(self) -> MeshProcessing:
+        """What loading did to the design's mesh (closed as read, repaired, or used as an open surface)."""
+        processing = mesh_processing(self.mesh())
+        if processing is None:  # every mesh _load returns carries one; a bug if not
+            raise RuntimeError(f"{self.path}: loaded mesh has no processing record")
+        return processing
 
     def _load(self) -> trimesh.Trimesh:
         data = _read_mesh_bytes(self.path)

@@ -63,9 +63,15 @@ def _compute_stable_poses(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray
 
 
 def _has_solid_volume(mesh: trimesh.Trimesh) -> bool:
-    """compute_stable_poses needs a real centre of mass; with a NaN one it never returns."""
+    """compute_stable_poses needs a real centre of mass; with a NaN one it never returns, and an inconsistently
+    wound mesh's is wherever its cancelling faces put it."""
     try:
-        return bool(mesh.is_watertight and mesh.volume > 0 and np.all(np.isfinite(mesh.center_mass)))
+        return bool(
+            mesh.is_watertight
+            and mesh.is_winding_consistent
+            and mesh.volume > 0
+            and np.all(np.isfinite(mesh.center_mass))
+        )
     except Exception:  # noqa: BLE001 - property evaluation fails on broken meshes
         return False
 
@@ -74,7 +80,9 @@ def _hull_face_poses(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
     """Fallback for meshes trimesh cannot handle (open, self-intersecting): rest on convex-hull facets.
 
     A facet is stable when the centre of mass projects inside it; its likelihood is taken as
-    proportional to its area, a crude but monotone stand-in for the basin of attraction.
+    proportional to its area, a crude but monotone stand-in for the basin of attraction. An open
+    surface encloses no mass, so its convex hull's centre of mass stands in: unlike the mean of the
+    vertices, it does not move towards wherever the CAD export put its finest tessellation.
     """
     try:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -82,7 +90,7 @@ def _hull_face_poses(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
             hull_ok = _has_solid_volume(hull)
         if not hull_ok:
             raise ValueError("flat part: its convex hull has no volume")
-        centre = np.asarray(mesh.center_mass if _has_solid_volume(mesh) else mesh.centroid)
+        centre = np.asarray(mesh.center_mass if _has_solid_volume(mesh) else hull.center_mass)
         in_facets = {f for facet in hull.facets for f in facet}
         facets = list(hull.facets) + [[f] for f in range(len(hull.faces)) if f not in in_facets]
     except Exception:  # noqa: BLE001 - degenerate (flat) parts have no hull
