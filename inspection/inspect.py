@@ -109,15 +109,23 @@ def inspect_scan(
     cache_dir: Path | str | None = None,
     out_dir: Path | str | None = None,
     scan: uuid.UUID | None = None,
+    views: Sequence[View] | None = None,
+    alignment: Alignment | None = None,
 ) -> InspectionReport:
-    """Align the design to the scan, measure, judge with `profile`; write report and overlays into out_dir if given."""
+    """Align the design to the scan, measure, judge with `profile`; write report and overlays into out_dir if given.
+
+    `views` (the segmented cameras, in `cameras` order) and `alignment` (the design's fit to them) are what an
+    identification already made (inspection.identification): given, the scan is neither segmented nor aligned
+    again, which would cost a second and could find another pose than the one the design was chosen by.
+    """
     watch = _Stopwatch()
     with watch.stage("design"):
         _check_inputs(images, references, cameras)
         model = _design(mesh_mm, cache_dir, design_material)
-    with watch.stage("segment"):
-        views = _segment(images, references, cameras)
-    found = _fit_and_measure(model, views, images, watch)
+    if views is None:
+        with watch.stage("segment"):
+            views = _segment(images, references, cameras)
+    found = _fit_and_measure(model, views, images, watch, alignment)
     report = _report(found, profile, design_material, scan)
     if out_dir is not None:
         with watch.stage("overlays"):
@@ -177,11 +185,15 @@ def _segment(
 
 
 def _fit_and_measure(
-    model: DesignModel, views: Sequence[View], images: Mapping[str, np.ndarray], watch: _Stopwatch
+    model: DesignModel,
+    views: Sequence[View],
+    images: Mapping[str, np.ndarray],
+    watch: _Stopwatch,
+    given: Alignment | None = None,
 ) -> _Found:
     with watch.stage("align"):
         try:
-            alignment = align(model, views)
+            alignment = align(model, views) if given is None else given
         except AlignmentError as exc:
             return _Found(None, None, {}, [f"no part could be aligned: {exc}"])
     # Without look-alikes to choose from, the model masks are timed with the metrics.

@@ -29,7 +29,7 @@ import trimesh
 from amflow_edge.drivers.simulator.sensor import expose, optical_blur, sensor_gain
 from amflow_edge.drivers.simulator.tray_texture import TrayTexture
 from amflow_edge.inspection.geometry.camera import CameraCalibration
-from amflow_edge.inspection.geometry.lighting import Lighting, ShadowGrid, shadow_factor
+from amflow_edge.inspection.geometry.lighting import PART_ALBEDO, Lighting, ShadowGrid, shadow_factor
 from amflow_edge.inspection.geometry.raycast import (
     MeshData,
     PlacedPart,
@@ -63,6 +63,7 @@ class _View:
 class _Part:
     placed: PlacedPart
     shadow: ShadowGrid
+    albedo: float = PART_ALBEDO
 
 
 @dataclass(frozen=True)
@@ -115,15 +116,21 @@ class Renderer:
     def close(self) -> None:
         self._pool.shutdown(wait=False)
 
-    def render(self, mesh: trimesh.Trimesh | None, pose: np.ndarray | None, seed: int) -> dict[str, np.ndarray]:
+    def render(
+        self, mesh: trimesh.Trimesh | None, pose: np.ndarray | None, seed: int, albedo: float = PART_ALBEDO
+    ) -> dict[str, np.ndarray]:
         """One Mono8 image per camera of the part at `pose` (part→tray 4×4), or of the empty tray for mesh=None.
 
         The same seed gives bit-identical images; the seed only drives the sensor noise, so an
-        empty-tray and a part image with the same seed are identical away from the part.
+        empty-tray and a part image with the same seed are identical away from the part. `albedo` is the
+        part material's diffuse reflectance (drivers.simulator.materials maps a design_material's colour to it).
         """
+        if not 0.0 < albedo <= 1.0:
+            raise ValueError(f"render: albedo must be in (0, 1], got {albedo}")
         part = None
         if mesh is not None:
-            part = self._prepare_part(mesh, np.eye(4) if pose is None else np.asarray(pose, dtype=np.float64))
+            pose = np.eye(4) if pose is None else np.asarray(pose, dtype=np.float64)
+            part = self._prepare_part(mesh, pose, albedo)
         images = self._pool.map(lambda view: self._render_view(view, part, seed), self._views)
         return {view.calib.name: image for view, image in zip(self._views, images, strict=True)}
 
@@ -157,9 +164,9 @@ class Renderer:
         self._mesh_cache[id(mesh)] = (weakref.ref(mesh), data)
         return data
 
-    def _prepare_part(self, mesh: trimesh.Trimesh, pose: np.ndarray) -> _Part:
+    def _prepare_part(self, mesh: trimesh.Trimesh, pose: np.ndarray, albedo: float = PART_ALBEDO) -> _Part:
         placed = place_part(mesh, self._mesh_data(mesh), pose)
-        return _Part(placed, self._lighting.shadow_grid(placed.scene, placed.support_world))
+        return _Part(placed, self._lighting.shadow_grid(placed.scene, placed.support_world), albedo)
 
     def _render_view(self, view: _View, part: _Part | None, seed: int) -> np.ndarray:
         dn = view.empty_dn
@@ -228,7 +235,12 @@ class Renderer:
         if np.any(hit):
             flat = hit.reshape(-1)
             shaded, normals_hit = self._lighting.shade(
-                part.placed, view.centre, view.index, trace_rays[hit], {k: v[flat] for k, v in hits.items()}
+                part.placed,
+                view.centre,
+                view.index,
+                trace_rays[hit],
+                {k: v[flat] for k, v in hits.items()},
+                part.albedo,
             )
             tray = window.copy()
             window[hit] = shaded
@@ -236,7 +248,9 @@ class Renderer:
             normals[hit] = normals_hit
             edges = edge_pixels(hit, t_hit, normals, EDGE_DEPTH_PX / float(view.calib.K[0, 0]))
             if np.any(edges):
-                window[edges] = self._supersample(view, part.placed, edges, (trace.x0, trace.y0), tray[edges])
+                window[edges] = self._supersample(
+                    view, part.placed, edges, (trace.x0, trace.y0), tray[edges], part.albedo
+                )
 
         blurred = optical_blur(image)
         ix0 = REGION_PAD_PX if x0 > 0 else 0
@@ -248,7 +262,13 @@ class Renderer:
         )
 
     def _supersample(
-        self, view: _View, part: PlacedPart, edges: np.ndarray, offset: tuple[int, int], tray: np.ndarray
+        self,
+        view: _View,
+        part: PlacedPart,
+        edges: np.ndarray,
+        offset: tuple[int, int],
+        tray: np.ndarray,
+        albedo: float = PART_ALBEDO,
     ) -> np.ndarray:
         """Re-trace only discontinuity pixels with AA_GRID² sub-rays, so silhouettes get fractional coverage."""
         ys, xs = np.nonzero(edges)
@@ -262,6 +282,6 @@ class Renderer:
         values = np.repeat(tray, AA_GRID * AA_GRID).astype(np.float32)
         if np.any(hit):
             values[hit] = self._lighting.shade(
-                part, view.centre, view.index, directions[hit], {k: v[hit] for k, v in hits.items()}
+                part, view.centre, view.index, directions[hit], {k: v[hit] for k, v in hits.items()}, albedo
             )[0]
         return values.reshape(-1, AA_GRID * AA_GRID).mean(axis=1)

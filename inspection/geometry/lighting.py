@@ -115,9 +115,18 @@ class Lighting:
         return ShadowGrid(factor, low.astype(np.float32), cell)
 
     def shade(
-        self, part: PlacedPart, eye: np.ndarray, camera_index: int, directions: np.ndarray, hits: dict[str, np.ndarray]
+        self,
+        part: PlacedPart,
+        eye: np.ndarray,
+        camera_index: int,
+        directions: np.ndarray,
+        hits: dict[str, np.ndarray],
+        albedo: float = PART_ALBEDO,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Brightness of part surface points: Lambert and a little Blinn-Phong under the ring lights and the dome.
+
+        `albedo` is the material's diffuse reflectance (a black part 0.08, a white one 0.8), so that one geometry
+        can be shown in materials identification must tell apart by their look.
 
         The viewing camera's own ring light sits on its lens and so casts no shadow it could see.
         Works on coordinate rows (3, N) rather than (N, 3) points: contiguous rows are what numpy is fast at.
@@ -159,7 +168,7 @@ class Lighting:
             specular += glint * vis
 
         grain = 1.0 + PART_GRAIN_FINE * _cell_noise(local, 0.06) + PART_GRAIN_COARSE * _cell_noise(local, 0.2, salt=7)
-        brightness = PART_ALBEDO * grain * diffuse + PART_SPECULAR * specular
+        brightness = np.float32(albedo) * grain * diffuse + PART_SPECULAR * specular
         return brightness.astype(np.float32), np.ascontiguousarray(n.T, dtype=np.float32)
 
     def expected_irradiance(

@@ -1,0 +1,199 @@
+"""Identification among a batch's designs: real Voron 2 meshes, the photographic renderer, the demo rig.
+
+What matters most is what never happens: a part assigned to the wrong design (its mirror image, a part not in
+the batch, an empty tray, two parts at once). Naming the right design, or leaving a look-alike to the operator,
+comes second.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+from amflow_edge.drivers.simulator.materials import albedo_for
+from amflow_edge.inspection.designs import load_mesh_mm
+from amflow_edge.inspection.geometry.placement import place_on_tray
+from amflow_edge.inspection.identification.appearance import measure
+from amflow_edge.inspection.identification.descriptors import file_sha1
+from amflow_edge.inspection.identification.models import CandidateDesign, Identification, MaterialLook
+from amflow_edge.inspection.identification.pipeline import (
+    _segment,
+    identify_and_inspect,
+    identify_scan,
+    prepare_design,
+)
+from amflow_edge.inspection.profiles import load_profile
+from tests.inspection_scenes import REPO, renderer, rig
+
+VORON = REPO.parent / "shared" / "meshes" / "voron2"
+
+pytestmark = pytest.mark.skipif(not VORON.is_dir(), reason=f"the Voron 2 design corpus is not at {VORON}")
+
+MIXED = [
+    "Tools__MGN9_rail_guide_x2",
+    "Z_Drive__z_motor_mount_a_x2",
+    "Z_Drive__z_motor_mount_b_x2",
+    "Gantry__AB_Drive_Units__a_drive_frame_upper",
+    "Superceded_Parts__Frame_Brackets__raspberry_pi_bracket",
+    "Skirts__power_inlet_filtered",
+    "Panel_Mounting__deck_support_3mm_x8",
+]
+MIRRORS = ["Z_Drive__z_motor_mount_a_x2", "Z_Drive__z_motor_mount_b_x2"]
+TENSIONERS = ["Gantry__Front_Idlers__[a]_tensioner_left", "Gantry__Front_Idlers__[a]_tensioner_right"]
+OUTSIDER = "Spool_Management__spool_holder"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("design-cache")
+
+
+@cache
+def mesh(name: str) -> trimesh.Trimesh:
+    return load_mesh_mm(VORON / f"{name}.stl", "mm")
+
+
+def candidate(name: str, colour: str = "GREY", look: MaterialLook | None = None) -> CandidateDesign:
+    path = VORON / f"{name}.stl"
+    return CandidateDesign(
+        design_material=f"{file_sha1(path)}_SLS_PA12_{colour}", mesh_path=path, units="mm", look=look
+    )
+
+
+@cache
+def reference(seed: int = 990_001) -> dict[str, np.ndarray]:
+    return renderer().render(None, None, seed)
+
+
+@cache
+def scene(name: str, seed: int, colour: str = "GREY") -> dict[str, np.ndarray]:
+    pose = place_on_tray(mesh(name), np.random.default_rng(seed))
+    return renderer().render(mesh(name), pose, seed, albedo=albedo_for(f"x_SLS_PA12_{colour}"))
+
+
+def identify(images: dict[str, np.ndarray], candidates: list[CandidateDesign], cache_dir: Path) -> Identification:
+    return identify_scan(images, reference(), rig(), candidates, cache_dir)
+
+
+@pytest.mark.parametrize(
+    ("name", "seed"),
+    [
+        ("Tools__MGN9_rail_guide_x2", 11),
+        ("Gantry__AB_Drive_Units__a_drive_frame_upper", 12),
+        ("Skirts__power_inlet_filtered", 13),
+    ],
+)
+def test_each_part_of_a_mixed_batch_is_named(name: str, seed: int, cache_dir: Path) -> None:
+    batch = [candidate(n) for n in MIXED]
+    found = identify(scene(name, seed), batch, cache_dir)
+    assert found.outcome == "identified", found.reason
+    assert found.design_material == candidate(name).design_material, found.reason
+    assert found.candidates[0].design_material == found.design_material
+    assert found.pose is not None and found.appearance is not None
+
+
+@pytest.mark.parametrize(("pair", "seed"), [(MIRRORS, 21), (TENSIONERS, 22)])
+def test_mirror_images_are_told_apart_or_left_to_the_operator_never_swapped(
+    pair: list[str], seed: int, cache_dir: Path
+) -> None:
+    batch = [candidate(n) for n in pair]
+    for name in pair:
+        found = identify(scene(name, seed), batch, cache_dir)
+        assert found.outcome in ("identified", "ambiguous"), found.reason
+        if found.outcome == "identified":
+            assert found.design_material == candidate(name).design_material, found.reason
+        else:
+            assert found.design_material is None
+            other = candidate(pair[1 - pair.index(name)]).design_material
+            assert other in found.reason
+
+
+def test_the_z_motor_mounts_mirror_images_are_told_apart(cache_dir: Path) -> None:
+    """Mirror images whose outlines differ (not all do: the idler tensioners are the same shape turned)."""
+    batch = [candidate(n) for n in MIRRORS]
+    found = identify(scene(MIRRORS[1], 21), batch, cache_dir)
+    assert found.outcome == "identified", found.reason
+    assert found.design_material == candidate(MIRRORS[1]).design_material
+
+
+def test_a_part_not_in_the_batch_is_not_assigned(cache_dir: Path) -> None:
+    found = identify(scene(OUTSIDER, 31), [candidate(n) for n in MIXED], cache_dir)
+    assert found.outcome == "not_in_batch", found.reason
+    assert found.design_material is None
+
+
+def test_an_empty_tray_is_not_assigned(cache_dir: Path) -> None:
+    found = identify(renderer().render(None, None, 32), [candidate(n) for n in MIXED], cache_dir)
+    assert found.outcome == "empty_tray", found.reason
+    assert found.design_material is None and found.pose is None
+
+
+def test_two_parts_on_the_tray_are_not_assigned(cache_dir: Path) -> None:
+    first, second = mesh(MIXED[0]).copy(), mesh(MIXED[3]).copy()
+    first.apply_transform(place_on_tray(first, np.random.default_rng(41), tray_size_mm=(120.0, 200.0)))
+    moved = place_on_tray(second, np.random.default_rng(42), tray_size_mm=(100.0, 200.0))
+    moved[0, 3] += 100.0
+    second.apply_transform(moved)
+    both = trimesh.util.concatenate([first, second])
+    assert isinstance(both, trimesh.Trimesh)
+    images = renderer().render(both, np.eye(4), 43)
+    found = identify(images, [candidate(n) for n in MIXED], cache_dir)
+    assert found.outcome == "several_parts", found.reason
+    assert found.design_material is None
+
+
+def _look(name: str, colour: str, seed: int) -> MaterialLook:
+    """The colour's look as a station learns it: measured on a confirmed scan (here one, with a 5 % spread)."""
+    images = scene(name, seed, colour)
+    value = measure(_segment(images, reference(), rig()), images, reference())
+    assert value is not None
+    return MaterialLook(mean=value, spread=0.05 * value, samples=1)
+
+
+def test_one_geometry_in_two_materials_is_told_apart_by_its_look(cache_dir: Path) -> None:
+    name = "Superceded_Parts__Frame_Brackets__raspberry_pi_bracket"
+    grey, white = _look(MIXED[0], "GREY", 51), _look(MIXED[0], "WHITE", 52)
+    batch = [candidate(name, "GREY", grey), candidate(name, "WHITE", white), candidate(MIXED[1])]
+    for colour in ("WHITE", "GREY"):
+        found = identify(scene(name, 53, colour), batch, cache_dir)
+        assert found.outcome == "identified", found.reason
+        assert found.design_material == candidate(name, colour).design_material, found.reason
+
+
+def test_one_geometry_in_two_materials_without_known_looks_is_left_to_the_operator(cache_dir: Path) -> None:
+    name = "Superceded_Parts__Frame_Brackets__raspberry_pi_bracket"
+    batch = [candidate(name, "GREY"), candidate(name, "WHITE")]
+    found = identify(scene(name, 53, "WHITE"), batch, cache_dir)
+    assert found.outcome == "material_ambiguous", found.reason
+    assert found.design_material is None
+    assert found.appearance is not None and found.pose is not None
+    assert all(c.design_material in found.reason for c in batch)
+
+
+def test_identify_and_inspect_aligns_once_and_inspects_at_the_identified_pose(cache_dir: Path, tmp_path: Path) -> None:
+    name = "Z_Drive__z_motor_mount_a_x2"
+    for n in MIXED:
+        prepare_design(VORON / f"{n}.stl", "mm", cache_dir)
+    found, report = identify_and_inspect(
+        scene(name, 61),
+        reference(),
+        rig(),
+        [candidate(n) for n in MIXED],
+        load_profile("default"),
+        cache_dir,
+        tmp_path,
+        None,
+    )
+    assert found.outcome == "identified", found.reason
+    assert report is not None
+    assert report.design_material == found.design_material
+    assert report.pose == found.pose
+    assert "segment" not in report.timings_s
+    assert report.timings_s["align"] < 0.01
+    written = json.loads((tmp_path / "identification.json").read_text())
+    assert written["design_material"] == found.design_material
