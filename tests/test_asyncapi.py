@@ -227,7 +227,15 @@ def test_every_command_has_request_response_and_a_receive_operation_with_reply(d
 def test_events_are_the_published_ones_with_event_id(doc: JsonObject) -> None:
     assert set(PUBLISHED_EVENTS) <= set(get_args(EventName))
     events = {name.removeprefix("event.") for name in doc["channels"] if name.startswith("event.")}
-    assert events == {"scan.capture", "scan.quality_control"}, "scan.assign is not published yet"
+    assert events == set(get_args(EventName)), "every AM-Vision 3.7 scan event the station publishes is documented"
+    assert events == {
+        "scan.capture",
+        "scan.quality_control",
+        "scan.assign",
+        "scan.reassign",
+        "scan.unassign",
+        "scan.reject",
+    }
     for event in events:
         message = resolve(doc, doc["channels"][f"event.{event}"]["messages"]["message"]["$ref"])
         assert "event_id" in message["description"]

@@ -144,7 +144,8 @@ def test_unknown_command_is_refused(station: Station, subscriber: Subscriber) ->
         "scan": None,
         "scan_session": None,
         "data": None,
-        "error": "unknown command 'selfdestruct'; known commands: capture, qc, reevaluate, session",
+        "error": "unknown command 'selfdestruct'; known commands: "
+        "assign, capture, qc, reassign, reevaluate, reject, session, unassign",
     }
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from amflow_edge.common.config_file import ConfigPath
+from amflow_edge.config.identification import IdentificationSettings
 from amflow_edge.config.qc import QcSettings
 from amflow_edge.config.secrets import read_credential
 from amflow_edge.config.service import BackupSettings, DiskSettings, WatchdogSettings
@@ -68,6 +69,11 @@ class DesignsSettings(BaseModel):
         default=None,
         description="Folder of the mesh files a session request may name (the MES drops them here); "
         "default the library's folder. Requests cannot reach files outside it.",
+    )
+    cache_dir: ConfigPath | None = Field(
+        default=None,
+        description="Where processed designs are kept, by mesh hash (stable poses, footprints, alignment models); "
+        "default <state_dir>/design_cache. Stations or test runs may share one: entries are written atomically.",
     )
 
 
@@ -218,6 +224,26 @@ class SessionSettings(BaseModel):
         return self
 
 
+class AssignmentSettings(BaseModel):
+    """Assigning scans to the batch's parts: what the operator's button and manual requests may do."""
+
+    model_config = _STRICT
+
+    button_confirms_identification: bool = Field(
+        default=False,
+        description="A press of the operator's approve button on the scan on the tray, while the station could not "
+        "tell between designs (identification ambiguous or material_ambiguous), confirms the best candidate: the "
+        "scan is assigned (manual) to that design's part. A reject press then does nothing; the part is chosen on "
+        "the screen or by request. Off: presses only approve or reject quality, as before.",
+    )
+    manual_over_count: bool = Field(
+        default=False,
+        description="Let a manual assign or reassign (request, button) give a part more scans than its copies, as "
+        "AM-Vision lets operators; off, such a change is refused until one of the part's scans is moved. The "
+        "station itself never over-counts: a scan beyond the copies waits for review.",
+    )
+
+
 class StationConfig(BaseSettings):
     """The whole station. Built by `load_config`, which also makes relative paths relative to the file."""
 
@@ -237,9 +263,15 @@ class StationConfig(BaseSettings):
     inspection: InspectionSettings = Field(
         default_factory=InspectionSettings, description="Automated inspection of scans against their design."
     )
+    identification: IdentificationSettings = Field(
+        default_factory=IdentificationSettings, description="Recognising which of the batch's designs is on the tray."
+    )
     session: SessionSettings = Field(default_factory=SessionSettings, description="Scanning session defaults.")
     qc: QcSettings = Field(
         default_factory=QcSettings, description="Operator decisions: policy, reason catalogue, buttons and lamps."
+    )
+    assignment: AssignmentSettings = Field(
+        default_factory=AssignmentSettings, description="Assigning scans to the batch's parts: button and over-counts."
     )
     disk: DiskSettings = Field(default_factory=DiskSettings, description="Free-space guard and retention.")
     backup: BackupSettings = Field(default_factory=BackupSettings, description="Moving old scans to a backup disk.")

@@ -25,8 +25,30 @@ SchemaRefs = dict[tuple[Any, JsonSchemaMode], JsonObject]
 
 SCHEMA_REF = "#/components/schemas/{model}"
 MQTT_BINDING = "0.2.0"
-PUBLISHED_EVENTS: tuple[EventName, ...] = ("scan.capture", "scan.quality_control")
-"""scan.assign is an AM-Vision event the station does not publish yet; documenting it would promise silence."""
+PUBLISHED_EVENTS: tuple[EventName, ...] = (
+    "scan.capture",
+    "scan.quality_control",
+    "scan.assign",
+    "scan.reassign",
+    "scan.unassign",
+    "scan.reject",
+)
+"""Every AM-Vision 3.7 scan event; what each does to the scan is in station/assignments.py and the README."""
+
+EVENT_WHEN: dict[EventName, str] = {
+    "scan.capture": "Once per scan, when all of its images are durably stored.",
+    "scan.quality_control": "A change of quality control: machine inspection, operator decision, re-evaluation; "
+    "also a scan identified without an assignment (a design of no part, or one beyond every copy of its part: "
+    "then qc_needs_review is true).",
+    "scan.assign": "The scan was assigned to a part of the active batch: by the station's identification "
+    "(assignment.manual false) or by an operator (manual true). design_material and output are the part's.",
+    "scan.reassign": "An operator moved an assigned scan to another part; design_material and output follow the part.",
+    "scan.unassign": "The scan lost its assignment: assignment and design_material are null, output is the "
+    "session's, and inspection results against the old design are cleared.",
+    "scan.reject": "The scan is no part of this batch: assignment, design_material, output and inspection results "
+    "are cleared, qc_comment says why.",
+}
+"""When each event is sent; every one carries the whole scan after the change."""
 
 _SCAN = "6f1c0a2e-1d2b-11ef-9a4c-0242ac120002"
 _DESIGN = "3f786850e387550fdab836ed7e6dc881de23001b_MJF_PA12_GREY"
@@ -41,8 +63,27 @@ REQUEST_EXAMPLES: dict[str, list[JsonObject]] = {
             "designs": [{"design_material": _DESIGN, "mesh": "bracket.stl", "units": "mm"}],
             "output": {"id": 3},
         },
+        {
+            "action": "start",
+            "batch": {"id": "PRTS_SRC_102_DAT_20260309_VER_A", "title": "Brackets, March"},
+            "parts": [
+                {
+                    "part_id": "2471584",
+                    "part_title": "montageblok groot step",
+                    "design_material": _DESIGN,
+                    "copies": 4,
+                    "output": {"id": 2},
+                    "mesh": "bracket.stl",
+                }
+            ],
+            "output": {"id": 3},
+        },
         {"action": "end"},
     ],
+    "assign": [{"scan": _SCAN, "part_id": "2471584"}],
+    "reassign": [{"scan": _SCAN, "part_id": "2471585"}],
+    "unassign": [{"scan": _SCAN}],
+    "reject": [{"scan": _SCAN, "comment": "not of this batch: a part of batch 20260309_01B"}],
 }
 """Request bodies shown to integrators; a test validates each with its request model, so they are real."""
 
@@ -122,7 +163,10 @@ def _message(name: str, description: str, payload: JsonObject, **extra: Any) -> 
 def _event_message(event: EventName, envelope: JsonObject) -> JsonObject:
     """The Envelope schema narrowed to this channel's hook.event, so a consumer knows what arrives where."""
     pinned = {"properties": {"hook": {"properties": {"event": {"const": event}}}}}
-    text = f"AM-Vision 3.7 webhook payload of `{event}`: `hook` names the subscription and event, `data` is the scan."
+    text = (
+        f"AM-Vision 3.7 webhook payload of `{event}`: `hook` names the subscription and event, `data` is the scan. "
+        + EVENT_WHEN[event]
+    )
     user_properties = {"event_id": {"description": _EVENT_ID, "format": "uuid", "type": "string"}}
     return _message(
         event, f"{text} {_EVENT_ID}", {"allOf": [envelope, pinned]}, **{"x-mqtt-user-properties": user_properties}

@@ -174,6 +174,45 @@ class SessionRequest(RootModel[Annotated[SessionStart | SessionEnd, Field(discri
     """
 
 
+PartId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, description="A part_id of the active session.")]
+
+
+class AssignRequest(BaseModel):
+    """Body of <prefix>/<station>/request/assign: an operator's assignment of an unassigned (or rejected) scan."""
+
+    model_config = _REQUEST
+
+    scan: UUID = Field(description="UUID of a scan of the active session that has no assignment.")
+    part_id: PartId = Field(description="The part the scan is a copy of; must have copies left.")
+
+
+class ReassignRequest(BaseModel):
+    """Body of <prefix>/<station>/request/reassign: move an assigned scan to another part."""
+
+    model_config = _REQUEST
+
+    scan: UUID = Field(description="UUID of an assigned scan of the active session.")
+    part_id: PartId = Field(description="The part the scan is really a copy of; another than its current one.")
+
+
+class UnassignRequest(BaseModel):
+    """Body of <prefix>/<station>/request/unassign: the scan is of the batch, but of no part known yet."""
+
+    model_config = _REQUEST
+
+    scan: UUID = Field(description="UUID of an assigned scan of the active session.")
+
+
+class RejectRequest(BaseModel):
+    """Body of <prefix>/<station>/request/reject: the scan is no part of this batch (a foreign object, another
+    batch's part, a scan to take again)."""
+
+    model_config = _REQUEST
+
+    scan: UUID = Field(description="UUID of a scan of the active session.")
+    comment: str = Field(min_length=1, max_length=MAX_COMMENT_LENGTH, description="Why; becomes qc_comment.")
+
+
 class Response(BaseModel):
     """Body of <prefix>/<station>/response/<command> (and of the requester's MQTT v5 response topic)."""
 
@@ -192,4 +231,8 @@ COMMANDS: dict[str, type[BaseModel]] = {
     "qc": QcRequest,
     "reevaluate": ReevaluateRequest,
     "session": SessionRequest,
+    "assign": AssignRequest,
+    "reassign": ReassignRequest,
+    "unassign": UnassignRequest,
+    "reject": RejectRequest,
 }

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from amflow_edge.qc.reasons import REASON_ID
 
-EventName = Literal["scan.capture", "scan.quality_control", "scan.assign"]
+EventName = Literal[
+    "scan.capture", "scan.quality_control", "scan.assign", "scan.reassign", "scan.unassign", "scan.reject"
+]
 
 _TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}[+-]\d{2}:\d{2}$"
 _STRICT = ConfigDict(extra="forbid", strict=True)

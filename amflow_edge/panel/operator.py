@@ -3,6 +3,9 @@
 The operator judges the part on the tray, which is the latest scan; an older undecided
 scan is no longer in front of them, so a press never reaches it. Under the
 'failed_or_review' policy a press counts only once the machine has asked for a human.
+On a station where the button confirms identifications (assignment.button_confirms_identification),
+a scan the station could not tell between designs is first identified: approve confirms the best
+candidate (a manual assignment), and only a later press decides quality.
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from amflow_edge.messaging.payload import EventName, Scan
 from amflow_edge.panel.base import ButtonPress, Lamps, LampSignal
 from amflow_edge.qc.decisions import DecisionError, Decisions
+from amflow_edge.station.assignments import AssignmentError, Assignments
 from amflow_edge.storage.record import ScanRecord
 
 log = structlog.get_logger(__name__)
 
 Policy = Literal["every", "failed_or_review"]
+
+UNDECIDED_IDENTIFICATION = ("ambiguous", "material_ambiguous")
+"""Outcomes where the station found candidates but would not choose: a human's confirmation settles them."""
 
 
 class OperatorView(BaseModel):
@@ -58,6 +65,16 @@ def awaits_decision(scan: Scan, policy: Policy) -> bool:
     return policy == "every" or scan.qc_needs_review or scan.qc_machine is False
 
 
+def awaits_identification(record: ScanRecord) -> str | None:
+    """The design a confirming press would choose (the best candidate), when the scan waits for one."""
+    found = record.station.identification
+    if record.scan.assignment is not None or record.scan.design_material is not None:
+        return None  # settled since: confirmed, assigned, or named by the capture request
+    if found is None or found.outcome not in UNDECIDED_IDENTIFICATION:
+        return None
+    return found.candidates[0].design_material if found.candidates else None
+
+
 def _moment(stamp: str) -> datetime:
     """created carries the station's UTC offset, which changes with daylight saving: compare instants, not text."""
     return datetime.fromisoformat(stamp)
@@ -75,8 +92,10 @@ class OperatorPanel:
         policy: Policy,
         lockout_s: float,
         inspects: bool = False,
+        assignments: Assignments | None = None,
     ) -> None:
         self._decisions = decisions
+        self._assignments = assignments
         self._lamps = lamps
         self._policy = policy
         self._lockout_s = lockout_s
@@ -154,6 +173,11 @@ class OperatorPanel:
                     seconds_since_decision=round(since, 3),
                 )
                 return None
+            if self._assignments is not None and self._latest is not None:
+                record = self._assignments.record(self._latest.uuid)
+                design = awaits_identification(record) if record is not None else None
+                if design is not None and record is not None:
+                    return self._confirm(record, design, press)
             awaited = self.view().awaiting_decision
             if awaited is None:
                 log.info(
@@ -175,6 +199,28 @@ class OperatorPanel:
             except DecisionError as exc:
                 log.error("button press not applied", scan=awaited, error=str(exc))
                 return None
+
+    def _confirm(self, record: ScanRecord, design: str, press: ButtonPress) -> ScanRecord | None:
+        """Under the lock. The lockout starts here too, so a bounce of this press cannot also decide quality."""
+        assert self._assignments is not None
+        scan_uuid = record.scan.uuid
+        if press.action != "approve":
+            log.info(
+                "button press ignored: the scan awaits identification; approve confirms the best candidate, "
+                "another part is chosen on the screen or by request",
+                action=press.action,
+                button=press.source,
+                scan=scan_uuid,
+            )
+            return None
+        self._decided_at = time.monotonic()
+        try:
+            confirmed = self._assignments.confirm(scan_uuid, design)
+        except AssignmentError as exc:
+            log.error("button press not applied", scan=scan_uuid, design_material=design, error=str(exc))
+            return None
+        log.info("operator confirmed the identification", scan=scan_uuid, design_material=design, button=press.source)
+        return confirmed
 
     def _refresh(self) -> bool:
         """Under the lock: light the lamps for the current view; whether the view changed (the state is then due)."""

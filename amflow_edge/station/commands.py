@@ -16,16 +16,21 @@ import structlog
 from amflow_edge.inspection.designs import Design
 from amflow_edge.inspection.profiles import PROFILE_DIR, ProfileError, load_profile, profile_path
 from amflow_edge.messaging.command_models import (
+    AssignRequest,
     CaptureRequest,
     QcRequest,
+    ReassignRequest,
     ReevaluateRequest,
+    RejectRequest,
     Response,
     SessionEnd,
     SessionStart,
+    UnassignRequest,
 )
 from amflow_edge.messaging.commands import CommandRefusedError, Handler, Reply
 from amflow_edge.messaging.events import Events
 from amflow_edge.qc.decisions import DecisionError, Decisions
+from amflow_edge.station.assignments import AssignmentError, Assignments
 from amflow_edge.station.capture import CameraTask, CaptureLoop, CaptureResult, Trigger
 from amflow_edge.station.designs import BatchDesignError, DesignCatalogue
 from amflow_edge.station.inspection_jobs import InspectionJobs
@@ -43,6 +48,7 @@ class StationCommands:
     def __init__(
         self,
         *,
+        assignments: Assignments,
         loop: CaptureLoop,
         catalogue: DesignCatalogue,
         decisions: Decisions,
@@ -52,6 +58,7 @@ class StationCommands:
         sessions: SessionKeeper,
         switch_session: SwitchSession,
     ) -> None:
+        self.assignments = assignments
         self._loop = loop
         self._catalogue = catalogue
         self._decisions = decisions
@@ -62,7 +69,16 @@ class StationCommands:
         self._switch_session = switch_session
 
     def handlers(self) -> dict[str, Handler]:
-        return {"capture": self.capture, "qc": self.qc, "reevaluate": self.reevaluate, "session": self.session}
+        return {
+            "capture": self.capture,
+            "qc": self.qc,
+            "reevaluate": self.reevaluate,
+            "session": self.session,
+            "assign": self.assign,
+            "reassign": self.reassign,
+            "unassign": self.unassign,
+            "reject": self.reject,
+        }
 
     def capture(self, request: CaptureRequest, reply: Reply) -> None:
         if request.design_material is not None and request.design_material not in self._catalogue.current():
@@ -95,6 +111,26 @@ class StationCommands:
         except DecisionError as exc:
             raise CommandRefusedError(str(exc)) from None
         reply(Response(status="ok", command="qc", scan=record.scan.uuid, data=record.scan))
+
+    def assign(self, request: AssignRequest, reply: Reply) -> None:
+        self._assignment("assign", lambda: self.assignments.assign(str(request.scan), request.part_id), reply)
+
+    def reassign(self, request: ReassignRequest, reply: Reply) -> None:
+        self._assignment("reassign", lambda: self.assignments.reassign(str(request.scan), request.part_id), reply)
+
+    def unassign(self, request: UnassignRequest, reply: Reply) -> None:
+        self._assignment("unassign", lambda: self.assignments.unassign(str(request.scan)), reply)
+
+    def reject(self, request: RejectRequest, reply: Reply) -> None:
+        self._assignment("reject", lambda: self.assignments.reject(str(request.scan), request.comment), reply)
+
+    @staticmethod
+    def _assignment(command: str, change: Callable[[], ScanRecord], reply: Reply) -> None:
+        try:
+            record = change()
+        except AssignmentError as exc:
+            raise CommandRefusedError(str(exc)) from None
+        reply(Response(status="ok", command=command, scan=record.scan.uuid, data=record.scan))
 
     def reevaluate(self, request: ReevaluateRequest, reply: Reply) -> None:
         scan_uuid = str(request.scan)
@@ -132,7 +168,9 @@ class StationCommands:
         def prepare() -> None:
             """Meshes are read and checked here, off paho's thread and off the capture thread."""
             try:
-                designs = self._catalogue.resolve(request.designs) if isinstance(request, SessionStart) else []
+                designs = (
+                    self._catalogue.resolve(request.designs, request.parts) if isinstance(request, SessionStart) else []
+                )
             except BatchDesignError as exc:
                 reply(Response(status="error", command="session", error=str(exc)))
                 return
@@ -160,7 +198,12 @@ class StationCommands:
         try:
             self._refuse_out_of_place(request)
             if isinstance(request, SessionStart):
-                new = self._sessions.new(request.batch, request.designs, request.output)
+                # A part that names no output goes where the session's scans go.
+                parts = [
+                    p if p.output is not None else p.model_copy(update={"output": request.output})
+                    for p in request.parts
+                ]
+                new = self._sessions.new(request.batch, request.designs, request.output, parts=parts)
             else:
                 new = self._sessions.default()
             self._switch_session(new, designs)

@@ -3,6 +3,9 @@
 One file so that a scan's state change and the event announcing it commit in one
 transaction: after any crash they agree. WAL lets the relay read while the capture loop
 writes; synchronous=FULL makes a committed scan survive a power cut.
+Copies are counted per part from the scans themselves (station/assignments.py), so the
+assignment UUID and the session are indexed; scan_rejections keeps which scans an operator
+rejected from the batch, a state the 3.7 payload has no field for.
 Each thread gets its own connection (sqlite3 connections are not shared across threads).
 """
 
@@ -38,6 +41,13 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (seq) WHERE sent IS NULL;
 CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (sent) WHERE sent IS NOT NULL;
+CREATE INDEX IF NOT EXISTS scans_assignment ON scans (json_extract(record, '$.scan.assignment.assignment'));
+CREATE INDEX IF NOT EXISTS scans_session ON scans (json_extract(record, '$.scan.scan_session'));
+CREATE TABLE IF NOT EXISTS scan_rejections (
+    uuid    TEXT PRIMARY KEY REFERENCES scans (uuid),
+    at      TEXT NOT NULL,
+    comment TEXT NOT NULL
+);
 """
 
 
