@@ -23,8 +23,10 @@ from amflow_edge.drivers.base import CameraHealth, CameraSettings, DriverError, 
 from amflow_edge.drivers.mock_settings import MockDriverSettings
 from amflow_edge.drivers.simulator.defect_spec import Defect
 from amflow_edge.drivers.simulator.defects import DefectError, apply_defect, defect_rng, settle
+from amflow_edge.drivers.simulator.materials import albedo_for
 from amflow_edge.drivers.simulator.render import Renderer
 from amflow_edge.inspection.geometry.camera import CalibrationError, CameraCalibration, load_calibration
+from amflow_edge.inspection.geometry.lighting import PART_ALBEDO
 from amflow_edge.inspection.geometry.placement import PlacementError, place_on_tray
 
 if TYPE_CHECKING:
@@ -151,10 +153,12 @@ class MockDriver:
         return calib
 
     def _chosen_designs(self) -> list[str]:
+        """The configured designs, checked once; without any configured, each scene draws from the designs the
+        source has at that moment (the station's: the active session's batch), so a new batch is placed at once."""
         if self._settings.empty_tray:
             return []
-        wanted = list(self._settings.designs) or [d.design_material for d in self._designs.designs]
-        if not wanted:
+        wanted = list(self._settings.designs)
+        if not wanted and not self._designs.designs:
             raise DriverError("mock: the design library is empty; add designs or set mock.empty_tray = true")
         for design_material in wanted:
             try:
@@ -178,8 +182,11 @@ class MockDriver:
         design_material: str | None = None
         pose: np.ndarray | None = None
         mesh = None
-        if self._design_ids:
-            design_material = self._design_ids[int(rng.integers(len(self._design_ids)))]
+        choices = self._design_ids
+        if not choices and not self._settings.empty_tray:
+            choices = [d.design_material for d in self._designs.designs]
+        if choices:
+            design_material = choices[int(rng.integers(len(choices)))]
             try:
                 mesh = self._mesh(design_material)
                 pose = place_on_tray(mesh, rng, tray_size_mm=self._renderer.tray_size_mm)
@@ -190,8 +197,11 @@ class MockDriver:
             mesh, pose, defect = self._maybe_defective(
                 mesh, pose, seed, f"mock scene {index}: design {design_material}"
             )
+        albedo = PART_ALBEDO
+        if self._settings.materials and design_material is not None:
+            albedo = albedo_for(design_material)
         with self._render_lock:
-            images = self._renderer.render(mesh, pose, seed)
+            images = self._renderer.render(mesh, pose, seed, albedo=albedo)
         for image in images.values():
             image.setflags(write=False)
         return _Scene(index, seed, design_material, pose, images, defect)

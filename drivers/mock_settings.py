@@ -44,6 +44,12 @@ class MockDriverSettings(BaseModel):
         default=None, description="For tests: this camera fails every grab with a GrabError. None: no failures."
     )
     empty_tray: bool = Field(default=False, description="Render the empty tray only (per-camera reference images).")
+    materials: bool = Field(
+        default=False,
+        description="Render each part in its material's reflectance, from the design_material's COLOUR token "
+        "(BLACK dark, WHITE bright: drivers.simulator.materials), so one geometry in two materials looks different. "
+        "Off: every part renders as grey PA12.",
+    )
     defects: list[Annotated[str, AfterValidator(_parseable_defect)]] = Field(
         default_factory=list,
         description="Printing defects the mock may put into a scene's part, as KIND:SIZE "

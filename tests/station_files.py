@@ -6,6 +6,8 @@ the real path still runs: rendering, PNG, fsync, rename, database, relay, broker
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,10 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 SCALE = 0.25
+DESIGN_CACHE = Path(tempfile.gettempdir()) / f"amflow-test-design-cache-{os.getuid()}"
+"""Processed designs shared by the test stations (entries are keyed by mesh hash and written atomically): every
+station processes its batch at start, and doing the demo designs again in each test would cost minutes. Tests
+of processing itself give their station a cache of its own."""
 
 
 def scaled_rig(directory: Path, scale: float = SCALE) -> tuple[int, int]:
@@ -58,7 +64,7 @@ def write_station(
         "station": {"id": station_id, "data_root": str(root / "data"), "state_dir": str(root / "state")},
         "rig": {"driver": "mock", "grab_timeout_s": 30.0},
         "mock": {"seed": 3, "scene_pool": 3},
-        "designs": {"library": str(REPO / "config" / "designs" / "designs.toml")},
+        "designs": {"library": str(REPO / "config" / "designs" / "designs.toml"), "cache_dir": str(DESIGN_CACHE)},
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
         "capture": {},
         "session": {"batch_id": "TEST_BATCH", "batch_title": "test batch"},
@@ -108,6 +114,10 @@ def batch_station(root: Path, mqtt_port: int) -> Path:
         {
             "mock": {"scene_pool": 1},
             "inspection": {"enabled": True},
-            "designs": {"library": str(REPO / "config" / "designs" / "designs.toml"), "batch_meshes": str(meshes)},
+            "designs": {
+                "library": str(REPO / "config" / "designs" / "designs.toml"),
+                "batch_meshes": str(meshes),
+                "cache_dir": str(DESIGN_CACHE),
+            },
         },
     )

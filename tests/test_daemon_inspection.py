@@ -49,6 +49,9 @@ def test_a_scan_is_inspected_and_its_verdict_published(tmp_path: Path, broker: B
     assert (scan_dir / "inspection_overlays.png").is_file()
     mirror = ScanRecord.model_validate_json((scan_dir / "scan.json").read_bytes())
     assert mirror.scan.model_dump() == quality  # scan.json mirrors the last published state
+    # Scanning without a batch, the station identified the part among its library; the verdict carries it.
+    assert quality["design_material"] == mirror.station.rig["mock_scene"]["design_material"]
+    assert capture["design_material"] is None and quality["assignment"] is None
 
 
 def test_reevaluate_publishes_a_new_verdict(tmp_path: Path, broker: Broker) -> None:

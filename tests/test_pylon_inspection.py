@@ -1,8 +1,9 @@
-"""The whole daemon through the pylon driver gives the same inspection as through the mock, for the same scene.
+"""The whole daemon through the pylon driver gives the same identification and inspection as through the mock.
 
 The mock station renders a scene; five emulated Basler cameras are then fed its images
 (empty tray first, for the session's references, then the part) through their feature
-files, and a pylon station captures, stores, inspects and publishes them.
+files, and a pylon station captures, stores, identifies, inspects and publishes them. Neither
+station is told which design is on the tray: only the test reads the mock's truth.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import cv2
 from amflow_edge.config.loading import load_config
 from amflow_edge.station.build import build_station
 from amflow_edge.station.capture import Trigger
-from amflow_edge.station.inspector import design_of
 from amflow_edge.station.station import RunOptions, Station
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.pylon_rig import EMULATED, emulated, point_at_image, save_features
@@ -50,7 +50,8 @@ def test_inspection_through_pylon_equals_the_mock_path(emulated: list[str], tmp_
     finally:
         mock.shutdown()
     assert mock_record is not None
-    design = design_of(mock_record)
+    design = mock_record.station.rig["mock_scene"]["design_material"]
+    assert mock_quality["design_material"] == design
 
     features = tmp_path / "features"
     config = write_station(
@@ -81,13 +82,13 @@ def test_inspection_through_pylon_equals_the_mock_path(emulated: list[str], tmp_
             )
             assert taken is not None
             assert (taken == cv2.imread(str(references / f"empty_{camera.name}.png"), cv2.IMREAD_UNCHANGED)).all()
-        scan, quality = run_until_inspected(station, subscriber, Trigger(source="test", design_material=design))
+        scan, quality = run_until_inspected(station, subscriber, Trigger(source="test"))
         report = json.loads((station.store.scan_dir(scan) / "inspection_report.json").read_text())
     finally:
         station.shutdown()
         subscriber.close()
     mock_report = json.loads((mock.store.scan_dir(mock_scan) / "inspection_report.json").read_text())
-    for key in ("qc_machine", "qc_needs_review", "qc_reasons"):
+    for key in ("design_material", "qc_machine", "qc_needs_review", "qc_reasons"):
         assert quality[key] == mock_quality[key], key
     assert report["metrics"] == mock_report["metrics"]
     assert report["pose"] == mock_report["pose"]

@@ -78,7 +78,9 @@ def test_capture_inspection_button_and_mqtt_decisions_in_order(tmp_path: Path, b
         assert [captured[k] for k in QC_FIELDS] == [None, None, False, None, None, None, []]
 
         machine = next_event(subscriber, "scan.quality_control")
-        unchanged_except(captured, machine, "modified", *QC_FIELDS)
+        # The station identified the part (no batch: among its library), so the verdict names the design too.
+        assert machine["design_material"] is not None
+        unchanged_except(captured, machine, "modified", "design_material", *QC_FIELDS)
         assert machine["inspectionreport"] is not None and isinstance(machine["qc_machine"], bool)
         assert machine["qc_operator"] is None and machine["qc_comment"] is None
         assert machine["qc_pass"] == final_decision(machine["qc_machine"], machine["qc_needs_review"], None)

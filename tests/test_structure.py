@@ -118,6 +118,9 @@ def test_the_station_never_reads_the_inspection_internals_it_does_not_run() -> N
         "amflow_edge.inspection.report",
         "amflow_edge.inspection.models",
         "amflow_edge.inspection.geometry.camera",
+        "amflow_edge.inspection.identification",
+        "amflow_edge.inspection.identification.models",
+        "amflow_edge.inspection.identification.pipeline",
     }
     reached = {
         target
@@ -128,6 +131,20 @@ def test_the_station_never_reads_the_inspection_internals_it_does_not_run() -> N
         if target.startswith("amflow_edge.inspection")
     }
     assert reached <= entry_points, sorted(reached - entry_points)
+
+
+def test_nothing_but_the_mock_driver_knows_the_mock_scene() -> None:
+    """The mock's truth (which design it placed, where) goes into the scan record for tests and benchmarks; a
+    station that read it would identify parts only on the mock."""
+    readers = sorted(
+        module
+        for module, path in FILES.items()
+        if module.startswith("amflow_edge.")
+        and module not in ("amflow_edge.drivers.mock", "amflow_edge.cli.render")
+        and not module.startswith("amflow_edge.drivers.simulator")
+        and "mock_scene" in Path(path).read_text(encoding="utf-8")
+    )
+    assert readers == []
 
 
 def test_the_control_plane_imports_no_geometry_library_and_no_camera_sdk() -> None:

@@ -36,6 +36,8 @@ def _station(tmp_path: Path, broker: Broker) -> Station:
     )
     station = build_station(cfg)
     station.start(RunOptions(supervise_interval_s=0.2))
+    # Scans wait for the designs' processing before they reach the worker; the tests swap the worker's job.
+    assert wait_for(station.processing.ready, timeout_s=120)
     return station
 
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from amflow_edge.cli.common import EXIT_CONFIG, EXIT_FAILED, load_or_report
+from amflow_edge.cli.common import EXIT_BAD_INPUT, EXIT_CONFIG, EXIT_FAILED, load_or_report
+from amflow_edge.config.batch_file import BatchFileError, load_batch_file
 from amflow_edge.config.station import StationConfig
 from amflow_edge.drivers.base import DriverError
 from amflow_edge.inspection.designs import DesignError
@@ -24,6 +25,7 @@ from amflow_edge.inspection.profiles import ProfileError, load_profile
 from amflow_edge.messaging.mqtt import MqttSetupError
 from amflow_edge.panel.errors import PanelConfigError
 from amflow_edge.qc.reasons import ReasonCatalogueError
+from amflow_edge.station.designs import BatchDesignError
 from amflow_edge.storage.db import DatabaseError
 from amflow_edge.storage.store import StoreError
 
@@ -73,6 +75,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     station = _station(cfg)
     if station is None:
         return EXIT_FAILED
+    if args.batch is not None:
+        try:
+            use_batch_file(station, args.batch)
+        except (BatchFileError, BatchDesignError) as exc:
+            log.error("the batch file cannot be used", error=str(exc))
+            station.db.close()
+            return EXIT_BAD_INPUT
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("stop requested", signal=signal.Signals(signum).name)
@@ -89,6 +98,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         station.shutdown()
     return 0
+
+
+def use_batch_file(station: Station, path: Path) -> None:
+    """The station scans this batch: a new session with its parts, or the running one when it is the same batch
+    from the same file (a restart must keep the copies already counted)."""
+    batch = load_batch_file(path)
+    folder = path.resolve().parent
+    current = station.sessions.current
+    same = (
+        current.requested
+        and current.batch == batch.batch
+        and current.mesh_folder == folder
+        and [p.model_dump() for p in batch.parts] == [p.model_dump(exclude={"assignment"}) for p in current.parts]
+    )
+    if same:
+        log.info("resuming the batch file's session", batch=batch.batch.id, scan_session=current.scan_session)
+        return
+    station.catalogue.resolve([], batch.parts, folder)  # every mesh checked before anything changes
+    session = station.sessions.new(batch.batch, [], None, parts=batch.parts, mesh_folder=folder)
+    station.sessions.replace(session)
+    log.info("scanning session started from a batch file", batch=batch.batch.id, parts=len(batch.parts), file=str(path))
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
@@ -172,6 +202,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     run.add_argument("--config", type=Path, required=True, help="station TOML")
     run.add_argument("--scans", type=int, default=None, help="stop after this many stored scans (demos, tests)")
     run.add_argument("--interval", type=float, default=None, help="capture every N seconds (overrides the config)")
+    run.add_argument(
+        "--batch",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="scan this batch (JSON or TOML batch file, mesh paths relative to it): its parts are identified and assigned",
+    )
     run.set_defaults(func=cmd_run)
 
     capture = sub.add_parser("capture", help="take one scan now, without the daemon, and publish scan.capture")

@@ -7,6 +7,8 @@ This is the station's data path in one place:
     CaptureLoop ─▶ Station.after_scan ─▶ Inspector (worker process) ─▶ verdict
             ─▶ Events.update_scan (qc_* + scan.quality_control) ─▶ Relay ─▶ MQTT
     button / MQTT request ─▶ Decisions ─▶ Events.update_scan ─▶ Relay ─▶ MQTT
+    identification / button / MQTT request ─▶ Assignments ─▶ Events.update_scan (scan.assign …) ─▶ Relay ─▶ MQTT
+                                                          └▶ Station.inspect (a manual change of design)
 
 Constructors only keep what they are given; the few parts that call back into the station (the
 panel's state changes, the capture loop's after-scan step, the request handlers) are connected
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from amflow_edge.config.station import StationConfig
 from amflow_edge.drivers.base import CameraDriver
-from amflow_edge.inspection.designs import DesignLibrary
+from amflow_edge.inspection.designs import Design, DesignLibrary
 from amflow_edge.messaging.backlog import BacklogGuard
 from amflow_edge.messaging.commands import CommandHandler
 from amflow_edge.messaging.events import Events
@@ -30,11 +32,15 @@ from amflow_edge.panel.factory import make_button_sources, make_lamps
 from amflow_edge.panel.operator import OperatorPanel
 from amflow_edge.qc.decisions import Decisions
 from amflow_edge.qc.reasons import load_reasons
+from amflow_edge.station.assignments import Assignments
 from amflow_edge.station.capture import CaptureLoop
 from amflow_edge.station.commands import StationCommands
+from amflow_edge.station.design_processing import DesignProcessing
 from amflow_edge.station.designs import DesignCatalogue
+from amflow_edge.station.identification import Identifications
 from amflow_edge.station.inspection_jobs import InspectionJobs
 from amflow_edge.station.inspector import Inspector
+from amflow_edge.station.material_looks import MaterialLooks
 from amflow_edge.station.pause import PauseGuard, missing_references
 from amflow_edge.station.scan_files import ScanFiles
 from amflow_edge.station.service import SUPERVISOR_SILENT_S, StationService, mqtt_thread_check
@@ -46,7 +52,23 @@ from amflow_edge.storage.disk import DiskGuard, Retention
 from amflow_edge.storage.store import ScanStore
 
 
-def make_driver(cfg: StationConfig, library: DesignLibrary) -> CameraDriver:
+class SessionDesigns:
+    """What the mock places on the tray: the active session's designs (its batch), or the library without one."""
+
+    def __init__(self, catalogue: DesignCatalogue, jobs: InspectionJobs) -> None:
+        self._catalogue = catalogue
+        self._jobs = jobs
+
+    @property
+    def designs(self) -> list[Design]:
+        """A session whose meshes could not be loaded (the log says which) leaves the library to place."""
+        return self._jobs.session_designs() or self._catalogue.library.designs
+
+    def get(self, design_material: str) -> Design:
+        return self._catalogue.current().get(design_material)
+
+
+def make_driver(cfg: StationConfig, library: DesignLibrary | SessionDesigns) -> CameraDriver:
     """The configured rig. Each driver is imported only when chosen: the mock's renderer and the pylon SDK are
     large, and a station runs one of them."""
     if cfg.rig.driver == "mock":
@@ -122,25 +144,46 @@ def build_station(
     events = Events(cfg, db, relay.wake, mirror=store.update_record)
     library = DesignLibrary.load(cfg.designs.library)
     catalogue = DesignCatalogue(library, batch_mesh_dir(cfg))
-    driver = driver if driver is not None else make_driver(cfg, library)
     inspector = Inspector(events, tz, deadline_s=cfg.inspection.deadline_s) if cfg.inspection.enabled else None
+    looks = MaterialLooks(cfg.identification, cfg.station.state_dir)
+    events.listen(looks.scan_event)
+    design_cache = cfg.designs.cache_dir or cfg.station.state_dir / "design_cache"
+    processing = DesignProcessing(design_cache, on_progress=lambda: station.publish_state())
     jobs = InspectionJobs(
         store,
         catalogue,
         sessions,
         calibrations={c.name: c.calibration for c in cfg.cameras},
         profile=cfg.inspection.profile,
-        cache_dir=cfg.station.state_dir / "design_cache",
+        cache_dir=design_cache,
+        identify=cfg.identification.enabled,
+        look_of=looks.look,
+        unusable=processing.failed,
     )
+    driver = driver if driver is not None else make_driver(cfg, SessionDesigns(catalogue, jobs))
     decisions = Decisions(events, load_reasons(cfg.qc.reasons), tz)
+    assignments = Assignments(
+        events,
+        db,
+        sessions,
+        tz,
+        # Late-bound: the station is built below, and a manual change of design is inspected like a capture.
+        design_changed=lambda record: station.inspect(record),
+        manual_over_count=cfg.assignment.manual_over_count,
+    )
     panel = OperatorPanel(
         decisions,
         lamps if lamps is not None else make_lamps(cfg.qc.lamps),
         cfg.qc.policy,
         cfg.qc.lockout_s,
         inspects=inspector is not None,
+        assignments=assignments if cfg.assignment.button_confirms_identification else None,
     )
     events.listen(panel.scan_event)
+    identifications = Identifications(events, tz, assign=assignments.identified)
+    events.listen(identifications.scan_event)
+    if inspector is not None:
+        inspector.on_identified = identifications.apply
     pause = PauseGuard(
         BacklogGuard(outbox, cfg.outbox),
         DiskGuard(cfg.station.data_root, cfg.disk.min_free_bytes, cfg.disk.resume_free_bytes),
@@ -170,10 +213,15 @@ def build_station(
         pause=pause,
         loop=loop,
         service=service,
+        processing=processing,
+        identifications=identifications,
+        over_counted=assignments.over_counted,
+        copies_assigned=assignments.copies_assigned,
     )
     panel.listen(station.publish_state)
     loop.listen(station.after_scan)
     commands = StationCommands(
+        assignments=assignments,
         loop=loop,
         catalogue=catalogue,
         decisions=decisions,

@@ -34,9 +34,12 @@ from amflow_edge.messaging.events import Events
 from amflow_edge.messaging.payload import timestamp
 from amflow_edge.ops.log import configure_logging, current_logging
 from amflow_edge.qc.rules import with_machine_verdict
-from amflow_edge.storage.record import ScanRecord
+from amflow_edge.station.identification import IdentifiedAs
+from amflow_edge.station.material_looks import Look
+from amflow_edge.storage.record import CandidateRecord, ScanRecord
 
 if TYPE_CHECKING:
+    import numpy as np
     import trimesh
 
 log = structlog.get_logger(__name__)
@@ -45,8 +48,30 @@ InspectionDone = Callable[["ScanRecord | None", "str | None"], None]
 """Called with the updated scan, or None and what went wrong."""
 
 
+class WorkerError(RuntimeError):
+    """What a worker raises instead of the pipeline's own error. Exceptions cross the process boundary by
+    pickling, and one whose constructor takes other arguments than its message (MeshError) cannot be
+    unpickled: the pool then reports its worker terminated abruptly, and the real cause is lost."""
+
+
+class StaleInspectionError(LookupError):
+    """An inspection against a design the scan no longer has: an operator changed it while the worker ran."""
+
+
+class JobCandidate(BaseModel):
+    """One design a scan may be: the worker identifies the scan among these."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    design_material: str = Field(description="The design's id.")
+    mesh_path: Path = Field(description="Mesh file of the design.")
+    units: Units = Field(description="Units of the mesh file.")
+    look: Look | None = Field(default=None, description="How its material looks on this station's tray, if known.")
+
+
 class InspectionJob(BaseModel):
-    """Everything the worker needs, as paths and names."""
+    """Everything the worker needs, as paths and names: the design to inspect against, or the candidates to
+    identify the scan among first."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,24 +79,23 @@ class InspectionJob(BaseModel):
     scan_dir: Path = Field(description="Its directory: scan_camNN.png in, inspection_report.json and overlays out.")
     reference_dir: Path = Field(description="Empty-tray images empty_camNN.png of the scan's session.")
     calibrations: dict[str, Path] = Field(description="Camera name → calibration YAML.")
-    design_path: Path = Field(description="Mesh file of the design.")
-    units: Units = Field(description="Units of the mesh file.")
-    design_material: str = Field(description="The design's id.")
+    design_path: Path | None = Field(default=None, description="Mesh file of the design; None: identify first.")
+    units: Units = Field(default="mm", description="Units of the mesh file.")
+    design_material: str | None = Field(default=None, description="The design's id; None: identify first.")
+    candidates: list[JobCandidate] = Field(
+        default_factory=list, description="The session's designs to identify the scan among, when it has no design."
+    )
     profile: str = Field(description="Inspection profile name or path.")
     cache_dir: Path = Field(description="Design precomputation cache.")
 
 
-def design_of(record: ScanRecord) -> str | None:
-    """The design to inspect against: the one the capture request named or, with the mock, the one it placed.
+class JobResult(BaseModel):
+    """What the worker sends back: the identification (when it ran) and the inspection report (when one ran)."""
 
-    Identifying an unknown part is not part of this station yet.
-    """
-    if record.scan.design_material is not None:
-        return record.scan.design_material
-    scene = record.station.rig.get("mock_scene")
-    if isinstance(scene, dict) and isinstance(scene.get("design_material"), str):
-        return scene["design_material"]
-    return None
+    model_config = ConfigDict(extra="forbid")
+
+    identification: IdentifiedAs | None = Field(default=None, description="Which design, or why none.")
+    report: InspectionReport | None = Field(default=None, description="The inspection against the design.")
 
 
 @lru_cache(maxsize=8)
@@ -92,14 +116,22 @@ def _profile(name_or_path: str) -> InspectionProfile:
 def run_job(job_json: str) -> str:
     """Runs in the worker process; meshes, calibrations and profiles stay loaded between scans. The pipeline is
     imported here, in the worker, so the daemon's own process never loads open3d and trimesh."""
+    try:
+        return _run_job(InspectionJob.model_validate_json(job_json))
+    except Exception as exc:  # noqa: BLE001 - see WorkerError
+        raise WorkerError(str(exc) or type(exc).__name__) from None
+
+
+def _run_job(job: InspectionJob) -> str:
     from amflow_edge.inspection.inspect import inspect_scan, read_image
 
-    job = InspectionJob.model_validate_json(job_json)
     names = sorted(job.calibrations)
     with structlog.contextvars.bound_contextvars(scan=job.scan_uuid):  # the worker's lines name the scan too
         images = {name: read_image(job.scan_dir / f"scan_{name}.png") for name in names}
         references = {name: read_image(job.reference_dir / f"empty_{name}.png") for name in names}
         cameras = _cameras(tuple((name, str(job.calibrations[name])) for name in names))
+        if job.design_material is None or job.design_path is None:
+            return _identify_and_inspect(job, images, references, cameras).model_dump_json()
         report = inspect_scan(
             images,
             references,
@@ -111,7 +143,51 @@ def run_job(job_json: str) -> str:
             out_dir=job.scan_dir,
             scan=uuid.UUID(job.scan_uuid),
         )
-    return report.model_dump_json()
+    return JobResult(report=report).model_dump_json()
+
+
+def _identify_and_inspect(
+    job: InspectionJob,
+    images: dict[str, np.ndarray],
+    references: dict[str, np.ndarray],
+    cameras: list[CameraCalibration],
+) -> JobResult:
+    """One job: which design, then the inspection against it from the same segmentation and pose."""
+    from amflow_edge.inspection.identification.models import CandidateDesign, MaterialLook
+    from amflow_edge.inspection.identification.pipeline import identify_and_inspect
+
+    candidates = [
+        CandidateDesign(
+            design_material=c.design_material,
+            mesh_path=c.mesh_path,
+            units=c.units,
+            look=None
+            if c.look is None
+            else MaterialLook(mean=c.look.mean, spread=c.look.spread, samples=c.look.samples),
+        )
+        for c in job.candidates
+    ]
+    found, report = identify_and_inspect(
+        images,
+        references,
+        cameras,
+        candidates,
+        _profile(job.profile),
+        cache_dir=job.cache_dir,
+        out_dir=job.scan_dir,
+        scan=uuid.UUID(job.scan_uuid),
+    )
+    identified = IdentifiedAs(
+        outcome=found.outcome,
+        design_material=found.design_material,
+        candidates=[
+            CandidateRecord(design_material=c.design_material, score=min(max(c.score, 0.0), 1.0))
+            for c in found.candidates[:10]
+        ],
+        reason=found.reason,
+        appearance=found.appearance,
+    )
+    return JobResult(identification=identified, report=report)
 
 
 PARENT_POLL_S = 0.5
@@ -139,7 +215,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 Runner = Callable[[str], str]
-"""What a worker runs for one job: its JSON in, the report's JSON out (run_job)."""
+"""What a worker runs for one job: its JSON in, a JobResult's JSON out (run_job)."""
 
 
 STOP_WAIT_S = 40.0
@@ -173,6 +249,8 @@ class Inspector:
         self.deadline_s = deadline_s
         self._workers = workers
         self.runner = runner  # tests put in one that crashes or hangs
+        self.on_identified: Callable[[str, IdentifiedAs], ScanRecord] | None = None
+        """Set by the station: records the identification and assigns the scan (station.identification)."""
         self._lock = threading.Lock()
         self._pending: dict[Future[str], _Pending] = {}
         self._last_done = time.monotonic()
@@ -240,6 +318,11 @@ class Inspector:
         log.error("inspection worker stopped: over its deadline", scan=scan, deadline_s=self.deadline_s)
         _kill_workers(pool)
 
+    def idle(self) -> bool:
+        """No inspection queued or running."""
+        with self._lock:
+            return not self._pending
+
     def health(self) -> str | None:
         """For the watchdog: a worker that neither finishes nor is replaced means inspection has stopped."""
         with self._lock:
@@ -278,6 +361,11 @@ class Inspector:
             record = self.apply(pending.job.scan_uuid, future.result())
         except BrokenProcessPool:
             error = f"inspection failed: {cause or 'the inspection worker crashed'}"
+        except StaleInspectionError as exc:  # the inspection of the scan's new design is queued behind it
+            log.info("inspection result dropped", scan=pending.job.scan_uuid, reason=str(exc))
+            if pending.on_done is not None:
+                pending.on_done(None, f"inspection not applied: {exc}")
+            return
         except Exception as exc:  # noqa: BLE001 - whatever went wrong in the worker, an operator must look
             error = f"inspection failed: {exc}"
         if error is not None:
@@ -290,35 +378,72 @@ class Inspector:
         if pending.on_done is not None:
             pending.on_done(record if error is None else None, error)
 
-    def apply(self, scan_uuid: str, report_json: str) -> ScanRecord:
-        report = InspectionReport.model_validate_json(report_json)
+    def apply(self, scan_uuid: str, result_json: str) -> ScanRecord:
+        """The identification first (its scan.assign goes out before the verdict), then the verdict."""
+        result = JobResult.model_validate_json(result_json)
+        found = result.identification
+        flagged = False
+        if found is not None and self.on_identified is not None:
+            flagged = self.on_identified(scan_uuid, found).scan.qc_needs_review
+        report = result.report
+        if found is None and report is not None and self._stale(scan_uuid, report.design_material):
+            raise StaleInspectionError(
+                f"it was inspected against {report.design_material}, which is no longer the scan's design "
+                "(reassigned or unassigned meanwhile); the result is dropped"
+            )
+        if report is None:
+            if found is None:
+                raise ValueError("the worker sent neither an identification nor a report")
+            reason = "wrong_part" if found.outcome == "not_in_batch" else "insufficient_evidence"
+            return self._set_verdict(scan_uuid, None, None, True, [reason])
+        identified = report.design_material if found is not None and found.outcome == "identified" else None
         record = self._set_verdict(
-            scan_uuid, str(report.id), report.qc_machine, report.qc_needs_review, list(report.qc_reasons)
+            scan_uuid,
+            str(report.id),
+            report.qc_machine,
+            report.qc_needs_review or flagged,
+            list(report.qc_reasons),
+            design_material=identified,
         )
         log.info(
             "scan inspected",
             scan=scan_uuid,
+            design_material=report.design_material,
             qc_machine=report.qc_machine,
-            qc_needs_review=report.qc_needs_review,
+            qc_needs_review=record.scan.qc_needs_review,
             qc_reasons=list(report.qc_reasons),
         )
         return record
+
+    def _stale(self, scan_uuid: str, design_material: str) -> bool:
+        record = self._events.record(scan_uuid)
+        return record is not None and record.scan.design_material != design_material
 
     def apply_failure(self, scan_uuid: str) -> ScanRecord:
         """No verdict could be reached: a human must look, and the plant is told so."""
         return self._set_verdict(scan_uuid, None, None, True, ["insufficient_evidence"])
 
     def _set_verdict(
-        self, scan_uuid: str, report_id: str | None, qc_machine: bool | None, needs_review: bool, reasons: list[str]
+        self,
+        scan_uuid: str,
+        report_id: str | None,
+        qc_machine: bool | None,
+        needs_review: bool,
+        reasons: list[str],
+        design_material: str | None = None,
     ) -> ScanRecord:
+        """`design_material`: the identified design, for a scan that no assignment gave it (a design of no part)."""
         now = timestamp(datetime.now(self._tz))
-        return self._events.update_scan(
-            scan_uuid,
-            "scan.quality_control",
-            lambda r: r.model_copy(
-                update={"scan": with_machine_verdict(r.scan, now, report_id, qc_machine, needs_review, reasons)}
-            ),
-        )
+
+        def change(record: ScanRecord) -> ScanRecord:
+            scan = record.scan
+            if design_material is not None and scan.design_material is None:
+                scan = scan.model_copy(update={"design_material": design_material})
+            return record.model_copy(
+                update={"scan": with_machine_verdict(scan, now, report_id, qc_machine, needs_review, reasons)}
+            )
+
+        return self._events.update_scan(scan_uuid, "scan.quality_control", change)
 
     def close(self) -> None:
         """Inspections under way finish and queue their events, for at most STOP_WAIT_S; a worker still busy

@@ -10,6 +10,8 @@ from amflow_edge.drivers.base import CameraHealth
 from amflow_edge.messaging.outbox import OutboxStats
 from amflow_edge.messaging.payload import Batch, Output
 from amflow_edge.panel.operator import OperatorView
+from amflow_edge.station.design_processing import ProcessingProgress
+from amflow_edge.station.identification import AwaitingIdentification
 
 Mode = Literal["starting", "running", "paused", "stopping", "stopped"]
 
@@ -40,6 +42,22 @@ class StationState(BaseModel):
     output: Output | None = Field(description="The output of the current session, if any.")
     operator: OperatorView = Field(
         description="The operator panel: the lamps' signal and the scan awaiting a decision."
+    )
+    design_processing: ProcessingProgress = Field(
+        description="How far the session's designs are processed; scans wait for it before they are identified."
+    )
+    awaiting_identification: list[AwaitingIdentification] = Field(
+        default_factory=list,
+        description="Recent scans the station could not identify with confidence, with their candidates: the "
+        "operator assigns or rejects each.",
+    )
+    copies_assigned: dict[str, int] = Field(
+        default_factory=dict, description="part_id → scans of the session assigned to it so far."
+    )
+    over_counted: list[str] = Field(
+        default_factory=list,
+        description="part_ids of which the station saw more scans than the batch has copies; those scans went to "
+        "review unassigned.",
     )
     cameras: list[CameraHealth] = Field(description="Health of each camera.")
     scans_stored: int = Field(description="Scans stored since start.")

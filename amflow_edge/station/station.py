@@ -32,7 +32,9 @@ from amflow_edge.panel.base import ButtonSource
 from amflow_edge.panel.operator import OperatorPanel
 from amflow_edge.qc.decisions import Decisions
 from amflow_edge.station.capture import CaptureLoop, QueuedOnce, Trigger
+from amflow_edge.station.design_processing import DesignProcessing
 from amflow_edge.station.designs import DesignCatalogue
+from amflow_edge.station.identification import Identifications
 from amflow_edge.station.inspection_jobs import InspectionJobs
 from amflow_edge.station.inspector import Inspector
 from amflow_edge.station.pause import PauseGuard
@@ -76,6 +78,10 @@ class Station:
     pause: PauseGuard
     loop: CaptureLoop
     service: StationService
+    processing: DesignProcessing
+    identifications: Identifications
+    over_counted: Callable[[], list[str]] = field(default=list)
+    copies_assigned: Callable[[], dict[str, int]] = field(default=dict)
     stop_event: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _reconnect_task: QueuedOnce = field(init=False)
@@ -111,6 +117,10 @@ class Station:
             batch=session.batch,
             output=session.output,
             operator=self.panel.view(),
+            design_processing=self.processing.progress(),
+            awaiting_identification=self.identifications.awaiting(),
+            copies_assigned=self.copies_assigned(),
+            over_counted=self.over_counted(),
             cameras=self.driver.health(),
             scans_stored=self.loop.scans_stored,
             scans_failed=self.loop.scans_failed,
@@ -196,6 +206,8 @@ class Station:
             self.capture_reference(session.scan_session)
         self.sessions.replace(session)
         self.catalogue.use(designs)
+        self.identifications.forget_session()
+        self.processing.start(self.jobs.session_designs(session))
         log.info(
             "scanning session changed",
             scan_session=session.scan_session,
@@ -225,10 +237,12 @@ class Station:
 
     def _resume_session_designs(self) -> None:
         """A session resumed after a restart needs its batch's meshes again; a mesh gone since is reported, not fatal."""
+        session = self.sessions.current
         try:
-            self.catalogue.use(self.catalogue.resolve(self.sessions.current.designs))
+            self.catalogue.use(self.catalogue.resolve(session.designs, session.parts, session.mesh_folder))
         except Exception as exc:  # noqa: BLE001 - an unreadable mesh must not keep the station from starting
             log.error("a design of the resumed session cannot be loaded; its scans are not inspected", error=str(exc))
+        self.processing.start(self.jobs.session_designs(session))
 
     def resume_inspections(self, limit: int = 1000) -> int:
         """Scans a stop or crash left uninspected get their verdict now, so no scan.quality_control is lost."""
@@ -268,14 +282,36 @@ class Station:
             )
             self.inspector.apply_failure(record.scan.uuid)
             return
+        if job.design_material is None and not self.processing.ready():
+            log.info(
+                "scan waits for the batch's designs to be processed before it is identified", scan=record.scan.uuid
+            )
+            self.processing.when_ready(lambda: self._inspect_again(record.scan.uuid))
+            return
         self.inspector.submit(job)
+
+    def _inspect_again(self, scan_uuid: str) -> None:
+        record = self.events.record(scan_uuid)
+        if record is not None:
+            self.inspect(record)
 
     def after_scan(self, record: ScanRecord) -> None:
         """The state topic already went out: the operator panel publishes it when a new part is on the tray."""
         self.inspect(record)
         if self._max_scans is not None and self.loop.scans_stored >= self._max_scans:
-            log.info("captured the requested number of scans; stopping", scans=self.loop.scans_stored)
-            self.stop_event.set()
+            log.info("captured the requested number of scans; stopping once they are inspected", scans=self._max_scans)
+            self._max_scans = None
+            self._spawn("stop-when-inspected", self._stop_when_inspected)
+
+    def _stop_when_inspected(self) -> None:
+        """`run --scans N` ends with every event of its N scans out: identification waits for the batch's
+        processing and inspection for the worker, each at most its deadline."""
+        if self.inspector is not None:
+            deadline = time.monotonic() + self.inspector.deadline_s
+            while not self.stop_event.wait(0.2) and time.monotonic() < deadline:
+                if self.processing.settled() and self.inspector.idle():
+                    break
+        self.stop_event.set()
 
     def _every(self, interval_s: float, action: Callable[[], object]) -> None:
         while not self.stop_event.wait(interval_s):
@@ -338,6 +374,7 @@ class Station:
         self.stop_event.set()
         for thread in self._threads:
             thread.join(timeout=30)
+        self.processing.close()
         if self.inspector is not None:
             self.inspector.close()  # inspections under way finish and queue their events
         if self.mqtt.connected.is_set() and not self.relay.drain(flush_timeout_s):
