@@ -108,3 +108,14 @@ def test_a_part_whose_mesh_is_not_the_file_its_id_names_is_refused(tmp_path: Pat
     batch = load_batch_file(tmp_path / "b.json")
     with pytest.raises(BatchDesignError, match="does not match mesh"):
         catalogue.resolve([], batch.parts, tmp_path)
+
+
+def test_two_parts_of_one_design_must_name_the_same_mesh(tmp_path: Path) -> None:
+    body = {"batch": {"id": "B", "title": "t"}, "parts": [_part("1"), _part("2", mesh="other.stl")]}
+    path = tmp_path / "batch.json"
+    path.write_text(json.dumps(body))
+    with pytest.raises(BatchFileError, match="share design_material .* but name different meshes"):
+        load_batch_file(path)
+    body["parts"] = [_part("1"), _part("2", copies=5)]  # the same design as two order lines is fine
+    path.write_text(json.dumps(body))
+    assert [p.copies for p in load_batch_file(path).parts] == [2, 5]

@@ -14,7 +14,7 @@ import pytest
 
 from tests.station_files import DESIGN_CACHE, REPO
 
-VORON = REPO.parent / "shared" / "meshes" / "voron2"
+VORON = REPO / "tests" / "data" / "meshes" / "voron2"
 PARTS = {
     "LATCH": "Panel_Mounting__Front_Doors__latch_x2.stl",
     "GUIDE": "Gantry__z_chain_guide.stl",

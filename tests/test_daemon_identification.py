@@ -25,7 +25,7 @@ from tests.station_files import DESIGN_CACHE, REPO, demo_env, write_station
 from tests.test_qc_workflow import PREFIX, next_event
 
 DESIGNS = REPO / "config" / "designs"
-VORON = REPO.parent / "shared" / "meshes" / "voron2"
+VORON = REPO / "tests" / "data" / "meshes" / "voron2"
 ASSIGNMENT_KEYS = ["assignment", "part_id", "part_title", "copies", "last_added_copies", "manual"]
 PARTS = {
     "MB-80": ("montageblok_mb80.stl", "6d2e1b64c586b7a2dad9eb34a961cc4a513751b6_SLS_PA12_GREY", 2, 1),
@@ -108,7 +108,7 @@ def test_each_part_of_the_batch_is_identified_assigned_and_inspected(tmp_path: P
             "last_added_copies": 1,
             "manual": False,
         }
-        assert event["output"] == {"id": part.output.id if part.output else None}
+        assert part.output is not None and event["output"] == {"id": part.output.id}
         assert inspected[scan_uuid]["design_material"] == truth
         assert inspected[scan_uuid]["assignment"] == event["assignment"]
         assert inspected[scan_uuid]["inspectionreport"] is not None

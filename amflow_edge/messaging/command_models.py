@@ -121,11 +121,20 @@ class BatchPart(BaseModel):
 
 
 def _parts_unique(parts: list[BatchPart]) -> list[BatchPart]:
+    """Each part once, and one design_material one mesh: two parts may share a design, never disagree on it."""
     seen: set[str] = set()
+    meshes: dict[str, BatchPart] = {}
     for part in parts:
         if part.part_id in seen:
             raise ValueError(f"part_id {part.part_id!r} is listed twice; list each part once, with its copies")
         seen.add(part.part_id)
+        first = meshes.setdefault(part.design_material, part)
+        if (first.mesh, first.units) != (part.mesh, part.units):
+            raise ValueError(
+                f"parts {first.part_id!r} and {part.part_id!r} share design_material {part.design_material} but name "
+                f"different meshes or units ({first.mesh!r} {first.units}, {part.mesh!r} {part.units}); one design "
+                "has one mesh: give both the same"
+            )
     return parts
 
 

@@ -175,7 +175,8 @@ class OperatorPanel:
                 return None
             if self._assignments is not None and self._latest is not None:
                 record = self._assignments.record(self._latest.uuid)
-                design = awaits_identification(record) if record is not None else None
+                waiting = record is not None and not self._assignments.is_rejected(record.scan.uuid)
+                design = awaits_identification(record) if record is not None and waiting else None
                 if design is not None and record is not None:
                     return self._confirm(record, design, press)
             awaited = self.view().awaiting_decision

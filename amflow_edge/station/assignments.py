@@ -62,6 +62,13 @@ _CHUNK = 500
 """Parts per IN list: below SQLite's oldest limit of 999 variables."""
 
 
+IDENTIFY_ATTEMPTS = 5
+
+
+class _OvertakenError(Exception):
+    """The scan or its part's copies changed between choosing the assignment and making it."""
+
+
 class AssignmentError(ValueError):
     """The change cannot be made as asked; nothing was changed. The message says why and what to send instead."""
 
@@ -102,22 +109,28 @@ class Assignments:
             log.info("scan identified as a design of no part", scan=scan_uuid, design_material=design_material)
             return self._read(scan_uuid)
         # update_scan names its event before the change runs, and here what the change finds decides it: the
-        # choice is made under the update lock and checked again inside the transaction.
-        with self._events.holding():
+        # choice is made first and checked again inside the transaction; a choice overtaken by another change
+        # (the part's last copy taken meanwhile) is made again. No lock is held around update_scan: it calls
+        # the event listeners (the panel, which takes its own lock and may be waiting for a scan change).
+        for _ in range(IDENTIFY_ATTEMPTS):
             event, part = self._identification(self._read(scan_uuid), design_material)
 
-            def change(record: ScanRecord) -> ScanRecord:
+            def change(record: ScanRecord, event: EventName = event, part: SessionPart | None = part) -> ScanRecord:
                 if self._identification(record, design_material) != (event, part):
-                    raise AssignmentError(f"scan {scan_uuid} changed while it was identified; identify it again")
+                    raise _OvertakenError
                 scan = _with_design(record.scan, design_material)
                 if part is not None:
                     return self._stamped(record, _with_part(scan, part, False, self._sessions.current))
-                if any(p.design_material == design_material for p in self._sessions.current.parts):
-                    review = final_decision(scan.qc_machine, True, scan.qc_operator)
-                    scan = scan.model_copy(update={"qc_needs_review": True, "qc_pass": review})
-                return self._stamped(record, scan)
+                review = final_decision(scan.qc_machine, True, scan.qc_operator)
+                return self._stamped(record, scan.model_copy(update={"qc_needs_review": True, "qc_pass": review}))
 
-            record = self._update(scan_uuid, event, change)
+            try:
+                record = self._update(scan_uuid, event, change)
+                break
+            except _OvertakenError:
+                continue
+        else:
+            raise AssignmentError(f"scan {scan_uuid} kept changing while it was identified; assign it by hand")
         if part is None and any(p.design_material == design_material for p in self._sessions.current.parts):
             log.warning("a scan beyond the copies of its part; it needs review", scan=scan_uuid, design=design_material)
         log.info(
@@ -171,6 +184,8 @@ class Assignments:
         without an assignment, announced as scan.quality_control as the station's own identification would be."""
         parts = [p for p in self._sessions.current.parts if p.design_material == design_material]
         if parts:
+            if self._rejected(scan_uuid):  # assign would take the reject back: an operator does that on purpose
+                raise AssignmentError(f"scan {scan_uuid} is rejected; assign it to a part to take the reject back")
             counts = self._counts([p.assignment for p in parts])
             part = next((p for p in parts if counts.get(p.assignment, 0) < p.copies), parts[0])
             return self.assign(scan_uuid, part.part_id, manual=True)
@@ -232,7 +247,7 @@ class Assignments:
             self._active(record)
             if self._rejected(scan_uuid):
                 raise AssignmentError(f"scan {scan_uuid} is already rejected")
-            scan = _with_design(record.scan, None).model_copy(
+            scan = _without_inspection(record.scan.model_copy(update={"design_material": None})).model_copy(
                 update={"assignment": None, "output": None, "qc_comment": comment}
             )
             now = self._now()
@@ -395,9 +410,13 @@ def _with_design(scan: Scan, design_material: str | None) -> Scan:
     """A new design voids an inspection against the old one; an operator's verdict on the part stands."""
     if design_material == scan.design_material:
         return scan
+    return _without_inspection(scan.model_copy(update={"design_material": design_material}))
+
+
+def _without_inspection(scan: Scan) -> Scan:
+    """No machine verdict (nor the review an identification that failed asked for); an operator's stands."""
     return scan.model_copy(
         update={
-            "design_material": design_material,
             "inspectionreport": None,
             "qc_machine": None,
             "qc_needs_review": False,

@@ -180,7 +180,7 @@ def build_station(
         assignments=assignments if cfg.assignment.button_confirms_identification else None,
     )
     events.listen(panel.scan_event)
-    identifications = Identifications(events, tz, assign=assignments.identified)
+    identifications = Identifications(events, tz, assign=assignments.identified, rejected=assignments.is_rejected)
     events.listen(identifications.scan_event)
     if inspector is not None:
         inspector.on_identified = identifications.apply

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from amflow_edge.inspection.designs import Design
 from amflow_edge.ops.log import current_logging
-from amflow_edge.station.inspector import WorkerError, worker_started
+from amflow_edge.station.inspector import WorkerError, kill_workers, worker_started
 
 log = structlog.get_logger(__name__)
 
@@ -140,6 +141,8 @@ class DesignProcessing:
         action()
 
     def start(self, designs: Sequence[Design]) -> None:
+        """Replaces the batch being processed: its worker is stopped, its waiting scans go to this batch."""
+        self._stop_worker()
         with self._lock:
             self._generation += 1
             generation = self._generation
@@ -152,10 +155,25 @@ class DesignProcessing:
             ).start()
         else:
             self._release()
-        self._on_progress()
+        self._report()
 
     def _run(self, generation: int, designs: list[Design]) -> None:
+        """Always ends settled, whatever goes wrong: scans waiting for the batch must not wait for ever."""
         started = time.monotonic()
+        try:
+            self._process(generation, designs)
+        except Exception:
+            log.exception("processing the batch's designs failed; scans are identified among those done")
+        with self._lock:
+            if self._generation != generation:
+                return
+            self._progress = self._progress.model_copy(update={"state": "ready"})
+            failures = len(self._progress.failed)
+        log.info("batch processed", designs=len(designs), failed=failures, seconds=round(time.monotonic() - started, 1))
+        self._release()
+        self._report()
+
+    def _process(self, generation: int, designs: list[Design]) -> None:
         prepared: dict[tuple[Path, str], tuple[str | None, str | None]] = {}
         for design in designs:
             if not self._current(generation):
@@ -192,16 +210,14 @@ class DesignProcessing:
                     error=error,
                 )
             if done == total or time.monotonic() - self._last_report >= PROGRESS_EVERY_S:
-                self._last_report = time.monotonic()
-                self._on_progress()
-        with self._lock:
-            if self._generation != generation:
-                return
-            self._progress = self._progress.model_copy(update={"state": "ready"})
-            failures = len(self._progress.failed)
-        log.info("batch processed", designs=len(designs), failed=failures, seconds=round(time.monotonic() - started, 1))
-        self._release()
-        self._on_progress()
+                self._report()
+
+    def _report(self) -> None:
+        self._last_report = time.monotonic()
+        try:
+            self._on_progress()
+        except Exception:  # the state topic is told later; processing goes on
+            log.exception("the batch's processing progress could not be reported")
 
     def _current(self, generation: int) -> bool:
         with self._lock:
@@ -209,39 +225,47 @@ class DesignProcessing:
 
     def _prepare(self, design: Design) -> tuple[str | None, str | None]:
         """(why it failed, what was done to its mesh)."""
+        pool = self._worker()
         try:
-            future: Future[str | None] = self._worker().submit(
+            future: Future[str | None] = pool.submit(
                 self._preparer, str(design.path), design.units, str(self._cache_dir)
             )
             return None, future.result(timeout=DESIGN_TIMEOUT_S)
         except TimeoutError:
-            self._replace_worker()
+            self._stop_worker(pool)
             return (
                 f"processing took longer than {DESIGN_TIMEOUT_S:g} s; simplify the mesh (fewer faces) and start the "
                 "session again",
                 None,
             )
+        except WorkerError as exc:  # the mesh's own problem, with its fix
+            return str(exc), None
+        except (BrokenProcessPool, RuntimeError):  # RuntimeError: a pool shut down by a new batch or the stop
+            self._stop_worker(pool)  # the next design gets a new worker
+            return "the processing worker stopped (a new batch, the station's stop, or a crash on this mesh)", None
         except Exception as exc:  # noqa: BLE001 - a bad mesh is reported and skipped, never fatal
-            if self._pool is not None and getattr(self._pool, "_broken", False):
-                self._replace_worker()
             return str(exc) or type(exc).__name__, None
 
     def _worker(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_started,
-                initargs=(os.getpid(), *current_logging()),
-            )
-        return self._pool
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_worker_started,
+                    initargs=(os.getpid(), *current_logging()),
+                )
+            return self._pool
 
-    def _replace_worker(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.kill()
-            pool.shutdown(wait=False, cancel_futures=True)
+    def _stop_worker(self, which: ProcessPoolExecutor | None = None) -> None:
+        """The worker (`which`, if it is still the current one) is killed, not waited for: a design may take
+        minutes, and a new batch or the stop must not."""
+        with self._lock:
+            pool = self._pool
+            if pool is None or (which is not None and which is not pool):
+                return
+            self._pool = None
+        kill_workers(pool)
 
     def _release(self) -> None:
         with self._lock:
@@ -258,8 +282,8 @@ class DesignProcessing:
                 self._releasing = False
 
     def close(self) -> None:
+        """Scans still waiting are identified at the next start (they have no verdict yet)."""
         with self._lock:
             self._generation += 1
             self._waiting.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._stop_worker()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from amflow_edge.messaging.events import Events
 from amflow_edge.messaging.payload import EventName, timestamp
+from amflow_edge.station.assignments import AssignmentError
 from amflow_edge.storage.record import CandidateRecord, IdentificationOutcome, IdentificationRecord, ScanRecord
 
 log = structlog.get_logger(__name__)
@@ -50,20 +51,30 @@ class AwaitingIdentification(BaseModel):
     candidates: list[CandidateRecord] = Field(description="The closest designs, best first.")
 
 
+class ScanChangedError(LookupError):
+    """The scan changed while the worker ran (an operator assigned, reassigned, unassigned or rejected it, or its
+    session ended): the worker's result no longer applies and is dropped, never turned into a review."""
+
+
 AssignIdentified = Callable[[str, str], ScanRecord]
 """(scan uuid, design_material) → the scan after the automatic assignment (station.assignments)."""
 
 
 class Identifications:
-    def __init__(self, events: Events, timezone: str, assign: AssignIdentified) -> None:
+    def __init__(
+        self, events: Events, timezone: str, assign: AssignIdentified, rejected: Callable[[str], bool] = lambda _: False
+    ) -> None:
         self._events = events
         self._tz = ZoneInfo(timezone)
         self._assign = assign
+        self._rejected = rejected
         self._lock = threading.Lock()
         self._awaiting: OrderedDict[str, AwaitingIdentification] = OrderedDict()
 
     def apply(self, scan_uuid: str, found: IdentifiedAs) -> ScanRecord:
         """Records the identification, then assigns a confident one (scan.assign); returns the scan after both."""
+        if self._rejected(scan_uuid):
+            raise ScanChangedError("an operator rejected it while it was being identified")
         record = IdentificationRecord(**found.model_dump(), at=timestamp(datetime.now(self._tz)))
         updated = self._events.annotate(
             scan_uuid,
@@ -71,8 +82,10 @@ class Identifications:
         )
         names = [c.design_material for c in found.candidates[:3]]
         if found.outcome == "identified" and found.design_material is not None:
-            log.info("scan identified", scan=scan_uuid, design_material=found.design_material, reason=found.reason)
-            return self._assign(scan_uuid, found.design_material)
+            try:
+                return self._assign(scan_uuid, found.design_material)
+            except AssignmentError as exc:
+                raise ScanChangedError(str(exc)) from None
         log.warning(
             "scan not identified; it waits for the operator",
             scan=scan_uuid,

@@ -34,7 +34,7 @@ from amflow_edge.messaging.events import Events
 from amflow_edge.messaging.payload import timestamp
 from amflow_edge.ops.log import configure_logging, current_logging
 from amflow_edge.qc.rules import with_machine_verdict
-from amflow_edge.station.identification import IdentifiedAs
+from amflow_edge.station.identification import IdentifiedAs, ScanChangedError
 from amflow_edge.station.material_looks import Look
 from amflow_edge.storage.record import CandidateRecord, ScanRecord
 
@@ -52,10 +52,6 @@ class WorkerError(RuntimeError):
     """What a worker raises instead of the pipeline's own error. Exceptions cross the process boundary by
     pickling, and one whose constructor takes other arguments than its message (MeshError) cannot be
     unpickled: the pool then reports its worker terminated abruptly, and the real cause is lost."""
-
-
-class StaleInspectionError(LookupError):
-    """An inspection against a design the scan no longer has: an operator changed it while the worker ran."""
 
 
 class JobCandidate(BaseModel):
@@ -316,7 +312,7 @@ class Inspector:
             self._causes[head] = f"its inspection ran longer than {self.deadline_s:g} s (inspection.deadline_s)"
             pool, self._pool = self._pool, self._new_pool()
         log.error("inspection worker stopped: over its deadline", scan=scan, deadline_s=self.deadline_s)
-        _kill_workers(pool)
+        kill_workers(pool)
 
     def idle(self) -> bool:
         """No inspection queued or running."""
@@ -361,7 +357,7 @@ class Inspector:
             record = self.apply(pending.job.scan_uuid, future.result())
         except BrokenProcessPool:
             error = f"inspection failed: {cause or 'the inspection worker crashed'}"
-        except StaleInspectionError as exc:  # the inspection of the scan's new design is queued behind it
+        except ScanChangedError as exc:  # an operator's change stands; a new design's inspection is queued
             log.info("inspection result dropped", scan=pending.job.scan_uuid, reason=str(exc))
             if pending.on_done is not None:
                 pending.on_done(None, f"inspection not applied: {exc}")
@@ -386,16 +382,11 @@ class Inspector:
         if found is not None and self.on_identified is not None:
             flagged = self.on_identified(scan_uuid, found).scan.qc_needs_review
         report = result.report
-        if found is None and report is not None and self._stale(scan_uuid, report.design_material):
-            raise StaleInspectionError(
-                f"it was inspected against {report.design_material}, which is no longer the scan's design "
-                "(reassigned or unassigned meanwhile); the result is dropped"
-            )
         if report is None:
             if found is None:
                 raise ValueError("the worker sent neither an identification nor a report")
             reason = "wrong_part" if found.outcome == "not_in_batch" else "insufficient_evidence"
-            return self._set_verdict(scan_uuid, None, None, True, [reason])
+            return self._set_verdict(scan_uuid, None, None, True, [reason], unidentified=True)
         identified = report.design_material if found is not None and found.outcome == "identified" else None
         record = self._set_verdict(
             scan_uuid,
@@ -404,6 +395,7 @@ class Inspector:
             report.qc_needs_review or flagged,
             list(report.qc_reasons),
             design_material=identified,
+            against=report.design_material,
         )
         log.info(
             "scan inspected",
@@ -414,10 +406,6 @@ class Inspector:
             qc_reasons=list(report.qc_reasons),
         )
         return record
-
-    def _stale(self, scan_uuid: str, design_material: str) -> bool:
-        record = self._events.record(scan_uuid)
-        return record is not None and record.scan.design_material != design_material
 
     def apply_failure(self, scan_uuid: str) -> ScanRecord:
         """No verdict could be reached: a human must look, and the plant is told so."""
@@ -431,14 +419,25 @@ class Inspector:
         needs_review: bool,
         reasons: list[str],
         design_material: str | None = None,
+        against: str | None = None,
+        unidentified: bool = False,
     ) -> ScanRecord:
-        """`design_material`: the identified design, for a scan that no assignment gave it (a design of no part)."""
+        """`design_material`: the identified design, for a scan that no assignment gave it (a design of no part).
+        `against`: the design the report measured; checked in the same transaction, so a verdict against a design
+        an operator has just replaced never lands (the new design's inspection is queued). `unidentified`: the
+        scan must still have no design, or an operator gave it one while the worker ran."""
         now = timestamp(datetime.now(self._tz))
 
         def change(record: ScanRecord) -> ScanRecord:
             scan = record.scan
             if design_material is not None and scan.design_material is None:
                 scan = scan.model_copy(update={"design_material": design_material})
+            if unidentified and (scan.design_material is not None or scan.assignment is not None):
+                raise ScanChangedError("an operator gave it a design while it was being identified")
+            if against is not None and scan.design_material != against:
+                raise ScanChangedError(
+                    f"it was inspected against {against}, which is no longer its design (changed meanwhile)"
+                )
             return record.model_copy(
                 update={"scan": with_machine_verdict(scan, now, report_id, qc_machine, needs_review, reasons)}
             )
@@ -456,13 +455,13 @@ class Inspector:
             with self._lock:
                 pools = {p.pool for p in self._pending.values()} | {self._pool}
             for pool in pools:
-                _kill_workers(pool)
+                kill_workers(pool)
             wait(waiting, timeout=10)
         self._resubmit.put(None)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _kill_workers(pool: ProcessPoolExecutor) -> None:
+def kill_workers(pool: ProcessPoolExecutor) -> None:
     """Stop a pool's workers at once; its jobs end with BrokenProcessPool. (Python 3.14 has kill_workers().)"""
     kill = getattr(pool, "kill_workers", None)
     if callable(kill):

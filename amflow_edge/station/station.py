@@ -90,6 +90,7 @@ class Station:
     _next_reference_try: float = field(default=0.0, init=False)
     _last_health: list[CameraHealth] = field(default_factory=list, init=False)
     _max_scans: int | None = field(default=None, init=False)
+    _enough: bool = field(default=False, init=False)
     _mode: Mode = field(default="starting", init=False)
     _last_state: float = field(default=0.0, init=False)
     _state_interval_s: float = field(default=30.0, init=False)
@@ -248,6 +249,8 @@ class Station:
         """Scans a stop or crash left uninspected get their verdict now, so no scan.quality_control is lost."""
         if self.inspector is None:
             return 0
+        # A scan without a design that was identified already is one an operator unassigned or rejected since:
+        # identifying it again would undo their word.
         pending = [
             r
             for r in self.events.recent_records(limit)
@@ -255,6 +258,7 @@ class Station:
             and r.scan.qc_machine is None
             and not r.scan.qc_needs_review
             and r.scan.qc_operator is None
+            and (r.scan.design_material is not None or r.station.identification is None)
         ]
         gone = [r.scan.uuid for r in pending if not self.store.directory_of(r).is_dir()]
         if gone:
@@ -291,8 +295,10 @@ class Station:
         self.inspector.submit(job)
 
     def _inspect_again(self, scan_uuid: str) -> None:
+        """A scan that waited for the batch's processing, unless an operator gave it a design (and with it an
+        inspection) or a verdict meanwhile."""
         record = self.events.record(scan_uuid)
-        if record is not None:
+        if record is not None and record.scan.design_material is None and record.scan.inspectionreport is None:
             self.inspect(record)
 
     def after_scan(self, record: ScanRecord) -> None:
@@ -301,7 +307,12 @@ class Station:
         if self._max_scans is not None and self.loop.scans_stored >= self._max_scans:
             log.info("captured the requested number of scans; stopping once they are inspected", scans=self._max_scans)
             self._max_scans = None
+            self._enough = True
             self._spawn("stop-when-inspected", self._stop_when_inspected)
+
+    def _timer_trigger(self) -> None:
+        if not self._enough:  # `run --scans N`: no scan beyond the N while they are inspected
+            self.loop.submit(Trigger(source="timer"))
 
     def _stop_when_inspected(self) -> None:
         """`run --scans N` ends with every event of its N scans out: identification waits for the batch's
@@ -350,7 +361,7 @@ class Station:
                 "timer",
                 self._every,
                 self.cfg.capture.timer_interval_s,
-                lambda: self.loop.submit(Trigger(source="timer")),
+                self._timer_trigger,
             )
         log.info(
             "station running",
