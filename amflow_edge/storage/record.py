@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from amflow_edge.inspection.identification.models import Outcome
 from amflow_edge.messaging.payload import Scan
 
 
@@ -40,17 +41,8 @@ class OperatorDecisionRecord(BaseModel):
     reasons: list[str] | None = Field(default=None, description="Reasons given with the decision, if any.")
 
 
-IdentificationOutcome = Literal[
-    "identified",
-    "ambiguous",
-    "material_ambiguous",
-    "not_in_batch",
-    "empty_tray",
-    "several_parts",
-    "out_of_view",
-    "no_candidates",
-    "failed",
-]
+IdentificationOutcome = Outcome
+"""identified, or why no design was chosen (inspection.identification.models)."""
 
 
 class CandidateRecord(BaseModel):
