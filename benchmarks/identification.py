@@ -3,6 +3,10 @@
     .venv/bin/python benchmarks/identification.py            # batches of 20, 50 and 100 designs (about 20 min)
     .venv/bin/python benchmarks/identification.py --quick    # batches of 20 and 50, fewer scenes (about 5 min)
     .venv/bin/python benchmarks/identification.py --seed 1000  # the seeds the thresholds were tuned on
+    .venv/bin/python benchmarks/identification.py --colours grey  # every part GREY: geometry apart from material
+
+With --verbose every scene's outcome is printed, and for a part of the batch that was not named the rank of its
+true design among the scored candidates (beyond 12: not shortlisted), to tell a ranking miss from a refusal.
 
 Batches are drawn by look-alike family (left/right mirror images, a/b variants, 250/300/350 sizes, 2-hole/3-hole,
 3 mm/4 mm), whole families at a time, so every batch holds the hard cases. Some designs come in two materials of
@@ -36,7 +40,11 @@ from amflow_edge.inspection.geometry.camera import CameraCalibration, load_rig  
 from amflow_edge.inspection.geometry.placement import place_on_tray  # noqa: E402
 from amflow_edge.inspection.identification.appearance import measure  # noqa: E402
 from amflow_edge.inspection.identification.descriptors import file_sha1  # noqa: E402
-from amflow_edge.inspection.identification.models import CandidateDesign, MaterialLook  # noqa: E402
+from amflow_edge.inspection.identification.models import (  # noqa: E402
+    CandidateDesign,
+    Identification,
+    MaterialLook,
+)
 from amflow_edge.inspection.identification.pipeline import (  # noqa: E402
     _segment,
     identify_and_inspect,
@@ -198,6 +206,16 @@ def main() -> int:
     parser.add_argument("--outsiders", type=int, default=None, help="scenes of designs not in the batch, per batch")
     parser.add_argument("--no-inspect", action="store_true", help="identification only")
     parser.add_argument("--verbose", action="store_true", help="print every scene's outcome")
+    parser.add_argument(
+        "--colours",
+        choices=("mixed", "grey"),
+        default="mixed",
+        help="mixed: GREY, GREEN and second materials as drawn; grey: every part GREY, one material per design, "
+        "to tell what geometry costs from what material and segmentation cost",
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="design cache to reuse (default: a fresh one, prepared and timed)"
+    )
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a TextIOWrapper when run as a script
     sizes = [int(s) for s in (args.sizes or ("20,50" if args.quick else "20,50,100")).split(",")]
@@ -207,14 +225,16 @@ def main() -> int:
     cameras = load_rig(REPO / "config" / "calibration" / "demo")
     profile = load_profile("default")
     store = SceneStore(args.scenes, cameras)
-    print(f"seed {args.seed}; scenes kept in {args.scenes}")
+    print(f"seed {args.seed}, colours {args.colours}; scenes kept in {args.scenes}")
     designs = load_designs()
     by_name = {d.name: d for d in designs}
     rng = np.random.default_rng(args.seed)
     two = {d.name for d in designs if rng.random() < TWO_MATERIALS}
     first_colour = {d.name: ("GREEN" if rng.random() < 0.3 else "GREY") for d in designs}
+    if args.colours == "grey":
+        two, first_colour = set(), dict.fromkeys(first_colour, "GREY")
     looks = learn_looks(store, designs, ["GREY", "WHITE", "GREEN"], args.seed + 90_000)
-    cache = Path(tempfile.mkdtemp(prefix="amflow-ident-bench-cache-"))
+    cache = args.cache or Path(tempfile.mkdtemp(prefix="amflow-ident-bench-cache-"))
     prepare_s: dict[str, float] = {}
     for design in designs:
         started = time.perf_counter()
@@ -346,8 +366,9 @@ def run_batch(
             print(
                 f"  {scene.kind:8s} {(scene.design or '-')[-40:]:40s} {scene.colour:5s} seed {scene.seed}: "
                 f"{identification.outcome:18s} {'OK' if chosen_id == truth else ('WRONG' if chosen_id else '')} "
-                f"{total_s[-1]:.2f} s  {identification.reason[:150]}"
-                + (f" [{identification.candidates[0].detail}]" if identification.candidates else ""),
+                f"{total_s[-1]:.2f} s  {identification.reason[: 150 if chosen_id else 420]}"
+                + (f" [{identification.candidates[0].detail}]" if identification.candidates else "")
+                + (f" {truth_rank(identification, truth)}" if truth is not None and chosen_id != truth else ""),
                 flush=True,
             )
     scans = len(scenes)
@@ -368,6 +389,15 @@ def run_batch(
     print(f"  preparing the batch's designs: {prepare:.1f} s")
     for line in wrong_lines:
         print(f"    WRONG: {line}")
+
+
+def truth_rank(identification: Identification, truth: str) -> str:
+    """Where the true design stands among the scored candidates: a part left unnamed because its design was
+    never shortlisted is the ranking's failure, one fitted and refused the verification's."""
+    for rank, score in enumerate(identification.candidates, start=1):
+        if score.design_material == truth:
+            return f"<truth rank {rank}: {score.detail}>"
+    return f"<truth not among the {len(identification.candidates)} scored>"
 
 
 def cameras_of(store: SceneStore) -> list[CameraCalibration]:

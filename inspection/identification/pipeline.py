@@ -8,19 +8,15 @@ inspection's measuring, not two alignments.
 from __future__ import annotations
 
 import math
-import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import cast
 
 import numpy as np
 import trimesh
-from threadpoolctl import ThreadpoolController
 
 from amflow_edge.common.durable import replace_durably
 from amflow_edge.common.shipped import DEMO_CALIBRATION
@@ -46,9 +42,11 @@ from amflow_edge.inspection.identification.ranking import (
 from amflow_edge.inspection.identification.scene import TopOutline, examine, top_outline
 from amflow_edge.inspection.identification.verify import (
     Fit,
+    OutlineEvidence,
     fit_design,
     fits_well,
     leaves_an_image,
+    outline_evidence,
     separated,
     tie_break,
 )
@@ -56,6 +54,7 @@ from amflow_edge.inspection.inspect import InspectionInputError, inspect_scan, r
 from amflow_edge.inspection.profiles import InspectionProfile
 from amflow_edge.inspection.report import InspectionReport
 from amflow_edge.inspection.segment import SegmentationError, check_pair, segment_scan
+from amflow_edge.inspection.timing import Stopwatch, blas
 
 VERIFY_NEAR = 0.1
 """Designs whose silhouette IoU is within this of the best are fitted too: on 20 scenes mirror images, a/b and
@@ -83,27 +82,6 @@ class _Result:
     alignment: Alignment | None = None
     mesh: trimesh.Trimesh | None = None
     timings: dict[str, float] = field(default_factory=dict)
-
-
-class _Stopwatch:
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        mark = time.perf_counter()
-        yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - mark
-
-    def rounded(self) -> dict[str, float]:
-        seconds = {**self.seconds, "total": time.perf_counter() - self.started}
-        return {k: round(v, 4) for k, v in seconds.items()}
-
-
-@cache
-def _blas() -> ThreadpoolController:
-    return ThreadpoolController()
 
 
 def prepare_design(mesh_path: Path, units: str, cache_dir: Path | None) -> None:
@@ -195,8 +173,8 @@ def _identify(
     candidates: Sequence[CandidateDesign],
     cache_dir: Path | None,
 ) -> _Result:
-    watch = _Stopwatch()
-    with _blas().limit(limits=1, user_api="blas"):
+    watch = Stopwatch()
+    with blas().limit(limits=1, user_api="blas"):
         result = _run(images, references, cameras, candidates, cache_dir, watch)
     result.identification.timings_s = watch.rounded()
     return result
@@ -229,7 +207,7 @@ def _run(
     cameras: Sequence[CameraCalibration],
     candidates: Sequence[CandidateDesign],
     cache_dir: Path | None,
-    watch: _Stopwatch,
+    watch: Stopwatch,
 ) -> _Result:
     _check_inputs(images, references, cameras)
     with watch.stage("designs"):
@@ -261,13 +239,12 @@ def _run(
     scores = _scores(geometries, ranked, fits)
     best = fits[0]
     name = _label(geometries[best.group])
-    if not fits_well(best):
+    evidence = _evidence(geometries[best.group], best, views, cache_dir)
+    if not fits_well(evidence):
         return _Result(
             _answer(
                 "not_in_batch",
-                f"no design of the batch fits the part: the closest, {name}, leaves "
-                f"{100 * (1 - best.alignment.inlier_fraction):.0f} % of its outline off the photos' "
-                f"(outline cost {best.cost:.2f}, median residual {best.alignment.median_residual_px:.2f} px)",
+                f"no design of the batch fits the part: the closest, {name}, {_misfit(evidence)}",
                 scores,
                 fit=best,
                 appearance=appearance,
@@ -294,7 +271,11 @@ def _run(
             tied, [full_model(*_model_key(geometries[f.group]), cache_dir)[0] for f in tied], views
         )
         rest = [f for f in fits if all(f is not t for t in tied)]
-        if winner is not None and fits_well(winner) and all(separated(winner, f) for f in rest):
+        if (
+            winner is not None
+            and fits_well(_evidence(geometries[winner.group], winner, views, cache_dir))
+            and all(separated(winner, f) for f in rest)
+        ):
             members = {m.design_material for m in geometries[winner.group].members}
             scores = [c for c in scores if c.design_material in members] + [
                 c for c in scores if c.design_material not in members
@@ -334,6 +315,21 @@ def _run(
         views,
         best.alignment,
         mesh,
+    )
+
+
+def _evidence(geometry: _Geometry, fit: Fit, views: Sequence[View], cache_dir: Path | None) -> OutlineEvidence:
+    model, _ = full_model(*_model_key(geometry), cache_dir)
+    return outline_evidence(model, views, fit.alignment.pose)
+
+
+def _misfit(evidence: OutlineEvidence) -> str:
+    """What in the closest design's fit says the part is not that design, for the reason."""
+    return (
+        f"leaves {100 * (1 - evidence.inliers):.0f} % of its clearly seen outline off the photos' and "
+        f"{100 * evidence.on_tray:.0f} % of it on tray the photos show bare (outline cost {evidence.cost:.2f}, "
+        f"median residual {evidence.median_px:.2f} px; {100 * evidence.set_aside:.0f} % set aside where a face "
+        "too dark to segment may lie)"
     )
 
 
