@@ -6,20 +6,16 @@ and return a pydantic report; nothing here knows about MQTT or the daemon.
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
-from functools import cache, wraps
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 import cv2
 import numpy as np
 import trimesh
-from threadpoolctl import ThreadpoolController
 
 from amflow_edge.common.shipped import DEMO_CALIBRATION
 from amflow_edge.inspection.align import Alignment, AlignmentError, View, align, fit_scale, refit
@@ -42,10 +38,8 @@ from amflow_edge.inspection.profiles import InspectionProfile, load_profile
 from amflow_edge.inspection.report import InspectionReport, judge, write_report
 from amflow_edge.inspection.segment import SegmentationError, check_pair, segment_scan
 from amflow_edge.inspection.shading import choose_symmetric, compare_shading
+from amflow_edge.inspection.timing import Stopwatch, one_blas_thread
 from amflow_edge.inspection.warp import fit_bend
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 DEFAULT_CALIBRATION = DEMO_CALIBRATION
 
@@ -73,32 +67,7 @@ def _check_inputs(
             raise InspectionInputError(str(exc)) from None
 
 
-def _one_blas_thread(function: Callable[P, R]) -> Callable[P, R]:
-    """Runs `function` with the BLAS libraries' thread pools held to one thread.
-
-    The inspection runs its own threads (two cameras at a time, the shading comparison beside the
-    scale and bend fits), and OpenBLAS adding its own to every small matrix product made the
-    least-squares fits' SVDs wait on each other: on six mid-sized benchmark scenes one BLAS
-    thread took the metrics stage from 0.39 to 0.29 s and a whole scan from 1.30 to 1.16 s.
-    The limit is the process's, which is why the daemon inspects in worker processes, one scan
-    at a time each (amflow_edge.station.inspector).
-    """
-
-    @wraps(function)
-    def limited(*args: P.args, **kwargs: P.kwargs) -> R:
-        with _blas().limit(limits=1, user_api="blas"):
-            return function(*args, **kwargs)
-
-    return limited
-
-
-@cache
-def _blas() -> ThreadpoolController:
-    """Made on first use, when numpy's and scipy's BLAS libraries are loaded."""
-    return ThreadpoolController()
-
-
-@_one_blas_thread
+@one_blas_thread
 def inspect_scan(
     images: Mapping[str, np.ndarray],
     references: Mapping[str, np.ndarray],
@@ -118,7 +87,7 @@ def inspect_scan(
     identification already made (inspection.identification): given, the scan is neither segmented nor aligned
     again, which would cost a second and could find another pose than the one the design was chosen by.
     """
-    watch = _Stopwatch()
+    watch = Stopwatch()
     with watch.stage("design"):
         _check_inputs(images, references, cameras)
         model = _design(mesh_mm, cache_dir, design_material)
@@ -147,26 +116,6 @@ class _Found:
     notes: list[str]
 
 
-class _Stopwatch:
-    """Seconds per stage of one inspection, and in total since it was made, for the report's timings."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Times the block; a stage timed twice adds up."""
-        mark = time.perf_counter()
-        yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - mark
-
-    def rounded(self) -> dict[str, float]:
-        """The stages and the total so far, to 0.1 ms."""
-        seconds = {**self.seconds, "total": time.perf_counter() - self.started}
-        return {k: round(v, 4) for k, v in seconds.items()}
-
-
 def _design(mesh_mm: trimesh.Trimesh, cache_dir: Path | str | None, design_material: str) -> DesignModel:
     try:
         return design_model(mesh_mm, cache_dir)
@@ -188,7 +137,7 @@ def _fit_and_measure(
     model: DesignModel,
     views: Sequence[View],
     images: Mapping[str, np.ndarray],
-    watch: _Stopwatch,
+    watch: Stopwatch,
     given: Alignment | None = None,
 ) -> _Found:
     with watch.stage("align"):
