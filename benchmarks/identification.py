@@ -52,7 +52,8 @@ from amflow_edge.inspection.identification.pipeline import (  # noqa: E402
 )
 from amflow_edge.inspection.profiles import load_profile  # noqa: E402
 
-VORON = Path("/work/shared/meshes/voron2")
+VORON = REPO.parent / "shared" / "meshes" / "voron2"
+"""The whole corpus, beside the checkout (the tests use a copy of a few parts in tests/data)."""
 TWO_MATERIALS = 0.2
 """Share of designs that come in a second material."""
 SECOND_COLOUR = {"GREY": "WHITE", "GREEN": "GREY"}
