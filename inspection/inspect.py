@@ -245,6 +245,19 @@ def read_image(path: Path) -> np.ndarray:
     return image
 
 
+def read_scan_directory(
+    directory: Path, calibration: Path | str
+) -> tuple[list[CameraCalibration], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The rig's cameras, and a scan directory's photos and empty-tray references as `amflow-edge render` and the
+    station write them (scan_camNN.png, empty_camNN.png)."""
+    if not directory.is_dir():
+        raise InspectionInputError(f"{directory}: no such scan directory")
+    cameras = load_rig(calibration)
+    images: dict[str, np.ndarray] = {name: read_image(directory / f"scan_{name}.png") for name in RIG_CAMERAS}
+    references: dict[str, np.ndarray] = {name: read_image(directory / f"empty_{name}.png") for name in RIG_CAMERAS}
+    return cameras, images, references
+
+
 def inspect_directory(
     directory: Path | str,
     design: Path | str,
@@ -257,11 +270,7 @@ def inspect_directory(
 ) -> InspectionReport:
     """Inspect a scan directory (scan_cam0N.png, empty_cam0N.png) against a design mesh file; paths in, report out."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise InspectionInputError(f"{directory}: no such scan directory")
-    cameras = load_rig(calibration)
-    images: dict[str, np.ndarray] = {name: read_image(directory / f"scan_{name}.png") for name in RIG_CAMERAS}
-    references: dict[str, np.ndarray] = {name: read_image(directory / f"empty_{name}.png") for name in RIG_CAMERAS}
+    cameras, images, references = read_scan_directory(directory, calibration)
     mesh = load_mesh_mm(design, units)
     scan = None
     with suppress(ValueError):

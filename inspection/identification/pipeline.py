@@ -21,7 +21,7 @@ import trimesh
 from amflow_edge.common.durable import replace_durably
 from amflow_edge.common.shipped import DEMO_CALIBRATION
 from amflow_edge.inspection.align import Alignment, View
-from amflow_edge.inspection.geometry.camera import RIG_CAMERAS, CameraCalibration, load_rig
+from amflow_edge.inspection.geometry.camera import CameraCalibration
 from amflow_edge.inspection.identification import appearance as looks
 from amflow_edge.inspection.identification.descriptors import Descriptors, Units, design_descriptors, full_model
 from amflow_edge.inspection.identification.models import (
@@ -50,7 +50,7 @@ from amflow_edge.inspection.identification.verify import (
     separated,
     tie_break,
 )
-from amflow_edge.inspection.inspect import InspectionInputError, inspect_scan, read_image
+from amflow_edge.inspection.inspect import InspectionInputError, inspect_scan, read_scan_directory
 from amflow_edge.inspection.profiles import InspectionProfile
 from amflow_edge.inspection.report import InspectionReport
 from amflow_edge.inspection.segment import SegmentationError, check_pair, segment_scan
@@ -115,12 +115,7 @@ def identify_directory(
     cache_dir: Path | None = None,
 ) -> Identification:
     """identify_scan for a scan directory as `amflow-edge render` writes it (scan_camNN.png, empty_camNN.png)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise InspectionInputError(f"{directory}: no such scan directory")
-    cameras = load_rig(calibration)
-    images: dict[str, np.ndarray] = {name: read_image(directory / f"scan_{name}.png") for name in RIG_CAMERAS}
-    references: dict[str, np.ndarray] = {name: read_image(directory / f"empty_{name}.png") for name in RIG_CAMERAS}
+    cameras, images, references = read_scan_directory(Path(directory), calibration)
     return identify_scan(images, references, cameras, candidates, cache_dir)
 
 
