@@ -20,24 +20,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from amflow_edge.messaging.events import Events
 from amflow_edge.messaging.payload import EventName, timestamp
 from amflow_edge.station.assignments import AssignmentError
-from amflow_edge.storage.record import CandidateRecord, IdentificationOutcome, IdentificationRecord, ScanRecord
+from amflow_edge.storage.record import (
+    CandidateRecord,
+    IdentificationOutcome,
+    IdentificationRecord,
+    IdentifiedAs,
+    ScanRecord,
+)
 
 log = structlog.get_logger(__name__)
 
 MAX_AWAITING = 20
 """Scans named on the state topic as awaiting the operator; older ones are still in the database."""
-
-
-class IdentifiedAs(BaseModel):
-    """The worker's answer, before the station stamps it with the time."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    outcome: IdentificationOutcome = Field(description="identified, or why no design was chosen.")
-    design_material: str | None = Field(description="The design chosen, if any.")
-    candidates: list[CandidateRecord] = Field(default_factory=list, max_length=10, description="Closest, best first.")
-    reason: str = Field(description="Why, in words.")
-    appearance: float | None = Field(default=None, description="Measured reflectance against the tray.")
 
 
 class AwaitingIdentification(BaseModel):

@@ -12,14 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from amflow_edge.inspection.designs import Design, UnknownDesignError
+from amflow_edge.inspection.identification.models import CandidateDesign, MaterialLook
 from amflow_edge.station.designs import DesignCatalogue
-from amflow_edge.station.inspector import InspectionJob, JobCandidate
-from amflow_edge.station.material_looks import Look
+from amflow_edge.station.inspector import InspectionJob
 from amflow_edge.station.session import ScanningSession, SessionKeeper
 from amflow_edge.storage.record import ScanRecord
 from amflow_edge.storage.store import ScanStore
 
-LookOf = Callable[[str], Look | None]
+LookOf = Callable[[str], MaterialLook | None]
 
 
 class InspectionJobs:
@@ -80,7 +80,7 @@ class InspectionJobs:
                 ) from None
             raise
 
-    def _candidates(self, record: ScanRecord) -> list[JobCandidate]:
+    def _candidates(self, record: ScanRecord) -> list[CandidateDesign]:
         if not self._identify:
             raise LookupError("its design is unknown and identification is off; assign it (assign request)")
         session = self._sessions.current
@@ -99,7 +99,7 @@ class InspectionJobs:
                 else "none of the session's designs could be processed (see the log); fix their meshes"
             )
         return [
-            JobCandidate(
+            CandidateDesign(
                 design_material=d.design_material,
                 mesh_path=d.path,
                 units=d.units,

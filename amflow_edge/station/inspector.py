@@ -28,15 +28,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from amflow_edge.inspection.designs import Units, load_mesh_mm
 from amflow_edge.inspection.geometry.camera import CameraCalibration, load_calibration
+from amflow_edge.inspection.identification.models import CandidateDesign
 from amflow_edge.inspection.profiles import InspectionProfile, load_profile
 from amflow_edge.inspection.report import InspectionReport
 from amflow_edge.messaging.events import Events
 from amflow_edge.messaging.payload import timestamp
 from amflow_edge.ops.log import configure_logging, current_logging
 from amflow_edge.qc.rules import with_machine_verdict
-from amflow_edge.station.identification import IdentifiedAs, ScanChangedError
-from amflow_edge.station.material_looks import Look
-from amflow_edge.storage.record import CandidateRecord, ScanRecord
+from amflow_edge.station.identification import ScanChangedError
+from amflow_edge.storage.record import CandidateRecord, IdentifiedAs, ScanRecord
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,17 +54,6 @@ class WorkerError(RuntimeError):
     unpickled: the pool then reports its worker terminated abruptly, and the real cause is lost."""
 
 
-class JobCandidate(BaseModel):
-    """One design a scan may be: the worker identifies the scan among these."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    design_material: str = Field(description="The design's id.")
-    mesh_path: Path = Field(description="Mesh file of the design.")
-    units: Units = Field(description="Units of the mesh file.")
-    look: Look | None = Field(default=None, description="How its material looks on this station's tray, if known.")
-
-
 class InspectionJob(BaseModel):
     """Everything the worker needs, as paths and names: the design to inspect against, or the candidates to
     identify the scan among first."""
@@ -78,7 +67,7 @@ class InspectionJob(BaseModel):
     design_path: Path | None = Field(default=None, description="Mesh file of the design; None: identify first.")
     units: Units = Field(default="mm", description="Units of the mesh file.")
     design_material: str | None = Field(default=None, description="The design's id; None: identify first.")
-    candidates: list[JobCandidate] = Field(
+    candidates: list[CandidateDesign] = Field(
         default_factory=list, description="The session's designs to identify the scan among, when it has no design."
     )
     profile: str = Field(description="Inspection profile name or path.")
@@ -149,25 +138,13 @@ def _identify_and_inspect(
     cameras: list[CameraCalibration],
 ) -> JobResult:
     """One job: which design, then the inspection against it from the same segmentation and pose."""
-    from amflow_edge.inspection.identification.models import CandidateDesign, MaterialLook
     from amflow_edge.inspection.identification.pipeline import identify_and_inspect
 
-    candidates = [
-        CandidateDesign(
-            design_material=c.design_material,
-            mesh_path=c.mesh_path,
-            units=c.units,
-            look=None
-            if c.look is None
-            else MaterialLook(mean=c.look.mean, spread=c.look.spread, samples=c.look.samples),
-        )
-        for c in job.candidates
-    ]
     found, report = identify_and_inspect(
         images,
         references,
         cameras,
-        candidates,
+        job.candidates,
         _profile(job.profile),
         cache_dir=job.cache_dir,
         out_dir=job.scan_dir,

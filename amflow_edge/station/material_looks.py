@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from amflow_edge.common.durable import replace_durably
 from amflow_edge.config.identification import IdentificationSettings
+from amflow_edge.inspection.identification.models import MaterialLook
 from amflow_edge.messaging.payload import EventName
 from amflow_edge.storage.record import ScanRecord
 
@@ -46,16 +47,6 @@ class LooksFile(BaseModel):
     learned_from: list[str] = Field(default_factory=list, description="UUIDs of the scans learned from, oldest first.")
 
 
-class Look(BaseModel):
-    """A material's look as identification uses it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    mean: float = Field(description="Typical part grey ÷ tray grey.")
-    spread: float = Field(gt=0.0, description="One standard deviation of that measure.")
-    samples: int = Field(ge=0, description="Confirmed scans behind it; 0 for a configured look.")
-
-
 def material_key(design_material: str) -> str:
     """`<PROCESS>_<MATERIAL>_<COLOUR>` of a design_material id: what every geometry in that material shares."""
     return design_material.split("_", 1)[1] if "_" in design_material else design_material
@@ -81,16 +72,16 @@ class MaterialLooks:
             )
             return LooksFile()
 
-    def look(self, design_material: str) -> Look | None:
+    def look(self, design_material: str) -> MaterialLook | None:
         key = material_key(design_material)
         with self._lock:
             learned = self._file.looks.get(key)
         if learned is not None and learned.samples >= self._settings.learn_after:
             spread = math.sqrt(learned.m2 / (learned.samples - 1)) if learned.samples > 1 else 0.0
-            return Look(mean=learned.mean, spread=max(spread, MIN_SPREAD), samples=learned.samples)
+            return MaterialLook(mean=learned.mean, spread=max(spread, MIN_SPREAD), samples=learned.samples)
         configured = self._settings.looks.get(key)
         if configured is not None:
-            return Look(mean=configured.mean, spread=configured.spread, samples=0)
+            return MaterialLook(mean=configured.mean, spread=configured.spread, samples=0)
         return None
 
     def scan_event(self, event: EventName, record: ScanRecord) -> None:

@@ -52,9 +52,8 @@ class CandidateRecord(BaseModel):
     score: float = Field(ge=0.0, le=1.0, description="How well it explains the photos (1: perfectly).")
 
 
-class IdentificationRecord(BaseModel):
-    """What the station concluded about which design is on the tray, and why: the operator's screen, the button's
-    confirm and the state topic read this; the events carry only its consequence (design_material, assignment)."""
+class IdentifiedAs(BaseModel):
+    """What the worker concluded about which design is on the tray, and why, before the station stamps it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -68,6 +67,12 @@ class IdentificationRecord(BaseModel):
         default=None,
         description="The part's measured reflectance against the tray; what material looks are learned from.",
     )
+
+
+class IdentificationRecord(IdentifiedAs):
+    """The identification as the scan keeps it: the operator's screen, the button's confirm and the state topic
+    read this; the events carry only its consequence (design_material, assignment)."""
+
     at: str = Field(description="When the identification finished (ISO 8601, station time).")
 
 
