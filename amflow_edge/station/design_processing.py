@@ -79,15 +79,15 @@ had to be done to its mesh (None: it was a closed solid, used unchanged)."""
 
 
 def prepare_in_worker(mesh_path: str, units: str, cache_dir: str) -> str | None:
-    from amflow_edge.inspection.designs import load_design_mesh
     from amflow_edge.inspection.identification.pipeline import prepare_design
 
     try:
-        prepare_design(Path(mesh_path), units, Path(cache_dir))
-        _, processing = load_design_mesh(Path(mesh_path), units)  # type: ignore[arg-type]
+        processing = prepare_design(Path(mesh_path), units, Path(cache_dir))
     except Exception as exc:  # noqa: BLE001 - see WorkerError
         raise WorkerError(str(exc) or type(exc).__name__) from None
-    return None if processing.watertight_input and not processing.repairs else processing.summary()
+    if processing is None or (processing.watertight_input and not processing.repairs):
+        return None
+    return processing.summary()
 
 
 def _worker_started(parent_pid: int, log_level: str, log_json: bool) -> None:

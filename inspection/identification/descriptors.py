@@ -117,8 +117,8 @@ def design_descriptors(mesh_path: Path, units: Units, cache_dir: Path | None) ->
     path = descriptor_path(cache_dir, sha1, units) if cache_dir is not None else None
     descriptors = _read(path, sha1, units) if path is not None and path.is_file() else None
     if descriptors is None:
-        mesh = load_mesh_mm(mesh_path, units)
-        descriptors = compute_descriptors(mesh, design_model(mesh, cache_dir), sha1, units)
+        model, mesh = full_model(mesh_path, units, cache_dir)  # the mesh is loaded and repaired once
+        descriptors = compute_descriptors(mesh, model, sha1, units)
         if path is not None:
             _write(path, descriptors)
     with _LOCK:

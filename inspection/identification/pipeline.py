@@ -21,6 +21,7 @@ import trimesh
 from amflow_edge.common.durable import replace_durably
 from amflow_edge.common.shipped import DEMO_CALIBRATION
 from amflow_edge.inspection.align import Alignment, View
+from amflow_edge.inspection.designs import mesh_processing
 from amflow_edge.inspection.geometry.camera import CameraCalibration
 from amflow_edge.inspection.identification import appearance as looks
 from amflow_edge.inspection.identification.descriptors import Descriptors, Units, design_descriptors, full_model
@@ -51,6 +52,7 @@ from amflow_edge.inspection.identification.verify import (
     tie_break,
 )
 from amflow_edge.inspection.inspect import InspectionInputError, inspect_scan, read_scan_directory
+from amflow_edge.inspection.mesh_repair import MeshProcessing
 from amflow_edge.inspection.profiles import InspectionProfile
 from amflow_edge.inspection.report import InspectionReport
 from amflow_edge.inspection.segment import SegmentationError, check_pair, segment_scan
@@ -84,11 +86,13 @@ class _Result:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def prepare_design(mesh_path: Path, units: str, cache_dir: Path | None) -> None:
+def prepare_design(mesh_path: Path, units: str, cache_dir: Path | None) -> MeshProcessing | None:
     """Everything identification and inspection need of a design that depends on its mesh alone, stored in
-    cache_dir: the station calls it per design at session start, so the first scan does not wait for it."""
+    cache_dir: the station calls it per design at session start, so the first scan does not wait for it. Returns
+    what had to be done to the mesh as sent (the design's processing report)."""
+    _, mesh = full_model(Path(mesh_path), _units(units), cache_dir)
     design_descriptors(Path(mesh_path), _units(units), cache_dir)
-    full_model(Path(mesh_path), _units(units), cache_dir)
+    return mesh_processing(mesh)
 
 
 def _units(units: str) -> Units:
