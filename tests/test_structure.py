@@ -118,6 +118,7 @@ def test_the_station_never_reads_the_inspection_internals_it_does_not_run() -> N
         "amflow_edge.inspection.report",
         "amflow_edge.inspection.models",
         "amflow_edge.inspection.geometry.camera",
+        "amflow_edge.inspection.calibration.drift",
         "amflow_edge.inspection.identification",
         "amflow_edge.inspection.identification.models",
         "amflow_edge.inspection.identification.pipeline",

@@ -202,6 +202,23 @@ class InspectionSettings(BaseModel):
     )
 
 
+class CalibrationSettings(BaseModel):
+    model_config = _STRICT
+
+    check_drift: bool = Field(
+        default=True,
+        description="At every session start, compare each camera's empty tray with the one photographed at "
+        "commissioning, and inspect nothing through a camera that moved.",
+    )
+    max_drift_px: float = Field(
+        default=1.0,
+        gt=0,
+        le=50,
+        description="How far (pixels, at any image corner) a camera's view may move before it must be "
+        "recalibrated; a bumped bracket moves it by several.",
+    )
+
+
 class SessionSettings(BaseModel):
     model_config = _STRICT
 
@@ -265,6 +282,9 @@ class StationConfig(BaseSettings):
     )
     identification: IdentificationSettings = Field(
         default_factory=IdentificationSettings, description="Recognising which of the batch's designs is on the tray."
+    )
+    calibration: CalibrationSettings = Field(
+        default_factory=CalibrationSettings, description="Checking that the cameras still match their calibration."
     )
     session: SessionSettings = Field(default_factory=SessionSettings, description="Scanning session defaults.")
     qc: QcSettings = Field(

@@ -33,6 +33,7 @@ from amflow_edge.panel.operator import OperatorPanel
 from amflow_edge.qc.decisions import Decisions
 from amflow_edge.qc.reasons import load_reasons
 from amflow_edge.station.assignments import Assignments
+from amflow_edge.station.calibration_drift import CalibrationDrift
 from amflow_edge.station.capture import CaptureLoop
 from amflow_edge.station.commands import StationCommands
 from amflow_edge.station.design_processing import DesignProcessing
@@ -149,6 +150,11 @@ def build_station(
     events.listen(looks.scan_event)
     design_cache = cfg.designs.cache_dir or cfg.station.state_dir / "design_cache"
     processing = DesignProcessing(design_cache, on_progress=lambda: station.publish_state())
+    drift = (
+        CalibrationDrift(cfg.cameras, cfg.calibration.max_drift_px, cfg.station.state_dir)
+        if inspector is not None and cfg.calibration.check_drift
+        else None
+    )
     jobs = InspectionJobs(
         store,
         catalogue,
@@ -159,6 +165,7 @@ def build_station(
         identify=cfg.identification.enabled,
         look_of=looks.look,
         unusable=processing.failed,
+        refusal=drift.refusal if drift is not None else lambda: None,
     )
     driver = driver if driver is not None else make_driver(cfg, SessionDesigns(catalogue, jobs))
     decisions = Decisions(events, load_reasons(cfg.qc.reasons), tz)
@@ -217,6 +224,7 @@ def build_station(
         identifications=identifications,
         over_counted=assignments.over_counted,
         copies_assigned=assignments.copies_assigned,
+        drift=drift,
     )
     panel.listen(station.publish_state)
     loop.listen(station.after_scan)

@@ -35,6 +35,7 @@ class InspectionJobs:
         identify: bool = True,
         look_of: LookOf = lambda _: None,
         unusable: Callable[[], set[str]] = set,
+        refusal: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._store = store
         self._catalogue = catalogue
@@ -45,11 +46,15 @@ class InspectionJobs:
         self._identify = identify
         self._look_of = look_of
         self._unusable = unusable
+        self._refusal = refusal
 
     def for_scan(self, record: ScanRecord, profile: str | None = None) -> InspectionJob:
         """Raises LookupError (UnknownDesignError is one) saying why the scan cannot be inspected."""
         if record.station.deleted_at is not None:
             raise LookupError(f"its images were deleted by retention at {record.station.deleted_at}")
+        refusal = self._refusal()
+        if refusal is not None:
+            raise LookupError(refusal)
         reference_dir = self._store.reference_dir(record.scan.scan_session)
         if not reference_dir.is_dir():
             raise LookupError(f"no empty-tray references for session {record.scan.scan_session}")

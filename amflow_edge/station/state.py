@@ -10,6 +10,7 @@ from amflow_edge.drivers.base import CameraHealth
 from amflow_edge.messaging.outbox import OutboxStats
 from amflow_edge.messaging.payload import Batch, Output
 from amflow_edge.panel.operator import OperatorView
+from amflow_edge.station.calibration_drift import DriftReport
 from amflow_edge.station.design_processing import ProcessingProgress
 from amflow_edge.station.identification import AwaitingIdentification
 
@@ -60,6 +61,12 @@ class StationState(BaseModel):
         "review unassigned.",
     )
     cameras: list[CameraHealth] = Field(description="Health of each camera.")
+    calibration_drift: DriftReport | None = Field(
+        default=None,
+        description="The last check of the cameras against their calibration (at a session start); a camera that "
+        "moved is `moved` and its scans go to review until it is recalibrated. Null before the first check or "
+        "with the check off.",
+    )
     scans_stored: int = Field(description="Scans stored since start.")
     scans_failed: int = Field(
         description="Captures that failed since start (a camera, a full disk); triggers refused while paused are not "

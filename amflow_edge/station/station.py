@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -31,6 +32,7 @@ from amflow_edge.messaging.relay import Relay
 from amflow_edge.panel.base import ButtonSource
 from amflow_edge.panel.operator import OperatorPanel
 from amflow_edge.qc.decisions import Decisions
+from amflow_edge.station.calibration_drift import CalibrationDrift
 from amflow_edge.station.capture import CaptureLoop, QueuedOnce, Trigger
 from amflow_edge.station.design_processing import DesignProcessing
 from amflow_edge.station.designs import DesignCatalogue
@@ -82,6 +84,7 @@ class Station:
     identifications: Identifications
     over_counted: Callable[[], list[str]] = field(default=list)
     copies_assigned: Callable[[], dict[str, int]] = field(default=dict)
+    drift: CalibrationDrift | None = None
     stop_event: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _reconnect_task: QueuedOnce = field(init=False)
@@ -123,6 +126,7 @@ class Station:
             copies_assigned=self.copies_assigned(),
             over_counted=self.over_counted(),
             cameras=self.driver.health(),
+            calibration_drift=self.drift.report if self.drift is not None else None,
             scans_stored=self.loop.scans_stored,
             scans_failed=self.loop.scans_failed,
             last_scan=self.loop.last_scan,
@@ -146,11 +150,20 @@ class Station:
         if not isinstance(self.driver, ReferenceSource):
             log.warning("this camera driver cannot take empty-tray references; scans are not inspected")
             return
+        scan_session = scan_session or self.scan_session
         shot = self.driver.grab_reference(self.cfg.rig.grab_timeout_s)
-        path = self.store.write_reference(
-            scan_session or self.scan_session, {n: f.image for n, f in shot.frames.items()}
-        )
+        path = self.store.write_reference(scan_session, {n: f.image for n, f in shot.frames.items()})
         log.info("empty-tray references stored", path=str(path))
+        self._check_drift(path, scan_session)
+
+    def _check_drift(self, reference_dir: Path, scan_session: str) -> None:
+        """Before the session's first scan is inspected: a camera that moved must not give it a verdict."""
+        if self.drift is None or not reference_dir.is_dir():
+            return
+        try:
+            self.drift.check(reference_dir, scan_session)
+        except (OSError, ValueError) as exc:
+            log.error("the cameras' drift could not be checked", error=str(exc))
 
     def _has_references(self) -> bool:
         return self.store.reference_dir(self.scan_session).is_dir()
@@ -347,7 +360,10 @@ class Station:
         self.panel.follow(latest[0] if latest else None)
         self.driver.open()
         if self.inspector is not None:
+            checked = self.drift.report if self.drift is not None else None
             self._references_at_start()
+            if self.drift is not None and self.drift.report is checked:  # references kept from before this start
+                self._check_drift(self.store.reference_dir(self.scan_session), self.scan_session)
             self.resume_inspections()
         self.relay.start()
         self.mqtt.start()
