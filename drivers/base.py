@@ -46,8 +46,14 @@ class Frame:
     timestamp: datetime
     serial: str
     exposure_us: float
+    """As the camera reports it for this frame (chunk data, or read back after setting): what the scan records, since
+    a camera rounds or limits what it is given."""
     gain_db: float
     extra: dict[str, Any] = field(default_factory=dict)
+    camera_timestamp_ticks: int | None = None
+    """The camera's own clock at the frame, in ticks of camera_tick_hz; None where the camera keeps none. Frames of one
+    trigger are compared by it: the host's arrival times include the transfer."""
+    camera_tick_hz: float | None = None
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,25 @@ import contextlib
 import hashlib
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal, Protocol
 
 import structlog
 from pypylon import genicam, pylon
 
 from amflow_edge.common.backoff import Backoff
 from amflow_edge.drivers.base import CameraHealth, CameraSettings, DriverError, Frame, GrabError, Shot
+from amflow_edge.drivers.gige_budget import (
+    FALLBACK_TICK_HZ,
+    StreamSettings,
+    packet_size_for,
+    plan_streams,
+    transfer_s,
+)
 from amflow_edge.drivers.pylon_settings import ActionCommand, PylonSettings
+from amflow_edge.drivers.trigger_check import FrameDroppedError, FrameIncompleteError
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +39,8 @@ TRANSFER_MARGIN_S = 0.5
 TRIGGER_READY_MS = 1000
 PULSE_POLL_S = 0.005
 FIRST_RECONNECT_S = 1.0
+CHUNKS = ("Timestamp", "ExposureTime", "Gain")
+NO_ADDRESS = "0.0.0.0"
 
 
 class _RemovalFlag(pylon.ConfigurationEventHandler):
@@ -48,6 +60,12 @@ class _Camera:
     flag: _RemovalFlag = field(default_factory=_RemovalFlag)
     features_sha256: str | None = None
     model: str = ""
+    address: str = ""
+    stream: StreamSettings | None = None
+    tick_hz: float | None = None
+    chunks: bool = False
+    exposure_us: float = 0.0
+    gain_db: float = 0.0
     lost: str | None = "not opened"
     next_attempt: float = 0.0
 
@@ -61,16 +79,129 @@ def enumerate_cameras() -> list[pylon.DeviceInfo]:
     return list(pylon.TlFactory.GetInstance().EnumerateDevices())
 
 
-def issue_action_command(action: ActionCommand) -> None:
-    """One GigE Vision ACTION_CMD broadcast: every camera whose keys match exposes at the same instant."""
-    tl = pylon.TlFactory.GetInstance().CreateTl("BaslerGigE")
-    if not tl.IssueActionCommandNoWait(
-        action.device_key, action.group_key, action.group_mask, action.broadcast_address
-    ):
-        raise DriverError(
-            f"the action command to {action.broadcast_address} could not be sent; "
-            "check pylon.action.broadcast_address is the camera network's broadcast address"
+class ActionTransport(Protocol):
+    """Where an action command goes out and its acknowledgements come back: pylon's GigE transport layer on a station.
+
+    Its own seam because the confirmation logic must be testable on a machine without GigE cameras.
+    """
+
+    def issue(self, action: ActionCommand, timeout_ms: int, expected: int) -> tuple[bool, Sequence[tuple[str, int]]]:
+        """Send one ACTION_CMD; wait up to timeout_ms for `expected` acknowledgements, as (ip address, status)."""
+
+
+class PylonActionTransport:
+    """pylon's BaslerGigE transport layer, as Basler's action command sample uses it."""
+
+    def issue(self, action: ActionCommand, timeout_ms: int, expected: int) -> tuple[bool, Sequence[tuple[str, int]]]:
+        try:
+            tl = pylon.TlFactory.GetInstance().CreateTl("BaslerGigE")
+            ok, results = tl.IssueActionCommandWait(
+                action.device_key, action.group_key, action.group_mask, action.broadcast_address, timeout_ms, expected
+            )
+        except genicam.GenericException as exc:
+            raise DriverError(
+                f"the action command to {action.broadcast_address} could not be sent: {_why(exc)}; check "
+                "pylon.action.broadcast_address is the camera network's broadcast address"
+            ) from None
+        return bool(ok), [(str(address), int(status)) for address, status in results]
+
+
+ACTION_STATUS = {
+    pylon.GigEActionCommandStatus_Ok: "ok",
+    pylon.GigEActionCommandStatus_NoRefTime: "no reference time (PTP not synchronised)",
+    pylon.GigEActionCommandStatus_Overflow: "action queue overflow",
+    pylon.GigEActionCommandStatus_ActionLate: "the action time was already past",
+}
+
+
+class ActionNotConfirmedError(DriverError):
+    """Not every camera acknowledged an action command: some of them did not expose, so there is no scan."""
+
+    def __init__(self, missing: Mapping[str, str]) -> None:
+        names = ", ".join(f"{camera}: {why}" for camera, why in missing.items())
+        super().__init__(
+            f"action command not confirmed by {names}; check the camera's cable and that its ActionDeviceKey, "
+            "ActionGroupKey and ActionGroupMask match [pylon.action] (the driver sets them at open) and that "
+            "pylon.action.broadcast_address reaches its subnet"
         )
+        self.missing = dict(missing)
+
+
+def issue_action_command(
+    action: ActionCommand,
+    cameras: Mapping[str, str],
+    timeout_ms: int,
+    transport: ActionTransport | None = None,
+) -> None:
+    """One GigE Vision ACTION_CMD broadcast, confirmed: every camera (ip address → name) must answer status ok.
+
+    Fire-and-forget could not tell a camera that missed the packet from one that exposed; only
+    the acknowledgements can, before the station waits a grab deadline for a frame that never comes.
+    """
+    _, results = (transport or PylonActionTransport()).issue(action, timeout_ms, len(cameras))
+    answered = {address: status for address, status in results if address and address != NO_ADDRESS}
+    strangers = sorted(set(answered) - set(cameras))
+    if strangers:
+        log.warning("devices not of this station answered its action command", addresses=strangers)
+    missing = {
+        name: (
+            "no answer"
+            if address not in answered
+            else ACTION_STATUS.get(answered[address], f"status {answered[address]}")
+        )
+        for address, name in cameras.items()
+        if answered.get(address) != pylon.GigEActionCommandStatus_Ok
+    }
+    if missing:
+        raise ActionNotConfirmedError(missing)
+
+
+TimestampSource = Literal["chunk", "grab_result"] | None
+"""Where a frame's camera timestamp came from; None when the camera keeps no clock (pylon's emulation)."""
+
+
+def _ip_address(info: pylon.DeviceInfo) -> str:
+    """The GigE camera's address action command acknowledgements come from; empty for other transports."""
+    try:
+        address = str(info.GetIpAddress())
+    except genicam.GenericException:
+        return ""
+    return "" if address in ("", "N/A") else address
+
+
+def _tick_hz(camera: pylon.InstantCamera) -> float | None:
+    node = camera.GetNodeMap().GetNode("GevTimestampTickFrequency")
+    if node is not None and genicam.IsReadable(node):
+        return float(camera.GevTimestampTickFrequency.Value)
+    return None
+
+
+def _enable_chunks(camera: pylon.InstantCamera) -> bool:
+    """Timestamp, exposure and gain as chunk data of every frame, where the camera can (Basler's grabchunkimage).
+
+    A camera that accepts ChunkModeActive but then offers no ChunkSelector (pylon's emulation)
+    cannot even start grabbing with it on, so it is switched back off.
+    """
+    mode = _node(camera, "ChunkModeActive")
+    if mode is None:
+        return False
+    camera.ChunkModeActive.Value = True
+    selector = camera.GetNodeMap().GetNode("ChunkSelector")
+    if selector is None or not genicam.IsWritable(selector) or "Timestamp" not in camera.ChunkSelector.Symbolics:
+        camera.ChunkModeActive.Value = False
+        return False
+    for chunk in CHUNKS:
+        if chunk in camera.ChunkSelector.Symbolics:
+            camera.ChunkSelector.Value = chunk
+            camera.ChunkEnable.Value = True
+    return True
+
+
+def _chunk_value(chunks: genicam.INodeMap, name: str) -> float | None:
+    node = chunks.GetNode(name)
+    if node is None or not genicam.IsReadable(node):
+        return None
+    return float(node.GetValue())
 
 
 def _node(camera: pylon.InstantCamera, *names: str) -> genicam.INode | None:
@@ -83,10 +214,16 @@ def _node(camera: pylon.InstantCamera, *names: str) -> genicam.INode | None:
 
 
 class PylonDriver:
-    def __init__(self, cameras: list[CameraSettings], settings: PylonSettings) -> None:
+    def __init__(
+        self,
+        cameras: list[CameraSettings],
+        settings: PylonSettings,
+        action_transport: ActionTransport | None = None,
+    ) -> None:
         self._settings = settings
         self._cameras = [_Camera(c, Backoff(FIRST_RECONNECT_S, settings.reconnect_max_backoff_s)) for c in cameras]
         self._hardware = settings.trigger == "line1"
+        self._action_transport = action_transport
 
     @property
     def hardware_triggered(self) -> bool:
@@ -129,8 +266,12 @@ class PylonDriver:
             camera.Open()
             entry.camera = camera
             entry.model = info.GetModelName()
+            entry.address = _ip_address(info)
             entry.features_sha256 = self._load_features(camera, entry.settings)
-            self._configure(camera, entry.settings)
+            self._configure(camera, entry)
+            entry.tick_hz = _tick_hz(camera)
+            entry.stream = self._apply_link_budget(camera, entry)
+            entry.chunks = _enable_chunks(camera)
             camera.MaxNumBuffer.Value = self._settings.grab_buffers
             camera.StartGrabbing(pylon.GrabStrategy_OneByOne)
         except genicam.GenericException as exc:
@@ -141,7 +282,16 @@ class PylonDriver:
             raise
         entry.lost = None
         entry.backoff.reset()
-        log.info("camera open", camera=name, serial=serial, model=entry.model, features=entry.features_sha256)
+        log.info(
+            "camera open",
+            camera=name,
+            serial=serial,
+            model=entry.model,
+            features=entry.features_sha256,
+            exposure_us=entry.exposure_us,
+            gain_db=entry.gain_db,
+            chunks=entry.chunks,
+        )
 
     def _load_features(self, camera: pylon.InstantCamera, settings: CameraSettings) -> str | None:
         if self._settings.features_dir is None:
@@ -163,8 +313,9 @@ class PylonDriver:
             ) from None
         return hashlib.sha256(data).hexdigest()
 
-    def _configure(self, camera: pylon.InstantCamera, settings: CameraSettings) -> None:
+    def _configure(self, camera: pylon.InstantCamera, entry: _Camera) -> None:
         """The station's own settings win over the feature file: the scan record must be true."""
+        settings = entry.settings
         camera.Width.Value = settings.width
         camera.Height.Value = settings.height
         camera.PixelFormat.Value = settings.pixel_format
@@ -174,6 +325,7 @@ class PylonDriver:
             raise DriverError(f"{settings.name}: the camera has no writable exposure time or gain in dB")
         exposure.SetValue(settings.exposure_us)
         gain.SetValue(settings.gain_db)
+        entry.exposure_us, entry.gain_db = float(exposure.GetValue()), float(gain.GetValue())
         if _node(camera, "TestImageSelector") is not None:
             camera.TestImageSelector.Value = "Off"
         camera.TriggerSelector.Value = "FrameStart"
@@ -195,12 +347,78 @@ class PylonDriver:
             camera.ActionGroupMask.Value = action.group_mask
             camera.TriggerSource.Value = "Action1"
 
-    def frame_deadline_s(self) -> float:
-        """Exposure, then transfer over the camera's link, then a margin for the host."""
-        slowest = max(
-            c.settings.exposure_us / 1e6 + c.settings.width * c.settings.height / (self._settings.link_mb_s * 1e6)
-            for c in self._cameras
+    def _apply_link_budget(self, camera: pylon.InstantCamera, entry: _Camera) -> StreamSettings | None:
+        """Packet size and delays from [pylon.gige], where the camera has them (GigE); what it streams with after."""
+        nodes = [_node(camera, name) for name in ("GevSCPSPacketSize", "GevSCPD", "GevSCFTD")]
+        size_node, delay_node, frame_delay_node = nodes
+        if size_node is None or delay_node is None:
+            log.info(
+                "packet size and inter-packet delay do not apply to this camera (not GigE)",
+                camera=entry.settings.name,
+                model=entry.model,
+            )
+            return None
+        tick_hz = entry.tick_hz or FALLBACK_TICK_HZ
+        gige = self._settings.gige
+        if gige.apply:
+            size = packet_size_for(
+                gige.mtu, camera.GevSCPSPacketSize.Min, camera.GevSCPSPacketSize.Max, camera.GevSCPSPacketSize.Inc
+            )
+            plan = plan_streams(
+                gige.cameras_per_nic or len(self._cameras),
+                size,
+                tick_hz,
+                gige.nic_mb_s * 1e6,
+                gige.camera_link_mb_s * 1e6,
+                gige.headroom,
+                gige.stagger,
+            )
+            wanted = plan[self._cameras.index(entry) % len(plan)]
+            size_node.SetValue(wanted.packet_size)
+            if wanted.delay_ticks > camera.GevSCPD.Max:
+                log.warning(
+                    "the camera cannot delay its packets as long as the link budget needs; frames may get lost",
+                    camera=entry.settings.name,
+                    needed_ticks=wanted.delay_ticks,
+                    max_ticks=camera.GevSCPD.Max,
+                )
+            delay_node.SetValue(min(wanted.delay_ticks, camera.GevSCPD.Max))
+            if frame_delay_node is not None:
+                frame_delay_node.SetValue(min(wanted.frame_delay_ticks, camera.GevSCFTD.Max))
+        applied = StreamSettings(
+            packet_size=int(size_node.GetValue()),
+            delay_ticks=int(delay_node.GetValue()),
+            frame_delay_ticks=int(frame_delay_node.GetValue()) if frame_delay_node is not None else 0,
+            tick_hz=tick_hz,
         )
+        log.info(
+            "stream link budget",
+            camera=entry.settings.name,
+            applied=gige.apply,
+            packet_size=applied.packet_size,
+            delay_ticks=applied.delay_ticks,
+            frame_delay_ticks=applied.frame_delay_ticks,
+            tick_hz=applied.tick_hz,
+        )
+        return applied
+
+    def stream_settings(self) -> dict[str, StreamSettings]:
+        """What each open GigE camera streams with, for the doctor and the trigger check."""
+        return {e.settings.name: e.stream for e in self._cameras if e.stream is not None}
+
+    def frame_deadline_s(self) -> float:
+        """Exposure, then transfer over the camera's link (at its budgeted delays on GigE), then a margin for the host."""
+
+        def transfer(entry: _Camera) -> float:
+            frame_bytes = entry.settings.width * entry.settings.height
+            plain = frame_bytes / (self._settings.link_mb_s * 1e6)
+            stream = entry.stream
+            if stream is None:
+                return plain
+            budgeted = transfer_s(frame_bytes, stream, self._settings.gige.camera_link_mb_s * 1e6)
+            return max(plain, budgeted + stream.frame_delay_ticks / stream.tick_hz)
+
+        slowest = max(c.settings.exposure_us / 1e6 + transfer(c) for c in self._cameras)
         return slowest + TRANSFER_MARGIN_S
 
     def _check(self) -> None:
@@ -235,7 +453,12 @@ class PylonDriver:
         if self._settings.trigger == "action":
             assert self._settings.action is not None
             self._discard_stale_frames()
-            issue_action_command(self._settings.action)
+            issue_action_command(
+                self._settings.action,
+                {e.address: e.settings.name for e in self._cameras},
+                self._settings.action_timeout_ms,
+                self._action_transport,
+            )
             return
         self._software_trigger()
 
@@ -267,17 +490,23 @@ class PylonDriver:
                 log.warning("late frame from an earlier trigger discarded", camera=entry.settings.name)
 
     def grab(self, timeout_s: float) -> Shot:
+        outcomes = self.grab_each(timeout_s)
+        for outcome in outcomes.values():
+            if isinstance(outcome, GrabError):
+                raise outcome  # the capture loop logs it, naming the camera
+        frames = {name: frame for name, frame in outcomes.items() if isinstance(frame, Frame)}
+        return Shot(frames=frames, metadata={"trigger": self._settings.trigger})
+
+    def grab_each(self, timeout_s: float) -> dict[str, Frame | GrabError]:
+        """Every camera's frame of the last trigger or why there is none: what the trigger check counts."""
         deadline = time.monotonic() + min(timeout_s, self.frame_deadline_s())
-        frames: dict[str, Frame] = {}
-        error: GrabError | None = None
+        outcomes: dict[str, Frame | GrabError] = {}
         for entry in self._cameras:
             try:
-                frames[entry.settings.name] = self._retrieve(entry, deadline)
+                outcomes[entry.settings.name] = self._retrieve(entry, deadline)
             except GrabError as exc:
-                error = error or exc
-        if error is not None:
-            raise error  # the capture loop logs it, naming the camera
-        return Shot(frames=frames, metadata={"trigger": self._settings.trigger})
+                outcomes[entry.settings.name] = exc
+        return outcomes
 
     def wait_shot(self, timeout_s: float) -> Shot | None:
         """Hardware trigger: None while no camera has a frame; else the rig's frames of that pulse.
@@ -310,12 +539,16 @@ class PylonDriver:
             self._lose(entry, _why(exc))
             raise GrabError(name, f"camera failed: {_why(exc)}") from None
         if result is None or not result.IsValid():
-            raise GrabError(name, f"no frame within {remaining_ms} ms of the trigger (serial {entry.settings.serial})")
+            raise FrameDroppedError(
+                name, f"no frame within {remaining_ms} ms of the trigger (serial {entry.settings.serial})"
+            )
         try:
             if not result.GrabSucceeded():
-                raise GrabError(name, f"failed buffer: {result.GetErrorDescription()} (0x{result.GetErrorCode():x})")
+                raise FrameIncompleteError(
+                    name, f"failed buffer: {result.GetErrorDescription()} (0x{result.GetErrorCode():x})"
+                )
             if result.GetNumberOfSkippedImages():
-                raise GrabError(
+                raise FrameDroppedError(
                     name,
                     f"{result.GetNumberOfSkippedImages()} images skipped: triggers come faster "
                     "than the camera transfers",
@@ -327,15 +560,23 @@ class PylonDriver:
                     f"{entry.settings.width}×{entry.settings.height}",
                 )
             image = result.GetArray().copy()
+            ticks, source, exposure_us, gain_db, settings_source = self._frame_facts(entry, result)
             return Frame(
                 camera=name,
                 image=image,
                 timestamp=datetime.now(UTC),
                 serial=entry.settings.serial,
-                exposure_us=entry.settings.exposure_us,
-                gain_db=entry.settings.gain_db,
+                exposure_us=exposure_us,
+                gain_db=gain_db,
+                camera_timestamp_ticks=ticks,
+                camera_tick_hz=entry.tick_hz if ticks is not None else None,
                 extra={
-                    "camera_timestamp_ticks": int(result.GetTimeStamp()),
+                    "camera_timestamp_ticks": ticks,
+                    "camera_timestamp_source": source,
+                    "camera_tick_hz": entry.tick_hz if ticks is not None else None,
+                    "exposure_gain_source": settings_source,
+                    "configured_exposure_us": entry.settings.exposure_us,
+                    "configured_gain_db": entry.settings.gain_db,
                     "image_number": int(result.GetImageNumber()),
                     "model": entry.model,
                     "features_sha256": entry.features_sha256,
@@ -343,6 +584,31 @@ class PylonDriver:
             )
         finally:
             result.Release()
+
+    def _frame_facts(
+        self, entry: _Camera, result: pylon.GrabResult
+    ) -> tuple[int | None, TimestampSource, float, float, Literal["chunk", "camera"]]:
+        """The camera's own timestamp, exposure and gain of this frame, as the camera reports them.
+
+        Chunk data is what the sensor did for this very frame; without chunks, the grab result's
+        timestamp and the values the camera read back after they were set at open.
+        """
+        ticks: int | None = None
+        source: TimestampSource = None
+        exposure_us, gain_db = entry.exposure_us, entry.gain_db
+        settings_source: Literal["chunk", "camera"] = "camera"
+        if entry.chunks and result.IsChunkDataAvailable():
+            chunks = result.GetChunkDataNodeMap()
+            timestamp = _chunk_value(chunks, "ChunkTimestamp")
+            if timestamp is not None:
+                ticks, source = int(timestamp), "chunk"
+            exposure = _chunk_value(chunks, "ChunkExposureTime")
+            gain = _chunk_value(chunks, "ChunkGain")
+            if exposure is not None and gain is not None:
+                exposure_us, gain_db, settings_source = float(exposure), float(gain), "chunk"
+        if ticks is None and result.GetTimeStamp():
+            ticks, source = int(result.GetTimeStamp()), "grab_result"
+        return ticks, source, exposure_us, gain_db, settings_source
 
     def grab_reference(self, timeout_s: float) -> Shot:
         """The empty tray is photographed like any part; no part is there to pulse Line1, so the station does."""
@@ -424,3 +690,44 @@ class PylonDriver:
             )
             for e in self._cameras
         ]
+
+
+def read_stream_settings(cameras: list[CameraSettings]) -> tuple[dict[str, StreamSettings], dict[str, str]]:
+    """What each connected camera streams with now, for the doctor; and why a camera could not be read.
+
+    Opening a camera the running station holds fails: that camera is reported, not waited for.
+    """
+    found = {info.GetSerialNumber(): info for info in enumerate_cameras()}
+    streams: dict[str, StreamSettings] = {}
+    problems: dict[str, str] = {}
+    for settings in cameras:
+        info = found.get(settings.serial)
+        if info is None:
+            problems[settings.name] = f"serial {settings.serial} not connected"
+            continue
+        camera = pylon.InstantCamera()
+        try:
+            camera.Attach(pylon.TlFactory.GetInstance().CreateDevice(info))
+            camera.Open()
+            nodemap = camera.GetNodeMap()
+            size, delay = nodemap.GetNode("GevSCPSPacketSize"), nodemap.GetNode("GevSCPD")
+            if size is None or delay is None or not genicam.IsReadable(size) or not genicam.IsReadable(delay):
+                problems[settings.name] = "not a GigE camera: no packet size or inter-packet delay"
+                continue
+            frame_delay = nodemap.GetNode("GevSCFTD")
+            streams[settings.name] = StreamSettings(
+                packet_size=int(size.GetValue()),
+                delay_ticks=int(delay.GetValue()),
+                frame_delay_ticks=int(frame_delay.GetValue())
+                if frame_delay is not None and genicam.IsReadable(frame_delay)
+                else 0,
+                tick_hz=_tick_hz(camera) or FALLBACK_TICK_HZ,
+            )
+        except genicam.GenericException as exc:
+            problems[settings.name] = f"cannot open (in use by the running station?): {_why(exc)}"
+        finally:
+            with contextlib.suppress(genicam.GenericException):
+                camera.Close()
+            with contextlib.suppress(genicam.GenericException):
+                camera.DestroyDevice()
+    return streams, problems

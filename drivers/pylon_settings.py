@@ -25,6 +25,55 @@ class ActionCommand(BaseModel):
     )
 
 
+class GigeLink(BaseModel):
+    """How the cameras share the station PC's network card (`[pylon.gige]`), applied to GigE cameras at open.
+
+    Five cameras triggered together stream at once; without a budget their frames collide on the
+    NIC and arrive incomplete. The driver sets GevSCPSPacketSize, GevSCPD and GevSCFTD from this,
+    after the feature file, so what the doctor checks is what the cameras do.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    apply: bool = Field(
+        default=True,
+        description="Set packet size and delays at open from this budget; false keeps what the feature files say "
+        "(the doctor still checks them).",
+    )
+    nic_mb_s: float = Field(
+        default=125.0,
+        gt=0,
+        le=12_500,
+        description="Capacity of the NIC the cameras share in MB/s: 125 for 1 GbE, 1250 for 10 GbE.",
+    )
+    camera_link_mb_s: float = Field(
+        default=125.0, gt=0, le=12_500, description="Each camera's own link in MB/s (125 for a 1 GbE camera)."
+    )
+    mtu: int = Field(
+        default=1500,
+        ge=576,
+        le=9216,
+        description="MTU of the camera NIC (`ip link`); 9000 (jumbo frames, also on the switch) gives 8192-byte "
+        "packets and less CPU per frame.",
+    )
+    cameras_per_nic: int | None = Field(
+        default=None,
+        ge=1,
+        le=5,
+        description="How many of the cameras share that NIC; default all configured cameras.",
+    )
+    headroom: float = Field(
+        default=0.1,
+        ge=0,
+        le=0.5,
+        description="Fraction of the NIC kept free for resends and control traffic.",
+    )
+    stagger: bool = Field(
+        default=True,
+        description="Offset each camera's stream by one packet slot (GevSCFTD), so packets interleave at the switch.",
+    )
+
+
 class PylonSettings(BaseModel):
     """How the station drives its Basler cameras (`[pylon]`; PYLON_CAMEMU=5 gives five emulated ones)."""
 
@@ -52,6 +101,13 @@ class PylonSettings(BaseModel):
         description="Frame buffers per camera (pylon's MaxNumBuffer, 10 by default). One trigger takes one frame per "
         "camera, so a few are enough; each holds a full frame, and ten per camera kept 250 MB of a 5 MP station "
         "resident.",
+    )
+    gige: GigeLink = Field(default_factory=GigeLink, description="Link budget of GigE cameras on one NIC.")
+    action_timeout_ms: int = Field(
+        default=200,
+        ge=10,
+        le=5000,
+        description="How long an action command waits for every camera's acknowledgement before the trigger fails.",
     )
     reconnect_max_backoff_s: float = Field(
         default=30.0, gt=0, le=600, description="Longest wait between attempts to reopen a removed camera."

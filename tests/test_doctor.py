@@ -26,7 +26,7 @@ from tests.mounts import mount_tmpfs
 from tests.mqtt_helpers import Broker, free_port, password_broker
 from tests.station_files import REPO, write_station
 
-ROWS = ["config", "calibration", "designs", "broker", "outbox", "disk", "backup", "clock", "cameras"]
+ROWS = ["config", "calibration", "designs", "broker", "outbox", "disk", "backup", "clock", "cameras", "link"]
 
 
 def by_name(results: list[CheckResult]) -> dict[str, CheckResult]:
@@ -46,6 +46,7 @@ def test_a_healthy_station(tmp_path: Path, broker: Broker) -> None:
     assert failed == {}
     assert f"127.0.0.1:{broker.port}: MQTT v5 CONNECT accepted anonymously" == rows["broker"].detail
     assert rows["cameras"].detail == "mock driver"
+    assert rows["link"].ok and rows["link"].detail == "mock driver: no camera network"
     assert "no database" in rows["outbox"].detail
     assert rows["backup"].warning and "not configured" in rows["backup"].detail
     assert "every mesh loads" in rows["designs"].detail

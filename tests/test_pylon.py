@@ -162,6 +162,8 @@ def test_failed_buffers_and_timeouts_fail_the_scan_cleanly_and_the_station_carri
     record = json.loads((running.store.scan_dir(again.uuid) / "scan.json").read_text())
     cam = record["station"]["cameras"]["cam01"]
     assert cam["serial"] == "0815-0004" and len(cam["extra"]["features_sha256"]) == 64
+    assert cam["exposure_us"] == pylon_driver(running).camera("cam01").ExposureTime.Value  # read back, not configured
+    assert cam["extra"]["exposure_gain_source"] == "camera" and cam["extra"]["configured_exposure_us"] == 8000.0
     assert record["station"]["driver"] == "pylon"
 
 
@@ -248,20 +250,35 @@ def test_clean_shutdown_leaves_the_cameras_free_for_the_next_process(emulated: l
         assert proc.stdout.strip() == str([f"cam0{i}" for i in range(1, 6)])
 
 
-ACTION_LISTENER = """
-import socket, sys
-from amflow_edge.drivers.pylon import ActionCommand, issue_action_command
-listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-listener.bind(("0.0.0.0", 3956))  # GVCP, where cameras listen
-listener.settimeout(5)
-issue_action_command(ActionCommand(device_key=0x11223344, group_key=0x55667788, group_mask=0xF0F0F0F0,
-                                   broadcast_address="10.77.0.255"))
-print(listener.recv(64).hex())
+ACTION_CAMERA = """
+import socket, struct, threading
+from amflow_edge.drivers.pylon import ActionCommand, ActionNotConfirmedError, issue_action_command
+camera = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+camera.bind(("0.0.0.0", 3956))  # GVCP, where cameras listen
+camera.settimeout(5)
+received = []
+
+def acknowledge():  # as a camera does: ACTION_ACK (0x0101), status ok, the request's id
+    for _ in range(2):
+        packet, sender = camera.recvfrom(64)
+        received.append(packet)
+        camera.sendto(struct.pack(">HHHH", 0, 0x0101, 0, struct.unpack(">H", packet[6:8])[0]), sender)
+
+threading.Thread(target=acknowledge, daemon=True).start()
+action = ActionCommand(device_key=0x11223344, group_key=0x55667788, group_mask=0xF0F0F0F0,
+                       broadcast_address="10.77.0.255")
+issue_action_command(action, {"10.77.0.1": "cam01"}, 1000)
+try:
+    issue_action_command(action, {"10.77.0.1": "cam01", "10.77.0.2": "cam02"}, 300)
+except ActionNotConfirmedError as exc:
+    print(exc.missing)
+print(received[0].hex())
 """
 
 
-def test_the_action_command_is_a_gvcp_broadcast_with_the_configured_keys(tmp_path: Path) -> None:
-    """In a network namespace of its own (a veth pair, nothing leaves it), as the camera network would see it."""
+def test_the_action_command_is_a_gvcp_broadcast_confirmed_by_each_cameras_acknowledgement(tmp_path: Path) -> None:
+    """pylon's own IssueActionCommand in a network namespace of its own (a veth pair, nothing leaves it), with
+    a socket playing the camera at 10.77.0.1: its acknowledgement confirms it, the silent 10.77.0.2 is named."""
     setup = (
         "ip link set lo up && ip link add v0 type veth peer name v1 && ip addr add 10.77.0.1/24 dev v0 "
         "&& ip link set v0 up && ip link set v1 up"
@@ -270,15 +287,17 @@ def test_the_action_command_is_a_gvcp_broadcast_with_the_configured_keys(tmp_pat
     if probe.returncode != 0:
         pytest.skip(f"no network namespace with a veth pair here ({probe.stderr.strip() or 'unshare failed'})")
     proc = subprocess.run(
-        ["unshare", "--net", "sh", "-c", f'{setup} && "{sys.executable}" -c "$0"', ACTION_LISTENER],
+        ["unshare", "--net", "sh", "-c", f'{setup} && "{sys.executable}" -c "$0"', ACTION_CAMERA],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    packet = bytes.fromhex(proc.stdout.strip().splitlines()[-1])
-    assert packet[0] == 0x42 and packet[2:4] == b"\x01\x00"  # GVCP key, ACTION_CMD
+    missing, sent = proc.stdout.strip().splitlines()[-2:]
+    assert missing == "{'cam02': 'no answer'}"
+    packet = bytes.fromhex(sent)
+    assert packet[0] == 0x42 and packet[1] & 0x01 and packet[2:4] == b"\x01\x00"  # GVCP, ack wanted, ACTION_CMD
     assert packet[8:20] == bytes.fromhex("1122334455667788f0f0f0f0")
 
 

@@ -2,7 +2,9 @@
 
 `list` answers "which camera is which" by serial, the only identity that survives a
 re-cabled switch; `save-features` captures a camera tuned in pylon Viewer as the .pfs file
-the driver loads (and validates) at every start.
+the driver loads (and validates) at every start; `check-triggers` fires the whole rig many
+times, as commissioning must before a station is handed over: a link budget that is wrong
+loses a frame only now and then.
 """
 
 from __future__ import annotations
@@ -73,8 +75,50 @@ def cmd_save_features(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else 0
 
 
+def cmd_check_triggers(args: argparse.Namespace) -> int:
+    from amflow_edge.drivers.base import DriverError
+    from amflow_edge.drivers.pylon import PylonDriver
+    from amflow_edge.drivers.trigger_check import run_trigger_check
+
+    cfg = load_or_report(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    if cfg.rig.driver != "pylon":
+        print(f"check-triggers is for Basler stations (rig.driver = 'pylon', not {cfg.rig.driver!r})", file=sys.stderr)
+        return EXIT_CONFIG
+    settings = cfg.pylon
+    if settings.trigger == "line1":
+        print("pylon.trigger = 'line1': the check fires the cameras by software trigger instead", file=sys.stderr)
+        settings = settings.model_copy(update={"trigger": "software"})
+    driver = PylonDriver(cfg.cameras, settings)
+    try:
+        driver.open()
+        for name, stream in driver.stream_settings().items():
+            print(
+                f"{name}: packet {stream.packet_size} bytes, inter-packet delay {stream.delay_ticks} ticks, "
+                f"frame delay {stream.frame_delay_ticks} ticks ({stream.tick_hz / 1e6:g} MHz clock)"
+            )
+        print(f"{args.count} triggers ({settings.trigger}) of {len(cfg.cameras)} cameras…", flush=True)
+        report = run_trigger_check(driver, [c.name for c in cfg.cameras], args.count, cfg.rig.grab_timeout_s)
+    except DriverError as exc:
+        print(f"check stopped: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        driver.close()
+    print(report.render())
+    if not report.ok:
+        print(
+            "frames were lost: check pylon.gige (mtu, nic_mb_s, cameras_per_nic) against the NIC, then "
+            "`amflow-edge doctor`; a single camera losing frames points at its cable or switch port",
+            file=sys.stderr,
+        )
+    return 0 if report.ok else EXIT_FAILED
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    cameras = sub.add_parser("cameras", help="Basler cameras: list what is connected, save feature files")
+    cameras = sub.add_parser(
+        "cameras", help="Basler cameras: list what is connected, save feature files, check triggering"
+    )
     verbs = cameras.add_subparsers(dest="verb", required=True)
     listing = verbs.add_parser("list", help="connected cameras and which station camera each is")
     listing.add_argument("--config", type=Path, help="station TOML, to match serials to cam01…cam05")
@@ -83,3 +127,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     save.add_argument("--config", type=Path, required=True, help="station TOML")
     save.add_argument("--dir", type=Path, help="where to write (default pylon.features_dir)")
     save.set_defaults(func=cmd_save_features)
+    check = verbs.add_parser(
+        "check-triggers",
+        help="trigger all cameras N times: dropped and incomplete frames per camera, timestamp spread",
+    )
+    check.add_argument("--config", type=Path, required=True, help="station TOML (the station must be stopped)")
+    check.add_argument("--count", type=_positive, default=100, help="how many triggers (default 100)")
+    check.set_defaults(func=cmd_check_triggers)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return value

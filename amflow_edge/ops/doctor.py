@@ -27,6 +27,14 @@ from amflow_edge.config.files import file_problems
 from amflow_edge.config.loading import ConfigError, read_toml, validate_config
 from amflow_edge.config.secrets import DEFAULT_CREDENTIALS_DIR, read_credential
 from amflow_edge.config.station import StationConfig
+from amflow_edge.drivers.gige_budget import (
+    FALLBACK_TICK_HZ,
+    StreamSettings,
+    check_streams,
+    packet_size_for,
+    plan_streams,
+    transfer_s,
+)
 from amflow_edge.inspection.designs import DesignError, DesignLibrary
 from amflow_edge.messaging.mqtt import MqttSetupError, diagnose_connection, tls_context
 from amflow_edge.messaging.outbox import Outbox
@@ -51,6 +59,8 @@ class CheckResult(BaseModel):
 
 
 CameraCheck = Callable[[StationConfig], CheckResult]
+StreamReader = Callable[[StationConfig], tuple[dict[str, StreamSettings], dict[str, str]]]
+"""What the connected cameras stream with (packet size, delays) per camera name, and why some could not be read."""
 
 
 def _fail(name: str, detail: str, fix: str) -> CheckResult:
@@ -364,6 +374,68 @@ def check_cameras(cfg: StationConfig, camera_check: CameraCheck | None) -> Check
     return camera_check(cfg)
 
 
+def read_pylon_streams(cfg: StationConfig) -> tuple[dict[str, StreamSettings], dict[str, str]]:
+    from amflow_edge.drivers.pylon import read_stream_settings
+
+    return read_stream_settings(cfg.cameras)
+
+
+def check_link(cfg: StationConfig, read_streams: StreamReader | None) -> CheckResult:
+    """The GigE link budget: planned from [pylon.gige], and what the cameras stream with now against the NIC."""
+    if cfg.rig.driver != "pylon":
+        return _ok("link", f"{cfg.rig.driver} driver: no camera network")
+    gige = cfg.pylon.gige
+    nic, link = gige.nic_mb_s * 1e6, gige.camera_link_mb_s * 1e6
+    sharing = gige.cameras_per_nic or len(cfg.cameras)
+    packet = packet_size_for(gige.mtu)
+    plan = plan_streams(sharing, packet, FALLBACK_TICK_HZ, nic, link, gige.headroom, gige.stagger)
+    largest = max(c.width * c.height for c in cfg.cameras)
+    together = transfer_s(largest, plan[-1], link) + plan[-1].frame_delay_ticks / plan[-1].tick_hz
+    lines = [
+        f"budget: {sharing} cameras share {gige.nic_mb_s:.0f} MB/s less {gige.headroom:.0%}: "
+        f"{min(nic * (1 - gige.headroom) / sharing, link) / 1e6:.1f} MB/s each, {packet}-byte packets (MTU "
+        f"{gige.mtu}); one trigger's frames take {together:.2f} s to arrive"
+        + ("" if gige.apply else "; pylon.gige.apply = false: the feature files' values are used")
+    ]
+    if together >= cfg.rig.grab_timeout_s:
+        return _fail(
+            "link",
+            "\n".join(lines) + f", not within rig.grab_timeout_s ({cfg.rig.grab_timeout_s:.1f} s)",
+            "raise rig.grab_timeout_s, or give the cameras more bandwidth (a second NIC, 10 GbE: pylon.gige)",
+        )
+    if read_streams is None:
+        return _warn("link", "\n".join([*lines, "the cameras' values not read"]), "run the doctor on the station")
+    streams, problems = read_streams(cfg)
+    lines += [f"{name}: {why}" for name, why in problems.items()]
+    if not streams:
+        return _warn(
+            "link",
+            "\n".join([*lines, "no camera's packet size and delay could be read"]),
+            "run the doctor with the station stopped (the station holds the cameras), or read the "
+            "'stream link budget' lines of its log; `amflow-edge cameras check-triggers` tests the link",
+        )
+    found = check_streams(streams, nic, link, gige.headroom)
+    oversized = [f"{name} ({s.packet_size} bytes)" for name, s in streams.items() if s.packet_size > gige.mtu]
+    lines.append("cameras now: " + found.detail)
+    if oversized:
+        lines.append(f"packets larger than the MTU of {gige.mtu}: {', '.join(oversized)}")
+    if found.ok and not oversized:
+        return _ok("link", "\n".join(lines))
+    if gige.apply:
+        return _warn(
+            "link",
+            "\n".join(lines),
+            "the station sets the budget when it opens the cameras: (re)start it and run the doctor again with it "
+            "stopped; `amflow-edge cameras check-triggers` shows whether frames still get lost",
+        )
+    return _fail(
+        "link",
+        "\n".join(lines),
+        "set pylon.gige.apply = true (the driver then sets packet size and delays from the budget), or raise "
+        "GevSCPD in the feature files and set the NIC's MTU (pylon.gige.mtu) to the packet size",
+    )
+
+
 # --- all together -------------------------------------------------------------------------
 
 
@@ -384,6 +456,7 @@ def run_checks(
     *,
     synchronised: Callable[[], bool | None] = clock_synchronised,
     broker_timeout_s: float = 3.0,
+    read_streams: StreamReader | None = read_pylon_streams,
 ) -> list[CheckResult]:
     """Every check, in the order a person fixes things: config first, then what it points at."""
     areas: dict[str, list[str]] | None = None
@@ -404,6 +477,7 @@ def run_checks(
         _guarded("backup", lambda: check_backup(cfg)),
         _guarded("clock", lambda: check_clock(cfg, synchronised())),
         _guarded("cameras", lambda: check_cameras(cfg, camera_check)),
+        _guarded("link", lambda: check_link(cfg, read_streams)),
     ]
 
 
@@ -414,6 +488,7 @@ def run_checks_for_file(
     *,
     synchronised: Callable[[], bool | None] = clock_synchronised,
     broker_timeout_s: float = 3.0,
+    read_streams: StreamReader | None = read_pylon_streams,
 ) -> list[CheckResult]:
     """The doctor from a config file, even one with problems: a config that load_config() refuses for a missing
     calibration still gets every other row. Outside systemd there is no $CREDENTIALS_DIRECTORY, so the broker
@@ -434,7 +509,9 @@ def run_checks_for_file(
             password = None  # not readable by whoever runs the doctor; the broker row says what that costs
         if password is not None:
             cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"password": password})})
-    return run_checks(cfg, camera_check, synchronised=synchronised, broker_timeout_s=broker_timeout_s)
+    return run_checks(
+        cfg, camera_check, synchronised=synchronised, broker_timeout_s=broker_timeout_s, read_streams=read_streams
+    )
 
 
 def render_table(results: list[CheckResult]) -> str:
