@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from amflow_edge.config.loading import load_config
 from amflow_edge.config.service import GIB, BackupSettings, DiskSettings
 from amflow_edge.config.station import StationConfig
+from amflow_edge.inspection.calibration.board import BoardDefinition
+from amflow_edge.inspection.calibration.drift import ImageDrift
+from amflow_edge.inspection.calibration.report import REPORT_FILE, CalibrationReport, CameraReport
 from amflow_edge.messaging.outbox import Outbox
 from amflow_edge.ops.doctor import (
     CheckResult,
@@ -20,6 +24,7 @@ from amflow_edge.ops.doctor import (
     run_checks,
     run_checks_for_file,
 )
+from amflow_edge.station.calibration_drift import DRIFT_FILE, CameraDrift, DriftReport
 from amflow_edge.storage.db import DB_FILE, StationDb
 from amflow_edge.storage.disk import free_bytes
 from tests.mounts import mount_tmpfs
@@ -311,3 +316,69 @@ def test_a_tls_file_the_client_cannot_load_fails_the_config_row(tmp_path: Path) 
     assert (
         f"mqtt.tls.ca_file: expected a PEM CA certificate (found no certificate in {ca_key})" in rows["config"].detail
     )
+
+
+def _commissioning_record(folder: Path, rms: dict[str, float]) -> None:
+    cameras = [
+        CameraReport(
+            camera=name,
+            serial=f"4001230{index}",
+            rms_px=value,
+            corners=400,
+            rejected_corners=0,
+            coverage=0.55,
+            focal_px=(872.0, 872.0),
+            centre_mm=(0.0, 0.0, 600.0),
+            views=[],
+        )
+        for index, (name, value) in enumerate(sorted(rms.items()), start=1)
+    ]
+    report = CalibrationReport(
+        solved_at=datetime.now(UTC) - timedelta(days=40),
+        capture=str(folder / "capture"),
+        board=BoardDefinition(),
+        rms_px=max(rms.values()),
+        cameras=cameras,
+    )
+    (folder / REPORT_FILE).write_text(report.model_dump_json())
+
+
+def test_the_calibration_row_gives_age_rms_and_drift(tmp_path: Path, broker: Broker) -> None:
+    cfg = load_config(write_station(tmp_path, broker.port))
+    (tmp_path / "data").mkdir()
+    row = by_name(run_checks(cfg, synchronised=synced))["calibration"]
+    assert row.ok and row.warning and "no commissioning record" in row.detail and "no drift check yet" in row.detail
+
+    _commissioning_record(tmp_path / "calibration", {f"cam{i:02d}": 0.12 for i in range(1, 6)})
+    drift = DriftReport(
+        measured_at="2026-12-07T05:00:00+00:00",
+        scan_session="4c7e9a2b-1f3d-4e5a-8b6c-7d8e9f0a1b2c",
+        max_drift_px=1.0,
+        cameras=[
+            CameraDrift(
+                camera=f"cam{i:02d}",
+                drift=ImageDrift(shift_px=0.03, dx_px=0.02, dy_px=0.01, rotation_deg=0.0, correlation=0.99),
+                moved=False,
+                problem=None,
+                commissioning="references",
+            )
+            for i in range(1, 6)
+        ],
+    )
+    cfg.station.state_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.station.state_dir / DRIFT_FILE).write_text(drift.model_dump_json())
+    row = by_name(run_checks(cfg, synchronised=synced))["calibration"]
+    assert row.ok and not row.warning, row.detail
+    assert "cam03: solved 40 days ago, reprojection RMS 0.12 px" in row.detail
+    assert "cam05 0.03 px" in row.detail
+
+    moved = drift.model_copy(deep=True)
+    moved.cameras[1] = moved.cameras[1].model_copy(
+        update={
+            "moved": True,
+            "drift": ImageDrift(shift_px=2.4, dx_px=2.3, dy_px=0.5, rotation_deg=0.01, correlation=0.98),
+        }
+    )
+    (cfg.station.state_dir / DRIFT_FILE).write_text(moved.model_dump_json())
+    row = by_name(run_checks(cfg, synchronised=synced))["calibration"]
+    assert not row.ok and "cam02 moved more than 1.0 px" in row.detail and row.fix and "calibrate" in row.fix

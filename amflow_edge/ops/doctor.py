@@ -38,6 +38,7 @@ from amflow_edge.drivers.gige_budget import (
 from amflow_edge.inspection.designs import DesignError, DesignLibrary
 from amflow_edge.messaging.mqtt import MqttSetupError, diagnose_connection, tls_context
 from amflow_edge.messaging.outbox import Outbox
+from amflow_edge.ops.calibration_health import calibration_health
 from amflow_edge.storage.db import DB_FILE, StationDb
 from amflow_edge.storage.disk import DiskGuard, format_bytes, where_on_disk
 
@@ -101,7 +102,21 @@ def check_calibration(cfg: StationConfig, problems: list[str]) -> CheckResult:
             "\n".join(problems),
             "copy each camera's calibration YAML to the path in [[cameras]] (or recalibrate)",
         )
-    return _ok("calibration", f"{len(cfg.cameras)} calibrations match their cameras' image size")
+    health = calibration_health(cfg)
+    detail = "\n".join([f"{len(cfg.cameras)} calibrations match their cameras' image size", *health.lines])
+    if health.problems:
+        return _fail(
+            "calibration",
+            "\n".join([detail, *health.problems]),
+            "recalibrate the cameras named (amflow-edge calibrate capture, then calibrate solve)",
+        )
+    if health.warnings:
+        return _warn(
+            "calibration",
+            "\n".join([detail, *health.warnings]),
+            "calibrate with amflow-edge calibrate to get a commissioning record and drift reference",
+        )
+    return _ok("calibration", detail)
 
 
 def check_designs(cfg: StationConfig, problems: list[str]) -> CheckResult:
