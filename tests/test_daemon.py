@@ -177,8 +177,9 @@ def test_clean_stop_says_offline(tmp_path: Path, broker: Broker, subscriber: Sub
 
 
 def test_the_daemon_command_runs_scans_and_exits(tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
-    """The demo's path: `amflow-edge run --scans 2` as a process, events seen by a plain subscriber."""
-    env = demo_env(tmp_path, broker, AMFLOW_CAPTURE__TIMER_INTERVAL_S="0.5", AMFLOW_MOCK__SCENE_POOL="2")
+    """The demo's path: `amflow-edge run --scans 2` as a process, events seen by a plain subscriber. The timer is
+    faster than a capture, and still no third scan is taken."""
+    env = demo_env(tmp_path, broker, AMFLOW_CAPTURE__TIMER_INTERVAL_S="0.05", AMFLOW_MOCK__SCENE_POOL="2")
     proc = subprocess.run(
         [
             sys.executable,

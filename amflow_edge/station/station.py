@@ -94,6 +94,7 @@ class Station:
     _last_health: list[CameraHealth] = field(default_factory=list, init=False)
     _max_scans: int | None = field(default=None, init=False)
     _enough: bool = field(default=False, init=False)
+    _timer_pending: threading.Event = field(default_factory=threading.Event, init=False)
     _mode: Mode = field(default="starting", init=False)
     _last_state: float = field(default=0.0, init=False)
     _state_interval_s: float = field(default=30.0, init=False)
@@ -324,8 +325,12 @@ class Station:
             self._spawn("stop-when-inspected", self._stop_when_inspected)
 
     def _timer_trigger(self) -> None:
-        if not self._enough:  # `run --scans N`: no scan beyond the N while they are inspected
-            self.loop.submit(Trigger(source="timer"))
+        """At most one timer trigger waits at a time: a timer faster than a capture must not pile up triggers
+        (with `run --scans N`, one queued behind the N-th would be an N+1-th scan)."""
+        if self._enough or self._timer_pending.is_set():
+            return
+        self._timer_pending.set()
+        self.loop.submit(Trigger(source="timer", done=lambda _: self._timer_pending.clear()))
 
     def _stop_when_inspected(self) -> None:
         """`run --scans N` ends with every event of its N scans out: identification waits for the batch's
