@@ -21,10 +21,12 @@ import numpy as np
 
 from amflow_edge.drivers.base import CameraHealth, CameraSettings, DriverError, Frame, GrabError, Shot
 from amflow_edge.drivers.mock_settings import MockDriverSettings
+from amflow_edge.drivers.simulator.charuco_board import BoardPlacement, BoardRenderer, default_placements
 from amflow_edge.drivers.simulator.defect_spec import Defect
 from amflow_edge.drivers.simulator.defects import DefectError, apply_defect, defect_rng, settle
 from amflow_edge.drivers.simulator.materials import albedo_for
 from amflow_edge.drivers.simulator.render import Renderer
+from amflow_edge.inspection.calibration.board import BoardDefinition
 from amflow_edge.inspection.geometry.camera import CalibrationError, CameraCalibration, load_calibration
 from amflow_edge.inspection.geometry.lighting import PART_ALBEDO
 from amflow_edge.inspection.geometry.placement import PlacementError, place_on_tray
@@ -76,6 +78,7 @@ class _Scene:
 
 
 _REFERENCE_INDEX = 2**40  # a scene index no run reaches: the empty-tray reference's own noise
+_BOARD_INDEX = 2**41  # and the calibration board's pictures, one noise per placement
 
 
 def scene_seed(run_seed: int, index: int) -> int:
@@ -105,6 +108,8 @@ class MockDriver:
         self._grabbed = 0
         self._open = False
         self._lock = threading.Lock()
+        self._board_renderer: BoardRenderer | None = None
+        self._board: tuple[int, BoardPlacement | None] | None = None
 
     def open(self) -> None:
         if self._open:
@@ -258,11 +263,42 @@ class MockDriver:
             if not self._triggers:
                 raise GrabError(first, "no trigger to grab a frame for; call trigger() first")
             triggered_at = self._triggers.popleft()
+        if self._board is not None:
+            return self._board_shot(triggered_at)
         scene = self._next_scene(first, timeout_s)
         self._grabbed += 1
         if self._settings.fail_camera is not None and any(c.name == self._settings.fail_camera for c in self._cameras):
             raise GrabError(self._settings.fail_camera, "no frame (failure injected by mock.fail_camera)")
         return Shot(frames=self._frames(scene.images, triggered_at), metadata=scene.metadata())
+
+    def present_board(self, board: BoardDefinition, placement: int | None) -> str:
+        """Show the calibration board at the mock's built-in placement `placement` (0: flat at the tray centre,
+        defining the tray frame; then tilted and shifted) until the next call, or the empty tray for None, as the
+        calibration capture asks a person to. Returns what the placement is; DriverError past the last one."""
+        if not self._open or self._renderer is None:
+            raise DriverError("mock: present_board() before open(); open the driver first")
+        if self._board_renderer is None or self._board_renderer.board != board:
+            self._board_renderer = BoardRenderer(self._renderer.cameras, board, self._renderer.tray_size_mm)
+        if placement is None:
+            self._board = (-1, None)
+            return "the empty tray"
+        placements = default_placements(board)
+        if not 0 <= placement < len(placements):
+            raise DriverError(
+                f"mock: the mock has {len(placements)} board placements (0 … {len(placements) - 1}), not {placement}; "
+                f"capture at most {len(placements)}"
+            )
+        self._board = (placement, placements[placement])
+        return placements[placement].instruction
+
+    def _board_shot(self, triggered_at: datetime) -> Shot:
+        assert self._board is not None and self._board_renderer is not None
+        index, placement = self._board
+        seed = scene_seed(self._settings.seed, _BOARD_INDEX + index)
+        with self._render_lock:
+            images = self._board_renderer.render(None if placement is None else placement.pose, seed)
+        truth = None if placement is None else {"name": placement.name, "pose": placement.pose.tolist()}
+        return Shot(frames=self._frames(images, triggered_at), metadata={"mock_board": truth})
 
     def grab_reference(self, timeout_s: float) -> Shot:
         """The empty tray as every camera sees it, for inspection's per-camera background."""
@@ -311,6 +347,7 @@ class MockDriver:
             self._renderer.close()
             self._renderer = None
         self._pool = []
+        self._board = None
         self._open = False
 
     def health(self) -> list[CameraHealth]:
