@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from amflow_edge.cli.main import main
 from amflow_edge.inspection.calibration.board import BoardDefinition, BoardError, load_board
@@ -217,9 +219,8 @@ def test_the_board_file_and_picture_are_at_true_scale(tmp_path: Path) -> None:
     assert main([*argv, "--dictionary", "DICT_4X4_50", "--dpi", "300"]) == 0
     board = load_board(tmp_path / "board.json")
     assert board == BoardDefinition(squares_x=8, squares_y=6, square_mm=20, marker_mm=15, dictionary="DICT_4X4_50")
-    data = out.read_bytes()
-    phys = data.index(b"pHYs")
-    assert int.from_bytes(data[phys + 4 : phys + 8], "big") == round(300 / 0.0254)
+    with Image.open(out) as written:
+        assert written.info["dpi"] == pytest.approx((300, 300), abs=0.01)
     image = grey(out)
     px_per_mm = 300 / 25.4
     assert image.shape == (
@@ -233,8 +234,8 @@ def test_the_board_file_and_picture_are_at_true_scale(tmp_path: Path) -> None:
 
 
 def test_bad_boards_are_refused_with_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["calibrate", "board", "--out", str(tmp_path / "board.pdf")]) == 2
-    assert "use --out board.png" in capsys.readouterr().err
+    assert main(["calibrate", "board", "--out", str(tmp_path / "board.jpg")]) == 2
+    assert "use --out board.png or --out board.pdf" in capsys.readouterr().err
     assert main(["calibrate", "board", "--out", str(tmp_path / "b.png"), "--square-mm", "10", "--marker-mm", "10"]) == 2
     assert "leaves no white border" in capsys.readouterr().err
     assert main(["calibrate", "board", "--out", str(tmp_path / "b.png"), "--squares", "20", "20"]) == 2
@@ -303,3 +304,20 @@ def test_a_placement_a_camera_cannot_use_is_named_and_asked_again(
     assert any("placement_00: cam04: too few ChArUco corners (0 of 88" in line for line in said)
     assert np.array_equal(grey(out / "placement_00" / "cam04.png"), boards[0]["cam04"])
     assert (out / "manifest.json").is_file()
+
+
+def test_the_board_prints_at_true_size_from_a_pdf(tmp_path: Path) -> None:
+    out = tmp_path / "board.pdf"
+    assert (
+        main(["calibrate", "board", "--out", str(out), "--squares", "8", "6", "--square-mm", "20", "--marker-mm", "15"])
+        == 0
+    )
+    board = load_board(tmp_path / "board.json")
+    text = out.read_bytes()
+    assert text.startswith(b"%PDF")
+    box = re.search(rb"/MediaBox \[\s*0 0 ([0-9.]+) ([0-9.]+)\s*\]", text)
+    assert box is not None
+    width_mm, height_mm = (float(v) / 72 * 25.4 for v in box.groups())  # PDF points are 1/72 inch
+    margin_mm = 2 * max(board.square_mm / 2, 5.0)
+    assert width_mm == pytest.approx(8 * 20 + margin_mm, abs=0.3)
+    assert height_mm == pytest.approx(6 * 20 + margin_mm, abs=0.3)

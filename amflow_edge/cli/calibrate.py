@@ -50,7 +50,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     sub = parser.add_subparsers(dest="calibrate_command", required=True)
 
     board = sub.add_parser("board", help="write a printable ChArUco board (true scale) and its board.json")
-    board.add_argument("--out", type=Path, required=True, metavar="board.png", help="picture to write (.png)")
+    board.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="board.png|board.pdf",
+        help="picture to print at 100 %% scale (.png or .pdf)",
+    )
     board.add_argument("--squares", type=int, nargs=2, metavar=("X", "Y"), default=None, help="squares (default 12 9)")
     board.add_argument("--square-mm", type=float, default=None, help="side of a square in mm (default 18)")
     board.add_argument("--marker-mm", type=float, default=None, help="side of a marker in mm (default 13)")

@@ -7,13 +7,14 @@ a 300 × 240 mm tray seen from about 600 mm at about 0.17 mm per pixel, printabl
 
 from __future__ import annotations
 
+import io
 import json
-import zlib
 from pathlib import Path
 from typing import Literal, get_args
 
 import cv2
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from amflow_edge.common.durable import replace_durably
@@ -138,34 +139,24 @@ def board_file_beside(picture: Path) -> Path:
 
 
 def write_board(board: BoardDefinition, out: Path, dpi: int) -> Path:
-    """Write the printable picture at true scale (`dpi` recorded in it) and board.json beside it; returns the json.
+    """Write the printable picture at true scale and board.json beside it; returns the json.
 
-    PNG is written by OpenCV with a pHYs chunk, so a print dialog at 100 % prints true millimetres; PDF
-    would need Pillow, which the station does not install.
+    Pillow records the resolution in the file (a PNG's pHYs, a PDF's page size), so a print dialog at 100 %
+    prints true millimetres.
     """
     suffix = out.suffix.lower()
-    if suffix != ".png":
-        raise BoardError(
-            f"{out}: only .png boards can be written here (PDF needs Pillow, which is not installed); "
-            f"use --out {out.with_suffix('.png').name} and print it at 100 % scale"
-        )
+    if suffix not in (".png", ".pdf"):
+        raise BoardError(f"{out}: a board is written as .png or .pdf; use --out board.png or --out board.pdf")
     mm_per_px = MM_PER_INCH / dpi
     margin_mm = max(board.square_mm / 2, 5.0)
-    image = board.texture(mm_per_px, margin_mm)
-    ok, encoded = cv2.imencode(".png", image)
-    if not ok:
-        raise BoardError(f"{out}: OpenCV could not encode the board picture")
+    picture = Image.fromarray(board.texture(mm_per_px, margin_mm))
+    encoded = io.BytesIO()
+    if suffix == ".png":
+        picture.save(encoded, format="PNG", dpi=(dpi, dpi))
+    else:
+        picture.save(encoded, format="PDF", resolution=float(dpi), title="amflow-edge ChArUco calibration board")
     out.parent.mkdir(parents=True, exist_ok=True)
-    replace_durably(out, _with_dpi(encoded.tobytes(), dpi))
+    replace_durably(out, encoded.getvalue())
     definition = board_file_beside(out)
     replace_durably(definition, (json.dumps(board.model_dump(mode="json"), indent=2) + "\n").encode())
     return definition
-
-
-def _with_dpi(png: bytes, dpi: int) -> bytes:
-    """Insert a pHYs chunk (pixels per metre) after IHDR, which OpenCV does not write."""
-    per_metre = round(dpi / 0.0254)
-    data = b"pHYs" + per_metre.to_bytes(4, "big") * 2 + b"\x01"
-    chunk = (9).to_bytes(4, "big") + data + zlib.crc32(data).to_bytes(4, "big")
-    ihdr_end = 8 + 8 + 13 + 4
-    return png[:ihdr_end] + chunk + png[ihdr_end:]
