@@ -129,7 +129,7 @@ def test_timestamps_always_carry_microseconds_and_offset() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("uuid", str(uuid.uuid4())),  # version 4, not 1
+        ("uuid", "0f6c8d2e-4b1a-4c3e-9d7f-2a5b6c8e1f30"),  # version 4, not 1
         ("created", "2026-03-11T16:36:57+01:00"),  # no microseconds
         ("design_material", "not-an-id"),
         ("qc_needs_review", None),
