@@ -24,7 +24,7 @@ from amflow_edge.ops.doctor import (
     run_checks,
     run_checks_for_file,
 )
-from amflow_edge.station.calibration_drift import DRIFT_FILE, CameraDrift, DriftReport
+from amflow_edge.station.calibration_drift import DRIFT_FILE, CameraDrift, DriftRecord, DriftReport
 from amflow_edge.storage.db import DB_FILE, StationDb
 from amflow_edge.storage.disk import free_bytes
 from tests.mounts import mount_tmpfs
@@ -351,7 +351,7 @@ def test_the_calibration_row_gives_age_rms_and_drift(tmp_path: Path, broker: Bro
 
     _commissioning_record(tmp_path / "calibration", {f"cam{i:02d}": 0.12 for i in range(1, 6)})
     drift = DriftReport(
-        measured_at="2026-12-07T05:00:00+00:00",
+        measured_at=datetime(2026, 12, 7, 5, 0, tzinfo=UTC),
         scan_session="4c7e9a2b-1f3d-4e5a-8b6c-7d8e9f0a1b2c",
         max_drift_px=1.0,
         cameras=[
@@ -361,12 +361,13 @@ def test_the_calibration_row_gives_age_rms_and_drift(tmp_path: Path, broker: Bro
                 moved=False,
                 problem=None,
                 commissioning="references",
+                calibration_sha256="0123456789ab",
             )
             for i in range(1, 6)
         ],
     )
     cfg.station.state_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.station.state_dir / DRIFT_FILE).write_text(drift.model_dump_json())
+    (cfg.station.state_dir / DRIFT_FILE).write_text(DriftRecord(latest=drift).model_dump_json())
     row = by_name(run_checks(cfg, synchronised=synced))["calibration"]
     assert row.ok and not row.warning, row.detail
     assert "cam03: solved 40 days ago, reprojection RMS 0.12 px" in row.detail
@@ -379,6 +380,7 @@ def test_the_calibration_row_gives_age_rms_and_drift(tmp_path: Path, broker: Bro
             "drift": ImageDrift(shift_px=2.4, dx_px=2.3, dy_px=0.5, rotation_deg=0.01, correlation=0.98),
         }
     )
-    (cfg.station.state_dir / DRIFT_FILE).write_text(moved.model_dump_json())
+    (cfg.station.state_dir / DRIFT_FILE).write_text(DriftRecord(latest=moved).model_dump_json())
     row = by_name(run_checks(cfg, synchronised=synced))["calibration"]
     assert not row.ok and "cam02 moved more than 1.0 px" in row.detail and row.fix and "calibrate" in row.fix
+    assert "drift at 2026-12-07 05:00 UTC" in row.detail

@@ -67,20 +67,23 @@ def calibration_health(cfg: StationConfig, now: datetime | None = None) -> Calib
             problems.append(f"{camera.name}'s reprojection RMS {entry.rms_px:.2f} px is over {MAX_RMS_PX} px")
     drift = read_drift_report(cfg.station.state_dir)
     if drift is None:
-        warnings.append("no drift check yet: it runs at the next session start")
+        warnings.append("no drift check yet: it runs at the next start or session start")
     else:
         shifts = ", ".join(
-            f"{c.camera} {c.drift.shift_px:.2f} px" if c.drift is not None else f"{c.camera} unmeasured"
+            f"{c.camera} {c.drift.shift_px:.2f} px" if c.drift is not None else f"{c.camera} not compared"
             for c in drift.cameras
         )
-        lines.append(f"drift at {drift.measured_at} (session {drift.scan_session}): {shifts}")
+        lines.append(f"drift at {drift.measured_at:%Y-%m-%d %H:%M} UTC (session {drift.scan_session}): {shifts}")
         moved = drift.moved()
         if moved:
             problems.append(
                 f"{', '.join(moved)} moved more than {drift.max_drift_px} px since calibration; "
-                "their scans go to review until recalibrated"
+                "the session's scans go to review until recalibrated"
             )
-        unmeasured = [c.camera for c in drift.cameras if c.drift is None]
-        if unmeasured:
-            warnings.append(f"drift of {', '.join(unmeasured)} could not be measured (see the station log)")
+        unconfirmed = drift.unconfirmed()
+        if unconfirmed:
+            problems.append(
+                f"{', '.join(unconfirmed)} could not be compared with the commissioning picture (see the station log); "
+                "the session's scans go to review until recalibrated"
+            )
     return CalibrationHealth(lines=lines, problems=problems, warnings=warnings)

@@ -165,7 +165,7 @@ def build_station(
         identify=cfg.identification.enabled,
         look_of=looks.look,
         unusable=processing.failed,
-        refusal=drift.refusal if drift is not None else lambda: None,
+        refusal=drift.refusal if drift is not None else lambda _: None,
     )
     driver = driver if driver is not None else make_driver(cfg, SessionDesigns(catalogue, jobs))
     decisions = Decisions(events, load_reasons(cfg.qc.reasons), tz)

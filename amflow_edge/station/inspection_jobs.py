@@ -35,7 +35,7 @@ class InspectionJobs:
         identify: bool = True,
         look_of: LookOf = lambda _: None,
         unusable: Callable[[], set[str]] = set,
-        refusal: Callable[[], str | None] = lambda: None,
+        refusal: Callable[[str], str | None] = lambda _: None,
     ) -> None:
         self._store = store
         self._catalogue = catalogue
@@ -52,7 +52,7 @@ class InspectionJobs:
         """Raises LookupError (UnknownDesignError is one) saying why the scan cannot be inspected."""
         if record.station.deleted_at is not None:
             raise LookupError(f"its images were deleted by retention at {record.station.deleted_at}")
-        refusal = self._refusal()
+        refusal = self._refusal(record.scan.scan_session)
         if refusal is not None:
             raise LookupError(refusal)
         reference_dir = self._store.reference_dir(record.scan.scan_session)

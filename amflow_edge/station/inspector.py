@@ -88,9 +88,19 @@ def _mesh(path: str, units: Units) -> trimesh.Trimesh:
     return load_mesh_mm(path, units)
 
 
-@lru_cache(maxsize=4)
 def _cameras(calibrations: tuple[tuple[str, str], ...]) -> list[CameraCalibration]:
-    return [load_calibration(path) for _, path in calibrations]
+    """Each file's modification time and size are part of the key: `calibrate solve` rewrites the files in place,
+    and a worker that kept the old ones would inspect a recalibrated station through its bumped calibration."""
+    stamps = []
+    for _, path in calibrations:
+        stat = os.stat(path)
+        stamps.append((path, stat.st_mtime_ns, stat.st_size))
+    return _cameras_as_on_disk(tuple(stamps))
+
+
+@lru_cache(maxsize=4)
+def _cameras_as_on_disk(files: tuple[tuple[str, int, int], ...]) -> list[CameraCalibration]:
+    return [load_calibration(path) for path, _, _ in files]
 
 
 @lru_cache(maxsize=4)

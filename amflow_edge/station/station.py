@@ -22,7 +22,7 @@ import structlog
 from amflow_edge import __version__
 from amflow_edge.common.backoff import Backoff
 from amflow_edge.config.station import StationConfig
-from amflow_edge.drivers.base import CameraDriver, CameraHealth, Reconnecting, ReferenceSource
+from amflow_edge.drivers.base import CameraDriver, CameraHealth, DriverError, Reconnecting, ReferenceSource
 from amflow_edge.inspection.designs import Design, DesignLibrary
 from amflow_edge.messaging.events import Events
 from amflow_edge.messaging.mqtt import StationMqtt
@@ -164,22 +164,47 @@ class Station:
         try:
             self.drift.check(reference_dir, scan_session)
         except (OSError, ValueError) as exc:
-            log.error("the cameras' drift could not be checked", error=str(exc))
+            log.error("the cameras' drift could not be checked; the session's scans go to review", error=str(exc))
+            self.drift.failed(scan_session, str(exc))
+
+    def _check_drift_at_start(self) -> None:
+        """A camera bumped while the station was off shows in a fresh picture, not in the session's references;
+        with no fresh picture to be had, the references are checked instead."""
+        if self.drift is None:
+            return
+        if isinstance(self.driver, ReferenceSource):
+            try:
+                shot = self.driver.grab_reference(self.cfg.rig.grab_timeout_s)
+            except DriverError as exc:
+                log.warning(
+                    "no fresh picture for the drift check; the session's references are checked", error=str(exc)
+                )
+            else:
+                try:
+                    self.drift.check_images({n: f.image for n, f in shot.frames.items()}, self.scan_session)
+                except (OSError, ValueError) as exc:
+                    log.error(
+                        "the cameras' drift could not be checked; the session's scans go to review", error=str(exc)
+                    )
+                    self.drift.failed(self.scan_session, str(exc))
+                return
+        self._check_drift(self.store.reference_dir(self.scan_session), self.scan_session)
 
     def _has_references(self) -> bool:
         return self.store.reference_dir(self.scan_session).is_dir()
 
-    def _references_at_start(self) -> None:
+    def _references_at_start(self) -> bool:
         """A station short of disk space still starts. A new session whose references cannot be written uses
         the previous session's (a link); with none to use, capture waits, paused and saying why, until the
-        supervisor has taken them once there is room."""
+        supervisor has taken them once there is room. True when the references are from before this start (and
+        were not checked for drift with it)."""
         if self._has_references():
-            return
+            return True
         why = self.pause.disk.reason()
         if why is None:
             try:
                 self.capture_reference()
-                return
+                return False
             except StoreError as exc:
                 why = str(exc)
         previous = self.store.latest_references(besides=self.scan_session)
@@ -194,8 +219,9 @@ class Station:
                     reason=why,
                     references=str(previous),
                 )
-                return
+                return True
         log.warning("empty-tray references not taken; capture waits until they are", reason=why)
+        return True
 
     def _retake_references(self) -> None:
         try:
@@ -365,10 +391,8 @@ class Station:
         self.panel.follow(latest[0] if latest else None)
         self.driver.open()
         if self.inspector is not None:
-            checked = self.drift.report if self.drift is not None else None
-            self._references_at_start()
-            if self.drift is not None and self.drift.report is checked:  # references kept from before this start
-                self._check_drift(self.store.reference_dir(self.scan_session), self.scan_session)
+            if self._references_at_start():
+                self._check_drift_at_start()
             self.resume_inspections()
         self.relay.start()
         self.mqtt.start()
