@@ -274,7 +274,9 @@ class MockDriver:
     def present_board(self, board: BoardDefinition, placement: int | None) -> str:
         """Show the calibration board at the mock's built-in placement `placement` (0: flat at the tray centre,
         defining the tray frame; then tilted and shifted) until the next call, or the empty tray for None, as the
-        calibration capture asks a person to. Returns what the placement is; DriverError past the last one."""
+        calibration capture asks a person to. The printed surface is rendered board.thickness_mm above the tray
+        (or the blocks), where a board on its backing lies, so the solve's tray frame (z = 0 on the tray) is the
+        rig's. Returns what the placement is; DriverError past the last one."""
         if not self._open or self._renderer is None:
             raise DriverError("mock: present_board() before open(); open the driver first")
         if self._board_renderer is None or self._board_renderer.board != board:

@@ -4,9 +4,11 @@
     capture  the empty tray, then the board in a few placements, every camera at once, checked on the spot
     solve    intrinsics and poses in the tray frame, written as the camNN.yaml files the station reads
 
-The capture drives the station's own cameras through its driver. A driver that can show the board itself
-(the mock renders it) is asked to; with real cameras a person moves the board when prompted. OpenCV's
-detector and the solve (scipy) are imported when a command runs, so `--help` and the daemon stay light.
+The capture drives the station's own cameras through its driver, before any calibration exists: the config is
+read without its calibration files and a Line1-triggered station is fired by software (cli.commissioning). A
+driver that can show the board itself (the mock renders it) is asked to; with real cameras a person moves the
+board when prompted. OpenCV's detector and the solve (scipy) are imported when a command runs, so `--help` and
+the daemon stay light (which is also why the placement limits are checked in the command, not by argparse).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from amflow_edge.cli.common import EXIT_CONFIG, EXIT_OK, load_or_report
+from amflow_edge.cli.commissioning import commissioning_driver, load_uncalibrated
+from amflow_edge.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,9 +29,8 @@ if TYPE_CHECKING:
     from amflow_edge.inspection.calibration.board import BoardDefinition
     from amflow_edge.inspection.calibration.capture import BoardCapture
 
-MAX_PLACEMENTS = 6
-"""As many as inspection.calibration.capture has prompts for (and the mock has placements)."""
-MIN_PLACEMENTS = 3
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, as a shell reports a command stopped with Ctrl-C."""
 
 
 @runtime_checkable
@@ -72,9 +74,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--placements",
         type=int,
         default=5,
-        choices=range(MIN_PLACEMENTS, MAX_PLACEMENTS + 1),
         metavar="N",
-        help=f"board placements, {MIN_PLACEMENTS} … {MAX_PLACEMENTS} (default 5)",
+        help="board placements (default 5): at least as many as the solve needs, at most as many as it prompts for",
     )
     capture.add_argument(
         "--yes", action="store_true", help="do not ask: take each placement at once, fail on a bad one"
@@ -121,15 +122,24 @@ def cmd_board(args: argparse.Namespace) -> int:
         "print at 100 % (no 'fit to page'), glue it flat on something stiff, and measure a square: if it is not "
         f"{board.square_mm:g} mm, set square_mm and marker_mm in {definition.name} to what you measure"
     )
+    print(
+        f"{definition.name} says thickness_mm {board.thickness_mm:g}, right only for bare paper lying on the tray: "
+        "measure the board with its backing (calipers) and set thickness_mm to it before `calibrate solve`, or the "
+        "tray frame's z = 0 is that far above the tray and every part reads as lifted off it"
+    )
     return EXIT_OK
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
     from amflow_edge.drivers.base import DriverError
     from amflow_edge.inspection.calibration.board import BoardDefinition, BoardError, load_board
+    from amflow_edge.inspection.calibration.capture import placements_problem
     from amflow_edge.inspection.calibration.errors import CalibrationProcedureError
 
-    cfg = load_or_report(args.config)
+    if (problem := placements_problem(args.placements)) is not None:
+        print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    cfg = load_uncalibrated(args.config)
     if cfg is None:
         return EXIT_CONFIG
     try:
@@ -141,42 +151,45 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         print(f"{out}: exists and is not an empty directory; give a new directory to capture into", file=sys.stderr)
         return EXIT_CONFIG
+    driver = commissioning_driver(cfg, "the capture")
     try:
-        driver = _driver(cfg)
-        driver.open()
-    except DriverError as exc:
-        print(f"cameras: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
+        try:
+            driver.open()
+        except DriverError as exc:
+            print(f"cameras: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         _capture(cfg, driver, board, out, args.yes).run(args.placements)
     except (CalibrationProcedureError, DriverError) as exc:
-        print(exc, file=sys.stderr)
+        print(f"{exc}\n{_left_behind(out)}", file=sys.stderr)
         return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print(f"\ncapture stopped (Ctrl-C); {_left_behind(out)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        print(
+            f"capture stopped: {exc.filename or out}: {exc.strerror or exc} (disk full? permissions?); "
+            f"{_left_behind(out)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     finally:
         driver.close()
     print(f"next: amflow-edge calibrate solve {out} --out CALDIR")
     return EXIT_OK
 
 
-def _driver(cfg: StationConfig) -> CameraDriver:
-    """The station's rig; the mock shows an empty tray (and the board when asked), never a part."""
-    if cfg.rig.driver == "mock":
-        from amflow_edge.drivers.mock import MockDriver
-
-        settings = cfg.mock.model_copy(update={"empty_tray": True, "designs": [], "defect_rate": 0.0, "defects": []})
-        return MockDriver(cfg.cameras, settings, _NoDesigns())
-    from amflow_edge.drivers.pylon import PylonDriver
-
-    return PylonDriver(cfg.cameras, cfg.pylon)
-
-
-class _NoDesigns:
-    @property
-    def designs(self) -> list[Any]:
-        return []
-
-    def get(self, design_material: str) -> NoReturn:
-        raise KeyError(f"{design_material}: calibration places no parts")
+def _left_behind(out: Path) -> str:
+    """What a stopped capture leaves in `out`: the manifest is written last, so never something the solve takes."""
+    try:
+        taken = out.is_dir() and any(out.iterdir())
+    except OSError:
+        taken = True
+    if not taken:
+        return f"nothing was written to {out}"
+    return (
+        f"{out} holds the pictures taken so far but no manifest.json, so `calibrate solve` refuses it; delete it "
+        "(or give a new directory) and capture again"
+    )
 
 
 def _capture(cfg: StationConfig, driver: CameraDriver, board: BoardDefinition, out: Path, yes: bool) -> BoardCapture:
@@ -209,6 +222,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
     from amflow_edge.inspection.calibration.board import BoardError, load_board
     from amflow_edge.inspection.calibration.errors import CalibrationProcedureError
     from amflow_edge.inspection.calibration.procedure import solve_capture
+    from amflow_edge.inspection.calibration.report import rms_warnings
 
     try:
         board = load_board(args.board) if args.board is not None else None
@@ -216,6 +230,14 @@ def cmd_solve(args: argparse.Namespace) -> int:
     except (CalibrationProcedureError, BoardError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as exc:
+        print(
+            f"solve stopped: {exc.filename or args.out}: {exc.strerror or exc}; check that the capture is readable "
+            f"and that {args.out}'s directory is writable with room to spare, then solve again ({args.out} is as "
+            "it was)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     print(f"{'camera':8} {'RMS px':>7} {'corners':>8} {'coverage':>9} {'fx px':>10}  centre mm (tray frame)")
     for camera in report.cameras:
         x, y, z = camera.centre_mm
@@ -228,6 +250,15 @@ def cmd_solve(args: argparse.Namespace) -> int:
                 f"  {camera.camera}: corners cover little of the image; add placements nearer its edges",
                 file=sys.stderr,
             )
+    for warning in rms_warnings(report):
+        print(f"warning: {warning}", file=sys.stderr)
+    if report.board.thickness_mm == 0:
+        print(
+            "warning: the board's thickness_mm is 0, so the tray frame's z = 0 is the printed surface: right only for "
+            "bare paper on the tray; measure the board with its backing, set thickness_mm in board.json and solve "
+            "again with --board board.json",
+            file=sys.stderr,
+        )
     print(
         f"overall RMS {report.rms_px:.3f} px; wrote {args.out}: cam01.yaml … , references/, calibration.json, report/"
     )

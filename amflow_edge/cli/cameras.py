@@ -5,6 +5,9 @@ re-cabled switch; `save-features` captures a camera tuned in pylon Viewer as the
 the driver loads (and validates) at every start; `check-triggers` fires the whole rig many
 times, as commissioning must before a station is handed over: a link budget that is wrong
 loses a frame only now and then.
+
+They come before the calibration, so they read the config without checking its calibration files
+(cli.commissioning), and fire the cameras by software trigger even on a Line1-triggered station.
 """
 
 from __future__ import annotations
@@ -14,14 +17,15 @@ import hashlib
 import sys
 from pathlib import Path
 
-from amflow_edge.cli.common import EXIT_CONFIG, EXIT_FAILED, load_or_report
+from amflow_edge.cli.commissioning import load_uncalibrated, software_triggered
+from amflow_edge.cli.common import EXIT_CONFIG, EXIT_FAILED
 from amflow_edge.ops.camera_inventory import connected_cameras
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     configured: dict[str, str] = {}
     if args.config is not None:
-        cfg = load_or_report(args.config)
+        cfg = load_uncalibrated(args.config)
         if cfg is None:
             return EXIT_CONFIG
         configured = {c.serial: c.name for c in cfg.cameras}
@@ -43,7 +47,7 @@ def cmd_save_features(args: argparse.Namespace) -> int:
 
     from amflow_edge.drivers.pylon import enumerate_cameras
 
-    cfg = load_or_report(args.config)
+    cfg = load_uncalibrated(args.config)
     if cfg is None:
         return EXIT_CONFIG
     directory: Path | None = args.dir or cfg.pylon.features_dir
@@ -80,16 +84,13 @@ def cmd_check_triggers(args: argparse.Namespace) -> int:
     from amflow_edge.drivers.pylon import PylonDriver
     from amflow_edge.drivers.trigger_check import run_trigger_check
 
-    cfg = load_or_report(args.config)
+    cfg = load_uncalibrated(args.config)
     if cfg is None:
         return EXIT_CONFIG
     if cfg.rig.driver != "pylon":
         print(f"check-triggers is for Basler stations (rig.driver = 'pylon', not {cfg.rig.driver!r})", file=sys.stderr)
         return EXIT_CONFIG
-    settings = cfg.pylon
-    if settings.trigger == "line1":
-        print("pylon.trigger = 'line1': the check fires the cameras by software trigger instead", file=sys.stderr)
-        settings = settings.model_copy(update={"trigger": "software"})
+    settings = software_triggered(cfg.pylon, "the check")
     driver = PylonDriver(cfg.cameras, settings)
     try:
         driver.open()

@@ -46,7 +46,8 @@ class BoardPlacement:
 
 
 def flat_pose(board: BoardDefinition, x_mm: float = 0.0, y_mm: float = 0.0, yaw_deg: float = 0.0) -> np.ndarray:
-    """The board lying on the tray, its centre at (x, y), turned by yaw about the vertical."""
+    """The board lying on the tray, its centre at (x, y), turned by yaw about the vertical; its printed surface is
+    board.thickness_mm above the tray (board_to_tray_flat), as a board glued to a backing lies."""
     turn = np.eye(4)
     turn[:3, :3] = _rotation((0.0, 0.0, 1.0), yaw_deg)
     turn[:3, 3] = [x_mm, y_mm, 0.0]
@@ -57,13 +58,15 @@ def tilted_pose(
     board: BoardDefinition, tilt_deg: float, axis_deg: float, lift_mm: float, x_mm: float = 0.0, y_mm: float = 0.0
 ) -> np.ndarray:
     """The board propped up: turned by tilt about a horizontal axis at axis_deg from tray x, centred over (x, y),
-    its lowest corner lift_mm above the tray (on blocks), so the paper never dips into the tray."""
+    the lowest corner of its backing lift_mm above the tray (on blocks), so the board never dips into the tray."""
     axis = (math.cos(math.radians(axis_deg)), math.sin(math.radians(axis_deg)), 0.0)
     turn = np.eye(4)
     turn[:3, :3] = _rotation(axis, tilt_deg)
     pose: np.ndarray = turn @ board.board_to_tray_flat()
     width, height = board.size_mm
-    corners = np.array([[0, 0, 0, 1], [width, 0, 0, 1], [0, height, 0, 1], [width, height, 0, 1]], dtype=float)
+    corners = np.array(
+        [[u, v, depth, 1.0] for u in (0.0, width) for v in (0.0, height) for depth in (0.0, board.thickness_mm)]
+    )  # the printed face's corners and the backing's below them (OpenCV's board z points into the board)
     lowest = float((corners @ pose.T)[:, 2].min())
     pose[:3, 3] += [x_mm, y_mm, lift_mm - lowest]
     return pose

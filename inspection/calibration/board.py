@@ -61,6 +61,14 @@ class BoardDefinition(BaseModel):
     dictionary: Dictionary = Field(
         default="DICT_5X5_100", description="OpenCV predefined ArUco dictionary the markers are drawn from."
     )
+    thickness_mm: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=30.0,
+        description="Measured thickness of the board with its backing, in mm: the printed surface lies this far above "
+        "the tray when the board lies flat, and the tray frame's z = 0 is the tray surface. 0 only for bare paper "
+        "lying on the tray; measure a glued board and set it before `calibrate solve`.",
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> BoardDefinition:
@@ -86,6 +94,11 @@ class BoardDefinition(BaseModel):
     def corner_count(self) -> int:
         return (self.squares_x - 1) * (self.squares_y - 1)
 
+    def printed_pattern(self) -> BoardDefinition:
+        """The board as the cameras' pictures show it: everything but the thickness, which only a ruler sees (and
+        may be measured after the capture)."""
+        return self.model_copy(update={"thickness_mm": 0.0})
+
     def cv_board(self) -> cv2.aruco.CharucoBoard:
         dictionary = cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, self.dictionary))
         return cv2.aruco.CharucoBoard((self.squares_x, self.squares_y), self.square_mm, self.marker_mm, dictionary)
@@ -98,13 +111,15 @@ class BoardDefinition(BaseModel):
     def board_to_tray_flat(self) -> np.ndarray:
         """4×4 board→tray transform of the board lying flat and defining the tray frame.
 
-        The tray frame is the board frame of the flat placement turned face up and centred: origin at the
-        board's centre on its printed surface, x along the board's rows, y towards its first row (OpenCV's -y),
-        z up out of the print (OpenCV's -z).
+        The tray frame is the board frame of the flat placement turned face up and centred, then lowered by the
+        board's thickness: origin under the board's centre on the tray's top surface (where the parts inspected
+        later lie, and what the inspection's "lying on the tray" is measured from), x along the board's rows,
+        y towards its first row (OpenCV's -y), z up out of the print (OpenCV's -z). The printed surface, which is
+        what the cameras see, is at z = thickness_mm.
         """
         width, height = self.size_mm
         transform = np.diag([1.0, -1.0, -1.0, 1.0])
-        transform[:3, 3] = [-width / 2, height / 2, 0.0]
+        transform[:3, 3] = [-width / 2, height / 2, self.thickness_mm]
         return transform
 
     def texture(self, mm_per_px: float, margin_mm: float = 0.0) -> np.ndarray:

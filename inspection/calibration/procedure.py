@@ -3,7 +3,8 @@
 CALDIR holds camNN.yaml (what `cameras[].calibration` points at), references/camNN.png (the empty tray as
 commissioned, which the drift check compares against), calibration.json and report/ pictures. It is built
 beside its final place and renamed into it, so a failed solve leaves an older CALDIR as it was and never
-half a new one.
+half a new one. Being replaced whole, CALDIR must hold nothing else: a directory with other files in it (and no
+calibration.json, so not an earlier solve's) is refused rather than wiped.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from amflow_edge.inspection.calibration.report import (
     coverage_picture,
     residual_picture,
 )
-from amflow_edge.inspection.calibration.solve import CameraInfo, SolvedRig, solve_rig
+from amflow_edge.inspection.calibration.solve import CameraInfo, SolvedRig, rms_px, solve_rig
 from amflow_edge.inspection.geometry.camera import save_calibration
 
 REFERENCES_DIR = "references"
@@ -37,13 +38,21 @@ REPORT_DIR = "report"
 
 
 def solve_capture(capture: Path, out: Path, board: BoardDefinition | None = None) -> CalibrationReport:
-    """Solve the capture in `capture` into `out`; CalibrationProcedureError names what is wrong and leaves `out` alone."""
+    """Solve the capture in `capture` into `out`; CalibrationProcedureError names what is wrong and leaves `out` alone.
+
+    `board` (--board) must show the pattern the capture was taken of; its thickness_mm is taken over the
+    capture's, because the thickness is measured with a ruler, often after the pictures were taken.
+    """
+    check_out(out)
     manifest = load_manifest(capture)
-    if board is not None and board != manifest.board:
-        raise CalibrationProcedureError(
-            f"{capture / 'manifest.json'}: the capture was taken of another board ({manifest.board.model_dump()}) "
-            f"than --board says ({board.model_dump()}); leave --board out or give the board.json it was taken with"
-        )
+    if board is not None:
+        if board.printed_pattern() != manifest.board.printed_pattern():
+            raise CalibrationProcedureError(
+                f"{capture / 'manifest.json'}: the capture was taken of another board "
+                f"({manifest.board.model_dump()}) than --board says ({board.model_dump()}); leave --board out or "
+                "give the board.json it was taken with"
+            )
+        manifest = manifest.model_copy(update={"board": board})
     cameras = [CameraInfo(c.name, c.serial, c.width, c.height) for c in manifest.cameras]
     references: dict[str, np.ndarray] = {
         camera.name: _read(capture / EMPTY_DIR / f"{camera.name}.png", camera) for camera in cameras
@@ -90,7 +99,7 @@ def _report(
             CameraReport(
                 camera=calib.name,
                 serial=calib.serial,
-                rms_px=float(np.sqrt((errors**2).sum(axis=1).mean())),
+                rms_px=rms_px(errors),
                 corners=len(errors),
                 rejected_corners=solved.rejected,
                 coverage=coverage_fraction([placement[index] for placement in views]),
@@ -111,13 +120,57 @@ def _report(
     )
 
 
+def check_out(out: Path) -> None:
+    """Refuse a CALDIR the swap would wipe other files with: it is replaced whole."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CalibrationProcedureError(
+            f"{out}: exists and is not a directory; give --out a new directory (or an earlier solve's) for the "
+            "calibration"
+        )
+    if any(out.iterdir()) and not (out / REPORT_FILE).is_file():
+        raise CalibrationProcedureError(
+            f"{out}: holds files that `calibrate solve` did not write (no {REPORT_FILE}); the solve replaces the "
+            "directory whole and would delete them. Give --out a new directory (or an earlier solve's), or move "
+            "those files elsewhere first"
+        )
+
+
+def replace_dir(staging: Path, out: Path) -> None:
+    """Put the finished `staging` in place of `out` (renames only); if that fails, `out` is what it was.
+
+    The old CALDIR is set aside, not deleted, until the new one is in place; a failure between the two renames
+    puts it back. If even that fails, the error says where the old calibration is.
+    """
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    set_aside = out.exists()
+    if set_aside:
+        os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except OSError as exc:
+        if set_aside:
+            try:
+                os.replace(old, out)
+            except OSError:
+                raise CalibrationProcedureError(
+                    f"{out}: the new calibration could not be put in place ({exc.strerror}) nor the previous one "
+                    f"put back; it is in {old}: rename it to {out.name} before the station starts"
+                ) from None
+        raise
+    fsync_dir(out.parent)
+    if set_aside:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _write(
     out: Path, capture: Path, rig: SolvedRig, report: CalibrationReport, references: dict[str, np.ndarray]
 ) -> None:
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         (staging / REFERENCES_DIR).mkdir(parents=True)
@@ -136,13 +189,9 @@ def _write(
         replace_durably(staging / REPORT_FILE, (report.model_dump_json(indent=2) + "\n").encode())
         for folder in (staging / REFERENCES_DIR, staging / REPORT_DIR, staging):
             fsync_dir(folder)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(staging, out)
-        fsync_dir(out.parent)
+        replace_dir(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
