@@ -384,3 +384,8 @@ def test_the_calibration_row_gives_age_rms_and_drift(tmp_path: Path, broker: Bro
     row = by_name(run_checks(cfg, synchronised=synced))["calibration"]
     assert not row.ok and "cam02 moved more than 1.0 px" in row.detail and row.fix and "calibrate" in row.fix
     assert "drift at 2026-12-07 05:00 UTC" in row.detail
+
+    _commissioning_record(tmp_path / "calibration", {f"cam{i:02d}": 0.12 if i != 4 else 0.45 for i in range(1, 6)})
+    (cfg.station.state_dir / DRIFT_FILE).write_text(DriftRecord(latest=drift).model_dump_json())
+    row = by_name(run_checks(cfg, synchronised=synced))["calibration"]
+    assert row.ok and row.warning and "cam04's reprojection RMS 0.45 px is over the 0.3 px target" in row.detail
