@@ -13,18 +13,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from amflow_edge.common.durable import replace_durably
+from amflow_edge.drivers.pylon_settings import PylonSettings
 
 ETHERNET_OVERHEAD_BYTES = 38
 """Preamble and start delimiter (8), Ethernet header (14), FCS (4), inter-frame gap (12): on the wire, not in the
 packet size the camera is given."""
 STREAM_HEADER_BYTES = 36
 """IP (20), UDP (8) and GVSP (8) headers: inside GevSCPSPacketSize, but not image data."""
-STANDARD_PACKET = 1500
-JUMBO_PACKET = 8192
-"""Basler's packet size for jumbo frames: well inside a 9000-byte MTU, which some switches count differently."""
 FALLBACK_TICK_HZ = 1_000_000_000
-"""Cameras without GevTimestampTickFrequency: 1 GHz. Assuming a faster clock than the real one only makes the delay
-longer (safe, slower); assuming a slower one would overload the NIC."""
+"""Cameras without GevTimestampTickFrequency: 1 GHz (SFNC 2 cameras count nanoseconds). Assuming a faster clock than
+the real one only makes the delay longer (safe, slower); assuming a slower one would overload the NIC."""
+APPLIED_STREAMS_FILE = "camera_streams.json"
+"""In the station's state_dir: what the driver set on each camera at open, for the doctor while the station runs."""
 
 
 @dataclass(frozen=True)
@@ -37,14 +43,28 @@ class StreamSettings:
     tick_hz: float
 
 
-def packet_size_for(mtu: int, minimum: int = 220, maximum: int = 9014, increment: int = 4) -> int:
-    """The packet size for a NIC's MTU: jumbo (8192) where the MTU takes it, else the largest that fits the MTU."""
-    wanted = JUMBO_PACKET if mtu >= JUMBO_PACKET else min(mtu, STANDARD_PACKET)
-    size = min(wanted, maximum)
-    size -= (size - minimum) % increment
-    if size < minimum:
-        raise ValueError(f"an MTU of {mtu} bytes is below the camera's smallest packet size ({minimum} bytes)")
-    return size
+@dataclass(frozen=True)
+class PacketLimits:
+    """What a camera takes for GevSCPSPacketSize (its node's Min, Max, Inc). The defaults are a Basler ace's, for
+    planning without a camera (the doctor); the driver reads the camera's own."""
+
+    minimum: int = 220
+    maximum: int = 9014
+    increment: int = 4
+
+
+def packet_size_for(mtu: int, limits: PacketLimits = PacketLimits()) -> int:
+    """The largest packet size the camera takes that fits the MTU: fewer packets per frame, less CPU and overhead.
+
+    GevSCPSPacketSize is the size of the IP packet, its IP, UDP and GVSP headers included (GigE
+    Vision; a receiver sees a UDP payload 28 bytes shorter), and the MTU is the largest IP packet
+    the link carries, so the packet size may reach the MTU itself, no header subtracted. GenICam's
+    valid values are minimum + k * increment, so the result is the largest of those ≤ min(MTU, maximum).
+    """
+    limit = min(mtu, limits.maximum)
+    if limit < limits.minimum:
+        raise ValueError(f"an MTU of {mtu} bytes is below the camera's smallest packet size ({limits.minimum} bytes)")
+    return limit - (limit - limits.minimum) % max(1, limits.increment)
 
 
 def packet_period_s(packet_size: int, delay_ticks: int, tick_hz: float, camera_link_bytes_s: float) -> float:
@@ -97,6 +117,40 @@ def plan_streams(
 
 
 @dataclass(frozen=True)
+class LinkPlan:
+    """The budget of `[pylon.gige]` for a station: how many cameras share the NIC, each one's share, their settings."""
+
+    sharing: int
+    share_bytes_s: float
+    link_bytes_s: float
+    streams: tuple[StreamSettings, ...]
+
+    @property
+    def packet_size(self) -> int:
+        return self.streams[0].packet_size
+
+    def for_camera(self, index: int) -> StreamSettings:
+        """The settings of the station's `index`-th camera: with several NICs, each NIC's cameras count from 0."""
+        return self.streams[index % self.sharing]
+
+
+def plan_link(
+    settings: PylonSettings,
+    cameras: int,
+    tick_hz: float = FALLBACK_TICK_HZ,
+    limits: PacketLimits = PacketLimits(),
+) -> LinkPlan:
+    """The one place `[pylon.gige]` and `pylon.link_mb_s` become packet sizes and delays: the driver (with the camera's
+    clock and packet limits) and the doctor (with a typical camera's) both plan through here."""
+    gige = settings.gige
+    sharing = gige.cameras_per_nic or cameras
+    nic, link = gige.nic_mb_s * 1e6, settings.link_mb_s * 1e6
+    packet = packet_size_for(gige.mtu, limits)
+    streams = plan_streams(sharing, packet, tick_hz, nic, link, gige.headroom, gige.stagger)
+    return LinkPlan(sharing, min(nic * (1 - gige.headroom) / sharing, link), link, tuple(streams))
+
+
+@dataclass(frozen=True)
 class BudgetCheck:
     """Whether streams sharing a NIC fit it, in words for the doctor and the log."""
 
@@ -125,3 +179,44 @@ def check_streams(
     ]
     detail = "\n".join(lines)
     return BudgetCheck(verdict == "fits", total, capacity, detail)
+
+
+class AppliedStream(BaseModel):
+    """One camera's stream settings as the driver left them at open (read back from the camera)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    serial: str = Field(description="The camera's serial number.")
+    packet_size: int = Field(description="GevSCPSPacketSize in bytes (the IP packet, headers included).")
+    delay_ticks: int = Field(description="GevSCPD: the inter-packet delay in ticks of tick_hz.")
+    frame_delay_ticks: int = Field(description="GevSCFTD: the frame transmission delay in ticks of tick_hz.")
+    tick_hz: float = Field(description="The camera's timestamp clock the delays count in.")
+    tick_source: str = Field(description="Where tick_hz came from: the camera's node, SFNC 2 (ns) or assumed.")
+    budget_applied: bool = Field(description="pylon.gige.apply at the time: false kept the feature file's values.")
+    applied_at: datetime = Field(description="When the driver opened the camera and read these back (UTC).")
+
+    def settings(self) -> StreamSettings:
+        return StreamSettings(self.packet_size, self.delay_ticks, self.frame_delay_ticks, self.tick_hz)
+
+
+class AppliedStreams(BaseModel):
+    """`<state_dir>/camera_streams.json`: what the running station's cameras stream with.
+
+    The doctor cannot open a camera the station holds; without this it could only ever say
+    "not read" while the station runs, which is when the answer matters.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    cameras: dict[str, AppliedStream] = Field(description="Per camera name, its settings as applied at open.")
+
+    def write(self, path: Path) -> None:
+        replace_durably(path, self.model_dump_json(indent=2).encode())
+
+    @classmethod
+    def read(cls, path: Path) -> AppliedStreams:
+        """Raises OSError (no file: the station has not opened its cameras with this path) or ValueError (not ours)."""
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except ValidationError as exc:
+            raise ValueError(f"{path} is not a record of applied stream settings: {exc.errors()[0]['msg']}") from None

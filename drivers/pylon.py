@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal, Protocol
 
 import structlog
@@ -25,13 +26,15 @@ from amflow_edge.common.backoff import Backoff
 from amflow_edge.drivers.base import CameraHealth, CameraSettings, DriverError, Frame, GrabError, Shot
 from amflow_edge.drivers.gige_budget import (
     FALLBACK_TICK_HZ,
+    AppliedStream,
+    AppliedStreams,
+    PacketLimits,
     StreamSettings,
-    packet_size_for,
-    plan_streams,
+    plan_link,
     transfer_s,
 )
 from amflow_edge.drivers.pylon_settings import ActionCommand, PylonSettings
-from amflow_edge.drivers.trigger_check import FrameDroppedError, FrameIncompleteError
+from amflow_edge.drivers.trigger_check import FrameDroppedError, FrameIncompleteError, TriggerNotConfirmedError
 
 log = structlog.get_logger(__name__)
 
@@ -39,8 +42,12 @@ TRANSFER_MARGIN_S = 0.5
 TRIGGER_READY_MS = 1000
 PULSE_POLL_S = 0.005
 FIRST_RECONNECT_S = 1.0
-CHUNKS = ("Timestamp", "ExposureTime", "Gain")
+CHUNKS = ("Timestamp", "ExposureTime", "Gain", "GainAll")
+"""Chunk selectors enabled where the camera has them: ace 2 / SFNC 2 give Gain in dB, ace classic GainAll in raw units."""
+CHUNK_NODES = ("ChunkTimestamp", "ChunkExposureTime", "ChunkGain", "ChunkGainAll")
 NO_ADDRESS = "0.0.0.0"
+TickSource = Literal["GevTimestampTickFrequency", "sfnc2_ns", "assumed"]
+"""Where a camera's timestamp clock rate came from: its node, SFNC 2's nanoseconds, or nowhere (1 GHz assumed)."""
 
 
 class _RemovalFlag(pylon.ConfigurationEventHandler):
@@ -62,7 +69,9 @@ class _Camera:
     model: str = ""
     address: str = ""
     stream: StreamSettings | None = None
-    tick_hz: float | None = None
+    stream_applied_at: datetime | None = None
+    tick_hz: float = FALLBACK_TICK_HZ
+    tick_source: TickSource = "assumed"
     chunks: bool = False
     exposure_us: float = 0.0
     gain_db: float = 0.0
@@ -114,17 +123,20 @@ ACTION_STATUS = {
 }
 
 
-class ActionNotConfirmedError(DriverError):
-    """Not every camera acknowledged an action command: some of them did not expose, so there is no scan."""
+class ActionNotConfirmedError(TriggerNotConfirmedError):
+    """Not every camera acknowledged an action command: some of them did not expose, so there is no scan.
+
+    A TriggerNotConfirmedError, so `cameras check-triggers` counts it per camera and carries on.
+    """
 
     def __init__(self, missing: Mapping[str, str]) -> None:
         names = ", ".join(f"{camera}: {why}" for camera, why in missing.items())
         super().__init__(
             f"action command not confirmed by {names}; check the camera's cable and that its ActionDeviceKey, "
             "ActionGroupKey and ActionGroupMask match [pylon.action] (the driver sets them at open) and that "
-            "pylon.action.broadcast_address reaches its subnet"
+            "pylon.action.broadcast_address reaches its subnet",
+            missing,
         )
-        self.missing = dict(missing)
 
 
 def issue_action_command(
@@ -169,11 +181,48 @@ def _ip_address(info: pylon.DeviceInfo) -> str:
     return "" if address in ("", "N/A") else address
 
 
-def _tick_hz(camera: pylon.InstantCamera) -> float | None:
-    node = camera.GetNodeMap().GetNode("GevTimestampTickFrequency")
-    if node is not None and genicam.IsReadable(node):
-        return float(camera.GevTimestampTickFrequency.Value)
-    return None
+def tick_rate(
+    camera: str, tick_frequency_hz: float | None, sfnc_major: int | None, sfnc2_timestamp: bool
+) -> tuple[float, TickSource]:
+    """The rate of a camera's timestamp clock, which the inter-packet delays and the frames' timestamps count in.
+
+    GigE cameras of SFNC 1 (ace classic) say it in GevTimestampTickFrequency (125 MHz on many);
+    SFNC 2 cameras (ace 2, USB) dropped that node because their timestamps are nanoseconds. A
+    camera that is neither is assumed at 1 GHz, out loud: that is safe for the budget (a delay
+    counted in too fast ticks is only longer) but would make its timestamps wrong.
+    """
+    if tick_frequency_hz:
+        return tick_frequency_hz, "GevTimestampTickFrequency"
+    if sfnc2_timestamp or (sfnc_major is not None and sfnc_major >= 2):
+        return float(FALLBACK_TICK_HZ), "sfnc2_ns"
+    log.warning(
+        "the camera states no timestamp clock rate (no GevTimestampTickFrequency, not SFNC 2); assuming 1 GHz: "
+        "its packet delays are then longer than needed and its timestamps may be off by a constant factor",
+        camera=camera,
+        assumed_tick_hz=FALLBACK_TICK_HZ,
+    )
+    return float(FALLBACK_TICK_HZ), "assumed"
+
+
+def _readable(nodemap: genicam.INodeMap, name: str) -> genicam.INode | None:
+    node = nodemap.GetNode(name)
+    return node if node is not None and genicam.IsReadable(node) else None
+
+
+def _read_tick_rate(camera: pylon.InstantCamera, name: str) -> tuple[float, TickSource]:
+    nodemap = camera.GetNodeMap()
+    frequency = _readable(nodemap, "GevTimestampTickFrequency")
+    major = _readable(nodemap, "DeviceSFNCVersionMajor")
+    sfnc2_timestamp = any(
+        (node := nodemap.GetNode(n)) is not None and genicam.IsAvailable(node)
+        for n in ("TimestampLatch", "TimestampLatchValue", "Timestamp")
+    )
+    return tick_rate(
+        name,
+        float(frequency.GetValue()) if frequency is not None else None,
+        int(major.GetValue()) if major is not None else None,
+        sfnc2_timestamp,
+    )
 
 
 def _enable_chunks(camera: pylon.InstantCamera) -> bool:
@@ -197,11 +246,60 @@ def _enable_chunks(camera: pylon.InstantCamera) -> bool:
     return True
 
 
-def _chunk_value(chunks: genicam.INodeMap, name: str) -> float | None:
-    node = chunks.GetNode(name)
-    if node is None or not genicam.IsReadable(node):
-        return None
-    return float(node.GetValue())
+def _chunk_values(chunks: genicam.INodeMap) -> dict[str, float]:
+    """The chunk values as the camera gives them: ChunkTimestamp stays an int, whose nanoseconds a float would round
+    once the camera has run for 104 days."""
+    values: dict[str, float] = {}
+    for name in CHUNK_NODES:
+        node = _readable(chunks, name)
+        if node is not None:
+            values[name] = node.GetValue()
+    return values
+
+
+SettingsSource = Literal["chunk", "camera"]
+
+
+@dataclass(frozen=True)
+class FrameFacts:
+    """What the camera says about one frame: its clock, and the exposure and gain it used, each with its source."""
+
+    ticks: int | None
+    timestamp_source: TimestampSource
+    exposure_us: float
+    exposure_source: SettingsSource
+    gain_db: float
+    gain_source: SettingsSource
+    gain_raw: int | None = None
+
+
+def frame_facts(
+    chunks: Mapping[str, float], grab_timestamp: int, read_back_exposure_us: float, read_back_gain_db: float
+) -> FrameFacts:
+    """Each chunk value on its own, over what the camera read back at open.
+
+    Chunk data is what the sensor did for this very frame. An ace classic sends its gain as
+    ChunkGainAll in raw units, with no conversion to dB the camera states: that is kept as raw,
+    and the dB recorded stay the read-back ones, while its chunk exposure is still used.
+    """
+    ticks: int | None = None
+    source: TimestampSource = None
+    if "ChunkTimestamp" in chunks:
+        ticks, source = int(chunks["ChunkTimestamp"]), "chunk"
+    elif grab_timestamp:
+        ticks, source = int(grab_timestamp), "grab_result"
+    exposure = chunks.get("ChunkExposureTime")
+    gain = chunks.get("ChunkGain")
+    raw = chunks.get("ChunkGainAll")
+    return FrameFacts(
+        ticks=ticks,
+        timestamp_source=source,
+        exposure_us=read_back_exposure_us if exposure is None else exposure,
+        exposure_source="camera" if exposure is None else "chunk",
+        gain_db=read_back_gain_db if gain is None else gain,
+        gain_source="camera" if gain is None else "chunk",
+        gain_raw=None if raw is None else int(raw),
+    )
 
 
 def _node(camera: pylon.InstantCamera, *names: str) -> genicam.INode | None:
@@ -219,11 +317,15 @@ class PylonDriver:
         cameras: list[CameraSettings],
         settings: PylonSettings,
         action_transport: ActionTransport | None = None,
+        applied_streams_path: Path | None = None,
     ) -> None:
+        """`applied_streams_path`: where to record the stream settings applied at open (the station passes
+        `<state_dir>/camera_streams.json`), so the doctor can check them while the station holds the cameras."""
         self._settings = settings
         self._cameras = [_Camera(c, Backoff(FIRST_RECONNECT_S, settings.reconnect_max_backoff_s)) for c in cameras]
         self._hardware = settings.trigger == "line1"
         self._action_transport = action_transport
+        self._applied_streams_path = applied_streams_path
 
     @property
     def hardware_triggered(self) -> bool:
@@ -250,12 +352,67 @@ class PylonDriver:
                 f"camera {names} not found; connected: {seen}. Check cable and power, "
                 "or fix the serial in [[cameras]] (`amflow-edge cameras list` shows what is connected)"
             )
+        if self._settings.trigger == "action":
+            self._check_action_addresses({c.settings.name: found[c.settings.serial] for c in self._cameras})
         try:
             for entry in self._cameras:
                 self._open_one(entry, found[entry.settings.serial])
         except Exception:
             self.close()
             raise
+        self._record_streams()
+
+    def _check_action_addresses(self, infos: Mapping[str, pylon.DeviceInfo]) -> None:
+        """Action commands are confirmed by each camera's acknowledgement, told apart by its IP address: a camera
+        without one (or sharing one) could never be confirmed, and would shrink the set of answers waited for."""
+        serials: dict[str, str] = {c.settings.name: c.settings.serial for c in self._cameras}
+        addresses = {name: _ip_address(info) for name, info in infos.items()}
+        without = [f"{name} (serial {serials[name]})" for name, address in addresses.items() if not address]
+        if without:
+            raise DriverError(
+                f"trigger = 'action' needs every camera's IP address, which confirms its acknowledgement; "
+                f"{', '.join(without)} {'has' if len(without) == 1 else 'have'} none (not a GigE camera?). "
+                "Connect them over GigE, or set pylon.trigger = 'software' or 'line1'"
+            )
+        by_address: dict[str, list[str]] = {}
+        for name, address in addresses.items():
+            by_address.setdefault(address, []).append(name)
+        shared = [f"{' and '.join(names)} ({address})" for address, names in by_address.items() if len(names) > 1]
+        if shared:
+            raise DriverError(
+                f"cameras share an IP address: {'; '.join(shared)}; their action command acknowledgements cannot "
+                "be told apart. Give each camera its own address (pylon IP Configurator)"
+            )
+
+    def _record_streams(self) -> None:
+        """Write what the cameras stream with to applied_streams_path (atomically): the doctor reads it while the
+        station holds the cameras. A failure is logged, never fatal: the cameras work without the record."""
+        if self._applied_streams_path is None:
+            return
+        record = AppliedStreams(
+            cameras={
+                e.settings.name: AppliedStream(
+                    serial=e.settings.serial,
+                    packet_size=e.stream.packet_size,
+                    delay_ticks=e.stream.delay_ticks,
+                    frame_delay_ticks=e.stream.frame_delay_ticks,
+                    tick_hz=e.stream.tick_hz,
+                    tick_source=e.tick_source,
+                    budget_applied=self._settings.gige.apply,
+                    applied_at=e.stream_applied_at,
+                )
+                for e in self._cameras
+                if e.stream is not None and e.stream_applied_at is not None
+            }
+        )
+        try:
+            record.write(self._applied_streams_path)
+        except OSError as exc:
+            log.warning(
+                "cannot record the cameras' stream settings; the doctor cannot check them while the station runs",
+                path=str(self._applied_streams_path),
+                error=exc.strerror or str(exc),
+            )
 
     def _open_one(self, entry: _Camera, info: pylon.DeviceInfo) -> None:
         name, serial = entry.settings.name, entry.settings.serial
@@ -267,10 +424,16 @@ class PylonDriver:
             entry.camera = camera
             entry.model = info.GetModelName()
             entry.address = _ip_address(info)
+            if self._settings.trigger == "action" and not entry.address:
+                raise DriverError(
+                    f"{name} (serial {serial}) has no IP address, which confirms its action command "
+                    "acknowledgement; connect it over GigE or set pylon.trigger = 'software' or 'line1'"
+                )
             entry.features_sha256 = self._load_features(camera, entry.settings)
             self._configure(camera, entry)
-            entry.tick_hz = _tick_hz(camera)
+            entry.tick_hz, entry.tick_source = _read_tick_rate(camera, name)
             entry.stream = self._apply_link_budget(camera, entry)
+            entry.stream_applied_at = datetime.now(UTC) if entry.stream is not None else None
             entry.chunks = _enable_chunks(camera)
             camera.MaxNumBuffer.Value = self._settings.grab_buffers
             camera.StartGrabbing(pylon.GrabStrategy_OneByOne)
@@ -291,6 +454,8 @@ class PylonDriver:
             exposure_us=entry.exposure_us,
             gain_db=entry.gain_db,
             chunks=entry.chunks,
+            tick_hz=entry.tick_hz,
+            tick_source=entry.tick_source,
         )
 
     def _load_features(self, camera: pylon.InstantCamera, settings: CameraSettings) -> str | None:
@@ -358,22 +523,14 @@ class PylonDriver:
                 model=entry.model,
             )
             return None
-        tick_hz = entry.tick_hz or FALLBACK_TICK_HZ
+        tick_hz = entry.tick_hz
         gige = self._settings.gige
         if gige.apply:
-            size = packet_size_for(
-                gige.mtu, camera.GevSCPSPacketSize.Min, camera.GevSCPSPacketSize.Max, camera.GevSCPSPacketSize.Inc
+            limits = PacketLimits(
+                int(camera.GevSCPSPacketSize.Min), int(camera.GevSCPSPacketSize.Max), int(camera.GevSCPSPacketSize.Inc)
             )
-            plan = plan_streams(
-                gige.cameras_per_nic or len(self._cameras),
-                size,
-                tick_hz,
-                gige.nic_mb_s * 1e6,
-                gige.camera_link_mb_s * 1e6,
-                gige.headroom,
-                gige.stagger,
-            )
-            wanted = plan[self._cameras.index(entry) % len(plan)]
+            plan = plan_link(self._settings, len(self._cameras), tick_hz, limits)
+            wanted = plan.for_camera(self._cameras.index(entry))
             size_node.SetValue(wanted.packet_size)
             if wanted.delay_ticks > camera.GevSCPD.Max:
                 log.warning(
@@ -415,7 +572,7 @@ class PylonDriver:
             stream = entry.stream
             if stream is None:
                 return plain
-            budgeted = transfer_s(frame_bytes, stream, self._settings.gige.camera_link_mb_s * 1e6)
+            budgeted = transfer_s(frame_bytes, stream, self._settings.link_mb_s * 1e6)
             return max(plain, budgeted + stream.frame_delay_ticks / stream.tick_hz)
 
         slowest = max(c.settings.exposure_us / 1e6 + transfer(c) for c in self._cameras)
@@ -560,21 +717,28 @@ class PylonDriver:
                     f"{entry.settings.width}×{entry.settings.height}",
                 )
             image = result.GetArray().copy()
-            ticks, source, exposure_us, gain_db, settings_source = self._frame_facts(entry, result)
+            chunks = (
+                _chunk_values(result.GetChunkDataNodeMap()) if entry.chunks and result.IsChunkDataAvailable() else {}
+            )
+            facts = frame_facts(chunks, int(result.GetTimeStamp()), entry.exposure_us, entry.gain_db)
+            tick_hz = entry.tick_hz if facts.ticks is not None else None
             return Frame(
                 camera=name,
                 image=image,
                 timestamp=datetime.now(UTC),
                 serial=entry.settings.serial,
-                exposure_us=exposure_us,
-                gain_db=gain_db,
-                camera_timestamp_ticks=ticks,
-                camera_tick_hz=entry.tick_hz if ticks is not None else None,
+                exposure_us=facts.exposure_us,
+                gain_db=facts.gain_db,
+                camera_timestamp_ticks=facts.ticks,
+                camera_tick_hz=tick_hz,
                 extra={
-                    "camera_timestamp_ticks": ticks,
-                    "camera_timestamp_source": source,
-                    "camera_tick_hz": entry.tick_hz if ticks is not None else None,
-                    "exposure_gain_source": settings_source,
+                    "camera_timestamp_ticks": facts.ticks,
+                    "camera_timestamp_source": facts.timestamp_source,
+                    "camera_tick_hz": tick_hz,
+                    "camera_tick_source": entry.tick_source if facts.ticks is not None else None,
+                    "exposure_source": facts.exposure_source,
+                    "gain_source": facts.gain_source,
+                    "chunk_gain_raw": facts.gain_raw,
                     "configured_exposure_us": entry.settings.exposure_us,
                     "configured_gain_db": entry.settings.gain_db,
                     "image_number": int(result.GetImageNumber()),
@@ -584,31 +748,6 @@ class PylonDriver:
             )
         finally:
             result.Release()
-
-    def _frame_facts(
-        self, entry: _Camera, result: pylon.GrabResult
-    ) -> tuple[int | None, TimestampSource, float, float, Literal["chunk", "camera"]]:
-        """The camera's own timestamp, exposure and gain of this frame, as the camera reports them.
-
-        Chunk data is what the sensor did for this very frame; without chunks, the grab result's
-        timestamp and the values the camera read back after they were set at open.
-        """
-        ticks: int | None = None
-        source: TimestampSource = None
-        exposure_us, gain_db = entry.exposure_us, entry.gain_db
-        settings_source: Literal["chunk", "camera"] = "camera"
-        if entry.chunks and result.IsChunkDataAvailable():
-            chunks = result.GetChunkDataNodeMap()
-            timestamp = _chunk_value(chunks, "ChunkTimestamp")
-            if timestamp is not None:
-                ticks, source = int(timestamp), "chunk"
-            exposure = _chunk_value(chunks, "ChunkExposureTime")
-            gain = _chunk_value(chunks, "ChunkGain")
-            if exposure is not None and gain is not None:
-                exposure_us, gain_db, settings_source = float(exposure), float(gain), "chunk"
-        if ticks is None and result.GetTimeStamp():
-            ticks, source = int(result.GetTimeStamp()), "grab_result"
-        return ticks, source, exposure_us, gain_db, settings_source
 
     def grab_reference(self, timeout_s: float) -> Shot:
         """The empty tray is photographed like any part; no part is there to pulse Line1, so the station does."""
@@ -661,6 +800,7 @@ class PylonDriver:
             except DriverError as exc:
                 entry.lost = f"reconnecting: {exc}"
                 entry.next_attempt = time.monotonic() + entry.backoff.next_delay()
+        self._record_streams()
 
     def _release(self, entry: _Camera) -> None:
         camera, entry.camera = entry.camera, None
@@ -721,7 +861,7 @@ def read_stream_settings(cameras: list[CameraSettings]) -> tuple[dict[str, Strea
                 frame_delay_ticks=int(frame_delay.GetValue())
                 if frame_delay is not None and genicam.IsReadable(frame_delay)
                 else 0,
-                tick_hz=_tick_hz(camera) or FALLBACK_TICK_HZ,
+                tick_hz=_read_tick_rate(camera, settings.name)[0],
             )
         except genicam.GenericException as exc:
             problems[settings.name] = f"cannot open (in use by the running station?): {_why(exc)}"

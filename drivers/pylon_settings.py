@@ -46,15 +46,21 @@ class GigeLink(BaseModel):
         le=12_500,
         description="Capacity of the NIC the cameras share in MB/s: 125 for 1 GbE, 1250 for 10 GbE.",
     )
-    camera_link_mb_s: float = Field(
-        default=125.0, gt=0, le=12_500, description="Each camera's own link in MB/s (125 for a 1 GbE camera)."
+    camera_link_mb_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=12_500,
+        description="Old name of pylon.link_mb_s, read so that existing configs load: given alone it sets "
+        "pylon.link_mb_s; given with a different pylon.link_mb_s it is a config error. Leave it out.",
     )
     mtu: int = Field(
         default=1500,
         ge=576,
         le=9216,
-        description="MTU of the camera NIC (`ip link`); 9000 (jumbo frames, also on the switch) gives 8192-byte "
-        "packets and less CPU per frame.",
+        description="Largest IP packet on the way from the cameras to the NIC: the NIC's MTU (`ip link`), or the "
+        "switch's if smaller. Each camera's packet size (GevSCPSPacketSize, an IP packet with its IP, UDP and GVSP "
+        "headers) is set to the largest the camera takes up to this; 9000 (jumbo frames on NIC and switch) means "
+        "six times fewer packets and less CPU per frame.",
     )
     cameras_per_nic: int | None = Field(
         default=None,
@@ -92,7 +98,13 @@ class PylonSettings(BaseModel):
         "(`amflow-edge cameras save-features` writes them). Exposure and gain from [[cameras]] are applied after.",
     )
     link_mb_s: float = Field(
-        default=100.0, gt=0, description="Sustained transfer rate per camera (MB/s), for the grab deadline."
+        default=125.0,
+        gt=0,
+        le=12_500,
+        description="Each camera's own link in MB/s: 125 for a 1 GbE camera, about 400 for USB 3. The one setting "
+        "of the per-camera rate: the GigE link budget (the wire time of a packet, so the inter-packet delay) and the "
+        "grab deadline both use it. Give the link's line rate, not a measured throughput: a lower value shortens "
+        "the budget's inter-packet delays. pylon.gige.camera_link_mb_s is its old name.",
     )
     grab_buffers: int = Field(
         default=3,
@@ -117,4 +129,20 @@ class PylonSettings(BaseModel):
     def _action_needs_keys(self) -> PylonSettings:
         if self.trigger == "action" and self.action is None:
             raise ValueError("trigger = 'action' needs an [pylon.action] table with device_key and group_key")
+        return self
+
+    @model_validator(mode="after")
+    def _one_link_rate(self) -> PylonSettings:
+        """Two settings once gave the per-camera rate (the deadline's and the budget's); one value must win for both,
+        and a config that gives two different ones cannot say which it meant."""
+        old = self.gige.camera_link_mb_s
+        if old is None or old == self.link_mb_s:
+            return self
+        if "link_mb_s" in self.model_fields_set:
+            raise ValueError(
+                f"pylon.link_mb_s ({self.link_mb_s:g}) and pylon.gige.camera_link_mb_s ({old:g}) both give each "
+                "camera's link rate and differ: keep pylon.link_mb_s (the camera link's line rate, 125 for 1 GbE) "
+                "and remove pylon.gige.camera_link_mb_s"
+            )
+        self.link_mb_s = old
         return self

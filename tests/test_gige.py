@@ -15,21 +15,32 @@ from typing import Any
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from amflow_edge.cli.main import main
 from amflow_edge.config.loading import load_config
 from amflow_edge.config.station import StationConfig
 from amflow_edge.drivers.base import Frame, GrabError
 from amflow_edge.drivers.gige_budget import (
+    APPLIED_STREAMS_FILE,
+    AppliedStreams,
+    PacketLimits,
     StreamSettings,
     check_streams,
     image_rate_bytes_s,
     packet_size_for,
+    plan_link,
     plan_streams,
     transfer_s,
 )
-from amflow_edge.drivers.pylon import ActionNotConfirmedError, PylonDriver, issue_action_command
-from amflow_edge.drivers.pylon_settings import ActionCommand, GigeLink
+from amflow_edge.drivers.pylon import (
+    ActionNotConfirmedError,
+    PylonDriver,
+    frame_facts,
+    issue_action_command,
+    tick_rate,
+)
+from amflow_edge.drivers.pylon_settings import ActionCommand, GigeLink, PylonSettings
 from amflow_edge.drivers.trigger_check import run_trigger_check
 from amflow_edge.ops.doctor import CheckResult, StreamReader, check_link
 from tests.pylon_rig import EMULATED, emulated
@@ -61,9 +72,11 @@ def test_five_cameras_are_throttled_to_fit_one_gigabit_nic_together() -> None:
     assert image_rate_bytes_s(streams[0], GBE) < 0.9 * GBE / 5
 
 
-def test_packet_size_follows_the_mtu_and_a_fast_nic_needs_no_delay() -> None:
-    assert packet_size_for(1500) == 1500 and packet_size_for(9000) == 8192 and packet_size_for(8192) == 8192
-    assert packet_size_for(9000, maximum=4002, increment=4) == 4000
+def test_the_packet_size_is_the_largest_the_camera_takes_up_to_the_mtu_and_a_fast_nic_needs_no_delay() -> None:
+    # GevSCPSPacketSize is the IP packet, its headers included: it may be the MTU itself, at every MTU
+    assert packet_size_for(1500) == 1500 and packet_size_for(9000) == 9000 and packet_size_for(4000) == 4000
+    assert packet_size_for(3000, PacketLimits(220, 9014, 8)) == 2996  # GenICam's steps count from the minimum
+    assert packet_size_for(9000, PacketLimits(220, 8192, 4)) == 8192  # the camera's maximum
     with pytest.raises(ValueError, match="below the camera's smallest packet size"):
         packet_size_for(200)
     ten_gbe = plan_streams(5, 8192, 1e9, 1250e6, GBE, headroom=0.1, stagger=False)
@@ -75,13 +88,17 @@ def test_the_driver_applies_the_budget_and_frames_record_what_the_camera_did(
 ) -> None:
     cfg = station(tmp_path, **{"pylon.gige": {"mtu": 9000}})
     cameras = [c.model_copy(update={"exposure_us": 1234.567, "gain_db": 3.33}) for c in cfg.cameras]
-    driver = PylonDriver(cameras, cfg.pylon)
-    driver.open()
+    applied = tmp_path / "state" / APPLIED_STREAMS_FILE
+    applied.parent.mkdir(exist_ok=True)
+    driver = PylonDriver(cameras, cfg.pylon, applied_streams_path=applied)
+    with capture_logs() as logs:
+        driver.open()
     try:
-        plan = plan_streams(5, 8192, 1e9, GBE, GBE, 0.1)
+        plan = plan_streams(5, 9000, 1e9, GBE, GBE, 0.1)  # the emulation takes any size from 220 to 9014
+        assert plan_link(cfg.pylon, 5, 1e9, PacketLimits(220, 9014, 1)).streams == tuple(plan)
         for index, camera in enumerate(cameras):
             pylon_camera = driver.camera(camera.name)
-            assert pylon_camera.GevSCPSPacketSize.Value == 8192
+            assert pylon_camera.GevSCPSPacketSize.Value == 9000
             assert pylon_camera.GevSCPD.Value == plan[index].delay_ticks
             assert pylon_camera.GevSCFTD.Value == plan[index].frame_delay_ticks
             assert pylon_camera.ChunkModeActive.Value is False  # the emulation has no chunks: grabbing must still work
@@ -92,12 +109,32 @@ def test_the_driver_applies_the_budget_and_frames_record_what_the_camera_did(
         shot = driver.grab(5.0)
     finally:
         driver.close()
+    # the emulation states SFNC 2.5 and no GevTimestampTickFrequency: nanoseconds, recorded as such
+    opened = [e for e in logs if e["event"] == "camera open"]
+    assert len(opened) == 5 and {(e["tick_hz"], e["tick_source"]) for e in opened} == {(1e9, "sfnc2_ns")}
+    assert not [e for e in logs if e["log_level"] == "warning" and "clock rate" in e["event"]]
     frame = shot.frames["cam02"]
     assert frame.exposure_us == 1235.0  # the emulated camera rounds to whole microseconds
     assert frame.gain_db == pytest.approx(3.33, abs=1e-4) and frame.gain_db != 3.33
-    assert frame.extra["exposure_gain_source"] == "camera"
+    assert frame.extra["exposure_source"] == "camera" and frame.extra["gain_source"] == "camera"
     assert frame.extra["configured_exposure_us"] == 1234.567 and frame.extra["configured_gain_db"] == 3.33
     assert frame.camera_timestamp_ticks is None and frame.extra["camera_timestamp_source"] is None  # no clock
+
+    # what the station applied, recorded for the doctor, which cannot open the cameras while the station runs
+    record = AppliedStreams.read(applied)
+    assert {name: a.settings() for name, a in record.cameras.items()} == {
+        c.name: plan[i] for i, c in enumerate(cameras)
+    }
+    assert all(a.tick_source == "sfnc2_ns" and a.budget_applied for a in record.cameras.values())
+    held: dict[str, str] = {c.name: "cannot open (in use by the running station?): already open" for c in cameras}
+    busy = check_link(cfg, streams_reader({}, held), applied)
+    assert busy.ok and not busy.warning, busy.detail
+    assert "cam03: as the station applied them at 20" in busy.detail and "cameras now: 5 cameras" in busy.detail
+    assert check_link(cfg, streams_reader({}, held)).detail == busy.detail  # <state_dir>/camera_streams.json
+    never = check_link(cfg, streams_reader({}, held), tmp_path / "elsewhere.json")
+    assert never.warning and "no record of the station's settings at" in never.detail
+    applied.write_text("{}")
+    assert "is not a record of applied stream settings" in check_link(cfg, streams_reader({}, held), applied).detail
 
 
 def test_with_apply_false_the_cameras_keep_their_own_stream_settings(emulated: list[str], tmp_path: Path) -> None:
@@ -191,6 +228,13 @@ def test_check_triggers_fails_when_a_camera_is_missing(
     assert "check stopped: camera cam01 (serial 0815-0004) not found" in capsys.readouterr().err
 
 
+def still(name: str, ticks: int | None = None, tick_hz: float | None = None) -> Frame:
+    return Frame(
+        name, np.zeros((1, 1), np.uint8), datetime.now(UTC), "s", 1.0, 0.0,
+        camera_timestamp_ticks=ticks, camera_tick_hz=tick_hz,
+    )  # fmt: skip
+
+
 class Dropping:
     """A rig whose cam02 misses every other trigger and whose cameras' clocks are offset from each other."""
 
@@ -207,20 +251,123 @@ class Dropping:
                 outcomes[name] = GrabError(name, "no frame within 100 ms of the trigger")
                 continue
             ticks = offset * 10**9 + self.index * 10**8 + (self.index % 3) * 1000 * offset  # jitter: µs
-            outcomes[name] = Frame(
-                name, np.zeros((1, 1), np.uint8), datetime.now(UTC), "s", 1.0, 0.0,
-                camera_timestamp_ticks=ticks, camera_tick_hz=1e9,
-            )  # fmt: skip
+            outcomes[name] = still(name, ticks, 1e9)
         return outcomes
 
 
-def test_the_spread_is_taken_on_the_camera_clocks_aligned_at_the_first_trigger() -> None:
+def test_dropped_frames_are_counted_per_camera_and_only_complete_triggers_give_a_spread() -> None:
     report = run_trigger_check(Dropping(), ["cam01", "cam02", "cam03"], 6, 1.0)
     assert (report.cameras["cam02"].received, report.cameras["cam02"].dropped) == (3, 3)
-    assert report.clock == "camera" and len(report.spreads_s) == 3
-    # complete triggers 1, 3, 5: the clocks' offsets of whole seconds cancel, the jitter of up to 2 µs stays
-    assert report.spreads_s == pytest.approx([0.0, 2e-6, 2e-6], abs=1e-9)
-    assert "camera clocks" in report.spread_summary() and "max" in report.spread_summary()
+    assert report.clock == "camera" and report.reference == "cam01" and len(report.spreads_s) == 3
+    assert max(report.spreads_s) < 2e-6  # the clocks' offsets of whole seconds are gone, the µs jitter stays
+    two = run_trigger_check(Dropping(), ["cam01", "cam02", "cam03"], 3, 1.0)  # complete: triggers 1 and 3
+    assert len(two.spreads_s) == 2 and not two.rate_ppm and "too few complete triggers" in two.spread_summary()
+
+
+PATTERN = (1, -1, -1, 1)
+"""Exposure jitter with no offset and no trend over each four triggers: a clock fit cannot absorb any of it."""
+
+
+class Drifting:
+    """Three cameras exposing within microseconds of each trigger, counted by clocks of their own: different tick
+    rates, offsets of hours, and crystals +40 and -25 ppm off cam01's. Triggers every 0.5 s."""
+
+    CLOCKS = {"cam01": (125e6, 3600.0, 0.0), "cam02": (1e9, 86_400.0, 40e-6), "cam03": (125e6, 7.0, -25e-6)}
+    JITTER = {"cam01": 0.0, "cam02": 2e-6, "cam03": -1e-6}
+
+    def __init__(self) -> None:
+        self.index = -1
+
+    def trigger(self) -> None:
+        self.index += 1
+
+    def true_lag_s(self, name: str) -> float:
+        """When the camera exposed, after the trigger: trigger 40 to 43 with three times the usual jitter."""
+        scale = 3.0 if self.index // 4 == 10 else 1.0
+        return self.JITTER[name] * scale * PATTERN[self.index % 4]
+
+    def grab_each(self, timeout_s: float) -> dict[str, Frame | GrabError]:
+        frames: dict[str, Frame | GrabError] = {}
+        for name, (tick_hz, offset_s, rate) in self.CLOCKS.items():
+            exposed = 0.5 * self.index + self.true_lag_s(name)
+            frames[name] = still(name, round((offset_s + exposed * (1 + rate)) * tick_hz), tick_hz)
+        return frames
+
+
+def test_the_spread_is_the_cameras_exposure_spread_not_their_clocks_drift() -> None:
+    report = run_trigger_check(Drifting(), ["cam01", "cam02", "cam03"], 100, 1.0)
+    # per trigger the cameras exposed 3 µs apart (9 µs in triggers 40-43); over 50 s the clocks drift by ms
+    assert report.spreads_s == pytest.approx([9e-6 if k // 4 == 10 else 3e-6 for k in range(100)], abs=2e-8)
+    assert report.rate_ppm == pytest.approx({"cam02": 40.0, "cam03": -25.0}, abs=0.01)
+    summary = report.spread_summary()
+    assert "median 3.0 µs, p95 3.0 µs, max 9.0 µs" in summary, summary
+    assert "fitted to cam01's" in summary and "cam02 +40.0 ppm, cam03 -25.0 ppm" in summary
+
+
+class Unacknowledged:
+    """An action-triggered rig whose cam02 does not acknowledge triggers 2 and 3; its frame of trigger 3 comes anyway
+    (only the acknowledgement was lost)."""
+
+    def __init__(self) -> None:
+        self.index = 0
+
+    def trigger(self) -> None:
+        self.index += 1
+        if self.index in (2, 3):
+            raise ActionNotConfirmedError({"cam02": "no answer"})
+
+    def grab_each(self, timeout_s: float) -> dict[str, Frame | GrabError]:
+        frames: dict[str, Frame | GrabError] = {name: still(name) for name in ("cam01", "cam02", "cam03")}
+        if self.index == 2:
+            frames["cam02"] = GrabError("cam02", "no frame within 100 ms of the trigger")
+        return frames
+
+
+def test_an_unacknowledged_action_command_counts_the_silent_camera_as_dropped_and_the_check_goes_on() -> None:
+    rig = Unacknowledged()
+    report = run_trigger_check(rig, ["cam01", "cam02", "cam03"], 4, 1.0)
+    assert rig.index == 4 and not report.ok
+    cam02 = report.cameras["cam02"]
+    assert (cam02.received, cam02.dropped, cam02.unconfirmed, cam02.incomplete) == (2, 2, 2, 0)
+    assert cam02.first_problem == "action command not acknowledged: no answer"
+    assert all(report.cameras[name].received == 4 for name in ("cam01", "cam03"))
+    assert len(report.spreads_s) == 2 and report.clock == "host"  # triggers 1 and 4
+    assert "action command not acknowledged (counted as dropped): cam02 2×" in report.render()
+
+
+def test_the_clock_rate_comes_from_the_camera_or_its_sfnc_and_an_assumption_is_said_out_loud() -> None:
+    assert tick_rate("cam01", 125e6, 2, True) == (125e6, "GevTimestampTickFrequency")  # ace classic GigE
+    assert tick_rate("cam01", None, 2, False) == (1e9, "sfnc2_ns")  # ace 2: SFNC 2.x counts nanoseconds
+    assert tick_rate("cam01", None, None, True) == (1e9, "sfnc2_ns")  # TimestampLatch: SFNC 2 as well
+    with capture_logs() as logs:
+        assert tick_rate("cam04", None, 1, False) == (1e9, "assumed")
+    assert [(e["log_level"], e["camera"], e["assumed_tick_hz"]) for e in logs] == [("warning", "cam04", 1e9)]
+
+
+def test_each_chunk_value_is_used_on_its_own_and_raw_gain_stays_raw() -> None:
+    # ace classic: exposure in µs and a raw GainAll; the timestamp of a camera up for months stays exact
+    classic = frame_facts(
+        {"ChunkTimestamp": 2**60 + 1, "ChunkExposureTime": 7990.0, "ChunkGainAll": 36}, 999, 8000.0, 1.5
+    )
+    assert (classic.ticks, classic.timestamp_source) == (2**60 + 1, "chunk")
+    assert (classic.exposure_us, classic.exposure_source) == (7990.0, "chunk")
+    assert (classic.gain_db, classic.gain_source, classic.gain_raw) == (1.5, "camera", 36)
+    sfnc2 = frame_facts({"ChunkGain": 2.0}, 5, 8000.0, 1.5)  # gain in dB, but no exposure chunk
+    assert (sfnc2.ticks, sfnc2.timestamp_source, sfnc2.exposure_source) == (5, "grab_result", "camera")
+    assert (sfnc2.gain_db, sfnc2.gain_source, sfnc2.gain_raw) == (2.0, "chunk", None)
+    assert frame_facts({}, 0, 8000.0, 1.5).ticks is None
+
+
+def test_the_per_camera_link_rate_is_one_setting(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"pylon.link_mb_s \(100\) and pylon.gige.camera_link_mb_s \(125\)"):
+        PylonSettings(link_mb_s=100, gige={"camera_link_mb_s": 125})
+    old = PylonSettings(gige={"camera_link_mb_s": 1250})  # a config of the old name alone still means it
+    assert old.link_mb_s == 1250 and plan_link(old, 5).link_bytes_s == 1250e6
+    assert PylonSettings(link_mb_s=400, gige={"camera_link_mb_s": 400}).link_mb_s == 400
+    cameras = station(tmp_path).cameras
+    assert PylonDriver(cameras, old).frame_deadline_s() < PylonDriver(cameras, PylonSettings()).frame_deadline_s()
 
 
 def streams_reader(streams: dict[str, StreamSettings], problems: dict[str, str] | None = None) -> StreamReader:
@@ -232,6 +379,14 @@ def test_the_doctor_checks_the_link_budget(emulated: list[str], tmp_path: Path) 
     planned = plan_streams(5, 1500, 125e6, GBE, GBE, 0.1)
     good = check_link(cfg, streams_reader({f"cam0{i + 1}": s for i, s in enumerate(planned)}))
     assert good.ok and not good.warning and "fits the NIC's 125 MB/s" in good.detail
+    assert "22.5 MB/s each (links of 125 MB/s), up to 1500-byte packets (MTU 1500)" in good.detail
+    mtu_4000 = cfg.model_copy(update={"pylon": PylonSettings(gige=GigeLink(mtu=4000))})
+    assert "up to 4000-byte packets (MTU 4000)" in check_link(mtu_4000, streams_reader({})).detail
+    old_example = cfg.model_copy(update={"pylon": PylonSettings(link_mb_s=100)})  # the old example config's line
+    planned_100 = dict(enumerate(plan_link(old_example.pylon, 5).streams))
+    odd = check_link(old_example, streams_reader({f"cam0{i + 1}": s for i, s in planned_100.items()}))
+    assert odd.warning and "pylon.link_mb_s = 100 is no Ethernet line rate" in odd.detail
+    assert "125 for 1 GbE" in (odd.fix or "")
 
     flat = {f"cam0{i}": StreamSettings(1500, 0, 0, 125e6) for i in range(1, 6)}
     pending = check_link(cfg, streams_reader(flat))

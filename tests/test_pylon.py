@@ -114,13 +114,26 @@ def test_a_feature_file_round_trips_and_a_bad_one_is_refused_at_open(emulated: l
         PylonDriver(cfg.cameras, cfg.pylon).open()
 
 
-def test_action_commands_on_cameras_without_them_are_refused_clearly(emulated: list[str], tmp_path: Path) -> None:
+def test_action_commands_on_cameras_without_them_are_refused_clearly(
+    emulated: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from amflow_edge.config.loading import ConfigError
+    from amflow_edge.drivers import pylon as driver_module
 
     with pytest.raises(ConfigError, match=r"pylon: trigger = 'action' needs an \[pylon.action\] table"):
         load_config(pylon_station(tmp_path, trigger="action"))
     cfg = load_config(pylon_station(tmp_path))
     settings = PylonSettings(trigger="action", action={"device_key": 1, "group_key": 1})
+    # the emulated cameras have no IP address: not one acknowledgement could be told apart, so all are named
+    names = ", ".join(f"{c.name} \\(serial {c.serial}\\)" for c in cfg.cameras)
+    with pytest.raises(DriverError, match=rf"needs every camera's IP address.*; {names} have none"):
+        PylonDriver(cfg.cameras, settings).open()
+    addresses = {serial: f"192.168.10.{10 + i}" for i, serial in enumerate(EMULATED)}
+    addresses[cfg.cameras[2].serial] = addresses[cfg.cameras[0].serial]
+    monkeypatch.setattr(driver_module, "_ip_address", lambda info: addresses[info.GetSerialNumber()])
+    with pytest.raises(DriverError, match=r"cameras share an IP address: cam01 and cam03 \(192.168.10.14\)"):
+        PylonDriver(cfg.cameras, settings).open()
+    addresses[cfg.cameras[2].serial] = "192.168.10.99"
     with pytest.raises(DriverError, match="has no action commands; use trigger = software or line1"):
         PylonDriver(cfg.cameras, settings).open()
 
@@ -163,7 +176,8 @@ def test_failed_buffers_and_timeouts_fail_the_scan_cleanly_and_the_station_carri
     cam = record["station"]["cameras"]["cam01"]
     assert cam["serial"] == "0815-0004" and len(cam["extra"]["features_sha256"]) == 64
     assert cam["exposure_us"] == pylon_driver(running).camera("cam01").ExposureTime.Value  # read back, not configured
-    assert cam["extra"]["exposure_gain_source"] == "camera" and cam["extra"]["configured_exposure_us"] == 8000.0
+    assert cam["extra"]["exposure_source"] == "camera" and cam["extra"]["configured_exposure_us"] == 8000.0
+    assert cam["extra"]["gain_source"] == "camera" and cam["extra"]["chunk_gain_raw"] is None
     assert record["station"]["driver"] == "pylon"
 
 

@@ -16,7 +16,7 @@ import ssl
 import subprocess
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -28,11 +28,11 @@ from amflow_edge.config.loading import ConfigError, read_toml, validate_config
 from amflow_edge.config.secrets import DEFAULT_CREDENTIALS_DIR, read_credential
 from amflow_edge.config.station import StationConfig
 from amflow_edge.drivers.gige_budget import (
-    FALLBACK_TICK_HZ,
+    APPLIED_STREAMS_FILE,
+    AppliedStreams,
     StreamSettings,
     check_streams,
-    packet_size_for,
-    plan_streams,
+    plan_link,
     transfer_s,
 )
 from amflow_edge.inspection.designs import DesignError, DesignLibrary
@@ -395,23 +395,59 @@ def read_pylon_streams(cfg: StationConfig) -> tuple[dict[str, StreamSettings], d
     return read_stream_settings(cfg.cameras)
 
 
-def check_link(cfg: StationConfig, read_streams: StreamReader | None) -> CheckResult:
-    """The GigE link budget: planned from [pylon.gige], and what the cameras stream with now against the NIC."""
+ETHERNET_LINE_RATES_MB_S = (125.0, 312.5, 625.0, 1250.0)
+"""1, 2.5, 5 and 10 GbE: what a GigE camera's link runs at."""
+
+
+def _applied_by_station(path: Path, names: list[str]) -> tuple[dict[str, StreamSettings], list[str]]:
+    """The stream settings the running station recorded when it opened the cameras named, with a line saying when;
+    the lines say why there are none where the record is missing or unreadable."""
+    try:
+        record = AppliedStreams.read(path)
+    except FileNotFoundError:
+        return {}, [f"no record of the station's settings at {path} (the station writes it when it opens the cameras)"]
+    except (OSError, ValueError) as exc:
+        return {}, [f"cannot read {path}: {exc}"]
+    streams: dict[str, StreamSettings] = {}
+    lines: list[str] = []
+    for name in names:
+        applied = record.cameras.get(name)
+        if applied is None:
+            continue
+        streams[name] = applied.settings()
+        when = applied.applied_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        lines.append(f"{name}: as the station applied them at {when} (serial {applied.serial}, from {path})")
+    return streams, lines
+
+
+def check_link(cfg: StationConfig, read_streams: StreamReader | None, applied_path: Path | None = None) -> CheckResult:
+    """The GigE link budget: planned from [pylon.gige], and what the cameras stream with now against the NIC.
+
+    While the station runs it holds the cameras and they cannot be opened here; their settings
+    then come from what the station recorded when it applied them (`applied_path`, by default
+    <state_dir>/camera_streams.json), with the time it did.
+    """
     if cfg.rig.driver != "pylon":
         return _ok("link", f"{cfg.rig.driver} driver: no camera network")
     gige = cfg.pylon.gige
-    nic, link = gige.nic_mb_s * 1e6, gige.camera_link_mb_s * 1e6
-    sharing = gige.cameras_per_nic or len(cfg.cameras)
-    packet = packet_size_for(gige.mtu)
-    plan = plan_streams(sharing, packet, FALLBACK_TICK_HZ, nic, link, gige.headroom, gige.stagger)
+    nic, link = gige.nic_mb_s * 1e6, cfg.pylon.link_mb_s * 1e6
+    plan = plan_link(cfg.pylon, len(cfg.cameras))
+    last = plan.streams[-1]
     largest = max(c.width * c.height for c in cfg.cameras)
-    together = transfer_s(largest, plan[-1], link) + plan[-1].frame_delay_ticks / plan[-1].tick_hz
+    together = transfer_s(largest, last, link) + last.frame_delay_ticks / last.tick_hz
     lines = [
-        f"budget: {sharing} cameras share {gige.nic_mb_s:.0f} MB/s less {gige.headroom:.0%}: "
-        f"{min(nic * (1 - gige.headroom) / sharing, link) / 1e6:.1f} MB/s each, {packet}-byte packets (MTU "
-        f"{gige.mtu}); one trigger's frames take {together:.2f} s to arrive"
+        f"budget: {plan.sharing} cameras share {gige.nic_mb_s:.0f} MB/s less {gige.headroom:.0%}: "
+        f"{plan.share_bytes_s / 1e6:.1f} MB/s each (links of {cfg.pylon.link_mb_s:g} MB/s), up to "
+        f"{plan.packet_size}-byte packets (MTU {gige.mtu}); one trigger's frames take {together:.2f} s to arrive"
         + ("" if gige.apply else "; pylon.gige.apply = false: the feature files' values are used")
     ]
+    odd_link = cfg.pylon.link_mb_s not in ETHERNET_LINE_RATES_MB_S
+    if odd_link:
+        lines.append(
+            f"pylon.link_mb_s = {cfg.pylon.link_mb_s:g} is no Ethernet line rate: the budget takes a packet's wire "
+            "time from it, so a value below the real rate (100, the old example's, on 1 GbE) gives too short "
+            "inter-packet delays and the cameras eat into the headroom"
+        )
     if together >= cfg.rig.grab_timeout_s:
         return _fail(
             "link",
@@ -422,6 +458,12 @@ def check_link(cfg: StationConfig, read_streams: StreamReader | None) -> CheckRe
         return _warn("link", "\n".join([*lines, "the cameras' values not read"]), "run the doctor on the station")
     streams, problems = read_streams(cfg)
     lines += [f"{name}: {why}" for name, why in problems.items()]
+    if problems:
+        recorded, notes = _applied_by_station(
+            applied_path or cfg.station.state_dir / APPLIED_STREAMS_FILE, [n for n in problems if n not in streams]
+        )
+        streams.update(recorded)
+        lines += notes
     if not streams:
         return _warn(
             "link",
@@ -434,14 +476,20 @@ def check_link(cfg: StationConfig, read_streams: StreamReader | None) -> CheckRe
     lines.append("cameras now: " + found.detail)
     if oversized:
         lines.append(f"packets larger than the MTU of {gige.mtu}: {', '.join(oversized)}")
+    if found.ok and not oversized and odd_link:
+        return _warn(
+            "link",
+            "\n".join(lines),
+            "set pylon.link_mb_s to the cameras' line rate: 125 for 1 GbE, 312.5, 625 or 1250 for 2.5, 5, 10 GbE",
+        )
     if found.ok and not oversized:
         return _ok("link", "\n".join(lines))
     if gige.apply:
         return _warn(
             "link",
             "\n".join(lines),
-            "the station sets the budget when it opens the cameras: (re)start it and run the doctor again with it "
-            "stopped; `amflow-edge cameras check-triggers` shows whether frames still get lost",
+            "the station sets the budget when it opens the cameras: (re)start it and run the doctor again; "
+            "`amflow-edge cameras check-triggers` (station stopped) shows whether frames still get lost",
         )
     return _fail(
         "link",
