@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,11 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Log as the daemon does (to stderr), so stdout stays for what commands print."""
+    """Log as the daemon does (to stderr), so stdout stays for what commands print. Every station a test starts
+    (in this process or a child) serves its HTTP API on a free port, never the real 8080: tests run in parallel,
+    and a developer's station may hold it."""
     from amflow_edge.ops.log import configure_logging
+
+    os.environ.setdefault("AMFLOW_HTTP__LISTEN", "127.0.0.1:0")
 
     configure_logging("info", json=False)

@@ -99,6 +99,7 @@ def demo_env(tmp_path: Path, broker: Broker, **settings: str) -> dict[str, str]:
         "AMFLOW_STATION__DATA_ROOT": str(tmp_path / "data"),
         "AMFLOW_STATION__STATE_DIR": str(tmp_path / "state"),
         "AMFLOW_INSPECTION__ENABLED": "false",
+        "AMFLOW_HTTP__LISTEN": "127.0.0.1:0",  # never the real port: tests run in parallel
         "PATH": "/usr/bin:/bin",
         **settings,
     }

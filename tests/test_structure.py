@@ -164,6 +164,17 @@ def test_the_control_plane_imports_no_geometry_library_and_no_camera_sdk() -> No
     assert proc.stdout.strip() == "[]"
 
 
+def test_the_http_api_imports_no_geometry_library_and_no_camera_sdk() -> None:
+    """The web package serves files and records; a station's screen must not wait for open3d to load."""
+    code = (
+        "import sys, amflow_edge.web.setup, amflow_edge.web.app, amflow_edge.cli.openapi\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 def test_the_structure_checks_see_heavy_imports() -> None:
     """The control-plane test above would notice: the inspection pipeline does load them."""
     code = "import sys, amflow_edge.inspection.inspect; print(sorted(m for m in ('open3d', 'trimesh') if m in sys.modules))"
@@ -236,6 +247,9 @@ def test_the_wheel_installs_one_package_with_the_drivers_and_the_inspection_insi
     assert (
         "amflow_edge/files/inspection_profiles/default.toml" in names and "amflow_edge/files/qc_reasons.toml" in names
     )
+    screen = REPO / "amflow_edge" / "web" / "static"
+    shipped = {f"amflow_edge/web/static/{p.relative_to(screen).as_posix()}" for p in screen.rglob("*") if p.is_file()}
+    assert "amflow_edge/web/static/index.html" in shipped and shipped <= set(names), sorted(shipped - set(names))
 
 
 def test_the_installed_package_finds_its_own_profiles_and_reasons(installed: Path) -> None:

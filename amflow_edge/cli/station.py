@@ -28,6 +28,7 @@ from amflow_edge.qc.reasons import ReasonCatalogueError
 from amflow_edge.station.designs import BatchDesignError
 from amflow_edge.storage.db import DatabaseError
 from amflow_edge.storage.store import StoreError
+from amflow_edge.web.bind import HttpServerError
 
 if TYPE_CHECKING:
     from amflow_edge.station.station import Station
@@ -42,6 +43,7 @@ STARTUP_ERRORS = (
     DesignError,
     PanelConfigError,
     ReasonCatalogueError,
+    HttpServerError,
 )
 """What a station can fail with while it starts: reported in one line, exit 1, and systemd tries again."""
 
@@ -140,7 +142,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
         finished.set()
 
     try:
-        station.start(RunOptions(timer=False))
+        station.start(RunOptions(timer=False, http=False))
         station.loop.submit(Trigger(source="cli", design_material=args.design_material, done=done))
         finished.wait()
         station.mqtt.connected.wait(args.flush_timeout)

@@ -32,10 +32,29 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+_SECRET_KEYS = ("password", "pin", "token")
+"""Settings whose values are secrets (mqtt.password, http.pin, http.read_token, an operator's token): a config
+error shows them masked, because its message goes to the journal and to whoever runs check-config."""
+
+
+def _secret(key: object) -> bool:
+    return isinstance(key, str) and not key.endswith("_credential") and any(s in key for s in _SECRET_KEYS)
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: "***" if _secret(k) else _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
+
+
 def _found(error: Any) -> str:
     if error["type"] == "missing":
         return "nothing"
-    value = error.get("input")
+    if error.get("loc") and _secret(error["loc"][-1]):
+        return "***"
+    value = _masked(error.get("input"))
     text = repr(value)
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
 

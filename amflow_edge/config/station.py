@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from amflow_edge.common.config_file import ConfigPath
+from amflow_edge.config.http import HttpSettings
 from amflow_edge.config.identification import IdentificationSettings
 from amflow_edge.config.qc import QcSettings
 from amflow_edge.config.secrets import read_credential
@@ -296,6 +297,7 @@ class StationConfig(BaseSettings):
     disk: DiskSettings = Field(default_factory=DiskSettings, description="Free-space guard and retention.")
     backup: BackupSettings = Field(default_factory=BackupSettings, description="Moving old scans to a backup disk.")
     watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings, description="What counts as hung.")
+    http: HttpSettings = Field(default_factory=HttpSettings, description="The HTTP API and the operator's screen.")
 
     @field_validator("cameras")
     @classmethod

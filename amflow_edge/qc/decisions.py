@@ -1,4 +1,4 @@
-"""Operator decisions: one function, whatever the source (button or MQTT).
+"""Operator decisions: one function, whatever the source (button, MQTT or the HTTP API).
 
 A decision from the pedal and one from the MES must leave identical traces: the same
 qc_* rules (qc.py), the same record of who decided when, the same scan.quality_control.
@@ -20,7 +20,7 @@ from amflow_edge.storage.record import OperatorDecisionRecord, ScanRecord
 
 log = structlog.get_logger(__name__)
 
-DecisionSource = Literal["button", "mqtt"]
+DecisionSource = Literal["button", "mqtt", "http"]
 
 
 class DecisionError(ValueError):

@@ -6,8 +6,8 @@ This is the station's data path in one place:
             ─▶ Events.scan_stored (scan row + outbox event, one transaction) ─▶ Relay ─▶ MQTT
     CaptureLoop ─▶ Station.after_scan ─▶ Inspector (worker process) ─▶ verdict
             ─▶ Events.update_scan (qc_* + scan.quality_control) ─▶ Relay ─▶ MQTT
-    button / MQTT request ─▶ Decisions ─▶ Events.update_scan ─▶ Relay ─▶ MQTT
-    identification / button / MQTT request ─▶ Assignments ─▶ Events.update_scan (scan.assign …) ─▶ Relay ─▶ MQTT
+    button / MQTT request / HTTP API ─▶ Decisions ─▶ Events.update_scan ─▶ Relay ─▶ MQTT
+    identification / button / MQTT or HTTP request ─▶ Assignments ─▶ Events.update_scan (scan.assign …) ─▶ Relay ─▶ MQTT
                                                           └▶ Station.inspect (a manual change of design)
 
 Constructors only keep what they are given; the few parts that call back into the station (the
@@ -168,7 +168,8 @@ def build_station(
         refusal=drift.refusal if drift is not None else lambda _: None,
     )
     driver = driver if driver is not None else make_driver(cfg, SessionDesigns(catalogue, jobs))
-    decisions = Decisions(events, load_reasons(cfg.qc.reasons), tz)
+    reasons = load_reasons(cfg.qc.reasons)
+    decisions = Decisions(events, reasons, tz)
     assignments = Assignments(
         events,
         db,
@@ -241,4 +242,20 @@ def build_station(
     )
     mqtt.set_request_handler(CommandHandler(commands.handlers(), mqtt.respond))
     mqtt.on_connected = station.publish_state
+    if cfg.http.enabled:
+        from amflow_edge.web.setup import http_server  # FastAPI and uvicorn load only for a station that serves
+
+        station.http, broadcaster = http_server(
+            cfg,
+            events=events,
+            store=store,
+            db=db,
+            sessions=sessions,
+            reasons=reasons,
+            handlers=commands.handlers(source="http"),
+            state=station.state,
+            copies_assigned=assignments.copies_assigned,
+            capturing=loop.capturing.is_set,
+        )
+        station.listen_state(broadcaster.state)
     return station

@@ -166,6 +166,9 @@ class CaptureLoop:
         self.scans_stored = 0
         self.scans_failed = 0
         self.last_scan: str | None = None
+        self.capturing = threading.Event()
+        """Set from the trigger until the scan is announced: the HTTP API starts no image download meanwhile, so
+        screens never compete with a capture for the cores (amflow_edge/web/files.py)."""
 
     def listen(self, listener: Callable[[ScanRecord], None]) -> None:
         """Called on the capture thread after each scan is stored and announced (the station inspects it)."""
@@ -241,6 +244,13 @@ class CaptureLoop:
                 )
             return CaptureResult(ok=False, error=f"station paused: {reason}")
         scan_uuid = str(uuid.uuid1())
+        self.capturing.set()
+        try:
+            return self._capture(scan_uuid, trigger, shot)
+        finally:
+            self.capturing.clear()
+
+    def _capture(self, scan_uuid: str, trigger: Trigger, shot: Shot | None) -> CaptureResult:
         with structlog.contextvars.bound_contextvars(scan=scan_uuid):
             try:
                 captured_at = trigger.at if shot is not None else datetime.now(UTC)

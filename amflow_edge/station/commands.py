@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Literal
 
 import structlog
 
@@ -40,6 +41,9 @@ from amflow_edge.storage.record import ScanRecord
 
 log = structlog.get_logger(__name__)
 
+RequestSource = Literal["mqtt", "http"]
+"""The path a request came through: a plant system over MQTT, or the station's HTTP API (the operator's screen)."""
+
 SwitchSession = Callable[[ScanningSession, list[Design]], None]
 """Runs on the capture thread: the new session's references, then the switch (Station.switch_session)."""
 
@@ -68,10 +72,12 @@ class StationCommands:
         self._sessions = sessions
         self._switch_session = switch_session
 
-    def handlers(self) -> dict[str, Handler]:
+    def handlers(self, source: RequestSource = "mqtt") -> dict[str, Handler]:
+        """`source`: which path the requests come through (MQTT, or the HTTP API); a decision records it, with
+        the operator the request names, and a capture's trigger carries it."""
         return {
-            "capture": self.capture,
-            "qc": self.qc,
+            "capture": lambda request, reply: self.capture(request, reply, source),
+            "qc": lambda request, reply: self.qc(request, reply, source),
             "reevaluate": self.reevaluate,
             "session": self.session,
             "assign": self.assign,
@@ -80,7 +86,7 @@ class StationCommands:
             "reject": self.reject,
         }
 
-    def capture(self, request: CaptureRequest, reply: Reply) -> None:
+    def capture(self, request: CaptureRequest, reply: Reply, source: RequestSource = "mqtt") -> None:
         if request.design_material is not None and request.design_material not in self._catalogue.current():
             raise CommandRefusedError(
                 f"design_material {request.design_material} is unknown to this station; add it to the design "
@@ -94,16 +100,16 @@ class StationCommands:
                 reply(Response(status="error", command="capture", error=result.error))
 
         self._loop.submit(
-            Trigger(source="mqtt", design_material=request.design_material, assignment=request.assignment, done=done)
+            Trigger(source=source, design_material=request.design_material, assignment=request.assignment, done=done)
         )
 
-    def qc(self, request: QcRequest, reply: Reply) -> None:
+    def qc(self, request: QcRequest, reply: Reply, source: RequestSource = "mqtt") -> None:
         try:
             record = self._decisions.decide(
                 str(request.scan),
                 request.passed,
-                source="mqtt",
-                device=f"mqtt:{request.operator}" if request.operator else "mqtt",
+                source=source,
+                device=f"{source}:{request.operator}" if request.operator else source,
                 at=datetime.now(UTC),
                 comment=request.comment,
                 reasons=request.reasons,

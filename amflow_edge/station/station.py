@@ -2,9 +2,9 @@
 
 Its parts are built and wired by `build_station`; here they are only used.
 Start: store (clean crash leftovers) → database (announce scans a crash left unannounced)
-→ cameras → MQTT and relay → capture loop → triggers.
+→ cameras → MQTT and relay → HTTP API → capture loop → triggers.
 Stop: triggers → capture loop (the scan in progress finishes or leaves nothing) → outbox
-drained as far as the broker allows → 'offline' → cameras closed.
+drained as far as the broker allows → 'stopped' → HTTP API → 'offline' → cameras closed.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -56,6 +57,19 @@ class RunOptions:
     state_interval_s: float = 30.0
     supervise_interval_s: float = 2.0
     timer: bool = True
+    http: bool = True
+    """Serve the HTTP API (when configured); a one-shot `capture` has no screen to serve."""
+
+
+class Served(Protocol):
+    """A server the station starts and stops with itself (the HTTP API, amflow_edge.web.server)."""
+
+    addresses: list[str]
+    """Where it listens once started (http://host:port, the real port when 0 asked for a free one)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -85,6 +99,7 @@ class Station:
     over_counted: Callable[[], list[str]] = field(default=list)
     copies_assigned: Callable[[], dict[str, int]] = field(default=dict)
     drift: CalibrationDrift | None = None
+    http: Served | None = None
     stop_event: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _reconnect_task: QueuedOnce = field(init=False)
@@ -98,6 +113,8 @@ class Station:
     _mode: Mode = field(default="starting", init=False)
     _last_state: float = field(default=0.0, init=False)
     _state_interval_s: float = field(default=30.0, init=False)
+    _state_listeners: list[Callable[[StationState], None]] = field(default_factory=list, init=False)
+    _http_started: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self._reconnect_task = QueuedOnce("reconnect", self._reconnect)
@@ -141,10 +158,23 @@ class Station:
     def scan_session(self) -> str:
         return self.sessions.current.scan_session
 
+    def listen_state(self, listener: Callable[[StationState], None]) -> None:
+        """Called with every state the station publishes, connected to the broker or not (the screen's stream)."""
+        self._state_listeners.append(listener)
+
     def publish_state(self) -> None:
         self._last_state = time.monotonic()
-        if self.mqtt.connected.is_set():
-            self.mqtt.publish(self.mqtt.state_topic, self.state().model_dump_json().encode(), retain=True)
+        connected = self.mqtt.connected.is_set()
+        if not connected and not self._state_listeners:
+            return
+        state = self.state()
+        if connected:
+            self.mqtt.publish(self.mqtt.state_topic, state.model_dump_json().encode(), retain=True)
+        for listener in self._state_listeners:
+            try:
+                listener(state)
+            except Exception:  # a listener's bug must not keep the state from the broker next time
+                log.exception("state listener failed")
 
     def capture_reference(self, scan_session: str | None = None) -> None:
         """The session's empty-tray images, which inspection compares every scan with."""
@@ -396,6 +426,9 @@ class Station:
             self.resume_inspections()
         self.relay.start()
         self.mqtt.start()
+        if options.http and self.http is not None:
+            self.http.start()
+            self._http_started = True
         self._mode = "running"
         self._spawn("capture", self.loop.run, self.stop_event)
         self._spawn("supervisor", self._every, options.supervise_interval_s, self.supervise)
@@ -439,6 +472,9 @@ class Station:
             )
         self._mode = "stopped"
         self.publish_state()
+        if self._http_started and self.http is not None:
+            self.http.stop()  # after the last state, which the screens see; before the database closes
+            self._http_started = False
         self.relay.stop()
         self.mqtt.stop()
         self.panel.close()

@@ -34,8 +34,11 @@ class OperatorDecisionRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     passed: bool = Field(description="Approved (true) or rejected (false).")
-    source: Literal["button", "mqtt"] = Field(description="Which path the decision came through.")
-    device: str = Field(description="The button input ('evdev:/dev/input/by-id/…:KEY_F13') or the requesting system.")
+    source: Literal["button", "mqtt", "http"] = Field(description="Which path the decision came through.")
+    device: str = Field(
+        description="The button input ('evdev:/dev/input/by-id/…:KEY_F13'), the requesting system ('mqtt:<operator>') "
+        "or the HTTP API's logged-in operator ('http:<operator>')."
+    )
     at: str = Field(description="When the button went down or the request arrived (ISO 8601, station time).")
     comment: str | None = Field(default=None, description="The comment given with the decision.")
     reasons: list[str] | None = Field(default=None, description="Reasons given with the decision, if any.")
