@@ -76,9 +76,11 @@ def make_driver(cfg: StationConfig, library: DesignLibrary | SessionDesigns) -> 
         from amflow_edge.drivers.mock import MockDriver
 
         return MockDriver(cfg.cameras, cfg.mock, library)
+    from amflow_edge.drivers.gige_budget import APPLIED_STREAMS_FILE
     from amflow_edge.drivers.pylon import PylonDriver
 
-    return PylonDriver(cfg.cameras, cfg.pylon)
+    # What the driver applied at open, for `doctor` while the station holds the cameras.
+    return PylonDriver(cfg.cameras, cfg.pylon, applied_streams_path=cfg.station.state_dir / APPLIED_STREAMS_FILE)
 
 
 def _service(
