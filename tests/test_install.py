@@ -59,6 +59,8 @@ def test_files_land_where_systemd_reads_them(tmp_path: Path, needs_root_tools: N
     assert (station.st_uid, station.st_gid, station.st_mode & 0o777) == (0, gid, 0o640)
     password = (dest / "etc/amflow-edge/mqtt_password").stat()
     assert (password.st_uid, password.st_mode & 0o777, password.st_size) == (0, 0o600, 0)
+    pin = (dest / "etc/amflow-edge/http_pin").stat()
+    assert (pin.st_uid, pin.st_mode & 0o777, pin.st_size) == (0, 0o600, 0)
     assert (dest / "data/scans").stat().st_gid == gid and (dest / "var/lib/amflow-edge").is_dir()
     assert not (dest / "opt/amflow-edge/venv").exists()
 

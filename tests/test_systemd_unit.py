@@ -78,7 +78,10 @@ def test_service_lifecycle_settings() -> None:
     assert value("KillMode") == "mixed"
     assert value("User") == "amflow-edge" and value("Group") == "amflow-edge"
     assert value("StateDirectory") == "amflow-edge"
-    assert value("LoadCredential") == "mqtt_password:/etc/amflow-edge/mqtt_password"
+    assert values("LoadCredential") == [
+        "mqtt_password:/etc/amflow-edge/mqtt_password",
+        "http_pin:/etc/amflow-edge/http_pin",
+    ]
     assert value("WantedBy", "Install") == "multi-user.target"
 
 

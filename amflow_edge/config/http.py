@@ -41,12 +41,14 @@ def _secret(value: SecretStr | None, credential: str | None, what: str) -> Secre
     if value is not None or credential is None:
         return value
     try:
-        return read_credential(credential)
+        found = read_credential(credential)
     except OSError as exc:
         raise ValueError(
             f"cannot read the {credential!r} credential for {what} ({exc.strerror}); check the unit's "
             "LoadCredential= and the file's permissions"
         ) from None
+    # scripts/install leaves an empty file (a missing one fails the unit's start): not set yet.
+    return found if found is not None and found.get_secret_value() else None
 
 
 class OperatorToken(BaseModel):
