@@ -260,4 +260,5 @@ def build_station(
             capturing=loop.capturing.is_set,
         )
         station.listen_state(broadcaster.state)
+        station.service.watchdog.add_check("http", station.http.heartbeat)
     return station

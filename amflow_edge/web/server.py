@@ -17,6 +17,7 @@ import structlog
 import uvicorn
 from fastapi import FastAPI
 
+from amflow_edge.ops.watchdog import Heartbeat
 from amflow_edge.web.bind import HttpServerError, address_of, bind
 from amflow_edge.web.stream import Broadcaster
 
@@ -24,6 +25,10 @@ log = structlog.get_logger(__name__)
 
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
+BEAT_S = 5.0
+SILENT_S = 60.0
+"""The event loop beats every BEAT_S; a loop silent for SILENT_S (a handler that blocks it) serves no screen, and
+the watchdog lets systemd restart the station."""
 
 
 def _loop_factory() -> asyncio.AbstractEventLoop:
@@ -57,6 +62,8 @@ class HttpServer:
         self._apps = apps
         self._broadcaster = broadcaster
         self._on_stop = on_stop
+        self.heartbeat = Heartbeat("http", SILENT_S)
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[uvicorn.Server] = []
         self._sockets: list[socket.socket] = []
         self._thread: threading.Thread | None = None
@@ -114,16 +121,25 @@ class HttpServer:
             log.error("the HTTP API stopped", error=repr(exc))
 
     async def _serve(self) -> None:
-        self._broadcaster.attach(asyncio.get_running_loop())
+        self.loop = asyncio.get_running_loop()
+        self._broadcaster.attach(self.loop)
+        beating = asyncio.create_task(self._beat())
         try:
             await asyncio.gather(
                 *(server.serve(sockets=[sock]) for server, sock in zip(self._servers, self._sockets, strict=True))
             )
         finally:
+            beating.cancel()
             self._broadcaster.attach(None)
+
+    async def _beat(self) -> None:
+        while True:
+            self.heartbeat.beat()
+            await asyncio.sleep(BEAT_S)
 
     def stop(self) -> None:
         """Open streams end at once; requests under way get timeout_graceful_shutdown to finish."""
+        self.heartbeat.retire()
         self._broadcaster.close()
         for server in self._servers:
             server.should_exit = True
