@@ -22,7 +22,7 @@ from amflow_edge.station.capture import Trigger
 from amflow_edge.station.station import RunOptions, Station
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.station_files import DESIGN_CACHE, REPO, demo_env, write_station
-from tests.test_qc_workflow import PREFIX, next_event
+from tests.test_qc_workflow import PREFIX, next_event, request
 
 DESIGNS = REPO / "config" / "designs"
 VORON = REPO / "tests" / "data" / "meshes" / "voron2"
@@ -236,3 +236,28 @@ def test_the_demo_command_identifies_assigns_and_inspects(tmp_path: Path, broker
         assert by_event["scan.assign"]["design_material"] == truth
         assert by_event["scan.quality_control"]["assignment"] == by_event["scan.assign"]["assignment"]
         assert by_event["scan.quality_control"]["inspectionreport"] is not None
+
+
+def test_the_state_follows_an_operators_assignment_of_an_earlier_scan(tmp_path: Path, broker: Broker) -> None:
+    """The panel publishes the state when the scan on the tray changes; an assignment of an earlier scan changes the
+    batch's counts and the awaiting list, and a dashboard must not wait for the next scan to see it."""
+    subscriber = Subscriber(broker, [f"{PREFIX}/#"])
+    station = station_with_batch(tmp_path, broker, {"mock": {"designs": [PIPE_CLIP]}}, batch_file(tmp_path / "batch"))
+    try:
+        station.start(RunOptions())
+        first = station.loop.capture(Trigger(source="test"))
+        assert first.ok and first.uuid
+        next_event(subscriber, "scan.quality_control")
+        second = station.loop.capture(Trigger(source="test"))  # the tray has moved on
+        assert second.ok and second.uuid
+        next_event(subscriber, "scan.quality_control")
+        assert [a.scan for a in station.state().awaiting_identification] == [first.uuid, second.uuid]
+        assert request(subscriber, "assign", {"scan": first.uuid, "part_id": "MB-80"})["status"] == "ok"
+        while True:
+            state = json.loads(subscriber.next(topic=f"{PREFIX}/state", timeout_s=10).payload)  # the periodic one: 30 s
+            if state["copies_assigned"].get("MB-80") == 1:
+                break
+    finally:
+        station.shutdown()
+        subscriber.close()
+    assert [a["scan"] for a in state["awaiting_identification"]] == [second.uuid]

@@ -69,6 +69,9 @@ class SessionDesigns:
         return self._catalogue.current().get(design_material)
 
 
+ASSIGNMENT_EVENTS = frozenset({"scan.assign", "scan.reassign", "scan.unassign", "scan.reject"})
+
+
 def make_driver(cfg: StationConfig, library: DesignLibrary | SessionDesigns) -> CameraDriver:
     """The configured rig. Each driver is imported only when chosen: the mock's renderer and the pylon SDK are
     large, and a station runs one of them."""
@@ -189,9 +192,10 @@ def build_station(
         inspects=inspector is not None,
         assignments=assignments if cfg.assignment.button_confirms_identification else None,
     )
-    events.listen(panel.scan_event)
     identifications = Identifications(events, tz, assign=assignments.identified, rejected=assignments.is_rejected)
+    # Before the panel's: the state the panel publishes must no longer list a scan that was just assigned as awaiting.
     events.listen(identifications.scan_event)
+    events.listen(panel.scan_event)
     if inspector is not None:
         inspector.on_identified = identifications.apply
     pause = PauseGuard(
@@ -230,6 +234,9 @@ def build_station(
         drift=drift,
     )
     panel.listen(station.publish_state)
+    # The panel publishes when the scan on the tray changes; an assignment of an earlier scan changes the batch's
+    # counts and the awaiting list all the same.
+    events.listen(lambda event, _record: station.publish_state() if event in ASSIGNMENT_EVENTS else None)
     loop.listen(station.after_scan)
     commands = StationCommands(
         assignments=assignments,
