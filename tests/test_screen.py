@@ -4,13 +4,16 @@ inspection, the HTTP API and a real broker.
 One station serves every step, in the order a shift meets them: a scan appears with its machine verdict; the
 station's own button decides it and the screen follows without a reload; an operator logs in at the screen and
 rejects it with a reason and a comment, which goes out on MQTT like any decision; a plant system's MQTT decision
-shows too. Screenshots of each step are kept (tests/browser.py says where).
+shows too. A second station, given a part none of its batch's designs fits, is unsure: the screen offers the
+candidates, the operator assigns one scan and sets the next aside as not of the batch, each going out on MQTT as a
+plant system's request would. Screenshots of each step are kept (tests/browser.py says where).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,9 +32,10 @@ from amflow_edge.web.server import HttpServer
 from tests.browser import artifacts, chromium, screen_page, screenshot
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.station_files import write_station
+from tests.test_daemon_identification import PIPE_CLIP, batch_file, station_with_batch
 
 PREFIX = "amflow/test-station"
-PIN = "1234"
+PIN = "246801"  # [http] pin: 6 to 12 digits
 SHOWN_WITHIN_MS = 3000
 """What the test allows a change to reach the screen on a loaded CI machine; benchmarks/screen_latency.py measures
 the real figure against the 300 ms target."""
@@ -45,20 +49,13 @@ class Screen:
     url: str
 
 
-@pytest.fixture
-def screen_station(tmp_path: Path, broker: Broker) -> Iterator[Screen]:
-    config = write_station(
-        tmp_path,
-        broker.port,
-        {
-            "mock": {"scene_pool": 1},
-            "inspection": {"enabled": True},
-            "qc": {"policy": "every", "lockout_s": 0},
-            "http": {"listen": "127.0.0.1:0", "pin": PIN},
-        },
-    )
+HTTP: dict[str, Any] = {"listen": "127.0.0.1:0", "pin": PIN}
+
+
+@contextmanager
+def serving(station: Station, broker: Broker) -> Iterator[Screen]:
+    """The station started, its screen's address, and a plant subscriber to every topic of the station."""
     subscriber = Subscriber(broker, [f"{PREFIX}/#"])
-    station = build_station(load_config(config))
     try:
         station.start(RunOptions())
         assert isinstance(station.http, HttpServer)
@@ -68,8 +65,41 @@ def screen_station(tmp_path: Path, broker: Broker) -> Iterator[Screen]:
         subscriber.close()
 
 
+@pytest.fixture
+def screen_station(tmp_path: Path, broker: Broker) -> Iterator[Screen]:
+    config = write_station(
+        tmp_path,
+        broker.port,
+        {
+            "mock": {"scene_pool": 1},
+            "inspection": {"enabled": True},
+            "qc": {"policy": "every", "lockout_s": 0},
+            "http": HTTP,
+        },
+    )
+    with serving(build_station(load_config(config)), broker) as screen:
+        yield screen
+
+
+@pytest.fixture
+def unsure_station(tmp_path: Path, broker: Broker) -> Iterator[Screen]:
+    """A batch of three parts, and a tray on which the mock places only a pipe clip, which is none of them: every
+    scan is left to the operator, with the batch's designs as its candidates."""
+    sections: dict[str, dict[str, Any]] = {"mock": {"designs": [PIPE_CLIP]}, "http": HTTP}
+    station = station_with_batch(tmp_path, broker, sections, batch_file(tmp_path / "batch"))
+    with serving(station, broker) as screen:
+        yield screen
+
+
 def next_event(subscriber: Subscriber, event: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(subscriber.next(topic=f"{PREFIX}/event/{event}", timeout_s=120).payload)["data"]
+    return data
+
+
+def event_of(subscriber: Subscriber, event: str, scan: str) -> dict[str, Any]:
+    """The next `event` about `scan`; those about other scans (an inspection finishing meanwhile) are passed over."""
+    while (data := next_event(subscriber, event))["uuid"] != scan:
+        pass
     return data
 
 
@@ -186,3 +216,89 @@ def test_the_screen_follows_the_station_and_the_operator_rejects_a_part(screen_s
         expect(page.locator("#operator-name")).to_have_text("Not logged in")
         # The one failed request the page met was the wrong PIN's, which it answered in words.
         assert errors == ["Failed to load resource: the server responded with a status of 401 (Unauthorized)"]
+
+
+def candidate_parts(station: Station, scan: str) -> list[str]:
+    """The part_ids the screen should offer for a scan the station left to the operator, best candidate first."""
+    waiting = [a for a in station.state().awaiting_identification if a.scan == scan]
+    assert len(waiting) == 1, f"the station's state names {scan} as awaiting the operator {len(waiting)} times"
+    parts = station.sessions.current.parts
+    return [p.part_id for c in waiting[0].candidates for p in parts if p.design_material == c.design_material]
+
+
+def test_the_operator_tells_the_station_which_part_it_was_not_sure_of(unsure_station: Screen, tmp_path: Path) -> None:
+    station, subscriber = unsure_station.station, unsure_station.subscriber
+    parts = {p.part_id: p for p in station.sessions.current.parts}
+    copies = sum(p.copies for p in parts.values())
+    shots = artifacts(tmp_path)
+    with chromium() as browser:
+        page, errors = screen_page(browser, unsure_station.url)
+        expect(page.locator("#link")).to_have_attribute("data-live", "true")
+        expect(page.locator("#batch-body .batch-total")).to_have_text(f"0 of {copies} parts found")
+        page.evaluate("window.__notReloaded = true")
+
+        # A part of no design of the batch: the station will not choose, and the screen asks which part it is.
+        first = station.loop.capture(Trigger(source="test"))
+        assert first.ok and first.uuid
+        unsure = next_event(subscriber, "scan.quality_control")
+        assert unsure["uuid"] == first.uuid
+        assert (unsure["design_material"], unsure["assignment"], unsure["qc_needs_review"]) == (None, None, True)
+        offered = candidate_parts(station, first.uuid)
+        assert offered, "the station offered no part of the batch"
+        chosen = parts[offered[-1]]  # the one the operator taps; the event must name exactly this part
+        expect(page.locator("#verdict")).to_have_attribute("data-scan", first.uuid, timeout=SHOWN_WITHIN_MS)
+        identify = page.locator("#identify")
+        expect(identify).to_be_visible(timeout=SHOWN_WITHIN_MS)
+        waiting = station.state().awaiting_identification[0]
+        expect(page.locator("#identify-reason")).to_have_text(waiting.reason)
+        buttons = page.locator("#candidates button.candidate")
+        expect(buttons).to_have_count(len(offered) + 1)
+        assert [buttons.nth(i).get_attribute("data-key") for i in range(len(offered) + 1)] == [*offered, "reject"]
+        expect(page.locator(f"#candidates button[data-key='{chosen.part_id}']")).to_contain_text(chosen.part_title)
+        screenshot(page, shots, "4-which-part-is-it")
+
+        # The operator taps the part, logs in when asked, and the assignment goes out as any other would.
+        page.locator(f"#candidates button[data-key='{chosen.part_id}']").click()
+        expect(page.locator("#login")).to_be_visible()
+        page.get_by_label("Operator name").fill("badge-0417")
+        page.get_by_label("Station PIN").fill(PIN)
+        page.locator("#login-submit").click()
+        assigned = next_event(subscriber, "scan.assign")
+        assert assigned["uuid"] == first.uuid
+        assert assigned["assignment"]["part_id"] == chosen.part_id and assigned["assignment"]["manual"] is True
+        assert assigned["design_material"] == chosen.design_material
+        assert chosen.output is not None and assigned["output"] == chosen.output.model_dump(mode="json")
+        expect(identify).to_be_hidden(timeout=SHOWN_WITHIN_MS)
+        expect(page.locator("#part-title")).to_have_text(chosen.part_title)
+        expect(page.locator(f"#recent .recent-item[data-key='{first.uuid}']")).to_contain_text(chosen.part_title)
+        expect(page.locator("#batch-body .batch-total")).to_have_text(f"1 of {copies} parts found")
+        row = page.locator("#batch-body .part-row", has_text=chosen.part_title)
+        expect(row.locator(".part-count")).to_have_text(f"1/{chosen.copies}")
+        screenshot(page, shots, "5-assigned-by-the-operator")
+
+        # The next scan is no part of the batch at all: the operator says so, and that goes out too.
+        second = station.loop.capture(Trigger(source="test"))
+        assert second.ok and second.uuid
+        event_of(subscriber, "scan.quality_control", second.uuid)
+        expect(page.locator("#verdict")).to_have_attribute("data-scan", second.uuid, timeout=SHOWN_WITHIN_MS)
+        expect(identify).to_be_visible(timeout=SHOWN_WITHIN_MS)
+        page.locator("#candidates button[data-key='reject']").click()  # logged in: no question asked
+        rejected = next_event(subscriber, "scan.reject")
+        assert rejected["uuid"] == second.uuid
+        assert (rejected["assignment"], rejected["output"], rejected["design_material"]) == (None, None, None)
+        assert rejected["qc_comment"] == "Not a part of this batch"
+        expect(identify).to_be_hidden(timeout=SHOWN_WITHIN_MS)
+        expect(page.locator("#verdict")).to_have_attribute("data-verdict", "not_in_batch")
+        expect(page.locator("#part-title")).to_have_text("Not a part of this batch")
+        expect(page.locator(f"#recent .recent-item[data-key='{second.uuid}']")).to_contain_text("not in batch")
+        expect(page.locator("#batch-body .batch-total")).to_have_text(f"1 of {copies} parts found")
+        screenshot(page, shots, "6-not-a-part-of-this-batch")
+
+        # A plant system takes the first scan's assignment back: not the part on the tray, so the station publishes
+        # no new state for it, and the screen's count follows the event.
+        subscriber.publish(f"{PREFIX}/request/unassign", json.dumps({"scan": first.uuid}).encode())
+        assert next_event(subscriber, "scan.unassign")["uuid"] == first.uuid
+        expect(page.locator("#batch-body .batch-total")).to_have_text(f"0 of {copies} parts found")
+        expect(row.locator(".part-count")).to_have_text(f"0/{chosen.copies}")
+        assert page.evaluate("window.__notReloaded") is True
+        assert errors == []

@@ -12,7 +12,9 @@ const WORDS = {
   fail: "Fail",
   review: "Review",
   uninspected: "Not inspected",
+  not_in_batch: "Not in batch",
 };
+const ASSIGNMENT_EVENTS = new Set(["scan.assign", "scan.reassign", "scan.unassign", "scan.reject"]);
 
 const model = {
   state: null,
@@ -25,6 +27,8 @@ const model = {
   titles: new Map(), // reason id → title
   parts: null, // /api/parts/
   partsKey: null,
+  partsAsOf: null, // the change (a scan's modified) the parts were fetched after, when newer than the state
+  rejected: new Set(), // uuids the operator (or a plant system) said are not of this batch, seen here
   pinned: null, // a scan the operator went back to; null follows the tray
   newestCapture: null, // {uuid, created} of the last scan.capture seen, before the state names it
   view: 0, // the chosen photo
@@ -95,9 +99,15 @@ function shownUuid() {
   return model.pinned ?? liveUuid();
 }
 
+/** Said to be no part of this batch (scan.reject): the payload does not tell, so only rejects seen here count. */
+function notInBatch(scan) {
+  return Boolean(scan) && model.rejected.has(scan.uuid) && !scan.assignment;
+}
+
 function verdictOf(scan) {
   const operator = model.state?.operator;
   if (!scan) return operator?.latest_scan ? operator.signal : "idle";
+  if (notInBatch(scan)) return "not_in_batch";
   if (scan.qc_operator !== null) return scan.qc_operator ? "pass" : "fail";
   if (scan.qc_needs_review) return "review";
   if (scan.qc_machine !== null) return scan.qc_machine ? "pass" : "fail";
@@ -107,6 +117,7 @@ function verdictOf(scan) {
 
 function whoDecided(scan, verdict) {
   if (!scan) return "";
+  if (verdict === "not_in_batch") return "Set aside: it goes to no output of the batch";
   if (scan.qc_operator !== null) return scan.qc_operator ? "Approved by the operator" : "Rejected by the operator";
   if (verdict === "review") return "The inspection asks for a person to decide";
   if (scan.qc_machine !== null) return scan.qc_machine ? "Passed the inspection" : "Failed the inspection";
@@ -115,6 +126,7 @@ function whoDecided(scan, verdict) {
 
 function partTitle(scan) {
   if (!scan) return "Put a part on the tray";
+  if (notInBatch(scan)) return "Not a part of this batch";
   if (scan.assignment) {
     const { part_title: title, part_id: id } = scan.assignment;
     return title.includes(id) ? title : `${title} · ${id}`;
@@ -161,6 +173,18 @@ function ensureParts() {
   model.partsKey = key;
   once("parts", async () => {
     model.parts = await api("/api/parts/");
+  });
+}
+
+/** A scan changed parts: the station publishes a new state only when the part on the tray changed, so the counts
+ * are asked for again (and used until a newer state comes). */
+function refreshCounts(modified) {
+  if (!model.parts) return;
+  once(`parts:${modified}`, async () => {
+    const parts = await api("/api/parts/");
+    if (model.partsAsOf && newer(model.partsAsOf, modified)) return; // a later change's answer came first
+    model.parts = parts;
+    model.partsAsOf = modified;
   });
 }
 
@@ -323,15 +347,22 @@ function renderRecent(uuid) {
           },
           el("span", { class: "recent-time" }, clock(scan.created)),
           el("span", { class: "recent-verdict" }, WORDS[verdict]),
-          el("span", { class: "recent-part" }, scan.assignment?.part_title ?? (scan.design_material ? scan.design_material.slice(0, 8) : "unidentified")),
+          el("span", { class: "recent-part" }, recentPart(scan)),
         ),
       );
     });
   replaceList($("recent"), items);
 }
 
+function recentPart(scan) {
+  if (scan.assignment) return scan.assignment.part_title;
+  if (notInBatch(scan)) return "not in batch";
+  return scan.design_material ? scan.design_material.slice(0, 8) : "unidentified";
+}
+
+/** The candidates of a scan that awaits the operator; as the station's own list, none once it has a design. */
 function candidatesOf(uuid, scan) {
-  if (!scan || scan.assignment) return null;
+  if (!scan || scan.assignment || scan.design_material || notInBatch(scan)) return null;
   const waiting = model.state?.awaiting_identification?.find((a) => a.scan === uuid);
   if (waiting) return waiting;
   const found = model.details.get(uuid)?.station?.identification;
@@ -380,7 +411,9 @@ function renderIdentify(uuid) {
 }
 
 function assignedOf(part) {
-  return model.state?.copies_assigned?.[part.part_id] ?? part.assigned ?? 0;
+  const state = model.state;
+  const fetchedLater = model.partsAsOf && (!state || newer(model.partsAsOf, state.at));
+  return (fetchedLater ? part.assigned : state?.copies_assigned?.[part.part_id]) ?? part.assigned ?? 0;
 }
 
 function renderBatch() {
@@ -564,6 +597,7 @@ function notOfBatch(uuid) {
   const comment = $("comment").value.trim() || "Not a part of this batch";
   asOperator("identify-message", async () => {
     rememberAnswer(await api(`/api/scan/${uuid}/reject/`, { method: "POST", body: { comment } }));
+    model.rejected.add(uuid);
     $("comment").value = "";
     say("identify-message", "Marked as not a part of this batch.");
   });
@@ -575,12 +609,16 @@ function forgetOld() {
   const keep = new Set([...model.recent, shownUuid(), liveUuid(), model.newestCapture?.uuid]);
   for (const uuid of model.scans.keys()) if (!keep.has(uuid)) model.scans.delete(uuid);
   for (const uuid of model.details.keys()) if (!keep.has(uuid)) model.details.delete(uuid);
+  for (const uuid of model.rejected) if (!keep.has(uuid)) model.rejected.delete(uuid);
 }
 
 // ---- wiring ----
 
 function onScanEvent({ event, scan }) {
   remember(scan);
+  if (event === "scan.reject") model.rejected.add(scan.uuid);
+  else if (scan.assignment) model.rejected.delete(scan.uuid); // an assign takes a reject back
+  if (ASSIGNMENT_EVENTS.has(event)) refreshCounts(scan.modified);
   if (event === "scan.capture") {
     if (!model.newestCapture || newer(scan.created, model.newestCapture.created)) {
       model.newestCapture = { uuid: scan.uuid, created: scan.created };
