@@ -159,6 +159,27 @@ def test_review_is_awaited_and_shown_amber(events: Events) -> None:
     assert lamps.shown == ["inspecting", "review"] and panel.view().awaiting_decision == record.scan.uuid
 
 
+def test_a_scan_given_another_design_shows_inspecting_until_its_new_verdict(events: Events) -> None:
+    panel, lamps = make_panel(events, policy="failed_or_review", inspects=True)
+    record = stored(events)
+    machine_verdict(events, record, None, True, ["wrong_part"])  # not identified: the operator must say which
+    assert lamps.shown == ["inspecting", "review"]
+    events.update_scan(  # what an assignment with a new design stores: the old verdict cleared
+        record.scan.uuid,
+        "scan.assign",
+        lambda r: r.model_copy(
+            update={
+                "scan": r.scan.model_copy(
+                    update={"qc_machine": None, "qc_needs_review": False, "qc_reasons": [], "inspectionreport": None}
+                )
+            }
+        ),
+    )
+    assert lamps.shown[-1] == "inspecting" and panel.view().awaiting_decision is None
+    machine_verdict(events, record, True, False, [])
+    assert lamps.shown[-1] == "pass"
+
+
 def test_presses_within_the_lockout_or_with_nothing_awaiting_change_nothing(events: Events) -> None:
     panel, _ = make_panel(events, lockout_s=30.0)
     with capture_logs() as logs:

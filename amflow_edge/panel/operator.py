@@ -139,6 +139,8 @@ class OperatorPanel:
                 self._latest = record.scan
                 if record.scan.qc_machine is not None or record.scan.qc_needs_review:
                     self._inspecting = False
+                elif event in ("scan.assign", "scan.reassign") and record.scan.inspectionreport is None:
+                    self._inspecting = self._inspects  # a new design clears the verdict; it is inspected again
                 if len(record.station.decisions) > self._latest_decisions:
                     self._latest_decisions = len(record.station.decisions)
                     self._decided_at = time.monotonic()
