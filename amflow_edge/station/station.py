@@ -430,6 +430,7 @@ class Station:
             self.http.start()
             self._http_started = True
         self._mode = "running"
+        self.publish_state()  # the broker may have connected (and been told "starting") while the HTTP API started
         self._spawn("capture", self.loop.run, self.stop_event)
         self._spawn("supervisor", self._every, options.supervise_interval_s, self.supervise)
         for index, source in enumerate(self.buttons):
