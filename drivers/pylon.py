@@ -38,7 +38,6 @@ from amflow_edge.drivers.trigger_check import FrameDroppedError, FrameIncomplete
 
 log = structlog.get_logger(__name__)
 
-TRANSFER_MARGIN_S = 0.5
 TRIGGER_READY_MS = 1000
 PULSE_POLL_S = 0.005
 FIRST_RECONNECT_S = 1.0
@@ -576,7 +575,7 @@ class PylonDriver:
             return max(plain, budgeted + stream.frame_delay_ticks / stream.tick_hz)
 
         slowest = max(c.settings.exposure_us / 1e6 + transfer(c) for c in self._cameras)
-        return slowest + TRANSFER_MARGIN_S
+        return slowest + self._settings.grab_margin_s
 
     def _check(self) -> None:
         for entry in self._cameras:

@@ -124,6 +124,14 @@ class PylonSettings(BaseModel):
     reconnect_max_backoff_s: float = Field(
         default=30.0, gt=0, le=600, description="Longest wait between attempts to reopen a removed camera."
     )
+    grab_margin_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=30,
+        description="How much longer than exposure and transfer a frame may take to arrive before the grab fails: "
+        "the host's share (driver, copy into memory). A busy PC, or pypylon's emulation on a loaded machine, needs "
+        "more.",
+    )
 
     @model_validator(mode="after")
     def _action_needs_keys(self) -> PylonSettings:

@@ -68,7 +68,8 @@ def full_resolution_station(workdir: Path, port: int) -> StationConfig:
     text = text.replace('driver = "mock"', 'driver = "pylon"').replace("timer_interval_s = 3.0", "")
     text = text.replace('"designs/designs.toml"', f'"{REPO / "config" / "designs" / "designs.toml"}"')
     text = re.sub(r'calibration = "calibration/', f'calibration = "{REPO}/config/calibration/', text)
-    text += f'\n[pylon]\nfeatures_dir = "{workdir / "features"}"\n'
+    # grab_margin_s: the emulation copies frames on a CPU the suite keeps busy; a real station keeps the default.
+    text += f'\n[pylon]\nfeatures_dir = "{workdir / "features"}"\ngrab_margin_s = 5.0\n'
     config = workdir / "station.toml"
     config.write_text(
         text.replace('"../run/data"', f'"{workdir / "data"}"').replace('"../run/state"', f'"{workdir / "state"}"')

@@ -36,7 +36,10 @@ def pylon_station(tmp_path: Path, port: int = 1883, serials: list[str] = REVERSE
     return write_station(
         tmp_path,
         port,
-        {"rig": {"driver": "pylon", "grab_timeout_s": 5.0}, "pylon": {"features_dir": str(features), **pylon}},
+        {
+            "rig": {"driver": "pylon", "grab_timeout_s": 5.0},
+            "pylon": {"features_dir": str(features), "grab_margin_s": 2.0, **pylon},
+        },
         serials=serials,
     )
 
