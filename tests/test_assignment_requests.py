@@ -193,7 +193,7 @@ def test_the_assignment_lifecycle_over_mqtt(tmp_path: Path, broker: Broker) -> N
         assert manual["assignment"] == assignment(station, "2471585", manual=True)
         assert (manual["design_material"], manual["output"]) == (BRACKET, {"id": 3})
 
-        answer = request(subscriber, "reassign", {"scan": second["uuid"], "part_id": "2471586"})
+        answer = request(subscriber, "reassign", {"scan": second["uuid"], "part_id": "2471586", "operator": "bob"})
         moved = event_of(subscriber, "scan.reassign", answer)
         changed_only(manual, moved, "modified", "design_material", "assignment", "output")
         assert moved["assignment"] == assignment(station, "2471586", manual=True)
@@ -224,6 +224,14 @@ def test_the_assignment_lifecycle_over_mqtt(tmp_path: Path, broker: Broker) -> N
         subscriber.close()
     on_disk = json.loads((cfg.station.data_root / "scans" / second["uuid"] / "scan.json").read_text())
     assert on_disk["scan"] == back  # scan.json mirrors the row and the last event
+    who = [(c["change"], c["source"], c["device"]) for c in on_disk["station"]["assignments"]]
+    assert who == [
+        ("assign", "mqtt", "mqtt"),
+        ("reassign", "mqtt", "mqtt:bob"),  # the operator the request names
+        ("unassign", "mqtt", "mqtt"),
+        ("reject", "mqtt", "mqtt"),
+        ("assign", "mqtt", "mqtt"),
+    ]
 
 
 def test_hostile_and_out_of_place_requests_are_refused_and_change_nothing(tmp_path: Path, broker: Broker) -> None:

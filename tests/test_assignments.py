@@ -462,6 +462,8 @@ def test_approve_confirms_the_best_candidate_as_a_manual_assignment(rig: Rig, ou
     assert event == "scan.assign" and data["assignment"] == assignment_of(rig, "P3", manual=True)
     assert data["qc_operator"] is None  # confirming the part is not approving its quality
     assert rig.inspected == [record.scan.uuid]
+    asked = rig.get(record.scan.uuid).station.assignments
+    assert [(a.change, a.source, a.device) for a in asked] == [("confirm", "button", "fake:pedal")]
     assert panel.press(press("approve")) is None  # a bounce within the lockout decides nothing
     assert rig.get(record.scan.uuid).scan.qc_operator is None
 

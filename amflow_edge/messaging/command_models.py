@@ -31,6 +31,14 @@ _REQUEST = ConfigDict(extra="forbid", strict=True)
 PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
+QcComment = Annotated[str | None, Field(default=None, max_length=MAX_COMMENT_LENGTH, description="Becomes qc_comment.")]
+"""The fields an operator's decision shares between the MQTT request and the HTTP body (web/models.py), defined
+once so the two cannot drift; the scan (the path, over HTTP) and the operator (the credential) are not shared."""
+RejectComment = Annotated[
+    str, Field(min_length=1, max_length=MAX_COMMENT_LENGTH, description="Why; becomes qc_comment.")
+]
+
+
 class CaptureRequest(BaseModel):
     """Body of <prefix>/<station>/request/capture: take a scan now (an empty body is the same as {})."""
 
@@ -53,7 +61,7 @@ class QcRequest(BaseModel):
 
     scan: UUID = Field(description="UUID of the scan decided.")
     passed: bool = Field(alias="pass", description="true approves the part, false rejects it.")
-    comment: str | None = Field(default=None, max_length=MAX_COMMENT_LENGTH, description="Becomes qc_comment.")
+    comment: QcComment
     reasons: list[ReasonId] | None = Field(
         default=None,
         max_length=MAX_REASONS,
@@ -193,6 +201,9 @@ class AssignRequest(BaseModel):
 
     scan: UUID = Field(description="UUID of a scan of the active session that has no assignment.")
     part_id: PartId = Field(description="The part the scan is a copy of; must have copies left.")
+    operator: str | None = Field(
+        default=None, max_length=128, description="Who asked, for the scan record (a badge id or user name)."
+    )
 
 
 class ReassignRequest(BaseModel):
@@ -202,6 +213,9 @@ class ReassignRequest(BaseModel):
 
     scan: UUID = Field(description="UUID of an assigned scan of the active session.")
     part_id: PartId = Field(description="The part the scan is really a copy of; another than its current one.")
+    operator: str | None = Field(
+        default=None, max_length=128, description="Who asked, for the scan record (a badge id or user name)."
+    )
 
 
 class UnassignRequest(BaseModel):
@@ -210,6 +224,9 @@ class UnassignRequest(BaseModel):
     model_config = _REQUEST
 
     scan: UUID = Field(description="UUID of an assigned scan of the active session.")
+    operator: str | None = Field(
+        default=None, max_length=128, description="Who asked, for the scan record (a badge id or user name)."
+    )
 
 
 class RejectRequest(BaseModel):
@@ -219,7 +236,10 @@ class RejectRequest(BaseModel):
     model_config = _REQUEST
 
     scan: UUID = Field(description="UUID of a scan of the active session.")
-    comment: str = Field(min_length=1, max_length=MAX_COMMENT_LENGTH, description="Why; becomes qc_comment.")
+    comment: RejectComment
+    operator: str | None = Field(
+        default=None, max_length=128, description="Who asked, for the scan record (a badge id or user name)."
+    )
 
 
 class Response(BaseModel):

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from amflow_edge.messaging.payload import EventName, Scan
 from amflow_edge.panel.base import ButtonPress, Lamps, LampSignal
 from amflow_edge.qc.decisions import DecisionError, Decisions
-from amflow_edge.station.assignments import AssignmentError, Assignments
+from amflow_edge.station.assignments import AssignmentError, Assignments, Requester
 from amflow_edge.storage.record import ScanRecord
 
 log = structlog.get_logger(__name__)
@@ -218,7 +218,7 @@ class OperatorPanel:
             return None
         self._decided_at = time.monotonic()
         try:
-            confirmed = self._assignments.confirm(scan_uuid, design)
+            confirmed = self._assignments.confirm(scan_uuid, design, by=Requester("button", press.source))
         except AssignmentError as exc:
             log.error("button press not applied", scan=scan_uuid, design_material=design, error=str(exc))
             return None

@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -48,7 +50,7 @@ from amflow_edge.messaging.payload import DESIGN_MATERIAL, Assignment, EventName
 from amflow_edge.qc.rules import final_decision
 from amflow_edge.station.session import ScanningSession, SessionKeeper, SessionPart
 from amflow_edge.storage.db import StationDb
-from amflow_edge.storage.record import ScanRecord
+from amflow_edge.storage.record import AssignmentChangeRecord, ScanRecord
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +65,17 @@ _CHUNK = 500
 
 
 IDENTIFY_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asked for a change: kept in scan.json (station.assignments) and logged, as decisions are."""
+
+    source: Literal["button", "mqtt", "http", "station"] = "station"
+    device: str = "station"
+
+
+STATION = Requester()
 
 
 class _OvertakenError(Exception):
@@ -158,9 +171,12 @@ class Assignments:
 
     # --- operators and plant systems ---
 
-    def assign(self, scan_uuid: str, part_id: str, manual: bool = True) -> ScanRecord:
+    def assign(
+        self, scan_uuid: str, part_id: str, manual: bool = True, by: Requester = STATION, change_name: str = "assign"
+    ) -> ScanRecord:
         """Also takes an operator's reject back: the scan was a part of the batch after all."""
         part = self._part(part_id)
+        noted = self._noted(change_name, by, part_id=part_id)
 
         def change(record: ScanRecord) -> ScanRecord:
             session = self._active(record)
@@ -171,13 +187,15 @@ class Assignments:
                 )
             self._room_for(part)
             self._db.connection().execute("DELETE FROM scan_rejections WHERE uuid = ?", (scan_uuid,))
-            return self._stamped(
-                record, _with_part(_with_design(record.scan, part.design_material), part, manual, session)
+            return noted(
+                self._stamped(
+                    record, _with_part(_with_design(record.scan, part.design_material), part, manual, session)
+                )
             )
 
-        return self._to_part(scan_uuid, "scan.assign", change, part, manual)
+        return self._to_part(scan_uuid, "scan.assign", change, part, manual, by)
 
-    def confirm(self, scan_uuid: str, design_material: str) -> ScanRecord:
+    def confirm(self, scan_uuid: str, design_material: str, by: Requester = STATION) -> ScanRecord:
         """An operator confirms a design the station offered (the button): a manual assign to the first part of
         that design with copies left (with none left, to its first part, which only manual over-counting allows).
         In a session whose parts do not include the design (a designs-only session) the scan gets the design
@@ -188,7 +206,7 @@ class Assignments:
                 raise AssignmentError(f"scan {scan_uuid} is rejected; assign it to a part to take the reject back")
             counts = self._counts([p.assignment for p in parts])
             part = next((p for p in parts if counts.get(p.assignment, 0) < p.copies), parts[0])
-            return self.assign(scan_uuid, part.part_id, manual=True)
+            return self.assign(scan_uuid, part.part_id, manual=True, by=by, change_name="confirm")
         if re.fullmatch(DESIGN_MATERIAL, design_material) is None:
             raise AssignmentError(f"{design_material!r} is not a design_material id")
         designs: list[str | None] = []
@@ -199,15 +217,17 @@ class Assignments:
             if record.scan.assignment is not None:
                 raise AssignmentError(f"scan {scan_uuid} is already assigned to part {record.scan.assignment.part_id}")
             designs.append(record.scan.design_material)
-            return self._stamped(record, _with_design(record.scan, design_material))
+            return noted(self._stamped(record, _with_design(record.scan, design_material)))
 
+        noted = self._noted("confirm", by)
         record = self._update(scan_uuid, "scan.quality_control", change)
-        log.info("operator confirmed the design", scan=scan_uuid, design_material=design_material)
+        log.info("operator confirmed the design", scan=scan_uuid, design_material=design_material, device=by.device)
         self._tell_design_changed(designs[-1], record)
         return record
 
-    def reassign(self, scan_uuid: str, part_id: str) -> ScanRecord:
+    def reassign(self, scan_uuid: str, part_id: str, by: Requester = STATION) -> ScanRecord:
         part = self._part(part_id)
+        noted = self._noted("reassign", by, part_id=part_id)
 
         def change(record: ScanRecord) -> ScanRecord:
             session = self._active(record)
@@ -218,14 +238,15 @@ class Assignments:
             if current.assignment == part.assignment:
                 raise AssignmentError(f"scan {scan_uuid} is already assigned to part {part_id}")
             self._room_for(part)
-            return self._stamped(
-                record, _with_part(_with_design(record.scan, part.design_material), part, True, session)
+            return noted(
+                self._stamped(record, _with_part(_with_design(record.scan, part.design_material), part, True, session))
             )
 
-        return self._to_part(scan_uuid, "scan.reassign", change, part, True)
+        return self._to_part(scan_uuid, "scan.reassign", change, part, True, by)
 
-    def unassign(self, scan_uuid: str) -> ScanRecord:
+    def unassign(self, scan_uuid: str, by: Requester = STATION) -> ScanRecord:
         """The scan is of the batch, but not of that part: back to how it was captured, awaiting a part."""
+        noted = self._noted("unassign", by)
 
         def change(record: ScanRecord) -> ScanRecord:
             session = self._active(record)
@@ -233,15 +254,17 @@ class Assignments:
             if record.scan.assignment is None:
                 raise AssignmentError(f"scan {scan_uuid} is not assigned; there is nothing to unassign")
             scan = _with_design(record.scan, None).model_copy(update={"assignment": None, "output": session.output})
-            return self._stamped(record, scan)
+            return noted(self._stamped(record, scan))
 
         record = self._update(scan_uuid, "scan.unassign", change)
-        log.info("scan unassigned", scan=scan_uuid)
+        log.info("scan unassigned", scan=scan_uuid, source=by.source, device=by.device)
         return record
 
-    def reject(self, scan_uuid: str, comment: str) -> ScanRecord:
+    def reject(self, scan_uuid: str, comment: str, by: Requester = STATION) -> ScanRecord:
         """The scan is no part of this batch (a foreign object, another batch's part, a scan to take again):
         it goes to no output of the batch, and the comment says why."""
+
+        noted = self._noted("reject", by, comment=comment)
 
         def change(record: ScanRecord) -> ScanRecord:
             self._active(record)
@@ -254,10 +277,10 @@ class Assignments:
             self._db.connection().execute(
                 "INSERT INTO scan_rejections (uuid, at, comment) VALUES (?, ?, ?)", (scan_uuid, now, comment)
             )
-            return self._stamped(record, scan, now)
+            return noted(self._stamped(record, scan, now))
 
         record = self._update(scan_uuid, "scan.reject", change)
-        log.info("scan rejected", scan=scan_uuid)
+        log.info("scan rejected", scan=scan_uuid, source=by.source, device=by.device)
         return record
 
     # --- what the state topic shows ---
@@ -302,6 +325,27 @@ class Assignments:
         """Validated again: model_copy does not validate, and a stored record that no longer validates is lost."""
         scan = Scan.model_validate(scan.model_copy(update={"modified": now or self._now()}).model_dump())
         return record.model_copy(update={"scan": scan})
+
+    def _noted(
+        self, change: str, by: Requester, part_id: str | None = None, comment: str | None = None
+    ) -> Callable[[ScanRecord], ScanRecord]:
+        """Appends who asked for the change to the record that the change stores (one transaction with it)."""
+
+        def note(record: ScanRecord) -> ScanRecord:
+            entry = AssignmentChangeRecord.model_validate(
+                {
+                    "change": change,
+                    "part_id": part_id,
+                    "comment": comment,
+                    "source": by.source,
+                    "device": by.device,
+                    "at": record.scan.modified,
+                }
+            )
+            station = record.station.model_copy(update={"assignments": [*record.station.assignments, entry]})
+            return record.model_copy(update={"station": station})
+
+        return note
 
     def _part(self, part_id: str) -> SessionPart:
         session = self._sessions.current
@@ -384,6 +428,7 @@ class Assignments:
         change: Callable[[ScanRecord], ScanRecord],
         part: SessionPart,
         manual: bool,
+        by: Requester = STATION,
     ) -> ScanRecord:
         """A manual change gives the scan a part's design; one it was not inspected against is inspected now."""
         designs: list[str | None] = []
@@ -393,7 +438,15 @@ class Assignments:
             return change(record)
 
         record = self._update(scan_uuid, event, noting)
-        log.info("scan assigned", scan=scan_uuid, name=event, part_id=part.part_id, manual=manual)
+        log.info(
+            "scan assigned",
+            scan=scan_uuid,
+            name=event,
+            part_id=part.part_id,
+            manual=manual,
+            source=by.source,
+            device=by.device,
+        )
         self._tell_design_changed(designs[-1], record)
         return record
 

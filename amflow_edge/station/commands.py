@@ -31,7 +31,7 @@ from amflow_edge.messaging.command_models import (
 from amflow_edge.messaging.commands import CommandRefusedError, Handler, Reply
 from amflow_edge.messaging.events import Events
 from amflow_edge.qc.decisions import DecisionError, Decisions
-from amflow_edge.station.assignments import AssignmentError, Assignments
+from amflow_edge.station.assignments import AssignmentError, Assignments, Requester
 from amflow_edge.station.capture import CameraTask, CaptureLoop, CaptureResult, Trigger
 from amflow_edge.station.designs import BatchDesignError, DesignCatalogue
 from amflow_edge.station.inspection_jobs import InspectionJobs
@@ -46,6 +46,11 @@ RequestSource = Literal["mqtt", "http"]
 
 SwitchSession = Callable[[ScanningSession, list[Design]], None]
 """Runs on the capture thread: the new session's references, then the switch (Station.switch_session)."""
+
+
+def _requester(source: RequestSource, operator: str | None) -> Requester:
+    """'http:<operator>', 'mqtt:<operator>', or just the path when the request names nobody (as qc records it)."""
+    return Requester(source=source, device=f"{source}:{operator}" if operator else source)
 
 
 class StationCommands:
@@ -80,10 +85,10 @@ class StationCommands:
             "qc": lambda request, reply: self.qc(request, reply, source),
             "reevaluate": self.reevaluate,
             "session": self.session,
-            "assign": self.assign,
-            "reassign": self.reassign,
-            "unassign": self.unassign,
-            "reject": self.reject,
+            "assign": lambda request, reply: self.assign(request, reply, source),
+            "reassign": lambda request, reply: self.reassign(request, reply, source),
+            "unassign": lambda request, reply: self.unassign(request, reply, source),
+            "reject": lambda request, reply: self.reject(request, reply, source),
         }
 
     def capture(self, request: CaptureRequest, reply: Reply, source: RequestSource = "mqtt") -> None:
@@ -118,17 +123,21 @@ class StationCommands:
             raise CommandRefusedError(str(exc)) from None
         reply(Response(status="ok", command="qc", scan=record.scan.uuid, data=record.scan))
 
-    def assign(self, request: AssignRequest, reply: Reply) -> None:
-        self._assignment("assign", lambda: self.assignments.assign(str(request.scan), request.part_id), reply)
+    def assign(self, request: AssignRequest, reply: Reply, source: RequestSource = "mqtt") -> None:
+        by = _requester(source, request.operator)
+        self._assignment("assign", lambda: self.assignments.assign(str(request.scan), request.part_id, by=by), reply)
 
-    def reassign(self, request: ReassignRequest, reply: Reply) -> None:
-        self._assignment("reassign", lambda: self.assignments.reassign(str(request.scan), request.part_id), reply)
+    def reassign(self, request: ReassignRequest, reply: Reply, source: RequestSource = "mqtt") -> None:
+        by = _requester(source, request.operator)
+        self._assignment("reassign", lambda: self.assignments.reassign(str(request.scan), request.part_id, by), reply)
 
-    def unassign(self, request: UnassignRequest, reply: Reply) -> None:
-        self._assignment("unassign", lambda: self.assignments.unassign(str(request.scan)), reply)
+    def unassign(self, request: UnassignRequest, reply: Reply, source: RequestSource = "mqtt") -> None:
+        by = _requester(source, request.operator)
+        self._assignment("unassign", lambda: self.assignments.unassign(str(request.scan), by), reply)
 
-    def reject(self, request: RejectRequest, reply: Reply) -> None:
-        self._assignment("reject", lambda: self.assignments.reject(str(request.scan), request.comment), reply)
+    def reject(self, request: RejectRequest, reply: Reply, source: RequestSource = "mqtt") -> None:
+        by = _requester(source, request.operator)
+        self._assignment("reject", lambda: self.assignments.reject(str(request.scan), request.comment, by), reply)
 
     @staticmethod
     def _assignment(command: str, change: Callable[[], ScanRecord], reply: Reply) -> None:

@@ -44,6 +44,23 @@ class OperatorDecisionRecord(BaseModel):
     reasons: list[str] | None = Field(default=None, description="Reasons given with the decision, if any.")
 
 
+class AssignmentChangeRecord(BaseModel):
+    """One change of the scan's assignment asked for by someone (an operator, a plant system): the events say
+    what changed, this says who asked, so an audit can tell a screen's click from an MES request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    change: Literal["assign", "reassign", "unassign", "reject", "confirm"] = Field(description="What was asked for.")
+    part_id: str | None = Field(default=None, description="The part assigned to (assign, reassign, confirm).")
+    comment: str | None = Field(default=None, description="The reject's comment.")
+    source: Literal["button", "mqtt", "http", "station"] = Field(description="Which path the request came through.")
+    device: str = Field(
+        description="Who asked: 'http:<operator>' (the HTTP API's logged-in operator), 'mqtt' or 'mqtt:<operator>' "
+        "(a plant system, with the operator it names), the button's input, or 'station'."
+    )
+    at: str = Field(description="When the change was made (ISO 8601, station time).")
+
+
 IdentificationOutcome = Outcome
 """identified, or why no design was chosen (inspection.identification.models)."""
 
@@ -91,6 +108,10 @@ class StationMetadata(BaseModel):
     rig: dict[str, Any] = Field(default_factory=dict, description="Rig-level driver facts (the mock's scene truth).")
     decisions: list[OperatorDecisionRecord] = Field(
         default_factory=list, description="Every operator decision on the scan, oldest first."
+    )
+    assignments: list[AssignmentChangeRecord] = Field(
+        default_factory=list,
+        description="Every requested change of the assignment, oldest first (absent in scans stored before it).",
     )
     identification: IdentificationRecord | None = Field(
         default=None, description="The station's identification of the part, once it has run."
