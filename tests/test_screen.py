@@ -12,6 +12,7 @@ plant system's request would. Screenshots of each step are kept (tests/browser.p
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from amflow_edge.station.build import build_station
 from amflow_edge.station.capture import Trigger
 from amflow_edge.station.station import RunOptions, Station
 from amflow_edge.web.server import HttpServer
-from tests.browser import artifacts, chromium, screen_page, screenshot
+from tests.browser import SCREEN, artifacts, chromium, screen_page, screenshot
 from tests.mqtt_helpers import Broker, Subscriber
 from tests.station_files import write_station
 from tests.test_daemon_identification import PIPE_CLIP, batch_file, station_with_batch
@@ -47,9 +48,13 @@ class Screen:
     station: Station
     subscriber: Subscriber
     url: str
+    read_url: str
+    """The read-only address ([http] read_listen)."""
 
 
-HTTP: dict[str, Any] = {"listen": "127.0.0.1:0", "pin": PIN}
+HTTP: dict[str, Any] = {"listen": "127.0.0.1:0", "read_listen": "127.0.0.2:0", "pin": PIN}
+"""With the read-only address too (station.http.addresses[1]), on another loopback address: the same port 0
+would be refused as the same address."""
 
 
 @contextmanager
@@ -59,7 +64,8 @@ def serving(station: Station, broker: Broker) -> Iterator[Screen]:
     try:
         station.start(RunOptions())
         assert isinstance(station.http, HttpServer)
-        yield Screen(station, subscriber, f"{station.http.addresses[0]}/")
+        full, read = station.http.addresses
+        yield Screen(station, subscriber, f"{full}/", f"{read}/")
     finally:
         station.shutdown()
         subscriber.close()
@@ -132,6 +138,9 @@ def test_the_screen_follows_the_station_and_the_operator_rejects_a_part(screen_s
         expect(page.locator("#verdict")).to_have_attribute("data-verdict", "idle")
         expect(page.locator("#health")).to_contain_text("Cameras 5/5")
         expect(page.locator("#health")).to_contain_text("Broker")
+        # The page runs under the station's Content-Security-Policy (no inline script, style or event handler): a
+        # violation would be a console error, and the errors are checked at the end.
+        assert "default-src 'self'" in page.request.get(screen_station.url).headers["content-security-policy"]
 
         # A scan: it appears, is inspected, and its machine verdict shows with the reasons in words.
         result = station.loop.capture(Trigger(source="test"))
@@ -141,6 +150,11 @@ def test_the_screen_follows_the_station_and_the_operator_rejects_a_part(screen_s
         assert machine["uuid"] == captured["uuid"] == result.uuid
         shows(page, machine, "asks for a person" if machine["qc_needs_review"] else "the inspection")
         expect(page.locator("#views button.view")).to_have_count(6)  # five cameras and the inspection's overlays
+        # The tiles show thumbnails as wide as a tile; the full 2448 px images are for the zoom only.
+        tile = page.locator("#views button.view img").first
+        expect(tile).to_have_attribute("src", re.compile(rf"^/api/scan/{result.uuid}/thumbnail/1/\?w=\d+$"))
+        page.wait_for_function("document.querySelector('#views button.view img').naturalWidth > 0")
+        assert tile.evaluate("img => img.naturalWidth") <= 960
         expect(page.locator("#recent .recent-item")).to_have_count(1)
         screenshot(page, shots, "1-machine-verdict")
 
@@ -188,20 +202,45 @@ def test_the_screen_follows_the_station_and_the_operator_rejects_a_part(screen_s
         assert record is not None and record.station.decisions[-1].device == "http:badge-0417"
         screenshot(page, shots, "3-rejected-by-the-operator")
 
-        # A plant system approves over MQTT; the key A, logged in, would do the same from the screen.
+        # A plant system approves over MQTT.
         subscriber.publish(f"{PREFIX}/request/qc", json.dumps({"scan": result.uuid, "pass": True}).encode())
         plant = next_event(subscriber, "scan.quality_control")
         shows(page, plant, "Approved by the operator")
-        page.keyboard.press("r")  # logged in: the key rejects at once
+        decisions = len(record_of(station, result.uuid).station.decisions)
+
+        # A barcode scanner typing "A123⏎" while no field has focus decides nothing: the key A waits for Enter,
+        # another key cancels it, and the Enter (also on a focused decision button) only asks again.
+        page.keyboard.type("A123\n")
+        expect(page.locator("#decide-message")).to_contain_text("Not sent")
+        page.keyboard.press("Escape")
+        expect(page.locator("#key-confirm")).to_be_hidden()
+        # The operator's key R, then Enter at a hand's pace: it rejects.
+        page.keyboard.press("r")
+        expect(page.locator("#key-confirm")).to_contain_text("Press Enter to reject")
+        page.wait_for_timeout(300)
+        page.keyboard.press("Enter")
         by_key = next_event(subscriber, "scan.quality_control")
         assert by_key["qc_operator"] is False
         shows(page, by_key, "Rejected by the operator")
+        assert len(record_of(station, result.uuid).station.decisions) == decisions + 1  # the scanner's made none
         assert page.evaluate("window.__notReloaded") is True
 
-        # The next part on the tray takes the screen; the recent scans lead back to the first, and Esc to live.
+        # A press on Approve as the next part's scan arrives: the decision belongs to the scan shown at the press,
+        # which is no longer on the screen at the release, so it is refused in words, not sent for the new part.
+        button = page.locator("#approve").bounding_box()
+        assert button is not None
+        page.mouse.move(button["x"] + button["width"] / 2, button["y"] + button["height"] / 2)
+        page.mouse.down()
+
         second = station.loop.capture(Trigger(source="test"))
         assert second.ok and second.uuid
         expect(page.locator("#verdict")).to_have_attribute("data-scan", second.uuid, timeout=SHOWN_WITHIN_MS)
+        page.mouse.up()
+        expect(page.locator("#decide-message")).to_contain_text("The part on the screen changed")
+        assert record_of(station, second.uuid).station.decisions == []
+        assert len(record_of(station, result.uuid).station.decisions) == decisions + 1
+
+        # The next part on the tray has taken the screen; the recent scans lead back to the first, and Esc to live.
         expect(page.locator("#recent .recent-item")).to_have_count(2)
         page.locator(f"#recent .recent-item[data-key='{result.uuid}']").click()
         expect(page.locator("#verdict")).to_have_attribute("data-scan", result.uuid)
@@ -216,6 +255,51 @@ def test_the_screen_follows_the_station_and_the_operator_rejects_a_part(screen_s
         expect(page.locator("#operator-name")).to_have_text("Not logged in")
         # The one failed request the page met was the wrong PIN's, which it answered in words.
         assert errors == ["Failed to load resource: the server responded with a status of 401 (Unauthorized)"]
+
+        # The read-only address shows the station but takes no decision (403 to every POST): a login is refused
+        # there, and the screen then says "View only" and offers no decision.
+        viewer, _ = screen_page(browser, screen_station.read_url)
+        expect(viewer.locator("#link")).to_have_attribute("data-live", "true")
+        expect(viewer.locator("#verdict")).to_have_attribute("data-scan", second.uuid)
+        viewer.get_by_role("button", name="Log in").click()
+        viewer.get_by_label("Operator name").fill("badge-0417")
+        viewer.get_by_label("Station PIN").fill(PIN)
+        viewer.locator("#login-submit").click()
+        expect(viewer.locator("#login")).to_be_hidden()
+        expect(viewer.locator("#operator-name")).to_have_text("View only")
+        expect(viewer.locator("#view-only")).to_be_visible()
+        for hidden in ("#approve", "#reject", "#comment", "#login-button"):
+            expect(viewer.locator(hidden)).to_be_hidden()
+        screenshot(viewer, shots, "7-view-only")
+
+        # A login kept from before the station restarted (its tokens live in memory only), on a station whose
+        # reads need one (read_token): the stream and the reads answer 401 (mocked here). The screen drops the
+        # login, says why and asks; signed in, it follows the station again.
+        stale = browser.new_page(viewport=SCREEN, has_touch=True)
+        kept = {"token": "from-before-the-restart", "operator": "badge-0417", "expires_at": "2999-01-01T00:00:00Z"}
+        stale.add_init_script(f"sessionStorage.setItem('amflow.operator', {json.dumps(json.dumps(kept))})")
+        for route in ("**/api/events/", "**/api/state/", "**/api/scans/*"):
+            stale.route(route, lambda r: r.fulfill(status=401, json={"error": "reading needs a credential"}))
+        stale.goto(screen_station.url)
+        expect(stale.locator("#sign-in-needed")).to_contain_text("Your sign-in expired")
+        expect(stale.locator("#link")).to_have_text("Sign-in needed")
+        expect(stale.locator("#operator-name")).to_have_text("Not logged in")
+        expect(stale.locator("#login")).to_be_visible()
+        screenshot(stale, shots, "8-sign-in-expired")
+        stale.unroute_all()
+        expect(stale.locator("#login-message")).to_have_text("Your sign-in expired: sign in again to see the scans.")
+        expect(stale.get_by_label("Operator name")).to_have_value("badge-0417")  # only the PIN to type again
+        stale.get_by_label("Station PIN").fill(PIN)
+        stale.locator("#login-submit").click()
+        expect(stale.locator("#link")).to_have_attribute("data-live", "true")
+        expect(stale.locator("#sign-in-needed")).to_be_hidden()
+        expect(stale.locator("#verdict")).to_have_attribute("data-scan", second.uuid)
+
+
+def record_of(station: Station, scan: str) -> Any:
+    record = station.events.record(scan)
+    assert record is not None
+    return record
 
 
 def candidate_parts(station: Station, scan: str) -> list[str]:
@@ -252,13 +336,21 @@ def test_the_operator_tells_the_station_which_part_it_was_not_sure_of(unsure_sta
         waiting = station.state().awaiting_identification[0]
         expect(page.locator("#identify-reason")).to_have_text(waiting.reason)
         buttons = page.locator("#candidates button.candidate")
-        expect(buttons).to_have_count(len(offered) + 1)
-        assert [buttons.nth(i).get_attribute("data-key") for i in range(len(offered) + 1)] == [*offered, "reject"]
+        expect(buttons).to_have_count(len(offered) + 2)
+        keys = [buttons.nth(i).get_attribute("data-key") for i in range(len(offered) + 2)]
+        assert keys == [*offered, "other", "reject"]
         expect(page.locator(f"#candidates button[data-key='{chosen.part_id}']")).to_contain_text(chosen.part_title)
         screenshot(page, shots, "4-which-part-is-it")
 
-        # The operator taps the part, logs in when asked, and the assignment goes out as any other would.
-        page.locator(f"#candidates button[data-key='{chosen.part_id}']").click()
+        # The operator knows better than the station: "Another part…" lists every part of the batch, and the one
+        # tapped there (one the station did not offer, if the batch has one) is assigned like an offered one.
+        chosen = parts[next((p for p in parts if p not in offered), offered[-1])]
+        page.locator("#candidates button[data-key='other']").click()
+        picker = page.locator("#parts-dialog")
+        expect(picker).to_be_visible()
+        expect(picker.locator("button.candidate")).to_have_count(len(parts))
+        picker.locator(f"button[data-key='{chosen.part_id}']").click()
+        expect(picker).to_be_hidden()
         expect(page.locator("#login")).to_be_visible()
         page.get_by_label("Operator name").fill("badge-0417")
         page.get_by_label("Station PIN").fill(PIN)
@@ -301,4 +393,12 @@ def test_the_operator_tells_the_station_which_part_it_was_not_sure_of(unsure_sta
         expect(page.locator("#batch-body .batch-total")).to_have_text(f"0 of {copies} parts found")
         expect(row.locator(".part-count")).to_have_text(f"0/{chosen.copies}")
         assert page.evaluate("window.__notReloaded") is True
+
+        # Ten minutes without a touch on a shared screen: the next touch finds the login ended, before it can act.
+        expect(page.locator("#idle-left")).to_have_text("logs out after 10 min idle")
+        page.evaluate("sessionStorage.setItem('amflow.active_at', String(Date.now() - 11 * 60 * 1000))")
+        page.locator("#verdict").click()
+        expect(page.locator("#operator-name")).to_have_text("Not logged in")
+        expect(page.locator("#decide-message")).to_have_text("Logged out after 10 minutes without use.")
+        expect(page.locator("#idle-left")).to_be_empty()
         assert errors == []

@@ -1,7 +1,7 @@
 // The operator's screen: the part on the tray, its verdict, the decision, the batch and the station's health.
 // Everything it shows comes from the station's API and follows the live stream (/api/events/); nothing polls.
 
-import { api, ApiError, currentLogin, follow, forgetLogin, logIn, logOut } from "./api.js";
+import { api, ApiError, currentLogin, follow, forgetLogin, idleFor, logIn, logOut, onUnauthorized, touched } from "./api.js";
 import { Zoom } from "./zoom.js";
 
 const UNDECIDED = new Set(["ambiguous", "material_ambiguous"]);
@@ -15,6 +15,14 @@ const WORDS = {
   not_in_batch: "Not in batch",
 };
 const ASSIGNMENT_EVENTS = new Set(["scan.assign", "scan.reassign", "scan.unassign", "scan.reject"]);
+const IDLE_MINUTES = 10; // a login ends after this long without a touch or a key: the next operator logs in anew
+const IDLE_MS = IDLE_MINUTES * 60 * 1000;
+const KEY_CONFIRM_MS = 5000; // the key A or R asks for Enter within this long…
+const KEY_TOO_FAST_MS = 250; // …but not sooner: a barcode scanner typing "A…⏎" is faster than any hand
+const PRESS_VALID_MS = 15000; // a decision button's press binds the scan shown at that moment for this long
+const TILE_MIN_PX = 160; // a tile's thumbnail: its CSS width × devicePixelRatio, within the station's range
+const TILE_MAX_PX = 960;
+const CHANGED = "The part on the screen changed before your decision was sent: look at it and decide again.";
 
 const model = {
   state: null,
@@ -33,12 +41,18 @@ const model = {
   newestCapture: null, // {uuid, created} of the last scan.capture seen, before the state names it
   view: 0, // the chosen photo
   selected: new Set(), // reasons picked for a reject
+  selectedFor: null, // the scan shown when the first of them was picked
+  pressed: null, // {uuid, at}: the scan shown when a decision button was pressed (pointerdown)
+  keyConfirm: null, // {passed, uuid, at, timer}: the key A or R waiting for Enter
   busy: false,
+  viewOnly: false, // the read-only address: decisions are refused there (403), so none are offered
+  signIn: null, // why the station refused to show scans (401 on a read or the stream), or null
 };
 
 const $ = (id) => document.getElementById(id);
 const zoom = new Zoom($("zoom"));
 let afterLogin = null;
+let stream = null;
 
 function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -201,6 +215,7 @@ async function loadCatalogue() {
 function takeState(state) {
   if (model.state && newer(model.state.at, state.at)) return;
   model.state = state;
+  if (state.read_only === true) model.viewOnly = true; // should the station say so; else a 403 on login tells
   ensureParts();
 }
 
@@ -264,11 +279,24 @@ function renderHealth() {
   paused.textContent = state.paused_reason ? `Paused: ${state.paused_reason}` : "";
 }
 
+/** The image a tile shows: a JPEG thumbnail as wide as the tile (a few dozen KB, where the full PNG the zoom
+ * loads is 5 MB to decode); `camera` is the camera's number, 1 for cam01. */
+function tileUrl(uuid, camera) {
+  return `/api/scan/${uuid}/thumbnail/${camera}/?w=${tileWidth()}`;
+}
+
+/** A tile's width in device pixels, within what the station makes (160 … 960 px). */
+function tileWidth() {
+  const css = $("views").querySelector("button.view img")?.clientWidth || 480;
+  return Math.min(Math.max(Math.round(css * (window.devicePixelRatio || 1)), TILE_MIN_PX), TILE_MAX_PX);
+}
+
 function views(scan) {
   if (!scan) return [];
-  const photos = scan.scan_urls.map((thumb, i) => {
-    const camera = thumb.match(/scan_(cam\d+)\.png/)?.[1] ?? `cam${String(i + 1).padStart(2, "0")}`;
-    return { key: `${scan.uuid}/${i}`, label: camera, thumb, src: scan.scan_urls_full[i] ?? thumb };
+  const photos = scan.scan_urls.map((url, i) => {
+    const camera = url.match(/scan_(cam\d+)\.png/)?.[1] ?? `cam${String(i + 1).padStart(2, "0")}`;
+    const src = scan.scan_urls_full[i] ?? url;
+    return { key: `${scan.uuid}/${i}`, label: camera, thumb: tileUrl(scan.uuid, Number(camera.slice(3))), src };
   });
   if (scan.inspectionreport) {
     const src = `/api/scan/${scan.uuid}/overlays.png?report=${scan.inspectionreport}`;
@@ -404,6 +432,9 @@ function renderIdentify(uuid) {
       );
     }
   }
+  if (parts.length) {
+    items.push(el("li", {}, el("button", { type: "button", class: "button candidate other", dataset: { key: "other" }, onclick: () => pickPart(uuid) }, "Another part…")));
+  }
   items.push(
     el("li", {}, el("button", { type: "button", class: "button candidate other", dataset: { key: "reject" }, onclick: () => notOfBatch(uuid) }, "Not a part of this batch")),
   );
@@ -489,9 +520,20 @@ function renderDecide(uuid) {
     button.classList.toggle("found", found.has(button.dataset.reason));
   }
   const login = currentLogin();
-  $("operator-name").textContent = login ? `Operator: ${login.operator}` : "Not logged in";
-  $("login-button").hidden = Boolean(login);
+  $("operator-name").textContent = login ? `Operator: ${login.operator}` : model.viewOnly ? "View only" : "Not logged in";
+  $("login-button").hidden = Boolean(login) || model.viewOnly;
   $("logout-button").hidden = !login;
+  document.body.classList.toggle("view-only", model.viewOnly);
+  $("view-only").hidden = !model.viewOnly;
+  renderIdle();
+  $("sign-in-needed").hidden = !model.signIn;
+  $("sign-in-why").textContent = model.signIn ?? "";
+}
+
+/** How long the login lasts without use, said quietly; "" when nobody is logged in. */
+function renderIdle() {
+  const left = currentLogin() ? Math.max(IDLE_MS - idleFor(), 0) : null;
+  $("idle-left").textContent = left === null ? "" : `logs out after ${Math.ceil(left / 60000)} min idle`;
 }
 
 // ---- actions ----
@@ -527,12 +569,21 @@ function moveView(step) {
 }
 
 function toggleReason(id) {
+  if (!model.selected.size) model.selectedFor = shownUuid();
   if (model.selected.has(id)) model.selected.delete(id);
   else model.selected.add(id);
   render();
 }
 
 function askLogin(then) {
+  if (model.viewOnly) {
+    say("decide-message", "View only: decisions are made at the station's own address.");
+    return;
+  }
+  if ($("login").open) {
+    if (then) afterLogin = then;
+    return;
+  }
   afterLogin = then;
   say("login-message", "");
   $("login-operator").value = currentLogin()?.operator ?? $("login-operator").value;
@@ -556,6 +607,8 @@ async function asOperator(messageId, action) {
       forgetLogin();
       say(messageId, "Your login ended: log in again.");
       askLogin(() => asOperator(messageId, action));
+    } else if (error instanceof ApiError && error.status === 403 && !currentLogin()) {
+      goViewOnly();
     } else {
       say(messageId, error.message);
     }
@@ -565,15 +618,34 @@ async function asOperator(messageId, action) {
   }
 }
 
-function decide(passed) {
-  const uuid = shownUuid();
+/** The scan a decision button's click is for: the one shown when it was pressed, else (a keyboard click) now. */
+function pressedScan() {
+  const pressed = model.pressed;
+  model.pressed = null;
+  return pressed && Date.now() - pressed.at < PRESS_VALID_MS ? pressed.uuid : shownUuid();
+}
+
+/** Decide `uuid`, the scan shown when the operator started (pressed the button, the key): refused, and said so,
+ * when another has taken the screen since (a new part's scan.capture arriving just before the tap). */
+function decide(passed, uuid) {
   if (!uuid || !model.scans.has(uuid)) {
     say("decide-message", "No scan to decide.");
+    return;
+  }
+  if (uuid !== shownUuid()) {
+    say("decide-message", CHANGED);
+    return;
+  }
+  if (model.selected.size && model.selectedFor !== uuid) {
+    model.selected.clear();
+    render();
+    say("decide-message", "The reasons were picked for another scan: the part on the screen changed. Pick them again.");
     return;
   }
   const reasons = [...model.selected];
   const comment = $("comment").value.trim();
   asOperator("decide-message", async () => {
+    if (uuid !== shownUuid()) throw new Error(CHANGED); // it changed while the operator logged in
     say("decide-message", passed ? "Approving…" : "Rejecting…");
     const answer = await api(`/api/scan/${uuid}/qc/`, {
       method: "POST",
@@ -588,6 +660,7 @@ function decide(passed) {
 
 function assign(uuid, partId) {
   asOperator("identify-message", async () => {
+    if (uuid !== shownUuid()) throw new Error(CHANGED);
     rememberAnswer(await api(`/api/scan/${uuid}/assign/`, { method: "POST", body: { part_id: partId } }));
     say("identify-message", `Assigned to ${partId}.`);
   });
@@ -596,11 +669,123 @@ function assign(uuid, partId) {
 function notOfBatch(uuid) {
   const comment = $("comment").value.trim() || "Not a part of this batch";
   asOperator("identify-message", async () => {
+    if (uuid !== shownUuid()) throw new Error(CHANGED);
     rememberAnswer(await api(`/api/scan/${uuid}/reject/`, { method: "POST", body: { comment } }));
     model.rejected.add(uuid);
     $("comment").value = "";
     say("identify-message", "Marked as not a part of this batch.");
   });
+}
+
+/** Every part of the batch, to assign `uuid` (bound now: the scan shown when the picker opened) to one the
+ * station did not offer. */
+function pickPart(uuid) {
+  const parts = [...(model.parts?.parts ?? [])].sort((a, b) => a.part_title.localeCompare(b.part_title, undefined, { numeric: true }));
+  const choose = (partId) => {
+    $("parts-dialog").close();
+    assign(uuid, partId);
+  };
+  $("parts-list").replaceChildren(
+    ...parts.map((part) =>
+      el(
+        "li",
+        {},
+        el(
+          "button",
+          { type: "button", class: "button candidate", dataset: { key: part.part_id }, onclick: () => choose(part.part_id) },
+          el("strong", {}, part.part_title),
+          el("span", {}, ` ${part.part_id} · ${assignedOf(part)} of ${part.copies} found`),
+        ),
+      ),
+    ),
+  );
+  $("parts-dialog").showModal();
+}
+
+// ---- the keyboard's decisions: A or R, then Enter ----
+
+function askKey(passed) {
+  const uuid = shownUuid();
+  cancelKey();
+  if (!uuid || !model.scans.has(uuid)) {
+    say("decide-message", "No scan to decide.");
+    return;
+  }
+  model.keyConfirm = { passed, uuid, at: Date.now(), timer: setTimeout(() => cancelKey("Not sent: Enter did not follow."), KEY_CONFIRM_MS) };
+  const box = $("key-confirm");
+  box.textContent = `Press Enter to ${passed ? "approve" : "reject"} the scan of ${clock(model.scans.get(uuid).created)} (any other key cancels)`;
+  box.hidden = false;
+}
+
+function cancelKey(note) {
+  if (!model.keyConfirm) return;
+  clearTimeout(model.keyConfirm.timer);
+  model.keyConfirm = null;
+  $("key-confirm").hidden = true;
+  if (note) say("decide-message", note);
+}
+
+/** A key while A or R waits: Enter (after a hand's pause) sends the decision; anything else cancels it. */
+function answerKey(event) {
+  if (["Shift", "CapsLock", "Control", "Alt", "Meta"].includes(event.key)) return;
+  event.preventDefault();
+  const asked = model.keyConfirm;
+  if (event.key === "Enter" && Date.now() - asked.at >= KEY_TOO_FAST_MS) {
+    cancelKey();
+    decide(asked.passed, asked.uuid);
+  } else {
+    cancelKey("Not sent: the key A or R needs Enter to follow (typed too fast, or another key came).");
+  }
+}
+
+// ---- who may use the screen ----
+
+/** Any touch or key: first end a login left idle too long (before the touch can act under it), then note it. */
+function used() {
+  if (currentLogin() && idleFor() >= IDLE_MS) endIdle();
+  touched();
+}
+
+function endIdle() {
+  logOut();
+  cancelKey();
+  if ($("login").open) $("login").close();
+  say("decide-message", `Logged out after ${IDLE_MINUTES} minutes without use.`);
+  render();
+}
+
+function tick() {
+  if (currentLogin() && idleFor() >= IDLE_MS) endIdle();
+  else renderIdle();
+}
+
+/** The station answered 401: a POST is asked again by asOperator; a read or the stream means no scans are shown
+ * until someone signs in (a read_token station, or one restarted since: its tokens live in memory only). */
+function refused(method) {
+  const had = currentLogin();
+  forgetLogin();
+  if (method !== "GET") return render();
+  if (!model.signIn) {
+    model.signIn = had ? "Your sign-in expired: sign in again to see the scans." : "This station needs a sign-in to show scans.";
+    if (had) $("login-operator").value = had.operator;
+    askLogin(null);
+    say("login-message", model.signIn);
+  }
+  render();
+}
+
+/** The stream was refused: it does not say why, so a read asks (a 401 comes to refused()). */
+function streamDown(closed) {
+  setLink(false);
+  if (closed && !model.signIn) api("/api/state/").catch(() => {});
+}
+
+function goViewOnly() {
+  model.viewOnly = true;
+  afterLogin = null;
+  if ($("login").open) $("login").close();
+  say("decide-message", "");
+  render();
 }
 
 /** A shift's scans come by the thousand: keep only those the screen can show. */
@@ -633,8 +818,20 @@ function onScanEvent({ event, scan }) {
 }
 
 function wire() {
-  $("approve").addEventListener("click", () => decide(true));
-  $("reject").addEventListener("click", () => decide(false));
+  for (const [id, passed] of [["approve", true], ["reject", false]]) {
+    $(id).addEventListener("pointerdown", () => {
+      model.pressed = { uuid: shownUuid(), at: Date.now() };
+    });
+    // a click from the keyboard (Enter or Space on the focused button, detail 0) asks for Enter like the keys A
+    // and R: a barcode scanner's Enter must not decide
+    $(id).addEventListener("click", (event) => (event.detail === 0 ? askKey(passed) : decide(passed, pressedScan())));
+  }
+  document.addEventListener("pointerdown", used, true);
+  document.addEventListener("keydown", used, true);
+  setInterval(tick, 15000);
+  onUnauthorized(refused);
+  $("sign-in").addEventListener("click", () => askLogin(null));
+  $("parts-cancel").addEventListener("click", () => $("parts-dialog").close());
   $("back-to-live").addEventListener("click", () => pin(null));
   $("login-button").addEventListener("click", () => askLogin(null));
   $("logout-button").addEventListener("click", async () => {
@@ -655,11 +852,19 @@ function wire() {
       await logIn(operator, pin);
       $("login").close();
       say("decide-message", "");
+      if (model.signIn) {
+        model.signIn = null;
+        stream?.restart(); // with the login's cookie now
+      }
       render();
       const then = afterLogin;
       afterLogin = null;
       then?.();
     } catch (error) {
+      if (error.status === 403) {
+        goViewOnly(); // the read-only address refuses every POST
+        return;
+      }
       say("login-message", error.status === 401 ? "Wrong operator name or PIN." : error.message);
       $("login-pin").select();
     } finally {
@@ -668,21 +873,23 @@ function wire() {
   });
   document.addEventListener("keydown", (event) => {
     if (event.defaultPrevented || event.ctrlKey || event.metaKey || event.altKey) return;
-    if (document.querySelector("dialog[open]")) return; // the dialogs take their own keys; Esc closes them
+    if (document.querySelector("dialog[open]")) return cancelKey(); // the dialogs take their own keys; Esc closes them
     if (event.target.closest?.("input, textarea, select")) {
+      cancelKey();
       if (event.key === "Escape") event.target.blur();
       return;
     }
+    if (model.keyConfirm) return answerKey(event);
     const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -3, ArrowDown: 3 }[event.key];
     if (step) {
       event.preventDefault();
       moveView(step);
-    } else if (event.key === "a" || event.key === "A") {
+    } else if ((event.key === "a" || event.key === "A") && !model.viewOnly) {
       event.preventDefault();
-      decide(true);
-    } else if (event.key === "r" || event.key === "R") {
+      askKey(true);
+    } else if ((event.key === "r" || event.key === "R") && !model.viewOnly) {
       event.preventDefault();
-      decide(false);
+      askKey(false);
     } else if (event.key === "Escape" && model.pinned) {
       pin(null);
     }
@@ -692,17 +899,18 @@ function wire() {
 function setLink(up) {
   const link = $("link");
   link.dataset.live = String(up);
-  link.textContent = up ? "Live" : "Reconnecting…";
+  link.textContent = up ? "Live" : model.signIn ? "Sign-in needed" : "Reconnecting…";
 }
 
 wire();
 render();
-follow({
+stream = follow({
   onOpen: () => {
+    model.signIn = null;
     setLink(true);
     resync().catch((error) => console.warn("resync", error));
   },
-  onDown: () => setLink(false),
+  onDown: streamDown,
   onState: (state) => {
     takeState(state);
     render();
