@@ -315,5 +315,43 @@ def test_assignments_over_http_go_through_the_station_rules(served: Served) -> N
         assert unknown.status == 404 and "not known" in unknown.json()["error"]
         nobody = Api(served.base).post(f"/api/scan/{scan}/reject/", {"comment": "x"})
         assert nobody.status == 401
+        other = next(p.part_id for p in served.station.sessions.current.parts if p.part_id != part)
+        for path, body in [
+            ("reassign", {"part_id": other}),
+            ("reassign", {"part_id": part}),
+            ("reject", {"comment": "a glove, not a part"}),
+            ("assign", {"part_id": part}),
+        ]:
+            answer = operator.post(f"/api/scan/{scan}/{path}/", body)
+            assert answer.status == 200, (path, answer.body)
+        record = served.station.events.record(scan)
+        assert record is not None
+        who = [(c.change, c.part_id, c.source, c.device) for c in record.station.assignments]
+        assert who == [  # every change names who asked for it, as qc decisions do
+            ("unassign", None, "http", "http:ben"),
+            ("assign", part, "http", "http:ben"),
+            ("reassign", other, "http", "http:ben"),
+            ("reassign", part, "http", "http:ben"),
+            ("reject", None, "http", "http:ben"),
+            ("assign", part, "http", "http:ben"),
+        ]
+        assert record.station.assignments[-2].comment == "a glove, not a part"
     finally:
         operator.close()
+
+
+def test_thumbnails_are_downscaled_jpegs_cached_with_an_etag(served: Served) -> None:
+    scan = served.uuids[0]
+    path = f"/api/scan/{scan}/thumbnail/2/?w=480"
+    thumb = served.api.get(path)
+    assert thumb.status == 200 and thumb.headers["content-type"] == "image/jpeg", thumb.body[:200]
+    image = cv2.imdecode(np.frombuffer(thumb.body, np.uint8), cv2.IMREAD_UNCHANGED)
+    full = cv2.imdecode(np.frombuffer(served.api.get(f"/api/scan/{scan}/full_image/2/").body, np.uint8), -1)
+    assert image is not None and full is not None
+    assert image.shape[1] == 480 and abs(image.shape[0] - full.shape[0] * 480 / full.shape[1]) <= 1
+    assert len(thumb.body) < len(served.api.get(f"/api/scan/{scan}/full_image/2/").body) / 4
+    again = served.api.get(path, headers={"If-None-Match": thumb.headers["etag"]})
+    assert again.status == 304
+    assert served.api.get(f"/api/scan/{scan}/thumbnail/2/?w=100").status == 422
+    assert served.api.get(f"/api/scan/{scan}/thumbnail/2/?w=2000").status == 422
+    assert served.api.get(f"/api/scan/{scan}/thumbnail/6/").status == 404

@@ -187,7 +187,9 @@ def test_hostile_paths_get_clean_errors_and_never_a_file_outside(guarded: Guarde
     for template in HOSTILE_PATHS:
         path = template.format(scan=guarded.scan)
         answer = raw_request(
-            host, int(port), f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READ_TOKEN}\r\n\r\n".encode()
+            host,
+            int(port),
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {READ_TOKEN}\r\n\r\n".encode(),
         )
         status = status_of(answer)
         head, _, body = answer.partition(b"\r\n\r\n")
@@ -210,7 +212,7 @@ def test_hostile_bodies_are_refused_and_change_nothing(guarded: Guarded) -> None
         (json.dumps({"passed": True, "reasons": ["Bad Id"]}).encode(), {}, 422),
         (json.dumps({"passed": True, "reasons": ["warp"] * 33}).encode(), {}, 422),
         (json.dumps({"passed": True, "comment": "x" * 2001}).encode(), {}, 422),
-        (json.dumps({"passed": True}).encode(), {"Content-Type": "text/plain"}, 422),  # no cross-site form posts
+        (json.dumps({"passed": True}).encode(), {"Content-Type": "text/plain"}, 415),  # no cross-site form posts
         (json.dumps({"passed": True, "comment": "x" * 70_000}).encode(), {}, 413),
         (b"{}", {"Content-Length": "-5"}, 400),
     ]
@@ -227,7 +229,7 @@ def test_hostile_bodies_are_refused_and_change_nothing(guarded: Guarded) -> None
     chunk = b"x" * 50_000
     chunked = (
         (
-            f"POST {qc} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {MES_TOKEN}\r\nContent-Type: application/json\r\n"
+            f"POST {qc} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {MES_TOKEN}\r\nContent-Type: application/json\r\n"
             "Transfer-Encoding: chunked\r\n\r\n"
         ).encode()
         + b"".join(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(3))
@@ -237,13 +239,15 @@ def test_hostile_bodies_are_refused_and_change_nothing(guarded: Guarded) -> None
     unchanged(guarded, before)
 
 
-def test_a_flood_of_decisions_is_limited(guarded: Guarded) -> None:
+def test_a_flood_of_unauthenticated_decisions_is_limited_but_operators_still_decide(guarded: Guarded) -> None:
     before = snapshot(guarded)
-    operator = guarded.api(MES_TOKEN)
-    statuses = [operator.post(f"/api/scan/{guarded.scan}/qc/", {"passed": "no"}).status for _ in range(RATE + 5)]
-    assert 429 in statuses and set(statuses) <= {422, 429}
-    limited = operator.post(f"/api/scan/{guarded.scan}/qc/", {"passed": True})
+    stranger = guarded.api(None)
+    statuses = [stranger.post(f"/api/scan/{guarded.scan}/qc/", {"passed": False}).status for _ in range(RATE + 5)]
+    assert 429 in statuses and set(statuses) <= {401, 429}
+    limited = stranger.post(f"/api/scan/{guarded.scan}/qc/", {"passed": True})
     assert limited.status == 429 and limited.json()["error"].startswith("too many requests")
+    operator = guarded.api(MES_TOKEN)  # same address, but authenticated: not counted, not blocked
+    assert {operator.post(f"/api/scan/{guarded.scan}/qc/", {"passed": "no"}).status for _ in range(5)} == {422}
     unchanged(guarded, before)
     assert guarded.api().get("/api/state/").status == 200  # reads are not limited with decisions
 
@@ -264,7 +268,7 @@ def test_a_taken_port_fails_the_start_in_words() -> None:
     [
         ({"listen": "localhost"}, "host:port"),
         ({"listen": "127.0.0.1:70000"}, "65535"),
-        ({"pin": "12ab"}, "4 to 12 digits"),
+        ({"pin": "12ab"}, "6 to 12 digits"),
         ({"read_token": "short"}, "openssl rand"),
         ({"operators": [{"name": "mes"}]}, "no token"),
         ({"operators": [{"name": "mes", "token": "x" * 8}]}, "shorter than"),
@@ -278,10 +282,10 @@ def test_bad_http_settings_are_named(settings: dict[str, object], problem: str) 
 
 
 def test_the_pin_comes_from_the_systemd_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "http_pin").write_text("97531\n")
+    (tmp_path / "http_pin").write_text("975310\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     settings = HttpSettings()
-    assert settings.pin is not None and settings.pin.get_secret_value() == "97531"
+    assert settings.pin is not None and settings.pin.get_secret_value() == "975310"
     (tmp_path / "http_pin").write_text("")  # as scripts/install leaves it: the station starts, nobody logs in yet
     assert HttpSettings().pin is None
 

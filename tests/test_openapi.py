@@ -16,6 +16,7 @@ REGENERATE = ".venv/bin/amflow-edge openapi > docs/openapi.json"
 ROUTES = {
     "/api/scan/{scan}/": {"get"},
     "/api/scan/{scan}/full_image/{number}/": {"get"},
+    "/api/scan/{scan}/thumbnail/{number}/": {"get"},
     "/data/scans/{scan}/scan_cam{number}.png": {"get"},
     "/api/scan/{scan}/report/": {"get"},
     "/api/scan/{scan}/overlays.png": {"get"},

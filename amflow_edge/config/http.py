@@ -18,6 +18,8 @@ _STRICT = ConfigDict(extra="forbid")
 
 OPERATOR_NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$"
 """Who decided, as scan.json keeps it ("http:<operator>"): a badge id or a user name, no control characters."""
+MIN_PIN_DIGITS = 6
+"""A million PINs: with the global failed-login limit a guess takes months, not the minutes four digits allow."""
 MIN_TOKEN_LENGTH = 16
 """A guessable token would let anyone on the plant network decide parts."""
 _LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})$")
@@ -125,6 +127,33 @@ class HttpSettings(BaseModel):
         description="Decisions and logins per client address and minute; more are refused (429) until the minute "
         "has passed. Failed logins are limited to a tenth of this (at least 5).",
     )
+    failed_logins_per_minute: int = Field(
+        default=20,
+        ge=1,
+        le=10_000,
+        description="Failed logins per minute from all addresses together; beyond it every login is refused (429) "
+        "until the minute has passed, so spreading guesses over many addresses does not help either.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Addresses (IPs or CIDR networks) of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto "
+        "are believed. Empty (the default): the headers are ignored and the TCP peer is the client, so nobody can "
+        "choose the address the rate limits count. Behind the README's nginx, set ['127.0.0.1'].",
+    )
+    secure_cookie: bool | None = Field(
+        default=None,
+        description="Mark the login cookie Secure (and name it __Host-amflow_token), so browsers send it over HTTPS "
+        "only. Default: Secure when trusted_proxies is set (the TLS proxy of the README is in front); plain "
+        "loopback HTTP otherwise.",
+    )
+    allowed_hosts: list[str] | None = Field(
+        default=None,
+        max_length=64,
+        description="Host header values the API answers (anything else: 400), against DNS rebinding. Default: "
+        "localhost, 127.0.0.1, ::1 and the hosts of listen and read_listen; add the proxy's public name when "
+        "one is used. '*' allows any.",
+    )
     decision_timeout_s: float = Field(
         default=60.0,
         gt=0,
@@ -143,8 +172,19 @@ class HttpSettings(BaseModel):
     def _secrets(self) -> HttpSettings:
         self.pin = _secret(self.pin, self.pin_credential, "the station PIN")
         self.read_token = _secret(self.read_token, self.read_token_credential, "the read token")
-        if self.pin is not None and not re.fullmatch(r"\d{4,12}", self.pin.get_secret_value()):
-            raise ValueError("the station PIN must be 4 to 12 digits")
+        if self.pin is not None and not re.fullmatch(rf"\d{{{MIN_PIN_DIGITS},12}}", self.pin.get_secret_value()):
+            raise ValueError(
+                f"the station PIN must be {MIN_PIN_DIGITS} to 12 digits; choose a longer one (a short PIN is guessed "
+                "in hours)"
+            )
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {proxy!r} is not an IP address or network; write e.g. '127.0.0.1' or "
+                    "'10.0.0.0/24'"
+                ) from None
         if self.read_token is not None and len(self.read_token.get_secret_value()) < MIN_TOKEN_LENGTH:
             raise ValueError(
                 f"read_token is shorter than {MIN_TOKEN_LENGTH} characters; generate one with: openssl rand -hex 32"
@@ -157,3 +197,19 @@ class HttpSettings(BaseModel):
         if same and parse_listen(self.listen)[1] != 0:  # port 0: each gets a free port of its own
             raise ValueError("read_listen is the same address as listen; give the read-only address its own port")
         return self
+
+    @property
+    def cookie_secure(self) -> bool:
+        return self.secure_cookie if self.secure_cookie is not None else bool(self.trusted_proxies)
+
+    @property
+    def hosts(self) -> list[str]:
+        """What allowed_hosts resolves to."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        hosts = ["localhost", "127.0.0.1", "::1", "[::1]"]
+        for listen in (self.listen, self.read_listen):
+            if listen is not None:
+                host = parse_listen(listen)[0]
+                hosts += [host, f"[{host}]"] if ":" in host else [host]
+        return list(dict.fromkeys(hosts))

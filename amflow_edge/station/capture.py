@@ -216,6 +216,18 @@ class CaptureLoop:
                 result = CaptureResult(ok=False, error=f"internal error: {exc}")
             if trigger.done:
                 trigger.done(result)
+        self._refuse_queued()
+
+    def _refuse_queued(self) -> None:
+        """Triggers still queued at the stop are answered now, so their requesters (an HTTP request, an MQTT
+        client waiting on its response topic) hear 'stopping' at once instead of waiting for a timeout."""
+        while True:
+            try:
+                trigger = self._triggers.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(trigger, Trigger) and trigger.done:
+                trigger.done(CaptureResult(ok=False, error="station stopping: the trigger was not carried out"))
 
     def _wait_for_pulse(self, stop: threading.Event) -> None:
         """Hardware trigger: the part-present sensor fires the cameras; a scan starts when their frames arrive."""

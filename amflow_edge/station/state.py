@@ -17,6 +17,17 @@ from amflow_edge.station.identification import AwaitingIdentification
 Mode = Literal["starting", "running", "paused", "stopping", "stopped"]
 
 
+class HttpStatus(BaseModel):
+    """The HTTP API and operator's screen: where they listen, or why not (the station scans on without them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listening: list[str] = Field(description="http://host:port of each address served; empty when not serving.")
+    error: str | None = Field(
+        description="Why the HTTP API is not served (a taken port, say) and the fix; null when it is."
+    )
+
+
 class StationState(BaseModel):
     """Body of <prefix>/<station>/state (retained, re-published on change)."""
 
@@ -73,3 +84,6 @@ class StationState(BaseModel):
         "counted."
     )
     last_scan: str | None = Field(description="UUID of the last stored scan.")
+    http: HttpStatus | None = Field(
+        default=None, description="The HTTP API and the operator's screen; null when [http] enabled is false."
+    )

@@ -43,7 +43,7 @@ from amflow_edge.station.inspector import Inspector
 from amflow_edge.station.pause import PauseGuard
 from amflow_edge.station.service import StationService
 from amflow_edge.station.session import ScanningSession, SessionKeeper
-from amflow_edge.station.state import Mode, StationState
+from amflow_edge.station.state import HttpStatus, Mode, StationState
 from amflow_edge.storage.db import StationDb
 from amflow_edge.storage.record import ScanRecord
 from amflow_edge.storage.store import ScanStore, StoreError
@@ -115,6 +115,7 @@ class Station:
     _state_interval_s: float = field(default=30.0, init=False)
     _state_listeners: list[Callable[[StationState], None]] = field(default_factory=list, init=False)
     _http_started: bool = field(default=False, init=False)
+    _http_error: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self._reconnect_task = QueuedOnce("reconnect", self._reconnect)
@@ -148,6 +149,7 @@ class Station:
             scans_stored=self.loop.scans_stored,
             scans_failed=self.loop.scans_failed,
             last_scan=self.loop.last_scan,
+            http=self.http_status(),
         )
 
     def designs(self) -> DesignLibrary:
@@ -427,8 +429,7 @@ class Station:
         self.relay.start()
         self.mqtt.start()
         if options.http and self.http is not None:
-            self.http.start()
-            self._http_started = True
+            self._start_http(self.http)
         self._mode = "running"
         self.publish_state()  # the broker may have connected (and been told "starting") while the HTTP API started
         self._spawn("capture", self.loop.run, self.stop_event)
@@ -451,6 +452,28 @@ class Station:
             outbox_backlog=self.outbox.stats().backlog,
         )
         self.service.start(self._spawn, self.stop_event)
+
+    def _start_http(self, http: Served) -> None:
+        """A screen is not worth the capture: an HTTP API that cannot start (a taken port, an address no longer
+        on this machine) is logged and named in the state, and the station scans on without it. Restarting the
+        station for it would only loop (the port stays taken) and stop the scans too."""
+        try:
+            http.start()
+        except Exception as exc:  # noqa: BLE001 - HttpServerError (web.bind) or whatever uvicorn failed with
+            self._http_error = str(exc) or repr(exc)
+            log.error(
+                "the HTTP API and the operator's screen are not served; the station scans on without them",
+                error=self._http_error,
+            )
+            return
+        self._http_started = True
+        self._http_error = None
+
+    def http_status(self) -> HttpStatus | None:
+        if self.http is None:
+            return None
+        listening = list(self.http.addresses) if self._http_started else []
+        return HttpStatus(listening=listening, error=self._http_error)
 
     def wait(self) -> None:
         while not self.stop_event.wait(0.5):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -55,12 +55,38 @@ class DatabaseError(RuntimeError):
     """The station database cannot be opened or written; the message names the file and the fix."""
 
 
-class StationDb:
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+class ThreadConnections:
+    """One SQLite connection per thread, made on first use by `connect`, all closed by close(): sqlite3
+    connections must not be shared by threads at once, and each thread keeps its own (no pool to wait on)."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+
+    def get(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                with suppress(sqlite3.ProgrammingError):
+                    conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+class StationDb:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._connections = ThreadConnections(self._connect)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.transaction() as conn:
@@ -82,17 +108,15 @@ class StationDb:
         except OSError as exc:
             raise DatabaseError(f"cannot create {self.path.parent}: {exc.strerror}; check station.state_dir") from exc
 
-    def connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
         return conn
+
+    def connection(self) -> sqlite3.Connection:
+        return self._connections.get()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -108,9 +132,4 @@ class StationDb:
             conn.execute("COMMIT")
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                with suppress(sqlite3.ProgrammingError):
-                    conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self._connections.close()

@@ -13,6 +13,8 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response as StarletteResponse
+from starlette.types import Scope
 
 from amflow_edge import __version__
 from amflow_edge.web import decisions, errors, scans, station
@@ -27,13 +29,40 @@ DESCRIPTION = """The HTTP API of an amflow-edge scanning station: what the AM-Vi
 (`url`, `scan_urls`, `scan_urls_full`), the operator's screen, and the operator's decisions.
 
 Reads are open unless `[http] read_token` is set (then `Authorization: Bearer <read or operator token>`, the login
-cookie, or `?access_token=` for images and the event stream). Decisions need an operator: `POST /api/login` with
-the station PIN, or an integration's static token. Decisions go through the same handlers as the MQTT requests:
+cookie, or `?access_token=<read token>` for images and the event stream; the read-only address takes the read token
+only). Decisions need an operator's `Authorization: Bearer` (the login cookie authorises reads only): `POST
+/api/login` with the station PIN, or an integration's static token. A POST with a body must be
+`Content-Type: application/json`. Decisions go through the same handlers as the MQTT requests:
 the same validation, the same events. Every refusal is JSON `{"error": …}` naming the problem and the fix."""
 
 
-def create_app(ctx: WebContext | None, read_only: bool = False, max_body_bytes: int = 64 * 1024) -> FastAPI:
-    """`ctx` None: an app for its OpenAPI document only (`amflow-edge openapi`)."""
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' blob: data:; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+"""On every answer: the screen loads nothing from elsewhere and is framed by nobody (clickjacking)."""
+
+
+class StaticScreen(StaticFiles):
+    """The screen's files, revalidated on every load (no-cache: an updated station serves its new screen at once,
+    and an unchanged file costs a 304)."""
+
+    async def get_response(self, path: str, scope: Scope) -> StarletteResponse:
+        response = await super().get_response(path, scope)
+        response.headers["cache-control"] = "no-cache"
+        return response
+
+
+def create_app(
+    ctx: WebContext | None,
+    read_only: bool = False,
+    max_body_bytes: int = 64 * 1024,
+    allowed_hosts: list[str] | None = None,
+) -> FastAPI:
+    """`ctx` None: an app for its OpenAPI document only (`amflow-edge openapi`). `allowed_hosts`: the Host
+    headers answered (errors.HostCheck, against DNS rebinding); None answers any (tests' in-process apps)."""
     app = FastAPI(
         title="amflow-edge station HTTP API",
         version=__version__,
@@ -43,6 +72,7 @@ def create_app(ctx: WebContext | None, read_only: bool = False, max_body_bytes: 
         redoc_url=None,
     )
     app.state.ctx = ctx
+    app.state.read_only = read_only
     app.state.sending = asyncio.Semaphore(scan_files.SENDING_AT_ONCE)
     app.state.capturing = ctx.capturing if ctx is not None else lambda: False
     errors.install(app)
@@ -67,8 +97,11 @@ def create_app(ctx: WebContext | None, read_only: bool = False, max_body_bytes: 
             fail(404, "the operator's screen is not installed (amflow_edge/web/static/index.html is missing)")
         return FileResponse(index, media_type="text/html", headers={"cache-control": "no-cache"})
 
-    if STATIC.is_dir():
-        app.mount("/static", StaticFiles(directory=STATIC), name="static")
-        app.mount("/", StaticFiles(directory=STATIC), name="screen")
+    if STATIC.is_dir():  # one mount: index.html names its files relative to /
+        app.mount("/", StaticScreen(directory=STATIC), name="screen")
+
+    app.add_middleware(errors.SecurityHeaders, headers=SECURITY_HEADERS)
     app.add_middleware(errors.BodyLimit, limit=max_body_bytes)
+    if allowed_hosts is not None and "*" not in allowed_hosts:
+        app.add_middleware(errors.HostCheck, allowed=allowed_hosts)
     return app

@@ -2,8 +2,9 @@
 
 Login tokens are random, kept only in memory (a restart logs everyone out, which a station PC's screen survives
 by logging in again) and stored by their SHA-256, so a lookup's timing says nothing about a token. The PIN and
-static tokens are compared with hmac.compare_digest against every candidate. Failed logins and decisions are
-limited per client address, so a PIN cannot be guessed at network speed.
+static tokens are compared with hmac.compare_digest against every candidate. Failed logins are limited per client
+address and across all addresses together (the address is the TCP peer unless [http] trusted_proxies vouches for
+X-Forwarded-For), so a PIN cannot be guessed at network speed from one address or from many.
 """
 
 from __future__ import annotations
@@ -19,8 +20,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import structlog
+
 from amflow_edge.config.http import HttpSettings
 from amflow_edge.messaging.payload import timestamp
+
+log = structlog.get_logger(__name__)
+
+EVERYONE = "*"
+"""The key of the limiter that counts failed logins from all addresses together."""
+FAILED_LOG_EVERY_S = 10.0
+"""At most one log line per this long about failed logins: a guessing run must not flood the journal."""
 
 MAX_SESSIONS = 1000
 """More logins than a station has screens and shifts; the oldest are dropped beyond it."""
@@ -93,6 +103,25 @@ class Credentials:
         self._read = _digest(settings.read_token.get_secret_value()) if settings.read_token is not None else None
         self.requests = RateLimiter(settings.requests_per_minute, clock=clock)
         self.failed_logins = RateLimiter(max(5, settings.requests_per_minute // 10), clock=clock)
+        self.failed_everywhere = RateLimiter(settings.failed_logins_per_minute, clock=clock)
+        self._unlogged_failures = 0
+        self._logged_at: float | None = None
+
+    def login_wait_s(self, client: str) -> float | None:
+        """Seconds before `client` may try to log in: its own failures, everyone's, or its request rate."""
+        return self.failed_logins.wait_s(client) or self.failed_everywhere.wait_s(EVERYONE) or self.requests.hit(client)
+
+    def failed(self, client: str, what: str) -> None:
+        """Counts a failed login or an unauthenticated decision, and logs failures at most every few seconds."""
+        self.failed_logins.hit(client)
+        self.failed_everywhere.hit(EVERYONE)
+        with self._lock:
+            self._unlogged_failures += 1
+            now = self._clock()
+            if self._logged_at is not None and now - self._logged_at < FAILED_LOG_EVERY_S:
+                return
+            count, self._unlogged_failures, self._logged_at = self._unlogged_failures, 0, now
+        log.warning("failed HTTP API authentication", what=what, client=client, failures_since_last_line=count)
 
     @property
     def reads_need_token(self) -> bool:
@@ -111,7 +140,7 @@ class Credentials:
             )
         expected = self._settings.pin.get_secret_value().encode("utf-8")
         if not hmac.compare_digest(expected, pin.encode("utf-8")):
-            self.failed_logins.hit(client)
+            self.failed(client, f"login as {operator!r}: wrong PIN")
             raise LoginError("wrong PIN; ask the shift lead for the station PIN")
         token = secrets.token_urlsafe(32)
         lifetime = self._settings.session_hours * 3600.0
@@ -152,9 +181,14 @@ class Credentials:
                 return None
             return entry[0]
 
-    def may_read(self, token: str | None) -> bool:
+    def is_read_token(self, token: str | None) -> bool:
+        return self._read is not None and bool(token) and hmac.compare_digest(self._read, _digest(token or ""))
+
+    def may_read(self, token: str | None, operators: bool = True) -> bool:
+        """`operators` False (the read-only address, ?access_token=): only the read token counts, so an
+        operator's credential is never sent where it is not needed."""
         if self._read is None:
             return True
-        if token and hmac.compare_digest(self._read, _digest(token)):
+        if self.is_read_token(token):
             return True
-        return self.operator(token) is not None
+        return operators and self.operator(token) is not None

@@ -35,6 +35,8 @@ class WebContext:
     copies_assigned: Callable[[], dict[str, int]]
     capturing: Callable[[], bool]
     """True while the station takes a scan (CaptureLoop.capturing): image downloads wait for it to end."""
+    thumbnails: Path
+    """Where downscaled images are kept (<state_dir>/thumbnails): made once, sent many times."""
     reasons: ReasonCatalogue
     scans: ScanQuery
     requests: HttpRequests

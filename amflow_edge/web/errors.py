@@ -73,6 +73,15 @@ class BodyLimit:
             await self._app(scope, receive, send)
             return
         too_big = f"request body larger than {self._limit} bytes ([http] max_body_bytes); send less"
+        headers = dict(scope.get("headers", []))
+        has_body = headers.get(b"content-length", b"0").strip() not in (b"0", b"") or b"transfer-encoding" in headers
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if scope.get("method") == "POST" and has_body and media != b"application/json":
+            # A form or text/plain POST is what another site's page can send without a CORS preflight.
+            await error_response(415, "a request body must be JSON: send 'Content-Type: application/json'")(
+                scope, receive, send
+            )
+            return
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -114,3 +123,47 @@ class _TooLargeError(StarletteHTTPException):
 
     def __init__(self, error: str) -> None:
         super().__init__(status_code=413, detail=error)
+
+
+class HostCheck:
+    """Answers only requests whose Host header names this station (400 otherwise): a page on another site whose
+    name it re-points at 127.0.0.1 (DNS rebinding) sends its own name as Host, and is refused."""
+
+    def __init__(self, app: ASGIApp, allowed: list[str]) -> None:
+        self._app = app
+        self._allowed = {h.lower() for h in allowed}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1").lower()
+            host = raw.rsplit(":", 1)[0] if not raw.endswith("]") else raw
+            if host not in self._allowed:
+                refusal = (
+                    f"Host {raw!r} is not this station's; use its address, or add the name to [http] allowed_hosts"
+                )
+                await error_response(400, refusal)(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
+class SecurityHeaders:
+    """Adds `headers` to every answer that lacks them (plain ASGI: BaseHTTPMiddleware would wrap `receive` and
+    turn BodyLimit's refusal into a parse error)."""
+
+    def __init__(self, app: ASGIApp, headers: dict[str, str]) -> None:
+        self._app = app
+        self._headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def adding(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in self._headers if k not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self._app(scope, receive, adding)

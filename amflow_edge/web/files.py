@@ -17,7 +17,8 @@ from pathlib import Path as FilePath
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Request, Response
+import cv2
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
@@ -39,6 +40,18 @@ PNG: dict[int | str, dict[str, Any]] = {
     404: {"model": ApiError},
 }
 
+
+JPEG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/jpeg": {}}, "description": "The JPEG thumbnail."},
+    404: {"model": ApiError},
+}
+THUMB_MIN, THUMB_MAX, THUMB_STEP = 160, 960, 80
+"""Widths a thumbnail may have; asked widths round up to a step, so the cache holds a few sizes per image."""
+THUMB_QUALITY = 85
+THUMBS_KEPT = 5000
+"""Thumbnails kept on disk (about 15 KB each at 480 px); the oldest go beyond it, checked every PRUNE_EVERY writes."""
+PRUNE_EVERY = 100
+_written = [0]
 
 CAPTURE_WAIT_S = 2.0
 SENDING_AT_ONCE = 16
@@ -108,6 +121,51 @@ def _image(ctx: Context, request: Request, scan: UUID, number: int) -> Response:
     )
 
 
+def _thumbnail(ctx: Context, request: Request, scan: UUID, number: int, width: int) -> Response:
+    """A camera's image downscaled to `width` (INTER_AREA: no aliasing on the tray's texture) as JPEG, made on the
+    first request and kept in the thumbnail cache: a screen tile needs ~15 KB, not a 2-5 MB PNG that a two-core
+    station PC would decode in the browser five times per scan."""
+    record = known(ctx, scan)
+    cameras = len(record.scan.scan_urls)
+    if not 1 <= number <= cameras:
+        fail(404, f"scan {scan} has images 1 to {cameras}; camera {number} is not one of them")
+    if record.station.deleted_at is not None:
+        fail(410, f"scan {scan}'s images were deleted by retention at {record.station.deleted_at}")
+    width = min(THUMB_MAX, -(-width // THUMB_STEP) * THUMB_STEP)
+    cached = ctx.thumbnails / f"{scan}_cam{number:02d}_w{width}.jpg"
+    if not cached.is_file():
+        source = _where(ctx, record) / image_file(f"cam{number:02d}")
+        image = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            fail(404, f"scan {scan}'s {source.name} is not on disk or not readable; the station's log may say more")
+        height = max(1, round(image.shape[0] * width / image.shape[1]))
+        small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA) if width < image.shape[1] else image
+        ok, encoded = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, THUMB_QUALITY])
+        if not ok:
+            fail(500, f"scan {scan}'s camera {number} image could not be encoded as JPEG")
+        try:
+            ctx.thumbnails.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(".part")
+            partial.write_bytes(encoded.tobytes())
+            partial.replace(cached)  # atomic: a concurrent request reads the old state or the whole file
+        except OSError:  # a full or read-only disk: serve it uncached, the screen still works
+            return Response(encoded.tobytes(), media_type="image/jpeg", headers={"cache-control": IMMUTABLE})
+        _prune(ctx.thumbnails)
+    return _send(request, cached, "image/jpeg", IMMUTABLE, f"scan {scan}'s thumbnail vanished; ask again")
+
+
+def _prune(folder: FilePath) -> None:
+    _written[0] += 1
+    if _written[0] % PRUNE_EVERY:
+        return
+    try:
+        files = sorted(folder.glob("*.jpg"), key=lambda f: f.stat().st_mtime)
+        for old in files[: max(0, len(files) - THUMBS_KEPT)]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass  # a file removed meanwhile; the next prune catches up
+
+
 def _where(ctx: Context, record: ScanRecord) -> FilePath:
     return ctx.directory_of(record)
 
@@ -126,6 +184,30 @@ def router() -> APIRouter:
     ) -> Response:
         """The stored PNG of one camera at full sensor resolution, 8-bit grey (`scan_urls_full`)."""
         return _image(ctx, request, scan, number)
+
+    @api.get(
+        "/api/scan/{scan}/thumbnail/{number}/",
+        response_class=Response,
+        responses={**JPEG, 410: {"model": ApiError}},
+        summary="A camera's image, downscaled",
+    )
+    def thumbnail(
+        ctx: Context,
+        request: Request,
+        scan: ScanId,
+        number: Annotated[int, Path(ge=1, le=99, description="Camera number: 1 is cam01 … 5 is cam05.")],
+        w: Annotated[
+            int,
+            Query(
+                ge=THUMB_MIN,
+                le=THUMB_MAX,
+                description="Width in pixels (160 … 960, rounded up to a multiple of 80); height keeps the aspect.",
+            ),
+        ] = 480,
+    ) -> Response:
+        """The camera's image scaled down to `w` pixels wide (area averaging), as JPEG: for screens and
+        dashboards that show tiles. Made once per size and cached; never changes, so cache it (ETag too)."""
+        return _thumbnail(ctx, request, scan, number, w)
 
     @api.get(
         "/data/scans/{scan}/scan_cam{number}.png", response_class=Response, responses=PNG, summary="A camera's image"

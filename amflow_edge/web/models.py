@@ -12,8 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from amflow_edge.config.http import OPERATOR_NAME
-from amflow_edge.messaging.command_models import PartId
-from amflow_edge.messaging.payload import MAX_COMMENT_LENGTH, MAX_REASONS, Batch, Output, ReasonId, Scan
+from amflow_edge.messaging.command_models import PartId, QcComment, RejectComment
+from amflow_edge.messaging.payload import MAX_REASONS, Batch, Output, ReasonId, Scan
 from amflow_edge.qc.reasons import QualityControlReason, ReasonCategory
 from amflow_edge.storage.record import IdentificationOutcome, OperatorDecisionRecord
 
@@ -191,7 +191,7 @@ class QcBody(BaseModel):
     reasons: list[ReasonId] | None = Field(
         default=None, max_length=MAX_REASONS, description="QualityControlReason ids (GET /api/reasons/)."
     )
-    comment: str | None = Field(default=None, max_length=MAX_COMMENT_LENGTH, description="Becomes qc_comment.")
+    comment: QcComment
 
 
 class PartBody(BaseModel):
@@ -211,7 +211,7 @@ class EmptyBody(BaseModel):
 class RejectBody(BaseModel):
     model_config = _IN
 
-    comment: str = Field(min_length=1, max_length=MAX_COMMENT_LENGTH, description="Why; becomes qc_comment.")
+    comment: RejectComment
 
 
 DecisionCommand = Literal["qc", "assign", "reassign", "unassign", "reject", "capture"]

@@ -11,14 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import sqlite3
-import threading
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from amflow_edge.messaging.payload import Scan
+from amflow_edge.storage.db import ThreadConnections
 
 QcFilter = Literal["passed", "failed", "review", "pending"]
 
@@ -75,20 +74,15 @@ class ScanFilter:
 class ScanQuery:
     def __init__(self, db_path: Path) -> None:
         self._path = db_path
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._connections = ThreadConnections(self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            f"{self._path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0, check_same_thread=False
+        )
 
     def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                f"{self._path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0, check_same_thread=False
-            )
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
+        return self._connections.get()
 
     def page(self, where: ScanFilter, limit: int, cursor: str | None) -> tuple[list[Scan], str | None]:
         clauses: list[str] = []
@@ -126,9 +120,4 @@ class ScanQuery:
         return scans, encode_cursor(rows[-1][0]) if more and rows else None
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                with suppress(sqlite3.ProgrammingError):
-                    conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self._connections.close()

@@ -34,7 +34,7 @@ the watchdog lets systemd restart the station."""
 def _loop_factory() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
-    except ImportError:  # uvicorn[standard] brings it on Linux; elsewhere asyncio's loop serves as well
+    except ImportError:  # a dependency on Linux (pyproject.toml); elsewhere asyncio's loop serves as well
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
 
@@ -55,13 +55,20 @@ def _lower_priority() -> None:
 
 class HttpServer:
     def __init__(
-        self, apps: list[tuple[str, str, FastAPI]], broadcaster: Broadcaster, on_stop: Callable[[], None] = lambda: None
+        self,
+        apps: list[tuple[str, str, FastAPI]],
+        broadcaster: Broadcaster,
+        on_stop: Callable[[], None] = lambda: None,
+        release: Callable[[], None] = lambda: None,
+        trusted_proxies: list[str] | None = None,
     ) -> None:
         """`apps`: (config key, host:port, app) per address: the full API, and the read-only one if configured;
         `on_stop`: what to release once the server has stopped (its database connections)."""
         self._apps = apps
         self._broadcaster = broadcaster
         self._on_stop = on_stop
+        self._release = release
+        self._proxies = list(trusted_proxies or [])
         self.heartbeat = Heartbeat("http", SILENT_S)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[uvicorn.Server] = []
@@ -91,6 +98,11 @@ class HttpServer:
                 timeout_keep_alive=30,
                 limit_concurrency=256,
                 server_header=False,
+                # X-Forwarded-For only from configured proxies: uvicorn's default believes any loopback peer, so
+                # a local client (or a proxy passing the header on) could choose the address the limits count.
+                proxy_headers=bool(self._proxies),
+                forwarded_allow_ips=self._proxies or None,
+                h11_max_incomplete_event_size=16 * 1024,
             )
             self._servers.append(uvicorn.Server(config))
         self.addresses = [address_of(s) for s in self._sockets]
@@ -140,6 +152,7 @@ class HttpServer:
     def stop(self) -> None:
         """Open streams end at once; requests under way get timeout_graceful_shutdown to finish."""
         self.heartbeat.retire()
+        self._release()  # requests waiting for the station's answer end with 503 now, not at their timeout
         self._broadcaster.close()
         for server in self._servers:
             server.should_exit = True

@@ -38,6 +38,7 @@ def http_server(
     settings = cfg.http
     broadcaster = Broadcaster()
     scans = ScanQuery(db.path)
+    requests = HttpRequests(handlers)
     ctx = WebContext(
         settings=settings,
         timezone=cfg.station.timezone,
@@ -47,20 +48,29 @@ def http_server(
         session=lambda: sessions.current,
         copies_assigned=copies_assigned,
         capturing=capturing,
+        thumbnails=cfg.station.state_dir / "thumbnails",
         reasons=reasons,
         scans=scans,
-        requests=HttpRequests(handlers),
+        requests=requests,
         credentials=Credentials(settings, cfg.station.timezone),
         broadcaster=broadcaster,
     )
-    apps = [("listen", settings.listen, create_app(ctx, max_body_bytes=settings.max_body_bytes))]
+    apps = [
+        (
+            "listen",
+            settings.listen,
+            create_app(ctx, max_body_bytes=settings.max_body_bytes, allowed_hosts=settings.hosts),
+        )
+    ]
     if settings.read_listen is not None:
         apps.append(
             (
                 "read_listen",
                 settings.read_listen,
-                create_app(ctx, read_only=True, max_body_bytes=settings.max_body_bytes),
+                create_app(ctx, read_only=True, max_body_bytes=settings.max_body_bytes, allowed_hosts=settings.hosts),
             )
         )
     events.listen(broadcaster.scan_event)
-    return HttpServer(apps, broadcaster, on_stop=scans.close), broadcaster
+    return HttpServer(
+        apps, broadcaster, on_stop=scans.close, release=requests.close, trusted_proxies=settings.trusted_proxies
+    ), broadcaster

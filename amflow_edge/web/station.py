@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from amflow_edge.station.state import StationState
-from amflow_edge.web.deps import Context, Reader
+from amflow_edge.web.deps import Context, Reader, client_of, fail
 from amflow_edge.web.models import ApiError, PartsView, PartView, ReasonsView
 
 _NO_OUTPUT = 2**63
@@ -67,13 +67,18 @@ def router() -> APIRouter:
         responses={200: {"content": {"text/event-stream": {}}, "description": "An endless event stream."}},
         summary="Live scan events and station states (Server-Sent Events)",
     )
-    async def events(ctx: Context) -> StreamingResponse:
+    async def events(ctx: Context, request: Request) -> StreamingResponse:
         """`retry:` first, then `event: state` with the current StationState; then `event: scan` with data
         `{"event": "scan.capture" | "scan.quality_control" | "scan.assign" | …, "scan": Scan}` for every scan event,
         `event: state` on every state the station publishes, and a `: heartbeat` comment every 15 s. A client that
-        falls 256 messages behind is dropped; EventSource reconnects by itself."""
+        falls 256 messages behind is dropped; EventSource reconnects by itself. At most 8 streams per client
+        address and 64 in all: beyond them 503 with Retry-After."""
+        address = client_of(request)
+        refused = ctx.broadcaster.admit(address)
+        if refused is not None:
+            fail(503, refused, {"Retry-After": "30"})
         return StreamingResponse(
-            ctx.broadcaster.stream(ctx.state),
+            ctx.broadcaster.stream(ctx.state, address),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )

@@ -23,6 +23,11 @@ RETRY_MS = 2000
 QUEUE_SIZE = 256
 """Messages a client may fall behind before it is dropped: minutes of a busy station's events."""
 
+STREAMS_PER_ADDRESS = 8
+"""Event streams one client address may hold open: a station's screens and a dashboard or two, with reconnects."""
+STREAMS_AT_ALL = 64
+"""Event streams in total: each is a socket and a queue; beyond this a flood of them (slowloris) is refused (503)."""
+
 _CLOSE = ""
 """Ends a client's stream: the server stops, or the client fell too far behind."""
 
@@ -46,11 +51,34 @@ class Broadcaster:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clients: set[Client] = set()
         self._lock = threading.Lock()
+        self._open: dict[str, int] = {}
 
     def attach(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """The server's loop, where the clients' queues live; None once it stops."""
         with self._lock:
             self._loop = loop
+
+    def admit(self, address: str) -> str | None:
+        """Counts a new stream from `address`; why it is refused instead (then nothing is counted). Every admitted
+        stream is released by stream() when it ends."""
+        with self._lock:
+            if sum(self._open.values()) >= STREAMS_AT_ALL:
+                return f"the station serves {STREAMS_AT_ALL} event streams already; close one or try again later"
+            if self._open.get(address, 0) >= STREAMS_PER_ADDRESS:
+                return (
+                    f"{address} has {STREAMS_PER_ADDRESS} event streams open already; close a screen's tab or "
+                    "try again later"
+                )
+            self._open[address] = self._open.get(address, 0) + 1
+            return None
+
+    def _release(self, address: str) -> None:
+        with self._lock:
+            left = self._open.get(address, 0) - 1
+            if left > 0:
+                self._open[address] = left
+            else:
+                self._open.pop(address, None)
 
     @property
     def clients(self) -> int:
@@ -94,8 +122,9 @@ class Broadcaster:
             if message == _CLOSE:
                 self._clients.discard(client)
 
-    async def stream(self, first: Callable[[], StationState]) -> AsyncGenerator[str, None]:
-        """One client's stream: the reconnect hint, the current state, then events and a heartbeat."""
+    async def stream(self, first: Callable[[], StationState], address: str | None = None) -> AsyncGenerator[str, None]:
+        """One client's stream: the reconnect hint, the current state, then events and a heartbeat. `address`:
+        the one admit() counted, released when the stream ends."""
         client = Client()
         self._clients.add(client)
         try:
@@ -112,3 +141,5 @@ class Broadcaster:
                 yield message
         finally:
             self._clients.discard(client)
+            if address is not None:
+                self._release(address)
