@@ -1,6 +1,6 @@
 """The station's HTTP API under load: image throughput, Scan JSON latency, and what serving costs capture.
 
-    .venv/bin/python benchmarks/http.py [--scans 30] [--clients 4] [--seconds 6] [--screen-samples 20]
+    .venv/bin/python benchmarks/http_api.py [--scans 30] [--clients 4] [--seconds 6] [--screen-samples 20]
 
 The demo station at full resolution (five mock cameras, 2448×2048 Mono8, inspection off), a real local
 mosquitto, the HTTP API on a free loopback port. Load clients run in processes of their own (keep-alive
@@ -18,11 +18,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file is named like the standard library's http package; run as a script, its folder comes first on the
-# path and would hide it.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-REPO = HERE.parent
+REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import argparse  # noqa: E402
