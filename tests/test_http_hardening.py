@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from structlog.testing import capture_logs
 from amflow_edge.config.http import HttpSettings
 from amflow_edge.messaging.commands import Reply
 from amflow_edge.station.station import RunOptions, Station
+from amflow_edge.web import server
 from amflow_edge.web.auth import EVERYONE, Credentials
 from amflow_edge.web.deps import SECURE_COOKIE
 from amflow_edge.web.requests import HttpRequests, StoppingError
@@ -79,6 +81,7 @@ def test_failed_logins_are_limited_across_addresses_and_logged_sparingly() -> No
     assert credentials.failed_everywhere.wait_s(EVERYONE) is not None
     lines = [entry for entry in logs if entry["event"] == "failed HTTP API authentication"]
     assert len(lines) == 1 and lines[0]["client"] == "10.0.0.0"  # one line per 10 s, not one per guess
+    assert credentials.login_wait_s("127.0.0.1") is None  # the station's own kiosk can still log in
     now[0] = 61.0
     assert credentials.login_wait_s("10.9.9.9") is None
 
@@ -149,6 +152,7 @@ def test_a_taken_port_leaves_the_station_scanning_without_http(
         taken.listen(1)
         port = taken.getsockname()[1]
         monkeypatch.setenv("AMFLOW_HTTP__LISTEN", f"127.0.0.1:{port}")  # conftest's free port would win otherwise
+        monkeypatch.setattr(server, "SILENT_S", 0.1)  # a silent loop fails the watchdog's check after 0.1 s
         station = http_station(tmp_path_factory.mktemp("taken"), broker.port, {"http": {"listen": f"127.0.0.1:{port}"}})
         station.start(RunOptions(timer=False))  # does not raise: the capture goes on
         try:
@@ -156,6 +160,10 @@ def test_a_taken_port_leaves_the_station_scanning_without_http(
             assert http is not None and http.listening == [] and http.error is not None, (port, http)
             assert f"127.0.0.1:{port}" in http.error and "another process" in http.error
             assert station.state().mode == "running"
+            # Nothing beats for a server that never started; its silence must not make the watchdog restart a
+            # station that would only meet the taken port again.
+            time.sleep(0.3)
+            assert "http" not in station.service.watchdog.failures()
         finally:
             station.shutdown()
 
@@ -222,3 +230,11 @@ def test_the_cookie_is_secure_behind_a_trusted_proxy_and_proxies_are_addresses()
     with pytest.raises(ValidationError, match="not an IP address or network"):
         HttpSettings(trusted_proxies=["proxy.local"])
     assert {"localhost", "127.0.0.1", "10.0.5.20"} <= set(HttpSettings(read_listen="10.0.5.20:8081").hosts)
+
+
+def test_a_wildcard_address_needs_the_host_names_clients_use() -> None:
+    """The Host check answers only allowed_hosts; '0.0.0.0' is no name a client sends, so it would refuse them all."""
+    with pytest.raises(ValidationError, match="read_listen = '0.0.0.0:8081' listens on every address"):
+        HttpSettings(read_listen="0.0.0.0:8081")
+    settings = HttpSettings(read_listen="0.0.0.0:8081", allowed_hosts=["10.0.5.20", "station-7.plant", "localhost"])
+    assert "station-7.plant" in settings.hosts

@@ -193,6 +193,13 @@ class HttpSettings(BaseModel):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"operators listed twice: {', '.join(twice)}; give each integration one token")
+        for key, listen in (("listen", self.listen), ("read_listen", self.read_listen)):
+            if listen is not None and parse_listen(listen)[0] in ("0.0.0.0", "::") and self.allowed_hosts is None:
+                raise ValueError(
+                    f"{key} = {listen!r} listens on every address, and requests are answered only for the host names "
+                    "in allowed_hosts; set [http] allowed_hosts to the names and addresses clients use (the station's "
+                    "IP address and DNS name, and localhost for its own screen)"
+                )
         same = self.read_listen is not None and parse_listen(self.read_listen) == parse_listen(self.listen)
         if same and parse_listen(self.listen)[1] != 0:  # port 0: each gets a free port of its own
             raise ValueError("read_listen is the same address as listen; give the read-only address its own port")

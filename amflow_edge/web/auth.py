@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import threading
 import time
@@ -109,12 +110,14 @@ class Credentials:
 
     def login_wait_s(self, client: str) -> float | None:
         """Seconds before `client` may try to log in: its own failures, everyone's, or its request rate."""
-        return self.failed_logins.wait_s(client) or self.failed_everywhere.wait_s(EVERYONE) or self.requests.hit(client)
+        everyone = None if _loopback(client) else self.failed_everywhere.wait_s(EVERYONE)
+        return self.failed_logins.wait_s(client) or everyone or self.requests.hit(client)
 
     def failed(self, client: str, what: str) -> None:
         """Counts a failed login or an unauthenticated decision, and logs failures at most every few seconds."""
         self.failed_logins.hit(client)
-        self.failed_everywhere.hit(EVERYONE)
+        if not _loopback(client):
+            self.failed_everywhere.hit(EVERYONE)
         with self._lock:
             self._unlogged_failures += 1
             now = self._clock()
@@ -192,3 +195,12 @@ class Credentials:
         if self.is_read_token(token):
             return True
         return operators and self.operator(token) is not None
+
+
+def _loopback(client: str) -> bool:
+    """The station PC itself (its kiosk screen): kept to its own per-address limit, so that hosts on the network
+    guessing PINs can fill the global limit without locking the operator at the station out of logging in."""
+    try:
+        return ipaddress.ip_address(client).is_loopback
+    except ValueError:
+        return False

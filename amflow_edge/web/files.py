@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path as FilePath
 from typing import Annotated, Any
@@ -145,9 +146,14 @@ def _thumbnail(ctx: Context, request: Request, scan: UUID, number: int, width: i
             fail(500, f"scan {scan}'s camera {number} image could not be encoded as JPEG")
         try:
             ctx.thumbnails.mkdir(parents=True, exist_ok=True)
-            partial = cached.with_suffix(".part")
-            partial.write_bytes(encoded.tobytes())
-            partial.replace(cached)  # atomic: a concurrent request reads the old state or the whole file
+            # One temporary name per request: two screens asking for the same new tile at once must not write
+            # into each other's file, or one of them could serve (and cache for good) a truncated JPEG.
+            partial = cached.with_name(f".{cached.name}.{uuid.uuid4().hex}.part")
+            try:
+                partial.write_bytes(encoded.tobytes())
+                partial.replace(cached)  # atomic: a concurrent request reads the old state or the whole file
+            finally:
+                partial.unlink(missing_ok=True)
         except OSError:  # a full or read-only disk: serve it uncached, the screen still works
             return Response(encoded.tobytes(), media_type="image/jpeg", headers={"cache-control": IMMUTABLE})
         _prune(ctx.thumbnails)

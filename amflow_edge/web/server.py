@@ -84,6 +84,7 @@ class HttpServer:
                 self._sockets.append(bind(listen, setting))
         except HttpServerError:
             self._close_sockets()
+            self.heartbeat.retire()  # nothing to beat: a server that never started is not a hung one
             raise
         for _, _, app in self._apps:
             config = uvicorn.Config(
