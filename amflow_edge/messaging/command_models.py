@@ -191,6 +191,9 @@ class SessionRequest(RootModel[Annotated[SessionStart | SessionEnd, Field(discri
     """
 
 
+AskedBy = Annotated[
+    str | None, Field(max_length=128, description="Who asked, for the scan record (a badge id or user name).")
+]
 PartId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, description="A part_id of the active session.")]
 
 
@@ -201,9 +204,7 @@ class AssignRequest(BaseModel):
 
     scan: UUID = Field(description="UUID of a scan of the active session that has no assignment.")
     part_id: PartId = Field(description="The part the scan is a copy of; must have copies left.")
-    operator: str | None = Field(
-        default=None, max_length=128, description="Who asked, for the scan record (a badge id or user name)."
-    )
+    operator: AskedBy = None
 
 
 class ReassignRequest(BaseModel):
@@ -213,9 +214,7 @@ class ReassignRequest(BaseModel):
 
     scan: UUID = Field(description="UUID of an assigned scan of the active session.")
     part_id: PartId = Field(description="The part the scan is really a copy of; another than its current one.")
-    operator: str | None = Field(
-        default=None, max_length=128, description="Who asked, for the scan record (a badge id or user name)."
-    )
+    operator: AskedBy = None
 
 
 class UnassignRequest(BaseModel):
@@ -224,9 +223,7 @@ class UnassignRequest(BaseModel):
     model_config = _REQUEST
 
     scan: UUID = Field(description="UUID of an assigned scan of the active session.")
-    operator: str | None = Field(
-        default=None, max_length=128, description="Who asked, for the scan record (a badge id or user name)."
-    )
+    operator: AskedBy = None
 
 
 class RejectRequest(BaseModel):
@@ -237,9 +234,7 @@ class RejectRequest(BaseModel):
 
     scan: UUID = Field(description="UUID of a scan of the active session.")
     comment: RejectComment
-    operator: str | None = Field(
-        default=None, max_length=128, description="Who asked, for the scan record (a badge id or user name)."
-    )
+    operator: AskedBy = None
 
 
 class Response(BaseModel):
