@@ -105,13 +105,19 @@ def _send(request: Request, path: FilePath, media_type: str, cache: str, missing
     )
 
 
-def _image(ctx: Context, request: Request, scan: UUID, number: int) -> Response:
+def _with_image(ctx: Context, scan: UUID, number: int) -> ScanRecord:
+    """The scan's record, if it has camera `number`'s image still on its disk (404 or 410 in words if not)."""
     record = known(ctx, scan)
     cameras = len(record.scan.scan_urls)
     if not 1 <= number <= cameras:
         fail(404, f"scan {scan} has images 1 to {cameras}; camera {number} is not one of them")
     if record.station.deleted_at is not None:
         fail(410, f"scan {scan}'s images were deleted by retention at {record.station.deleted_at}")
+    return record
+
+
+def _image(ctx: Context, request: Request, scan: UUID, number: int) -> Response:
+    record = _with_image(ctx, scan, number)
     name = image_file(f"cam{number:02d}")
     return _send(
         request,
@@ -126,12 +132,7 @@ def _thumbnail(ctx: Context, request: Request, scan: UUID, number: int, width: i
     """A camera's image downscaled to `width` (INTER_AREA: no aliasing on the tray's texture) as JPEG, made on the
     first request and kept in the thumbnail cache: a screen tile needs ~15 KB, not a 2-5 MB PNG that a two-core
     station PC would decode in the browser five times per scan."""
-    record = known(ctx, scan)
-    cameras = len(record.scan.scan_urls)
-    if not 1 <= number <= cameras:
-        fail(404, f"scan {scan} has images 1 to {cameras}; camera {number} is not one of them")
-    if record.station.deleted_at is not None:
-        fail(410, f"scan {scan}'s images were deleted by retention at {record.station.deleted_at}")
+    record = _with_image(ctx, scan, number)
     width = min(THUMB_MAX, -(-width // THUMB_STEP) * THUMB_STEP)
     cached = ctx.thumbnails / f"{scan}_cam{number:02d}_w{width}.jpg"
     if not cached.is_file():
