@@ -131,7 +131,7 @@ class CalibrationDrift:
         record = self._record
         return None if record is None else record.refused_sessions.get(scan_session)
 
-    def check(self, reference_dir: Path, scan_session: str) -> DriftReport:
+    def check(self, reference_dir: Path, scan_session: str) -> DriftReport | None:
         """The session's stored empty_camNN.png against each camera's commissioning picture."""
         images: dict[str, np.ndarray] = {}
         for camera in self._cameras:
@@ -140,19 +140,26 @@ class CalibrationDrift:
                 images[camera.name] = np.asarray(image)
         return self.check_images(images, scan_session)
 
-    def check_images(self, images: Mapping[str, np.ndarray], scan_session: str) -> DriftReport:
-        """Pictures just taken (a camera missing from `images` is reported as not compared) against commissioning."""
-        report = DriftReport(
-            measured_at=datetime.now(UTC),
-            scan_session=scan_session,
-            max_drift_px=self._max_drift_px,
-            cameras=[self._check_camera(camera, images.get(camera.name)) for camera in self._cameras],
-        )
+    def check_images(self, images: Mapping[str, np.ndarray], scan_session: str) -> DriftReport | None:
+        """Pictures just taken (a camera missing from `images` is reported as not compared) against commissioning.
+        None when the check itself could not run (a calibration or baseline file that cannot be read or written):
+        nothing then confirms the calibration, so the session's scans wait too."""
+        try:
+            report = DriftReport(
+                measured_at=datetime.now(UTC),
+                scan_session=scan_session,
+                max_drift_px=self._max_drift_px,
+                cameras=[self._check_camera(camera, images.get(camera.name)) for camera in self._cameras],
+            )
+        except (OSError, ValueError) as exc:
+            log.error("the cameras' drift could not be checked; the session's scans go to review", error=str(exc))
+            self._failed(scan_session, str(exc))
+            return None
         self._keep(report, scan_session, report.refusal())
         self._log(report)
         return report
 
-    def failed(self, scan_session: str, why: str) -> None:
+    def _failed(self, scan_session: str, why: str) -> None:
         """The check itself could not run: nothing confirms the calibration, so the session's scans wait too."""
         record = self._record
         latest = record.latest if record is not None else None
