@@ -185,9 +185,11 @@ class Station:
             return
         scan_session = scan_session or self.scan_session
         shot = self.driver.grab_reference(self.cfg.rig.grab_timeout_s)
-        path = self.store.write_reference(scan_session, {n: f.image for n, f in shot.frames.items()})
+        images = {n: f.image for n, f in shot.frames.items()}
+        path = self.store.write_reference(scan_session, images)
         log.info("empty-tray references stored", path=str(path))
-        self._check_drift(path, scan_session)
+        if self.drift is not None:  # the pictures in hand, not read back from the files just written
+            self.drift.check_images(images, scan_session)
 
     def _check_drift(self, reference_dir: Path, scan_session: str) -> None:
         """Before the session's first scan is inspected: a camera that moved must not give it a verdict."""
