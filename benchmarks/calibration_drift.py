@@ -12,29 +12,18 @@ untouched one is.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
-
-import cv2
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from amflow_edge.config.station import CalibrationSettings  # noqa: E402
+from amflow_edge.drivers.simulator.knocked_camera import knocked  # noqa: E402
 from amflow_edge.drivers.simulator.render import Renderer  # noqa: E402
 from amflow_edge.inspection.calibration.drift import measure_drift  # noqa: E402
-from amflow_edge.inspection.geometry.camera import CameraCalibration, load_rig  # noqa: E402
-
-
-def turned(calib: CameraCalibration, pixels: float) -> CameraCalibration:
-    angle = math.atan(pixels / calib.K[0, 0])
-    turn = cv2.Rodrigues(np.array([0.0, angle, 0.0]))[0]
-    return CameraCalibration.model_validate(
-        calib.model_dump() | {"rotation": (turn @ calib.R).tolist(), "translation": (turn @ calib.t).tolist()}
-    )
+from amflow_edge.inspection.geometry.camera import load_rig  # noqa: E402
 
 
 def main() -> int:
@@ -45,7 +34,7 @@ def main() -> int:
     threshold = CalibrationSettings().max_drift_px
     rig = load_rig(REPO / "config" / "calibration" / "demo")
     before = Renderer(rig).render(None, None, 11)
-    after = Renderer([turned(c, args.px) if c.name == args.camera else c for c in rig]).render(None, None, 12)
+    after = Renderer([knocked(c, args.px) if c.name == args.camera else c for c in rig]).render(None, None, 12)
     print(f"{args.camera} turned by {args.px} px at the image centre; full resolution; max_drift_px {threshold}")
     wrong = 0
     for calib in rig:

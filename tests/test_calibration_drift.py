@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import cv2
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from amflow_edge.config.loading import load_config
+from amflow_edge.drivers.simulator.knocked_camera import knocked
 from amflow_edge.drivers.simulator.render import Renderer
 from amflow_edge.inspection.calibration.drift import DriftError, measure_drift
 from amflow_edge.inspection.geometry.camera import CameraCalibration, load_calibration, load_rig, save_calibration
@@ -27,16 +27,6 @@ PREFIX = "amflow/test-station/event"
 ONE_SESSION = {"session": {"scan_session": "5d0e8f3a-6b2c-4e1d-9a7f-3c8b1e2d4f60"}}  # the same one after a restart
 
 
-def bumped(calib: CameraCalibration, pixels: float) -> CameraCalibration:
-    """The camera turned about its own vertical axis (a knocked bracket) so the view moves by `pixels` at its centre;
-    its centre of projection stays where it was."""
-    angle = math.atan(pixels / calib.K[0, 0])
-    turn = cv2.Rodrigues(np.array([0.0, angle, 0.0]))[0]
-    return CameraCalibration.model_validate(
-        calib.model_dump() | {"rotation": (turn @ calib.R).tolist(), "translation": (turn @ calib.t).tolist()}
-    )
-
-
 def empty_tray(cameras: list[CameraCalibration], seed: int) -> dict[str, np.ndarray]:
     renderer = Renderer(cameras)
     try:
@@ -49,7 +39,7 @@ def test_a_camera_turned_by_two_pixels_is_measured_and_an_untouched_one_is_not()
     """At full resolution: the picture of the bumped camera comes from a turned camera, not a shifted image."""
     rig = {c.name: c for c in load_rig(REPO / "config" / "calibration" / "demo")}
     before = empty_tray([rig["cam01"], rig["cam03"]], seed=11)
-    after = empty_tray([rig["cam01"], bumped(rig["cam03"], 2.0)], seed=12)
+    after = empty_tray([rig["cam01"], knocked(rig["cam03"], 2.0)], seed=12)
     untouched = measure_drift(before["cam01"], after["cam01"])
     moved = measure_drift(before["cam03"], after["cam03"])
     assert untouched.shift_px < 0.1
@@ -70,7 +60,7 @@ def test_pictures_of_different_sizes_or_of_another_scene_are_named() -> None:
 def _commissioning(root: Path, bump_px: dict[str, float], seed: int = 5) -> None:
     """references/camNN.png beside the test station's calibration, as `calibrate solve` leaves them."""
     cameras = [load_calibration(root / "calibration" / f"cam{i:02d}.yaml") for i in range(1, 6)]
-    cameras = [bumped(c, bump_px[c.name]) if c.name in bump_px else c for c in cameras]
+    cameras = [knocked(c, bump_px[c.name]) if c.name in bump_px else c for c in cameras]
     folder = root / "calibration" / "references"
     folder.mkdir(exist_ok=True)
     for name, image in empty_tray(cameras, seed).items():
@@ -138,7 +128,7 @@ def test_a_camera_bumped_while_the_station_was_off_is_caught_at_the_next_start(t
         station.shutdown()
     # Knocked while off: the mock renders each camera where its calibration file puts it.
     path = tmp_path / "calibration" / "cam05.yaml"
-    save_calibration(bumped(load_calibration(path), 3.0), path)
+    save_calibration(knocked(load_calibration(path), 3.0), path)
     station = build_station(load_config(config))
     try:
         station.start(RunOptions())
@@ -186,7 +176,7 @@ def test_without_commissioning_pictures_the_first_session_is_the_baseline(tmp_pa
     # A baseline that shows the camera elsewhere (as if it was bumped after the first session) is caught.
     cam02 = load_calibration(tmp_path / "calibration" / "cam02.yaml")
     baseline = next((cfg.station.state_dir / BASELINE_DIR).glob("cam02-*.png"))
-    assert cv2.imwrite(str(baseline), empty_tray([bumped(cam02, -3.0)], seed=9)["cam02"])
+    assert cv2.imwrite(str(baseline), empty_tray([knocked(cam02, -3.0)], seed=9)["cam02"])
     station = build_station(cfg)
     try:
         station.start(RunOptions())
@@ -218,5 +208,5 @@ def test_a_recalibrated_file_is_read_again_by_the_inspection_worker(tmp_path: Pa
     demo = load_calibration(REPO / "config" / "calibration" / "demo" / "cam01.yaml")
     save_calibration(demo, path)
     assert np.allclose(worker_cameras((("cam01", str(path)),))[0].R, demo.R)
-    save_calibration(bumped(demo, 5.0), path)
+    save_calibration(knocked(demo, 5.0), path)
     assert not np.allclose(worker_cameras((("cam01", str(path)),))[0].R, demo.R)
