@@ -194,7 +194,7 @@ def test_outbox_commands_show_status_and_replay(
         station.shutdown()
     assert main(["outbox", "status", "--config", str(config)]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["backlog"] == 0 and status["sent"] == 1
+    assert status["mqtt"]["backlog"] == 0 and status["mqtt"]["sent"] == 1 and status["webhooks"] == []
     assert main(["outbox", "replay", "--config", str(config), "--since", "1h"]) == 0
     assert "1 event(s) queued" in capsys.readouterr().out
     assert Outbox(StationDb(tmp_path / "state" / DB_FILE)).stats().backlog == 1

@@ -12,7 +12,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from amflow_edge.config.secrets import read_credential
+from amflow_edge.config.secrets import secret_from
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -39,20 +39,6 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, port
 
 
-def _secret(value: SecretStr | None, credential: str | None, what: str) -> SecretStr | None:
-    if value is not None or credential is None:
-        return value
-    try:
-        found = read_credential(credential)
-    except OSError as exc:
-        raise ValueError(
-            f"cannot read the {credential!r} credential for {what} ({exc.strerror}); check the unit's "
-            "LoadCredential= and the file's permissions"
-        ) from None
-    # scripts/install leaves an empty file (a missing one fails the unit's start): not set yet.
-    return found if found is not None and found.get_secret_value() else None
-
-
 class OperatorToken(BaseModel):
     """A static bearer token for an integration (an MES client, a second screen) that decides in a name."""
 
@@ -68,7 +54,7 @@ class OperatorToken(BaseModel):
 
     @model_validator(mode="after")
     def _token_given(self) -> OperatorToken:
-        self.token = _secret(self.token, self.token_credential, f"operator {self.name!r}")
+        self.token = secret_from(self.token, self.token_credential, f"operator {self.name!r}")
         if self.token is None:
             raise ValueError(
                 f"operator {self.name!r} has no token: set token_credential (a systemd credential) or token"
@@ -170,8 +156,8 @@ class HttpSettings(BaseModel):
 
     @model_validator(mode="after")
     def _secrets(self) -> HttpSettings:
-        self.pin = _secret(self.pin, self.pin_credential, "the station PIN")
-        self.read_token = _secret(self.read_token, self.read_token_credential, "the read token")
+        self.pin = secret_from(self.pin, self.pin_credential, "the station PIN")
+        self.read_token = secret_from(self.read_token, self.read_token_credential, "the read token")
         if self.pin is not None and not re.fullmatch(rf"\d{{{MIN_PIN_DIGITS},12}}", self.pin.get_secret_value()):
             raise ValueError(
                 f"the station PIN must be {MIN_PIN_DIGITS} to 12 digits; choose a longer one (a short PIN is guessed "

@@ -27,3 +27,18 @@ def read_credential(name: str, directory: Path | None = None) -> SecretStr | Non
         return SecretStr((directory / name).read_text(encoding="utf-8").rstrip("\r\n"))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
+
+
+def secret_from(value: SecretStr | None, credential: str | None, what: str) -> SecretStr | None:
+    """The secret as configured, else from its systemd credential; None when neither is set."""
+    if value is not None or credential is None:
+        return value
+    try:
+        found = read_credential(credential)
+    except OSError as exc:
+        raise ValueError(
+            f"cannot read the {credential!r} credential for {what} ({exc.strerror}); check the unit's "
+            "LoadCredential= and the file's permissions"
+        ) from None
+    # scripts/install leaves an empty file (a missing one fails the unit's start): not set yet.
+    return found if found is not None and found.get_secret_value() else None

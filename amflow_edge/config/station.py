@@ -22,6 +22,7 @@ from amflow_edge.config.identification import IdentificationSettings
 from amflow_edge.config.qc import QcSettings
 from amflow_edge.config.secrets import read_credential
 from amflow_edge.config.service import BackupSettings, DiskSettings, WatchdogSettings
+from amflow_edge.config.webhooks import WebhookTarget, unique_hook_ids
 from amflow_edge.drivers.base import CAMERA_NAMES, CameraSettings
 from amflow_edge.drivers.mock_settings import MockDriverSettings
 from amflow_edge.drivers.pylon_settings import PylonSettings
@@ -298,6 +299,16 @@ class StationConfig(BaseSettings):
     backup: BackupSettings = Field(default_factory=BackupSettings, description="Moving old scans to a backup disk.")
     watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings, description="What counts as hung.")
     http: HttpSettings = Field(default_factory=HttpSettings, description="The HTTP API and the operator's screen.")
+    webhooks: list[WebhookTarget] = Field(
+        default_factory=list,
+        max_length=32,
+        description="AM-Vision-style HTTP webhook targets, each fed every chosen event from the outbox, in order.",
+    )
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_hook_ids(cls, targets: list[WebhookTarget]) -> list[WebhookTarget]:
+        return unique_hook_ids(targets)
 
     @field_validator("cameras")
     @classmethod

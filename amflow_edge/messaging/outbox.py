@@ -87,10 +87,13 @@ class Outbox:
         )
 
     def prune(self, older_than_s: float) -> int:
-        """Forget acknowledged events after the retention period; unsent ones are never pruned."""
+        """Forget acknowledged events after the retention period; unsent ones, and those a webhook target has not
+        yet delivered or given up on, are never pruned."""
         with self._db.transaction() as conn:
             return conn.execute(
-                "DELETE FROM outbox WHERE sent IS NOT NULL AND sent < ?", (time.time() - older_than_s,)
+                "DELETE FROM outbox WHERE sent IS NOT NULL AND sent < ? AND seq <= "
+                "(SELECT COALESCE(MIN(delivered_seq), 9223372036854775807) FROM webhook_targets WHERE active = 1)",
+                (time.time() - older_than_s,),
             ).rowcount
 
     def replay(self, since: float) -> int:

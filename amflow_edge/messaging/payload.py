@@ -171,3 +171,11 @@ def envelope(event: EventName, scan: Scan, hook_id: int, target: str) -> Envelop
 def to_wire(message: Envelope) -> bytes:
     """Compact UTF-8 JSON, keys in model order; pydantic never writes NaN for these types."""
     return message.model_dump_json().encode("utf-8")
+
+
+def for_hook(payload: bytes, hook_id: int, target: str) -> bytes:
+    """An outbox event as another subscription receives it: the same envelope with that subscription's hook id
+    and target, so every sink's body is exactly the 3.7 shape."""
+    message = Envelope.model_validate_json(payload)
+    hook = Hook(id=hook_id, event=message.hook.event, target=target)
+    return to_wire(Envelope(hook=hook, data=message.data))

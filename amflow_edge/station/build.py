@@ -26,6 +26,7 @@ from amflow_edge.messaging.events import Events
 from amflow_edge.messaging.mqtt import StationMqtt
 from amflow_edge.messaging.outbox import Outbox
 from amflow_edge.messaging.relay import Relay
+from amflow_edge.messaging.webhooks import WebhookSenders
 from amflow_edge.ops.watchdog import Heartbeat, Watchdog
 from amflow_edge.panel.base import ButtonSource, Lamps
 from amflow_edge.panel.factory import make_button_sources, make_lamps
@@ -147,7 +148,14 @@ def build_station(
     outbox = Outbox(db)
     mqtt = StationMqtt(cfg)
     relay = Relay(db, mqtt, cfg.mqtt.max_in_flight, cfg.outbox.retention_s)
-    events = Events(cfg, db, relay.wake, mirror=store.update_record)
+    # Late-bound like the station below: a target that parks or fails publishes the station's state.
+    webhooks = WebhookSenders(cfg.webhooks, db, cfg.station.id, on_change=lambda: station.publish_state())
+
+    def wake_sinks() -> None:
+        relay.wake()
+        webhooks.wake()
+
+    events = Events(cfg, db, wake_sinks, mirror=store.update_record)
     library = DesignLibrary.load(cfg.designs.library)
     catalogue = DesignCatalogue(library, batch_mesh_dir(cfg))
     inspector = Inspector(events, tz, deadline_s=cfg.inspection.deadline_s) if cfg.inspection.enabled else None
@@ -232,7 +240,10 @@ def build_station(
         over_counted=assignments.over_counted,
         copies_assigned=assignments.copies_assigned,
         drift=drift,
+        webhooks=webhooks if webhooks.senders else None,
     )
+    for sender in webhooks.senders:
+        station.service.watchdog.add_check(f"webhook {sender.target.hook_id}", sender.heartbeat)
     panel.listen(station.publish_state)
     # The panel publishes when the scan on the tray changes; an assignment of an earlier scan changes the batch's
     # counts and the awaiting list all the same.

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from amflow_edge.drivers.base import CameraHealth
 from amflow_edge.messaging.outbox import OutboxStats
 from amflow_edge.messaging.payload import Batch, Output
+from amflow_edge.messaging.webhook_ledger import WebhookStatus
 from amflow_edge.panel.operator import OperatorView
 from amflow_edge.station.calibration_drift import DriftReport
 from amflow_edge.station.design_processing import ProcessingProgress
@@ -47,6 +48,10 @@ class StationState(BaseModel):
     paused_reason: str | None = Field(description="Why the station refuses scans, and what to do.")
     broker_connected: bool = Field(description="Whether the station is connected to the broker.")
     outbox: OutboxStats = Field(description="Events not yet acknowledged by the broker.")
+    webhooks: list[WebhookStatus] = Field(
+        default_factory=list,
+        description="Each [[webhooks]] target: its backlog, its last error, whether it is parked and why.",
+    )
     disk_free_bytes: int = Field(description="Free space on the data root's filesystem.")
     driver: str = Field(description="Camera driver in use.")
     scan_session: str = Field(description="UUID of the current scanning session.")

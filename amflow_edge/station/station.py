@@ -30,6 +30,7 @@ from amflow_edge.messaging.mqtt import StationMqtt
 from amflow_edge.messaging.outbox import Outbox
 from amflow_edge.messaging.payload import timestamp
 from amflow_edge.messaging.relay import Relay
+from amflow_edge.messaging.webhooks import WebhookSenders
 from amflow_edge.panel.base import ButtonSource
 from amflow_edge.panel.operator import OperatorPanel
 from amflow_edge.qc.decisions import Decisions
@@ -99,6 +100,7 @@ class Station:
     over_counted: Callable[[], list[str]] = field(default=list)
     copies_assigned: Callable[[], dict[str, int]] = field(default=dict)
     drift: CalibrationDrift | None = None
+    webhooks: WebhookSenders | None = None
     http: Served | None = None
     stop_event: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
@@ -134,6 +136,7 @@ class Station:
             paused_reason=paused,
             broker_connected=self.mqtt.connected.is_set(),
             outbox=outbox,
+            webhooks=self.webhooks.statuses() if self.webhooks is not None else [],
             disk_free_bytes=self.pause.disk.free_bytes(),
             driver=self.cfg.rig.driver,
             scan_session=session.scan_session,
@@ -418,6 +421,8 @@ class Station:
                 self._check_drift_at_start()
             self.resume_inspections()
         self.relay.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         self.mqtt.start()
         if options.http and self.http is not None:
             self._start_http(self.http)
@@ -491,6 +496,8 @@ class Station:
             self.http.stop()  # after the last state, which the screens see; before the database closes
             self._http_started = False
         self.relay.stop()
+        if self.webhooks is not None:
+            self.webhooks.stop()
         self.mqtt.stop()
         self.panel.close()
         self.driver.close()

@@ -5,7 +5,9 @@ transaction: after any crash they agree. WAL lets the relay read while the captu
 writes; synchronous=FULL makes a committed scan survive a power cut.
 Copies are counted per part from the scans themselves (station/assignments.py), so the
 assignment UUID and the session are indexed; scan_rejections keeps which scans an operator
-rejected from the batch, a state the 3.7 payload has no field for.
+rejected from the batch, a state the 3.7 payload has no field for. Each webhook target keeps its own
+position in the outbox (webhook_targets.delivered_seq) and the events it gave up on (webhook_dead_letters),
+so a slow target neither holds back MQTT nor loses its place.
 Each thread gets its own connection (sqlite3 connections are not shared across threads).
 """
 
@@ -43,6 +45,31 @@ CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (seq) WHERE sent IS NULL;
 CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (sent) WHERE sent IS NOT NULL;
 CREATE INDEX IF NOT EXISTS scans_assignment ON scans (json_extract(record, '$.scan.assignment.assignment'));
 CREATE INDEX IF NOT EXISTS scans_session ON scans (json_extract(record, '$.scan.scan_session'));
+CREATE TABLE IF NOT EXISTS webhook_targets (
+    hook_id           INTEGER PRIMARY KEY,
+    url               TEXT NOT NULL,
+    fingerprint       TEXT NOT NULL,
+    delivered_seq     INTEGER NOT NULL,
+    active            INTEGER NOT NULL DEFAULT 1,
+    parked_reason     TEXT,
+    parked_at         REAL,
+    last_delivered_at REAL,
+    last_error        TEXT,
+    failures          INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS webhook_dead_letters (
+    hook_id   INTEGER NOT NULL REFERENCES webhook_targets (hook_id),
+    seq       INTEGER NOT NULL,
+    event_id  TEXT NOT NULL,
+    event     TEXT NOT NULL,
+    scan_uuid TEXT,
+    payload   BLOB NOT NULL,
+    created   REAL NOT NULL,
+    reason    TEXT NOT NULL,
+    at        REAL NOT NULL,
+    requeued  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hook_id, seq)
+);
 CREATE TABLE IF NOT EXISTS scan_rejections (
     uuid    TEXT PRIMARY KEY REFERENCES scans (uuid),
     at      TEXT NOT NULL,

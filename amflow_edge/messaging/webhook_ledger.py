@@ -1,0 +1,246 @@
+"""Where each webhook target stands in the outbox: delivered up to which event, parked or not, what it gave up on.
+
+The outbox is shared by every sink; a target only keeps a position in it (`delivered_seq`: every
+event up to there was delivered or is not for this target). So a target that is down for a day
+costs no copies of events, and when it comes back it resumes where it stopped, in order. An event
+a target could not take for `dead_letter_after_s` is copied to its dead letters and the target moves
+on; the copy survives the outbox's pruning until it is sent again or the operator gives up on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from amflow_edge.config.webhooks import WebhookTarget
+from amflow_edge.storage.db import StationDb
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    seq: int
+    event_id: str
+    event: str
+    scan_uuid: str | None
+    payload: bytes
+    created: float
+    dead_letter: bool
+    """A requeued dead letter: delivering it does not move the target's position."""
+
+
+class WebhookStatus(BaseModel):
+    """One webhook target as the state topic and `outbox status` show it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hook_id: int = Field(description="hook.id of the target.")
+    url: str = Field(description="Where it posts, without credentials or query.")
+    backlog: int = Field(description="Events for this target not yet delivered.")
+    oldest_pending_age_s: float | None = Field(description="Age of the oldest undelivered event, seconds.")
+    last_delivered_at: float | None = Field(description="Unix time of the last delivery.")
+    failures: int = Field(description="Failed attempts at the event now at the head; 0 while delivering.")
+    last_error: str | None = Field(description="Why the last attempt failed; null after a success.")
+    parked: bool = Field(
+        description="The target refused an event (4xx other than 408/429) and is not retried until the config or "
+        "`amflow-edge outbox resume --target` changes that."
+    )
+    parked_reason: str | None = Field(description="What the target answered, and what to fix.")
+    dead_letters: int = Field(
+        description="Events given up on after dead_letter_after_s; replay them with --dead-letters."
+    )
+
+
+def _pending(row: tuple[int, str, str, str | None, bytes, float], dead_letter: bool) -> PendingEvent:
+    seq, event_id, event, scan_uuid, payload, created = row
+    return PendingEvent(seq, event_id, event, scan_uuid, payload, created, dead_letter)
+
+
+def _placeholders(events: Sequence[str]) -> str:
+    return ",".join("?" * len(events))
+
+
+class WebhookLedger:
+    def __init__(self, db: StationDb) -> None:
+        self._db = db
+
+    def register(self, targets: Sequence[WebhookTarget]) -> None:
+        """Make the ledger match the config: a new target starts at the outbox's end (it was not subscribed to the
+        past: `outbox replay --target` sends it), a changed endpoint or secret is retried even if parked, and a
+        target no longer configured stops holding back the outbox's pruning."""
+        with self._db.transaction() as conn:
+            end = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
+            conn.execute("UPDATE webhook_targets SET active = 0")
+            for target in targets:
+                row = conn.execute(
+                    "SELECT fingerprint FROM webhook_targets WHERE hook_id = ?", (target.hook_id,)
+                ).fetchone()
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO webhook_targets (hook_id, url, fingerprint, delivered_seq) VALUES (?, ?, ?, ?)",
+                        (target.hook_id, target.display_url, target.fingerprint(), end),
+                    )
+                    continue
+                changed = row[0] != target.fingerprint()
+                conn.execute(
+                    "UPDATE webhook_targets SET active = 1, url = ?, fingerprint = ?, "
+                    "parked_reason = CASE WHEN ? THEN NULL ELSE parked_reason END, "
+                    "parked_at = CASE WHEN ? THEN NULL ELSE parked_at END WHERE hook_id = ?",
+                    (target.display_url, target.fingerprint(), changed, changed, target.hook_id),
+                )
+
+    def pending(self, hook_id: int, events: Sequence[str], limit: int) -> list[PendingEvent]:
+        """The next events to post: requeued dead letters first (they are the oldest), then the outbox in order."""
+        conn = self._db.connection()
+        dead = conn.execute(
+            "SELECT seq, event_id, event, scan_uuid, payload, created FROM webhook_dead_letters "
+            "WHERE hook_id = ? AND requeued = 1 ORDER BY seq LIMIT ?",
+            (hook_id, limit),
+        ).fetchall()
+        if dead:
+            return [_pending(row, dead_letter=True) for row in dead]
+        rows = conn.execute(
+            "SELECT seq, event_id, event, scan_uuid, payload, created FROM outbox "
+            f"WHERE seq > (SELECT delivered_seq FROM webhook_targets WHERE hook_id = ?) "
+            f"AND event IN ({_placeholders(events)}) ORDER BY seq LIMIT ?",
+            (hook_id, *events, limit),
+        ).fetchall()
+        return [_pending(row, dead_letter=False) for row in rows]
+
+    def delivered(self, hook_id: int, event: PendingEvent) -> None:
+        with self._db.transaction() as conn:
+            if event.dead_letter:
+                conn.execute("DELETE FROM webhook_dead_letters WHERE hook_id = ? AND seq = ?", (hook_id, event.seq))
+            else:
+                conn.execute(
+                    "UPDATE webhook_targets SET delivered_seq = MAX(delivered_seq, ?) WHERE hook_id = ?",
+                    (event.seq, hook_id),
+                )
+            conn.execute(
+                "UPDATE webhook_targets SET last_delivered_at = ?, last_error = NULL, failures = 0 WHERE hook_id = ?",
+                (time.time(), hook_id),
+            )
+
+    def failed(self, hook_id: int, error: str) -> int:
+        """Count a failed attempt at the head event; returns how many in a row."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE webhook_targets SET failures = failures + 1, last_error = ? WHERE hook_id = ?",
+                (error, hook_id),
+            )
+            return int(conn.execute("SELECT failures FROM webhook_targets WHERE hook_id = ?", (hook_id,)).fetchone()[0])
+
+    def park(self, hook_id: int, reason: str) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE webhook_targets SET parked_reason = ?, parked_at = ?, last_error = ? WHERE hook_id = ?",
+                (reason, time.time(), reason, hook_id),
+            )
+
+    def parked_reason(self, hook_id: int) -> str | None:
+        row = (
+            self._db.connection()
+            .execute("SELECT parked_reason FROM webhook_targets WHERE hook_id = ?", (hook_id,))
+            .fetchone()
+        )
+        return None if row is None else row[0]
+
+    def resume(self, hook_id: int) -> bool:
+        """Unpark a target (its receiver was fixed); False when it was not parked."""
+        with self._db.transaction() as conn:
+            return (
+                conn.execute(
+                    "UPDATE webhook_targets SET parked_reason = NULL, parked_at = NULL, failures = 0 "
+                    "WHERE hook_id = ? AND parked_reason IS NOT NULL",
+                    (hook_id,),
+                ).rowcount
+                > 0
+            )
+
+    def dead_letter_older_than(self, hook_id: int, events: Sequence[str], age_s: float, reason: str) -> int:
+        """Give up on this target's undelivered events created more than age_s ago, while it is failing or parked
+        (a replay of old events to a working target is not given up on); returns how many."""
+        cutoff = time.time() - age_s
+        with self._db.transaction() as conn:
+            position, failing = conn.execute(
+                "SELECT delivered_seq, failures > 0 OR parked_reason IS NOT NULL FROM webhook_targets WHERE hook_id = ?",
+                (hook_id,),
+            ).fetchone()
+            if not failing:
+                return 0
+            rows = conn.execute(
+                "SELECT seq, event_id, event, scan_uuid, payload, created FROM outbox "
+                f"WHERE seq > ? AND created < ? AND event IN ({_placeholders(events)}) ORDER BY seq",
+                (position, cutoff, *events),
+            ).fetchall()
+            if not rows:
+                return 0
+            now = time.time()
+            conn.executemany(
+                "INSERT OR IGNORE INTO webhook_dead_letters "
+                "(hook_id, seq, event_id, event, scan_uuid, payload, created, reason, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(hook_id, *row, reason, now) for row in rows],
+            )
+            conn.execute(
+                "UPDATE webhook_targets SET delivered_seq = ?, failures = 0 WHERE hook_id = ?", (rows[-1][0], hook_id)
+            )
+            return len(rows)
+
+    def replay(self, hook_id: int, since: float) -> int:
+        """Post again to this target every event created since a moment that the outbox still keeps."""
+        with self._db.transaction() as conn:
+            target = conn.execute("SELECT delivered_seq FROM webhook_targets WHERE hook_id = ?", (hook_id,)).fetchone()
+            if target is None:
+                return 0
+            first = conn.execute("SELECT MIN(seq) FROM outbox WHERE created >= ?", (since,)).fetchone()[0]
+            if first is None or first > target[0]:
+                return 0
+            conn.execute("UPDATE webhook_targets SET delivered_seq = ? WHERE hook_id = ?", (first - 1, hook_id))
+            return int(
+                conn.execute("SELECT COUNT(*) FROM outbox WHERE seq BETWEEN ? AND ?", (first, target[0])).fetchone()[0]
+            )
+
+    def requeue_dead_letters(self, hook_id: int) -> int:
+        with self._db.transaction() as conn:
+            return conn.execute(
+                "UPDATE webhook_dead_letters SET requeued = 1 WHERE hook_id = ? AND requeued = 0", (hook_id,)
+            ).rowcount
+
+    def known(self) -> list[int]:
+        return [row[0] for row in self._db.connection().execute("SELECT hook_id FROM webhook_targets ORDER BY hook_id")]
+
+    def status(self, hook_id: int, events: Sequence[str] | None = None) -> WebhookStatus | None:
+        conn = self._db.connection()
+        row = conn.execute(
+            "SELECT url, delivered_seq, last_delivered_at, failures, last_error, parked_reason "
+            "FROM webhook_targets WHERE hook_id = ?",
+            (hook_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        url, position, last_delivered_at, failures, last_error, parked_reason = row
+        event_filter = f"AND event IN ({_placeholders(events)})" if events else ""
+        backlog, oldest = conn.execute(
+            f"SELECT COUNT(*), MIN(created) FROM outbox WHERE seq > ? {event_filter}", (position, *(events or ()))
+        ).fetchone()
+        dead, requeued, oldest_requeued = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(requeued), 0), MIN(CASE WHEN requeued = 1 THEN created END) "
+            "FROM webhook_dead_letters WHERE hook_id = ?",
+            (hook_id,),
+        ).fetchone()
+        oldest = min((t for t in (oldest, oldest_requeued) if t is not None), default=None)
+        return WebhookStatus(
+            hook_id=hook_id,
+            url=url,
+            backlog=backlog + requeued,
+            oldest_pending_age_s=None if oldest is None else max(0.0, time.time() - oldest),
+            last_delivered_at=last_delivered_at,
+            failures=failures,
+            last_error=last_error,
+            parked=parked_reason is not None,
+            parked_reason=parked_reason,
+            dead_letters=dead - requeued,
+        )
