@@ -86,7 +86,7 @@ def test_each_target_gets_the_exact_envelope_with_its_hook_signed_in_order(
         for scan in scans:
             approve(station, scan)
         assert wait_for(lambda: len(receiver.accepted(MES)) == 6 and len(receiver.accepted(SORTER)) == 3, 30)
-        mqtt = {}
+        mqtt: dict[str, bytes] = {}
         while len(mqtt) < 6:
             message = subscriber.next(topic=None)
             if "/event/" in message.topic:
