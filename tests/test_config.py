@@ -139,7 +139,7 @@ def test_daemon_refuses_to_start_on_a_bad_config(config_dir: Path) -> None:
         cwd=REPO,
     )
     assert proc.returncode == 2
-    assert "rig.driver: input should be 'mock' or 'pylon' (found 'webcam')" in proc.stderr
+    assert "rig.driver: input should be 'mock', 'pylon' or 'replay' (found 'webcam')" in proc.stderr
 
 
 def test_the_example_station_config_is_valid_apart_from_its_station_files(monkeypatch: pytest.MonkeyPatch) -> None:

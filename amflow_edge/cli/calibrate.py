@@ -151,7 +151,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         print(f"{out}: exists and is not an empty directory; give a new directory to capture into", file=sys.stderr)
         return EXIT_CONFIG
-    driver = commissioning_driver(cfg, "the capture")
+    try:
+        driver = commissioning_driver(cfg, "the capture")
+    except DriverError as exc:
+        print(f"cameras: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         try:
             driver.open()

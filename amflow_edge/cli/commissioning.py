@@ -59,7 +59,15 @@ def software_triggered(settings: PylonSettings, command: str) -> PylonSettings:
 
 def commissioning_driver(cfg: StationConfig, command: str) -> CameraDriver:
     """The station's rig (not yet opened) for a commissioning command: pylon triggered by software, or the mock
-    showing an empty tray (and the calibration board when asked), never a part."""
+    showing an empty tray (and the calibration board when asked), never a part. A replay has only the scans it
+    recorded, no board: DriverError."""
+    if cfg.rig.driver == "replay":
+        from amflow_edge.drivers.base import DriverError
+
+        raise DriverError(
+            f"{command} needs the station's cameras, and rig.driver = 'replay' plays recorded scans only; "
+            "run it with the station's own rig.driver ('pylon', or 'mock')"
+        )
     if cfg.rig.driver == "mock":
         from amflow_edge.drivers.mock import MockDriver
 

@@ -10,6 +10,7 @@ from amflow_edge.common.extras import missing
 from amflow_edge.config.problems import Area, FileProblem
 from amflow_edge.config.station import StationConfig
 from amflow_edge.config.tls import tls_problems
+from amflow_edge.drivers.replay_settings import source_problem
 from amflow_edge.inspection.designs import DesignError, DesignLibrary
 from amflow_edge.inspection.geometry.camera import CalibrationError, load_calibration
 from amflow_edge.inspection.profiles import ProfileError, load_profile
@@ -72,6 +73,12 @@ def file_problems(cfg: StationConfig) -> list[FileProblem]:
         add("config", f"qc.buttons: {exc}")
     if cfg.rig.driver == "pylon" and (problem := missing("pypylon", "pylon")) is not None:
         add("config", f"rig.driver: 'pylon' needs pypylon: {problem}")
+    if (
+        cfg.rig.driver == "replay"
+        and cfg.replay is not None
+        and (problem := source_problem(cfg.replay.source, cfg.station.data_root, cfg.backup.path)) is not None
+    ):
+        add("config", problem)
     if cfg.mqtt.tls is not None:
         for problem in tls_problems(cfg.mqtt.tls):
             add("config", problem)

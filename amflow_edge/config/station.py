@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from amflow_edge.common.config_file import ConfigPath
@@ -26,6 +26,7 @@ from amflow_edge.config.webhooks import WebhookTarget, unique_hook_ids
 from amflow_edge.drivers.base import CAMERA_NAMES, CameraSettings
 from amflow_edge.drivers.mock_settings import MockDriverSettings
 from amflow_edge.drivers.pylon_settings import PylonSettings
+from amflow_edge.drivers.replay_settings import ReplaySettings
 from amflow_edge.messaging.payload import MAX_ID_LENGTH
 
 _STRICT = ConfigDict(extra="forbid")
@@ -59,7 +60,11 @@ class StationSettings(BaseModel):
 class RigSettings(BaseModel):
     model_config = _STRICT
 
-    driver: Literal["mock", "pylon"] = Field(default="mock", description="Camera driver: 'mock' renders CAD parts.")
+    driver: Literal["mock", "pylon", "replay"] = Field(
+        default="mock",
+        description="Camera driver: 'mock' renders CAD parts, 'pylon' drives Basler cameras, "
+        "'replay' plays back stored scans (the [replay] section).",
+    )
     grab_timeout_s: float = Field(default=5.0, gt=0, le=60, description="Deadline for all five frames of a trigger.")
 
 
@@ -275,6 +280,11 @@ class StationConfig(BaseSettings):
     cameras: list[CameraSettings] = Field(description="The five cameras cam01…cam05.")
     mock: MockDriverSettings = Field(default_factory=MockDriverSettings, description="Settings of the mock driver.")
     pylon: PylonSettings = Field(default_factory=PylonSettings, description="Settings of the Basler (pylon) driver.")
+    replay: ReplaySettings | None = Field(
+        default=None,
+        validate_default=True,  # so that a missing [replay] is checked against rig.driver too
+        description="The recording the replay driver plays back; required with rig.driver = 'replay'.",
+    )
     designs: DesignsSettings = Field(description="Where the station finds the designs it inspects against.")
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="The plant MQTT broker.")
     capture: CaptureSettings = Field(default_factory=CaptureSettings, description="Triggers and image storage.")
@@ -328,6 +338,18 @@ class StationConfig(BaseSettings):
         if problems:
             raise ValueError("need exactly one [[cameras]] entry for each of cam01…cam05: " + "; ".join(problems))
         return sorted(cameras, key=lambda c: c.name)
+
+    @field_validator("replay")
+    @classmethod
+    def _replay_names_its_recording(cls, replay: ReplaySettings | None, info: ValidationInfo) -> ReplaySettings | None:
+        """A field's check rather than the model's, so the problem is reported at `replay`, not the whole config."""
+        rig = info.data.get("rig")
+        if replay is None and isinstance(rig, RigSettings) and rig.driver == "replay":
+            raise ValueError(
+                "rig.driver = 'replay' plays back stored scans: add a [replay] section naming them, "
+                "e.g. source = \"/data/recordings/line1\" (a station's data root, its scans/ directory or one scan's)"
+            )
+        return replay
 
     @classmethod
     def settings_customise_sources(

@@ -380,6 +380,9 @@ def check_clock(cfg: StationConfig, synchronised: bool | None) -> CheckResult:
 def check_cameras(cfg: StationConfig, camera_check: CameraCheck | None) -> CheckResult:
     if cfg.rig.driver == "mock":
         return _ok("cameras", "mock driver")
+    if cfg.rig.driver == "replay":
+        source = cfg.replay.source if cfg.replay is not None else "(no [replay] section)"
+        return _ok("cameras", f"replay driver: stored scans from {source}")
     if camera_check is None:
         return _warn(
             "cameras",

@@ -18,7 +18,7 @@ here, after the station exists.
 from __future__ import annotations
 
 from amflow_edge.config.station import StationConfig
-from amflow_edge.drivers.base import CameraDriver
+from amflow_edge.drivers.base import CameraDriver, DriverError
 from amflow_edge.inspection.designs import Design, DesignLibrary
 from amflow_edge.messaging.backlog import BacklogGuard
 from amflow_edge.messaging.commands import CommandHandler
@@ -80,6 +80,13 @@ def make_driver(cfg: StationConfig, library: DesignLibrary | SessionDesigns) -> 
         from amflow_edge.drivers.mock import MockDriver
 
         return MockDriver(cfg.cameras, cfg.mock, library)
+    if cfg.rig.driver == "replay":
+        from amflow_edge.drivers.replay import ReplayDriver
+
+        if cfg.replay is None:  # the config's validator says so; a config built in code may still lack it
+            raise DriverError("rig.driver = 'replay' needs a [replay] section naming the recording (replay.source)")
+        # The station's own directories: the recording must lie apart from where the replayed scans go.
+        return ReplayDriver(cfg.cameras, cfg.replay, cfg.station.data_root, cfg.backup.path)
     from amflow_edge.drivers.gige_budget import APPLIED_STREAMS_FILE
     from amflow_edge.drivers.pylon import PylonDriver
 
