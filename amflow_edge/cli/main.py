@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from amflow_edge import __version__
-from amflow_edge.cli import calibrate, cameras, doctor, identify, inspect, openapi, outbox, render, station
+from amflow_edge.cli import calibrate, cameras, consume, doctor, identify, inspect, openapi, outbox, render, station
 from amflow_edge.messaging.asyncapi import dump_asyncapi
 from amflow_edge.messaging.payload import Envelope
 from amflow_edge.ops.log import configure_logging
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_parser(sub)
     outbox.add_parser(sub)
     openapi.add_parser(sub)
+    consume.add_parser(sub)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the published event envelope")
     schema.set_defaults(func=cmd_schema)

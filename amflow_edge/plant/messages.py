@@ -1,0 +1,80 @@
+"""What a scan event must be to be stored, checked before the database is touched.
+
+A message that fails is not retried (it would fail again, and hold up every message behind it): it is
+kept as a reject, with the reason, and acknowledged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from amflow_edge.messaging.payload import Envelope
+
+
+@dataclass(frozen=True)
+class ScanEvent:
+    event_id: UUID
+    station: str
+    event: str
+    scan_uuid: UUID
+    modified: datetime
+    envelope_json: str
+    """The envelope as received; stored as jsonb."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    event_id: str | None
+    reason: str
+
+
+def _event_id(user_properties: list[tuple[str, str]]) -> str | Rejected:
+    values = [value for key, value in user_properties if key == "event_id"]
+    if len(values) != 1:
+        found = "none" if not values else f"{len(values)}"
+        return Rejected(None, f"expected one MQTT v5 user property event_id (found {found})")
+    try:
+        return str(UUID(values[0]))
+    except ValueError:
+        return Rejected(values[0][:200], f"event_id is not a UUID (found {values[0][:60]!r})")
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    shown = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in errors[:5])
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return f"not an AM-Vision 3.7 envelope: {shown}{more}"
+
+
+def parse(topic: str, payload: bytes, user_properties: list[tuple[str, str]], prefix: str) -> ScanEvent | Rejected:
+    """The station comes from the topic, <prefix>/<station>/event/<event>, which must agree with hook.event."""
+    event_id = _event_id(user_properties)
+    if isinstance(event_id, Rejected):
+        return event_id
+    root = prefix.rstrip("/") + "/"
+    levels = topic[len(root) :].split("/") if topic.startswith(root) else []
+    if len(levels) != 3 or levels[1] != "event" or not levels[0]:
+        return Rejected(event_id, f"topic is not {root}<station>/event/<event>")
+    station, _, topic_event = levels
+    try:
+        message = Envelope.model_validate_json(payload)
+    except ValidationError as exc:
+        return Rejected(event_id, _validation_summary(exc))
+    if message.hook.event != topic_event:
+        return Rejected(event_id, f"hook.event {message.hook.event!r} does not match the topic's {topic_event!r}")
+    try:
+        modified = datetime.fromisoformat(message.data.modified)
+    except ValueError as exc:
+        return Rejected(event_id, f"data.modified is no time: {exc}")
+    return ScanEvent(
+        event_id=UUID(event_id),
+        station=station,
+        event=message.hook.event,
+        scan_uuid=UUID(message.data.uuid),
+        modified=modified,
+        envelope_json=payload.decode("utf-8"),
+    )
