@@ -239,6 +239,10 @@ def test_events_failing_too_long_become_dead_letters_and_can_be_replayed(
         fresh = capture(station, 1)
         assert wait_for(lambda: len(receiver.accepted()) == 1, 30)
         assert receiver.accepted()[0].json["data"]["uuid"] == fresh[0]
+        assert main(["outbox", "dead-letters", "--config", str(config), "--target", "1"]) == 0
+        letters = json.loads(capsys.readouterr().out)
+        assert [(d["scan"], d["event"]) for d in letters] == [(s, "scan.capture") for s in old]
+        assert all("HTTP 500" in d["reason"] and not d["requeued"] for d in letters)
         assert main(["outbox", "replay", "--config", str(config), "--target", "1", "--dead-letters"]) == 0
         assert "2 event(s) queued to be posted again to webhook 1" in capsys.readouterr().out
         assert wait_for(lambda: len(receiver.accepted()) == 3, 30)

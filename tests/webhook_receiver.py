@@ -21,6 +21,8 @@ class Posted:
     body: bytes
     status: int
     """What the receiver answered."""
+    at: float
+    """Unix time it arrived."""
 
     @property
     def json(self) -> Any:
@@ -53,7 +55,7 @@ class WebhookReceiver:
                 status = receiver.answer_for.get(self.path, receiver.answer)
                 with receiver._lock:
                     receiver.posted.append(
-                        Posted(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status)
+                        Posted(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status, time.time())
                     )
                 reply = b"{}" if status < 400 else b'{"detail": "told to refuse"}'
                 self.send_response(status)

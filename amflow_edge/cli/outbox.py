@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -132,6 +133,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    with _outbox(args.config) as opened:
+        if opened is None:
+            return EXIT_CONFIG
+        target = _target(opened, args.target)
+        if target is None:
+            return EXIT_CONFIG
+        letters = opened.ledger.dead_letters(target.hook_id)
+    print(json.dumps([letter.model_dump() for letter in letters], indent=2))
+    return 0
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     with _outbox(args.config) as opened:
         if opened is None:
@@ -166,6 +179,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--dead-letters", action="store_true", help="also post again the target's dead letters (with --target)"
     )
     replay.set_defaults(func=cmd_replay)
+    dead = commands.add_parser(
+        "dead-letters", help="the events a webhook target gave up on, with why (replay them with --dead-letters)"
+    )
+    dead.add_argument("--config", type=Path, required=True, help="station TOML")
+    dead.add_argument("--target", type=int, required=True, help="the target's hook_id")
+    dead.set_defaults(func=cmd_dead_letters)
     resume = commands.add_parser(
         "resume", help="retry a parked webhook target (it refused an event; its receiver has been fixed)"
     )

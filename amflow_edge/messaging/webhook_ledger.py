@@ -62,6 +62,20 @@ def _placeholders(events: Sequence[str]) -> str:
     return ",".join("?" * len(events))
 
 
+class DeadLetter(BaseModel):
+    """An event a webhook target gave up on, as `outbox dead-letters` lists it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(description="The event's id (webhook-id, MQTT event_id).")
+    event: str = Field(description="The event name.")
+    scan: str | None = Field(description="UUID of the scan it is about.")
+    created: float = Field(description="Unix time the event was queued.")
+    reason: str = Field(description="Why the target did not take it (its last answer, or parked).")
+    given_up_at: float = Field(description="Unix time it was moved to the dead letters.")
+    requeued: bool = Field(description="Queued to be posted again (outbox replay --dead-letters).")
+
+
 class WebhookLedger:
     def __init__(self, db: StationDb) -> None:
         self._db = db
@@ -159,17 +173,19 @@ class WebhookLedger:
                 > 0
             )
 
-    def dead_letter_older_than(self, hook_id: int, events: Sequence[str], age_s: float, reason: str) -> int:
+    def dead_letter_older_than(self, hook_id: int, events: Sequence[str], age_s: float) -> int:
         """Give up on this target's undelivered events created more than age_s ago, while it is failing or parked
         (a replay of old events to a working target is not given up on); returns how many."""
         cutoff = time.time() - age_s
         with self._db.transaction() as conn:
-            position, failing = conn.execute(
-                "SELECT delivered_seq, failures > 0 OR parked_reason IS NOT NULL FROM webhook_targets WHERE hook_id = ?",
+            position, failing, said = conn.execute(
+                "SELECT delivered_seq, failures > 0 OR parked_reason IS NOT NULL, COALESCE(parked_reason, last_error) "
+                "FROM webhook_targets WHERE hook_id = ?",
                 (hook_id,),
             ).fetchone()
             if not failing:
                 return 0
+            reason = f"{said or 'not delivered'}; given up after {age_s:.0f} s"
             rows = conn.execute(
                 "SELECT seq, event_id, event, scan_uuid, payload, created FROM outbox "
                 f"WHERE seq > ? AND created < ? AND event IN ({_placeholders(events)}) ORDER BY seq",
@@ -208,6 +224,17 @@ class WebhookLedger:
             return conn.execute(
                 "UPDATE webhook_dead_letters SET requeued = 1 WHERE hook_id = ? AND requeued = 0", (hook_id,)
             ).rowcount
+
+    def dead_letters(self, hook_id: int) -> list[DeadLetter]:
+        rows = self._db.connection().execute(
+            "SELECT event_id, event, scan_uuid, created, reason, at, requeued FROM webhook_dead_letters "
+            "WHERE hook_id = ? ORDER BY seq",
+            (hook_id,),
+        )
+        return [
+            DeadLetter(event_id=e, event=n, scan=s, created=c, reason=r, given_up_at=a, requeued=bool(q))
+            for e, n, s, c, r, a, q in rows
+        ]
 
     def known(self) -> list[int]:
         return [row[0] for row in self._db.connection().execute("SELECT hook_id FROM webhook_targets ORDER BY hook_id")]

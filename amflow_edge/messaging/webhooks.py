@@ -215,10 +215,7 @@ class WebhookSender:
 
     def _give_up_on_old(self) -> None:
         target = self.target
-        reason = (
-            self._ledger.parked_reason(target.hook_id) or f"not delivered within {target.dead_letter_after_s:.0f} s"
-        )
-        moved = self._ledger.dead_letter_older_than(target.hook_id, target.events, target.dead_letter_after_s, reason)
+        moved = self._ledger.dead_letter_older_than(target.hook_id, target.events, target.dead_letter_after_s)
         if moved:
             log.error(
                 "webhook events moved to dead letters after failing too long; replay them with "
