@@ -177,8 +177,8 @@ def test_a_target_that_refuses_is_parked_with_its_reason_and_resumed_after_the_f
 
 
 def test_a_slow_target_never_slows_capture_or_mqtt(tmp_path: Path, broker: Broker, receiver: WebhookReceiver) -> None:
-    receiver.delay_s = 3.0
-    config = station_config(tmp_path, broker, webhook_block(receiver, MES, 1, timeout_s=30))
+    receiver.delay_s = 10.0
+    config = station_config(tmp_path, broker, webhook_block(receiver, MES, 1, timeout_s=60))
     subscriber = Subscriber(broker, ["amflow/test-station/event/scan.capture"])
     station = build_station(load_config(config))
     try:
@@ -234,6 +234,7 @@ def test_events_failing_too_long_become_dead_letters_and_can_be_replayed(
         # Two hours pass for the events of the first two scans (the outbox's own clock is their creation time).
         with station.db.transaction() as conn:
             conn.execute("UPDATE outbox SET created = created - 7200")
+            conn.execute("UPDATE webhook_targets SET failing_since = failing_since - 7200")
         assert wait_for(lambda: station.state().webhooks[0].dead_letters == 2, 30)
         receiver.answer = 200
         fresh = capture(station, 1)
@@ -281,6 +282,98 @@ def test_replay_to_one_target_and_status_per_target(
     assert len(receiver.accepted(MES)) == 2
 
 
+def _target_row(db: StationDb, hook_id: int, delivered_seq: int) -> None:
+    with db.transaction() as conn:
+        conn.execute(
+            "INSERT INTO webhook_targets (hook_id, url, fingerprint, delivered_seq) VALUES (?, 'http://x', 'f', ?)",
+            (hook_id, delivered_seq),
+        )
+
+
+def test_a_replay_is_not_undone_by_a_post_that_was_in_flight(tmp_path: Path) -> None:
+    db = StationDb(tmp_path / DB_FILE)
+    with db.transaction() as conn:
+        for _ in range(6):
+            Outbox.add(conn, "scan.capture", None, "t", b"{}")
+    _target_row(db, 1, 3)
+    ledger = WebhookLedger(db)
+    in_flight = ledger.pending(1, ["scan.capture"], 10)
+    assert [e.seq for e in in_flight] == [4, 5, 6]
+    assert ledger.replay(1, 0.0, ["scan.capture"]) == 3  # the CLI, while seq 4 is being posted
+    assert not ledger.delivered(1, in_flight[0])
+    assert [e.seq for e in ledger.pending(1, ["scan.capture"], 10)] == [1, 2, 3, 4, 5, 6]
+    db.close()
+
+
+def test_a_target_that_takes_only_some_events_does_not_hold_back_pruning(tmp_path: Path) -> None:
+    db = StationDb(tmp_path / DB_FILE)
+    outbox = Outbox(db)
+    with db.transaction() as conn:
+        for _ in range(4):
+            Outbox.add(conn, "scan.capture", None, "t", b"{}")
+    outbox.mark_sent([1, 2, 3, 4])
+    _target_row(db, 1, 0)
+    assert WebhookLedger(db).pending(1, ["scan.reject"], 10) == []
+    time.sleep(0.01)
+    assert outbox.prune(0.0) == 4
+    db.close()
+
+
+def test_giving_up_goes_by_how_long_the_target_failed_not_by_how_old_the_events_are(tmp_path: Path) -> None:
+    db = StationDb(tmp_path / DB_FILE)
+    with db.transaction() as conn:
+        for _ in range(3):
+            Outbox.add(conn, "scan.capture", None, "t", b"{}")
+        conn.execute("UPDATE outbox SET created = created - 86400")  # a station back from a long shutdown
+    _target_row(db, 1, 0)
+    ledger = WebhookLedger(db)
+    ledger.failed(1, "HTTP 503 Service Unavailable")
+    assert ledger.give_up_if_failing_too_long(1, ["scan.capture"], 3600) == 0
+    with db.transaction() as conn:
+        conn.execute("UPDATE webhook_targets SET failing_since = failing_since - 3601")
+    assert ledger.give_up_if_failing_too_long(1, ["scan.capture"], 3600) == 3
+    assert [d.reason for d in ledger.dead_letters(1)] == [
+        "HTTP 503 Service Unavailable; given up after 3600 s of failing"
+    ] * 3
+    db.close()
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_timeout(
+    tmp_path: Path, broker: Broker, receiver: WebhookReceiver
+) -> None:
+    receiver.trickle_s = 0.5
+    config = station_config(tmp_path, broker, webhook_block(receiver, MES, 1, timeout_s=1, max_backoff_s=1))
+    station = build_station(load_config(config))
+    try:
+        station.start(RunOptions(http=False))
+        capture(station, 1)
+        assert wait_for(lambda: "took longer than 1 s" in (station.state().webhooks[0].last_error or ""), 30)
+    finally:
+        receiver.trickle_s = 0.0
+        station.shutdown()
+
+
+def test_the_outbox_commands_leave_a_parked_target_parked(
+    tmp_path: Path, broker: Broker, receiver: WebhookReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    receiver.answer = 403
+    daemon_config = station_config(tmp_path, broker, webhook_block(receiver, MES, 1, secret=SECRET))
+    station = build_station(load_config(daemon_config))
+    try:
+        station.start(RunOptions(http=False))
+        capture(station, 1)
+        assert wait_for(lambda: station.state().webhooks[0].parked, 30)
+    finally:
+        station.shutdown()
+    # The operator's shell lacks the daemon's credentials: its config sees another secret, or none.
+    shell_config = tmp_path / "shell.toml"
+    shell_config.write_text(daemon_config.read_text().replace(f'secret = "{SECRET}"\n', ""))
+    assert main(["outbox", "status", "--config", str(shell_config)]) == 0
+    assert json.loads(capsys.readouterr().out)["webhooks"][0]["parked"]
+    assert main(["outbox", "status", "--config", str(daemon_config)]) == 0
+    assert json.loads(capsys.readouterr().out)["webhooks"][0]["parked"]
+
+
 def test_the_outbox_keeps_what_a_webhook_target_has_not_delivered(tmp_path: Path) -> None:
     db = StationDb(tmp_path / DB_FILE)
     outbox = Outbox(db)
@@ -305,6 +398,8 @@ def test_the_outbox_keeps_what_a_webhook_target_has_not_delivered(tmp_path: Path
     ("block", "message"),
     [
         ('url = "ftp://mes/x"\nhook_id = 1', "is not an http:// or https:// URL"),
+        ('url = "http://mes:99999/x"\nhook_id = 1', "the port must be a number from 1 to 65535"),
+        ('url = "https://mes/x"\nhook_id = 1\nca_file = "no-such-ca.pem"', "expected a readable PEM CA certificate"),
         ('url = "http://mes/x"\nhook_id = 1\nsecret = "whsec_c2hvcnQ="', "at least 24 random bytes"),
         ('url = "http://mes/x"\nhook_id = 1\nevents = ["scan.captured"]', "scan.capture"),
         ('url = "http://mes/x"\nhook_id = 1\n[[webhooks]]\nurl = "http://mes/y"\nhook_id = 1', "used more than once"),

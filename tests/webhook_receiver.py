@@ -6,6 +6,7 @@ It stands for an MES such as the one AM-Vision's example posts to; what it can b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -38,6 +39,8 @@ class WebhookReceiver:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.answer = 200
+        self.trickle_s = 0.0
+        """Send the answer's body a byte at a time, this long apart: a receiver that never quite answers."""
         self.answer_for: dict[str, int] = {}
         """Per path, overriding `answer`: one receiver serves several targets."""
         self.delay_s = 0.0
@@ -58,11 +61,20 @@ class WebhookReceiver:
                         Posted(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status, time.time())
                     )
                 reply = b"{}" if status < 400 else b'{"detail": "told to refuse"}'
+                if receiver.trickle_s:
+                    reply = b" " * 64
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
-                self.wfile.write(reply)
+                with contextlib.suppress(ConnectionError):  # the station gave up on a slow answer
+                    if receiver.trickle_s:
+                        for byte in reply:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(receiver.trickle_s)
+                    else:
+                        self.wfile.write(reply)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

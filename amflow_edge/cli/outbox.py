@@ -46,10 +46,8 @@ def _outbox(config: Path) -> Iterator[_Opened | None]:
         return
     db = StationDb(cfg.station.state_dir / DB_FILE)
     try:
-        ledger = WebhookLedger(db)
-        # A target added to the config since the daemon last ran is known here too, from the outbox's end.
-        ledger.register(cfg.webhooks)
-        yield _Opened(Outbox(db), ledger, cfg.webhooks)
+        # Never registers targets: only the daemon knows its credentials, and so their fingerprints.
+        yield _Opened(Outbox(db), WebhookLedger(db), cfg.webhooks)
     finally:
         db.close()
 
@@ -58,6 +56,13 @@ def _target(opened: _Opened, hook_id: int | None) -> WebhookTarget | None:
     """The configured target of --target, or None after saying which ones there are."""
     for target in opened.targets:
         if target.hook_id == hook_id:
+            if not opened.ledger.registered(target.hook_id):
+                print(
+                    f"webhook {hook_id} is not registered yet: the station registers it at its next start, "
+                    "from the outbox's end",
+                    file=sys.stderr,
+                )
+                return None
             return target
     known = ", ".join(str(t.hook_id) for t in opened.targets) or "none are configured"
     print(f"--target {hook_id}: no [[webhooks]] target has that hook_id ({known})", file=sys.stderr)
@@ -125,7 +130,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
         count = opened.ledger.requeue_dead_letters(target.hook_id) if args.dead_letters else 0
         if since is not None:
-            count += opened.ledger.replay(target.hook_id, since)
+            count += opened.ledger.replay(target.hook_id, since, target.events)
     print(
         f"{count} event(s) queued to be posted again to webhook {target.hook_id} ({target.display_url}); "
         "a running station posts them within seconds, a stopped one at start"

@@ -6,6 +6,8 @@ stays free of what reading those files needs.
 
 from __future__ import annotations
 
+import ssl
+
 from amflow_edge.common.extras import missing
 from amflow_edge.config.problems import Area, FileProblem
 from amflow_edge.config.station import StationConfig
@@ -82,6 +84,16 @@ def file_problems(cfg: StationConfig) -> list[FileProblem]:
     if cfg.mqtt.tls is not None:
         for problem in tls_problems(cfg.mqtt.tls):
             add("config", problem)
+    for index, hook in enumerate(cfg.webhooks):
+        if hook.ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=str(hook.ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                add(
+                    "config",
+                    f"webhooks[{index}].ca_file (hook_id {hook.hook_id}): expected a readable PEM CA certificate "
+                    f"(found {hook.ca_file}: {getattr(exc, 'strerror', None) or exc})",
+                )
     if cfg.mqtt.username is not None and cfg.mqtt.password is None:
         add(
             "config",

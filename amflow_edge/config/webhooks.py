@@ -45,7 +45,9 @@ class WebhookTarget(BaseModel):
         ge=0, le=2**31 - 1, description="hook.id in this target's events: a stable integer, unique per station."
     )
     target: str | None = Field(
-        default=None, max_length=MAX_ID_LENGTH, description="hook.target in this target's events; default the url."
+        default=None,
+        max_length=MAX_ID_LENGTH,
+        description="hook.target in this target's events; default the url without user, password or query.",
     )
     events: list[EventName] = Field(
         default_factory=lambda: list(ALL_EVENTS),
@@ -83,6 +85,10 @@ class WebhookTarget(BaseModel):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{value!r} is not an http:// or https:// URL; write e.g. 'https://mes.plant/hooks/scan'")
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port only when asked
+        except ValueError:
+            raise ValueError(f"{value!r}: the port must be a number from 1 to 65535") from None
         return value
 
     @field_validator("events")
@@ -102,7 +108,8 @@ class WebhookTarget(BaseModel):
 
     @property
     def hook_target(self) -> str:
-        return self.target or self.url
+        """Default the url without credentials or query: every body carries it, and receivers log bodies."""
+        return self.target or self.display_url
 
     @property
     def display_url(self) -> str:

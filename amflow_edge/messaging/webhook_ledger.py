@@ -2,9 +2,14 @@
 
 The outbox is shared by every sink; a target only keeps a position in it (`delivered_seq`: every
 event up to there was delivered or is not for this target). So a target that is down for a day
-costs no copies of events, and when it comes back it resumes where it stopped, in order. An event
-a target could not take for `dead_letter_after_s` is copied to its dead letters and the target moves
-on; the copy survives the outbox's pruning until it is sent again or the operator gives up on it.
+costs no copies of events, and when it comes back it resumes where it stopped, in order. Once a
+target has been failing for `dead_letter_after_s`, what it could not take by then is copied to its
+dead letters and the target moves on; the copy survives the outbox's pruning until it is sent again.
+
+The sender thread and the CLI (`outbox replay`, `resume`) write the same rows from two processes.
+Every change of position other than a delivery bumps `generation`, and a delivery only moves the
+position of the generation it was read in: a replay is never undone by a post that was in flight.
+Only the daemon registers targets (the CLI may lack the daemon's credentials, and so its fingerprints).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ class PendingEvent:
     created: float
     dead_letter: bool
     """A requeued dead letter: delivering it does not move the target's position."""
+    generation: int
+    """The target's generation when this was read: a replay or a give-up since then voids the sender's batch."""
 
 
 class WebhookStatus(BaseModel):
@@ -53,9 +60,9 @@ class WebhookStatus(BaseModel):
     )
 
 
-def _pending(row: tuple[int, str, str, str | None, bytes, float], dead_letter: bool) -> PendingEvent:
+def _pending(row: tuple[int, str, str, str | None, bytes, float], dead_letter: bool, generation: int) -> PendingEvent:
     seq, event_id, event, scan_uuid, payload, created = row
-    return PendingEvent(seq, event_id, event, scan_uuid, payload, created, dead_letter)
+    return PendingEvent(seq, event_id, event, scan_uuid, payload, created, dead_letter, generation)
 
 
 def _placeholders(events: Sequence[str]) -> str:
@@ -77,13 +84,15 @@ class DeadLetter(BaseModel):
 
 
 class WebhookLedger:
+    """Each target's row in webhook_targets and its dead letters; every method is one transaction."""
+
     def __init__(self, db: StationDb) -> None:
         self._db = db
 
     def register(self, targets: Sequence[WebhookTarget]) -> None:
-        """Make the ledger match the config: a new target starts at the outbox's end (it was not subscribed to the
-        past: `outbox replay --target` sends it), a changed endpoint or secret is retried even if parked, and a
-        target no longer configured stops holding back the outbox's pruning."""
+        """Make the ledger match the daemon's config: a new target starts at the outbox's end (it was not
+        subscribed to the past: `outbox replay --target` sends it), a changed endpoint or secret is retried even
+        if parked, and a target no longer configured stops holding back the outbox's pruning."""
         with self._db.transaction() as conn:
             end = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
             conn.execute("UPDATE webhook_targets SET active = 0")
@@ -105,52 +114,78 @@ class WebhookLedger:
                     (target.display_url, target.fingerprint(), changed, changed, target.hook_id),
                 )
 
-    def pending(self, hook_id: int, events: Sequence[str], limit: int) -> list[PendingEvent]:
-        """The next events to post: requeued dead letters first (they are the oldest), then the outbox in order."""
-        conn = self._db.connection()
-        dead = conn.execute(
-            "SELECT seq, event_id, event, scan_uuid, payload, created FROM webhook_dead_letters "
-            "WHERE hook_id = ? AND requeued = 1 ORDER BY seq LIMIT ?",
-            (hook_id, limit),
-        ).fetchall()
-        if dead:
-            return [_pending(row, dead_letter=True) for row in dead]
-        rows = conn.execute(
-            "SELECT seq, event_id, event, scan_uuid, payload, created FROM outbox "
-            f"WHERE seq > (SELECT delivered_seq FROM webhook_targets WHERE hook_id = ?) "
-            f"AND event IN ({_placeholders(events)}) ORDER BY seq LIMIT ?",
-            (hook_id, *events, limit),
-        ).fetchall()
-        return [_pending(row, dead_letter=False) for row in rows]
+    def registered(self, hook_id: int) -> bool:
+        query = "SELECT 1 FROM webhook_targets WHERE hook_id = ?"
+        return self._db.connection().execute(query, (hook_id,)).fetchone() is not None
 
-    def delivered(self, hook_id: int, event: PendingEvent) -> None:
+    def pending(self, hook_id: int, events: Sequence[str], limit: int) -> list[PendingEvent]:
+        """The next events to post: requeued dead letters first (they are the oldest), then the outbox in order,
+        read in one snapshot with the generation they belong to."""
+        with self._db.transaction() as conn:
+            position, generation = conn.execute(
+                "SELECT delivered_seq, generation FROM webhook_targets WHERE hook_id = ?", (hook_id,)
+            ).fetchone()
+            dead = conn.execute(
+                "SELECT seq, event_id, event, scan_uuid, payload, created FROM webhook_dead_letters "
+                "WHERE hook_id = ? AND requeued = 1 ORDER BY seq LIMIT ?",
+                (hook_id, limit),
+            ).fetchall()
+            if dead:
+                return [_pending(row, True, generation) for row in dead]
+            rows = conn.execute(
+                "SELECT seq, event_id, event, scan_uuid, payload, created FROM outbox "
+                f"WHERE seq > ? AND event IN ({_placeholders(events)}) ORDER BY seq LIMIT ?",
+                (position, *events, limit),
+            ).fetchall()
+            if not rows:
+                # Nothing for this target: move past what is not for it, so pruning is not held back.
+                conn.execute(
+                    "UPDATE webhook_targets SET delivered_seq = (SELECT COALESCE(MAX(seq), 0) FROM outbox) "
+                    "WHERE hook_id = ? AND delivered_seq < (SELECT COALESCE(MAX(seq), 0) FROM outbox)",
+                    (hook_id,),
+                )
+            return [_pending(row, False, generation) for row in rows]
+
+    def delivered(self, hook_id: int, event: PendingEvent) -> bool:
+        """Record a 2xx; False when the target's position was changed meanwhile (a replay, a give-up): the
+        sender then drops the rest of its batch and reads again."""
         with self._db.transaction() as conn:
             if event.dead_letter:
                 conn.execute("DELETE FROM webhook_dead_letters WHERE hook_id = ? AND seq = ?", (hook_id, event.seq))
+                moved = True
             else:
-                conn.execute(
-                    "UPDATE webhook_targets SET delivered_seq = MAX(delivered_seq, ?) WHERE hook_id = ?",
-                    (event.seq, hook_id),
+                moved = (
+                    conn.execute(
+                        "UPDATE webhook_targets SET delivered_seq = ? "
+                        "WHERE hook_id = ? AND generation = ? AND delivered_seq < ?",
+                        (event.seq, hook_id, event.generation, event.seq),
+                    ).rowcount
+                    > 0
                 )
             conn.execute(
-                "UPDATE webhook_targets SET last_delivered_at = ?, last_error = NULL, failures = 0 WHERE hook_id = ?",
+                "UPDATE webhook_targets SET last_delivered_at = ?, last_error = NULL, failures = 0, "
+                "failing_since = NULL WHERE hook_id = ?",
                 (time.time(), hook_id),
             )
+            return moved
 
     def failed(self, hook_id: int, error: str) -> int:
         """Count a failed attempt at the head event; returns how many in a row."""
         with self._db.transaction() as conn:
             conn.execute(
-                "UPDATE webhook_targets SET failures = failures + 1, last_error = ? WHERE hook_id = ?",
-                (error, hook_id),
+                "UPDATE webhook_targets SET failures = failures + 1, last_error = ?, "
+                "failing_since = COALESCE(failing_since, ?) WHERE hook_id = ?",
+                (error, time.time(), hook_id),
             )
             return int(conn.execute("SELECT failures FROM webhook_targets WHERE hook_id = ?", (hook_id,)).fetchone()[0])
 
     def park(self, hook_id: int, reason: str) -> None:
         with self._db.transaction() as conn:
+            now = time.time()
             conn.execute(
-                "UPDATE webhook_targets SET parked_reason = ?, parked_at = ?, last_error = ? WHERE hook_id = ?",
-                (reason, time.time(), reason, hook_id),
+                "UPDATE webhook_targets SET parked_reason = ?, parked_at = ?, last_error = ?, "
+                "failing_since = COALESCE(failing_since, ?) WHERE hook_id = ?",
+                (reason, now, reason, now, hook_id),
             )
 
     def parked_reason(self, hook_id: int) -> str | None:
@@ -162,38 +197,45 @@ class WebhookLedger:
         return None if row is None else row[0]
 
     def resume(self, hook_id: int) -> bool:
-        """Unpark a target (its receiver was fixed); False when it was not parked."""
+        """Unpark a target (its receiver was fixed); False when it was not parked. Its time of failing starts
+        again: the operator just said it should work."""
         with self._db.transaction() as conn:
             return (
                 conn.execute(
-                    "UPDATE webhook_targets SET parked_reason = NULL, parked_at = NULL, failures = 0 "
-                    "WHERE hook_id = ? AND parked_reason IS NOT NULL",
+                    "UPDATE webhook_targets SET parked_reason = NULL, parked_at = NULL, failures = 0, "
+                    "failing_since = NULL WHERE hook_id = ? AND parked_reason IS NOT NULL",
                     (hook_id,),
                 ).rowcount
                 > 0
             )
 
-    def dead_letter_older_than(self, hook_id: int, events: Sequence[str], age_s: float) -> int:
-        """Give up on this target's undelivered events created more than age_s ago, while it is failing or parked
-        (a replay of old events to a working target is not given up on); returns how many."""
-        cutoff = time.time() - age_s
+    def give_up_if_failing_too_long(self, hook_id: int, events: Sequence[str], age_s: float) -> int:
+        """Once the target has been failing (or parked) for age_s, move what it could not take by then, the
+        events created age_s ago or earlier, to its dead letters; returns how many. Judged by how long the target
+        has failed, not by the events' age: after a long shutdown, or a replay of old events, a single refusal
+        must not throw everything away. The next give-up waits another age_s."""
+        now = time.time()
+        cutoff = now - age_s
         with self._db.transaction() as conn:
-            position, failing, said = conn.execute(
-                "SELECT delivered_seq, failures > 0 OR parked_reason IS NOT NULL, COALESCE(parked_reason, last_error) "
+            position, failing_since, said = conn.execute(
+                "SELECT delivered_seq, failing_since, COALESCE(parked_reason, last_error) "
                 "FROM webhook_targets WHERE hook_id = ?",
                 (hook_id,),
             ).fetchone()
-            if not failing:
+            if failing_since is None or failing_since > cutoff:
                 return 0
-            reason = f"{said or 'not delivered'}; given up after {age_s:.0f} s"
+            (last,) = conn.execute(
+                f"SELECT MAX(seq) FROM outbox WHERE seq > ? AND created <= ? AND event IN ({_placeholders(events)})",
+                (position, cutoff, *events),
+            ).fetchone()
+            if last is None:
+                return 0
             rows = conn.execute(
                 "SELECT seq, event_id, event, scan_uuid, payload, created FROM outbox "
-                f"WHERE seq > ? AND created < ? AND event IN ({_placeholders(events)}) ORDER BY seq",
-                (position, cutoff, *events),
+                f"WHERE seq > ? AND seq <= ? AND event IN ({_placeholders(events)}) ORDER BY seq",
+                (position, last, *events),
             ).fetchall()
-            if not rows:
-                return 0
-            now = time.time()
+            reason = f"{said or 'not delivered'}; given up after {age_s:.0f} s of failing"
             conn.executemany(
                 "INSERT OR IGNORE INTO webhook_dead_letters "
                 "(hook_id, seq, event_id, event, scan_uuid, payload, created, reason, at) "
@@ -201,25 +243,38 @@ class WebhookLedger:
                 [(hook_id, *row, reason, now) for row in rows],
             )
             conn.execute(
-                "UPDATE webhook_targets SET delivered_seq = ?, failures = 0 WHERE hook_id = ?", (rows[-1][0], hook_id)
+                "UPDATE webhook_targets SET delivered_seq = ?, generation = generation + 1, failing_since = ? "
+                "WHERE hook_id = ?",
+                (last, now, hook_id),
             )
             return len(rows)
 
-    def replay(self, hook_id: int, since: float) -> int:
-        """Post again to this target every event created since a moment that the outbox still keeps."""
+    def replay(self, hook_id: int, since: float, events: Sequence[str]) -> int:
+        """Post again to this target its events created since a moment that the outbox still keeps; returns
+        how many."""
         with self._db.transaction() as conn:
-            target = conn.execute("SELECT delivered_seq FROM webhook_targets WHERE hook_id = ?", (hook_id,)).fetchone()
-            if target is None:
+            (position,) = conn.execute(
+                "SELECT delivered_seq FROM webhook_targets WHERE hook_id = ?", (hook_id,)
+            ).fetchone()
+            first = conn.execute(
+                f"SELECT MIN(seq) FROM outbox WHERE created >= ? AND event IN ({_placeholders(events)})",
+                (since, *events),
+            ).fetchone()[0]
+            if first is None or first > position:
                 return 0
-            first = conn.execute("SELECT MIN(seq) FROM outbox WHERE created >= ?", (since,)).fetchone()[0]
-            if first is None or first > target[0]:
-                return 0
-            conn.execute("UPDATE webhook_targets SET delivered_seq = ? WHERE hook_id = ?", (first - 1, hook_id))
+            conn.execute(
+                "UPDATE webhook_targets SET delivered_seq = ?, generation = generation + 1 WHERE hook_id = ?",
+                (first - 1, hook_id),
+            )
             return int(
-                conn.execute("SELECT COUNT(*) FROM outbox WHERE seq BETWEEN ? AND ?", (first, target[0])).fetchone()[0]
+                conn.execute(
+                    f"SELECT COUNT(*) FROM outbox WHERE seq BETWEEN ? AND ? AND event IN ({_placeholders(events)})",
+                    (first, position, *events),
+                ).fetchone()[0]
             )
 
     def requeue_dead_letters(self, hook_id: int) -> int:
+        """Queue the target's dead letters to be posted again, before its next outbox events."""
         with self._db.transaction() as conn:
             return conn.execute(
                 "UPDATE webhook_dead_letters SET requeued = 1 WHERE hook_id = ? AND requeued = 0", (hook_id,)

@@ -6,11 +6,14 @@ outbox's events one at a time in order, and moves its position only on a 2xx, so
 is down resumes where it stopped and a slow one delays nobody else (capture and MQTT never wait
 for it). The body is exactly the 3.7 envelope with the target's hook id and target; the event id
 and a Standard Webhooks signature go in headers, so a receiver de-duplicates and authenticates.
+The senders are not among the systemd watchdog's checks: a receiver that hangs is a target's state
+(its failures and last error in the state topic), never a reason to restart the station and its capture.
 
 What an answer means:
 - 2xx: delivered.
-- 408, 429, 5xx, no answer: retried, the wait doubling from 1 s to max_backoff_s with full jitter
-  (RetryLaterError-After is honoured up to that bound), until dead_letter_after_s.
+- 408, 425, 429, 5xx, no answer: retried, the wait doubling from 1 s to max_backoff_s with full jitter
+  (Retry-After is honoured up to that bound); once the target has been failing for dead_letter_after_s,
+  what it could not take by then goes to its dead letters.
 - any other 3xx/4xx: the receiver will not take it however often it is asked (a wrong URL, a
   revoked token, a schema it refuses): the target is parked with the answer in the state topic and
   the log, until its config changes or `amflow-edge outbox resume --target` says it was fixed.
@@ -21,9 +24,11 @@ from __future__ import annotations
 import random
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -33,7 +38,6 @@ from amflow_edge import __version__
 from amflow_edge.config.webhooks import WebhookTarget
 from amflow_edge.messaging.payload import for_hook
 from amflow_edge.messaging.webhook_ledger import PendingEvent, WebhookLedger, WebhookStatus
-from amflow_edge.ops.watchdog import Heartbeat
 from amflow_edge.storage.db import StationDb
 
 log = structlog.get_logger(__name__)
@@ -44,6 +48,7 @@ _PARKED_CHECK_S = 5.0
 _IDLE_S = 5.0
 _RETRYABLE = frozenset({408, 425, 429})
 _BODY_IN_REASON = 200
+_ANSWER_BYTES = 4096
 
 
 class RetryLaterError(Exception):
@@ -71,17 +76,18 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def judge(response: httpx.Response) -> None:
-    """Raise RetryLaterError or RefusedError unless the answer means delivered."""
+def judge(response: httpx.Response, answer: str) -> None:
+    """Raise RetryLaterError or RefusedError unless the answer (status, headers, the first bytes of its body)
+    means delivered."""
     status = response.status_code
     if 200 <= status < 300:
         return
-    body = response.text[:_BODY_IN_REASON].strip().replace("\n", " ")
+    body = answer[:_BODY_IN_REASON].strip().replace("\n", " ")
     said = f"HTTP {status} {response.reason_phrase}" + (f": {body}" if body else "")
     if status in _RETRYABLE or status >= 500:
         raise RetryLaterError(said, _retry_after(response))
     if 300 <= status < 400:
-        where = response.headers.get("location", "elsewhere")
+        where = urlsplit(response.headers.get("location", "")).path or "elsewhere"
         raise RefusedError(f"{said}; the target redirects to {where}: set its url to the final address")
     raise RefusedError(f"{said}; fix the receiver or this target's url or secret, then `amflow-edge outbox resume`")
 
@@ -103,9 +109,9 @@ class WebhookSender:
         self._station_id = station_id
         self._on_change = on_change
         self._signer = Webhook(target.secret.get_secret_value()) if target.secret is not None else None
-        verify: ssl.SSLContext | bool = True
-        if target.ca_file is not None:
-            verify = ssl.create_default_context(cafile=str(target.ca_file))
+        # The operating system's trust store (update-ca-certificates), where a plant installs its own CA; httpx's
+        # default would be certifi's bundle.
+        verify = ssl.create_default_context(cafile=str(target.ca_file) if target.ca_file is not None else None)
         self._client = httpx.Client(
             timeout=target.timeout_s,
             verify=verify,
@@ -117,8 +123,6 @@ class WebhookSender:
         self._stop = threading.Event()
         self._backoff_s = _FIRST_BACKOFF_S
         self._thread: threading.Thread | None = None
-        # Silent only while one request waits for its answer or a retry waits out its backoff.
-        self.heartbeat = Heartbeat(f"webhook {target.hook_id}", target.timeout_s + target.max_backoff_s + 60.0)
 
     def wake(self) -> None:
         self._wake.set()
@@ -132,16 +136,16 @@ class WebhookSender:
         it is posted again at the next start, and the receiver de-duplicates by webhook-id."""
         self._stop.set()
         self._wake.set()
-        self.heartbeat.retire()
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
+            if self._thread.is_alive():
+                return
         self._client.close()
 
     def _run(self) -> None:
         # Losing a delivered mark costs a duplicate post, never an event: these commits need not wait for the disk.
         self._db.connection().execute("PRAGMA synchronous=NORMAL")
         while not self._stop.is_set():
-            self.heartbeat.beat()
             try:
                 pause = self._step()
             except Exception:
@@ -170,7 +174,6 @@ class WebhookSender:
         for event in pending:
             if self._stop.is_set():
                 return 0.0
-            self.heartbeat.beat()
             try:
                 self._post(event)
             except RetryLaterError as failure:
@@ -187,11 +190,13 @@ class WebhookSender:
                 self._on_change()
                 return _PARKED_CHECK_S
             recovering = self._backoff_s > _FIRST_BACKOFF_S
-            self._ledger.delivered(target.hook_id, event)
+            current = self._ledger.delivered(target.hook_id, event)
             self._backoff_s = _FIRST_BACKOFF_S
             if recovering:
                 log.info("webhook target delivering again", hook_id=target.hook_id, url=target.display_url)
                 self._on_change()
+            if not current:
+                return 0.0  # replayed or given up on meanwhile: read again from the new position
         return 0.0
 
     def _failed(self, failure: RetryLaterError) -> float:
@@ -215,7 +220,7 @@ class WebhookSender:
 
     def _give_up_on_old(self) -> None:
         target = self.target
-        moved = self._ledger.dead_letter_older_than(target.hook_id, target.events, target.dead_letter_after_s)
+        moved = self._ledger.give_up_if_failing_too_long(target.hook_id, target.events, target.dead_letter_after_s)
         if moved:
             log.error(
                 "webhook events moved to dead letters after failing too long; replay them with "
@@ -236,13 +241,26 @@ class WebhookSender:
         }
         if self._signer is not None:
             headers["webhook-signature"] = self._signer.sign(event.event_id, now, body)
+        deadline = time.monotonic() + self.target.timeout_s
         try:
-            response = self._client.post(self.target.url, content=body, headers=headers)
+            with self._client.stream("POST", self.target.url, content=body, headers=headers) as response:
+                answer = b""
+                # httpx's timeout bounds each read, not the whole answer: a receiver trickling its body is cut off.
+                for chunk in response.iter_bytes():
+                    answer += chunk[: _ANSWER_BYTES - len(answer)]
+                    if time.monotonic() > deadline:
+                        raise RetryLaterError(f"the answer took longer than {self.target.timeout_s:g} s")
+                    if len(answer) >= _ANSWER_BYTES:
+                        break
         except httpx.TimeoutException:
             raise RetryLaterError(f"no answer within {self.target.timeout_s:g} s") from None
         except httpx.TransportError as exc:
             raise RetryLaterError(f"cannot reach {self.target.display_url}: {exc or type(exc).__name__}") from None
-        judge(response)
+        except (RetryLaterError, RefusedError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - anything else must count as a failure, not block the target
+            raise RetryLaterError(f"could not post: {exc or type(exc).__name__}") from None
+        judge(response, answer.decode("utf-8", errors="replace"))
 
 
 class WebhookSenders:

@@ -249,8 +249,6 @@ def build_station(
         drift=drift,
         webhooks=webhooks if webhooks.senders else None,
     )
-    for sender in webhooks.senders:
-        station.service.watchdog.add_check(f"webhook {sender.target.hook_id}", sender.heartbeat)
     panel.listen(station.publish_state)
     # The panel publishes when the scan on the tray changes; an assignment of an earlier scan changes the batch's
     # counts and the awaiting list all the same.

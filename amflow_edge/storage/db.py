@@ -55,7 +55,9 @@ CREATE TABLE IF NOT EXISTS webhook_targets (
     parked_at         REAL,
     last_delivered_at REAL,
     last_error        TEXT,
-    failures          INTEGER NOT NULL DEFAULT 0
+    failures          INTEGER NOT NULL DEFAULT 0,
+    failing_since     REAL,
+    generation        INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS webhook_dead_letters (
     hook_id   INTEGER NOT NULL REFERENCES webhook_targets (hook_id),
