@@ -8,7 +8,7 @@ consumers in one shared group write PostgreSQL; an operator stand-in approves ev
 1. calm: no fault; end-to-end latency from scan.capture committed (the outbox row) to its row in PostgreSQL.
 2. faults (about 150 s): 200 ms added delay and 5 % packet loss on every station's link throughout; five
    stations partitioned for 60 s; the webhook receiver answering 500 for 120 s; a consumer killed mid-batch
-   and restarted 30 s later; the plant broker stopped and started.
+   and restarted 30 s later; the plant broker killed (SIGKILL) and started again.
 3. outage: the plant broker and the webhook receiver down for --outage-s while the stations keep capturing;
    then the time until PostgreSQL holds every event queued before the broker's return, the broker's peak
    queue ($SYS store count), and each webhook target's delivery rate while it catches up.
@@ -30,7 +30,8 @@ sys.path.insert(0, str(REPO))
 
 import psycopg  # noqa: E402
 
-from tests.fleet import Fleet, daemon_logs, fresh_database, make_recording  # noqa: E402
+from tests.fleet import Fleet, daemon_logs, make_recording  # noqa: E402
+from tests.postgres import fresh_database  # noqa: E402
 
 
 def wait(condition: object, timeout_s: float, what: str, fleet: Fleet) -> float:
@@ -112,7 +113,7 @@ def main() -> int:
         for station in partitioned:
             station.host.heal()
         time.sleep(10)
-        fleet.broker.stop(graceful=True)
+        fleet.broker.stop()  # killed outright (SIGKILL)
         time.sleep(5)
         fleet.broker.start()
         time.sleep(max(0.0, args.webhook_down_s - (time.monotonic() - faults_from)))

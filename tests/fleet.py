@@ -19,10 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,6 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 RECORDED_SCANS = 3
 PREFIX = "amflow"
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def make_recording(root: Path) -> Path:
@@ -59,19 +56,6 @@ def make_recording(root: Path) -> Path:
     finally:
         station.shutdown(flush_timeout_s=0.0)
     return root / "data"
-
-
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    """A database of its own for one run, dropped afterwards: runs never see each other's rows."""
-    name = f"amflow_fleet_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _env() -> dict[str, str]:
@@ -370,6 +354,9 @@ class Fleet:
             self.broker = Broker(self.root / "broker", persistence=True)
             with self.broker.conf.open("a") as conf:
                 conf.write("sys_interval 1\n")  # the store's message count every second: the peak queue
+                # Saved after every change, not every second: a broker killed outright must not forget what it
+                # acknowledged (config/mosquitto/plant-broker.conf says why a plant wants the same).
+                conf.write("autosave_on_changes true\n")
             self.broker.start()
             exits.callback(self.broker.stop, graceful=True)
             self.proxy = exits.enter_context(

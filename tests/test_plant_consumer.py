@@ -30,9 +30,7 @@ from amflow_edge.plant.settings import load_settings
 from tests.import_graph import REPO, import_graph, imported_names, module_files
 from tests.mqtt_helpers import Broker, Subscriber, free_port
 from tests.polling import wait_for
-
-ADMIN_DSN = os.environ.get("PLANT_TEST_POSTGRES_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-"""Where test databases are created: the machine's PostgreSQL, as a user allowed CREATE DATABASE."""
+from tests.postgres import admin_dsn, fresh_database
 
 TZ = ZoneInfo("Europe/Amsterdam")
 T0 = datetime(2026, 3, 11, 16, 36, 57, 247589, tzinfo=TZ)
@@ -44,18 +42,8 @@ SESSION = str(uuid.uuid4())
 
 @pytest.fixture
 def dsn() -> Iterator[str]:
-    name = f"amflow_t_{uuid.uuid4().hex[:16]}"
-    try:
-        admin = psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"these tests need a PostgreSQL server ({ADMIN_DSN}, or set PLANT_TEST_POSTGRES_DSN): {exc}")
-    with admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database() as database:
+        yield database
 
 
 def query(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -383,8 +371,8 @@ def test_while_postgresql_is_away_nothing_is_acknowledged_and_all_is_stored_when
     first, *rest = lifecycle("station-1", T0)
     publish(publisher, first)
     assert wait_for(lambda: count(dsn, "amflow_scan_events") == 1)
-    name = dsn.rsplit("/", 1)[1]
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(admin_dsn(), autocommit=True) as admin:
         admin.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false".encode())
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
         for item in rest:
