@@ -34,8 +34,9 @@ from amflow_edge.config.loading import load_config
 from amflow_edge.station.build import build_station
 from amflow_edge.station.capture import Trigger
 from amflow_edge.station.station import RunOptions
+from tests.delay_proxy import DelayProxy
 from tests.mqtt_helpers import Broker
-from tests.netlab import DelayProxy, Host, NetLab
+from tests.netlab import Host, NetLab
 from tests.station_files import write_station
 from tests.webhook_receiver import WebhookReceiver
 

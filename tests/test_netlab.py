@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.netlab import DelayProxy, Host, NetLab, is_available, lab_leftovers
+from tests.delay_proxy import DelayProxy
+from tests.netlab import Host, NetLab, is_available, lab_leftovers
 
 _UNAVAILABLE = is_available()
 # On CI the lab must work: a missing binary or privilege there is a failure, not a reason to skip.
