@@ -457,7 +457,7 @@ def test_the_printed_schema_is_the_one_the_consumer_creates(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(proc.stdout.encode())
     tables = {row[0] for row in query(dsn, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    assert tables == {"mes_scans", "mes_scan_events", "mes_rejected_messages"}
+    assert tables == {"mes_scans", "mes_scan_events", "mes_rejected_messages", "mes_station_streams"}
 
 
 # --- where the consumer sits in the code ---
@@ -478,7 +478,8 @@ def test_the_consumer_is_a_plant_side_tool_the_station_never_loads() -> None:
         }
     )
     assert users == ["amflow_edge.cli.consume"]
-    allowed = (plant, "amflow_edge.messaging.payload", "amflow_edge.common")
+    # The station's MQTT contract only: the events' payload, and the request it sends (resend).
+    allowed = (plant, "amflow_edge.messaging.payload", "amflow_edge.messaging.command_models", "amflow_edge.common")
     reached = sorted(
         f"{module} imports {target}"
         for module in GRAPH

@@ -84,6 +84,7 @@ REQUEST_EXAMPLES: dict[str, list[JsonObject]] = {
     "reassign": [{"scan": _SCAN, "part_id": "2471585"}],
     "unassign": [{"scan": _SCAN}],
     "reject": [{"scan": _SCAN, "comment": "not of this batch: a part of batch 20260309_01B"}],
+    "resend": [{"stream": "0b9f3f4e-2c55-4d0e-9a57-3f1c1e2d4a10", "from_seq": 1841, "to_seq": 1843}],
 }
 """Request bodies shown to integrators; a test validates each with its request model, so they are real."""
 
@@ -93,6 +94,15 @@ _DESCRIPTION = (
     "starts with `{prefix}/{station}/`. The MQTT v5 bindings give QoS and retain per operation; what bindings "
     "cannot express (the `event_id` user property, ResponseTopic and CorrelationData) is in the descriptions and "
     "in `x-mqtt-user-properties`. Generated from the station's pydantic models by `amflow-edge asyncapi`."
+)
+_STREAM = (
+    "MQTT v5 user property `stream`: the id of the station's outbox (it changes only when the station's database "
+    "is rebuilt). The state topic's `outbox.stream` names the current one."
+)
+_SEQ = (
+    "MQTT v5 user property `seq`: the event's place in its stream, 1, 2, 3, …, the same in a resend. A seq up to the "
+    "state's `outbox.acknowledged_through_seq` that never arrived was lost behind the broker: ask for it again with "
+    "request/resend."
 )
 _EVENT_ID = (
     "MQTT v5 user property `event_id`: a UUID unique per event. Delivery is at least once and in order per scan, "
@@ -167,7 +177,11 @@ def _event_message(event: EventName, envelope: JsonObject) -> JsonObject:
         f"AM-Vision 3.7 webhook payload of `{event}`: `hook` names the subscription and event, `data` is the scan. "
         + EVENT_WHEN[event]
     )
-    user_properties = {"event_id": {"description": _EVENT_ID, "format": "uuid", "type": "string"}}
+    user_properties = {
+        "event_id": {"description": _EVENT_ID, "format": "uuid", "type": "string"},
+        "stream": {"description": _STREAM, "type": "string"},
+        "seq": {"description": _SEQ, "pattern": "^[1-9][0-9]*$", "type": "string"},
+    }
     return _message(
         event, f"{text} {_EVENT_ID}", {"allOf": [envelope, pinned]}, **{"x-mqtt-user-properties": user_properties}
     )

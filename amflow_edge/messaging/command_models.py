@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from amflow_edge.messaging.payload import (
     MAX_COMMENT_LENGTH,
@@ -237,6 +237,27 @@ class RejectRequest(BaseModel):
     operator: AskedBy = None
 
 
+MAX_RESEND = 100_000
+"""Events one resend request may ask for: a day of a busy station, so a consumer's gap list stays bounded."""
+
+
+class ResendRequest(BaseModel):
+    """Body of <prefix>/<station>/request/resend: a subscriber lost events behind the broker (a restart that forgot
+    a shared subscription, a broker killed before it saved) and asks for them again by their seqs."""
+
+    model_config = _REQUEST
+
+    stream: str = Field(min_length=1, max_length=64, description="The outbox's stream the seqs count in.")
+    from_seq: int = Field(ge=1, le=2**63 - 1, description="First seq to send again.")
+    to_seq: int = Field(ge=1, le=2**63 - 1, description="Last seq to send again (at most 100,000 after from_seq).")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ResendRequest:
+        if self.to_seq < self.from_seq or self.to_seq - self.from_seq >= MAX_RESEND:
+            raise ValueError(f"to_seq must be from from_seq to from_seq + {MAX_RESEND - 1}")
+        return self
+
+
 class Response(BaseModel):
     """Body of <prefix>/<station>/response/<command> (and of the requester's MQTT v5 response topic)."""
 
@@ -247,6 +268,7 @@ class Response(BaseModel):
     scan: str | None = Field(default=None, description="UUID of the scan the request produced or touched.")
     scan_session: str | None = Field(default=None, description="UUID of the session a session request started.")
     data: Scan | None = Field(default=None, description="The scan after the change, as its event carries it.")
+    resent: int | None = Field(default=None, description="How many events a resend request queued again.")
     error: str | None = Field(default=None, description="What was wrong and how to fix it; nothing was changed.")
 
 
@@ -259,4 +281,5 @@ COMMANDS: dict[str, type[BaseModel]] = {
     "reassign": ReassignRequest,
     "unassign": UnassignRequest,
     "reject": RejectRequest,
+    "resend": ResendRequest,
 }

@@ -36,6 +36,14 @@ class OutboxStats(BaseModel):
     sent: int = Field(description="Acknowledged events still kept (pruned after the retention period).")
     last_sent_at: float | None = Field(description="Unix time of the last acknowledgement.")
     failed_attempts: int = Field(description="Unsent events the broker refused at least once.")
+    stream: str = Field(
+        description="Id of this station's outbox: every event carries it and its seq as MQTT v5 user properties "
+        "(stream, seq), so a subscriber finds a gap in what reached it and asks for it again (request/resend)."
+    )
+    acknowledged_through_seq: int = Field(
+        description="Every event of the stream up to this seq was acknowledged by the broker: a subscriber missing "
+        "one of them lost it behind the broker."
+    )
 
 
 class Outbox:
@@ -78,12 +86,18 @@ class Outbox:
             "SELECT COUNT(*), MIN(created), COUNT(last_error) FROM outbox WHERE sent IS NULL"
         ).fetchone()
         sent, last_sent = conn.execute("SELECT COUNT(*), MAX(sent) FROM outbox WHERE sent IS NOT NULL").fetchone()
+        (through,) = conn.execute(
+            "SELECT COALESCE((SELECT MIN(seq) - 1 FROM outbox WHERE sent IS NULL), "
+            "(SELECT MAX(seq) FROM sqlite_sequence WHERE name = 'outbox'), 0)"
+        ).fetchone()
         return OutboxStats(
             backlog=backlog,
             oldest_unsent_age_s=None if oldest is None else max(0.0, time.time() - oldest),
             sent=sent,
             last_sent_at=last_sent,
             failed_attempts=failed,
+            stream=self._db.stream(),
+            acknowledged_through_seq=through,
         )
 
     def prune(self, older_than_s: float) -> int:
@@ -94,6 +108,14 @@ class Outbox:
                 "DELETE FROM outbox WHERE sent IS NOT NULL AND sent < ? AND seq <= "
                 "(SELECT COALESCE(MIN(delivered_seq), 9223372036854775807) FROM webhook_targets WHERE active = 1)",
                 (time.time() - older_than_s,),
+            ).rowcount
+
+    def resend(self, first_seq: int, last_seq: int) -> int:
+        """Send again the events first_seq..last_seq that the outbox still keeps (a subscriber lost them behind the
+        broker); returns how many."""
+        with self._db.transaction() as conn:
+            return conn.execute(
+                "UPDATE outbox SET sent = NULL WHERE sent IS NOT NULL AND seq BETWEEN ? AND ?", (first_seq, last_seq)
             ).rowcount
 
     def replay(self, since: float) -> int:

@@ -35,6 +35,7 @@ class Relay:
     ) -> None:
         self._db = db
         self._outbox = Outbox(db)
+        self._stream = db.stream()
         self._mqtt = mqtt
         self._window = window
         self._retention_s = retention_s
@@ -124,6 +125,10 @@ class Relay:
         if room <= 0:
             return
         for row in self._outbox.unsent(self._handed_up_to, room):
-            info = self._mqtt.publish(row.topic, row.payload, user_properties={"event_id": row.event_id})
+            info = self._mqtt.publish(
+                row.topic,
+                row.payload,
+                user_properties={"event_id": row.event_id, "stream": self._stream, "seq": str(row.seq)},
+            )
             self._in_flight[info.mid] = row.seq
             self._handed_up_to = row.seq

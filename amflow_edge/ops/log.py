@@ -109,3 +109,6 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
         root.removeHandler(handler)
     root.addHandler(bridge)
     root.setLevel(logging.getLevelNamesMapping()[level.upper()])
+    # httpx logs every request at INFO: one journal line per webhook post, which the senders already account for.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

@@ -31,8 +31,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from amflow_edge.common.backoff import Backoff
-from amflow_edge.plant.messages import Rejected, ScanEvent, parse
-from amflow_edge.plant.scan_table import Outcome, connect, ensure_schema, psycopg, store_event, store_reject
+from amflow_edge.messaging.command_models import MAX_RESEND, ResendRequest
+from amflow_edge.plant.messages import Rejected, ScanEvent, parse, parse_state
+from amflow_edge.plant.scan_table import (
+    Outcome,
+    connect,
+    ensure_schema,
+    lost_ranges,
+    psycopg,
+    store_event,
+    store_position,
+    store_reject,
+)
 from amflow_edge.plant.schema import Tables
 from amflow_edge.plant.settings import BrokerSettings, PlantConsumerSettings
 
@@ -106,6 +116,7 @@ class Consumer:
         self._last_failure: str | None = None
         self._db: Database | None = None
         self.counts: Counter[str] = Counter()
+        self._asked: dict[tuple[str, str, int, int], float] = {}
         self._client = self._make_client()
 
     # --- MQTT: paho's network thread ---
@@ -162,7 +173,10 @@ class Consumer:
                 "raise subscription.session_expiry_s",
                 client_id=self._sub.client_id,
             )
-        client.subscribe(self._sub.topic_filter, qos=1)
+        subscriptions = [(self._sub.topic_filter, 1)]
+        if self._settings.repair.enabled:
+            subscriptions.append((self._sub.state_filter, 1))
+        client.subscribe(subscriptions)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         failed = [str(code) for code in reason_codes if code.is_failure]
@@ -270,7 +284,11 @@ class Consumer:
         """Store and acknowledge until `stop`; what is still queued here stays unacknowledged, in the session."""
         reported = dict(self.counts)
         next_report = time.monotonic() + REPORT_EVERY_S
+        next_repair = time.monotonic() + self._settings.repair.every_s
         while not stop.is_set():
+            if self._settings.repair.enabled and time.monotonic() >= next_repair:
+                next_repair = time.monotonic() + self._settings.repair.every_s
+                self._repair(stop)
             try:
                 delivery = self._inbox.get(timeout=0.2)
             except queue.Empty:
@@ -283,8 +301,39 @@ class Consumer:
                     reported = dict(self.counts)
                     log.info("consumer progress", **reported)
 
+    def _repair(self, stop: threading.Event) -> None:
+        """Ask each station again for what the group lost behind the broker; the answers are ordinary events,
+        stored once whoever of the group takes them. A range is asked for again only after twice the grace."""
+        grace = self._settings.repair.grace_s
+        ranges = self._with_database(lambda conn: lost_ranges(conn, self._tables, grace), stop)
+        if not ranges:
+            return
+        now = time.monotonic()
+        self._asked = {key: at for key, at in self._asked.items() if now - at < 2 * grace}
+        prefix = self._sub.topic_prefix.rstrip("/")
+        for station, stream, first, last in ranges:
+            if (station, stream, first, last) in self._asked:
+                continue
+            self._asked[(station, stream, first, last)] = now
+            for start in range(first, last + 1, MAX_RESEND):
+                request = ResendRequest(stream=stream, from_seq=start, to_seq=min(last, start + MAX_RESEND - 1))
+                self._client.publish(f"{prefix}/{station}/request/resend", request.model_dump_json().encode(), qos=1)
+            self.counts["asked_again"] += last - first + 1
+            log.warning(
+                "events lost behind the broker; asked the station to send them again",
+                station=station,
+                stream=stream,
+                first_seq=first,
+                last_seq=last,
+            )
+
     def _handle(self, delivery: _Delivery, stop: threading.Event) -> bool:
         """True once the message is in the database (as an event, a duplicate or a reject); False on stop."""
+        if delivery.topic.endswith("/state"):
+            position = parse_state(delivery.topic, delivery.payload, self._sub.topic_prefix)
+            if position is None:
+                return True
+            return self._with_database(lambda conn: store_position(conn, self._tables, position), stop) is not None
         parsed = parse(delivery.topic, delivery.payload, delivery.user_properties, self._sub.topic_prefix)
         if isinstance(parsed, ScanEvent):
             try:

@@ -6,6 +6,7 @@ kept as a reject, with the reason, and acknowledged.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -24,6 +25,18 @@ class ScanEvent:
     modified: datetime
     envelope_json: str
     """The envelope as received; stored as jsonb."""
+    stream: str | None = None
+    seq: int | None = None
+    """The station's outbox position (user properties stream, seq); None from a station that sends none."""
+
+
+@dataclass(frozen=True)
+class StationPosition:
+    """From a station's retained state: up to which seq of which stream the broker acknowledged everything."""
+
+    station: str
+    stream: str
+    acknowledged_through_seq: int
 
 
 @dataclass(frozen=True)
@@ -70,7 +83,11 @@ def parse(topic: str, payload: bytes, user_properties: list[tuple[str, str]], pr
         modified = datetime.fromisoformat(message.data.modified)
     except ValueError as exc:
         return Rejected(event_id, f"data.modified is no time: {exc}")
+    properties = dict(user_properties)
+    seq_text = properties.get("seq", "")
     return ScanEvent(
+        stream=properties.get("stream") or None,
+        seq=int(seq_text) if seq_text.isdigit() else None,
         event_id=UUID(event_id),
         station=station,
         event=message.hook.event,
@@ -78,3 +95,20 @@ def parse(topic: str, payload: bytes, user_properties: list[tuple[str, str]], pr
         modified=modified,
         envelope_json=payload.decode("utf-8"),
     )
+
+
+def parse_state(topic: str, payload: bytes, prefix: str) -> StationPosition | None:
+    """None for a state without an outbox position (an older station) or that is no state at all: nothing to
+    repair from, and nothing to reject either (the state topic is not the consumer's to judge)."""
+    root = prefix.rstrip("/") + "/"
+    levels = topic[len(root) :].split("/") if topic.startswith(root) else []
+    if len(levels) != 2 or levels[1] != "state" or not levels[0]:
+        return None
+    try:
+        outbox = json.loads(payload)["outbox"]
+        stream, through = outbox["stream"], outbox["acknowledged_through_seq"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(stream, str) or not stream or not isinstance(through, int) or isinstance(through, bool):
+        return None
+    return StationPosition(levels[0], stream[:64], through)

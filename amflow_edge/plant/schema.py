@@ -20,9 +20,10 @@ class Tables:
     scans: str
     events: str
     rejects: str
+    streams: str
 
     def __post_init__(self) -> None:
-        for name in (self.scans, self.events, self.rejects):
+        for name in (self.scans, self.events, self.rejects, self.streams):
             if not _NAME.fullmatch(name):
                 raise ValueError(f"table name {name!r}: expected lower-case letters, digits and _")
 
@@ -30,7 +31,12 @@ class Tables:
     def named(cls, prefix: str) -> Tables:
         if not _PREFIX.fullmatch(prefix):
             raise ValueError(f"table prefix {prefix!r}: expected lower-case letters, digits and _, at most 32")
-        return cls(scans=f"{prefix}_scans", events=f"{prefix}_scan_events", rejects=f"{prefix}_rejected_messages")
+        return cls(
+            scans=f"{prefix}_scans",
+            events=f"{prefix}_scan_events",
+            rejects=f"{prefix}_rejected_messages",
+            streams=f"{prefix}_station_streams",
+        )
 
 
 def schema_statements(tables: Tables) -> list[str]:
@@ -53,9 +59,20 @@ def schema_statements(tables: Tables) -> list[str]:
     modified    timestamptz NOT NULL,        -- data.modified
     received_at timestamptz NOT NULL DEFAULT now(),
     consumer    text NOT NULL,               -- the client id of the consumer that stored it
-    payload     jsonb NOT NULL               -- the whole envelope {"hook", "data"}
+    payload     jsonb NOT NULL,              -- the whole envelope {"hook", "data"}
+    stream      text,                        -- user properties stream and seq: the station's outbox position
+    seq         bigint
 )""",
+        f"CREATE INDEX IF NOT EXISTS {tables.events}_seq_idx ON {tables.events} (station, stream, seq)",
         f"CREATE INDEX IF NOT EXISTS {tables.events}_scan_idx ON {tables.events} (scan_uuid, modified)",
+        f"""CREATE TABLE IF NOT EXISTS {tables.streams} (
+    station     text NOT NULL,
+    stream      text NOT NULL,               -- the station's outbox (state: outbox.stream)
+    acknowledged_through_seq bigint NOT NULL, -- every event up to here reached the broker (state topic)
+    reported_at timestamptz NOT NULL DEFAULT now(),
+    complete_through_seq bigint,             -- every event from the group's first up to here is stored
+    PRIMARY KEY (station, stream)
+)""",
         f"""CREATE TABLE IF NOT EXISTS {tables.rejects} (
     id          bigserial PRIMARY KEY,
     received_at timestamptz NOT NULL DEFAULT now(),

@@ -100,6 +100,30 @@ class SubscriptionSettings(BaseModel):
     def topic_filter(self) -> str:
         return f"$share/{self.group}/{self.topic_prefix.rstrip('/')}/{self.stations}/event/#"
 
+    @property
+    def state_filter(self) -> str:
+        """Not shared: every consumer follows every station's outbox position (the writes are idempotent)."""
+        return f"{self.topic_prefix.rstrip('/')}/{self.stations}/state"
+
+
+class RepairSettings(BaseModel):
+    """Asking stations again for what the group lost behind the broker (mosquitto forgets a shared subscription
+    across its restart until the group's consumers return; a broker killed outright forgets what it had not
+    saved). Each event carries its outbox stream and seq; each station's state says up to which seq the
+    broker acknowledged everything; a seq up to there missing from the event log is asked for again."""
+
+    model_config = _STRICT
+
+    enabled: bool = Field(default=True, description="Look for gaps and ask stations to send them again.")
+    every_s: float = Field(default=10.0, ge=1, le=3600, description="How often one consumer of the group looks.")
+    grace_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="How long after a station reported its position a missing event counts as lost, not late "
+        "(another consumer of the group may still be storing it).",
+    )
+
 
 class PostgresSettings(BaseModel):
     model_config = _STRICT
@@ -129,6 +153,7 @@ class PlantConsumerSettings(BaseModel):
     broker: BrokerSettings = Field(default_factory=BrokerSettings, description="The plant MQTT broker.")
     subscription: SubscriptionSettings = Field(description="What this consumer takes, and as whom.")
     postgres: PostgresSettings = Field(description="Where the scans go.")
+    repair: RepairSettings = Field(default_factory=RepairSettings, description="Asking again for lost events.")
 
 
 _PATHS = ("ca_file", "cert_file", "key_file")

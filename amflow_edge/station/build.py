@@ -264,6 +264,8 @@ def build_station(
         jobs=jobs,
         sessions=sessions,
         switch_session=station.switch_session,
+        outbox=outbox,
+        wake_relay=relay.wake,
     )
     mqtt.set_request_handler(CommandHandler(commands.handlers(), mqtt.respond))
     mqtt.on_connected = station.publish_state

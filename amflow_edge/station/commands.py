@@ -23,6 +23,7 @@ from amflow_edge.messaging.command_models import (
     ReassignRequest,
     ReevaluateRequest,
     RejectRequest,
+    ResendRequest,
     Response,
     SessionEnd,
     SessionStart,
@@ -30,6 +31,7 @@ from amflow_edge.messaging.command_models import (
 )
 from amflow_edge.messaging.commands import CommandRefusedError, Handler, Reply
 from amflow_edge.messaging.events import Events
+from amflow_edge.messaging.outbox import Outbox
 from amflow_edge.qc.decisions import DecisionError, Decisions
 from amflow_edge.station.assignments import AssignmentError, Assignments, Requester
 from amflow_edge.station.capture import CameraTask, CaptureLoop, CaptureResult, Trigger
@@ -66,6 +68,8 @@ class StationCommands:
         jobs: InspectionJobs,
         sessions: SessionKeeper,
         switch_session: SwitchSession,
+        outbox: Outbox,
+        wake_relay: Callable[[], None],
     ) -> None:
         self.assignments = assignments
         self._loop = loop
@@ -76,6 +80,8 @@ class StationCommands:
         self._jobs = jobs
         self._sessions = sessions
         self._switch_session = switch_session
+        self._outbox = outbox
+        self._wake_relay = wake_relay
 
     def handlers(self, source: RequestSource = "mqtt") -> dict[str, Handler]:
         """`source`: which path the requests come through (MQTT, or the HTTP API); a decision records it, with
@@ -89,6 +95,7 @@ class StationCommands:
             "reassign": lambda request, reply: self.reassign(request, reply, source),
             "unassign": lambda request, reply: self.unassign(request, reply, source),
             "reject": lambda request, reply: self.reject(request, reply, source),
+            "resend": self.resend,
         }
 
     def capture(self, request: CaptureRequest, reply: Reply, source: RequestSource = "mqtt") -> None:
@@ -107,6 +114,22 @@ class StationCommands:
         self._loop.submit(
             Trigger(source=source, design_material=request.design_material, assignment=request.assignment, done=done)
         )
+
+    def resend(self, request: ResendRequest, reply: Reply) -> None:
+        """What a plant consumer lost behind the broker goes out again, in order, with its event ids: the
+        consumer keeps each event once."""
+        stream = self._outbox.stats().stream
+        if request.stream != stream:
+            raise CommandRefusedError(
+                f"stream {request.stream} is not this station's outbox (now {stream}: its database was rebuilt from "
+                "the scans, so those events are gone); take each scan's state from the station's HTTP API"
+            )
+        count = self._outbox.resend(request.from_seq, request.to_seq)
+        self._wake_relay()
+        log.info(
+            "events queued again on a subscriber's request", first=request.from_seq, last=request.to_seq, count=count
+        )
+        reply(Response(status="ok", command="resend", resent=count))
 
     def qc(self, request: QcRequest, reply: Reply, source: RequestSource = "mqtt") -> None:
         try:

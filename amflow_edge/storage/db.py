@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -45,6 +46,10 @@ CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (seq) WHERE sent IS NULL;
 CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (sent) WHERE sent IS NOT NULL;
 CREATE INDEX IF NOT EXISTS scans_assignment ON scans (json_extract(record, '$.scan.assignment.assignment'));
 CREATE INDEX IF NOT EXISTS scans_session ON scans (json_extract(record, '$.scan.scan_session'));
+CREATE TABLE IF NOT EXISTS station_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS webhook_targets (
     hook_id           INTEGER PRIMARY KEY,
     url               TEXT NOT NULL,
@@ -129,6 +134,9 @@ class StationDb:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute(
+                    "INSERT OR IGNORE INTO station_meta (key, value) VALUES ('stream', ?)", (str(uuid.uuid4()),)
+                )
         except sqlite3.DatabaseError as exc:
             raise DatabaseError(
                 f"cannot use the station database {self.path}: {exc}; check station.state_dir is writable "
@@ -146,6 +154,11 @@ class StationDb:
 
     def connection(self) -> sqlite3.Connection:
         return self._connections.get()
+
+    def stream(self) -> str:
+        """This database's own id: outbox seqs count within it, and start again in a database rebuilt from the
+        scans, so a subscriber tracking seqs must know which count it is in."""
+        return str(self.connection().execute("SELECT value FROM station_meta WHERE key = 'stream'").fetchone()[0])
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
