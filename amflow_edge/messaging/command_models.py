@@ -237,8 +237,8 @@ class RejectRequest(BaseModel):
     operator: AskedBy = None
 
 
-MAX_RESEND = 100_000
-"""Events one resend request may ask for: a day of a busy station, so a consumer's gap list stays bounded."""
+MAX_RESEND = 10_000
+"""Events one resend request may ask for: well below outbox.max_backlog_events, so answering one never pauses capture."""
 
 
 class ResendRequest(BaseModel):
@@ -249,7 +249,7 @@ class ResendRequest(BaseModel):
 
     stream: str = Field(min_length=1, max_length=64, description="The outbox's stream the seqs count in.")
     from_seq: int = Field(ge=1, le=2**63 - 1, description="First seq to send again.")
-    to_seq: int = Field(ge=1, le=2**63 - 1, description="Last seq to send again (at most 100,000 after from_seq).")
+    to_seq: int = Field(ge=1, le=2**63 - 1, description="Last seq to send again (at most 9,999 after from_seq).")
 
     @model_validator(mode="after")
     def _bounded(self) -> ResendRequest:
