@@ -19,6 +19,9 @@ import psycopg
 import pytest
 
 from amflow_edge.config.loading import load_config
+from amflow_edge.plant.messages import StationPosition
+from amflow_edge.plant.scan_table import MAX_ASKS, ensure_schema, lost_ranges, store_position
+from amflow_edge.plant.schema import Tables
 from amflow_edge.station.build import build_station
 from amflow_edge.station.capture import Trigger
 from amflow_edge.station.station import RunOptions, Station
@@ -140,3 +143,50 @@ def test_each_event_carries_its_stream_and_seq_and_a_resend_sends_them_again(tmp
     finally:
         station.shutdown()
         subscriber.close()
+
+
+def _plant_tables(dsn: str) -> Tables:
+    tables = Tables.named("amflow")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ensure_schema(conn, tables)
+    return tables
+
+
+def _event(conn: psycopg.Connection[tuple[object, ...]], seq: int, age_s: float) -> None:
+    conn.execute(
+        "INSERT INTO amflow_scan_events (event_id, scan_uuid, station, event, modified, consumer, payload, stream, seq,"
+        " received_at) VALUES (gen_random_uuid(), gen_random_uuid(), 's1', 'scan.capture', now(), 'c', '{}', 'S', %s,"
+        " now() - make_interval(secs => %s))",
+        (seq, age_s),
+    )
+
+
+def test_gaps_are_lost_once_later_events_are_old_rejects_count_as_received_and_vanished_events_are_given_up(
+    dsn: str,
+) -> None:
+    tables = _plant_tables(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for seq in (1, 2, 4, 7):
+            _event(conn, seq, 120)
+        _event(conn, 9, 0)  # just arrived: 8 may still be on its way through another consumer
+        conn.execute(
+            "INSERT INTO amflow_rejected_messages (consumer, topic, reason, payload, stream, seq) "
+            "VALUES ('c', 't', 'bad', '', 'S', 5)"
+        )
+        store_position(conn, tables, StationPosition("s1", "S", 9))
+        assert lost_ranges(conn, tables, grace_s=60) == [("s1", "S", 3, 3), ("s1", "S", 6, 6)]
+        for _ in range(MAX_ASKS - 1):
+            assert lost_ranges(conn, tables, grace_s=60) == [("s1", "S", 3, 3), ("s1", "S", 6, 6)]
+        # Seq 3 was asked for MAX_ASKS times in vain (pruned at the station): given up, so 6 is the first now.
+        assert lost_ranges(conn, tables, grace_s=60) == [("s1", "S", 6, 6)]
+        assert lost_ranges(conn, tables, grace_s=60) == [("s1", "S", 6, 6)]
+        (through,) = conn.execute("SELECT complete_through_seq FROM amflow_station_streams").fetchone()  # type: ignore[misc]
+        assert through == 5
+
+
+def test_a_new_station_is_repaired_from_its_first_event(dsn: str) -> None:
+    tables = _plant_tables(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        store_position(conn, tables, StationPosition("s1", "S", 0))  # its state at connect, before any event
+        _event(conn, 3, 120)  # its first two events were lost behind the broker
+        assert lost_ranges(conn, tables, grace_s=60) == [("s1", "S", 1, 2)]

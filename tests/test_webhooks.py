@@ -7,6 +7,7 @@ what plant endpoints do: go down, refuse, answer slowly.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from standardwebhooks.webhooks import Webhook
 
 from amflow_edge.cli.main import main
 from amflow_edge.config.loading import ConfigError, load_config
+from amflow_edge.config.webhooks import WebhookTarget
 from amflow_edge.messaging.outbox import Outbox
 from amflow_edge.messaging.webhook_ledger import WebhookLedger
 from amflow_edge.station.build import build_station
@@ -410,3 +412,39 @@ def test_a_bad_webhook_config_names_the_problem(tmp_path: Path, block: str, mess
     config.write_text(config.read_text() + "\n[[webhooks]]\n" + block + "\n")
     with pytest.raises(ConfigError, match=message):
         load_config(config)
+
+
+def test_a_failure_before_a_restart_does_not_count_toward_giving_up(tmp_path: Path) -> None:
+    db = StationDb(tmp_path / DB_FILE)
+    with db.transaction() as conn:
+        Outbox.add(conn, "scan.capture", None, "t", b"{}")
+        conn.execute("UPDATE outbox SET created = created - 86400")
+    target = load_target(hook_id=1)
+    ledger = WebhookLedger(db)
+    ledger.register([target])
+    with db.transaction() as conn:
+        conn.execute("UPDATE webhook_targets SET delivered_seq = 0")
+    ledger.failed(1, "HTTP 503 Service Unavailable")  # Friday, before the shutdown
+    with db.transaction() as conn:
+        conn.execute("UPDATE webhook_targets SET failing_since = failing_since - 86400")
+    ledger.register([target])  # Monday's start: the receiver may work again
+    assert ledger.give_up_if_failing_too_long(1, ["scan.capture"], 3600) == 0
+    db.close()
+
+
+def test_a_webhook_table_of_an_earlier_version_gets_its_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / DB_FILE
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE webhook_targets (hook_id INTEGER PRIMARY KEY, url TEXT NOT NULL, fingerprint TEXT NOT NULL,"
+            " delivered_seq INTEGER NOT NULL, active INTEGER NOT NULL DEFAULT 1, parked_reason TEXT, parked_at REAL,"
+            " last_delivered_at REAL, last_error TEXT, failures INTEGER NOT NULL DEFAULT 0)"
+        )
+        conn.execute("INSERT INTO webhook_targets (hook_id, url, fingerprint, delivered_seq) VALUES (1, 'u', 'f', 0)")
+    db = StationDb(path)
+    assert WebhookLedger(db).pending(1, ["scan.capture"], 10) == []
+    db.close()
+
+
+def load_target(hook_id: int) -> WebhookTarget:
+    return WebhookTarget(url="http://127.0.0.1:9/hook", hook_id=hook_id)

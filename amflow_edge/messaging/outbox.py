@@ -82,8 +82,11 @@ class Outbox:
 
     def stats(self) -> OutboxStats:
         conn = self._db.connection()
+        # Age counts events never acknowledged; one sent again (a replay, a subscriber's resend) was delivered once
+        # already, and answering for it must not pause capture.
         backlog, oldest, failed = conn.execute(
-            "SELECT COUNT(*), MIN(created), COUNT(last_error) FROM outbox WHERE sent IS NULL"
+            "SELECT COUNT(*), MIN(CASE WHEN attempts = 0 OR last_error IS NOT NULL THEN created END), "
+            "COUNT(last_error) FROM outbox WHERE sent IS NULL"
         ).fetchone()
         sent, last_sent = conn.execute("SELECT COUNT(*), MAX(sent) FROM outbox WHERE sent IS NOT NULL").fetchone()
         (through,) = conn.execute(
@@ -109,6 +112,9 @@ class Outbox:
                 "(SELECT COALESCE(MIN(delivered_seq), 9223372036854775807) FROM webhook_targets WHERE active = 1)",
                 (time.time() - older_than_s,),
             ).rowcount
+
+    def stream(self) -> str:
+        return self._db.stream()
 
     def resend(self, first_seq: int, last_seq: int) -> int:
         """Send again the events first_seq..last_seq that the outbox still keeps (a subscriber lost them behind the

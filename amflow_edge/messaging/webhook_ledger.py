@@ -107,8 +107,9 @@ class WebhookLedger:
                     )
                     continue
                 changed = row[0] != target.fingerprint()
+                # A failure before this start is not counted: the receiver may have been fixed meanwhile.
                 conn.execute(
-                    "UPDATE webhook_targets SET active = 1, url = ?, fingerprint = ?, "
+                    "UPDATE webhook_targets SET active = 1, url = ?, fingerprint = ?, failing_since = NULL, "
                     "parked_reason = CASE WHEN ? THEN NULL ELSE parked_reason END, "
                     "parked_at = CASE WHEN ? THEN NULL ELSE parked_at END WHERE hook_id = ?",
                     (target.display_url, target.fingerprint(), changed, changed, target.hook_id),
@@ -120,8 +121,11 @@ class WebhookLedger:
 
     def pending(self, hook_id: int, events: Sequence[str], limit: int) -> list[PendingEvent]:
         """The next events to post: requeued dead letters first (they are the oldest), then the outbox in order,
-        read in one snapshot with the generation they belong to."""
-        with self._db.transaction() as conn:
+        read in one snapshot with the generation they belong to. Reads take no write lock (capture commits
+        meanwhile); only moving past events not for this target writes, and only if nothing moved meanwhile."""
+        conn = self._db.connection()
+        conn.execute("BEGIN")
+        try:
             position, generation = conn.execute(
                 "SELECT delivered_seq, generation FROM webhook_targets WHERE hook_id = ?", (hook_id,)
             ).fetchone()
@@ -130,21 +134,29 @@ class WebhookLedger:
                 "WHERE hook_id = ? AND requeued = 1 ORDER BY seq LIMIT ?",
                 (hook_id, limit),
             ).fetchall()
-            if dead:
-                return [_pending(row, True, generation) for row in dead]
-            rows = conn.execute(
-                "SELECT seq, event_id, event, scan_uuid, payload, created FROM outbox "
-                f"WHERE seq > ? AND event IN ({_placeholders(events)}) ORDER BY seq LIMIT ?",
-                (position, *events, limit),
-            ).fetchall()
-            if not rows:
-                # Nothing for this target: move past what is not for it, so pruning is not held back.
-                conn.execute(
-                    "UPDATE webhook_targets SET delivered_seq = (SELECT COALESCE(MAX(seq), 0) FROM outbox) "
-                    "WHERE hook_id = ? AND delivered_seq < (SELECT COALESCE(MAX(seq), 0) FROM outbox)",
-                    (hook_id,),
+            rows = (
+                []
+                if dead
+                else conn.execute(
+                    "SELECT seq, event_id, event, scan_uuid, payload, created FROM outbox "
+                    f"WHERE seq > ? AND event IN ({_placeholders(events)}) ORDER BY seq LIMIT ?",
+                    (position, *events, limit),
+                ).fetchall()
+            )
+            end = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
+        finally:
+            conn.execute("COMMIT")
+        if dead:
+            return [_pending(row, True, generation) for row in dead]
+        if not rows and end > position:
+            # Nothing for this target up to `end` (same snapshot): move past it, so pruning is not held back.
+            with self._db.transaction() as write:
+                write.execute(
+                    "UPDATE webhook_targets SET delivered_seq = ? WHERE hook_id = ? AND delivered_seq = ? "
+                    "AND generation = ?",
+                    (end, hook_id, position, generation),
                 )
-            return [_pending(row, False, generation) for row in rows]
+        return [_pending(row, False, generation) for row in rows]
 
     def delivered(self, hook_id: int, event: PendingEvent) -> bool:
         """Record a 2xx; False when the target's position was changed meanwhile (a replay, a give-up): the

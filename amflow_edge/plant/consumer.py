@@ -32,7 +32,7 @@ from paho.mqtt.properties import Properties
 
 from amflow_edge.common.backoff import Backoff
 from amflow_edge.messaging.command_models import MAX_RESEND, ResendRequest
-from amflow_edge.plant.messages import Rejected, ScanEvent, parse, parse_state
+from amflow_edge.plant.messages import Rejected, ScanEvent, outbox_position, parse, parse_state
 from amflow_edge.plant.scan_table import (
     Outcome,
     connect,
@@ -68,6 +68,7 @@ class _Delivery:
     connection: int
     """Which connection delivered it: its PUBACK may go only there."""
     mid: int
+    qos: int
     topic: str
     payload: bytes
     user_properties: list[tuple[str, str]]
@@ -117,6 +118,7 @@ class Consumer:
         self._db: Database | None = None
         self.counts: Counter[str] = Counter()
         self._asked: dict[tuple[str, str, int, int], float] = {}
+        self._repairing = settings.repair.enabled
         self._client = self._make_client()
 
     # --- MQTT: paho's network thread ---
@@ -174,12 +176,22 @@ class Consumer:
                 client_id=self._sub.client_id,
             )
         subscriptions = [(self._sub.topic_filter, 1)]
-        if self._settings.repair.enabled:
-            subscriptions.append((self._sub.state_filter, 1))
+        if self._repairing:
+            # QoS 0: a state is not queued for a consumer that is away (the retained one comes at subscribe).
+            subscriptions.append((self._sub.state_filter, 0))
         client.subscribe(subscriptions)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
-        failed = [str(code) for code in reason_codes if code.is_failure]
+        codes = list(reason_codes)
+        if len(codes) > 1 and codes[1].is_failure:
+            self._repairing = False
+            log.warning(
+                "the broker refused the stations' state topic; lost events are not asked for again (let this "
+                "consumer's user read <prefix>/+/state and write <prefix>/+/request/resend)",
+                topic=self._sub.state_filter,
+                reason=str(codes[1]),
+            )
+        failed = [str(code) for code in codes[:1] if code.is_failure]
         if failed:
             self._tell_failure(
                 f"the broker refused the subscription {self._sub.topic_filter} ({', '.join(failed)}); "
@@ -221,9 +233,13 @@ class Consumer:
         user_properties = list(getattr(properties, "UserProperty", None) or [])
         with self._lock:
             connection = self._connection
-        self._inbox.put(_Delivery(connection, message.mid, message.topic, bytes(message.payload), user_properties))
+        self._inbox.put(
+            _Delivery(connection, message.mid, message.qos, message.topic, bytes(message.payload), user_properties)
+        )
 
     def _ack(self, delivery: _Delivery) -> None:
+        if delivery.qos == 0:
+            return
         with self._lock:
             if self._connected and delivery.connection == self._connection:
                 self._client.ack(delivery.mid, 1)
@@ -286,7 +302,7 @@ class Consumer:
         next_report = time.monotonic() + REPORT_EVERY_S
         next_repair = time.monotonic() + self._settings.repair.every_s
         while not stop.is_set():
-            if self._settings.repair.enabled and time.monotonic() >= next_repair:
+            if self._repairing and time.monotonic() >= next_repair:
                 next_repair = time.monotonic() + self._settings.repair.every_s
                 self._repair(stop)
             try:
@@ -304,10 +320,16 @@ class Consumer:
     def _repair(self, stop: threading.Event) -> None:
         """Ask each station again for what the group lost behind the broker; the answers are ordinary events,
         stored once whoever of the group takes them. A range is asked for again only after twice the grace."""
-        grace = self._settings.repair.grace_s
-        ranges = self._with_database(lambda conn: lost_ranges(conn, self._tables, grace), stop)
+        try:
+            ranges = lost_ranges(self._database(), self._tables, self._settings.repair.grace_s)
+        except psycopg.Error as exc:  # the next pass tries again; storing events must not wait for it
+            log.error("looking for lost events failed", reason=f"{type(exc).__name__}: {str(exc).strip()}")
+            if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+                self._drop_database()
+            return
         if not ranges:
             return
+        grace = self._settings.repair.grace_s
         now = time.monotonic()
         self._asked = {key: at for key, at in self._asked.items() if now - at < 2 * grace}
         prefix = self._sub.topic_prefix.rstrip("/")
@@ -361,9 +383,10 @@ class Consumer:
         return self._reject(delivery, parsed, stop)
 
     def _reject(self, delivery: _Delivery, rejected: Rejected, stop: threading.Event) -> bool:
+        position = outbox_position(delivery.user_properties)
         reject_id = self._with_database(
             lambda conn: store_reject(
-                conn, self._tables, delivery.topic, delivery.payload, rejected, self._sub.client_id
+                conn, self._tables, delivery.topic, delivery.payload, rejected, self._sub.client_id, position
             ),
             stop,
         )

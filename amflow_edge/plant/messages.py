@@ -83,11 +83,10 @@ def parse(topic: str, payload: bytes, user_properties: list[tuple[str, str]], pr
         modified = datetime.fromisoformat(message.data.modified)
     except ValueError as exc:
         return Rejected(event_id, f"data.modified is no time: {exc}")
-    properties = dict(user_properties)
-    seq_text = properties.get("seq", "")
+    stream, seq = outbox_position(user_properties)
     return ScanEvent(
-        stream=properties.get("stream") or None,
-        seq=int(seq_text) if seq_text.isdigit() else None,
+        stream=stream,
+        seq=seq,
         event_id=UUID(event_id),
         station=station,
         event=message.hook.event,
@@ -95,6 +94,15 @@ def parse(topic: str, payload: bytes, user_properties: list[tuple[str, str]], pr
         modified=modified,
         envelope_json=payload.decode("utf-8"),
     )
+
+
+def outbox_position(user_properties: list[tuple[str, str]]) -> tuple[str | None, int | None]:
+    """(stream, seq) as the station sent them; None for what is missing or malformed."""
+    properties = dict(user_properties)
+    stream = properties.get("stream", "")[:64] or None
+    seq_text = properties.get("seq", "")
+    seq = int(seq_text) if seq_text.isascii() and seq_text.isdigit() and len(seq_text) < 19 else None
+    return stream, seq
 
 
 def parse_state(topic: str, payload: bytes, prefix: str) -> StationPosition | None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+import structlog
+
 from amflow_edge.plant.messages import Rejected, ScanEvent, StationPosition
 from amflow_edge.plant.schema import Tables, schema_statements
 
@@ -24,6 +26,8 @@ except ImportError as exc:  # the plant extra is not installed
     raise ImportError(
         f"the reference consumer needs psycopg 3 ({exc}); pip install 'amflow-edge[plant]'", name=exc.name
     ) from exc
+
+log = structlog.get_logger(__name__)
 
 SCHEMA_LOCK = "amflow-edge plant consumer schema"
 """Advisory-lock key: two consumers starting together must not race CREATE TABLE IF NOT EXISTS (which can fail
@@ -85,6 +89,13 @@ def store_event(
             params,
         ).fetchone()
         if logged is None:
+            # Stored before by a consumer that did not keep positions: the copy (a resend) brings it.
+            if event.seq is not None:
+                conn.execute(
+                    f"UPDATE {tables.events} SET stream = %(stream)s, seq = %(seq)s "
+                    "WHERE event_id = %(event_id)s AND seq IS NULL",
+                    params,
+                )
             return Outcome.DUPLICATE
         written = conn.execute(
             f"INSERT INTO {tables.scans} AS s (uuid, station, modified, last_event, last_event_id, payload) "
@@ -108,43 +119,59 @@ def store_reject(
     payload: bytes,
     rejected: Rejected,
     consumer: str,
+    position: tuple[str | None, int | None] = (None, None),
 ) -> int:
-    """The reject's row id."""
+    """The reject's row id. Its outbox position (stream, seq) counts as received: asking for it again would
+    only bring the same message to the same refusal."""
     with conn.transaction():
         row = conn.execute(
-            f"INSERT INTO {tables.rejects} (consumer, topic, event_id, reason, payload) "
-            "VALUES (%s, %s, %s, %s, %s) RETURNING id",
-            (consumer, topic, rejected.event_id, rejected.reason, payload),
+            f"INSERT INTO {tables.rejects} (consumer, topic, event_id, reason, payload, stream, seq) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (consumer, topic, rejected.event_id, rejected.reason, payload, *position),
         ).fetchone()
     assert row is not None and isinstance(row[0], int)
     return row[0]
 
 
 def store_position(conn: psycopg.Connection[tuple[object, ...]], tables: Tables, position: StationPosition) -> bool:
-    """Keep the furthest position each stream reported; a late retained state never moves it back. True: done."""
+    """Keep the furthest position each stream reported; a late retained state never moves it back. A stream seen
+    for the first time before any of its events is complete up to where it stands (a new station, or a consumer
+    that joins late: what came before is not the group's to ask for). True: done."""
     with conn.transaction():
         conn.execute(
-            f"INSERT INTO {tables.streams} AS s (station, stream, acknowledged_through_seq) VALUES (%s, %s, %s) "
+            f"INSERT INTO {tables.streams} AS s (station, stream, acknowledged_through_seq, complete_through_seq) "
+            "VALUES (%(station)s, %(stream)s, %(through)s, "
+            f"  CASE WHEN EXISTS (SELECT 1 FROM {tables.events} e WHERE e.station = %(station)s "
+            "    AND e.stream = %(stream)s AND e.seq IS NOT NULL) THEN NULL ELSE %(through)s END) "
             "ON CONFLICT (station, stream) DO UPDATE SET acknowledged_through_seq = EXCLUDED.acknowledged_through_seq, "
             "reported_at = now() WHERE s.acknowledged_through_seq < EXCLUDED.acknowledged_through_seq",
-            (position.station, position.stream, position.acknowledged_through_seq),
+            {"station": position.station, "stream": position.stream, "through": position.acknowledged_through_seq},
         )
     return True
 
 
 REPAIR_LOCK = "amflow-edge plant consumer repair"
+LOOK_AHEAD = 10_000
+"""Seqs past each stream's watermark looked at in one pass: a pass costs at most this much per stream."""
+MAX_ASKS = 5
+"""Asks for the first missing seq of a stream before it is given up on (pruned at the station, or another stream)."""
 
 
 def lost_ranges(
-    conn: psycopg.Connection[tuple[object, ...]], tables: Tables, grace_s: float, limit: int = 1000
+    conn: psycopg.Connection[tuple[object, ...]], tables: Tables, grace_s: float
 ) -> list[tuple[str, str, int, int]] | None:
-    """(station, stream, first seq, last seq) of events no consumer of the group stored and that are lost, not
-    late: a later event of the stream was stored more than `grace_s` ago, or the station reported more than
-    `grace_s` ago that the broker had acknowledged them. Counted from the first seq the group stored of each
-    stream (what came before the group existed is not the group's), and from each stream's watermark of what is
-    complete, so a pass costs the recent events only. None when another consumer of the group is looking now."""
-    events, streams = tables.events, tables.streams
+    """(station, stream, first seq, last seq) of events no consumer of the group stored (or rejected) and that are
+    lost, not late: a later event of the stream was stored more than `grace_s` ago, or the station reported
+    them acknowledged more than `grace_s` ago and nothing of the stream arrived since. Looked for past each
+    stream's watermark of what is complete, at most LOOK_AHEAD seqs per stream and pass. A first missing seq
+    asked for MAX_ASKS times in vain is given up on, once, in the log. None when another consumer of the group
+    is looking now."""
+    events, rejects, streams = tables.events, tables.rejects, tables.streams
     same_stream = "e.station = p.station AND e.stream = p.stream"
+    received = (
+        f"(EXISTS (SELECT 1 FROM {events} e WHERE {same_stream} AND e.seq = g.seq) "
+        f"OR EXISTS (SELECT 1 FROM {rejects} e WHERE e.stream = p.stream AND e.seq = g.seq))"
+    )
     with conn.transaction():
         row = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (f"{REPAIR_LOCK} {events}",)).fetchone()
         if row is None or not row[0]:
@@ -152,33 +179,65 @@ def lost_ranges(
         conn.execute(
             f"UPDATE {streams} p SET complete_through_seq = w.through FROM ("
             f"  SELECT p.station, p.stream, COALESCE(("
-            "    SELECT min(g.seq) - 1 FROM generate_series(COALESCE(p.complete_through_seq + 1, f.first), f.last) g(seq)"
-            f"    WHERE NOT EXISTS (SELECT 1 FROM {events} e WHERE {same_stream} AND e.seq = g.seq)"
-            "  ), f.last) AS through"
+            "    SELECT min(g.seq) - 1 FROM generate_series(COALESCE(p.complete_through_seq + 1, f.first), "
+            "      LEAST(f.last, COALESCE(p.complete_through_seq, f.first) + %(ahead)s)) g(seq)"
+            f"    WHERE NOT {received}"
+            "  ), LEAST(f.last, COALESCE(p.complete_through_seq, f.first) + %(ahead)s)) AS through"
             f"  FROM {streams} p CROSS JOIN LATERAL ("
             f"    SELECT min(e.seq) AS first, max(e.seq) AS last FROM {events} e"
             f"    WHERE {same_stream} AND e.seq > COALESCE(p.complete_through_seq, 0)) f"
             "  WHERE f.last IS NOT NULL"
-            ") w WHERE p.station = w.station AND p.stream = w.stream"
+            ") w WHERE p.station = w.station AND p.stream = w.stream "
+            "AND p.complete_through_seq IS DISTINCT FROM w.through",
+            {"ahead": LOOK_AHEAD},
         )
         missing = conn.execute(
             f"SELECT p.station, p.stream, g.seq FROM {streams} p "
-            f"CROSS JOIN LATERAL (SELECT max(e.seq) AS last FROM {events} e WHERE {same_stream}) f "
-            "CROSS JOIN LATERAL generate_series(p.complete_through_seq + 1, "
-            "  GREATEST(f.last, p.acknowledged_through_seq)) AS g(seq) "
-            "WHERE p.complete_through_seq IS NOT NULL "
-            f"AND NOT EXISTS (SELECT 1 FROM {events} e WHERE {same_stream} AND e.seq = g.seq) "
-            "AND ((g.seq <= p.acknowledged_through_seq AND p.reported_at < now() - make_interval(secs => %(grace)s)) "
+            f"CROSS JOIN LATERAL (SELECT max(e.seq) AS last, max(e.received_at) AS latest FROM {events} e "
+            f"  WHERE {same_stream} AND e.seq > p.complete_through_seq) f "
+            "CROSS JOIN LATERAL generate_series(p.complete_through_seq + 1, LEAST("
+            "  GREATEST(f.last, p.acknowledged_through_seq), p.complete_through_seq + %(ahead)s)) AS g(seq) "
+            f"WHERE p.complete_through_seq IS NOT NULL AND NOT {received} "
+            "AND ((g.seq <= p.acknowledged_through_seq AND p.reported_at < now() - make_interval(secs => %(grace)s) "
+            "      AND (f.latest IS NULL OR f.latest < now() - make_interval(secs => %(grace)s))) "
             f"  OR EXISTS (SELECT 1 FROM {events} e WHERE {same_stream} AND e.seq > g.seq "
             "    AND e.received_at < now() - make_interval(secs => %(grace)s))) "
-            "ORDER BY 1, 2, 3 LIMIT %(limit)s",
-            {"grace": grace_s, "limit": limit},
+            "ORDER BY 1, 2, 3",
+            {"grace": grace_s, "ahead": LOOK_AHEAD},
         ).fetchall()
-    ranges: list[tuple[str, str, int, int]] = []
-    for station, stream, seq in missing:
-        assert isinstance(station, str) and isinstance(stream, str) and isinstance(seq, int)
-        if ranges and ranges[-1][:2] == (station, stream) and ranges[-1][3] == seq - 1:
-            ranges[-1] = (station, stream, ranges[-1][2], seq)
-        else:
-            ranges.append((station, stream, seq, seq))
-    return ranges
+        ranges: list[tuple[str, str, int, int]] = []
+        for station, stream, seq in missing:
+            assert isinstance(station, str) and isinstance(stream, str) and isinstance(seq, int)
+            if ranges and ranges[-1][:2] == (station, stream) and ranges[-1][3] == seq - 1:
+                ranges[-1] = (station, stream, ranges[-1][2], seq)
+            else:
+                ranges.append((station, stream, seq, seq))
+        return [r for r in ranges if not _given_up(conn, streams, r)]
+
+
+def _given_up(conn: psycopg.Connection[tuple[object, ...]], streams: str, lost: tuple[str, str, int, int]) -> bool:
+    """Count an ask for a range that starts right after the watermark; past MAX_ASKS, move the watermark past
+    it instead: the station no longer has it (pruned after its retention, or its database was rebuilt)."""
+    station, stream, first, last = lost
+    row = conn.execute(
+        f"UPDATE {streams} SET stuck_asks = CASE WHEN stuck_seq = %(first)s THEN stuck_asks + 1 ELSE 1 END, "
+        "stuck_seq = %(first)s WHERE station = %(station)s AND stream = %(stream)s "
+        "AND complete_through_seq = %(first)s - 1 RETURNING stuck_asks",
+        {"station": station, "stream": stream, "first": first},
+    ).fetchone()
+    if row is None or not isinstance(row[0], int) or row[0] <= MAX_ASKS:
+        return False
+    conn.execute(
+        f"UPDATE {streams} SET complete_through_seq = %(last)s, stuck_seq = NULL, stuck_asks = 0 "
+        "WHERE station = %(station)s AND stream = %(stream)s",
+        {"station": station, "stream": stream, "last": last},
+    )
+    log.error(
+        "events lost for good: the station could not send them again (pruned after its retention, or its "
+        "database was rebuilt); take those scans' state from the station",
+        station=station,
+        stream=stream,
+        first_seq=first,
+        last_seq=last,
+    )
+    return True

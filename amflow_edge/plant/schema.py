@@ -63,7 +63,10 @@ def schema_statements(tables: Tables) -> list[str]:
     stream      text,                        -- user properties stream and seq: the station's outbox position
     seq         bigint
 )""",
-        f"CREATE INDEX IF NOT EXISTS {tables.events}_seq_idx ON {tables.events} (station, stream, seq)",
+        # Tables made by a consumer before events carried their outbox position.
+        f"ALTER TABLE {tables.events} ADD COLUMN IF NOT EXISTS stream text, ADD COLUMN IF NOT EXISTS seq bigint",
+        f"CREATE INDEX IF NOT EXISTS {tables.events}_seq_idx ON {tables.events} (station, stream, seq) "
+        "WHERE seq IS NOT NULL",
         f"CREATE INDEX IF NOT EXISTS {tables.events}_scan_idx ON {tables.events} (scan_uuid, modified)",
         f"""CREATE TABLE IF NOT EXISTS {tables.streams} (
     station     text NOT NULL,
@@ -71,6 +74,8 @@ def schema_statements(tables: Tables) -> list[str]:
     acknowledged_through_seq bigint NOT NULL, -- every event up to here reached the broker (state topic)
     reported_at timestamptz NOT NULL DEFAULT now(),
     complete_through_seq bigint,             -- every event from the group's first up to here is stored
+    stuck_seq   bigint,                      -- the first missing seq, while asked for in vain,
+    stuck_asks  integer NOT NULL DEFAULT 0,  -- and how often: given up after a few (pruned, rebuilt)
     PRIMARY KEY (station, stream)
 )""",
         f"""CREATE TABLE IF NOT EXISTS {tables.rejects} (
@@ -80,8 +85,11 @@ def schema_statements(tables: Tables) -> list[str]:
     topic       text NOT NULL,
     event_id    text,                        -- as sent, when there was one
     reason      text NOT NULL,               -- why it was not stored as an event
-    payload     bytea NOT NULL               -- the message's bytes, whatever they were
+    payload     bytea NOT NULL,              -- the message's bytes, whatever they were
+    stream      text,                        -- the outbox position, when the message had one
+    seq         bigint
 )""",
+        f"ALTER TABLE {tables.rejects} ADD COLUMN IF NOT EXISTS stream text, ADD COLUMN IF NOT EXISTS seq bigint",
     ]
 
 

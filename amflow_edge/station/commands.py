@@ -118,7 +118,7 @@ class StationCommands:
     def resend(self, request: ResendRequest, reply: Reply) -> None:
         """What a plant consumer lost behind the broker goes out again, in order, with its event ids: the
         consumer keeps each event once."""
-        stream = self._outbox.stats().stream
+        stream = self._outbox.stream()
         if request.stream != stream:
             raise CommandRefusedError(
                 f"stream {request.stream} is not this station's outbox (now {stream}: its database was rebuilt from "

@@ -85,6 +85,18 @@ CREATE TABLE IF NOT EXISTS scan_rejections (
 """
 
 
+_ADDED_COLUMNS = {"webhook_targets": {"failing_since": "REAL", "generation": "INTEGER NOT NULL DEFAULT 0"}}
+"""Columns added to a table after it first shipped: CREATE TABLE IF NOT EXISTS leaves an older table as it was."""
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+
 class DatabaseError(RuntimeError):
     """The station database cannot be opened or written; the message names the file and the fix."""
 
@@ -137,6 +149,7 @@ class StationDb:
                 conn.execute(
                     "INSERT OR IGNORE INTO station_meta (key, value) VALUES ('stream', ?)", (str(uuid.uuid4()),)
                 )
+                _add_missing_columns(conn)
         except sqlite3.DatabaseError as exc:
             raise DatabaseError(
                 f"cannot use the station database {self.path}: {exc}; check station.state_dir is writable "
