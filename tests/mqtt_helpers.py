@@ -101,7 +101,15 @@ class Received:
 class Subscriber:
     """A plant subscriber. With a client_id it keeps a persistent session, as an MES that must not miss events would."""
 
-    def __init__(self, broker: Broker, topics: list[str], client_id: str = "") -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        topics: list[str],
+        client_id: str = "",
+        credentials: tuple[str, str] | None = None,
+        ca: Path | None = None,
+    ) -> None:
+        """`credentials` (user, password) and `ca` (the broker's CA, for TLS): a plant client on a secured broker."""
         self.messages: queue.Queue[Received] = queue.Queue()
         self._backlog: list[Received] = []
         self._subscribed = queue.Queue[int]()
@@ -109,6 +117,10 @@ class Subscriber:
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
         self._topics = topics
+        if credentials is not None:
+            self._client.username_pw_set(*credentials)
+        if ca is not None:
+            self._client.tls_set(ca_certs=str(ca))
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *a: self._subscribed.put(1)

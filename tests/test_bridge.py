@@ -81,27 +81,8 @@ class PlantClient(Subscriber):
     Remembers the correlation data of what arrives, by topic."""
 
     def __init__(self, broker: Broker, topics: list[str], ca: Path, client_id: str = "", user: str = "mes") -> None:
-        self.messages = queue.Queue()
-        self._backlog = []
-        self._subscribed = queue.Queue[int]()
-        self._topics = topics
         self.correlation: dict[str, bytes] = {}
-        self._client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-        )
-        self._client.username_pw_set(user, PASSWORDS[user])
-        self._client.tls_set(ca_certs=str(ca))
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = lambda *a: self._subscribed.put(1)
-        self._client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # paho waits float seconds; its hint says int
-        properties = None
-        if client_id:
-            properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = 3600
-        self._client.connect(broker.host, broker.port, clean_start=not client_id, properties=properties)
-        self._client.loop_start()
-        self._subscribed.get(timeout=10)
+        super().__init__(broker, topics, client_id, credentials=(user, PASSWORDS[user]), ca=ca)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         correlation = getattr(msg.properties, "CorrelationData", None)

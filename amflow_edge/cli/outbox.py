@@ -138,25 +138,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dead_letters(args: argparse.Namespace) -> int:
+@contextmanager
+def _one_target(args: argparse.Namespace) -> Iterator[tuple[_Opened, WebhookTarget] | None]:
+    """The outbox and the target of --target, or None once the problem is told."""
     with _outbox(args.config) as opened:
-        if opened is None:
+        target = _target(opened, args.target) if opened is not None else None
+        yield (opened, target) if opened is not None and target is not None else None
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    with _one_target(args) as found:
+        if found is None:
             return EXIT_CONFIG
-        target = _target(opened, args.target)
-        if target is None:
-            return EXIT_CONFIG
+        opened, target = found
         letters = opened.ledger.dead_letters(target.hook_id)
     print(json.dumps([letter.model_dump() for letter in letters], indent=2))
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    with _outbox(args.config) as opened:
-        if opened is None:
+    with _one_target(args) as found:
+        if found is None:
             return EXIT_CONFIG
-        target = _target(opened, args.target)
-        if target is None:
-            return EXIT_CONFIG
+        opened, target = found
         if not opened.ledger.resume(target.hook_id):
             print(f"webhook {target.hook_id} ({target.display_url}) is not parked; nothing to do")
             return 0
