@@ -173,7 +173,8 @@ def main() -> int:
     per_station_rate = len(captures) / args.stations / ((returned - calm_from) / 60.0)
     print()
     print(
-        f"stations × rate      {args.stations} × {per_station_rate:.2f} scans/min sustained ({report.scans_on_disk} scans)"
+        f"stations × rate      {args.stations} × {per_station_rate:.2f} scans/min sustained from the calm phase to the "
+        f"broker's return, faults and outage included ({report.scans_on_disk} scans in all)"
     )
     print(
         f"end-to-end, calm     median {statistics.median(latencies) * 1000:.0f} ms, p99 "
