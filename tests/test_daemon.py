@@ -144,8 +144,9 @@ def test_unknown_command_is_refused(station: Station, subscriber: Subscriber) ->
         "scan": None,
         "scan_session": None,
         "data": None,
+        "resent": None,
         "error": "unknown command 'selfdestruct'; known commands: "
-        "assign, capture, qc, reassign, reevaluate, reject, session, unassign",
+        "assign, capture, qc, reassign, reevaluate, reject, resend, session, unassign",
     }
 
 

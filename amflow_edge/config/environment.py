@@ -20,6 +20,8 @@ NON_SETTING_VARIABLES = frozenset(
     {
         # scripts/install: "1" leaves out creating the venv (tests/test_install.py runs it so).
         "AMFLOW_INSTALL_SKIP_VENV",
+        # scripts/setup and tests/postgres.py: the PostgreSQL role the plant-side tests create databases as.
+        "AMFLOW_TEST_POSTGRES",
     }
 )
 """AMFLOW_ variables of the project's other programs: they share the settings' prefix but set nothing, so they are

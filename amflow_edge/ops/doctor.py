@@ -232,6 +232,14 @@ class _ReadOnlyDb:
     def connection(self) -> sqlite3.Connection:
         return self._conn
 
+    def stream(self) -> str:
+        """A database the station has not opened since it numbered its events has no stream yet."""
+        try:
+            row = self._conn.execute("SELECT value FROM station_meta WHERE key = 'stream'").fetchone()
+        except sqlite3.OperationalError:
+            row = None
+        return str(row[0]) if row is not None else "none yet"
+
     def close(self) -> None:
         self._conn.close()
 
