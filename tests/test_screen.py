@@ -32,6 +32,7 @@ from amflow_edge.station.station import RunOptions, Station
 from amflow_edge.web.server import HttpServer
 from tests.browser import SCREEN, artifacts, chromium, screen_page, screenshot
 from tests.mqtt_helpers import Broker, Subscriber
+from tests.polling import wait_for
 from tests.station_files import write_station
 from tests.test_daemon_identification import PIPE_CLIP, batch_file, station_with_batch
 
@@ -153,7 +154,8 @@ def test_the_screen_follows_the_station_and_the_operator_rejects_a_part(screen_s
         # The tiles show thumbnails as wide as a tile; the full 2448 px images are for the zoom only.
         tile = page.locator("#views button.view img").first
         expect(tile).to_have_attribute("src", re.compile(rf"^/api/scan/{result.uuid}/thumbnail/1/\?w=\d+$"))
-        page.wait_for_function("document.querySelector('#views button.view img').naturalWidth > 0")
+        # Polled from here: wait_for_function polls with `new Function` in the page, which the screen's CSP forbids.
+        assert wait_for(lambda: page.evaluate("document.querySelector('#views button.view img')?.naturalWidth > 0"), 30)
         assert tile.evaluate("img => img.naturalWidth") <= 960
         expect(page.locator("#recent .recent-item")).to_have_count(1)
         screenshot(page, shots, "1-machine-verdict")
@@ -163,7 +165,7 @@ def test_the_screen_follows_the_station_and_the_operator_rejects_a_part(screen_s
         zoom = page.locator("#zoom")
         expect(zoom).to_be_visible()
         expect(page.locator("#zoom-title")).to_have_text("cam02")
-        page.wait_for_function("document.getElementById('zoom-image').naturalWidth > 0")
+        assert wait_for(lambda: page.evaluate("document.getElementById('zoom-image')?.naturalWidth > 0"), 30)
         page.keyboard.press("ArrowRight")
         expect(page.locator("#zoom-title")).to_have_text("cam03")
         page.keyboard.press("+")
