@@ -23,28 +23,16 @@ import cv2
 import numpy as np
 import structlog
 
+from amflow_edge.common.scan_layout import RECORD_FILE, REFERENCES_DIR, SCANS_DIR, reference_image, scan_image
 from amflow_edge.drivers.base import CameraHealth, CameraSettings, DriverError, Frame, GrabError, Shot
 from amflow_edge.drivers.replay_settings import ReplaySettings, source_problem
 
 log = structlog.get_logger(__name__)
 
-RECORD_FILE = "scan.json"  # as amflow_edge.storage.store, which a driver may not import (tests/test_structure.py)
-SCANS = "scans"
-REFERENCES = "references"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_HEADER_BYTES = 26  # signature, IHDR length and type, width, height, bit depth, colour type
 _GREY = 0
 _SKIPPED_SHOWN = 20
-
-
-def scan_image(camera: str) -> str:
-    """As amflow_edge.storage.store.image_file; never the record's `file`, which another station's scan.json could
-    point anywhere."""
-    return f"scan_{camera}.png"
-
-
-def reference_image(camera: str) -> str:
-    return f"empty_{camera}.png"
 
 
 class RecordingExhaustedError(DriverError):
@@ -181,9 +169,9 @@ def _read_scan(directory: Path, cameras: Sequence[CameraSettings]) -> RecordedSc
 def _layout(source: Path) -> tuple[list[Path], Path]:
     """The candidate scan directories of a source and where its references would be, for each form it may take."""
     if (source / RECORD_FILE).is_file():
-        return [source], source.parent.parent / REFERENCES
-    scans = source / SCANS if (source / SCANS).is_dir() else source
-    references = source / REFERENCES if scans != source else source.parent / REFERENCES
+        return [source], source.parent.parent / REFERENCES_DIR
+    scans = source / SCANS_DIR if (source / SCANS_DIR).is_dir() else source
+    references = source / REFERENCES_DIR if scans != source else source.parent / REFERENCES_DIR
     return sorted(p for p in scans.iterdir() if p.is_dir()), references
 
 
@@ -379,7 +367,7 @@ class ReplayDriver:
                 directory = recording.references / session
                 if all((directory / name).is_file() for name in names):
                     return directory
-        where = recording.references or recording.source / REFERENCES
+        where = recording.references or recording.source / REFERENCES_DIR
         raise DriverError(
             f"replay: the recording has no empty-tray references for its scans' sessions (expected "
             f"{where}/<scan_session>/{names[0]} …); inspection compares every scan with them: copy the recording's "

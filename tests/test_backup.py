@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from amflow_edge.storage.backup import INCOMING, BackupError, BackupMover, hash_tree
+from amflow_edge.common.scan_layout import INCOMING_DIR
+from amflow_edge.storage.backup import BackupError, BackupMover, hash_tree
 from tests.mounts import mount_tmpfs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +70,7 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def leftovers(scans: Path, backup: Path) -> list[Path]:
-    return [p for d in (scans / INCOMING, backup / INCOMING) if d.is_dir() for p in d.iterdir()]
+    return [p for d in (scans / INCOMING_DIR, backup / INCOMING_DIR) if d.is_dir() for p in d.iterdir()]
 
 
 def test_moves_old_eligible_scans_oldest_first_verified(dirs: tuple[Path, Path]) -> None:
@@ -91,7 +92,7 @@ def test_moves_old_eligible_scans_oldest_first_verified(dirs: tuple[Path, Path])
     for name, files in expected.items():
         assert digest(backup / name) == files
         assert not (scans / name).exists()
-    assert {p.name for p in scans.iterdir() if p.name != INCOMING} == {not_eligible, young}
+    assert {p.name for p in scans.iterdir() if p.name != INCOMING_DIR} == {not_eligible, young}
     assert leftovers(scans, backup) == []
     assert mover.run_once(NOW) == []
 
@@ -183,7 +184,7 @@ def test_a_copy_that_does_not_verify_is_removed_and_the_original_kept(dirs: tupl
 
     def bit_rot(step: str, what: str) -> None:
         if step == "copied":
-            victim = backup / INCOMING / name / "scan_cam03.png"
+            victim = backup / INCOMING_DIR / name / "scan_cam03.png"
             data = bytearray(victim.read_bytes())
             data[100] ^= 0x01
             victim.write_bytes(bytes(data))
@@ -204,7 +205,7 @@ def test_scans_without_a_readable_age_are_not_moved(dirs: tuple[Path, Path]) -> 
         else:
             (scans / name / "scan.json").write_bytes(record)
     assert BackupMover(scans, backup, 0, lambda n: True, Marks(scans)).run_once(NOW) == []
-    assert len([p for p in scans.iterdir() if p.name != INCOMING]) == 4
+    assert len([p for p in scans.iterdir() if p.name != INCOMING_DIR]) == 4
 
 
 def test_recover_cleans_up_and_finishes_or_undoes_interrupted_moves(dirs: tuple[Path, Path]) -> None:
@@ -218,11 +219,11 @@ def test_recover_cleans_up_and_finishes_or_undoes_interrupted_moves(dirs: tuple[
     subprocess.run(["cp", "-a", str(scans / identical), str(backup / identical)], check=True)
     subprocess.run(["cp", "-a", str(scans / differing), str(backup / differing)], check=True)
     (backup / differing / "scan_cam02.png").write_bytes(b"truncated")
-    (backup / INCOMING / half).mkdir(parents=True)
-    (backup / INCOMING / half / "scan_cam01.png").write_bytes(b"half")
+    (backup / INCOMING_DIR / half).mkdir(parents=True)
+    (backup / INCOMING_DIR / half / "scan_cam01.png").write_bytes(b"half")
     trashed = str(uuid.uuid1())
-    (scans / INCOMING / f"deleted-{trashed}").mkdir(parents=True)
-    being_written = scans / INCOMING / str(uuid.uuid1())  # ScanStore's, not the mover's: left alone
+    (scans / INCOMING_DIR / f"deleted-{trashed}").mkdir(parents=True)
+    being_written = scans / INCOMING_DIR / str(uuid.uuid1())  # ScanStore's, not the mover's: left alone
     being_written.mkdir()
 
     marks = Marks(scans)
@@ -235,8 +236,8 @@ def test_recover_cleans_up_and_finishes_or_undoes_interrupted_moves(dirs: tuple[
     assert marks.calls == [(identical, backup / identical)]
     assert not (scans / identical).exists() and digest(backup / identical) == originals[identical]
     assert digest(scans / differing) == originals[differing] and not (backup / differing).exists()
-    assert list((scans / INCOMING).iterdir()) == [being_written]
-    assert list((backup / INCOMING).iterdir()) == []
+    assert list((scans / INCOMING_DIR).iterdir()) == [being_written]
+    assert list((backup / INCOMING_DIR).iterdir()) == []
 
     assert sorted(mover.run_once(NOW)) == sorted([differing, half])
     for name, files in originals.items():
@@ -345,7 +346,7 @@ def test_killed_from_outside_during_a_large_file_copy(dirs: tuple[Path, Path], t
     expected = {name: digest(scans / name)}
     marks = tmp_path / "marks.tsv"
     child = run_child(scans, backup, marks)
-    target = backup / INCOMING / name / "big.png"
+    target = backup / INCOMING_DIR / name / "big.png"
     deadline = time.monotonic() + WAIT_S
     copied = 0
     while child.poll() is None and time.monotonic() < deadline:  # busy: the copy takes a few ms

@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
+from amflow_edge.common.scan_layout import INCOMING_DIR, RECORD_FILE
 from amflow_edge.storage.record import ScanRecord
-from amflow_edge.storage.store import INCOMING, RECORD_FILE, ScanStore, StoreError
+from amflow_edge.storage.store import ScanStore, StoreError
 from tests.factories import CAMERAS, make_images, make_record
 from tests.mounts import tmpfs
 
@@ -32,7 +33,7 @@ def test_scan_is_stored_with_five_readable_pngs_and_its_record(tmp_path: Path) -
     for name, image in images.items():
         np.testing.assert_array_equal(cv2.imread(str(path / f"scan_{name}.png"), cv2.IMREAD_UNCHANGED), image)
     assert ScanRecord.model_validate_json((path / RECORD_FILE).read_bytes()) == record
-    assert list((tmp_path / "scans" / INCOMING).iterdir()) == []
+    assert list((tmp_path / "scans" / INCOMING_DIR).iterdir()) == []
 
 
 def test_existing_scan_is_never_overwritten(tmp_path: Path) -> None:
@@ -62,10 +63,10 @@ def test_writer_killed_before_the_rename_leaves_no_scan_and_start_cleans_up(tmp_
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()
     assert not (tmp_path / "scans" / scan_uuid).exists()
-    assert (tmp_path / "scans" / INCOMING / scan_uuid).is_dir()  # the half scan is there, hidden from readers
+    assert (tmp_path / "scans" / INCOMING_DIR / scan_uuid).is_dir()  # the half scan is there, hidden from readers
     removed = ScanStore(tmp_path).prepare()
     assert removed == [scan_uuid]
-    assert list((tmp_path / "scans").iterdir()) == [tmp_path / "scans" / INCOMING]
+    assert list((tmp_path / "scans").iterdir()) == [tmp_path / "scans" / INCOMING_DIR]
 
 
 def test_record_update_is_atomic_and_keeps_images(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from amflow_edge.cli.common import EXIT_BAD_INPUT
+from amflow_edge.common.scan_layout import reference_image, scan_image
 from amflow_edge.common.shipped import DEMO_CALIBRATION
 from amflow_edge.drivers.simulator.defect_spec import DefectError, DefectTruth
 from amflow_edge.inspection.designs import MeshError, Units, load_mesh_mm
@@ -140,8 +141,8 @@ def _render(args: argparse.Namespace) -> tuple[RenderTruth, dict[str, np.ndarray
         defect=defect_truth,
         calibration=str(args.calibration.resolve()),
     )
-    images = {f"scan_{name}.png": image for name, image in scans.items()}
-    images.update({f"empty_{name}.png": image for name, image in empties.items()})
+    images = {scan_image(name): image for name, image in scans.items()}
+    images.update({reference_image(name): image for name, image in empties.items()})
     return truth, images
 
 

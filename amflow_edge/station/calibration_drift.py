@@ -28,6 +28,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from amflow_edge.common.durable import replace_durably, replacing
+from amflow_edge.common.scan_layout import reference_image
 from amflow_edge.drivers.base import CameraSettings
 from amflow_edge.inspection.calibration.drift import DriftError, ImageDrift, measure_drift
 from amflow_edge.inspection.geometry.camera import CameraName
@@ -135,7 +136,7 @@ class CalibrationDrift:
         """The session's stored empty_camNN.png against each camera's commissioning picture."""
         images: dict[str, np.ndarray] = {}
         for camera in self._cameras:
-            image = cv2.imread(str(reference_dir / f"empty_{camera.name}.png"), cv2.IMREAD_UNCHANGED)
+            image = cv2.imread(str(reference_dir / reference_image(camera.name)), cv2.IMREAD_UNCHANGED)
             if image is not None:
                 images[camera.name] = np.asarray(image)
         return self.check_images(images, scan_session)

@@ -20,6 +20,7 @@ import numpy as np
 import structlog
 
 from amflow_edge import __version__
+from amflow_edge.common.scan_layout import scan_image
 from amflow_edge.config.station import StationConfig
 from amflow_edge.drivers.base import CameraDriver, DriverError, GrabError, HardwareTriggered, Shot
 from amflow_edge.messaging.payload import Assignment, new_scan, timestamp
@@ -27,7 +28,7 @@ from amflow_edge.ops.log_limit import rate_limited_warnings
 from amflow_edge.station.session import ScanningSession
 from amflow_edge.storage.db import DatabaseError
 from amflow_edge.storage.record import CameraShotRecord, ScanRecord, StationMetadata
-from amflow_edge.storage.store import ScanStore, StoreError, image_file
+from amflow_edge.storage.store import ScanStore, StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -306,7 +307,7 @@ class CaptureLoop:
         for camera in self._cfg.cameras:
             frame = shot.frames[camera.name]
             cameras[camera.name] = CameraShotRecord(
-                file=image_file(camera.name),
+                file=scan_image(camera.name),
                 serial=frame.serial,
                 timestamp=timestamp(frame.timestamp),
                 exposure_us=frame.exposure_us,

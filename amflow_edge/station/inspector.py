@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
+from amflow_edge.common.scan_layout import reference_image, scan_image
 from amflow_edge.inspection.designs import Units, load_mesh_mm
 from amflow_edge.inspection.geometry.camera import CameraCalibration, load_calibration
 from amflow_edge.inspection.identification.models import CandidateDesign
@@ -122,8 +123,8 @@ def _run_job(job: InspectionJob) -> str:
 
     names = sorted(job.calibrations)
     with structlog.contextvars.bound_contextvars(scan=job.scan_uuid):  # the worker's lines name the scan too
-        images = {name: read_image(job.scan_dir / f"scan_{name}.png") for name in names}
-        references = {name: read_image(job.reference_dir / f"empty_{name}.png") for name in names}
+        images = {name: read_image(job.scan_dir / scan_image(name)) for name in names}
+        references = {name: read_image(job.reference_dir / reference_image(name)) for name in names}
         cameras = _cameras(tuple((name, str(job.calibrations[name])) for name in names))
         if job.design_material is None or job.design_path is None:
             return _identify_and_inspect(job, images, references, cameras).model_dump_json()

@@ -39,11 +39,10 @@ from pathlib import Path
 import structlog
 
 from amflow_edge.common.durable import fsync_dir
+from amflow_edge.common.scan_layout import INCOMING_DIR, RECORD_FILE
 
 log = structlog.get_logger(__name__)
 
-RECORD_FILE = "scan.json"  # as amflow_edge.storage.store (which imports OpenCV; this module must stay light)
-INCOMING = ".incoming"
 DISCARD_PREFIX = "deleted-"
 CHUNK_BYTES = 1 << 20
 
@@ -87,7 +86,7 @@ def discard_scan(scans_dir: Path, name: str, before_delete: Callable[[], None] |
     The rename target is inside <scans>/.incoming, which ScanStore.prepare() and recover()
     empty at start, so a crash during the delete leaves nothing a reader would take for a scan.
     """
-    incoming = scans_dir / INCOMING
+    incoming = scans_dir / INCOMING_DIR
     incoming.mkdir(exist_ok=True)
     trash = incoming / f"{DISCARD_PREFIX}{name}"
     if trash.exists():
@@ -173,7 +172,7 @@ class BackupMover:
 
     @property
     def staging_dir(self) -> Path:
-        return self.backup_dir / INCOMING
+        return self.backup_dir / INCOMING_DIR
 
     def _step(self, step: str, what: str) -> None:
         if self._on_step is not None:
@@ -197,7 +196,7 @@ class BackupMover:
             for leftover in sorted(self.staging_dir.iterdir()):
                 _remove(leftover)
                 report.removed_partial_copies.append(leftover.name)
-        scans_incoming = self.scans_dir / INCOMING
+        scans_incoming = self.scans_dir / INCOMING_DIR
         if scans_incoming.is_dir():
             for leftover in sorted(scans_incoming.iterdir()):
                 if leftover.name.startswith(DISCARD_PREFIX):

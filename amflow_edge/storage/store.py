@@ -21,6 +21,14 @@ import numpy as np
 import structlog
 
 from amflow_edge.common.durable import fsync_dir, replace_durably, write_durably
+from amflow_edge.common.scan_layout import (
+    INCOMING_DIR,
+    RECORD_FILE,
+    REFERENCES_DIR,
+    SCANS_DIR,
+    reference_image,
+    scan_image,
+)
 from amflow_edge.config.station import CaptureSettings
 from amflow_edge.storage.disk import mount_point
 from amflow_edge.storage.record import ScanRecord
@@ -29,9 +37,6 @@ log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-
-RECORD_FILE = "scan.json"
-INCOMING = ".incoming"
 
 
 PNG_STRATEGIES = {
@@ -56,10 +61,6 @@ class StoreError(RuntimeError):
     """A scan could not be stored; nothing was left behind and nothing stored before was touched."""
 
 
-def image_file(camera: str) -> str:
-    return f"scan_{camera}.png"
-
-
 def _explain(exc: OSError, where: Path) -> str:
     if exc.errno == errno.ENOSPC:
         return f"disk full while writing {where}: free space on {mount_point(where)} or move old scans to backup"
@@ -77,8 +78,8 @@ class ScanStore:
         png_filter: str = "sub",
         encode_threads: int = 5,
     ) -> None:
-        self.scans_dir = Path(data_root) / "scans"
-        self.incoming_dir = self.scans_dir / INCOMING
+        self.scans_dir = Path(data_root) / SCANS_DIR
+        self.incoming_dir = self.scans_dir / INCOMING_DIR
         self._png_params = [
             cv2.IMWRITE_PNG_COMPRESSION,
             compression,
@@ -124,12 +125,12 @@ class ScanStore:
     ) -> Path:
         """Store the images and scan.json of one scan atomically; returns the final directory."""
         uuid = record.scan.uuid
-        files: dict[str, np.ndarray | bytes] = {image_file(name): image for name, image in images.items()}
+        files: dict[str, np.ndarray | bytes] = {scan_image(name): image for name, image in images.items()}
         files[RECORD_FILE] = record.model_dump_json(indent=2).encode("utf-8")
         return self._publish(self.incoming_dir / uuid, self.scan_dir(uuid), files, before_publish)
 
     def reference_dir(self, scan_session: str) -> Path:
-        return self.scans_dir.parent / "references" / scan_session
+        return self.scans_dir.parent / REFERENCES_DIR / scan_session
 
     def latest_references(self, besides: str) -> Path | None:
         """The most recent other session's empty-tray references, if any are stored."""
@@ -152,7 +153,7 @@ class ScanStore:
         elif final.exists():
             shutil.rmtree(final)
         final.parent.mkdir(parents=True, exist_ok=True)
-        files = {f"empty_{name}.png": image for name, image in images.items()}
+        files = {reference_image(name): image for name, image in images.items()}
         return self._publish(self.incoming_dir / f"reference-{scan_session}", final, files, None)
 
     def _each(self, work: Callable[[_T], _R], items: list[_T]) -> list[_R]:

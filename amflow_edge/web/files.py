@@ -23,9 +23,9 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
+from amflow_edge.common.scan_layout import scan_image
 from amflow_edge.inspection.report import REPORT_NAME
 from amflow_edge.storage.record import ScanRecord
-from amflow_edge.storage.store import image_file
 from amflow_edge.web.deps import Context, Reader, fail
 from amflow_edge.web.models import ApiError
 from amflow_edge.web.scans import ScanId, known
@@ -118,7 +118,7 @@ def _with_image(ctx: Context, scan: UUID, number: int) -> ScanRecord:
 
 def _image(ctx: Context, request: Request, scan: UUID, number: int) -> Response:
     record = _with_image(ctx, scan, number)
-    name = image_file(f"cam{number:02d}")
+    name = scan_image(f"cam{number:02d}")
     return _send(
         request,
         _where(ctx, record) / name,
@@ -136,7 +136,7 @@ def _thumbnail(ctx: Context, request: Request, scan: UUID, number: int, width: i
     width = min(THUMB_MAX, -(-width // THUMB_STEP) * THUMB_STEP)
     cached = ctx.thumbnails / f"{scan}_cam{number:02d}_w{width}.jpg"
     if not cached.is_file():
-        source = _where(ctx, record) / image_file(f"cam{number:02d}")
+        source = _where(ctx, record) / scan_image(f"cam{number:02d}")
         image = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
         if image is None:
             fail(404, f"scan {scan}'s {source.name} is not on disk or not readable; the station's log may say more")
