@@ -60,6 +60,11 @@ class WebhookStatus(BaseModel):
     )
 
 
+_EVENT_COLUMNS = "seq, event_id, event, scan_uuid, payload, created"
+"""What a posted or dead-lettered event is read as: the outbox's and the dead letters' shared columns, in _pending's
+order."""
+
+
 def _pending(row: tuple[int, str, str, str | None, bytes, float], dead_letter: bool, generation: int) -> PendingEvent:
     seq, event_id, event, scan_uuid, payload, created = row
     return PendingEvent(seq, event_id, event, scan_uuid, payload, created, dead_letter, generation)
@@ -130,7 +135,7 @@ class WebhookLedger:
                 "SELECT delivered_seq, generation FROM webhook_targets WHERE hook_id = ?", (hook_id,)
             ).fetchone()
             dead = conn.execute(
-                "SELECT seq, event_id, event, scan_uuid, payload, created FROM webhook_dead_letters "
+                f"SELECT {_EVENT_COLUMNS} FROM webhook_dead_letters "
                 "WHERE hook_id = ? AND requeued = 1 ORDER BY seq LIMIT ?",
                 (hook_id, limit),
             ).fetchall()
@@ -138,7 +143,7 @@ class WebhookLedger:
                 []
                 if dead
                 else conn.execute(
-                    "SELECT seq, event_id, event, scan_uuid, payload, created FROM outbox "
+                    f"SELECT {_EVENT_COLUMNS} FROM outbox "
                     f"WHERE seq > ? AND event IN ({_placeholders(events)}) ORDER BY seq LIMIT ?",
                     (position, *events, limit),
                 ).fetchall()
@@ -243,7 +248,7 @@ class WebhookLedger:
             if last is None:
                 return 0
             rows = conn.execute(
-                "SELECT seq, event_id, event, scan_uuid, payload, created FROM outbox "
+                f"SELECT {_EVENT_COLUMNS} FROM outbox "
                 f"WHERE seq > ? AND seq <= ? AND event IN ({_placeholders(events)}) ORDER BY seq",
                 (position, last, *events),
             ).fetchall()

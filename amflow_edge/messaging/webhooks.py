@@ -122,6 +122,7 @@ class WebhookSender:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._backoff_s = _FIRST_BACKOFF_S
+        self._failing = False
         self._thread: threading.Thread | None = None
 
     def wake(self) -> None:
@@ -165,8 +166,11 @@ class WebhookSender:
     def _step(self) -> float:
         """Post what is pending; returns how long to wait before the next step."""
         target = self.target
-        self._give_up_on_old()
-        if self._ledger.parked_reason(target.hook_id) is not None:
+        parked = self._ledger.parked_reason(target.hook_id) is not None
+        if parked or self._failing:
+            # Only a failing or parked target can have something to give up on (failing_since is set then).
+            self._give_up_on_old()
+        if parked:
             return _PARKED_CHECK_S
         pending = self._ledger.pending(target.hook_id, target.events, _BATCH)
         if not pending:
@@ -191,6 +195,7 @@ class WebhookSender:
                 return _PARKED_CHECK_S
             recovering = self._backoff_s > _FIRST_BACKOFF_S
             current = self._ledger.delivered(target.hook_id, event)
+            self._failing = False
             self._backoff_s = _FIRST_BACKOFF_S
             if recovering:
                 log.info("webhook target delivering again", hook_id=target.hook_id, url=target.display_url)
@@ -202,6 +207,7 @@ class WebhookSender:
     def _failed(self, failure: RetryLaterError) -> float:
         target = self.target
         failures = self._ledger.failed(target.hook_id, failure.reason)
+        self._failing = True
         wait = random.uniform(0, self._backoff_s)
         if failure.retry_after_s is not None:
             wait = max(wait, min(failure.retry_after_s, target.max_backoff_s))
