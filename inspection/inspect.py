@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import trimesh
 
+from amflow_edge.common.scan_layout import CONTACT_SHEET, reference_image, scan_image
 from amflow_edge.common.shipped import DEMO_CALIBRATION
 from amflow_edge.inspection.align import Alignment, AlignmentError, View, align, fit_scale, refit
 from amflow_edge.inspection.design_cache import DesignModel, design_model
@@ -29,7 +30,6 @@ from amflow_edge.inspection.geometry.camera import (
 from amflow_edge.inspection.metrics import compute_metrics, model_masks
 from amflow_edge.inspection.models import InspectionMetrics
 from amflow_edge.inspection.overlay import (
-    CONTACT_SHEET,
     contact_sheet,
     overlay,
     write_png,
@@ -253,8 +253,8 @@ def read_scan_directory(
     if not directory.is_dir():
         raise InspectionInputError(f"{directory}: no such scan directory")
     cameras = load_rig(calibration)
-    images: dict[str, np.ndarray] = {name: read_image(directory / f"scan_{name}.png") for name in RIG_CAMERAS}
-    references: dict[str, np.ndarray] = {name: read_image(directory / f"empty_{name}.png") for name in RIG_CAMERAS}
+    images: dict[str, np.ndarray] = {name: read_image(directory / scan_image(name)) for name in RIG_CAMERAS}
+    references: dict[str, np.ndarray] = {name: read_image(directory / reference_image(name)) for name in RIG_CAMERAS}
     return cameras, images, references
 
 

@@ -10,7 +10,6 @@ import numpy as np
 from amflow_edge.common.durable import replace_durably
 from amflow_edge.inspection.geometry.silhouette import Window
 
-CONTACT_SHEET = "inspection_overlays.png"
 TILE = (640, 512)
 OUTLINE = (0, 220, 0)
 MISSING = (0, 0, 255)

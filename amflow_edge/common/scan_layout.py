@@ -13,6 +13,8 @@ REFERENCES_DIR = "references"
 INCOMING_DIR = ".incoming"
 """Below the scans directory: where a scan is written before it is renamed into place."""
 RECORD_FILE = "scan.json"
+CONTACT_SHEET = "inspection_overlays.png"
+"""The inspection's five overlays on one sheet, beside the scan's images."""
 
 
 def scan_image(camera: str) -> str:

@@ -127,10 +127,6 @@ class Credentials:
         log.warning("failed HTTP API authentication", what=what, client=client, failures_since_last_line=count)
 
     @property
-    def reads_need_token(self) -> bool:
-        return self._read is not None
-
-    @property
     def can_log_in(self) -> bool:
         return self._settings.pin is not None
 

@@ -23,15 +23,13 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
-from amflow_edge.common.scan_layout import scan_image
+from amflow_edge.common.scan_layout import CONTACT_SHEET, scan_image
 from amflow_edge.inspection.report import REPORT_NAME
 from amflow_edge.storage.record import ScanRecord
 from amflow_edge.web.deps import Context, Reader, fail
 from amflow_edge.web.models import ApiError
 from amflow_edge.web.scans import ScanId, known
 
-OVERLAYS = "inspection_overlays.png"
-"""The contact sheet the inspection writes (inspection/overlay.py CONTACT_SHEET)."""
 CHUNK = 4 * 1024 * 1024
 IMMUTABLE = "private, max-age=86400, immutable"
 REVALIDATE = "private, no-cache"
@@ -121,7 +119,7 @@ def _image(ctx: Context, request: Request, scan: UUID, number: int) -> Response:
     name = scan_image(f"cam{number:02d}")
     return _send(
         request,
-        _where(ctx, record) / name,
+        ctx.directory_of(record) / name,
         "image/png",
         IMMUTABLE,
         f"scan {scan}'s {name} is not on disk (moved or deleted by hand); the station's log may say more",
@@ -136,7 +134,7 @@ def _thumbnail(ctx: Context, request: Request, scan: UUID, number: int, width: i
     width = min(THUMB_MAX, -(-width // THUMB_STEP) * THUMB_STEP)
     cached = ctx.thumbnails / f"{scan}_cam{number:02d}_w{width}.jpg"
     if not cached.is_file():
-        source = _where(ctx, record) / scan_image(f"cam{number:02d}")
+        source = ctx.directory_of(record) / scan_image(f"cam{number:02d}")
         image = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
         if image is None:
             fail(404, f"scan {scan}'s {source.name} is not on disk or not readable; the station's log may say more")
@@ -173,8 +171,7 @@ def _prune(folder: FilePath) -> None:
         pass  # a file removed meanwhile; the next prune catches up
 
 
-def _where(ctx: Context, record: ScanRecord) -> FilePath:
-    return ctx.directory_of(record)
+CameraNumber = Annotated[int, Path(ge=1, le=99, description="Camera number: 1 is cam01 … 5 is cam05.")]
 
 
 def router() -> APIRouter:
@@ -187,7 +184,7 @@ def router() -> APIRouter:
         ctx: Context,
         request: Request,
         scan: ScanId,
-        number: Annotated[int, Path(ge=1, le=99, description="Camera number: 1 is cam01 … 5 is cam05.")],
+        number: CameraNumber,
     ) -> Response:
         """The stored PNG of one camera at full sensor resolution, 8-bit grey (`scan_urls_full`)."""
         return _image(ctx, request, scan, number)
@@ -202,7 +199,7 @@ def router() -> APIRouter:
         ctx: Context,
         request: Request,
         scan: ScanId,
-        number: Annotated[int, Path(ge=1, le=99, description="Camera number: 1 is cam01 … 5 is cam05.")],
+        number: CameraNumber,
         w: Annotated[
             int,
             Query(
@@ -245,7 +242,7 @@ def router() -> APIRouter:
             )
         return _send(
             request,
-            _where(ctx, record) / REPORT_NAME,
+            ctx.directory_of(record) / REPORT_NAME,
             "application/json",
             REVALIDATE,
             f"scan {scan}'s inspection report is not on disk",
@@ -267,7 +264,11 @@ def router() -> APIRouter:
                 f"scan {scan} has not been inspected (yet), so it has no overlays; wait for its scan.quality_control",
             )
         return _send(
-            request, _where(ctx, record) / OVERLAYS, "image/png", REVALIDATE, f"scan {scan}'s overlays are not on disk"
+            request,
+            ctx.directory_of(record) / CONTACT_SHEET,
+            "image/png",
+            REVALIDATE,
+            f"scan {scan}'s overlays are not on disk",
         )
 
     return api
