@@ -59,6 +59,15 @@ def inspection_summary(record: ScanRecord, directory: Path) -> InspectionSummary
     )
 
 
+def _candidate(design_material: str, score: float, part: SessionPart | None) -> CandidateView:
+    return CandidateView(
+        design_material=design_material,
+        score=score,
+        part_id=part.part_id if part is not None else None,
+        part_title=part.part_title if part is not None else None,
+    )
+
+
 def scan_detail(record: ScanRecord, session: ScanningSession, directory: Path) -> ScanDetail:
     station = record.station
     parts: dict[str, SessionPart] = {}
@@ -72,15 +81,7 @@ def scan_detail(record: ScanRecord, session: ScanningSession, directory: Path) -
             design_material=found.design_material,
             reason=found.reason,
             at=found.at,
-            candidates=[
-                CandidateView(
-                    design_material=c.design_material,
-                    score=c.score,
-                    part_id=parts[c.design_material].part_id if c.design_material in parts else None,
-                    part_title=parts[c.design_material].part_title if c.design_material in parts else None,
-                )
-                for c in found.candidates
-            ],
+            candidates=[_candidate(c.design_material, c.score, parts.get(c.design_material)) for c in found.candidates],
         )
     inspection = inspection_summary(record, directory)
     cameras = [

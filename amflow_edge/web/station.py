@@ -18,11 +18,8 @@ def parts_view(ctx: Context) -> PartsView:
     session = ctx.session()
     counts = ctx.copies_assigned() if session.parts else {}
 
-    def place(index: int) -> tuple[int, int]:
-        output = session.parts[index].output
-        return (output.id if output is not None else _NO_OUTPUT, index)
-
-    order = sorted(range(len(session.parts)), key=place)
+    # sorted() is stable: parts of one output keep the batch's order.
+    ordered = sorted(session.parts, key=lambda p: p.output.id if p.output is not None else _NO_OUTPUT)
     return PartsView(
         scan_session=session.scan_session,
         batch=session.batch,
@@ -36,7 +33,7 @@ def parts_view(ctx: Context) -> PartsView:
                 output=p.output,
                 assignment=p.assignment,
             )
-            for p in (session.parts[i] for i in order)
+            for p in ordered
         ],
     )
 
