@@ -8,6 +8,7 @@ as one from a plant system, and is recorded as source "http", device "http:<oper
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -50,6 +51,13 @@ def _answer(ctx: Context, command: str, body: dict[str, Any]) -> JSONResponse:
         )
     status = 200 if response.status == "ok" else 409
     return JSONResponse(response.model_dump(mode="json"), status_code=status)
+
+
+def _on_scan(ctx: Context, scan: UUID, command: str, body: dict[str, Any]) -> JSONResponse:
+    """A request about one scan: 404 for a scan the station does not have, before anything is sent. Run in the
+    thread pool as one step (its SQLite read is never on the event loop)."""
+    known(ctx, scan)
+    return _answer(ctx, command, body)
 
 
 def router() -> APIRouter:
@@ -111,17 +119,15 @@ def router() -> APIRouter:
     @api.post("/api/scan/{scan}/qc/", response_model=CommandResponse, responses=ANSWERS, summary="Approve or reject")
     async def qc(ctx: Context, operator: Operator, scan: ScanId, body: QcBody) -> JSONResponse:
         """The MQTT `qc` request: the operator's verdict; `scan.quality_control` follows."""
-        await run_in_threadpool(known, ctx, scan)  # a SQLite read: never on the event loop
         request = {"scan": str(scan), "pass": body.passed, "operator": operator}
         request |= body.model_dump(exclude={"passed"}, exclude_unset=True)
-        return await run_in_threadpool(_answer, ctx, "qc", request)
+        return await run_in_threadpool(_on_scan, ctx, scan, "qc", request)
 
     @api.post("/api/scan/{scan}/assign/", response_model=CommandResponse, responses=ANSWERS, summary="Assign to a part")
     async def assign(ctx: Context, operator: Operator, scan: ScanId, body: PartBody) -> JSONResponse:
         """The MQTT `assign` request: an unassigned (or rejected) scan becomes a copy of the part; `scan.assign`."""
-        await run_in_threadpool(known, ctx, scan)  # a SQLite read: never on the event loop
         return await run_in_threadpool(
-            _answer, ctx, "assign", {"scan": str(scan), "part_id": body.part_id, "operator": operator}
+            _on_scan, ctx, scan, "assign", {"scan": str(scan), "part_id": body.part_id, "operator": operator}
         )
 
     @api.post(
@@ -129,9 +135,8 @@ def router() -> APIRouter:
     )
     async def reassign(ctx: Context, operator: Operator, scan: ScanId, body: PartBody) -> JSONResponse:
         """The MQTT `reassign` request: an assigned scan moves to another part; `scan.reassign`, inspected again."""
-        await run_in_threadpool(known, ctx, scan)  # a SQLite read: never on the event loop
         return await run_in_threadpool(
-            _answer, ctx, "reassign", {"scan": str(scan), "part_id": body.part_id, "operator": operator}
+            _on_scan, ctx, scan, "reassign", {"scan": str(scan), "part_id": body.part_id, "operator": operator}
         )
 
     @api.post(
@@ -142,8 +147,7 @@ def router() -> APIRouter:
     )
     async def unassign(ctx: Context, operator: Operator, scan: ScanId, body: EmptyBody | None = None) -> JSONResponse:
         """The MQTT `unassign` request (body `{}` or none); `scan.unassign`."""
-        await run_in_threadpool(known, ctx, scan)  # a SQLite read: never on the event loop
-        return await run_in_threadpool(_answer, ctx, "unassign", {"scan": str(scan), "operator": operator})
+        return await run_in_threadpool(_on_scan, ctx, scan, "unassign", {"scan": str(scan), "operator": operator})
 
     @api.post(
         "/api/scan/{scan}/reject/",
@@ -153,9 +157,8 @@ def router() -> APIRouter:
     )
     async def reject(ctx: Context, operator: Operator, scan: ScanId, body: RejectBody) -> JSONResponse:
         """The MQTT `reject` request: a foreign object, another batch's part, a scan to take again; `scan.reject`."""
-        await run_in_threadpool(known, ctx, scan)  # a SQLite read: never on the event loop
         return await run_in_threadpool(
-            _answer, ctx, "reject", {"scan": str(scan), "comment": body.comment, "operator": operator}
+            _on_scan, ctx, scan, "reject", {"scan": str(scan), "comment": body.comment, "operator": operator}
         )
 
     @api.post("/api/capture/", response_model=CommandResponse, responses=ANSWERS, summary="Take a scan now")
