@@ -24,7 +24,8 @@ from amflow_edge.drivers.mock_settings import MockDriverSettings
 from amflow_edge.drivers.simulator.charuco_board import BoardPlacement, BoardRenderer, default_placements
 from amflow_edge.drivers.simulator.defect_spec import Defect
 from amflow_edge.drivers.simulator.defects import DefectError, apply_defect, defect_rng, settle
-from amflow_edge.drivers.simulator.materials import albedo_for
+from amflow_edge.drivers.simulator.looks import LookError, PartMaterial, StationLook, load_look, load_material
+from amflow_edge.drivers.simulator.materials import albedo_for, material_for
 from amflow_edge.drivers.simulator.render import Renderer
 from amflow_edge.inspection.calibration.board import BoardDefinition
 from amflow_edge.inspection.geometry.camera import CalibrationError, CameraCalibration, load_calibration
@@ -99,6 +100,7 @@ class MockDriver:
         self._design_ids: list[str] = []
         self._defects: list[Defect] = []
         self._meshes: dict[str, trimesh.Trimesh] = {}
+        self._material: PartMaterial | None = None
         self._pool: list[_Scene] = []
         self._ready: queue.Queue[_Scene] = queue.Queue(maxsize=settings.prerender)
         self._stop = threading.Event()
@@ -117,7 +119,12 @@ class MockDriver:
         calibrations = [self._calibration(camera) for camera in self._cameras]
         self._design_ids = self._chosen_designs()
         self._defects = [Defect.parse(text) for text in self._settings.defects]
-        self._renderer = Renderer(calibrations)
+        try:
+            look = load_look(self._settings.look)
+            self._material = None if self._settings.material is None else load_material(self._settings.material)
+        except LookError as exc:
+            raise DriverError(f"mock: {exc}") from None
+        self._renderer = Renderer(calibrations, look=look)
         self._stop.clear()
         self._failure = None
         self._triggers.clear()
@@ -202,14 +209,24 @@ class MockDriver:
             mesh, pose, defect = self._maybe_defective(
                 mesh, pose, seed, f"mock scene {index}: design {design_material}"
             )
-        albedo = PART_ALBEDO
-        if self._settings.materials and design_material is not None:
-            albedo = albedo_for(design_material)
+        albedo, material = self._look_of(design_material)
         with self._render_lock:
-            images = self._renderer.render(mesh, pose, seed, albedo=albedo)
+            images = self._renderer.render(mesh, pose, seed, albedo=albedo, material=material)
         for image in images.values():
             image.setflags(write=False)
         return _Scene(index, seed, design_material, pose, images, defect)
+
+    def _look_of(self, design_material: str | None) -> tuple[float, PartMaterial | None]:
+        """The part's albedo and material: the configured material, else with `materials` its COLOUR token's (the
+        demo station keeps the albedos it was tuned with), else grey PA12."""
+        if self._material is not None:
+            return self._material.albedo, self._material
+        if not self._settings.materials or design_material is None:
+            return PART_ALBEDO, None
+        if self._renderer is None or self._renderer.look == StationLook():
+            return albedo_for(design_material), None
+        material = material_for(design_material)
+        return material.albedo, material
 
     def _maybe_defective(
         self, mesh: trimesh.Trimesh, pose: np.ndarray, seed: int, where: str

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from amflow_edge.drivers.base import CAMERA_NAMES
 from amflow_edge.drivers.simulator.defect_spec import Defect
+from amflow_edge.drivers.simulator.looks import DEMO_LOOK_NAME, LookError, load_look, load_material
 
 
 def _parseable_defect(text: str) -> str:
@@ -47,14 +48,24 @@ class MockDriverSettings(BaseModel):
     materials: bool = Field(
         default=False,
         description="Render each part in its material's reflectance, from the design_material's COLOUR token "
-        "(BLACK dark, WHITE bright: drivers.simulator.materials), so one geometry in two materials looks different. "
-        "Off: every part renders as grey PA12.",
+        "(BLACK dark, WHITE bright: drivers.simulator.materials), so one geometry in two materials looks different; "
+        "under a look other than demo, as the token's catalogue material. Off: every part renders as grey PA12.",
     )
     defects: list[Annotated[str, AfterValidator(_parseable_defect)]] = Field(
         default_factory=list,
         description="Printing defects the mock may put into a scene's part, as KIND:SIZE "
         "(missing_slab:2, missing_chunk:1.0, extra_blob:3, scale:0.5, warp:2); "
         "one is chosen at random per defective scene.",
+    )
+    look: str = Field(
+        default=DEMO_LOOK_NAME,
+        description="The station look: lights, tray and camera noise, by name (config/looks/<name>.toml: demo, "
+        "softbox_brushed, dome_white, key_black, ring_anodised) or as the path of a look file.",
+    )
+    material: str | None = Field(
+        default=None,
+        description="A material of config/materials.toml (pa12_white, pa12_black, fdm_orange_glossy, …) every part "
+        "renders in. None: as `materials` says.",
     )
     defect_rate: float = Field(
         default=0.0,
@@ -71,6 +82,25 @@ class MockDriverSettings(BaseModel):
                 'list them, e.g. defects = ["missing_chunk:1.0"], or set defect_rate = 0'
             )
         return self
+
+    @field_validator("look")
+    @classmethod
+    def _known_look(cls, value: str) -> str:
+        try:
+            load_look(value)
+        except LookError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("material")
+    @classmethod
+    def _known_material(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                load_material(value)
+            except LookError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("fail_camera")
     @classmethod

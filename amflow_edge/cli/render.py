@@ -22,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from amflow_edge.cli.common import EXIT_BAD_INPUT
 from amflow_edge.common.scan_layout import reference_image, scan_image
-from amflow_edge.common.shipped import DEMO_CALIBRATION
+from amflow_edge.common.shipped import DEMO_CALIBRATION, LOOKS
 from amflow_edge.drivers.simulator.defect_spec import DefectError, DefectTruth
+from amflow_edge.drivers.simulator.looks import DEMO_LOOK_NAME, LookError, look_path
 from amflow_edge.inspection.designs import MeshError, Units, load_mesh_mm
 from amflow_edge.inspection.geometry.camera import CalibrationError, load_rig
 
@@ -53,6 +54,15 @@ class RenderTruth(BaseModel):
     calibration: str = Field(
         description="Calibration directory (cam01.yaml … cam05.yaml) of the cameras rendered (absolute path)."
     )
+    look: str = Field(
+        default=DEMO_LOOK_NAME,
+        description="Station look rendered: a name of config/looks (demo, softbox_brushed, …) or a look file "
+        "(absolute path).",
+    )
+    material: str | None = Field(
+        default=None,
+        description="Material of config/materials.toml the part was rendered in, or null: the demo's grey PA12.",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -81,6 +91,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="put a printing defect into the part: missing_slab:MM, missing_chunk:MM, extra_blob:MM, "
         "scale:PERCENT[,Y,Z], warp:DEGREES",
     )
+    parser.add_argument(
+        "--look",
+        default=DEMO_LOOK_NAME,
+        metavar="NAME|PATH",
+        help="station look: lights, tray and camera (a name of config/looks, e.g. softbox_brushed, or a .toml file; "
+        "default demo)",
+    )
+    parser.add_argument(
+        "--material",
+        default=None,
+        metavar="NAME",
+        help="part material of config/materials.toml, e.g. pa12_black (default: the demo's grey PA12)",
+    )
     parser.set_defaults(func=cmd_render)
 
 
@@ -100,7 +123,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     try:
         truth, images = _render(args)
         _write(args.out, truth, images)
-    except (CalibrationError, DefectError, MeshError, PlacementError, OSError) as exc:
+    except (CalibrationError, DefectError, LookError, MeshError, PlacementError, OSError) as exc:
         print(f"amflow-edge render: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     defect = "no defect" if truth.defect is None else f"defect {truth.defect.spec}"
@@ -110,10 +133,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> tuple[RenderTruth, dict[str, np.ndarray]]:
     from amflow_edge.drivers.simulator.defects import Defect, apply_defect, defect_rng, settle
+    from amflow_edge.drivers.simulator.looks import load_look, load_material
     from amflow_edge.drivers.simulator.render import Renderer
     from amflow_edge.inspection.geometry.placement import PlacementError, place_on_tray
 
     defect = None if args.defect is None else Defect.parse(args.defect)
+    look = load_look(args.look)
+    material = None if args.material is None else load_material(args.material)
     if args.out.exists() and not args.out.is_dir():
         raise NotADirectoryError(f"--out {args.out} is a file; give a directory for the images and {TRUTH_FILE}")
     rig = load_rig(args.calibration)
@@ -127,9 +153,9 @@ def _render(args: argparse.Namespace) -> tuple[RenderTruth, dict[str, np.ndarray
         viewpoints = np.array([calib.centre for calib in rig])
         mesh, defect_truth = apply_defect(mesh, defect, defect_rng(args.seed), pose=pose, viewpoints=viewpoints)
         pose = settle(mesh, pose)
-    renderer = Renderer(rig, TRAY_SIZE_MM)
+    renderer = Renderer(rig, TRAY_SIZE_MM, look=look)
     try:
-        scans = renderer.render(mesh, pose, args.seed)
+        scans = renderer.render(mesh, pose, args.seed, material=material)
         empties = renderer.render(None, None, args.seed + REFERENCE_SEED_OFFSET)
     finally:
         renderer.close()
@@ -140,10 +166,18 @@ def _render(args: argparse.Namespace) -> tuple[RenderTruth, dict[str, np.ndarray
         pose=pose.tolist(),
         defect=defect_truth,
         calibration=str(args.calibration.resolve()),
+        look=_look_name(args.look),
+        material=args.material,
     )
     images = {scan_image(name): image for name, image in scans.items()}
     images.update({reference_image(name): image for name, image in empties.items()})
     return truth, images
+
+
+def _look_name(look: str) -> str:
+    """A shipped look by its name; a look file by its absolute path, so truth.json finds it from anywhere."""
+    path = look_path(look)
+    return look if path == LOOKS / f"{look}.toml" else str(path.resolve())
 
 
 def _write(out: Path, truth: RenderTruth, images: dict[str, np.ndarray]) -> None:

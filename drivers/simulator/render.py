@@ -6,7 +6,9 @@ contact shadows, soft anti-aliased edges, vignetting, blur and sensor noise. The
 rendered identically wherever the part is not, so background subtraction behaves as on the line.
 
 This module orchestrates; the tray's look is in `tray_texture`, the lights, shadows and shading in
-`lighting`, what rays hit in `raycast`, and the camera's imperfections in `sensor`.
+`lighting` (the demo station, kept exactly as it was) or `look_lighting` (every other station look and
+catalogue materials), what rays hit in `raycast`, and the camera's imperfections in `sensor`. What a
+station looks like is configuration: `looks.StationLook`.
 
 Cost is kept to about a second per scene by doing everything that does not depend on the part
 once per camera (rays, tray texture and lighting, blur, vignetting) and only tracing the image
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 
+from amflow_edge.drivers.simulator.look_lighting import LookLighting
+from amflow_edge.drivers.simulator.looks import PartMaterial, StationLook
 from amflow_edge.drivers.simulator.sensor import expose, optical_blur, sensor_gain
 from amflow_edge.drivers.simulator.tray_texture import TrayTexture
 from amflow_edge.inspection.geometry.camera import CameraCalibration
@@ -64,6 +68,7 @@ class _Part:
     placed: PlacedPart
     shadow: ShadowGrid
     albedo: float = PART_ALBEDO
+    material: PartMaterial | None = None
 
 
 @dataclass(frozen=True)
@@ -87,19 +92,31 @@ class Renderer:
     """
 
     def __init__(
-        self, cameras: Sequence[CameraCalibration], tray_size_mm: tuple[float, float] = (300.0, 240.0)
+        self,
+        cameras: Sequence[CameraCalibration],
+        tray_size_mm: tuple[float, float] = (300.0, 240.0),
+        look: StationLook | None = None,
     ) -> None:
+        """`look`: the station's lights, tray and camera (drivers.simulator.looks); None is the demo station."""
         names = [c.name for c in cameras]
         if len(set(names)) != len(names):
             raise ValueError(f"Renderer: camera names must be unique, got {names}")
         if not cameras:
             raise ValueError("Renderer: needs at least one camera")
         self.tray_size_mm = (float(tray_size_mm[0]), float(tray_size_mm[1]))
-        self._lighting = Lighting(cameras)
-        self._texture = TrayTexture.for_tray(self.tray_size_mm)
+        self.look = StationLook() if look is None else look
+        self._cameras = list(cameras)
+        demo = StationLook()
+        self._lighting: Lighting | LookLighting
+        if self.look.lights == demo.lights and self.look.tray_bounce == demo.tray_bounce:
+            self._lighting = Lighting(cameras)
+        else:
+            self._lighting = LookLighting(cameras, self.look, self.tray_size_mm)
+        self._look_lighting = self._lighting if isinstance(self._lighting, LookLighting) else None
+        self._texture = TrayTexture.for_tray(self.tray_size_mm, self.look.tray, self.look.floor_albedo)
         self._mesh_cache: dict[int, tuple[weakref.ref[trimesh.Trimesh], MeshData]] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="render")
-        key = (tuple(c.model_dump_json() for c in cameras), self.tray_size_mm)
+        key = (tuple(c.model_dump_json() for c in cameras), self.tray_size_mm, self.look.model_dump_json())
         with _RIG_CACHE_LOCK:
             views = _RIG_CACHE.pop(key, None)
             if views is None:
@@ -117,20 +134,28 @@ class Renderer:
         self._pool.shutdown(wait=False)
 
     def render(
-        self, mesh: trimesh.Trimesh | None, pose: np.ndarray | None, seed: int, albedo: float = PART_ALBEDO
+        self,
+        mesh: trimesh.Trimesh | None,
+        pose: np.ndarray | None,
+        seed: int,
+        albedo: float = PART_ALBEDO,
+        material: PartMaterial | None = None,
     ) -> dict[str, np.ndarray]:
         """One Mono8 image per camera of the part at `pose` (part→tray 4×4), or of the empty tray for mesh=None.
 
         The same seed gives bit-identical images; the seed only drives the sensor noise, so an
         empty-tray and a part image with the same seed are identical away from the part. `albedo` is the
-        part material's diffuse reflectance (drivers.simulator.materials maps a design_material's colour to it).
+        part's diffuse reflectance as the demo's PA12 (drivers.simulator.materials maps a design_material's colour
+        to it); a catalogue `material` (looks.load_material) replaces it with its own reflectance, gloss and grain.
         """
         if not 0.0 < albedo <= 1.0:
             raise ValueError(f"render: albedo must be in (0, 1], got {albedo}")
         part = None
         if mesh is not None:
             pose = np.eye(4) if pose is None else np.asarray(pose, dtype=np.float64)
-            part = self._prepare_part(mesh, pose, albedo)
+            part = self._prepare_part(mesh, pose, albedo, material)
+            if material is not None and self._look_lighting is None:
+                self._look_lighting = LookLighting(self._cameras, self.look, self.tray_size_mm)
         images = self._pool.map(lambda view: self._render_view(view, part, seed), self._views)
         return {view.calib.name: image for view, image in zip(self._views, images, strict=True)}
 
@@ -138,8 +163,8 @@ class Renderer:
         rays = calib.pixel_rays()
         centre = calib.centre.astype(np.float32)
         base = self._empty_brightness(centre, rays)
-        gain = sensor_gain(calib)
-        empty_dn = optical_blur(base) * gain
+        gain = sensor_gain(calib, self.look.exposure_dn, self.look.vignette_corner)
+        empty_dn = optical_blur(base, self.look.blur_sigma_px) * gain
         for array in (base, gain, empty_dn):
             array.setflags(write=False)
         return _View(index, calib, rays, centre, base, gain, empty_dn)
@@ -164,9 +189,22 @@ class Renderer:
         self._mesh_cache[id(mesh)] = (weakref.ref(mesh), data)
         return data
 
-    def _prepare_part(self, mesh: trimesh.Trimesh, pose: np.ndarray, albedo: float = PART_ALBEDO) -> _Part:
+    def _prepare_part(
+        self, mesh: trimesh.Trimesh, pose: np.ndarray, albedo: float = PART_ALBEDO, material: PartMaterial | None = None
+    ) -> _Part:
         placed = place_part(mesh, self._mesh_data(mesh), pose)
-        return _Part(placed, self._lighting.shadow_grid(placed.scene, placed.support_world), albedo)
+        return _Part(placed, self._lighting.shadow_grid(placed.scene, placed.support_world), albedo, material)
+
+    def _shade(
+        self, part: _Part, view: _View, directions: np.ndarray, hits: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The demo's PA12 under the rig's lighting, or a catalogue material under the look's lights."""
+        if part.material is None:
+            return self._lighting.shade(part.placed, view.centre, view.index, directions, hits, part.albedo)
+        assert self._look_lighting is not None
+        return self._look_lighting.shade(
+            part.placed, view.centre, view.index, directions, hits, part.albedo, part.material
+        )
 
     def _render_view(self, view: _View, part: _Part | None, seed: int) -> np.ndarray:
         dn = view.empty_dn
@@ -175,7 +213,7 @@ class Renderer:
             if rects is not None:
                 dn = dn.copy()
                 self._render_region(view, part, *rects, dn)
-        return expose(dn, seed, view.index)
+        return expose(dn, seed, view.index, self.look.electrons_per_dn, self.look.read_noise_e)
 
     def _regions(self, view: _View, part: _Part) -> tuple[_Rect, _Rect] | None:
         """Pixel rectangles that can change: where the shadow grid lies, and (inside it) where rays can hit the part."""
@@ -234,25 +272,16 @@ class Renderer:
         hit = np.isfinite(t_hit)
         if np.any(hit):
             flat = hit.reshape(-1)
-            shaded, normals_hit = self._lighting.shade(
-                part.placed,
-                view.centre,
-                view.index,
-                trace_rays[hit],
-                {k: v[flat] for k, v in hits.items()},
-                part.albedo,
-            )
+            shaded, normals_hit = self._shade(part, view, trace_rays[hit], {k: v[flat] for k, v in hits.items()})
             tray = window.copy()
             window[hit] = shaded
             normals = np.zeros((th, tw, 3), dtype=np.float32)
             normals[hit] = normals_hit
             edges = edge_pixels(hit, t_hit, normals, EDGE_DEPTH_PX / float(view.calib.K[0, 0]))
             if np.any(edges):
-                window[edges] = self._supersample(
-                    view, part.placed, edges, (trace.x0, trace.y0), tray[edges], part.albedo
-                )
+                window[edges] = self._supersample(view, part, edges, (trace.x0, trace.y0), tray[edges])
 
-        blurred = optical_blur(image)
+        blurred = optical_blur(image, self.look.blur_sigma_px)
         ix0 = REGION_PAD_PX if x0 > 0 else 0
         iy0 = REGION_PAD_PX if y0 > 0 else 0
         ix1 = w - (REGION_PAD_PX if x1 < view.calib.image_width else 0)
@@ -264,11 +293,10 @@ class Renderer:
     def _supersample(
         self,
         view: _View,
-        part: PlacedPart,
+        part: _Part,
         edges: np.ndarray,
         offset: tuple[int, int],
         tray: np.ndarray,
-        albedo: float = PART_ALBEDO,
     ) -> np.ndarray:
         """Re-trace only discontinuity pixels with AA_GRID² sub-rays, so silhouettes get fractional coverage."""
         ys, xs = np.nonzero(edges)
@@ -277,11 +305,9 @@ class Renderer:
         u = (xs[:, None] + offset[0] + du[None, :]).ravel()
         v = (ys[:, None] + offset[1] + dv[None, :]).ravel()
         directions = interpolate_rays(view.rays, u, v)
-        hits = cast(part.scene, view.centre, directions)
+        hits = cast(part.placed.scene, view.centre, directions)
         hit = np.isfinite(hits["t_hit"])
         values = np.repeat(tray, AA_GRID * AA_GRID).astype(np.float32)
         if np.any(hit):
-            values[hit] = self._lighting.shade(
-                part, view.centre, view.index, directions[hit], {k: v[hit] for k, v in hits.items()}, albedo
-            )[0]
+            values[hit] = self._shade(part, view, directions[hit], {k: v[hit] for k, v in hits.items()})[0]
         return values.reshape(-1, AA_GRID * AA_GRID).mean(axis=1)
