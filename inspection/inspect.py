@@ -27,6 +27,7 @@ from amflow_edge.inspection.geometry.camera import (
     CameraCalibration,
     load_rig,
 )
+from amflow_edge.inspection.learned_light import LearnedLight
 from amflow_edge.inspection.metrics import compute_metrics, model_masks
 from amflow_edge.inspection.models import InspectionMetrics
 from amflow_edge.inspection.overlay import (
@@ -34,14 +35,20 @@ from amflow_edge.inspection.overlay import (
     overlay,
     write_png,
 )
-from amflow_edge.inspection.profiles import InspectionProfile, load_profile
+from amflow_edge.inspection.profiles import NUMERIC_METRICS, InspectionProfile, load_profile
 from amflow_edge.inspection.report import InspectionReport, judge, write_report
 from amflow_edge.inspection.segment import SegmentationError, check_pair, segment_scan
 from amflow_edge.inspection.shading import choose_symmetric, compare_shading
+from amflow_edge.inspection.station_model.model import StationModel, load_station_model
 from amflow_edge.inspection.timing import Stopwatch, one_blas_thread
 from amflow_edge.inspection.warp import fit_bend
 
 DEFAULT_CALIBRATION = DEMO_CALIBRATION
+OUTLINE_IOU_MIN = 0.9
+"""Intact parts' silhouettes match the design at IoU 0.95-0.98 on stations whose photos show the parts' outlines;
+below this in two cameras a station's measurements would be of its shadows and its tray, not of its parts."""
+EVIDENCE_COUNTS = frozenset({"cameras_seeing_part", "visible_fraction"})
+"""Metrics that count what was seen rather than measure it: they stand whatever the photos' quality."""
 
 
 class InspectionInputError(ValueError):
@@ -80,12 +87,20 @@ def inspect_scan(
     scan: uuid.UUID | None = None,
     views: Sequence[View] | None = None,
     alignment: Alignment | None = None,
+    light: LearnedLight | None = None,
+    light_doubt: str | None = None,
+    outline_doubt: str | None = None,
 ) -> InspectionReport:
     """Align the design to the scan, measure, judge with `profile`; write report and overlays into out_dir if given.
 
     `views` (the segmented cameras, in `cameras` order) and `alignment` (the design's fit to them) are what an
     identification already made (inspection.identification): given, the scan is neither segmented nor aligned
     again, which would cost a second and could find another pose than the one the design was chosen by.
+
+    `light` is the station's light as commissioning learned it (`station_light`); without it, or with a
+    `light_doubt` (why the station no longer looks as it did then), the shading criteria abstain. With an
+    `outline_doubt` (`outline_doubt`: this station's photos do not show where intact parts end) every criterion
+    taken from the outlines or the pose abstains too, and the scan goes to review.
     """
     watch = Stopwatch()
     with watch.stage("design"):
@@ -93,9 +108,9 @@ def inspect_scan(
         model = _design(mesh_mm, cache_dir, design_material)
     if views is None:
         with watch.stage("segment"):
-            views = _segment(images, references, cameras)
-    found = _fit_and_measure(model, views, images, watch, alignment)
-    report = _report(found, profile, design_material, scan)
+            views = segment_views(images, references, cameras)
+    found = _fit_and_measure(model, views, images, watch, alignment, light, light_doubt)
+    report = _report(_doubted(found, outline_doubt), profile, design_material, scan)
     if out_dir is not None:
         with watch.stage("overlays"):
             report.overlays = _write_overlays(Path(out_dir), images, views, found.drawn, report)
@@ -123,7 +138,7 @@ def _design(mesh_mm: trimesh.Trimesh, cache_dir: Path | str | None, design_mater
         raise InspectionInputError(f"design {design_material}: {exc}") from None
 
 
-def _segment(
+def segment_views(
     images: Mapping[str, np.ndarray], references: Mapping[str, np.ndarray], cameras: Sequence[CameraCalibration]
 ) -> list[View]:
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -139,6 +154,8 @@ def _fit_and_measure(
     images: Mapping[str, np.ndarray],
     watch: Stopwatch,
     given: Alignment | None = None,
+    light: LearnedLight | None = None,
+    light_doubt: str | None = None,
 ) -> _Found:
     with watch.stage("align"):
         try:
@@ -147,9 +164,9 @@ def _fit_and_measure(
             return _Found(None, None, {}, [f"no part could be aligned: {exc}"])
     # Without look-alikes to choose from, the model masks are timed with the metrics.
     with watch.stage("look_alikes" if _has_look_alikes(model) else "metrics"):
-        alignment, masks = _choose_look_alike(model, views, alignment, images)
+        alignment, masks = _choose_look_alike(model, views, alignment, images, light)
     with watch.stage("metrics"):
-        metrics, drawn = _measure(model, views, alignment, images, masks)
+        metrics, drawn = _measure(model, views, alignment, images, masks, light, light_doubt)
     return _Found(alignment, metrics, drawn, [])
 
 
@@ -158,13 +175,17 @@ def _has_look_alikes(model: DesignModel) -> bool:
 
 
 def _choose_look_alike(
-    model: DesignModel, views: Sequence[View], alignment: Alignment, images: Mapping[str, np.ndarray]
+    model: DesignModel,
+    views: Sequence[View],
+    alignment: Alignment,
+    images: Mapping[str, np.ndarray],
+    light: LearnedLight | None = None,
 ) -> tuple[Alignment, dict[str, np.ndarray]]:
     """The alignment at the look-alike pose whose shading fits the photos best (the fit itself for a design
     without look-alikes), and its model masks."""
     masks = model_masks(model, views, alignment.pose)
     if _has_look_alikes(model):
-        chosen = choose_symmetric(model, views, alignment.pose, images, masks)
+        chosen = choose_symmetric(model, views, alignment.pose, images, masks, light)
         if not np.allclose(chosen, alignment.pose):
             alignment = refit(model, views, alignment, chosen)
             masks = model_masks(model, views, alignment.pose)
@@ -177,10 +198,12 @@ def _measure(
     alignment: Alignment,
     images: Mapping[str, np.ndarray],
     masks: Mapping[str, np.ndarray],
+    light: LearnedLight | None = None,
+    light_doubt: str | None = None,
 ) -> tuple[InspectionMetrics, dict[str, dict[str, np.ndarray]]]:
     # The shading comparison is mostly ray casting, the scale and bend fits mostly Python: side by side.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        surface = pool.submit(compare_shading, model, views, alignment.pose, images, masks)
+        surface = pool.submit(compare_shading, model, views, alignment.pose, images, masks, light, light_doubt)
         scale = fit_scale(model, views, alignment.pose)
         bend = fit_bend(model, views, alignment.pose)
         return compute_metrics(model, views, alignment, scale, bend, masks, surface.result())
@@ -202,8 +225,46 @@ def _report(
         qc_machine=machine,
         qc_needs_review=review,
         qc_reasons=reasons,
-        notes=found.notes,
+        notes=found.notes + _abstentions(found.metrics),
     )
+
+
+def _doubted(found: _Found, outline_doubt: str | None) -> _Found:
+    """`found` with every metric taken from the outlines or the pose abstaining for `outline_doubt`."""
+    if outline_doubt is None or found.metrics is None:
+        return found
+    abstained = dict(found.metrics.abstained)
+    for metric in NUMERIC_METRICS:
+        if metric not in EVIDENCE_COUNTS:
+            abstained.setdefault(metric, outline_doubt)
+    metrics = found.metrics.model_copy(update={"abstained": abstained})
+    return _Found(found.alignment, metrics, found.drawn, found.notes)
+
+
+def outline_doubt(station: StationModel | None) -> str | None:
+    """Why this station's photos cannot be measured, if its commissioning found that they do not show where intact
+    parts end (OUTLINE_IOU_MIN in two cameras or more); None where they do, or without a station model."""
+    if station is None:
+        return None
+    weak = {
+        name: look.outline_iou for name, look in sorted(station.cameras.items()) if look.outline_iou < OUTLINE_IOU_MIN
+    }
+    if len(weak) < 2:
+        return None
+    seen = ", ".join(f"{name} {iou:.2f}" for name, iou in weak.items())
+    return (
+        f"at commissioning the photos matched intact parts' outlines only to silhouette IoU {seen} (below "
+        f"{OUTLINE_IOU_MIN}): this station's light and tray do not show where parts end, so no measurement is "
+        "judged; give the tray more contrast with the parts or soften hard shadows, then commission again"
+    )
+
+
+def _abstentions(metrics: InspectionMetrics | None) -> list[str]:
+    """Each reason a criterion abstained, once, naming the metrics it silenced."""
+    by_why: dict[str, list[str]] = {}
+    for metric, why in ({} if metrics is None else metrics.abstained).items():
+        by_why.setdefault(why, []).append(metric)
+    return [f"not judged ({', '.join(metrics_)}): {why}" for why, metrics_ in by_why.items()]
 
 
 def _write_overlays(
@@ -228,6 +289,23 @@ def _write_overlays(
     write_png(out / CONTACT_SHEET, contact_sheet(tiles, f"{report.design_material[:48]}  {verdict}"))
     written.append(CONTACT_SHEET)
     return written
+
+
+def station_light(
+    station: StationModel | None, references: Mapping[str, np.ndarray]
+) -> tuple[LearnedLight | None, str | None]:
+    """The light the station learned at commissioning, and why it may no longer hold: an empty tray that now looks
+    different from the one commissioned (a lamp failed, the tray was swapped) says the light has changed too."""
+    if station is None:
+        return None, None
+    changes = [station.tray(name).compare(image) for name, image in references.items() if name in station.cameras]
+    doubts = [change.why for change in changes if change.changed]
+    if not doubts:
+        return station.learned_light(), None
+    return station.learned_light(), (
+        "; ".join(doubts) + ". The station no longer looks as it did when it was commissioned: shading is not "
+        "judged until it is commissioned again (amflow-edge commission learn)"
+    )
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -271,6 +349,8 @@ def inspect_directory(
     """Inspect a scan directory (scan_cam0N.png, empty_cam0N.png) against a design mesh file; paths in, report out."""
     directory = Path(directory)
     cameras, images, references = read_scan_directory(directory, calibration)
+    station = load_station_model(calibration)
+    light, doubt = station_light(station, references)
     mesh = load_mesh_mm(design, units)
     scan = None
     with suppress(ValueError):
@@ -285,4 +365,7 @@ def inspect_directory(
         cache_dir=cache_dir,
         out_dir=directory if write else None,
         scan=scan,
+        light=light,
+        light_doubt=doubt,
+        outline_doubt=outline_doubt(station),
     )

@@ -36,6 +36,8 @@ from amflow_edge.inspection.regions import (
 from amflow_edge.inspection.shading import ShadingComparison, seen_elsewhere
 
 TOP_MARGIN_MM = 3.0
+SHADING_METRICS = ("surface_defect_mm2", "surface_defect_contrast", "missing_material_contrast")
+"""The metrics read off the shading comparison, which abstain with it."""
 
 
 def _mm_per_px(view: View, point_world: np.ndarray) -> float:
@@ -231,6 +233,8 @@ def _summarise(fit: _Fit, found: _Findings, scale: np.ndarray, bend_deg: float) 
         alignment_inlier_fraction=round(fit.alignment.inlier_fraction, 4),
         visible_fraction=min((c.visible_fraction for c in per_camera), default=0.0),
         cameras_seeing_part=len(per_camera),
+        shading_spread=round(surface.spread, 4),
+        abstained={} if surface.abstain is None else dict.fromkeys(SHADING_METRICS, surface.abstain),
         missing_regions=missing[:10],
         extra_regions=extra[:10],
         surface_regions=surface.regions[:10],

@@ -116,6 +116,18 @@ class InspectionMetrics(BaseModel):
     )
     visible_fraction: float = Field(description="Smallest fraction of the model's outline inside a camera's image.")
     cameras_seeing_part: int = Field(description="Cameras in which a part was segmented.")
+    shading_spread: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="How well the station's learned light explains this part's surface: robust spread (1.4826 × MAD) "
+        "of photo ÷ prediction − 1 over the compared cells; intact parts under the commissioned light read about the "
+        "spread learned at commissioning, a part lit otherwise (a lamp failed) far more.",
+    )
+    abstained: dict[str, str] = Field(
+        default_factory=dict,
+        description="Metrics whose evidence was too weak on this scan to judge, each with why: their criteria abstain, "
+        "and the scan goes to review with insufficient_evidence instead of to a fail.",
+    )
     missing_regions: list[Region] = Field(default_factory=list, description="Missing-material regions, deepest first.")
     extra_regions: list[Region] = Field(default_factory=list, description="Extra-material regions, deepest first.")
     surface_regions: list[SurfaceRegion] = Field(

@@ -30,7 +30,9 @@ Reason = Literal[
     "wrong_part",
     "insufficient_evidence",
 ]
-Verdict = Literal["pass", "review", "fail"]
+Verdict = Literal["pass", "review", "fail", "abstain"]
+"""abstain: the evidence for this criterion was too weak on this scan to judge it (InspectionMetrics.abstained); the
+scan goes to review with insufficient_evidence, never to a fail."""
 
 NUMERIC_METRICS = sorted(
     name for name, info in InspectionMetrics.model_fields.items() if info.annotation in (float, int)

@@ -33,7 +33,10 @@ class CriterionResult(BaseModel):
     threshold: float = Field(description="Limit of the profile.")
     review_band: float = Field(description="Review band of the profile.")
     value: float | None = Field(description="Measured value; null when it could not be measured.")
-    verdict: Verdict = Field(description="pass, review (passes but close to the limit) or fail.")
+    verdict: Verdict = Field(
+        description="pass, review (passes but close to the limit), fail, or abstain (the evidence was too weak on "
+        "this scan to judge: the scan goes to review with insufficient_evidence)."
+    )
     reason: Reason = Field(description="Reason reported when it fails.")
 
 
@@ -73,6 +76,8 @@ def judge(
     for criterion in profile.criteria:
         value = None if metrics is None else float(getattr(metrics, criterion.metric))
         verdict: Verdict = "fail" if value is None else criterion.judge(value)
+        if metrics is not None and criterion.metric in metrics.abstained:
+            verdict = "abstain"
         results.append(_result(criterion, value, verdict))
     reasons: list[Reason] = []
     for result in results if metrics is not None else []:
@@ -82,7 +87,7 @@ def judge(
         reasons.insert(0, "insufficient_evidence")
     machine = not reasons
     uncertain_pose = metrics is not None and metrics.alignment_inlier_fraction < profile.min_alignment_inlier_fraction
-    review = any(r.verdict == "review" for r in results) or uncertain_pose
+    review = any(r.verdict in ("review", "abstain") for r in results) or uncertain_pose or metrics is None
     if review and not reasons:  # a failed part's reasons stay its failures: MES sorting reads them as such
         reasons = _review_reasons(results, uncertain_pose)
     return results, machine, review, reasons
@@ -93,8 +98,9 @@ def _review_reasons(results: list[CriterionResult], uncertain_pose: bool) -> lis
     values lie in their review band, and misalignment when the pose itself is uncertain."""
     reasons: list[Reason] = []
     for result in results:
-        if result.verdict == "review" and result.reason not in reasons:
-            reasons.append(result.reason)
+        reason: Reason = "insufficient_evidence" if result.verdict == "abstain" else result.reason
+        if result.verdict in ("review", "abstain") and reason not in reasons:
+            reasons.append(reason)
     if uncertain_pose and "misalignment" not in reasons:
         reasons.append("misalignment")
     return reasons

@@ -5,10 +5,9 @@ reads on intact parts (inspection.regions), and a chip away from every outline c
 faces, though, turn to the lights at angles the design has nowhere near there: averaged over a few
 pixels they read 100 % and more off the design's prediction (median 115 %), while intact surfaces
 read at most 41 % once a second camera must confirm a patch (132 scenes of benchmarks/inspection.py).
-The prediction assumes the station's lights as inspection.geometry.lighting describes them (a ring light on
-every camera and a dome, matte parts) with one unknown gain per camera (exposure × albedo), fitted
-as the median ratio; a station lit otherwise must be described there before this comparison means
-anything.
+The prediction is the station's own light, learned at commissioning from intact parts (inspection.learned_light),
+with one unknown gain per camera (exposure × albedo), fitted as the median ratio; without it, or where it
+explains a part poorly, the comparison abstains rather than guess.
 
 No prediction is made where it cannot be trusted: near the model's outline, depth steps and creases
 (the found pose is good to a few tenths of a pixel and the lens blurs). Pixels the segmentation gave
@@ -31,7 +30,6 @@ import open3d as o3d
 
 from amflow_edge.inspection.align import View, seeing, transform
 from amflow_edge.inspection.design_cache import DesignModel
-from amflow_edge.inspection.geometry.lighting import Lighting
 from amflow_edge.inspection.geometry.raycast import (
     cast,
     edge_pixels,
@@ -39,6 +37,7 @@ from amflow_edge.inspection.geometry.raycast import (
     triangle_scene,
 )
 from amflow_edge.inspection.geometry.symmetry import spin
+from amflow_edge.inspection.learned_light import LearnedLight, gain_and_gloss
 from amflow_edge.inspection.models import CONFIRM_MM, SurfaceRegion
 
 STEP_PX = 1
@@ -64,6 +63,23 @@ mean of the few ring samples. Dropping such cells, as before, hid chips on rims,
 of the lights the rim half hides: a x1.3 bushing's 1 mm chip (seed 1031) went unseen and reads 0.55 against
 the range."""
 SINGLE_CAMERA_CONTRAST = 1.0
+NEAR_TRAY_MM = 1.5
+"""Surface this close to the tray is not compared: there the tray throws light back up and the part hides it from
+itself, which no learned light predicts well (intact Voron parts read 50-99 % off along their lower edge)."""
+SATURATED_SHARE = 0.25
+"""A camera in which more of the part than this is clipped is left out of the comparison: the gain fitted to the
+rest would be a guess."""
+SATURATED_DN = 250
+"""Cells with a pixel this bright are not compared: a clipped pixel says only that the face is at least this
+bright (a white part under a bright light), so its ratio to any prediction means nothing."""
+SPREAD_FACTOR = 3.0
+SPREAD_FLOOR = 0.05
+"""A part's shading is judged only while the learned light explains it within SPREAD_FACTOR × the spread intact
+parts showed at commissioning, and never demands better than SPREAD_FLOOR."""
+NO_LIGHT = (
+    "the station's light has not been learned, so shading cannot be predicted: commission the station "
+    "(amflow-edge commission learn) with a few scans of intact parts"
+)
 SHADOW_CHECK = 0.5
 
 
@@ -77,6 +93,10 @@ class ShadingComparison:
     masks: dict[str, np.ndarray]
     """Per camera, the anomalous pixels inside its view's window (for the overlays)."""
     pending: list[tuple[SurfaceRegion, np.ndarray]] = field(default_factory=list)
+    spread: float = 0.0
+    """Robust spread of photo ÷ prediction − 1 over every compared cell: how well the light explains this part."""
+    abstain: str | None = None
+    """Why this comparison cannot judge the part (no learned light, or a light that does not explain it); None: it can."""
     """Patches one camera saw, too faint to stand alone, with their STEP_PX cells: evidence of another kind
     from another camera at the same place on the part may still confirm them (`confirmed_by`)."""
 
@@ -94,7 +114,7 @@ class ShadingComparison:
                 _paint(masks[region.camera], cells)
             else:
                 pending.append((region, cells))
-        return ShadingComparison(sorted(regions, key=lambda r: -r.contrast), masks, pending)
+        return ShadingComparison(sorted(regions, key=lambda r: -r.contrast), masks, pending, self.spread, self.abstain)
 
 
 def choose_symmetric(
@@ -103,6 +123,7 @@ def choose_symmetric(
     pose: np.ndarray,
     images: Mapping[str, np.ndarray],
     model_masks: Mapping[str, np.ndarray],
+    light: LearnedLight | None = None,
 ) -> np.ndarray:
     """Of the poses the design's symmetries make look alike to outlines, the one whose shading fits the photos best.
 
@@ -116,16 +137,16 @@ def choose_symmetric(
     knob read as ~4000 defect cells at every candidate and the hex pocket's 300 were lost in them
     (a quarter-turned knob rejected as intact); with them the right turn scored 58, the wrong 363.
     """
-    if len(model.symmetries) < 2 and not len(model.spin_axis):
+    if (len(model.symmetries) < 2 and not len(model.spin_axis)) or light is None:
         return pose
-    lighting = Lighting([v.calib for v in views])
-    frames: dict[int, list[_Frame]] = {}
+    lighting = light
+    by_step: dict[int, list[_Frame]] = {}
 
     def score(motion: np.ndarray, step: int = CHOICE_STEP_PX, shadows: bool = True) -> int:
         """How many cells would read as a surface defect at this candidate: what a wrong one gets wrong."""
-        if step not in frames:
-            frames[step] = _frames(views, images, model_masks, step)
-        grids = _grids(model, frames[step], pose @ motion, lighting, shadows)
+        if step not in by_step:
+            by_step[step] = frames(views, images, model_masks, step)
+        grids = _grids(model, by_step[step], pose @ motion, lighting, shadows)
         return sum(
             int(np.count_nonzero(g.valid & (_smooth(g.residual, g.valid, step)[0] > TOLERANCE))) for _, g in grids
         )
@@ -163,11 +184,19 @@ def compare_shading(
     pose: np.ndarray,
     images: Mapping[str, np.ndarray],
     model_masks: Mapping[str, np.ndarray],
+    light: LearnedLight | None = None,
+    light_doubt: str | None = None,
 ) -> ShadingComparison:
-    """Regions where a photo's shading departs from the design's at `pose`, per camera that sees the part."""
-    lighting = Lighting([v.calib for v in views])
+    """Regions where a photo's shading departs from the design's at `pose`, per camera that sees the part.
+
+    Without the station's learned light (`amflow-edge commission learn`) nothing can be predicted, and the
+    comparison abstains; so it does when the light explains this part's surface far worse than it explained
+    intact parts at commissioning (SPREAD_FACTOR): a lamp has failed or the part's material glints.
+    """
+    if light is None or light_doubt is not None:
+        return ShadingComparison([], {}, abstain=light_doubt or NO_LIGHT)
     inverse = np.linalg.inv(pose)
-    grids = _grids(model, _frames(views, images, model_masks, STEP_PX, segmented=False), pose, lighting, shadows=True)
+    grids = _grids(model, frames(views, images, model_masks, STEP_PX, segmented=False), pose, light, shadows=True)
     found = [item for view, grid in grids for item in _regions(grid, view, inverse)]
     masks: dict[str, np.ndarray] = {
         v.calib.name: np.zeros(model_masks[v.calib.name].shape, dtype=bool) for v in seeing(views).values()
@@ -181,7 +210,29 @@ def compare_shading(
             _paint(masks[region.camera], cells)
         else:
             pending.append((region, cells))
-    return ShadingComparison(sorted(standing, key=lambda r: -r.contrast), masks, pending)
+    spread = _spread(grids)
+    limit = max(SPREAD_FACTOR * light.spread, SPREAD_FLOOR)
+    abstain = None
+    if not grids:
+        abstain = (
+            "no camera shows the part's shading: it is overexposed (clipped) or too small in every view; lower the "
+            "exposure or check the part is on the tray"
+        )
+    elif spread > limit:
+        abstain = (
+            f"the station's learned light explains this part's shading poorly (spread {spread:.3f}, intact parts "
+            f"{light.spread:.3f} at commissioning): has a lamp or the tray changed, or does this material glint? "
+            "Check the station's light and commission it again if it changed"
+        )
+    return ShadingComparison(sorted(standing, key=lambda r: -r.contrast), masks, pending, spread, abstain)
+
+
+def _spread(grids: Sequence[tuple[View, _Grid]]) -> float:
+    """1.4826 × the median |residual| of every compared cell of every camera, each averaged over its SMOOTH_PX box
+    as regions are judged: a robust spread of what the light gets wrong, which neither a defect's few cells nor
+    the part's grain and the sensor's noise move."""
+    values = [_smooth(g.residual, g.valid, g.step)[0][g.valid] for _, g in grids if np.any(g.valid)]
+    return 1.4826 * float(np.median(np.concatenate(values))) if values else 0.0
 
 
 def _paint(mask: np.ndarray, cells: np.ndarray) -> None:
@@ -218,7 +269,7 @@ def _grids(
     model: DesignModel,
     frames: Sequence[_Frame],
     pose: np.ndarray,
-    lighting: Lighting,
+    lighting: LearnedLight,
     shadows: bool,
 ) -> list[tuple[View, _Grid]]:
     """Each camera's comparison at `pose`, two at a time: ray casting and numpy release the GIL."""
@@ -246,7 +297,7 @@ class _Frame:
     rays: np.ndarray
 
 
-def _frames(
+def frames(
     views: Sequence[View],
     images: Mapping[str, np.ndarray],
     model_masks: Mapping[str, np.ndarray],
@@ -265,9 +316,12 @@ def _frames(
         span = (slice(0, rows * step), slice(0, cols * step))
         usable = ((model_mask & w.crop(view.mask)) if segmented else model_mask)[span].astype(np.float32)
         usable = cv2.resize(usable, (cols, rows), interpolation=cv2.INTER_AREA) > 0.999
-        photo = cv2.resize(
-            w.crop(images[view.calib.name])[span].astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA
-        )
+        crop = w.crop(images[view.calib.name])[span]
+        photo = cv2.resize(crop.astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA)
+        clipped = cv2.resize((crop >= SATURATED_DN).astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA) > 0
+        if np.count_nonzero(usable & clipped) > SATURATED_SHARE * max(np.count_nonzero(usable), 1):
+            continue
+        usable &= ~clipped
         cells = np.flatnonzero(usable)
         centre_px = (step - 1) / 2.0
         pixels = np.column_stack([cells % cols * step + centre_px + w.x0, cells // cols * step + centre_px + w.y0])
@@ -293,14 +347,14 @@ def _residuals(
     frame: _Frame,
     scene: o3d.t.geometry.RaycastingScene,
     pose: np.ndarray,
-    lighting: Lighting,
+    lighting: LearnedLight,
     shadows: bool,
 ) -> _Grid | None:
     """Photo ÷ (gain × the design's expected irradiance) − 1 per cell where a prediction can be trusted, and in
     penumbrae how far outside the range the half-hidden lights allow (PENUMBRA_SHARE)."""
-    surface = _surface(model, frame, scene, pose)
+    surface = surface_of(model, frame, scene, pose)
     focal = float(frame.view.calib.K[0, 0])
-    prediction = _unshadowed(frame, surface, _trusted(frame, surface, focal), scene, lighting)
+    prediction = _unshadowed(frame, surface, trusted_cells(frame, surface, focal), scene, lighting)
     if shadows:
         _shadow(prediction, frame, surface, scene, lighting)
     if np.count_nonzero(prediction.valid) < MIN_REGION_CELLS:
@@ -329,15 +383,17 @@ class _Surface:
 
 @dataclass(frozen=True)
 class _Prediction:
-    """Per cell, flattened: the design's expected irradiance, how far half-hidden lights may move it (0 outside
-    penumbrae), and whether the cell is compared. The arrays are refined in place by `_shadow`."""
+    """Per cell, flattened: the design's expected matte brightness and highlights per unit gain, how far half-hidden
+    lamps may move the matte part (0 outside penumbrae), and whether the cell is compared. The arrays are refined
+    in place by `_shadow`."""
 
     expected: np.ndarray
+    glint: np.ndarray
     spread: np.ndarray
     valid: np.ndarray
 
 
-def _surface(model: DesignModel, frame: _Frame, scene: o3d.t.geometry.RaycastingScene, pose: np.ndarray) -> _Surface:
+def surface_of(model: DesignModel, frame: _Frame, scene: o3d.t.geometry.RaycastingScene, pose: np.ndarray) -> _Surface:
     rows, cols = frame.shape
     cells = frame.cells
     # Rays only where a comparison can be made: cells beside them count as misses, which edge_pixels
@@ -362,7 +418,7 @@ def _surface(model: DesignModel, frame: _Frame, scene: o3d.t.geometry.Raycasting
     return _Surface(hit, depth, normals, centre + rays * depth[:, None])
 
 
-def _trusted(frame: _Frame, surface: _Surface, focal: float) -> np.ndarray:
+def trusted_cells(frame: _Frame, surface: _Surface, focal: float) -> np.ndarray:
     """The cells where a prediction can be trusted: covered by the design and the photo, clear of its outlines,
     depth steps and creases."""
     rows, cols = frame.shape
@@ -375,7 +431,8 @@ def _trusted(frame: _Frame, surface: _Surface, focal: float) -> np.ndarray:
     )
     reach = 2 * int(np.ceil(EDGE_CLEAR_PX / step)) + 1
     near_edge = cv2.dilate(edges.astype(np.uint8), np.ones((reach, reach), np.uint8)).astype(bool)
-    return (surface.hit.reshape(rows, cols) & frame.usable & ~near_edge).ravel()
+    above_tray = (surface.world[:, 2] > NEAR_TRAY_MM).reshape(rows, cols)
+    return (surface.hit.reshape(rows, cols) & frame.usable & ~near_edge & above_tray).ravel()
 
 
 def _unshadowed(
@@ -383,15 +440,15 @@ def _unshadowed(
     surface: _Surface,
     valid: np.ndarray,
     scene: o3d.t.geometry.RaycastingScene,
-    lighting: Lighting,
+    lighting: LearnedLight,
 ) -> _Prediction:
     expected = np.zeros(len(valid), dtype=np.float32)
-    unshadowed, _ = lighting.expected_irradiance(
-        scene, surface.world[valid].T, surface.normals[valid].T, frame.index, shadows=False
-    )
-    expected[valid] = unshadowed
+    glint = np.zeros(len(valid), dtype=np.float32)
+    found = lighting.predict(scene, surface.world[valid], surface.normals[valid], frame.view.calib.centre, False)
+    expected[valid] = found.matte
+    glint[valid] = found.glint
     valid &= expected > MIN_IRRADIANCE
-    return _Prediction(expected, np.zeros(len(valid), dtype=np.float32), valid)
+    return _Prediction(expected, glint, np.zeros(len(valid), dtype=np.float32), valid)
 
 
 def _shadow(
@@ -399,33 +456,33 @@ def _shadow(
     frame: _Frame,
     surface: _Surface,
     scene: o3d.t.geometry.RaycastingScene,
-    lighting: Lighting,
+    lighting: LearnedLight,
 ) -> None:
     """Shadow rays cost half the comparison, and only matter where the photo is darker or brighter
     than the unshadowed prediction: elsewhere the part is lit as if nothing were in the way."""
-    expected, spread, valid = prediction.expected, prediction.spread, prediction.valid
+    valid, spread = prediction.valid, prediction.spread
     shape, step = frame.shape, frame.step
-    rough = _residual(frame.photo, expected, valid)
+    rough = _residual(frame.photo, prediction)
     doubtful = _smooth(rough.reshape(shape), valid.reshape(shape), step)[0] > SHADOW_CHECK * TOLERANCE
     size = max(SMOOTH_PX // step, 1)
     doubtful = cv2.dilate(doubtful.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool).ravel() & valid
-    lit, uncertain = lighting.expected_irradiance(
-        scene, surface.world[doubtful].T, surface.normals[doubtful].T, frame.index, shadows=True
+    found = lighting.predict(
+        scene, surface.world[doubtful], surface.normals[doubtful], frame.view.calib.centre, shadows=True
     )
-    expected[doubtful] = lit
-    spread[doubtful] = np.where(uncertain > PENUMBRA_SHARE * lit, uncertain, 0.0)
-    valid[doubtful] &= lit + spread[doubtful] > MIN_IRRADIANCE
+    prediction.expected[doubtful] = found.matte
+    prediction.glint[doubtful] = found.glint
+    spread[doubtful] = np.where(found.penumbra > PENUMBRA_SHARE * found.matte, found.penumbra, 0.0)
+    valid[doubtful] &= found.matte + spread[doubtful] > MIN_IRRADIANCE
 
 
 def _judged(photo: np.ndarray, prediction: _Prediction) -> np.ndarray:
-    """The residual of each compared cell; in a penumbra, how far it lies outside the range its lights allow."""
+    """The residual of each compared cell; in a penumbra, how far it lies outside the range its lamps allow."""
     expected, spread, valid = prediction.expected, prediction.spread, prediction.valid
-    residual = _residual(photo, expected, valid)
+    matte, residual = _matte(photo, prediction)
     penumbra = np.flatnonzero(valid & (spread > 0))
     if len(penumbra):
-        value = (residual[penumbra] + 1.0) * expected[penumbra]
         lo = np.maximum(expected[penumbra] - spread[penumbra], 1e-6)
-        residual[penumbra] = _outside(value, lo, expected[penumbra] + spread[penumbra])
+        residual[penumbra] = _outside(matte[penumbra], lo, expected[penumbra] + spread[penumbra])
     return residual
 
 
@@ -434,14 +491,28 @@ def _outside(value: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.where(value > hi, value / hi - 1.0, np.where(value < lo, value / lo - 1.0, 0.0)).astype(np.float32)
 
 
-def _residual(photo: np.ndarray, expected: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Photo ÷ (gain × expected) − 1 on valid cells, the gain (exposure × albedo) being the median ratio."""
-    ratio = np.zeros(len(photo), dtype=np.float32)
+def _residual(photo: np.ndarray, prediction: _Prediction) -> np.ndarray:
+    """Photo ÷ (gain × matte + gloss × highlights) − 1 on valid cells (learned_light.gain_and_gloss)."""
+    return _matte(photo, prediction)[1]
+
+
+def _matte(photo: np.ndarray, prediction: _Prediction) -> tuple[np.ndarray, np.ndarray]:
+    """Each valid cell's photo with the fitted highlights taken off, per unit gain (what the matte prediction
+    predicts), and its residual against that prediction; zeros elsewhere.
+
+    The gain (exposure × albedo) and the gloss are the camera's, fitted over every compared cell: a defect's
+    few cells do not move them, and a glossy part's highlights are then predicted rather than read as defects.
+    """
+    valid = prediction.valid
+    matte = np.zeros(len(photo), dtype=np.float32)
+    residual = np.zeros(len(photo), dtype=np.float32)
     if not np.any(valid):
-        return ratio
-    ratio[valid] = photo[valid] / expected[valid]
-    gain = float(np.median(ratio[valid]))
-    return np.where(valid, ratio / max(gain, 1e-6) - 1.0, 0.0).astype(np.float32)
+        return matte, residual
+    expected, glint = prediction.expected[valid], prediction.glint[valid]
+    gain, gloss = gain_and_gloss(photo[valid], expected, glint)
+    matte[valid] = (photo[valid] - gloss * glint) / gain
+    residual[valid] = matte[valid] / np.maximum(expected, 1e-6) - 1.0
+    return matte, residual
 
 
 def _smooth(residual: np.ndarray, valid: np.ndarray, step: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,8 @@ from amflow_edge.drivers.simulator.render import Renderer
 from amflow_edge.inspection.designs import load_mesh_mm
 from amflow_edge.inspection.geometry.camera import CameraCalibration, load_rig
 from amflow_edge.inspection.geometry.placement import place_on_tray
+from amflow_edge.inspection.learned_light import LearnedLight
+from amflow_edge.inspection.station_model.model import load_station_model
 
 REPO = Path(__file__).resolve().parent.parent
 DESIGNS = REPO / "config" / "designs"
@@ -23,6 +25,14 @@ MESHES = REPO / "tests" / "data" / "meshes"
 @lru_cache(maxsize=1)
 def rig() -> list[CameraCalibration]:
     return load_rig(REPO / "config" / "calibration" / "demo")
+
+
+@lru_cache(maxsize=1)
+def demo_light() -> LearnedLight:
+    """The demo rig's light as its shipped commissioning learned it (scripts/commission-demo-rig)."""
+    station = load_station_model(REPO / "config" / "calibration" / "demo")
+    assert station is not None, "config/calibration/demo/station_model.json is missing: run scripts/commission-demo-rig"
+    return station.learned_light()
 
 
 @lru_cache(maxsize=1)

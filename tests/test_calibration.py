@@ -34,7 +34,7 @@ from amflow_edge.inspection.calibration.solve import CameraInfo, SolvedRig, solv
 from amflow_edge.inspection.geometry.camera import CameraCalibration, load_rig
 from amflow_edge.inspection.inspect import inspect_scan
 from amflow_edge.inspection.profiles import load_profile
-from tests.inspection_scenes import design, empty, placed, rig
+from tests.inspection_scenes import demo_light, design, empty, placed, rig
 from tests.pylon_rig import emulated, full_resolution_station, point_at_image
 from tests.station_files import scaled_rig
 
@@ -123,8 +123,10 @@ def test_an_inspection_with_the_solved_rig_finds_the_part_where_the_true_rig_doe
     name = "montageblok_mb80"
     _, images = placed(name, 3)
     profile = load_profile("default")
-    true = inspect_scan(images, empty(), rig(), design(name), name, profile, cache_dir=tmp_path)
-    solved = inspect_scan(images, empty(), load_rig(caldir), design(name), name, profile, cache_dir=tmp_path)
+    true = inspect_scan(images, empty(), rig(), design(name), name, profile, cache_dir=tmp_path, light=demo_light())
+    solved = inspect_scan(
+        images, empty(), load_rig(caldir), design(name), name, profile, cache_dir=tmp_path, light=demo_light()
+    )
     assert true.pose is not None and solved.pose is not None
     a, b = np.array(true.pose), np.array(solved.pose)
     assert np.linalg.norm(a[:3, 3] - b[:3, 3]) <= 0.05

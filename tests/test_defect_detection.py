@@ -15,7 +15,7 @@ from amflow_edge.drivers.simulator.defects import Defect, apply_defect, defect_r
 from amflow_edge.inspection.inspect import inspect_scan
 from amflow_edge.inspection.profiles import load_profile
 from amflow_edge.inspection.report import InspectionReport
-from tests.inspection_scenes import design, empty, placed, renderer, rig
+from tests.inspection_scenes import demo_light, design, empty, placed, renderer, rig
 
 NAME, SEED = "montageblok_mb80", 3
 
@@ -25,7 +25,9 @@ def _inspect(spec: str, cache: Path) -> InspectionReport:
     mesh = design(NAME)
     shown, _truth = apply_defect(mesh, Defect.parse(spec), defect_rng(SEED), pose=pose)
     images = renderer().render(shown, settle(shown, pose), SEED)
-    return inspect_scan(images, empty(), rig(), mesh, NAME, load_profile("default"), cache_dir=cache)
+    return inspect_scan(
+        images, empty(), rig(), mesh, NAME, load_profile("default"), cache_dir=cache, light=demo_light()
+    )
 
 
 @pytest.mark.parametrize(
@@ -46,5 +48,7 @@ def test_a_defect_fails_the_default_profile_with_its_reason(spec: str, reason: s
 
 def test_the_same_part_intact_passes(tmp_path: Path) -> None:
     _, images = placed(NAME, SEED)
-    report = inspect_scan(images, empty(), rig(), design(NAME), NAME, load_profile("default"), cache_dir=tmp_path)
+    report = inspect_scan(
+        images, empty(), rig(), design(NAME), NAME, load_profile("default"), cache_dir=tmp_path, light=demo_light()
+    )
     assert report.qc_machine and report.qc_reasons == []

@@ -17,6 +17,7 @@ from amflow_edge.inspection.profiles import load_profile
 from tests.inspection_scenes import (
     REPO,
     benchmark_scene,
+    demo_light,
     design,
     empty,
     placed,
@@ -46,7 +47,9 @@ def _write_scan(directory: Path, images: dict[str, np.ndarray]) -> Path:
 )
 def test_intact_parts_pass_the_default_profile(name: str, seed: int, tmp_path: Path) -> None:
     _, images = placed(name, seed)
-    report = inspect_scan(images, empty(), rig(), design(name), name, load_profile("default"), cache_dir=tmp_path)
+    report = inspect_scan(
+        images, empty(), rig(), design(name), name, load_profile("default"), cache_dir=tmp_path, light=demo_light()
+    )
     assert report.qc_machine, (
         f"{name}: {report.qc_reasons} {[(c.metric, c.value) for c in report.criteria if c.verdict == 'fail']}"
     )
@@ -64,6 +67,7 @@ def test_a_speck_of_tray_only_one_camera_sees_does_not_reject_an_intact_part(tmp
         "cross_knob_ck40_x1.3",
         load_profile("default"),
         cache_dir=tmp_path,
+        light=demo_light(),
     )
     assert report.metrics is not None
     lone = [r for r in report.metrics.missing_regions if not r.confirmed]
@@ -85,6 +89,7 @@ def test_a_chip_one_camera_sees_faintly_and_another_as_a_small_bite_is_rejected(
         "flanged_bushing_fb20",
         load_profile("default"),
         cache_dir=tmp_path,
+        light=demo_light(),
     )
     assert report.metrics is not None
     profile = {c.metric: c.threshold for c in load_profile("default").criteria}
@@ -130,7 +135,14 @@ def test_a_directory_gives_a_report_overlays_and_cli_json(tmp_path: Path) -> Non
 
 def test_an_absent_part_is_insufficient_evidence(tmp_path: Path) -> None:
     report = inspect_scan(
-        empty(11), empty(), rig(), design("montageblok_mb80"), "mb", load_profile("default"), cache_dir=tmp_path
+        empty(11),
+        empty(),
+        rig(),
+        design("montageblok_mb80"),
+        "mb",
+        load_profile("default"),
+        cache_dir=tmp_path,
+        light=demo_light(),
     )
     assert not report.qc_machine and report.qc_reasons == ["insufficient_evidence"] and report.pose is None
 
@@ -138,7 +150,14 @@ def test_an_absent_part_is_insufficient_evidence(tmp_path: Path) -> None:
 def test_a_wrong_design_fails(tmp_path: Path) -> None:
     _, images = placed("montageblok_mb80", 3)
     report = inspect_scan(
-        images, empty(), rig(), design("angle_block"), "ab", load_profile("default"), cache_dir=tmp_path
+        images,
+        empty(),
+        rig(),
+        design("angle_block"),
+        "ab",
+        load_profile("default"),
+        cache_dir=tmp_path,
+        light=demo_light(),
     )
     assert not report.qc_machine
     assert set(report.qc_reasons) & {"wrong_part", "misalignment", "missing_material", "extra_material"}
@@ -150,7 +169,9 @@ def test_a_propped_part_is_not_passed(tmp_path: Path) -> None:
     propped = trimesh.transformations.rotation_matrix(np.radians(15.0), (1, 0, 0), pose[:3, 3]) @ pose
     propped[2, 3] -= (mesh.vertices @ propped[2, :3] + propped[2, 3]).min() - 3.0
     images = renderer().render(mesh, propped, 4)
-    report = inspect_scan(images, empty(), rig(), mesh, "pc", load_profile("default"), cache_dir=tmp_path)
+    report = inspect_scan(
+        images, empty(), rig(), mesh, "pc", load_profile("default"), cache_dir=tmp_path, light=demo_light()
+    )
     assert not report.qc_machine and "misalignment" in report.qc_reasons
 
 
@@ -158,9 +179,13 @@ def test_missing_and_wrong_sized_images_are_named(tmp_path: Path) -> None:
     _, images = placed("montageblok_mb80", 3)
     partial = {k: v for k, v in images.items() if k != "cam04"}
     with pytest.raises(InspectionInputError, match="cam04: no scan image"):
-        inspect_scan(partial, empty(), rig(), design("montageblok_mb80"), "mb", load_profile("default"))
+        inspect_scan(
+            partial, empty(), rig(), design("montageblok_mb80"), "mb", load_profile("default"), light=demo_light()
+        )
     small = dict(images, cam02=images["cam02"][:1024, :1224])
     with pytest.raises(InspectionInputError, match="cam02: scan image is 1224×1024"):
-        inspect_scan(small, empty(), rig(), design("montageblok_mb80"), "mb", load_profile("default"))
+        inspect_scan(
+            small, empty(), rig(), design("montageblok_mb80"), "mb", load_profile("default"), light=demo_light()
+        )
     with pytest.raises(InspectionInputError, match="scan_cam01.png: missing"):
         inspect_directory(tmp_path, REPO / "config" / "designs" / "montageblok_mb80.stl")

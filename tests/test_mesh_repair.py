@@ -30,7 +30,7 @@ from amflow_edge.inspection.inspect import InspectionInputError, inspect_scan
 from amflow_edge.inspection.mesh_repair import MeshProcessing, bad_edge_counts
 from amflow_edge.inspection.profiles import load_profile
 from amflow_edge.inspection.segment import segment_scan
-from tests.inspection_scenes import empty, renderer, rig
+from tests.inspection_scenes import demo_light, empty, renderer, rig
 
 REPO = Path(__file__).resolve().parents[1]
 MESHES = REPO / "tests" / "data" / "meshes"
@@ -254,7 +254,9 @@ def test_an_open_part_is_inspected_end_to_end(build: Callable[[], trimesh.Trimes
     mesh = load_mesh_mm(stl(tmp_path, "open.stl", build()), "mm")
     pose = place_on_tray(mesh, np.random.default_rng(seed))
     images = renderer().render(mesh, pose, seed)
-    report = inspect_scan(images, empty(), rig(), mesh, "open", load_profile("default"), cache_dir=tmp_path)
+    report = inspect_scan(
+        images, empty(), rig(), mesh, "open", load_profile("default"), cache_dir=tmp_path, light=demo_light()
+    )
     assert report.pose is not None and report.metrics is not None, report.notes
     distance, angle = pose_error(mesh, pose, np.array(report.pose))
     assert distance < 0.3 and angle < 0.75, (distance, angle)
@@ -361,4 +363,4 @@ def test_the_design_cache_refuses_only_meshes_without_a_surface(mesh: trimesh.Tr
 def test_inspecting_against_a_mesh_without_a_surface_says_so() -> None:
     flat = trimesh.Trimesh([[0, 0, 0], [10, 0, 0], [20, 0, 0]], [[0, 1, 2]], process=False)
     with pytest.raises(InspectionInputError, match="zero area"):
-        inspect_scan(empty(), empty(), rig(), flat, "flat", load_profile("default"))
+        inspect_scan(empty(), empty(), rig(), flat, "flat", load_profile("default"), light=demo_light())

@@ -127,6 +127,9 @@ def test_the_station_never_reads_the_inspection_internals_it_does_not_run() -> N
         "amflow_edge.inspection.identification",
         "amflow_edge.inspection.identification.models",
         "amflow_edge.inspection.identification.pipeline",
+        "amflow_edge.inspection.station_model.learn",
+        "amflow_edge.inspection.station_model.model",
+        "amflow_edge.inspection.station_model.report",
     }
     reached = {
         target

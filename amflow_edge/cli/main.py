@@ -8,7 +8,19 @@ import sys
 from collections.abc import Sequence
 
 from amflow_edge import __version__
-from amflow_edge.cli import calibrate, cameras, consume, doctor, identify, inspect, openapi, outbox, render, station
+from amflow_edge.cli import (
+    calibrate,
+    cameras,
+    commission,
+    consume,
+    doctor,
+    identify,
+    inspect,
+    openapi,
+    outbox,
+    render,
+    station,
+)
 from amflow_edge.messaging.asyncapi import dump_asyncapi
 from amflow_edge.messaging.payload import Envelope
 from amflow_edge.ops.log import configure_logging
@@ -42,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_parser(sub)
     identify.add_parser(sub)
     calibrate.add_parser(sub)
+    commission.add_parser(sub)
     outbox.add_parser(sub)
     openapi.add_parser(sub)
     consume.add_parser(sub)

@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -42,6 +42,8 @@ from amflow_edge.storage.record import CandidateRecord, IdentifiedAs, ScanRecord
 if TYPE_CHECKING:
     import numpy as np
     import trimesh
+
+    from amflow_edge.inspection.station_model.model import StationModel
 
 log = structlog.get_logger(__name__)
 
@@ -104,6 +106,29 @@ def _cameras_as_on_disk(files: tuple[tuple[str, int, int], ...]) -> list[CameraC
     return [load_calibration(path) for path, _, _ in files]
 
 
+def _station_model(calibrations: Mapping[str, Path]) -> StationModel | None:
+    """What commissioning learned of the station (`station_model.json` beside the cameras' calibrations), reread
+    when `amflow-edge commission learn` has written a new one; None where the calibrations lie in several folders
+    or the station was never commissioned."""
+    folders = {Path(path).parent for path in calibrations.values()}
+    if len(folders) != 1:
+        return None
+    path = next(iter(folders)) / "station_model.json"  # inspection.station_model.model.STATION_MODEL_FILE
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return _station_model_on_disk(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=2)
+def _station_model_on_disk(path: str, mtime_ns: int, size: int) -> StationModel | None:
+    from amflow_edge.inspection.station_model.model import load_station_model
+
+    del mtime_ns, size
+    return load_station_model(Path(path).parent)
+
+
 @lru_cache(maxsize=4)
 def _profile(name_or_path: str) -> InspectionProfile:
     return load_profile(name_or_path)
@@ -119,7 +144,7 @@ def run_job(job_json: str) -> str:
 
 
 def _run_job(job: InspectionJob) -> str:
-    from amflow_edge.inspection.inspect import inspect_scan, read_image
+    from amflow_edge.inspection.inspect import inspect_scan, outline_doubt, read_image, station_light
 
     names = sorted(job.calibrations)
     with structlog.contextvars.bound_contextvars(scan=job.scan_uuid):  # the worker's lines name the scan too
@@ -128,6 +153,8 @@ def _run_job(job: InspectionJob) -> str:
         cameras = _cameras(tuple((name, str(job.calibrations[name])) for name in names))
         if job.design_material is None or job.design_path is None:
             return _identify_and_inspect(job, images, references, cameras).model_dump_json()
+        station = _station_model(job.calibrations)
+        light, doubt = station_light(station, references)
         report = inspect_scan(
             images,
             references,
@@ -138,6 +165,9 @@ def _run_job(job: InspectionJob) -> str:
             cache_dir=job.cache_dir,
             out_dir=job.scan_dir,
             scan=uuid.UUID(job.scan_uuid),
+            light=light,
+            light_doubt=doubt,
+            outline_doubt=outline_doubt(station),
         )
     return JobResult(report=report).model_dump_json()
 
@@ -150,7 +180,10 @@ def _identify_and_inspect(
 ) -> JobResult:
     """One job: which design, then the inspection against it from the same segmentation and pose."""
     from amflow_edge.inspection.identification.pipeline import identify_and_inspect
+    from amflow_edge.inspection.inspect import outline_doubt, station_light
 
+    station = _station_model(job.calibrations)
+    light, doubt = station_light(station, references)
     found, report = identify_and_inspect(
         images,
         references,
@@ -160,6 +193,9 @@ def _identify_and_inspect(
         cache_dir=job.cache_dir,
         out_dir=job.scan_dir,
         scan=uuid.UUID(job.scan_uuid),
+        light=light,
+        light_doubt=doubt,
+        outline_doubt=outline_doubt(station),
     )
     identified = IdentifiedAs(
         outcome=found.outcome,

@@ -98,7 +98,7 @@ class CriterionView(BaseModel):
     model_config = _OUT
 
     metric: str = Field(description="The metric judged.")
-    verdict: str = Field(description="pass, review or fail.")
+    verdict: str = Field(description="pass, review, fail, or abstain (too little evidence to judge: a review).")
     value: float | None = Field(description="Measured value; null when it could not be measured.")
     threshold: float = Field(description="The profile's limit.")
     comparator: str = Field(description="'<=' or '>=': how value is compared with threshold.")

@@ -52,6 +52,7 @@ from amflow_edge.inspection.identification.verify import (
     tie_break,
 )
 from amflow_edge.inspection.inspect import InspectionInputError, inspect_scan, read_scan_directory
+from amflow_edge.inspection.learned_light import LearnedLight
 from amflow_edge.inspection.mesh_repair import MeshProcessing
 from amflow_edge.inspection.profiles import InspectionProfile
 from amflow_edge.inspection.report import InspectionReport
@@ -132,6 +133,9 @@ def identify_and_inspect(
     cache_dir: Path | None,
     out_dir: Path | None,
     scan: uuid.UUID | None,
+    light: LearnedLight | None = None,
+    light_doubt: str | None = None,
+    outline_doubt: str | None = None,
 ) -> tuple[Identification, InspectionReport | None]:
     """Identify, write identification.json into out_dir, and inspect the chosen design at the identification's
     pose (no second segmentation or alignment); no inspection when no design was chosen."""
@@ -154,6 +158,9 @@ def identify_and_inspect(
         scan=scan,
         views=result.views,
         alignment=result.alignment,
+        light=light,
+        light_doubt=light_doubt,
+        outline_doubt=outline_doubt,
     )
     return identification, report
 
