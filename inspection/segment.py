@@ -18,6 +18,20 @@ import numpy as np
 
 BRIGHT_RATIO = 1.15
 DARK_RATIO = 0.25
+MIN_EXPECTED_NCC = 0.35
+FULL_TEXTURE_NCC = 0.9
+"""The tray's texture tells tray from part where the tray would correlate with itself, through the noise of both
+images, at MIN_EXPECTED_NCC or more; NCC_TRAY and NCC_THRESHOLD hold where it would at FULL_TEXTURE_NCC (the demo
+tray) and shrink in proportion below, so a faint texture still counts, judged by what it can show."""
+NEW_TEXTURE_SNR = 4.0
+PLAIN_BRIGHT_RATIO = 1.06
+HIDDEN_DARK = 1.2
+"""Below CLEAR_PART_EVIDENCE: see _plain_tray_evidence."""
+SHADOW_RATIO = 0.5
+PART_RATIO = 0.35
+"""Where the tray shows no texture to tell a shadow by, a pixel darker than SHADOW_RATIO of the empty tray starts to
+count as part, and from PART_RATIO as part beyond doubt: a station's lights overlap, so its shadows on the tray
+keep half its light, while a dark part (dyed black PA12 reflects a fifth of what a grey tray does) does not."""
 NCC_THRESHOLD = 0.25
 NCC_SIGMA_PX = 2.0
 SMOOTH_SIGMA_PX = 1.0
@@ -107,7 +121,7 @@ def segment(
     ax0, ay0, ax1, ay1 = max(x0 - pad, 0), max(y0 - pad, 0), min(x1 + pad, width), min(y1 + pad, height)
     im = image[ay0:ay1, ax0:ax1].astype(np.float32)
     ref = reference[ay0:ay1, ax0:ax1].astype(np.float32) * np.float32(gain)
-    local, evidence = _part_pixels(im, ref)
+    local, evidence = _part_pixels(im, ref, noise_variance(image, reference, gain))
     mask = np.zeros((height, width), dtype=bool)
     mask[ay0:ay1, ax0:ax1] = local
     clear_tray = np.ones((height, width), dtype=bool)
@@ -131,7 +145,20 @@ class Evidence:
     clear_part: np.ndarray
 
 
-def _evidence(im: np.ndarray, ref: np.ndarray) -> Evidence:
+def noise_variance(image: np.ndarray, reference: np.ndarray, gain: float) -> float:
+    """Each image's per-pixel sensor noise variance (DN²), from the scan's difference with its reference over the
+    whole view: half the robust variance of the difference, which the part (a few percent of the view) does not move.
+
+    A tray's texture tells a shadow from a part only where it stands out of this noise: a dark anodised plate
+    under a noisy sensor shows none, and its correlation with the reference is then noise, whatever lies on it.
+    """
+    step = 3
+    diff = image[::step, ::step].astype(np.float32) - reference[::step, ::step].astype(np.float32) * np.float32(gain)
+    mad = float(np.median(np.abs(diff - np.median(diff))))
+    return max((1.4826 * mad) ** 2 / 2.0, 0.25)
+
+
+def _evidence(im: np.ndarray, ref: np.ndarray, noise_var: float = 0.25) -> Evidence:
     blur = lambda a, s: cv2.GaussianBlur(a, (0, 0), s)  # noqa: E731
     smooth_im, smooth_ref = blur(im, SMOOTH_SIGMA_PX), blur(ref, SMOOTH_SIGMA_PX)
     ratio = smooth_im / np.maximum(smooth_ref, 1.0)
@@ -143,12 +170,48 @@ def _evidence(im: np.ndarray, ref: np.ndarray) -> Evidence:
     var_i = blur(wi * im, NCC_SIGMA_PX) / norm - mi * mi
     var_r = blur(wr * ref, NCC_SIGMA_PX) / norm - mr * mr
     ncc = cov / np.sqrt(np.maximum(var_i * var_r, 1e-2))
-    textured = var_r > 1.0
+    # What the tray correlates with itself at, through both images' noise: texture ÷ (texture + noise); and, below
+    # DARK_RATIO, what it would still were it only darkened by `ratio` (a deep shadow scales its texture down, not
+    # the noise): r·t / √((r²·t + noise)(t + noise)). Above DARK_RATIO a shadow keeps enough texture to show.
+    texture = np.maximum(var_r - noise_var, 0.0)
+    r = np.clip(ratio, 0.0, 1.0)
+    expected = np.where(
+        ratio > DARK_RATIO,
+        texture / (texture + noise_var),
+        r * texture / np.sqrt(np.maximum((r * r * texture + noise_var) * (texture + noise_var), 1e-6)),
+    )
+    textured = expected >= MIN_EXPECTED_NCC
+    plain_tray = texture < MIN_EXPECTED_NCC / (1.0 - MIN_EXPECTED_NCC) * noise_var
+    scale = np.minimum(expected / FULL_TEXTURE_NCC, 1.0)
     bright = (ratio - 1.0) / (BRIGHT_RATIO - 1.0)
-    untextured = np.where(textured & (ratio > DARK_RATIO), (NCC_TRAY - ncc) / (NCC_TRAY - NCC_THRESHOLD), 0.0)
-    score = blur(np.clip(np.maximum(bright, untextured), 0.0, 2.0).astype(np.float32), SCORE_SIGMA_PX)
+    uncorrelated = np.where(textured, (NCC_TRAY * scale - ncc) / ((NCC_TRAY - NCC_THRESHOLD) * scale + 1e-6), 0.0)
+    plain = _plain_tray_evidence(im, ref, ratio, noise_var, darker=plain_tray)
+    cues = np.maximum(bright, np.where(textured, uncorrelated, plain))
+    score = blur(np.clip(cues, 0.0, 2.0).astype(np.float32), SCORE_SIGMA_PX)
     clear_tray = (score < CLEAR_TRAY_EVIDENCE) & (ratio > DARK_RATIO) & ~_near_tray_edge(ref)
     return Evidence(score, clear_tray, score > CLEAR_PART_EVIDENCE)
+
+
+def _plain_tray_evidence(
+    im: np.ndarray, ref: np.ndarray, ratio: np.ndarray, noise_var: float, darker: np.ndarray
+) -> np.ndarray:
+    """Part evidence where no tray texture shows above the noise, so a shadow cannot be told by it.
+
+    On a plain plate (`darker`: white, black, anodised) a part is what brightens it beyond its noise
+    (PLAIN_BRIGHT_RATIO), brings texture of its own (its grain, its faces' edges), which a soft shadow never
+    does (NEW_TEXTURE_SNR), or darkens it more than the station's overlapping lights let a shadow (SHADOW_RATIO).
+    On a textured plate a darkness that hides its texture is a deep shadow as often as a part (the floor of a
+    hole seen from above, with the hole's walls for texture, or a black part's face), so it gets HIDDEN_DARK:
+    part for the outline the fit needs, never part beyond doubt, so that no material is judged extra on it.
+    """
+    blur = lambda a, s: cv2.GaussianBlur(a, (0, 0), s)  # noqa: E731
+    mean_i, mean_r = blur(im, NCC_SIGMA_PX), blur(ref, NCC_SIGMA_PX)
+    var_i = blur(im * im, NCC_SIGMA_PX) - mean_i * mean_i
+    var_r = blur(ref * ref, NCC_SIGMA_PX) - mean_r * mean_r
+    new_texture = (var_i - var_r - noise_var) / (NEW_TEXTURE_SNR * noise_var)
+    brighter = (ratio - 1.0) / (PLAIN_BRIGHT_RATIO - 1.0)
+    plain = np.maximum(np.maximum(new_texture, brighter), (SHADOW_RATIO - ratio) / (SHADOW_RATIO - PART_RATIO))
+    return np.where(darker, plain, np.where(ratio < SHADOW_RATIO, HIDDEN_DARK, 0.0))
 
 
 def _near_tray_edge(ref: np.ndarray) -> np.ndarray:
@@ -265,9 +328,9 @@ def _seeds(score: np.ndarray) -> np.ndarray:
     return seeds
 
 
-def _part_pixels(im: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, Evidence]:
+def _part_pixels(im: np.ndarray, ref: np.ndarray, noise_var: float = 0.25) -> tuple[np.ndarray, Evidence]:
     """The part mask of an image crop and the evidence behind it."""
-    evidence = _evidence(im, ref)
+    evidence = _evidence(im, ref, noise_var)
     seeds = _seeds(evidence.score)
     bx, by, bw, bh = cv2.boundingRect(seeds)
     part = np.zeros(im.shape, dtype=np.uint8)
