@@ -39,7 +39,7 @@ from amflow_edge.inspection.profiles import NUMERIC_METRICS, InspectionProfile, 
 from amflow_edge.inspection.report import InspectionReport, judge, write_report
 from amflow_edge.inspection.segment import SegmentationError, check_pair, segment_scan
 from amflow_edge.inspection.shading import choose_symmetric, compare_shading
-from amflow_edge.inspection.station_model.model import StationModel, load_station_model
+from amflow_edge.inspection.station_model.model import StationModel, calibration_digest, load_station_model
 from amflow_edge.inspection.timing import Stopwatch, one_blas_thread
 from amflow_edge.inspection.warp import fit_bend
 
@@ -90,6 +90,7 @@ def inspect_scan(
     light: LearnedLight | None = None,
     light_doubt: str | None = None,
     outline_doubt: str | None = None,
+    intact: Mapping[str, tuple[float, float]] | None = None,
 ) -> InspectionReport:
     """Align the design to the scan, measure, judge with `profile`; write report and overlays into out_dir if given.
 
@@ -100,7 +101,8 @@ def inspect_scan(
     `light` is the station's light as commissioning learned it (`station_light`); without it, or with a
     `light_doubt` (why the station no longer looks as it did then), the shading criteria abstain. With an
     `outline_doubt` (`outline_doubt`: this station's photos do not show where intact parts end) every criterion
-    taken from the outlines or the pose abstains too, and the scan goes to review.
+    taken from the outlines or the pose abstains too, and the scan goes to review. `intact` (`intact_readings`:
+    what intact parts of this station read at commissioning) makes a criterion they already cross abstain.
     """
     watch = Stopwatch()
     with watch.stage("design"):
@@ -110,7 +112,7 @@ def inspect_scan(
         with watch.stage("segment"):
             views = segment_views(images, references, cameras)
     found = _fit_and_measure(model, views, images, watch, alignment, light, light_doubt)
-    report = _report(_doubted(found, outline_doubt), profile, design_material, scan)
+    report = _report(_doubted(found, outline_doubt), profile, design_material, scan, intact)
     if out_dir is not None:
         with watch.stage("overlays"):
             report.overlays = _write_overlays(Path(out_dir), images, views, found.drawn, report)
@@ -164,7 +166,7 @@ def _fit_and_measure(
             return _Found(None, None, {}, [f"no part could be aligned: {exc}"])
     # Without look-alikes to choose from, the model masks are timed with the metrics.
     with watch.stage("look_alikes" if _has_look_alikes(model) else "metrics"):
-        alignment, masks = _choose_look_alike(model, views, alignment, images, light)
+        alignment, masks = _choose_look_alike(model, views, alignment, images, None if light_doubt else light)
     with watch.stage("metrics"):
         metrics, drawn = _measure(model, views, alignment, images, masks, light, light_doubt)
     return _Found(alignment, metrics, drawn, [])
@@ -210,9 +212,25 @@ def _measure(
 
 
 def _report(
-    found: _Found, profile: InspectionProfile, design_material: str, scan: uuid.UUID | None
+    found: _Found,
+    profile: InspectionProfile,
+    design_material: str,
+    scan: uuid.UUID | None,
+    intact: Mapping[str, tuple[float, float]] | None = None,
 ) -> InspectionReport:
-    criteria, machine, review, reasons = judge(profile, found.metrics)
+    criteria, machine, review, reasons = judge(profile, found.metrics, intact)
+    crossed = [
+        f"not judged ({c.metric}): intact parts of this station read up to {intact[c.metric][1]:g} at commissioning"
+        if c.comparator == "<="
+        else f"not judged ({c.metric}): intact parts of this station read as low as {intact[c.metric][0]:g} "
+        "at commissioning"
+        for c in criteria
+        if c.verdict == "abstain"
+        and intact
+        and c.metric in intact
+        and found.metrics is not None
+        and c.metric not in found.metrics.abstained
+    ]
     alignment = found.alignment
     return InspectionReport(
         scan=scan,
@@ -225,7 +243,7 @@ def _report(
         qc_machine=machine,
         qc_needs_review=review,
         qc_reasons=reasons,
-        notes=found.notes + _abstentions(found.metrics),
+        notes=found.notes + _abstentions(found.metrics) + crossed,
     )
 
 
@@ -239,6 +257,13 @@ def _doubted(found: _Found, outline_doubt: str | None) -> _Found:
             abstained.setdefault(metric, outline_doubt)
     metrics = found.metrics.model_copy(update={"abstained": abstained})
     return _Found(found.alignment, metrics, found.drawn, found.notes)
+
+
+def intact_readings(station: StationModel | None) -> dict[str, tuple[float, float]] | None:
+    """Per metric, the (min, max) the intact parts of this station read at commissioning; None without a model."""
+    if station is None:
+        return None
+    return {metric: (reading.min, reading.max) for metric, reading in station.intact.items()}
 
 
 def outline_doubt(station: StationModel | None) -> str | None:
@@ -292,12 +317,23 @@ def _write_overlays(
 
 
 def station_light(
-    station: StationModel | None, references: Mapping[str, np.ndarray]
+    station: StationModel | None, references: Mapping[str, np.ndarray], calibration_dir: Path | str | None = None
 ) -> tuple[LearnedLight | None, str | None]:
     """The light the station learned at commissioning, and why it may no longer hold: an empty tray that now looks
-    different from the one commissioned (a lamp failed, the tray was swapped) says the light has changed too."""
+    different from the one commissioned (a lamp failed, the tray was swapped) says the light has changed too, and
+    so does a recalibration (the cameras it was learned through are not the cameras now)."""
     if station is None:
         return None, None
+    if calibration_dir is not None and station.calibration_digest != _digest(calibration_dir):
+        return station.learned_light(), (
+            "the cameras were calibrated again since the station was commissioned: shading is not judged until "
+            "it is commissioned again (amflow-edge commission learn)"
+        )
+    if station.light is None:
+        return None, (
+            "commissioning learned no light: too few intact parts could be aligned (amflow-edge commission show "
+            "says why); shading is not judged until the station is commissioned again"
+        )
     changes = [station.tray(name).compare(image) for name, image in references.items() if name in station.cameras]
     doubts = [change.why for change in changes if change.changed]
     if not doubts:
@@ -306,6 +342,13 @@ def station_light(
         "; ".join(doubts) + ". The station no longer looks as it did when it was commissioned: shading is not "
         "judged until it is commissioned again (amflow-edge commission learn)"
     )
+
+
+def _digest(calibration_dir: Path | str) -> str | None:
+    try:
+        return calibration_digest(calibration_dir)
+    except OSError:
+        return None
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -350,7 +393,7 @@ def inspect_directory(
     directory = Path(directory)
     cameras, images, references = read_scan_directory(directory, calibration)
     station = load_station_model(calibration)
-    light, doubt = station_light(station, references)
+    light, doubt = station_light(station, references, calibration)
     mesh = load_mesh_mm(design, units)
     scan = None
     with suppress(ValueError):
@@ -368,4 +411,5 @@ def inspect_directory(
         light=light,
         light_doubt=doubt,
         outline_doubt=outline_doubt(station),
+        intact=intact_readings(station),
     )

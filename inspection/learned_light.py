@@ -64,7 +64,7 @@ class FitSamples:
 class LampRecord(BaseModel):
     """One lamp of a learned light, as stored with the station's commissioning data."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     position_mm: list[float] = Field(min_length=3, max_length=3, description="Tray-frame position, mm.")
     weight: float = Field(
@@ -75,11 +75,12 @@ class LampRecord(BaseModel):
 class LearnedLightRecord(BaseModel):
     """A learned light as stored: its lamps, the constant term, and how well it explained intact parts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     lamps: list[LampRecord] = Field(min_length=1, description="The lamps that carry light, strongest first.")
     constant: float = Field(
-        description="Grey levels per unit gain that no direction accounts for (black level, light from everywhere)."
+        ge=0.0,
+        description="Grey levels per unit gain that no direction accounts for (black level, light from everywhere).",
     )
     spread: float = Field(
         ge=0.0,
@@ -125,7 +126,7 @@ class LearnedLight:
     constant: float
     spread: float = 0.0
     """As LearnedLightRecord.spread; 0 until measured."""
-    shininess: float = 16.0
+    shininess: float = SHININESS[0]
     """As LearnedLightRecord.shininess."""
 
     def record(self, samples: int = 0) -> LearnedLightRecord:
@@ -182,11 +183,6 @@ class LearnedLight:
                 np.float32
             )
         return Prediction(matte, penumbra, glint)
-
-    def share_from_below(self) -> float:
-        """Share of the light arriving from below the tray's plane (what the tray throws back)."""
-        below = self.lamps[:, 2] < 0
-        return float(self.weights[below].sum() / max(float(self.weights.sum()), 1e-9))
 
 
 def _lamp_offsets(lamps: np.ndarray) -> list[np.ndarray]:
@@ -384,11 +380,6 @@ def _fit(
     return light, {sample.key: float(g) for sample, g in zip(samples, gains, strict=True)}, cost
 
 
-def relative_residuals(light: LearnedLight, sample: FitSamples) -> np.ndarray:
-    """photo ÷ (gain × matte + gloss × highlights) − 1 of every sample, gain and gloss fitted as at inspection."""
-    return _held_out(light, sample)[0]
-
-
 def _held_out(light: LearnedLight, sample: FitSamples) -> tuple[np.ndarray, np.ndarray]:
     """Each sample's relative residual, and the prediction it is relative to (per unit gain)."""
     found = light.predict(sample.scene, sample.points, sample.normals, sample.eye)
@@ -398,19 +389,13 @@ def _held_out(light: LearnedLight, sample: FitSamples) -> tuple[np.ndarray, np.n
     return residual, prediction.astype(np.float32)
 
 
-def learn_light(scans: Sequence[Sequence[FitSamples]], camera_centres: np.ndarray) -> LearnedLight:
-    """The light fitted on every scan, with its spread measured on scans left out: two folds, each fitted on the
-    other half of the scans and judged on its own (a spread measured on the fit's own samples flatters it)."""
-    return learn_light_held_out(scans, camera_centres).light
-
-
 @dataclass(frozen=True)
 class HeldOut:
     """One key's samples as predicted by the fold that did not see its scan."""
 
     key: str
     residual: np.ndarray
-    """(N,) photo ÷ (gain × prediction) − 1, the gain being the key's median ratio (as at inspection)."""
+    """(N,) photo ÷ (gain × matte + gloss × highlights) − 1, gain and gloss fitted as at inspection."""
     prediction: np.ndarray
     """(N,) the fold's prediction per unit gain, with the part's shadows."""
     photo: np.ndarray
@@ -419,7 +404,7 @@ class HeldOut:
 
 @dataclass(frozen=True)
 class LightLearning:
-    """`learn_light`'s light and what commissioning reports of it: each key's residuals on the fold that left its
+    """The learned light and what commissioning reports of it: each key's residuals on the fold that left its
     scan out, each key's gain in the final fit, and how many samples that fit used."""
 
     light: LearnedLight
@@ -430,7 +415,9 @@ class LightLearning:
 
 
 def learn_light_held_out(scans: Sequence[Sequence[FitSamples]], camera_centres: np.ndarray) -> LightLearning:
-    """`learn_light`, keeping the held-out residuals (per key, for per-camera figures and histograms) and the
+    """The light fitted on every scan, with its spread measured on scans left out (two folds, each fitted on the
+    other half of the scans and judged on its own: a spread measured on the fit's own samples flatters it), keeping
+    the held-out residuals (per key, for per-camera figures and histograms) and the
     gains of the final fit (per scan and camera, for the commissioning report)."""
     if len(scans) < 2:
         raise ValueError(f"learning the light needs at least 2 intact scans, got {len(scans)}")

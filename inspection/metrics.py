@@ -72,6 +72,9 @@ def compute_metrics(
     fit = _Fit.of(model, alignment)
     masks = model_masks(model, views, alignment.pose) if masks is None else masks
     surface = ShadingComparison([], {}) if surface is None else surface
+    if surface.abstain is not None:
+        # What a comparison that cannot judge the part found is no evidence either way: it confirms no bite.
+        surface = ShadingComparison([], {}, spread=surface.spread, abstain=surface.abstain)
     seen = [v for v in views if not v.empty]
     cameras = [
         _measure_camera(_Sight.of(v, masks[v.calib.name], fit), [o for o in seen if o is not v], fit) for v in seen

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,8 +57,13 @@ class InspectionReport(BaseModel):
     rest_pose_index: int | None = Field(default=None, description="Stable resting pose the search started from.")
     metrics: InspectionMetrics | None = Field(description="Measurements; null when no part could be aligned.")
     criteria: list[CriterionResult] = Field(description="Every criterion of the profile with its value and verdict.")
-    qc_machine: bool = Field(description="True when every criterion passes.")
-    qc_needs_review: bool = Field(description="True when a value is in a review band or the alignment is uncertain.")
+    qc_machine: bool = Field(
+        description="True when no criterion fails (criteria that abstained for want of evidence do not fail)."
+    )
+    qc_needs_review: bool = Field(
+        description="True when a value is in a review band, the alignment is uncertain, no part could be aligned, "
+        "or (with no failure) a criterion abstained."
+    )
     qc_reasons: list[Reason] = Field(
         description="Reasons of the failed criteria, each once, in profile order; when none failed but a review is "
         "needed, the reasons of the criteria that asked for it (misalignment for an uncertain pose)."
@@ -70,13 +76,18 @@ class InspectionReport(BaseModel):
 
 
 def judge(
-    profile: InspectionProfile, metrics: InspectionMetrics | None
+    profile: InspectionProfile,
+    metrics: InspectionMetrics | None,
+    intact: Mapping[str, tuple[float, float]] | None = None,
 ) -> tuple[list[CriterionResult], bool, bool, list[Reason]]:
+    """Each criterion's verdict, and the scan's. `intact` (per metric, the (min, max) intact parts of this station
+    read at commissioning) makes a criterion abstain rather than fail or send to review where intact parts here
+    already read beyond its limit: at this station it cannot tell a defect from an intact part."""
     results: list[CriterionResult] = []
     for criterion in profile.criteria:
         value = None if metrics is None else float(getattr(metrics, criterion.metric))
         verdict: Verdict = "fail" if value is None else criterion.judge(value)
-        if metrics is not None and criterion.metric in metrics.abstained:
+        if metrics is not None and criterion.metric in metrics.abstained or value is not None and verdict != "pass" and _crossed_by_intact(criterion, intact):
             verdict = "abstain"
         results.append(_result(criterion, value, verdict))
     reasons: list[Reason] = []
@@ -87,10 +98,19 @@ def judge(
         reasons.insert(0, "insufficient_evidence")
     machine = not reasons
     uncertain_pose = metrics is not None and metrics.alignment_inlier_fraction < profile.min_alignment_inlier_fraction
-    review = any(r.verdict in ("review", "abstain") for r in results) or uncertain_pose or metrics is None
+    abstained = any(r.verdict == "abstain" for r in results) and not reasons
+    review = any(r.verdict == "review" for r in results) or uncertain_pose or abstained or metrics is None
     if review and not reasons:  # a failed part's reasons stay its failures: MES sorting reads them as such
         reasons = _review_reasons(results, uncertain_pose)
     return results, machine, review, reasons
+
+
+def _crossed_by_intact(criterion: Criterion, intact: Mapping[str, tuple[float, float]] | None) -> bool:
+    reading = None if intact is None else intact.get(criterion.metric)
+    if reading is None:
+        return False
+    low, high = reading
+    return high > criterion.threshold if criterion.comparator == "<=" else low < criterion.threshold
 
 
 def _review_reasons(results: list[CriterionResult], uncertain_pose: bool) -> list[Reason]:

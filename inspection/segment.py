@@ -30,7 +30,7 @@ HIDDEN_DARK = 1.2
 SHADOW_RATIO = 0.5
 PART_RATIO = 0.35
 """Where the tray shows no texture to tell a shadow by, a pixel darker than SHADOW_RATIO of the empty tray starts to
-count as part, and from PART_RATIO as part beyond doubt: a station's lights overlap, so its shadows on the tray
+count as part, and from PART_RATIO as part (beyond doubt from CLEAR_PART_EVIDENCE, a little darker still): a station's lights overlap, so its shadows on the tray
 keep half its light, while a dark part (dyed black PA12 reflects a fifth of what a grey tray does) does not."""
 NCC_THRESHOLD = 0.25
 NCC_SIGMA_PX = 2.0

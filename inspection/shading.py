@@ -6,8 +6,9 @@ faces, though, turn to the lights at angles the design has nowhere near there: a
 pixels they read 100 % and more off the design's prediction (median 115 %), while intact surfaces
 read at most 41 % once a second camera must confirm a patch (132 scenes of benchmarks/inspection.py).
 The prediction is the station's own light, learned at commissioning from intact parts (inspection.learned_light),
-with one unknown gain per camera (exposure × albedo), fitted as the median ratio; without it, or where it
-explains a part poorly, the comparison abstains rather than guess.
+with one unknown gain (exposure × albedo) and gloss per camera, fitted robustly to every compared cell
+(learned_light.gain_and_gloss); without it, or where it explains a part poorly, the comparison abstains rather
+than guess.
 
 No prediction is made where it cannot be trusted: near the model's outline, depth steps and creases
 (the found pose is good to a few tenths of a pixel and the lens blurs). Pixels the segmentation gave
@@ -66,6 +67,9 @@ SINGLE_CAMERA_CONTRAST = 1.0
 NEAR_TRAY_MM = 1.5
 """Surface this close to the tray is not compared: there the tray throws light back up and the part hides it from
 itself, which no learned light predicts well (intact Voron parts read 50-99 % off along their lower edge)."""
+MIN_SHADING_CAMERAS = 2
+"""A patch is trusted when a second camera confirms it; one camera alone cannot tell a defect from its own glint."""
+MIN_SIGNAL_DN = 30.0
 SATURATED_SHARE = 0.25
 """A camera in which more of the part than this is clipped is left out of the comparison: the gain fitted to the
 rest would be a guess."""
@@ -93,12 +97,15 @@ class ShadingComparison:
     masks: dict[str, np.ndarray]
     """Per camera, the anomalous pixels inside its view's window (for the overlays)."""
     pending: list[tuple[SurfaceRegion, np.ndarray]] = field(default_factory=list)
-    spread: float = 0.0
-    """Robust spread of photo ÷ prediction − 1 over every compared cell: how well the light explains this part."""
-    abstain: str | None = None
-    """Why this comparison cannot judge the part (no learned light, or a light that does not explain it); None: it can."""
     """Patches one camera saw, too faint to stand alone, with their STEP_PX cells: evidence of another kind
     from another camera at the same place on the part may still confirm them (`confirmed_by`)."""
+    spread: float = 0.0
+    """Robust spread of photo ÷ prediction − 1 over every compared cell, each averaged over its SMOOTH_PX box: how
+    well the light explains this part. It is compared with SPREAD_FACTOR × the spread commissioning measured on
+    single samples of intact parts left out of the fit, which the box average only lowers: a conservative test."""
+    abstain: str | None = None
+    """Why this comparison cannot judge the part (no learned light, a light that does not explain it, too few
+    cameras that show its shading); None: it can."""
 
     def confirmed_by(self, places: Sequence[tuple[str, Sequence[float]]]) -> ShadingComparison:
         """This comparison with the pending patches that another camera's (camera, design-frame point) confirms.
@@ -213,10 +220,11 @@ def compare_shading(
     spread = _spread(grids)
     limit = max(SPREAD_FACTOR * light.spread, SPREAD_FLOOR)
     abstain = None
-    if not grids:
+    if len(grids) < MIN_SHADING_CAMERAS:
         abstain = (
-            "no camera shows the part's shading: it is overexposed (clipped) or too small in every view; lower the "
-            "exposure or check the part is on the tray"
+            f"only {len(grids)} camera(s) show enough of the part's shading to compare: the part is clipped "
+            f"(overexposed, {SATURATED_DN} DN and up), too dark (a dyed-black part: dimmer than {MIN_SIGNAL_DN:g} DN "
+            "under the fitted light), or too small in the others; shading is judged from two cameras or more"
         )
     elif spread > limit:
         abstain = (
@@ -319,7 +327,7 @@ def frames(
         crop = w.crop(images[view.calib.name])[span]
         photo = cv2.resize(crop.astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA)
         clipped = cv2.resize((crop >= SATURATED_DN).astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA) > 0
-        if np.count_nonzero(usable & clipped) > SATURATED_SHARE * max(np.count_nonzero(usable), 1):
+        if np.count_nonzero(usable & clipped) > SATURATED_SHARE * max(int(np.count_nonzero(usable)), 1):
             continue
         usable &= ~clipped
         cells = np.flatnonzero(usable)
@@ -357,6 +365,7 @@ def _residuals(
     prediction = _unshadowed(frame, surface, trusted_cells(frame, surface, focal), scene, lighting)
     if shadows:
         _shadow(prediction, frame, surface, scene, lighting)
+    _drop_dim(frame.photo, prediction)
     if np.count_nonzero(prediction.valid) < MIN_REGION_CELLS:
         return None
     rows, cols = frame.shape
@@ -484,6 +493,17 @@ def _judged(photo: np.ndarray, prediction: _Prediction) -> np.ndarray:
         lo = np.maximum(expected[penumbra] - spread[penumbra], 1e-6)
         residual[penumbra] = _outside(matte[penumbra], lo, expected[penumbra] + spread[penumbra])
     return residual
+
+
+def _drop_dim(photo: np.ndarray, prediction: _Prediction) -> None:
+    """Leave out cells the fitted light makes dimmer than MIN_SIGNAL_DN: on a dyed-black part or a face turned from
+    every lamp, the sensor's noise and the faintest glint are a large share of what the cell shows, so its ratio to
+    the prediction says nothing of its shape. A hollow that is dark on a bright face is predicted bright and stays."""
+    valid = prediction.valid
+    if not np.any(valid):
+        return
+    gain, _ = gain_and_gloss(photo[valid], prediction.expected[valid], prediction.glint[valid])
+    valid &= gain * prediction.expected >= MIN_SIGNAL_DN
 
 
 def _outside(value: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

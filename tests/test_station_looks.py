@@ -322,12 +322,14 @@ def test_the_mock_driver_renders_its_configured_look_and_material(
         save_calibration(calib, path)
         cameras.append(CameraSettings(name=calib.name, serial=calib.serial, calibration=path, width=612, height=512))
     shots = {}
-    for label, update in {
+    variants: dict[str, dict[str, object]] = {
         "demo": {},
         "demo_by_colour": {"materials": True},
         "key_black_pa12_black": {"look": "key_black", "material": "pa12_black"},
-    }.items():
-        driver = MockDriver(cameras, MockDriverSettings(seed=2, scene_pool=1, **update), _Library())
+    }
+    for label, update in variants.items():
+        settings = MockDriverSettings.model_validate({"seed": 2, "scene_pool": 1, **update})
+        driver = MockDriver(cameras, settings, _Library())
         driver.open()
         try:
             driver.trigger()

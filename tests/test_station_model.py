@@ -23,6 +23,7 @@ from amflow_edge.inspection.geometry.raycast import triangle_scene
 from amflow_edge.inspection.learned_light import (
     FitSamples,
     LearnedLight,
+    LearnedLightRecord,
     candidate_lamps,
     fit_light,
     learn_light_held_out,
@@ -71,6 +72,17 @@ its floor."""
 SCAN_GAINS = (1.0, 0.8, 1.25, 0.9, 1.1)
 CAMERA_GAINS = {"camA": 1.0, "camB": 0.85}
 NOISE = 0.03
+
+
+def _light(model: StationModel) -> LearnedLight:
+    light = model.learned_light()
+    assert light is not None, "the model learned no light"
+    return light
+
+
+def _record(model: StationModel) -> LearnedLightRecord:
+    assert model.light is not None, "the model learned no light"
+    return model.light
 
 
 def part() -> list[trimesh.Trimesh]:
@@ -290,7 +302,6 @@ def station_scans(count: int, samples: int = 2500) -> list[LearnedScanSamples]:
                 camera=camera,
                 normals=synthetic.normals[index :: len(RIG_CAMERAS)],
                 photo=photo[index :: len(RIG_CAMERAS)].astype(np.float32),
-                openness=np.ones(len(photo[index :: len(RIG_CAMERAS)]), dtype=np.float32),
                 world=synthetic.points[index :: len(RIG_CAMERAS)],
             )
             for index, camera in enumerate(RIG_CAMERAS)
@@ -336,11 +347,11 @@ def test_a_loaded_model_predicts_and_compares_as_the_learned_one(
     loaded = load_station_model(calibration)
     assert loaded is not None
     scan = synthetic_scan(4)
-    before = synthetic_model.learned_light().expected(scan.scene, scan.points, scan.normals)
-    after = loaded.learned_light().expected(scan.scene, scan.points, scan.normals)
+    before = _light(synthetic_model).expected(scan.scene, scan.points, scan.normals)
+    after = _light(loaded).expected(scan.scene, scan.points, scan.normals)
     assert after == pytest.approx(before, rel=1e-4)
-    assert loaded.learned_light().spread == pytest.approx(synthetic_model.light.spread)
-    assert NOISE < loaded.light.spread < 2 * NOISE
+    assert _light(loaded).spread == pytest.approx(_record(synthetic_model).spread)
+    assert NOISE < _record(loaded).spread < 2 * NOISE
     assert all(NOISE < loaded.camera_light(camera).spread < 2 * NOISE for camera in RIG_CAMERAS)
     assert not loaded.tray("cam04").compare(tray(1, 77)).changed
     assert [scan.gain for scan in loaded.scans] == pytest.approx(
@@ -401,7 +412,8 @@ def test_the_demo_rig_ships_commissioned_for_its_calibration() -> None:
     assert model is not None, "run scripts/commission-demo-rig"
     assert model.calibration_digest == calibration_digest(DEMO_CALIBRATION), "run scripts/commission-demo-rig"
     assert sorted(model.cameras) == list(RIG_CAMERAS)
-    assert 0 < model.light.spread < 0.05 and len(model.learned_light().lamps) >= 1
+    assert 0 < _record(model).spread < 0.05 and len(_light(model).lamps) >= 1
+    assert model.intact["silhouette_iou_min"].min > 0.9 and model.intact["surface_defect_contrast"].scans >= 2
     assert not list(DEMO_CALIBRATION.glob("station_model.v*.json"))
 
 
@@ -453,7 +465,7 @@ def test_commission_learns_the_demo_look_and_shows_it(
 
     model = load_station_model(calibration)
     assert model is not None and model.version == 1 and len(model.scans) == 3
-    assert 0.0 < model.light.spread < 0.05
+    assert 0.0 < _record(model).spread < 0.05
     # cam01 looks straight down: it sees nearly only upward faces, whose shading hardly varies, so there is
     # little for a light to explain; the side cameras see the part's shading.
     for camera in ("cam02", "cam03", "cam04", "cam05"):
@@ -468,7 +480,7 @@ def test_commission_learns_the_demo_look_and_shows_it(
     assert main(["commission", "show", "--calibration", str(calibration)]) == 0
     shown = capsys.readouterr().out
     assert "station model v1" in shown and "v1" in shown.split("versions:")[1]
-    assert f"{len(model.light.lamps)} lamps, held-out spread {100 * model.light.spread:.1f} %" in shown
+    assert f"{len(_record(model).lamps)} lamps, held-out spread {100 * _record(model).spread:.1f} %" in shown
 
 
 def test_commission_learn_refuses_bad_input_with_exit_2(

@@ -37,6 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     from amflow_edge.inspection.inspect import InspectionInputError, inspect_directory  # the pipeline: open3d
+    from amflow_edge.inspection.station_model.model import StationModelError
 
     try:
         report = inspect_directory(
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             design_material=args.design_material,
             cache_dir=args.cache,
         )
-    except (InspectionInputError, CalibrationError, MeshError, ProfileError) as exc:
+    except (InspectionInputError, CalibrationError, MeshError, ProfileError, StationModelError) as exc:
         print(f"amflow-edge inspect: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report.model_dump(mode="json"), indent=2))

@@ -106,14 +106,23 @@ def _cameras_as_on_disk(files: tuple[tuple[str, int, int], ...]) -> list[CameraC
     return [load_calibration(path) for path, _, _ in files]
 
 
+def _calibration_folder(calibrations: Mapping[str, Path]) -> Path | None:
+    """The one folder the cameras' calibrations lie in, beside which commissioning writes the station model."""
+    folders = {Path(path).parent for path in calibrations.values()}
+    return next(iter(folders)) if len(folders) == 1 else None
+
+
 def _station_model(calibrations: Mapping[str, Path]) -> StationModel | None:
     """What commissioning learned of the station (`station_model.json` beside the cameras' calibrations), reread
     when `amflow-edge commission learn` has written a new one; None where the calibrations lie in several folders
     or the station was never commissioned."""
-    folders = {Path(path).parent for path in calibrations.values()}
-    if len(folders) != 1:
+    folder = _calibration_folder(calibrations)
+    if folder is None:
+        log.warning(
+            "station model not read: the cameras' calibrations lie in several folders", folders=len(calibrations)
+        )
         return None
-    path = next(iter(folders)) / "station_model.json"  # inspection.station_model.model.STATION_MODEL_FILE
+    path = folder / "station_model.json"  # inspection.station_model.model.STATION_MODEL_FILE
     try:
         stat = os.stat(path)
     except FileNotFoundError:
@@ -144,7 +153,13 @@ def run_job(job_json: str) -> str:
 
 
 def _run_job(job: InspectionJob) -> str:
-    from amflow_edge.inspection.inspect import inspect_scan, outline_doubt, read_image, station_light
+    from amflow_edge.inspection.inspect import (
+        inspect_scan,
+        intact_readings,
+        outline_doubt,
+        read_image,
+        station_light,
+    )
 
     names = sorted(job.calibrations)
     with structlog.contextvars.bound_contextvars(scan=job.scan_uuid):  # the worker's lines name the scan too
@@ -154,7 +169,7 @@ def _run_job(job: InspectionJob) -> str:
         if job.design_material is None or job.design_path is None:
             return _identify_and_inspect(job, images, references, cameras).model_dump_json()
         station = _station_model(job.calibrations)
-        light, doubt = station_light(station, references)
+        light, doubt = station_light(station, references, _calibration_folder(job.calibrations))
         report = inspect_scan(
             images,
             references,
@@ -168,6 +183,7 @@ def _run_job(job: InspectionJob) -> str:
             light=light,
             light_doubt=doubt,
             outline_doubt=outline_doubt(station),
+            intact=intact_readings(station),
         )
     return JobResult(report=report).model_dump_json()
 
@@ -180,10 +196,10 @@ def _identify_and_inspect(
 ) -> JobResult:
     """One job: which design, then the inspection against it from the same segmentation and pose."""
     from amflow_edge.inspection.identification.pipeline import identify_and_inspect
-    from amflow_edge.inspection.inspect import outline_doubt, station_light
+    from amflow_edge.inspection.inspect import intact_readings, outline_doubt, station_light
 
     station = _station_model(job.calibrations)
-    light, doubt = station_light(station, references)
+    light, doubt = station_light(station, references, _calibration_folder(job.calibrations))
     found, report = identify_and_inspect(
         images,
         references,
@@ -196,6 +212,7 @@ def _identify_and_inspect(
         light=light,
         light_doubt=doubt,
         outline_doubt=outline_doubt(station),
+        intact=intact_readings(station),
     )
     identified = IdentifiedAs(
         outcome=found.outcome,

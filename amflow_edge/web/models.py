@@ -114,8 +114,13 @@ class InspectionSummary(BaseModel):
     design_material: str = Field(description="The design the scan was compared against.")
     profile: str = Field(description="Inspection profile name.")
     created: str = Field(description="When the inspection ran (ISO 8601, UTC).")
-    qc_machine: bool = Field(description="True when every criterion passes.")
-    qc_needs_review: bool = Field(description="A value lies in a review band or the alignment is uncertain.")
+    qc_machine: bool = Field(
+        description="True when no criterion fails (criteria that abstained for want of evidence do not fail)."
+    )
+    qc_needs_review: bool = Field(
+        description="A value lies in a review band, the alignment is uncertain, no part was aligned, or (with no "
+        "failure) a criterion abstained."
+    )
     qc_reasons: list[str] = Field(description="Reasons of the failed (or, on review, borderline) criteria.")
     criteria: list[CriterionView] = Field(description="Every criterion with its value and verdict.")
     notes: list[str] = Field(description="What the inspection could not judge, or judged with care, in words.")

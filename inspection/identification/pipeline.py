@@ -136,6 +136,7 @@ def identify_and_inspect(
     light: LearnedLight | None = None,
     light_doubt: str | None = None,
     outline_doubt: str | None = None,
+    intact: Mapping[str, tuple[float, float]] | None = None,
 ) -> tuple[Identification, InspectionReport | None]:
     """Identify, write identification.json into out_dir, and inspect the chosen design at the identification's
     pose (no second segmentation or alignment); no inspection when no design was chosen."""
@@ -161,6 +162,7 @@ def identify_and_inspect(
         light=light,
         light_doubt=light_doubt,
         outline_doubt=outline_doubt,
+        intact=intact,
     )
     return identification, report
 

@@ -8,7 +8,8 @@ design at its found pose), and each camera's empty tray described (tray_appearan
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,13 +22,16 @@ from amflow_edge.inspection.align import AlignmentError, View, align, transform
 from amflow_edge.inspection.design_cache import design_model
 from amflow_edge.inspection.geometry.camera import CameraCalibration, load_rig
 from amflow_edge.inspection.geometry.raycast import triangle_scene
-from amflow_edge.inspection.inspect import InspectionInputError, read_scan_directory
-from amflow_edge.inspection.learned_light import FitSamples, HeldOut, learn_light_held_out
+from amflow_edge.inspection.inspect import InspectionInputError, inspect_scan, read_scan_directory
+from amflow_edge.inspection.learned_light import FitSamples, HeldOut, LearnedLight, LightLearning, learn_light_held_out
 from amflow_edge.inspection.metrics import model_masks
+from amflow_edge.inspection.models import InspectionMetrics
+from amflow_edge.inspection.profiles import NUMERIC_METRICS, load_profile
 from amflow_edge.inspection.segment import SegmentationError, segment_scan
 from amflow_edge.inspection.station_model.model import (
     HISTOGRAM_EDGES,
     CameraLightData,
+    IntactRange,
     LearnedScan,
     StationModel,
     calibration_digest,
@@ -68,6 +72,8 @@ class LearnedScanSamples:
     well this station's photos show where an intact part ends (0 in every camera when no part could be aligned)."""
     refused: str | None = None
     """Why the scan teaches the light nothing (its part could not be aligned); its outlines still count."""
+    measure: Callable[[LearnedLight], InspectionMetrics | None] | None = None
+    """The scan inspected against its design at its found pose with a light: what its intact part reads here."""
 
 
 def samples_of_scan_directory(
@@ -114,7 +120,9 @@ def samples_of_scan(
         return LearnedScanSamples(source, design, [], _empty_scene(), dict.fromkeys(cameras_of(views), 0.0), refused)
     masks = model_masks(model, views, alignment.pose)
     scene = triangle_scene(transform(alignment.pose, model.vertices), model.faces)
-    ious = {view.calib.name: _iou(view, masks[view.calib.name]) for view in views if view.calib.name in masks}
+    ious: dict[str, float] = {
+        view.calib.name: _iou(view, masks[view.calib.name]) for view in views if view.calib.name in masks
+    }
     if alignment.inlier_fraction < MIN_INLIER_FRACTION:
         refused = (
             f"{source}: the part could not be aligned: only {100 * alignment.inlier_fraction:.0f} % of the design's "
@@ -123,7 +131,22 @@ def samples_of_scan(
         )
         return LearnedScanSamples(source, design, [], scene, ious, refused)
     samples = surface_samples(model, views, alignment.pose, images, masks)
-    return LearnedScanSamples(source, design, samples, scene, ious)
+
+    def measure(light: LearnedLight) -> InspectionMetrics | None:
+        return inspect_scan(
+            images,
+            references,
+            cameras,
+            mesh_mm,
+            design,
+            load_profile("default"),
+            cache_dir=cache_dir,
+            views=views,
+            alignment=alignment,
+            light=light,
+        ).metrics
+
+    return LearnedScanSamples(source, design, samples, scene, ious, measure=measure)
 
 
 def cameras_of(views: Sequence[View]) -> list[str]:
@@ -175,13 +198,14 @@ def learn_station_model(
             continue
         usable.append(scan)
         fit_scans.append(fit)
-    if len(usable) < MIN_SCANS:
-        why = "".join(f"\n  - {reason}" for reason in left_out)
+    if len(scans) < MIN_SCANS:
         raise CommissioningError(
-            f"{len(usable)} usable scan(s) of {len(scans)}; commissioning needs at least {MIN_SCANS} scans of intact "
-            "parts whose part could be aligned (better 3 to 5 of different designs), since the light is checked on "
-            f"scans left out of its fit{why}"
+            f"{len(scans)} scan(s) given; commissioning needs at least {MIN_SCANS} scans of intact parts (better 8 of "
+            "different designs), since the light is checked on scans left out of its fit"
         )
+    if len(usable) < MIN_SCANS:
+        # The station's photos do not show where its parts end: that is what it learns, and says.
+        return _model(rig, references, scans, calibration_dir, None, [], [*notes, *_left_out(left_out)])
     counts = {
         camera: sum(len(s.photo) for fit in fit_scans for s in fit if s.key.endswith(f"/{camera}"))
         for camera in cameras
@@ -194,24 +218,56 @@ def learn_station_model(
                 "sees them well"
             )
     learning = learn_light_held_out(fit_scans, np.array([c.centre for c in rig]))
+    intact = _intact_ranges([scan.measure(learning.light) for scan in usable if scan.measure is not None])
+    learned = [
+        LearnedScan(source=scan.source, design=scan.design, gain=_scan_gain(learning.gains, index))
+        for index, scan in enumerate(usable)
+    ]
+    model = _model(rig, references, scans, calibration_dir, learning, learned, [*notes, *_left_out(left_out)])
+    return model.model_copy(update={"intact": intact})
+
+
+def _intact_ranges(readings: Sequence[InspectionMetrics | None]) -> dict[str, IntactRange]:
+    """Per numeric metric, the range the intact parts read."""
+    found = [metrics for metrics in readings if metrics is not None]
+    ranges = {}
+    for metric in NUMERIC_METRICS:
+        values = [float(getattr(metrics, metric)) for metrics in found]
+        values = [v for v in values if math.isfinite(v)]
+        if values:
+            ranges[metric] = IntactRange(min=round(min(values), 4), max=round(max(values), 4), scans=len(values))
+    return ranges
+
+
+def _left_out(reasons: Sequence[str]) -> list[str]:
+    return [f"left out of the light: {reason}" for reason in reasons]
+
+
+def _model(
+    rig: Sequence[CameraCalibration],
+    references: Mapping[str, np.ndarray],
+    scans: Sequence[LearnedScanSamples],
+    calibration_dir: Path | str,
+    learning: LightLearning | None,
+    learned: list[LearnedScan],
+    notes: list[str],
+) -> StationModel:
+    held_out = [] if learning is None else learning.held_out
     return StationModel(
         version=1,
         created=datetime.now(UTC),
         calibration_digest=calibration_digest(calibration_dir),
-        light=learning.light.record(learning.samples),
+        light=None if learning is None else learning.light.record(learning.samples),
         cameras={
-            camera: camera_look(
-                camera_light([h for h in learning.held_out if h.key.endswith(f"/{camera}")]),
-                TrayAppearance.of(camera, references[camera]),
-                _median([scan.outline_iou[camera] for scan in scans if camera in scan.outline_iou]),
+            calib.name: camera_look(
+                camera_light([h for h in held_out if h.key.endswith(f"/{calib.name}")]),
+                TrayAppearance.of(calib.name, references[calib.name]),
+                _median([scan.outline_iou[calib.name] for scan in scans if calib.name in scan.outline_iou]),
             )
-            for camera in cameras
+            for calib in rig
         },
-        scans=[
-            LearnedScan(source=scan.source, design=scan.design, gain=_scan_gain(learning.gains, index))
-            for index, scan in enumerate(usable)
-        ],
-        notes=[*notes, *(f"left out of the light: {reason}" for reason in left_out)],
+        scans=learned,
+        notes=notes,
     )
 
 
@@ -236,7 +292,7 @@ def camera_light(held_out: Sequence[HeldOut]) -> CameraLightData:
         )
     residual = np.concatenate([h.residual for h in held_out]).astype(np.float64)
     prediction = np.concatenate([h.prediction for h in held_out]).astype(np.float64)
-    # photo ÷ gain, the gain being each key's median ratio: (1 + residual) × prediction.
+    # photo ÷ gain with the fitted highlights taken off: (1 + residual) × prediction.
     normalised = (1.0 + residual) * prediction
     total = float(np.sum((normalised - normalised.mean()) ** 2))
     unexplained = float(np.sum((normalised - prediction) ** 2))

@@ -9,6 +9,7 @@ version, written atomically.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import re
@@ -96,6 +97,16 @@ class CameraLook(BaseModel):
     )
 
 
+class IntactRange(BaseModel):
+    """What one metric read over the intact parts commissioning inspected."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    min: float = Field(description="Smallest value read.")
+    max: float = Field(description="Largest value read.")
+    scans: int = Field(ge=1, description="Intact parts it was read on.")
+
+
 class LearnedScan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -120,11 +131,17 @@ class StationModel(BaseModel):
         pattern=r"^[0-9a-f]{64}$",
         description="sha256 over the camNN.yaml files (name and content, in camera order) it was learned through.",
     )
-    light: LearnedLightRecord = Field(
-        description="The station's light: lamps with weights, learned from every camera's view of intact parts."
+    light: LearnedLightRecord | None = Field(
+        description="The station's light: lamps with weights, learned from every camera's view of intact parts; "
+        "null when fewer than two of them could be aligned (the station's photos do not show where parts end)."
     )
     cameras: dict[str, CameraLook] = Field(min_length=1, description="Per camera name, what was learned.")
-    scans: list[LearnedScan] = Field(min_length=1, description="The intact-part scans it was learned from.")
+    scans: list[LearnedScan] = Field(description="The intact-part scans the light was learned from.")
+    intact: dict[str, IntactRange] = Field(
+        default_factory=dict,
+        description="Per metric, what the intact parts learned from read when inspected with the learned light: a "
+        "criterion whose limit intact parts of this station already cross cannot tell a defect here, and abstains.",
+    )
     notes: list[str] = Field(default_factory=list, description="What anyone should know about how it was learned.")
 
     @field_validator("created")
@@ -134,9 +151,9 @@ class StationModel(BaseModel):
             raise ValueError("give a time zone (UTC)")
         return value.astimezone(UTC)
 
-    def learned_light(self) -> LearnedLight:
-        """The light as the shading comparison uses it."""
-        return self.light.light()
+    def learned_light(self) -> LearnedLight | None:
+        """The light as the shading comparison uses it; None where none could be learned."""
+        return None if self.light is None else self.light.light()
 
     def camera_light(self, camera: str) -> CameraLightData:
         return self._look(camera).light
@@ -179,7 +196,11 @@ def encode_png(image: np.ndarray) -> str:
 
 
 def decode_png(text: str) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(base64.b64decode(text), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        data = base64.b64decode(text, validate=True)
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    except (binascii.Error, ValueError, cv2.error):
+        image = None
     if image is None:
         raise StationModelError(f"a tray thumbnail is not a readable PNG; {HOW_TO_FIX}")
     return np.asarray(image, dtype=np.uint8)

@@ -79,15 +79,16 @@ class CommissionReport(BaseModel):
 
 
 def commission_report(model: StationModel, pictures: list[str] | None = None) -> CommissionReport:
+    light = model.learned_light()
     return CommissionReport(
         version=model.version,
         created=model.created,
         calibration_digest=model.calibration_digest,
         scans=[f"{scan.source} ({scan.design}, gain {scan.gain:.3f})" for scan in model.scans],
-        lamps=lamp_summaries(model.learned_light()),
-        constant=round(model.light.constant, 3),
-        spread=round(model.light.spread, 5),
-        samples=model.light.samples,
+        lamps=[] if light is None else lamp_summaries(light),
+        constant=0.0 if model.light is None else round(model.light.constant, 3),
+        spread=0.0 if model.light is None else round(model.light.spread, 5),
+        samples=0 if model.light is None else model.light.samples,
         cameras=[_camera_summary(model, camera) for camera in sorted(model.cameras)],
         notes=list(model.notes),
         pictures=pictures or [],
@@ -170,13 +171,17 @@ def contact_sheet(model: StationModel) -> np.ndarray:
     title = f"station model v{model.version}  {model.created:%Y-%m-%d %H:%M} UTC  {len(model.scans)} scans"
     cv2.putText(sheet, title, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.7, _WHITE, 2, cv2.LINE_AA)
     every = np.sum([model.camera_light(camera).residual_histogram for camera in cameras], axis=0)
-    lamps = lamp_summaries(light)
-    rows = [
-        (
-            f"light: {len(lamps)} lamps, held-out spread {100 * model.light.spread:.1f} % (all cameras)",
-            [light_tile(light), _lamps_tile(lamps), _histogram_tile(np.asarray(every))],
-        )
+    rows: list[tuple[str, list[np.ndarray]]] = [
+        ("no light learned: too few intact parts could be aligned", [_histogram_tile(np.asarray(every))])
     ]
+    if light is not None and model.light is not None:
+        lamps = lamp_summaries(light)
+        rows = [
+            (
+                f"light: {len(lamps)} lamps, held-out spread {100 * model.light.spread:.1f} % (all cameras)",
+                [light_tile(light), _lamps_tile(lamps), _histogram_tile(np.asarray(every))],
+            )
+        ]
     for camera in cameras:
         figures = model.camera_light(camera)
         tray = model.tray(camera)

@@ -37,6 +37,9 @@ MIN_CORRELATION = 0.6
 """Correlation of the downsampled detail below which the tray is not the one commissioned (or not seen from the
 same place): the same tray with new sensor noise correlates above 0.9, an unrelated texture near 0."""
 LOW_LIGHT = 1e-3
+MIN_PATTERN = 0.01
+"""A commissioned tray whose thumbnail varies by less than this (relative) has no pattern to recognise: a plain white
+or black plate, whose correlation with itself is that of two noises. It is judged by brightness and contrast only."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,8 @@ class TrayAppearance:
             reasons.append(
                 f"tray {100 * (brightness - 1):.0f} % brighter than at commissioning: a new lamp, daylight, or the exposure changed?"
             )
-        if correlation < MIN_CORRELATION:
+        patterned = float(np.std(_detail(self.thumbnail))) >= MIN_PATTERN
+        if patterned and correlation < MIN_CORRELATION:
             reasons.append(
                 f"tray texture differs (correlation {correlation:.2f}): was the tray swapped or a camera moved?"
             )
