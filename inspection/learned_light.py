@@ -372,6 +372,10 @@ def _fit(
     solution *= middle
     gains /= middle
     light_weights = solution[1:]
+    if not np.any(light_weights > 0):
+        raise ValueError(
+            "no lamp explains the intact parts' shading (every weight is zero): are the scans exposed, and of parts?"
+        )
     keep = light_weights > MIN_WEIGHT_SHARE * max(float(light_weights.sum()), 1e-9)
     light = LearnedLight(
         lamps[keep].copy(), light_weights[keep].astype(np.float32), float(solution[0]), 0.0, shininess or SHININESS[0]

@@ -87,7 +87,13 @@ def judge(
     for criterion in profile.criteria:
         value = None if metrics is None else float(getattr(metrics, criterion.metric))
         verdict: Verdict = "fail" if value is None else criterion.judge(value)
-        if metrics is not None and criterion.metric in metrics.abstained or value is not None and verdict != "pass" and _crossed_by_intact(criterion, intact):
+        if (
+            metrics is not None
+            and criterion.metric in metrics.abstained
+            or value is not None
+            and verdict != "pass"
+            and _crossed_by_intact(criterion, intact)
+        ):
             verdict = "abstain"
         results.append(_result(criterion, value, verdict))
     reasons: list[Reason] = []

@@ -14,8 +14,8 @@ from amflow_edge.drivers.simulator.render import Renderer
 from amflow_edge.inspection.designs import load_mesh_mm
 from amflow_edge.inspection.geometry.camera import CameraCalibration, load_rig
 from amflow_edge.inspection.geometry.placement import place_on_tray
-from amflow_edge.inspection.learned_light import LearnedLight
-from amflow_edge.inspection.station_model.model import load_station_model
+from amflow_edge.inspection.learned_light import LearnedLight, LearnedLightRecord
+from amflow_edge.inspection.station_model.model import StationModel, load_station_model
 
 REPO = Path(__file__).resolve().parent.parent
 DESIGNS = REPO / "config" / "designs"
@@ -34,6 +34,18 @@ def demo_light() -> LearnedLight:
     light = None if station is None else station.learned_light()
     assert light is not None, "config/calibration/demo/station_model.json has no light: run scripts/commission-demo-rig"
     return light
+
+
+def light_of(model: StationModel) -> LearnedLight:
+    """A station model's learned light, which the test expects it to have."""
+    light = model.learned_light()
+    assert light is not None, "the model learned no light"
+    return light
+
+
+def light_record_of(model: StationModel) -> LearnedLightRecord:
+    assert model.light is not None, "the model learned no light"
+    return model.light
 
 
 @lru_cache(maxsize=1)

@@ -12,26 +12,14 @@ import pytest
 from amflow_edge.drivers.simulator.looks import load_look, load_material
 from amflow_edge.drivers.simulator.render import Renderer
 from amflow_edge.inspection.inspect import inspect_scan, station_light
-from amflow_edge.inspection.learned_light import LearnedLight, LearnedLightRecord
 from amflow_edge.inspection.models import InspectionMetrics
 from amflow_edge.inspection.profiles import load_profile
 from amflow_edge.inspection.report import judge
 from amflow_edge.inspection.segment import segment_scan
-from amflow_edge.inspection.station_model.model import StationModel, load_station_model
-from tests.inspection_scenes import REPO, demo_light, design, empty, placed, rig
+from amflow_edge.inspection.station_model.model import load_station_model
+from tests.inspection_scenes import REPO, demo_light, design, empty, light_of, placed, rig
 
 NAME, SEED = "cross_knob_ck40", 3
-
-
-def _light(model: StationModel) -> LearnedLight:
-    light = model.learned_light()
-    assert light is not None, "the model learned no light"
-    return light
-
-
-def _record(model: StationModel) -> LearnedLightRecord:
-    assert model.light is not None, "the model learned no light"
-    return model.light
 
 
 def _metrics(**values: object) -> InspectionMetrics:
@@ -205,7 +193,7 @@ def test_the_worker_reads_the_station_model_beside_the_cameras_calibrations_and_
     shutil.copytree(REPO / "config" / "calibration" / "demo", tmp_path / "cal")
     calibrations = {f"cam0{i}": tmp_path / "cal" / f"cam0{i}.yaml" for i in range(1, 6)}
     station = _station_model(calibrations)
-    assert station is not None and _light(station).spread > 0
+    assert station is not None and light_of(station).spread > 0
 
     elsewhere = dict(calibrations, cam05=REPO / "config" / "calibration" / "demo" / "cam05.yaml")
     assert _station_model(elsewhere) is None, "calibrations in two folders name no one station model"
@@ -255,3 +243,16 @@ def test_a_station_whose_photos_did_not_show_intact_parts_outlines_at_commission
         "abstain"
     }
     assert any("commissioning" in note for note in report.notes)
+
+
+def test_a_recalibrated_station_does_not_trust_the_light_learned_through_its_old_calibration(tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(REPO / "config" / "calibration" / "demo", tmp_path / "cal")
+    station = load_station_model(tmp_path / "cal")
+    light, doubt = station_light(station, empty(11), tmp_path / "cal")
+    assert light is not None and doubt is None
+    yaml = tmp_path / "cal" / "cam03.yaml"
+    yaml.write_text(yaml.read_text() + "\n# recalibrated\n")
+    _, doubt = station_light(station, empty(11), tmp_path / "cal")
+    assert doubt is not None and "calibrated again" in doubt

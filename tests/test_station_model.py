@@ -23,7 +23,6 @@ from amflow_edge.inspection.geometry.raycast import triangle_scene
 from amflow_edge.inspection.learned_light import (
     FitSamples,
     LearnedLight,
-    LearnedLightRecord,
     candidate_lamps,
     fit_light,
     learn_light_held_out,
@@ -54,6 +53,7 @@ from amflow_edge.inspection.station_model.report import (
 )
 from amflow_edge.inspection.station_model.tray_appearance import TrayAppearance
 from amflow_edge.inspection.surface_samples import SurfaceSamples
+from tests.inspection_scenes import light_of, light_record_of
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CALIBRATION = REPO / "config" / "calibration" / "demo"
@@ -72,17 +72,6 @@ its floor."""
 SCAN_GAINS = (1.0, 0.8, 1.25, 0.9, 1.1)
 CAMERA_GAINS = {"camA": 1.0, "camB": 0.85}
 NOISE = 0.03
-
-
-def _light(model: StationModel) -> LearnedLight:
-    light = model.learned_light()
-    assert light is not None, "the model learned no light"
-    return light
-
-
-def _record(model: StationModel) -> LearnedLightRecord:
-    assert model.light is not None, "the model learned no light"
-    return model.light
 
 
 def part() -> list[trimesh.Trimesh]:
@@ -347,11 +336,11 @@ def test_a_loaded_model_predicts_and_compares_as_the_learned_one(
     loaded = load_station_model(calibration)
     assert loaded is not None
     scan = synthetic_scan(4)
-    before = _light(synthetic_model).expected(scan.scene, scan.points, scan.normals)
-    after = _light(loaded).expected(scan.scene, scan.points, scan.normals)
+    before = light_of(synthetic_model).expected(scan.scene, scan.points, scan.normals)
+    after = light_of(loaded).expected(scan.scene, scan.points, scan.normals)
     assert after == pytest.approx(before, rel=1e-4)
-    assert _light(loaded).spread == pytest.approx(_record(synthetic_model).spread)
-    assert NOISE < _record(loaded).spread < 2 * NOISE
+    assert light_of(loaded).spread == pytest.approx(light_record_of(synthetic_model).spread)
+    assert NOISE < light_record_of(loaded).spread < 2 * NOISE
     assert all(NOISE < loaded.camera_light(camera).spread < 2 * NOISE for camera in RIG_CAMERAS)
     assert not loaded.tray("cam04").compare(tray(1, 77)).changed
     assert [scan.gain for scan in loaded.scans] == pytest.approx(
@@ -412,7 +401,7 @@ def test_the_demo_rig_ships_commissioned_for_its_calibration() -> None:
     assert model is not None, "run scripts/commission-demo-rig"
     assert model.calibration_digest == calibration_digest(DEMO_CALIBRATION), "run scripts/commission-demo-rig"
     assert sorted(model.cameras) == list(RIG_CAMERAS)
-    assert 0 < _record(model).spread < 0.05 and len(_light(model).lamps) >= 1
+    assert 0 < light_record_of(model).spread < 0.05 and len(light_of(model).lamps) >= 1
     assert model.intact["silhouette_iou_min"].min > 0.9 and model.intact["surface_defect_contrast"].scans >= 2
     assert not list(DEMO_CALIBRATION.glob("station_model.v*.json"))
 
@@ -465,7 +454,7 @@ def test_commission_learns_the_demo_look_and_shows_it(
 
     model = load_station_model(calibration)
     assert model is not None and model.version == 1 and len(model.scans) == 3
-    assert 0.0 < _record(model).spread < 0.05
+    assert 0.0 < light_record_of(model).spread < 0.05
     # cam01 looks straight down: it sees nearly only upward faces, whose shading hardly varies, so there is
     # little for a light to explain; the side cameras see the part's shading.
     for camera in ("cam02", "cam03", "cam04", "cam05"):
@@ -480,7 +469,10 @@ def test_commission_learns_the_demo_look_and_shows_it(
     assert main(["commission", "show", "--calibration", str(calibration)]) == 0
     shown = capsys.readouterr().out
     assert "station model v1" in shown and "v1" in shown.split("versions:")[1]
-    assert f"{len(_record(model).lamps)} lamps, held-out spread {100 * _record(model).spread:.1f} %" in shown
+    assert (
+        f"{len(light_record_of(model).lamps)} lamps, held-out spread {100 * light_record_of(model).spread:.1f} %"
+        in shown
+    )
 
 
 def test_commission_learn_refuses_bad_input_with_exit_2(
@@ -497,3 +489,22 @@ def test_commission_learn_refuses_bad_input_with_exit_2(
     assert main([*one, "--scan", f"{other}={broken}"]) == 2
     assert str(broken) in capsys.readouterr().err
     assert not (calibration / STATION_MODEL_FILE).exists()
+
+
+@pytest.mark.parametrize("thumbnail", ["abc", "!!!!", ""])
+def test_a_damaged_tray_thumbnail_is_a_named_error_not_a_crash(thumbnail: str, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    shutil.copy(REPO / "config" / "calibration" / "demo" / "station_model.json", tmp_path / "station_model.json")
+    data = json.loads((tmp_path / "station_model.json").read_text())
+    data["cameras"]["cam02"]["tray"]["thumbnail_png"] = thumbnail
+    (tmp_path / "station_model.json").write_text(json.dumps(data))
+    with pytest.raises(StationModelError, match="commission learn"):
+        _tray_of_a_loaded_model(tmp_path, "cam02")
+
+
+def _tray_of_a_loaded_model(directory: Path, camera: str) -> TrayAppearance:
+    station = load_station_model(directory)
+    assert station is not None
+    return station.tray(camera)

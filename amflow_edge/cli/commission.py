@@ -132,7 +132,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if unseen is not None:
         print(f"warning: {unseen}", file=sys.stderr)
     if args.report is not None:
-        write_commission_report(saved, args.report)
+        try:
+            write_commission_report(saved, args.report)
+        except OSError as exc:
+            return _fail(f"the model is saved, but not the report: {exc}; check that {args.report} is writable")
         print(f"report: {args.report}")
     return 0
 

@@ -35,12 +35,12 @@ from amflow_edge.inspection.geometry.lighting import (
     PART_GRAIN_FINE,
     PART_SPECULAR,
     SHADOW_EPS_MM,
-    SHADOW_GRID_POINTS,
     Light,
     ShadowGrid,
     _cell_noise,
     _cosine_directions,
     _perpendicular_basis,
+    shadow_grid_points,
 )
 from amflow_edge.inspection.geometry.raycast import PlacedPart, surface_normals, tensor
 
@@ -146,12 +146,7 @@ class LookLighting:
     def shadow_grid(self, scene: o3d.t.geometry.RaycastingScene, support: np.ndarray) -> ShadowGrid:
         """Shadows of every light and the dome's contact shadow, traced once per scene in tray coordinates."""
         low, high = self._shadow_extent(support)
-        cell = max(0.35, math.sqrt(float(np.prod(high - low)) / SHADOW_GRID_POINTS))
-        nx, ny = int(math.ceil((high[0] - low[0]) / cell)), int(math.ceil((high[1] - low[1]) / cell))
-        gx = low[0] + (np.arange(nx, dtype=np.float32) + 0.5) * cell
-        gy = low[1] + (np.arange(ny, dtype=np.float32) + 0.5) * cell
-        px, py = (a.ravel() for a in np.meshgrid(gx, gy))
-        origins = np.column_stack([px, py, np.full_like(px, SHADOW_EPS_MM)]).astype(np.float32)
+        origins, nx, ny, cell = shadow_grid_points(low, high)
         rng = np.random.default_rng(_SAMPLING_SEED)
         count = len(origins)
 

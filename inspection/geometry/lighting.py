@@ -84,12 +84,7 @@ class Lighting:
             boxes.append((shadow.min(axis=0) - penumbra, shadow.max(axis=0) + penumbra))
         low = np.min([box[0] for box in boxes], axis=0)
         high = np.max([box[1] for box in boxes], axis=0)
-        cell = max(0.35, math.sqrt(float(np.prod(high - low)) / SHADOW_GRID_POINTS))
-        nx, ny = int(math.ceil((high[0] - low[0]) / cell)), int(math.ceil((high[1] - low[1]) / cell))
-        gx = low[0] + (np.arange(nx, dtype=np.float32) + 0.5) * cell
-        gy = low[1] + (np.arange(ny, dtype=np.float32) + 0.5) * cell
-        px, py = (a.ravel() for a in np.meshgrid(gx, gy))
-        origins = np.column_stack([px, py, np.full_like(px, SHADOW_EPS_MM)]).astype(np.float32)
+        origins, nx, ny, cell = shadow_grid_points(low, high)
         rng = np.random.default_rng(_SAMPLING_SEED)
         count = len(origins)
 
@@ -228,6 +223,17 @@ def _incidence(light: Light, p: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, 
     d2 = (to_light * to_light).sum(axis=0)
     inv = 1.0 / np.sqrt(d2)
     return to_light, inv, (n * to_light).sum(axis=0) * inv, light.intensity * light.reference_distance**2 / d2
+
+
+def shadow_grid_points(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, int, int, float]:
+    """The tray points a shadow grid over [low, high] (mm) is traced from, just above the tray, row by row; and the
+    grid's columns, rows and cell size (SHADOW_GRID_POINTS cells at most, none finer than 0.35 mm)."""
+    cell = max(0.35, math.sqrt(float(np.prod(high - low)) / SHADOW_GRID_POINTS))
+    nx, ny = int(math.ceil((high[0] - low[0]) / cell)), int(math.ceil((high[1] - low[1]) / cell))
+    gx = low[0] + (np.arange(nx, dtype=np.float32) + 0.5) * cell
+    gy = low[1] + (np.arange(ny, dtype=np.float32) + 0.5) * cell
+    px, py = (a.ravel() for a in np.meshgrid(gx, gy))
+    return np.column_stack([px, py, np.full_like(px, SHADOW_EPS_MM)]).astype(np.float32), nx, ny, cell
 
 
 def shadow_factor(grid: ShadowGrid, centre: np.ndarray, rays: np.ndarray) -> np.ndarray:

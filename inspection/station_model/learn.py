@@ -217,7 +217,10 @@ def learn_station_model(
                 f"{MIN_CAMERA_SAMPLES} are needed; add scans of larger parts, or of parts placed where this camera "
                 "sees them well"
             )
-    learning = learn_light_held_out(fit_scans, np.array([c.centre for c in rig]))
+    try:
+        learning = learn_light_held_out(fit_scans, np.array([c.centre for c in rig]))
+    except ValueError as exc:
+        raise CommissioningError(str(exc)) from None
     intact = _intact_ranges([scan.measure(learning.light) for scan in usable if scan.measure is not None])
     learned = [
         LearnedScan(source=scan.source, design=scan.design, gain=_scan_gain(learning.gains, index))
