@@ -18,15 +18,14 @@ import numpy as np
 
 BRIGHT_RATIO = 1.15
 DARK_RATIO = 0.25
-MIN_EXPECTED_NCC = 0.35
-FULL_TEXTURE_NCC = 0.9
+MIN_EXPECTED_NCC = 0.6
 """The tray's texture tells tray from part where the tray would correlate with itself, through the noise of both
-images, at MIN_EXPECTED_NCC or more; NCC_TRAY and NCC_THRESHOLD hold where it would at FULL_TEXTURE_NCC (the demo
-tray) and shrink in proportion below, so a faint texture still counts, judged by what it can show."""
+images, at this or more (NCC_TRAY): below it a plate is plain, and the correlation would measure noise."""
 NEW_TEXTURE_SNR = 4.0
 PLAIN_BRIGHT_RATIO = 1.06
 HIDDEN_DARK = 1.2
-"""Below CLEAR_PART_EVIDENCE: see _plain_tray_evidence."""
+"""Below CLEAR_PART_EVIDENCE: see _hidden_dark."""
+HIDDEN_WIDTH_PX = 15
 SHADOW_RATIO = 0.5
 PART_RATIO = 0.35
 """Where the tray shows no texture to tell a shadow by, a pixel darker than SHADOW_RATIO of the empty tray starts to
@@ -170,48 +169,53 @@ def _evidence(im: np.ndarray, ref: np.ndarray, noise_var: float = 0.25) -> Evide
     var_i = blur(wi * im, NCC_SIGMA_PX) / norm - mi * mi
     var_r = blur(wr * ref, NCC_SIGMA_PX) / norm - mr * mr
     ncc = cov / np.sqrt(np.maximum(var_i * var_r, 1e-2))
-    # What the tray correlates with itself at, through both images' noise: texture ÷ (texture + noise); and, below
-    # DARK_RATIO, what it would still were it only darkened by `ratio` (a deep shadow scales its texture down, not
-    # the noise): r·t / √((r²·t + noise)(t + noise)). Above DARK_RATIO a shadow keeps enough texture to show.
+    # A plate is plain where its texture does not stand out of the noise, texture ÷ (texture + noise) below
+    # MIN_EXPECTED_NCC; on any other the correlation is judged above DARK_RATIO as it always was, and below it, where
+    # a deep shadow may scale the texture into the noise (r·t / √((r²·t + noise)(t + noise)), what the tray would
+    # still correlate at), a darkness hiding it counts as _hidden_dark.
     texture = np.maximum(var_r - noise_var, 0.0)
-    r = np.clip(ratio, 0.0, 1.0)
-    expected = np.where(
-        ratio > DARK_RATIO,
-        texture / (texture + noise_var),
-        r * texture / np.sqrt(np.maximum((r * r * texture + noise_var) * (texture + noise_var), 1e-6)),
-    )
-    textured = expected >= MIN_EXPECTED_NCC
     plain_tray = texture < MIN_EXPECTED_NCC / (1.0 - MIN_EXPECTED_NCC) * noise_var
-    scale = np.minimum(expected / FULL_TEXTURE_NCC, 1.0)
+    r = np.clip(ratio, 0.0, 1.0)
+    shown = r * texture / np.sqrt(np.maximum((r * r * texture + noise_var) * (texture + noise_var), 1e-6))
+    lit = ~plain_tray & (ratio > DARK_RATIO)
+    deep = ~plain_tray & ~lit
     bright = (ratio - 1.0) / (BRIGHT_RATIO - 1.0)
-    uncorrelated = np.where(textured, (NCC_TRAY * scale - ncc) / ((NCC_TRAY - NCC_THRESHOLD) * scale + 1e-6), 0.0)
-    plain = _plain_tray_evidence(im, ref, ratio, noise_var, darker=plain_tray)
-    cues = np.maximum(bright, np.where(textured, uncorrelated, plain))
+    uncorrelated = (NCC_TRAY - ncc) / (NCC_TRAY - NCC_THRESHOLD)
+    in_the_dark = np.where(_hidden_dark(deep & (shown < MIN_EXPECTED_NCC)), HIDDEN_DARK, 0.0)
+    plain = _plain_tray_evidence(im, ref, ratio, noise_var)
+    cues = np.maximum(bright, np.where(lit, uncorrelated, np.where(deep, in_the_dark, plain)))
     score = blur(np.clip(cues, 0.0, 2.0).astype(np.float32), SCORE_SIGMA_PX)
     clear_tray = (score < CLEAR_TRAY_EVIDENCE) & (ratio > DARK_RATIO) & ~_near_tray_edge(ref)
     return Evidence(score, clear_tray, score > CLEAR_PART_EVIDENCE)
 
 
-def _plain_tray_evidence(
-    im: np.ndarray, ref: np.ndarray, ratio: np.ndarray, noise_var: float, darker: np.ndarray
-) -> np.ndarray:
-    """Part evidence where no tray texture shows above the noise, so a shadow cannot be told by it.
-
-    On a plain plate (`darker`: white, black, anodised) a part is what brightens it beyond its noise
-    (PLAIN_BRIGHT_RATIO), brings texture of its own (its grain, its faces' edges), which a soft shadow never
-    does (NEW_TEXTURE_SNR), or darkens it more than the station's overlapping lights let a shadow (SHADOW_RATIO).
-    On a textured plate a darkness that hides its texture is a deep shadow as often as a part (the floor of a
-    hole seen from above, with the hole's walls for texture, or a black part's face), so it gets HIDDEN_DARK:
-    part for the outline the fit needs, never part beyond doubt, so that no material is judged extra on it.
-    """
+def _plain_tray_evidence(im: np.ndarray, ref: np.ndarray, ratio: np.ndarray, noise_var: float) -> np.ndarray:
+    """Part evidence on a plain plate (white, black, anodised), whose texture does not stand out of the noise, so a
+    shadow cannot be told by it: a part is what brightens it beyond its noise (PLAIN_BRIGHT_RATIO), brings texture
+    of its own (its grain, its faces' edges), which a soft shadow never does (NEW_TEXTURE_SNR), or darkens it more
+    than the station's overlapping lights let a shadow (SHADOW_RATIO). Only brightness proves part beyond doubt
+    there: a deep shadow can be as dark, and a window straddling a part's edge gains the edge's texture, so those
+    cues reach HIDDEN_DARK at most and no material is judged extra on them."""
     blur = lambda a, s: cv2.GaussianBlur(a, (0, 0), s)  # noqa: E731
     mean_i, mean_r = blur(im, NCC_SIGMA_PX), blur(ref, NCC_SIGMA_PX)
     var_i = blur(im * im, NCC_SIGMA_PX) - mean_i * mean_i
     var_r = blur(ref * ref, NCC_SIGMA_PX) - mean_r * mean_r
     new_texture = (var_i - var_r - noise_var) / (NEW_TEXTURE_SNR * noise_var)
     brighter = (ratio - 1.0) / (PLAIN_BRIGHT_RATIO - 1.0)
-    plain = np.maximum(np.maximum(new_texture, brighter), (SHADOW_RATIO - ratio) / (SHADOW_RATIO - PART_RATIO))
-    return np.where(darker, plain, np.where(ratio < SHADOW_RATIO, HIDDEN_DARK, 0.0))
+    darker = (SHADOW_RATIO - ratio) / (SHADOW_RATIO - PART_RATIO)
+    return np.maximum(brighter, np.minimum(np.maximum(new_texture, darker), HIDDEN_DARK))
+
+
+def _hidden_dark(dark: np.ndarray) -> np.ndarray:
+    """Of a textured tray's pixels so dark that its texture cannot show, those in patches at least HIDDEN_WIDTH_PX
+    across: a dyed-black part's face, or the floor of a hole seen from above, as part for the fit (HIDDEN_DARK,
+    never part beyond doubt, so no material is judged extra on it); not the thin contact shadow along a part's
+    base, which would widen every outline it runs along (a propped part read 2.9° of curl from it)."""
+    if not dark.any():
+        return dark
+    size = HIDDEN_WIDTH_PX
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    return cv2.morphologyEx(dark.astype(np.uint8), cv2.MORPH_OPEN, disc).astype(bool)
 
 
 def _near_tray_edge(ref: np.ndarray) -> np.ndarray:
