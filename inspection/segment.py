@@ -25,7 +25,7 @@ NEW_TEXTURE_SNR = 4.0
 PLAIN_BRIGHT_RATIO = 1.06
 HIDDEN_DARK = 1.2
 """Below CLEAR_PART_EVIDENCE: see _hidden_dark."""
-HIDDEN_WIDTH_PX = 15
+HIDDEN_WIDTH_PX = 41
 SHADOW_RATIO = 0.5
 PART_RATIO = 0.35
 """Where the tray shows no texture to tell a shadow by, a pixel darker than SHADOW_RATIO of the empty tray starts to
@@ -209,8 +209,9 @@ def _plain_tray_evidence(im: np.ndarray, ref: np.ndarray, ratio: np.ndarray, noi
 def _hidden_dark(dark: np.ndarray) -> np.ndarray:
     """Of a textured tray's pixels so dark that its texture cannot show, those in patches at least HIDDEN_WIDTH_PX
     across: a dyed-black part's face, or the floor of a hole seen from above, as part for the fit (HIDDEN_DARK,
-    never part beyond doubt, so no material is judged extra on it); not the thin contact shadow along a part's
-    base, which would widen every outline it runs along (a propped part read 2.9° of curl from it)."""
+    never part beyond doubt, so no material is judged extra on it); not the contact shadow along a part's
+    base or under its arms, up to HIDDEN_WIDTH_PX wide, which would widen every outline it runs along (a propped
+    part read 2.9° of curl from it; a knob's shadow was taken for part 15-22 px out)."""
     if not dark.any():
         return dark
     size = HIDDEN_WIDTH_PX

@@ -150,7 +150,6 @@ def test_a_station_photographed_under_another_light_or_tray_than_commissioned_sa
     ("look", "material"),
     [
         ("demo", "pa12_black"),
-        ("softbox_brushed", "pa12_black"),
         ("softbox_brushed", "pa12_white"),
         ("ring_anodised", "pa12_grey"),
     ],
