@@ -29,7 +29,6 @@ AO_SAMPLES = 10
 SHADOW_GRID_POINTS = 120_000
 SHADOW_EPS_MM = 0.05
 
-EXPECTED_RING_SAMPLES = 4
 
 _SAMPLING_SEED = 0x7A3F_1D2C
 
@@ -166,63 +165,13 @@ class Lighting:
         brightness = np.float32(albedo) * grain * diffuse + PART_SPECULAR * specular
         return brightness.astype(np.float32), np.ascontiguousarray(n.T, dtype=np.float32)
 
-    def expected_irradiance(
-        self,
-        scene: o3d.t.geometry.RaycastingScene,
-        p: np.ndarray,
-        n: np.ndarray,
-        camera_index: int,
-        shadows: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Irradiance of (3, N) surface points with normals `n`, without grain or gloss: what the design predicts.
-
-        Each ring light's shadow is averaged over EXPECTED_RING_SAMPLES points of the ring, so a
-        penumbra gets its mean rather than one random sample; as in `shade`, the viewing camera's
-        own ring casts no shadow that camera could see. Without `shadows` every point is taken as lit.
-        Also returns the irradiance in penumbrae, where the ring's few samples leave the mean uncertain.
-        """
-        # Transposed (N, 3) views reduce over rows of three: (p * p).sum(axis=0) of 300 000 points took 5 ms, contiguous 0.2.
-        p, n = np.ascontiguousarray(p, dtype=np.float32), np.ascontiguousarray(n, dtype=np.float32)
-        total = self.dome * 0.5 * (1.0 + n[2])
-        penumbra = np.zeros_like(total)
-        phases = 2.0 * math.pi * np.arange(EXPECTED_RING_SAMPLES) / EXPECTED_RING_SAMPLES
-        for index, light in enumerate(self.lights):
-            _, _, cos, falloff = _incidence(light, p, n)
-            irradiance = np.maximum(cos * falloff, 0.0)
-            which = np.nonzero(irradiance > 0)[0]
-            if index == camera_index or not shadows or not len(which):
-                total += irradiance
-                continue
-            a, b = _perpendicular_basis(light.axis)
-            origins = (p[:, which] + n[:, which] * SHADOW_EPS_MM).T
-            rays = [
-                np.concatenate(
-                    [origins, light.position + RING_RADIUS_MM * (math.cos(f) * a + math.sin(f) * b) - origins], 1
-                )
-                for f in phases
-            ]
-            batch = tensor(np.ascontiguousarray(np.concatenate(rays), dtype=np.float32))
-            occluded = scene.test_occlusions(batch, tnear=0.0, tfar=1.0).numpy().reshape(len(phases), -1)
-            shade = occluded.mean(axis=0)
-            penumbra[which] += irradiance[which] * ((shade > 0) & (shade < 1))
-            irradiance[which] *= 1.0 - shade
-            total += irradiance
-        return total.astype(np.float32), penumbra.astype(np.float32)
-
 
 def _facing(light: Light, p: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit directions to the light, cosines of incidence and falloff for (3, N) points with normals `n`."""
-    to_light, inv, cos, falloff = _incidence(light, p, n)
-    return to_light * inv, cos, falloff
-
-
-def _incidence(light: Light, p: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Vectors to the light and their inverse lengths, cosines of incidence and falloff for (3, N) points with
-    normals `n`; the predicted irradiance needs no unit directions, which cost a tenth of the shading comparison."""
     to_light = light.position[:, None] - p
     d2 = (to_light * to_light).sum(axis=0)
     inv = 1.0 / np.sqrt(d2)
-    return to_light, inv, (n * to_light).sum(axis=0) * inv, light.intensity * light.reference_distance**2 / d2
+    return to_light * inv, (n * to_light).sum(axis=0) * inv, light.intensity * light.reference_distance**2 / d2
 
 
 def shadow_grid_points(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, int, int, float]:
