@@ -38,12 +38,7 @@ from amflow_edge.inspection.design_cache import design_model  # noqa: E402
 from amflow_edge.inspection.designs import Units, load_mesh_mm  # noqa: E402
 from amflow_edge.inspection.geometry.camera import CameraCalibration, load_rig  # noqa: E402
 from amflow_edge.inspection.geometry.placement import place_on_tray  # noqa: E402
-from amflow_edge.inspection.inspect import (  # noqa: E402
-    inspect_scan,
-    intact_readings,
-    outline_doubt,
-    station_light,
-)
+from amflow_edge.inspection.inspect import commissioned, inspect_scan  # noqa: E402
 from amflow_edge.inspection.profiles import InspectionProfile, load_profile  # noqa: E402
 from amflow_edge.inspection.report import InspectionReport  # noqa: E402
 from amflow_edge.inspection.station_model.model import StationModel, load_station_model  # noqa: E402
@@ -171,7 +166,7 @@ def main() -> int:
         station = load_station_model(REPO / "config" / "calibration" / "demo") if look_name == "demo" else None
         if args.commission:
             started = time.perf_counter()
-            station = commissioned(look_name, renderer, cameras, cache, args.commission, materials)
+            station = commissioned_station(look_name, renderer, cameras, cache, args.commission, materials)
             print(f"[{look_name}] commissioned from {args.commission} scans in {time.perf_counter() - started:.1f} s")
         for material_name in materials:
             material = None if material_name is None else load_material(material_name)
@@ -204,7 +199,7 @@ def main() -> int:
     return 0
 
 
-def commissioned(
+def commissioned_station(
     look_name: str,
     renderer: Renderer,
     cameras: list[CameraCalibration],
@@ -295,8 +290,7 @@ def inspect_placement(
     # The reference is another frame: its sensor noise must be independent of the scan's, as at the
     # station (the same render seed gives the same noise, and the part then matches its "reference").
     empty = renderer.render(None, None, seed + 500_000)
-    light, doubt = station_light(station, empty)
-    unseen = outline_doubt(station)
+    known = commissioned(station, empty)
     for spec in [None, *defects]:
         shown, shown_pose = mesh, pose
         if spec is not None:
@@ -316,10 +310,7 @@ def inspect_placement(
             name,
             profile,
             cache_dir=cache,
-            light=light,
-            light_doubt=doubt,
-            outline_doubt=unseen,
-            intact=intact_readings(station),
+            **known,
         )
         seconds = time.perf_counter() - started
         tally.add(name, placement, mesh, pose, spec, report, seconds)

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import cv2
 import numpy as np
@@ -316,6 +317,26 @@ def _write_overlays(
     return written
 
 
+class Commissioned(TypedDict):
+    """What inspect_scan takes from the station's commissioning, as its keyword arguments."""
+
+    light: LearnedLight | None
+    light_doubt: str | None
+    outline_doubt: str | None
+    intact: dict[str, tuple[float, float]] | None
+
+
+def commissioned(
+    station: StationModel | None, references: Mapping[str, np.ndarray], calibration_dir: Path | str | None = None
+) -> Commissioned:
+    """Everything the station model tells an inspection of a scan with these empty-tray references: the light and
+    any doubt on it (station_light), whether the photos show outlines (outline_doubt), what intact parts read."""
+    light, doubt = station_light(station, references, calibration_dir)
+    return Commissioned(
+        light=light, light_doubt=doubt, outline_doubt=outline_doubt(station), intact=intact_readings(station)
+    )
+
+
 def station_light(
     station: StationModel | None, references: Mapping[str, np.ndarray], calibration_dir: Path | str | None = None
 ) -> tuple[LearnedLight | None, str | None]:
@@ -393,7 +414,7 @@ def inspect_directory(
     directory = Path(directory)
     cameras, images, references = read_scan_directory(directory, calibration)
     station = load_station_model(calibration)
-    light, doubt = station_light(station, references, calibration)
+    known = commissioned(station, references, calibration)
     mesh = load_mesh_mm(design, units)
     scan = None
     with suppress(ValueError):
@@ -408,8 +429,5 @@ def inspect_directory(
         cache_dir=cache_dir,
         out_dir=directory if write else None,
         scan=scan,
-        light=light,
-        light_doubt=doubt,
-        outline_doubt=outline_doubt(station),
-        intact=intact_readings(station),
+        **known,
     )

@@ -153,13 +153,7 @@ def run_job(job_json: str) -> str:
 
 
 def _run_job(job: InspectionJob) -> str:
-    from amflow_edge.inspection.inspect import (
-        inspect_scan,
-        intact_readings,
-        outline_doubt,
-        read_image,
-        station_light,
-    )
+    from amflow_edge.inspection.inspect import commissioned, inspect_scan, read_image
 
     names = sorted(job.calibrations)
     with structlog.contextvars.bound_contextvars(scan=job.scan_uuid):  # the worker's lines name the scan too
@@ -169,7 +163,7 @@ def _run_job(job: InspectionJob) -> str:
         if job.design_material is None or job.design_path is None:
             return _identify_and_inspect(job, images, references, cameras).model_dump_json()
         station = _station_model(job.calibrations)
-        light, doubt = station_light(station, references, _calibration_folder(job.calibrations))
+        known = commissioned(station, references, _calibration_folder(job.calibrations))
         report = inspect_scan(
             images,
             references,
@@ -180,10 +174,7 @@ def _run_job(job: InspectionJob) -> str:
             cache_dir=job.cache_dir,
             out_dir=job.scan_dir,
             scan=uuid.UUID(job.scan_uuid),
-            light=light,
-            light_doubt=doubt,
-            outline_doubt=outline_doubt(station),
-            intact=intact_readings(station),
+            **known,
         )
     return JobResult(report=report).model_dump_json()
 
@@ -196,10 +187,10 @@ def _identify_and_inspect(
 ) -> JobResult:
     """One job: which design, then the inspection against it from the same segmentation and pose."""
     from amflow_edge.inspection.identification.pipeline import identify_and_inspect
-    from amflow_edge.inspection.inspect import intact_readings, outline_doubt, station_light
+    from amflow_edge.inspection.inspect import commissioned
 
     station = _station_model(job.calibrations)
-    light, doubt = station_light(station, references, _calibration_folder(job.calibrations))
+    known = commissioned(station, references, _calibration_folder(job.calibrations))
     found, report = identify_and_inspect(
         images,
         references,
@@ -209,10 +200,7 @@ def _identify_and_inspect(
         cache_dir=job.cache_dir,
         out_dir=job.scan_dir,
         scan=uuid.UUID(job.scan_uuid),
-        light=light,
-        light_doubt=doubt,
-        outline_doubt=outline_doubt(station),
-        intact=intact_readings(station),
+        **known,
     )
     identified = IdentifiedAs(
         outcome=found.outcome,
