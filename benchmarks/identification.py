@@ -325,6 +325,7 @@ def run_batch(
     outcomes: dict[str, int] = {}
     wrong_lines: list[str] = []
     ident_s: list[float] = []
+    stages: dict[str, list[float]] = {}
     total_s: list[float] = []
     inspected_s: list[float] = []
     for scene in scenes:
@@ -344,6 +345,8 @@ def run_batch(
         if report is not None:
             inspected_s.append(total_s[-1])
         ident_s.append(identification.timings_s.get("total", total_s[-1]))
+        for stage, seconds in identification.timings_s.items():
+            stages.setdefault(stage, []).append(seconds)
         truth = design_material(shown, scene.colour) if shown is not None and scene.kind == "part" else None
         outcomes[f"{scene.kind}:{identification.outcome}"] = (
             outcomes.get(f"{scene.kind}:{identification.outcome}", 0) + 1
@@ -381,6 +384,7 @@ def run_batch(
     print(f"  wrong assignments (all scans): {wrong}/{scans} = {100 * wrong / max(scans, 1):.2f} %")
     print(f"  outcomes: {dict(sorted(outcomes.items()))}")
     print(f"  identification per scan [s]: median {np.median(ident_s):.2f}, p95 {np.percentile(ident_s, 95):.2f}")
+    print("  identification stages, median [s]: " + ", ".join(f"{k} {np.median(v):.2f}" for k, v in stages.items()))
     if not args.no_inspect:
         print(
             f"  identification + inspection per scan [s]: median {np.median(total_s):.2f}, p95 {np.percentile(total_s, 95):.2f}; "
