@@ -460,7 +460,7 @@ def align(model: DesignModel, views: Sequence[View]) -> Alignment:
     # decides between those), is passed over for the next.
     distinct = [screened[0]]
     for candidate in screened[1:]:
-        if len(distinct) < FINAL_HYPOTHESES and not any(_look_alike(model, d[1], candidate[1]) for d in distinct):
+        if len(distinct) < FINAL_HYPOTHESES and not any(look_alike(model, d[1], candidate[1]) for d in distinct):
             distinct.append(candidate)
     finished: list[tuple[float, np.ndarray, int, float, dict[str, np.ndarray]]] = []
     for _, refined, index, score in distinct:
@@ -477,7 +477,7 @@ def _robust_cost(final: dict[str, np.ndarray]) -> float:
     return float(np.mean(np.log1p((everything / LOSS_SCALE_PX) ** 2))) if len(everything) else math.inf
 
 
-def _look_alike(model: DesignModel, pose: np.ndarray, other: np.ndarray) -> bool:
+def look_alike(model: DesignModel, pose: np.ndarray, other: np.ndarray) -> bool:
     """Whether `other` is `pose` again or one of its look-alikes, which inspection.shading.choose_symmetric
     decides between after the fit: refining it to the end would only find the same outline again.
 

@@ -130,16 +130,22 @@ def test_a_part_not_in_the_batch_is_not_assigned(cache_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("shown", "batch_twin", "seed", "colour"),
     [
-        ("Panel_Mounting__z_belt_cover_b_x2", "Panel_Mounting__z_belt_cover_a_x2", 300_010, "GREY"),
-        ("Panel_Mounting__deck_support_4mm_x8", "Panel_Mounting__deck_support_3mm_x8", 300_009, "GREEN"),
+        (
+            "Gantry__AB_Drive_Units__a_drive_frame_upper",
+            "Gantry__AB_Drive_Units__b_drive_frame_upper",
+            300_011,
+            "GREEN",
+        ),
+        ("Gantry__AB_Drive_Units__b_drive_frame_upper", "Gantry__AB_Drive_Units__a_drive_frame_upper", 300_012, "GREY"),
     ],
 )
 def test_a_look_alike_of_a_batch_design_is_not_assigned_to_it(
     shown: str, batch_twin: str, seed: int, colour: str, cache_dir: Path
 ) -> None:
-    """A part whose look-alike is in the batch but which is not: its outline fits the look-alike within the
-    residuals of a dark part's right design (a belt cover b as a: median 1.0 px), but the look-alike's outline
-    lies on tray the photos show bare where the two differ, which no face too dark to segment explains."""
+    """A part whose look-alike is in the batch but which is not: the look-alike's outline lies on tray the photos
+    show bare where the two differ, which no face too dark to segment explains. (Look-alikes differing by less
+    than the segmentation's own error, a 3 mm and a 4 mm deck support, are taken for each other: see
+    verify.MAX_ON_TRAY.)"""
     found = identify(
         scene(shown, seed, colour), [candidate(batch_twin, colour), candidate(MIXED[0], colour)], cache_dir
     )
@@ -156,6 +162,24 @@ def test_a_dark_part_whose_faces_the_segmentation_misses_is_still_named(cache_di
     found = identify(scene(name, DARK_SEED, "GREEN"), batch, cache_dir)
     assert found.outcome == "identified", found.reason
     assert found.design_material == candidate(name, "GREEN").design_material
+
+
+def test_a_near_symmetric_part_is_fitted_the_right_way_round(cache_dir: Path) -> None:
+    """An idler tensioner matches its footprint and silhouettes about as well upside down, and the ranking's
+    hypotheses held only the wrong one of the two: the fit finished 37 mm off and the part was refused. The
+    verification also tries each hypothesis turned half round."""
+    name = TENSIONERS[1]
+    seed = 732_318
+    batch = [candidate(n, "GREEN") for n in [*MIXED, name]]
+    found = identify(scene(name, seed, "GREEN"), batch, cache_dir)
+    assert found.outcome == "identified", found.reason
+    assert found.design_material == candidate(name, "GREEN").design_material
+    assert found.pose is not None
+    vertices = np.asarray(mesh(name).vertices)
+    truth = place_on_tray(mesh(name), np.random.default_rng(seed))
+    moved = vertices @ np.asarray(found.pose)[:3, :3].T + np.asarray(found.pose)[:3, 3]
+    expected = vertices @ truth[:3, :3].T + truth[:3, 3]
+    assert float(np.median(np.linalg.norm(moved - expected, axis=1))) < 1.0
 
 
 def test_an_empty_tray_is_not_assigned(cache_dir: Path) -> None:

@@ -36,6 +36,8 @@ from amflow_edge.inspection.identification.ranking import (
     SILHOUETTE_DESIGNS,
     SILHOUETTE_MAX,
     SILHOUETTE_NEAR,
+    VERIFIED_HYPOTHESES,
+    VERIFIED_SHARE,
     Hypothesis,
     footprint_hypotheses,
     silhouette_scores,
@@ -243,7 +245,7 @@ def _run(
             views,
         )
     with watch.stage("verify"):
-        fits = _verify(geometries, ranked, views, cache_dir)
+        fits = _verify(geometries, ranked, views, outline, cache_dir)
     scores = _scores(geometries, ranked, fits)
     best = fits[0]
     name = _label(geometries[best.group])
@@ -415,9 +417,14 @@ def _rank(geometries: Sequence[_Geometry], views: Sequence[View], outline: TopOu
 
 
 def _verify(
-    geometries: Sequence[_Geometry], ranked: Sequence[Hypothesis], views: Sequence[View], cache_dir: Path | None
+    geometries: Sequence[_Geometry],
+    ranked: Sequence[Hypothesis],
+    views: Sequence[View],
+    outline: TopOutline,
+    cache_dir: Path | None,
 ) -> list[Fit]:
-    """Finished fits of the best design and of those whose silhouettes came near it, best fit first."""
+    """Finished fits of the best design and of those whose silhouettes came near it, best fit first; each from
+    more of its poses than the ranking drew (ranking.VERIFIED_HYPOTHESES)."""
     best_iou = ranked[0].silhouette_iou
     groups: list[int] = []
     for hypothesis in ranked:
@@ -426,7 +433,13 @@ def _verify(
     fits = []
     for group in groups[:VERIFY_MAX]:
         model, _ = full_model(*_model_key(geometries[group]), cache_dir)
-        poses = [(h.pose, h.rest, h.silhouette_iou) for h in ranked if h.group == group and h.pose is not None]
+        more = footprint_hypotheses(
+            outline, geometries[group].descriptors, group, VERIFIED_SHARE, VERIFIED_HYPOTHESES
+        ).hypotheses
+        silhouette_scores(more, [g.descriptors for g in geometries], views, outline)
+        drawn = {(h.rest, round(h.yaw, 2)): h for h in [*more, *(h for h in ranked if h.group == group)]}
+        hypotheses = sorted(drawn.values(), key=lambda h: -h.silhouette_iou)
+        poses = [(h.pose, h.rest, h.silhouette_iou) for h in hypotheses if h.pose is not None]
         fits.append(fit_design(group, model, views, poses))
     fits.sort(key=lambda f: f.cost)
     return fits
