@@ -84,3 +84,19 @@ def test_an_unreadable_looks_file_is_reported_and_starts_afresh(tmp_path: Path) 
     assert looks.look(BLACK) is None
     looks.learn("00000000-0000-1000-8000-000000000003", BLACK, 0.3)
     assert MaterialLooks(IdentificationSettings(learn_after=1), tmp_path).look(BLACK) is not None
+
+
+def test_looks_learned_with_another_measure_are_learned_again(tmp_path: Path) -> None:
+    """A file from before the measure was recorded holds 80th-percentile looks, which the 95th-percentile
+    measurements of today would not match: the configured look stands in until new scans are confirmed."""
+    old = '{"looks": {"SLS_PA12_BLACK": {"samples": 9, "mean": 0.25, "m2": 0.01}}, "learned_from": []}'
+    (tmp_path / LOOKS_FILE).write_text(old)
+    settings = IdentificationSettings(
+        looks={"SLS_PA12_BLACK": MaterialLookSetting(mean=0.3, spread=0.05)}, learn_after=1
+    )
+    looks = MaterialLooks(settings, tmp_path)
+    look = looks.look(BLACK)
+    assert look is not None and look.samples == 0 and look.mean == 0.3
+    looks.learn("00000000-0000-1000-8000-000000000004", BLACK, 0.31)
+    again = MaterialLooks(settings, tmp_path).look(BLACK)
+    assert again is not None and again.samples == 1 and again.mean == pytest.approx(0.31)

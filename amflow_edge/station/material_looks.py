@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from amflow_edge.common.durable import replace_durably
 from amflow_edge.config.identification import IdentificationSettings
+from amflow_edge.inspection.identification.appearance import MEASURE
 from amflow_edge.inspection.identification.models import MaterialLook
 from amflow_edge.messaging.payload import EventName
 from amflow_edge.storage.record import ScanRecord
@@ -43,6 +44,11 @@ class LearnedLook(BaseModel):
 class LooksFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    measure: str = Field(
+        default="lit80",
+        description="The appearance measure the looks were learned with (appearance.MEASURE); files from before it "
+        "was recorded were learned with lit80.",
+    )
     looks: dict[str, LearnedLook] = Field(default_factory=dict, description="Per material key, what was learned.")
     learned_from: list[str] = Field(default_factory=list, description="UUIDs of the scans learned from, oldest first.")
 
@@ -61,16 +67,26 @@ class MaterialLooks:
 
     def _load(self) -> LooksFile:
         try:
-            return LooksFile.model_validate_json(self._path.read_bytes())
+            found = LooksFile.model_validate_json(self._path.read_bytes())
         except FileNotFoundError:
-            return LooksFile()
+            return LooksFile(measure=MEASURE)
         except (OSError, ValidationError) as exc:
             log.error(
                 "learned material looks are unreadable; starting from the configured ones",
                 path=str(self._path),
                 error=str(exc),
             )
-            return LooksFile()
+            return LooksFile(measure=MEASURE)
+        if found.measure != MEASURE:
+            log.warning(
+                "learned material looks were measured another way; they are learned again from confirmed scans, "
+                "and the configured ones stand in meanwhile (set them again if they were measured the old way)",
+                path=str(self._path),
+                learned_with=found.measure,
+                measured_now=MEASURE,
+            )
+            return LooksFile(measure=MEASURE)
+        return found
 
     def look(self, design_material: str) -> MaterialLook | None:
         key = material_key(design_material)
@@ -113,6 +129,7 @@ class MaterialLooks:
             delta = appearance - old.mean
             mean = old.mean + delta / samples
             updated = LooksFile(
+                measure=MEASURE,
                 looks={
                     **self._file.looks,
                     key: LearnedLook(samples=samples, mean=mean, m2=old.m2 + delta * (appearance - mean)),

@@ -83,7 +83,7 @@ class Identification(BaseModel):
     )
     appearance: float | None = Field(
         ge=0.0,
-        description="Measured appearance of the part: median over the cameras of the 80th percentile (its lit faces) "
+        description="Measured appearance of the part: median over the cameras of the 95th percentile (its most lit faces) "
         "of part-pixel grey ÷ the empty-tray reference's grey at the same pixels; reported whenever a part is "
         "seen, so the station can learn material looks from confirmed scans.",
     )
