@@ -19,30 +19,35 @@ def _member(colour: str, mean: float, spread: float) -> CandidateDesign:
     )
 
 
+GREY = _member("GREY", 2.116, 0.071)
+GREEN = _member("GREEN", 1.405, 0.028)
+"""As the identification benchmark learned them (seed 8000, four scans each)."""
 GREY_WIDE = _member("GREY", 1.739, 0.257)
-"""Grey as the identification benchmark learned it from four scans, one of a part showing few lit faces."""
-GREEN = _member("GREEN", 1.299, 0.045)
+"""Grey as learned with the 80th percentile, from four scans one of which showed few lit faces."""
+GREEN_LIT80 = _member("GREEN", 1.299, 0.045)
 
 
-def test_a_part_far_outside_the_narrow_look_is_the_wide_one() -> None:
-    chosen, why = choose_material([GREEN, GREY_WIDE], 1.975)
-    assert chosen is GREY_WIDE, why
+def test_a_part_near_one_look_and_far_from_the_other_is_that_material() -> None:
+    assert choose_material([GREEN, GREY], 2.05)[0] is GREY
+    assert choose_material([GREEN, GREY], 1.42)[0] is GREEN
 
 
 def test_a_part_within_both_looks_is_left_to_the_operator() -> None:
-    chosen, why = choose_material([GREEN, GREY_WIDE], 1.40)
+    chosen, why = choose_material([GREEN_LIT80, GREY_WIDE], 1.40)
     assert chosen is None
     assert "fits both" in why
 
 
-def test_looks_within_each_others_noise_are_never_told_apart() -> None:
-    twin = _member("GREY", 1.30, 0.045).model_copy(update={"design_material": f"{SHA1}_MJF_PA12_GREY"})
-    chosen, why = choose_material([GREEN, twin], 1.299)
-    assert chosen is None
-    assert "fits both" in why
+def test_a_look_as_wide_as_the_gap_never_names_its_material() -> None:
+    """A reading below green's mean lies closer to green than to the wide grey look, and one far above green
+    inside grey's range could be grey: neither is named while the looks overlap that much."""
+    for reading in (1.10, 1.50, 1.975):
+        chosen, why = choose_material([GREEN_LIT80, GREY_WIDE], reading)
+        assert chosen is None, reading
+        assert "fits both" in why or "matches none" in why
 
 
 def test_a_part_matching_no_look_is_not_given_one() -> None:
-    chosen, why = choose_material([GREEN, GREY_WIDE], 3.4)
+    chosen, why = choose_material([GREEN, GREY], 3.4)
     assert chosen is None
     assert "matches none" in why

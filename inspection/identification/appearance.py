@@ -24,8 +24,6 @@ from amflow_edge.inspection.identification.models import CandidateDesign
 from amflow_edge.inspection.segment import brightness_gain
 
 LIT_PERCENTILE = 95.0
-MEASURE = "lit95"
-"""The name of this measure, kept with what is learned from it: looks learned with another are not comparable."""
 EDGE_PX = 4
 """Pixels next to the outline mix part and tray (blur, anti-aliasing) and are left out."""
 MIN_PIXELS = 200
@@ -35,11 +33,9 @@ SPREAD_FLOOR_SHARE = 0.05
 WITHIN = 3.0
 """A measurement within this many spreads of a look matches it."""
 APART = 3.0
-"""Two looks whose means are fewer than this many spreads apart (the narrower look's) cannot be told apart,
-whatever the measurement. Measured against the wider look's spread this refused every grey part of a benchmark
-whose grey look was learned from four scans, one of them a part showing few lit faces (1.74 ± 0.26 against
-green's 1.30 ± 0.05, grey parts reading 1.95-2.03): a measurement within WITHIN spreads of both looks is refused
-anyway, and one far outside the narrow look's range is not that material."""
+"""Two looks whose means are fewer than this many spreads apart (the wider look's) cannot be told apart, whatever
+the measurement: a look that wide takes in readings on the far side of the narrow one, and naming it there would
+give a green part that reads a little low the wrong material."""
 
 
 def measure(
@@ -97,7 +93,7 @@ def choose_material(members: Sequence[CandidateDesign], appearance: float | None
     for index in order[1:]:
         other = members[int(index)]
         assert other.look is not None
-        apart = abs(other.look.mean - best.look.mean) / min(
+        apart = abs(other.look.mean - best.look.mean) / max(
             _spread(best.look.mean, best.look.spread), _spread(other.look.mean, other.look.spread)
         )
         if apart < APART or distances[int(index)] <= WITHIN:
