@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from amflow_edge.config.identification import IdentificationSettings, MaterialLookSetting
+from amflow_edge.inspection.identification.models import APPEARANCE_MEASURE
 from amflow_edge.messaging.payload import Assignment
 from amflow_edge.station.material_looks import LOOKS_FILE, MaterialLooks, material_key
 from amflow_edge.storage.record import IdentificationRecord, ScanRecord
@@ -15,7 +16,9 @@ from tests.factories import make_record
 BLACK = "6d2e1b64c586b7a2dad9eb34a961cc4a513751b6_SLS_PA12_BLACK"
 
 
-def _confirmed(scan_uuid: str, appearance: float, *, manual: bool = True) -> ScanRecord:
+def _confirmed(
+    scan_uuid: str, appearance: float, *, manual: bool = True, measure: str | None = APPEARANCE_MEASURE
+) -> ScanRecord:
     record = make_record(scan_uuid)
     scan = record.scan.model_copy(
         update={
@@ -35,6 +38,7 @@ def _confirmed(scan_uuid: str, appearance: float, *, manual: bool = True) -> Sca
         design_material=None,
         reason="two materials",
         appearance=appearance,
+        appearance_measure=measure,
         at="2026-12-07T10:00:00.000000+01:00",
     )
     return record.model_copy(
@@ -86,17 +90,25 @@ def test_an_unreadable_looks_file_is_reported_and_starts_afresh(tmp_path: Path) 
     assert MaterialLooks(IdentificationSettings(learn_after=1), tmp_path).look(BLACK) is not None
 
 
-def test_looks_learned_with_another_measure_are_learned_again(tmp_path: Path) -> None:
+def test_looks_learned_with_another_measure_are_set_aside_and_learned_again(tmp_path: Path) -> None:
     """A file from before the measure was recorded holds 80th-percentile looks, which the 95th-percentile
-    measurements of today would not match: the configured look stands in until new scans are confirmed."""
-    old = '{"looks": {"SLS_PA12_BLACK": {"samples": 9, "mean": 0.25, "m2": 0.01}}, "learned_from": []}'
+    measurements of today would not match: it is moved aside, and the configured look stands in until new scans
+    are confirmed; a scan measured the old way teaches nothing, and one already learned from counts once."""
+    old = (
+        '{"looks": {"SLS_PA12_BLACK": {"samples": 9, "mean": 0.25, "m2": 0.01}}, '
+        '"learned_from": ["00000000-0000-1000-8000-000000000005"]}'
+    )
     (tmp_path / LOOKS_FILE).write_text(old)
     settings = IdentificationSettings(
         looks={"SLS_PA12_BLACK": MaterialLookSetting(mean=0.3, spread=0.05)}, learn_after=1
     )
     looks = MaterialLooks(settings, tmp_path)
+    assert (tmp_path / "material_looks.lit80.json").read_text() == old
     look = looks.look(BLACK)
     assert look is not None and look.samples == 0 and look.mean == 0.3
-    looks.learn("00000000-0000-1000-8000-000000000004", BLACK, 0.31)
+    looks.scan_event("scan.assign", _confirmed("00000000-0000-1000-8000-000000000006", 0.26, measure=None))
+    looks.scan_event("scan.assign", _confirmed("00000000-0000-1000-8000-000000000005", 0.32))
+    assert looks.look(BLACK) == look
+    looks.scan_event("scan.assign", _confirmed("00000000-0000-1000-8000-000000000004", 0.31))
     again = MaterialLooks(settings, tmp_path).look(BLACK)
     assert again is not None and again.samples == 1 and again.mean == pytest.approx(0.31)

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             {**c.model_dump(mode="json"), "part_ids": parts_of.get(c.design_material, [])} for c in found.candidates
         ],
         "appearance": found.appearance,
+        "appearance_measure": found.appearance_measure,
         "timings_s": found.timings_s,
     }
     print(json.dumps(answer, indent=2))

@@ -21,7 +21,13 @@ class MaterialLookSetting(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mean: float = Field(gt=0.0, le=20.0, description="Typical part grey ÷ tray grey of parts in this material.")
+    mean: float = Field(
+        gt=0.0,
+        le=20.0,
+        description="Typical part grey ÷ tray grey of parts in this material, as the station measures it (lit95: the "
+        "95th percentile over the part's pixels, median over the cameras; `amflow-edge identify` prints it as "
+        "appearance). Looks measured with the 80th percentile before 2026-12 read lower and must be measured again.",
+    )
     spread: float = Field(
         gt=0.0, le=10.0, description="How far one part's measure strays from the mean (one standard deviation)."
     )

@@ -211,6 +211,7 @@ def _identify_and_inspect(
         ],
         reason=found.reason,
         appearance=found.appearance,
+        appearance_measure=found.appearance_measure,
     )
     return JobResult(identification=identified, report=report)
 

@@ -19,8 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from amflow_edge.common.durable import replace_durably
 from amflow_edge.config.identification import IdentificationSettings
-from amflow_edge.inspection.identification.appearance import MEASURE
-from amflow_edge.inspection.identification.models import MaterialLook
+from amflow_edge.inspection.identification.models import APPEARANCE_MEASURE, MaterialLook
 from amflow_edge.messaging.payload import EventName
 from amflow_edge.storage.record import ScanRecord
 
@@ -29,6 +28,8 @@ log = structlog.get_logger(__name__)
 LOOKS_FILE = "material_looks.json"
 MAX_REMEMBERED_SCANS = 5000
 """Scans already learned from, so an assignment followed by an approval counts once."""
+LEGACY_MEASURE = "lit80"
+"""The measure of looks files written before the measure was recorded."""
 MIN_SPREAD = 0.02
 """A spread learned from a few very similar parts would call the next part of the same material foreign."""
 
@@ -45,8 +46,8 @@ class LooksFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     measure: str = Field(
-        default="lit80",
-        description="The appearance measure the looks were learned with (appearance.MEASURE); files from before it "
+        default=LEGACY_MEASURE,
+        description="The appearance measure the looks were learned with (APPEARANCE_MEASURE); files from before it "
         "was recorded were learned with lit80.",
     )
     looks: dict[str, LearnedLook] = Field(default_factory=dict, description="Per material key, what was learned.")
@@ -69,24 +70,29 @@ class MaterialLooks:
         try:
             found = LooksFile.model_validate_json(self._path.read_bytes())
         except FileNotFoundError:
-            return LooksFile(measure=MEASURE)
+            return LooksFile(measure=APPEARANCE_MEASURE)
         except (OSError, ValidationError) as exc:
             log.error(
                 "learned material looks are unreadable; starting from the configured ones",
                 path=str(self._path),
                 error=str(exc),
             )
-            return LooksFile(measure=MEASURE)
-        if found.measure != MEASURE:
-            log.warning(
-                "learned material looks were measured another way; they are learned again from confirmed scans, "
-                "and the configured ones stand in meanwhile (set them again if they were measured the old way)",
-                path=str(self._path),
-                learned_with=found.measure,
-                measured_now=MEASURE,
-            )
-            return LooksFile(measure=MEASURE)
-        return found
+            return LooksFile(measure=APPEARANCE_MEASURE)
+        if found.measure == APPEARANCE_MEASURE:
+            return found
+        aside = self._path.with_name(f"{self._path.stem}.{found.measure}{self._path.suffix}")
+        try:
+            self._path.replace(aside)
+        except OSError as exc:
+            log.error("learned material looks of another measure could not be set aside", error=str(exc))
+        log.warning(
+            "learned material looks were measured another way and are set aside; they are learned again from "
+            "confirmed scans, and the configured ones stand in meanwhile (check they were measured as now)",
+            set_aside=str(aside),
+            learned_with=found.measure,
+            measured_now=APPEARANCE_MEASURE,
+        )
+        return LooksFile(measure=APPEARANCE_MEASURE, learned_from=found.learned_from)
 
     def look(self, design_material: str) -> MaterialLook | None:
         key = material_key(design_material)
@@ -106,6 +112,8 @@ class MaterialLooks:
         identification = record.station.identification
         if scan.design_material is None or identification is None or identification.appearance is None:
             return
+        if identification.appearance_measure != APPEARANCE_MEASURE:
+            return  # measured another way (before an upgrade): not comparable with what is learned now
         confirmed = (
             event in ("scan.assign", "scan.reassign")
             and scan.assignment is not None
@@ -129,7 +137,7 @@ class MaterialLooks:
             delta = appearance - old.mean
             mean = old.mean + delta / samples
             updated = LooksFile(
-                measure=MEASURE,
+                measure=APPEARANCE_MEASURE,
                 looks={
                     **self._file.looks,
                     key: LearnedLook(samples=samples, mean=mean, m2=old.m2 + delta * (appearance - mean)),

@@ -87,6 +87,11 @@ class IdentifiedAs(BaseModel):
         default=None,
         description="The part's measured reflectance against the tray; what material looks are learned from.",
     )
+    appearance_measure: str | None = Field(
+        default=None,
+        description="How the appearance was measured; looks are learned only from appearances measured as they are "
+        "now (None: before it was recorded).",
+    )
 
 
 class IdentificationRecord(IdentifiedAs):

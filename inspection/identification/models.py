@@ -22,6 +22,11 @@ Outcome = Literal[
 IDENTIFICATION_NAME = "identification.json"
 
 
+APPEARANCE_MEASURE = "lit95"
+"""The name of the appearance measure (identification.appearance: the 95th percentile of part ÷ tray grey), kept
+with every appearance and every look learned from one: looks learned with another measure are not comparable."""
+
+
 class MaterialLook(BaseModel):
     """How a material looks on this station's tray, learned from confirmed scans or set in config."""
 
@@ -79,12 +84,17 @@ class Identification(BaseModel):
         description="4×4 part→tray pose of the best fit (of the chosen design when identified), to inspect with."
     )
     rest_pose_index: int | None = Field(
-        ge=0, description="Rest pose of the best fit, index into the design's rest poses."
+        ge=0,
+        description="Rest pose the best fit started from, index into the design's rest poses (a near-symmetric part "
+        "found upside down ends on another face).",
     )
     appearance: float | None = Field(
         ge=0.0,
         description="Measured appearance of the part: median over the cameras of the 95th percentile (its most lit faces) "
         "of part-pixel grey ÷ the empty-tray reference's grey at the same pixels; reported whenever a part is "
         "seen, so the station can learn material looks from confirmed scans.",
+    )
+    appearance_measure: str | None = Field(
+        default=None, description="How the appearance was measured (APPEARANCE_MEASURE); None without one."
     )
     timings_s: dict[str, float] = Field(description="Seconds per stage, and total.")

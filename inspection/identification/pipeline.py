@@ -26,6 +26,7 @@ from amflow_edge.inspection.geometry.camera import CameraCalibration
 from amflow_edge.inspection.identification import appearance as looks
 from amflow_edge.inspection.identification.descriptors import Descriptors, Units, design_descriptors, full_model
 from amflow_edge.inspection.identification.models import (
+    APPEARANCE_MEASURE,
     IDENTIFICATION_NAME,
     CandidateDesign,
     CandidateScore,
@@ -207,6 +208,7 @@ def _answer(
         pose=None if alignment is None else [[round(float(v), 6) for v in row] for row in alignment.pose],
         rest_pose_index=None if alignment is None else alignment.rest_index,
         appearance=None if appearance is None else round(appearance, 4),
+        appearance_measure=None if appearance is None else APPEARANCE_MEASURE,
         timings_s={},
     )
 
@@ -433,12 +435,17 @@ def _verify(
     fits = []
     for group in groups[:VERIFY_MAX]:
         model, _ = full_model(*_model_key(geometries[group]), cache_dir)
-        more = footprint_hypotheses(
-            outline, geometries[group].descriptors, group, VERIFIED_SHARE, VERIFIED_HYPOTHESES
-        ).hypotheses
+        own = [h for h in ranked if h.group == group]
+        known = {(h.rest, round(h.yaw, 2)) for h in own}
+        more = [
+            h
+            for h in footprint_hypotheses(
+                outline, geometries[group].descriptors, group, VERIFIED_SHARE, VERIFIED_HYPOTHESES
+            ).hypotheses
+            if (h.rest, round(h.yaw, 2)) not in known
+        ]
         silhouette_scores(more, [g.descriptors for g in geometries], views, outline)
-        drawn = {(h.rest, round(h.yaw, 2)): h for h in [*more, *(h for h in ranked if h.group == group)]}
-        hypotheses = sorted(drawn.values(), key=lambda h: -h.silhouette_iou)
+        hypotheses = sorted([*own, *more], key=lambda h: -h.silhouette_iou)
         poses = [(h.pose, h.rest, h.silhouette_iou) for h in hypotheses if h.pose is not None]
         fits.append(fit_design(group, model, views, poses))
     fits.sort(key=lambda f: f.cost)
