@@ -16,10 +16,11 @@ import pytest
 import trimesh
 
 from amflow_edge.drivers.simulator.materials import albedo_for
+from amflow_edge.inspection.align import transform
 from amflow_edge.inspection.designs import load_mesh_mm
 from amflow_edge.inspection.geometry.placement import place_on_tray
 from amflow_edge.inspection.identification.appearance import measure
-from amflow_edge.inspection.identification.descriptors import file_sha1
+from amflow_edge.inspection.identification.descriptors import file_sha1, full_model
 from amflow_edge.inspection.identification.models import CandidateDesign, Identification, MaterialLook
 from amflow_edge.inspection.identification.pipeline import (
     _segment,
@@ -27,6 +28,7 @@ from amflow_edge.inspection.identification.pipeline import (
     identify_scan,
     prepare_design,
 )
+from amflow_edge.inspection.identification.verify import fit_design, half_turns
 from amflow_edge.inspection.profiles import load_profile
 from tests.inspection_scenes import REPO, renderer, rig
 
@@ -145,7 +147,8 @@ def test_a_look_alike_of_a_batch_design_is_not_assigned_to_it(
     """A part whose look-alike is in the batch but which is not: the look-alike's outline lies on tray the photos
     show bare where the two differ, which no face too dark to segment explains. (Look-alikes differing by less
     than the segmentation's own error, a 3 mm and a 4 mm deck support, are taken for each other: see
-    verify.MAX_ON_TRAY.)"""
+    verify.MAX_ON_TRAY. A belt cover b shown with a in the batch is refused too, but by a hair at seed 300 010,
+    too close to the limit for a test.)"""
     found = identify(
         scene(shown, seed, colour), [candidate(batch_twin, colour), candidate(MIXED[0], colour)], cache_dir
     )
@@ -167,7 +170,7 @@ def test_a_dark_part_whose_faces_the_segmentation_misses_is_still_named(cache_di
 def test_a_near_symmetric_part_is_fitted_the_right_way_round(cache_dir: Path) -> None:
     """An idler tensioner matches its footprint and silhouettes about as well upside down, and the ranking's
     hypotheses held only the wrong one of the two: the fit finished 37 mm off and the part was refused. The
-    verification also tries each hypothesis turned half round."""
+    verification now draws more of a design's poses, and tries its best pose turned half round."""
     name = TENSIONERS[1]
     seed = 732_318
     batch = [candidate(n, "GREEN") for n in [*MIXED, name]]
@@ -180,6 +183,22 @@ def test_a_near_symmetric_part_is_fitted_the_right_way_round(cache_dir: Path) ->
     moved = vertices @ np.asarray(found.pose)[:3, :3].T + np.asarray(found.pose)[:3, 3]
     expected = vertices @ truth[:3, :3].T + truth[:3, 3]
     assert float(np.median(np.linalg.norm(moved - expected, axis=1))) < 1.0
+
+
+def test_a_fit_started_upside_down_or_end_for_end_finds_the_part(cache_dir: Path) -> None:
+    """fit_design given only the tensioner's true pose turned half round (the ranking's hypotheses held only such
+    a pose for it) tries the half turns of its best pose too, and finishes at the truth."""
+    name = TENSIONERS[1]
+    seed = 732_318
+    views = _segment(scene(name, seed, "GREEN"), reference(), rig())
+    model, design = full_model(VORON / f"{name}.stl", "mm", cache_dir)
+    truth = place_on_tray(mesh(name), np.random.default_rng(seed))
+    vertices = np.asarray(design.vertices)
+    for wrong in half_turns(model, truth):
+        assert float(np.median(np.linalg.norm(transform(wrong, vertices) - transform(truth, vertices), axis=1))) > 10
+        fit = fit_design(0, model, views, [(wrong, 0, 0.0)])
+        error = np.linalg.norm(transform(fit.alignment.pose, vertices) - transform(truth, vertices), axis=1)
+        assert float(np.median(error)) < 1.0
 
 
 def test_an_empty_tray_is_not_assigned(cache_dir: Path) -> None:
