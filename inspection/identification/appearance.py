@@ -8,8 +8,8 @@ part is turned away depends on the design and how it lies), so the measure is th
 pixels, the faces turned most to the lights, which every part and pose has and which are lit alike; then the
 median over the cameras. On 57 benchmark scenes of Voron parts its spread per material was 1.6 % (green) and
 4.2 % (grey) of its value; at the 80th percentile 10 % and 7 %, where a part showing few lit faces read as
-little as 0.62 of its material's mean (a green idler, 0.80 against 1.29). What spread remains is learned per material from
-confirmed scans (MaterialLook.spread), not assumed.
+little as 0.62 of its material's mean (a green idler, 0.80 against 1.29). What spread remains is learned per
+material from confirmed scans (MaterialLook.spread), not assumed.
 """
 
 from __future__ import annotations

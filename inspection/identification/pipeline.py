@@ -432,6 +432,7 @@ def _verify(
     for hypothesis in ranked:
         if hypothesis.group not in groups and hypothesis.silhouette_iou >= best_iou - VERIFY_NEAR:
             groups.append(hypothesis.group)
+    descriptors = [g.descriptors for g in geometries]
     fits = []
     for group in groups[:VERIFY_MAX]:
         model, _ = full_model(*_model_key(geometries[group]), cache_dir)
@@ -444,7 +445,7 @@ def _verify(
             ).hypotheses
             if (h.rest, round(h.yaw, 2)) not in known
         ]
-        silhouette_scores(more, [g.descriptors for g in geometries], views, outline)
+        silhouette_scores(more, descriptors, views, outline)
         hypotheses = sorted([*own, *more], key=lambda h: -h.silhouette_iou)
         poses = [(h.pose, h.rest, h.silhouette_iou) for h in hypotheses if h.pose is not None]
         fits.append(fit_design(group, model, views, poses))
