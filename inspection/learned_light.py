@@ -32,6 +32,10 @@ spread as a part sees it, coarse enough that a few thousand samples determine ev
 SHADOW_EPS_MM = 0.05
 MAX_FIT_SAMPLES = 1500
 """Samples per (scan, camera) the fit uses; more change the weights by less than their noise."""
+ROUGH_FIT_SAMPLES = 500
+"""Samples per (scan, camera) of the first fit over every candidate lamp, which only finds the lamps that carry
+light: it costs a shadow ray per sample and lamp and an NNLS over all 400-odd of them, and was two thirds of
+commissioning's time at MAX_FIT_SAMPLES. The fits that weigh the lamps found use MAX_FIT_SAMPLES."""
 ROBUST_ITERATIONS = 4
 HUBER_K = 1.5
 """Residuals beyond this many robust scales are down-weighted: glints, dust, a mis-segmented cell."""
@@ -162,10 +166,12 @@ class LearnedLight:
         normals: np.ndarray,
         eye: np.ndarray | None,
         shadows: bool = True,
+        soft: bool = True,
     ) -> Prediction:
         """What (N, 3) points with (N, 3) normals should show a camera at `eye`: their matte brightness and their
         highlights per unit gain, and how much of the matte part comes from lamps the part half hides (a
-        penumbra, where the prediction is a range rather than a value)."""
+        penumbra, where the prediction is a range rather than a value). Without `soft`, each lamp casts one
+        shadow ray instead of one per LAMP_OFFSETS: no penumbra, a quarter of the rays."""
         count = len(points)
         basis = irradiance_basis(points, normals, self.lamps)
         weights = self.weights.astype(np.float32)
@@ -173,7 +179,7 @@ class LearnedLight:
         if shadows and count:
             # Real lamps have a size: each is sampled at LAMP_OFFSETS about its centre, so that a shadow's edge
             # is predicted as the range it may fall in, not as a line.
-            seen = soft_unblocked(scene, points, normals, self.lamps)
+            seen = (soft_unblocked if soft else unblocked)(scene, points, normals, self.lamps)
         matte = (self.constant + (basis * seen) @ weights).astype(np.float32)
         half = ((seen > 0) & (seen < 1)).astype(np.float32)
         penumbra = ((basis * half) @ weights).astype(np.float32)
@@ -219,18 +225,17 @@ def highlight_basis(
 ) -> np.ndarray:
     """(N, K) Blinn-Phong highlight of lamp k at each point as a camera at `eye` sees it, scaled like the lamp's
     irradiance so that one weight per lamp serves both."""
-    lamps = lamps.astype(np.float32)
-    to_lamp = lamps[None, :, :] - points.astype(np.float32)[:, None, :]
-    d2 = np.einsum("nkc,nkc->nk", to_lamp, to_lamp)
-    to_lamp /= np.sqrt(d2)[:, :, None]
-    to_eye = eye.astype(np.float32)[None, :] - points.astype(np.float32)
+    to_lamp_n, d2, distance = _towards(points, normals, lamps)
+    points = np.asarray(points, dtype=np.float32)
+    to_eye = eye.astype(np.float32)[None, :] - points
     to_eye /= np.linalg.norm(to_eye, axis=1, keepdims=True)
-    half = to_lamp + to_eye[:, None, :]
-    half /= np.maximum(np.linalg.norm(half, axis=2, keepdims=True), 1e-6)
-    cos = np.maximum(np.einsum("nkc,nc->nk", half, normals.astype(np.float32)), 0.0)
-    facing = np.einsum("nkc,nc->nk", to_lamp, normals.astype(np.float32)) > 0
-    reach2 = np.einsum("kc,kc->k", lamps, lamps)
-    return (np.where(facing, cos**shininess, 0.0) * reach2[None, :] / d2).astype(np.float32)
+    # The half vector (l + e)/|l + e| without (N, K, 3) arrays: n·h = (n·l + n·e)/√(2 + 2 l·e).
+    lamp_dot_eye = (to_eye @ lamps.T - np.einsum("nc,nc->n", points, to_eye)[:, None]) / distance
+    eye_n = np.einsum("nc,nc->n", to_eye, np.asarray(normals, dtype=np.float32))[:, None]
+    cos = np.maximum((to_lamp_n + eye_n) / np.sqrt(np.maximum(2.0 + 2.0 * lamp_dot_eye, 1e-12)), 0.0)
+    cos[to_lamp_n <= 0] = 0.0
+    reach2 = np.einsum("kc,kc->k", lamps, lamps).astype(np.float32)
+    return (np.power(cos, np.float32(shininess)) * (reach2[None, :] / d2)).astype(np.float32)
 
 
 def gain_and_gloss(
@@ -257,12 +262,29 @@ def gain_and_gloss(
 
 def irradiance_basis(points: np.ndarray, normals: np.ndarray, lamps: np.ndarray) -> np.ndarray:
     """(N, K) irradiance of each point from lamp k, each lamp giving unit irradiance face-on at the tray centre."""
-    lamps = lamps.astype(np.float32)
-    to_lamp = lamps[None, :, :] - points.astype(np.float32)[:, None, :]
-    d2 = np.einsum("nkc,nkc->nk", to_lamp, to_lamp)
-    cos = np.einsum("nkc,nc->nk", to_lamp, normals.astype(np.float32)) / np.sqrt(d2)
+    cos, d2, _ = _towards(points, normals, lamps)
     reach2 = np.einsum("kc,kc->k", lamps, lamps)
     return (np.maximum(cos, 0.0) * reach2[None, :] / d2).astype(np.float32)
+
+
+def _towards(points: np.ndarray, normals: np.ndarray, lamps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, K) cosine between each normal and the way to lamp k, squared distance and distance, by matrix
+    products rather than (N, K, 3) arrays: the comparison asks this for every cell of every candidate pose."""
+    points = np.asarray(points, dtype=np.float32)
+    normals = np.asarray(normals, dtype=np.float32)
+    lamps = np.asarray(lamps, dtype=np.float32)
+    # Relative to the first lamp: float32 keeps its precision at a lamp's distance from the tray.
+    origin = lamps[:1]
+    points, lamps = points - origin, lamps - origin
+    d2 = (
+        np.einsum("nc,nc->n", points, points)[:, None]
+        - 2.0 * (points @ lamps.T)
+        + np.einsum("kc,kc->k", lamps, lamps)[None, :]
+    )
+    d2 = np.maximum(d2, 1e-12)
+    distance = np.sqrt(d2)
+    cos = (normals @ lamps.T - np.einsum("nc,nc->n", points, normals)[:, None]) / distance
+    return cos, d2, distance
 
 
 def unblocked(
@@ -299,24 +321,28 @@ def fit_light(samples: Sequence[FitSamples], lamps: np.ndarray) -> tuple[Learned
     """
     if not samples:
         raise ValueError("no samples to learn the light from")
-    picked = _subsample(samples)
-    rough, _, _ = _fit(picked, lamps, soft=False, shininess=None)
+    picked = _subsample(samples, MAX_FIT_SAMPLES)
+    rough_samples = _subsample(picked, ROUGH_FIT_SAMPLES)
+    hard = [unblocked(s.scene, s.points, s.normals, lamps) for s in rough_samples]
+    rough, _, _ = _fit(rough_samples, lamps, hard, shininess=None)
+    # The shadows do not depend on the highlight's exponent: cast once for every one tried.
+    soft = [soft_unblocked(s.scene, s.points, s.normals, rough.lamps) for s in picked]
     best: tuple[LearnedLight, dict[str, float], float] | None = None
     for shininess in SHININESS:
-        found = _fit(picked, rough.lamps, soft=True, shininess=shininess)
+        found = _fit(picked, rough.lamps, soft, shininess=shininess)
         if best is None or found[2] < best[2]:
             best = found
     assert best is not None
     return best[0], best[1]
 
 
-def _subsample(samples: Sequence[FitSamples]) -> list[FitSamples]:
+def _subsample(samples: Sequence[FitSamples], most: int) -> list[FitSamples]:
     rng = np.random.default_rng(_SEED)
     picked = []
     for sample in samples:
         count = len(sample.photo)
-        if count > MAX_FIT_SAMPLES:
-            pick = np.sort(rng.choice(count, MAX_FIT_SAMPLES, replace=False))
+        if count > most:
+            pick = np.sort(rng.choice(count, most, replace=False))
             sample = FitSamples(
                 sample.key, sample.points[pick], sample.normals[pick], sample.photo[pick], sample.scene, sample.eye
             )
@@ -325,20 +351,16 @@ def _subsample(samples: Sequence[FitSamples]) -> list[FitSamples]:
 
 
 def _fit(
-    samples: Sequence[FitSamples], lamps: np.ndarray, soft: bool, shininess: float | None
+    samples: Sequence[FitSamples], lamps: np.ndarray, unshadowed: Sequence[np.ndarray], shininess: float | None
 ) -> tuple[LearnedLight, dict[str, float], float]:
-    """One fit over `lamps`; returns the light, each key's gain and the median |relative residual|."""
+    """One fit over `lamps`, given per sample how much of each lamp reaches each point past the part (hard or
+    soft shadows); returns the light, each key's gain and the median |relative residual|."""
     mattes: list[np.ndarray] = []
     glints: list[np.ndarray] = []
     photos: list[np.ndarray] = []
     keys: list[np.ndarray] = []
-    for sample in samples:
+    for sample, seen in zip(samples, unshadowed, strict=True):
         points, normals = sample.points, sample.normals
-        seen = (
-            soft_unblocked(sample.scene, points, normals, lamps)
-            if soft
-            else unblocked(sample.scene, points, normals, lamps)
-        )
         mattes.append(irradiance_basis(points, normals, lamps) * seen)
         glint = np.zeros_like(seen)
         if shininess is not None and sample.eye is not None:
