@@ -153,7 +153,7 @@ def choose_symmetric(
         """How many cells would read as a surface defect at this candidate: what a wrong one gets wrong."""
         if step not in by_step:
             by_step[step] = frames(views, images, model_masks, step)
-        grids = _grids(model, by_step[step], pose @ motion, lighting, shadows)
+        grids = _grids(model, by_step[step], pose @ motion, lighting, shadows, soft=False)
         return sum(
             int(np.count_nonzero(g.valid & (_smooth(g.residual, g.valid, step)[0] > TOLERANCE))) for _, g in grids
         )
@@ -279,12 +279,13 @@ def _grids(
     pose: np.ndarray,
     lighting: LearnedLight,
     shadows: bool,
+    soft: bool = True,
 ) -> list[tuple[View, _Grid]]:
     """Each camera's comparison at `pose`, two at a time: ray casting and numpy release the GIL."""
     scene = triangle_scene(transform(pose, model.vertices), model.faces)
 
     def one(frame: _Frame) -> tuple[View, _Grid | None]:
-        return frame.view, _residuals(model, frame, scene, pose, lighting, shadows)
+        return frame.view, _residuals(model, frame, scene, pose, lighting, shadows, soft)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return [(view, grid) for view, grid in pool.map(one, frames) if grid is not None]
@@ -357,6 +358,7 @@ def _residuals(
     pose: np.ndarray,
     lighting: LearnedLight,
     shadows: bool,
+    soft: bool = True,
 ) -> _Grid | None:
     """Photo ÷ (gain × the design's expected irradiance) − 1 per cell where a prediction can be trusted, and in
     penumbrae how far outside the range the half-hidden lights allow (PENUMBRA_SHARE)."""
@@ -364,7 +366,7 @@ def _residuals(
     focal = float(frame.view.calib.K[0, 0])
     prediction = _unshadowed(frame, surface, trusted_cells(frame, surface, focal), scene, lighting)
     if shadows:
-        _shadow(prediction, frame, surface, scene, lighting)
+        _shadow(prediction, frame, surface, scene, lighting, soft)
     _drop_dim(frame.photo, prediction)
     if np.count_nonzero(prediction.valid) < MIN_REGION_CELLS:
         return None
@@ -466,6 +468,7 @@ def _shadow(
     surface: _Surface,
     scene: o3d.t.geometry.RaycastingScene,
     lighting: LearnedLight,
+    soft: bool = True,
 ) -> None:
     """Shadow rays cost half the comparison, and only matter where the photo is darker or brighter
     than the unshadowed prediction: elsewhere the part is lit as if nothing were in the way."""
@@ -476,7 +479,7 @@ def _shadow(
     size = max(SMOOTH_PX // step, 1)
     doubtful = cv2.dilate(doubtful.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool).ravel() & valid
     found = lighting.predict(
-        scene, surface.world[doubtful], surface.normals[doubtful], frame.view.calib.centre, shadows=True
+        scene, surface.world[doubtful], surface.normals[doubtful], frame.view.calib.centre, shadows=True, soft=soft
     )
     prediction.expected[doubtful] = found.matte
     prediction.glint[doubtful] = found.glint
