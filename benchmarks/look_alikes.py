@@ -50,7 +50,7 @@ def fitted(
     if not ranked:
         return None
     fit = pipeline._verify(geometries, ranked, views, outline, cache)[0]
-    model, _ = full_model(design.path, "mm", cache)
+    model = full_model(design.path, "mm", cache)
     return outline_evidence(model, views, fit.alignment.pose)
 
 

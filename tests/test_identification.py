@@ -19,6 +19,7 @@ from amflow_edge.drivers.simulator.materials import albedo_for
 from amflow_edge.inspection.align import transform
 from amflow_edge.inspection.designs import load_mesh_mm
 from amflow_edge.inspection.geometry.placement import place_on_tray
+from amflow_edge.inspection.identification import descriptors
 from amflow_edge.inspection.identification.appearance import measure
 from amflow_edge.inspection.identification.descriptors import file_sha1, full_model
 from amflow_edge.inspection.identification.models import CandidateDesign, Identification, MaterialLook
@@ -191,14 +192,34 @@ def test_a_fit_started_upside_down_or_end_for_end_finds_the_part(cache_dir: Path
     name = TENSIONERS[1]
     seed = 732_318
     views = _segment(scene(name, seed, "GREEN"), reference(), rig())
-    model, design = full_model(VORON / f"{name}.stl", "mm", cache_dir)
+    model = full_model(VORON / f"{name}.stl", "mm", cache_dir)
     truth = place_on_tray(mesh(name), np.random.default_rng(seed))
-    vertices = np.asarray(design.vertices)
+    vertices = model.vertices
     for wrong in half_turns(model, truth):
         assert float(np.median(np.linalg.norm(transform(wrong, vertices) - transform(truth, vertices), axis=1))) > 10
         fit = fit_design(0, model, views, [(wrong, 0, 0.0)])
         error = np.linalg.norm(transform(fit.alignment.pose, vertices) - transform(truth, vertices), axis=1)
         assert float(np.median(error)) < 1.0
+
+
+def test_a_design_out_of_memory_is_read_back_from_the_cache_without_its_mesh(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker fits a dozen of a 50-design batch's designs per scan, more than it keeps in memory; reading and
+    repairing each evicted design's mesh again cost 0.4 s per scan."""
+    name = MIRRORS[0]
+    prepare_design(VORON / f"{name}.stl", "mm", cache_dir)
+    first = full_model(VORON / f"{name}.stl", "mm", cache_dir)
+    monkeypatch.setattr(descriptors, "_MODELS", type(descriptors._MODELS)())
+    monkeypatch.setattr(descriptors, "_MESHES", type(descriptors._MESHES)())
+
+    def no_mesh(*_: object) -> None:
+        raise AssertionError("the mesh was read again")
+
+    monkeypatch.setattr(descriptors, "load_mesh_mm", no_mesh)
+    again = full_model(VORON / f"{name}.stl", "mm", cache_dir)
+    assert again is not first and again.sha1 == first.sha1
+    assert np.array_equal(again.vertices, first.vertices) and np.array_equal(again.faces, first.faces)
 
 
 def test_an_empty_tray_is_not_assigned(cache_dir: Path) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import trimesh
 
 from amflow_edge.common.durable import replacing
-from amflow_edge.inspection.design_cache import DesignModel, design_model
+from amflow_edge.inspection.design_cache import DesignModel, design_model, stored_design_model
 from amflow_edge.inspection.designs import load_mesh_mm
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,8 @@ def design_descriptors(mesh_path: Path, units: Units, cache_dir: Path | None) ->
     path = descriptor_path(cache_dir, sha1, units) if cache_dir is not None else None
     descriptors = _read(path, sha1, units) if path is not None and path.is_file() else None
     if descriptors is None:
-        model, mesh = full_model(mesh_path, units, cache_dir)  # the mesh is loaded and repaired once
-        descriptors = compute_descriptors(mesh, model, sha1, units)
+        mesh = design_mesh(mesh_path, units)  # loaded and repaired once, for both
+        descriptors = compute_descriptors(mesh, design_model(mesh, cache_dir), sha1, units)
         if path is not None:
             _write(path, descriptors)
     with _LOCK:
@@ -128,27 +128,58 @@ def design_descriptors(mesh_path: Path, units: Units, cache_dir: Path | None) ->
     return descriptors
 
 
-_MODELS: OrderedDict[str, tuple[DesignModel, trimesh.Trimesh]] = OrderedDict()
+_MODELS: OrderedDict[str, DesignModel] = OrderedDict()
 _MODELS_SIZE = 24
+_MESHES: OrderedDict[str, trimesh.Trimesh] = OrderedDict()
+_MESHES_SIZE = 4
 
 
-def full_model(mesh_path: Path, units: Units, cache_dir: Path | None) -> tuple[DesignModel, trimesh.Trimesh]:
-    """The alignment's model of a shortlisted design and its mesh; the few most recent kept in memory, as a
-    worker identifies the same batch all session."""
-    sha1 = cached_file_sha1(mesh_path)
-    key = f"{sha1}.{units}"
+def full_model(mesh_path: Path, units: Units, cache_dir: Path | None) -> DesignModel:
+    """The alignment's model of a shortlisted design; the few most recent kept in memory, the rest read from
+    `cache_dir` by the geometry hash its descriptors name. A worker fits a dozen of a 50-design batch's designs
+    per scan: reading and repairing each one's mesh again, when it had left memory, cost 0.4 s per scan."""
+    key = f"{cached_file_sha1(mesh_path)}.{units}"
     with _LOCK:
         found = _MODELS.get(key)
         if found is not None:
             _MODELS.move_to_end(key)
             return found
-    mesh = load_mesh_mm(mesh_path, units)
-    model = design_model(mesh, cache_dir)
+    model = _stored_model(mesh_path, units, cache_dir) or design_model(design_mesh(mesh_path, units), cache_dir)
     with _LOCK:
-        _MODELS[key] = (model, mesh)
+        _MODELS[key] = model
         while len(_MODELS) > _MODELS_SIZE:
             _MODELS.popitem(last=False)
-    return model, mesh
+    return model
+
+
+def design_mesh(mesh_path: Path, units: Units) -> trimesh.Trimesh:
+    """The design's mesh in mm, repaired as the station uses it; the last few kept, for the inspection that
+    follows an identification."""
+    key = f"{cached_file_sha1(mesh_path)}.{units}"
+    with _LOCK:
+        found = _MESHES.get(key)
+        if found is not None:
+            _MESHES.move_to_end(key)
+            return found
+    mesh = load_mesh_mm(mesh_path, units)
+    with _LOCK:
+        _MESHES[key] = mesh
+        while len(_MESHES) > _MESHES_SIZE:
+            _MESHES.popitem(last=False)
+    return mesh
+
+
+def _stored_model(mesh_path: Path, units: Units, cache_dir: Path | None) -> DesignModel | None:
+    """The model stored under the geometry hash of the design's stored descriptors, if both are on disk."""
+    if cache_dir is None:
+        return None
+    sha1 = cached_file_sha1(mesh_path)
+    with _LOCK:
+        descriptors = _MEMORY.get((sha1, units))
+    if descriptors is None:
+        path = descriptor_path(cache_dir, sha1, units)
+        descriptors = _read(path, sha1, units) if path.is_file() else None
+    return None if descriptors is None else stored_design_model(descriptors.geometry_sha1, cache_dir)
 
 
 def _read(path: Path, sha1: str, units: str) -> Descriptors | None:

@@ -21,10 +21,17 @@ import trimesh
 from amflow_edge.common.durable import replace_durably
 from amflow_edge.common.shipped import DEMO_CALIBRATION
 from amflow_edge.inspection.align import Alignment, View
+from amflow_edge.inspection.design_cache import design_model
 from amflow_edge.inspection.designs import mesh_processing
 from amflow_edge.inspection.geometry.camera import CameraCalibration
 from amflow_edge.inspection.identification import appearance as looks
-from amflow_edge.inspection.identification.descriptors import Descriptors, Units, design_descriptors, full_model
+from amflow_edge.inspection.identification.descriptors import (
+    Descriptors,
+    Units,
+    design_descriptors,
+    design_mesh,
+    full_model,
+)
 from amflow_edge.inspection.identification.models import (
     APPEARANCE_MEASURE,
     IDENTIFICATION_NAME,
@@ -94,7 +101,8 @@ def prepare_design(mesh_path: Path, units: str, cache_dir: Path | None) -> MeshP
     """Everything identification and inspection need of a design that depends on its mesh alone, stored in
     cache_dir: the station calls it per design at session start, so the first scan does not wait for it. Returns
     what had to be done to the mesh as sent (the design's processing report)."""
-    _, mesh = full_model(Path(mesh_path), _units(units), cache_dir)
+    mesh = design_mesh(Path(mesh_path), _units(units))
+    design_model(mesh, cache_dir)
     design_descriptors(Path(mesh_path), _units(units), cache_dir)
     return mesh_processing(mesh)
 
@@ -263,7 +271,7 @@ def _run(
             ),
             views,
         )
-    outside = leaves_an_image(full_model(*_model_key(geometries[best.group]), cache_dir)[0], views, best.alignment.pose)
+    outside = leaves_an_image(full_model(*_model_key(geometries[best.group]), cache_dir), views, best.alignment.pose)
     if outside is not None:
         return _Result(
             _answer(
@@ -279,9 +287,7 @@ def _run(
     interior = detail = ""
     if close:
         tied = [best, *close]
-        winner, detail = tie_break(
-            tied, [full_model(*_model_key(geometries[f.group]), cache_dir)[0] for f in tied], views
-        )
+        winner, detail = tie_break(tied, [full_model(*_model_key(geometries[f.group]), cache_dir) for f in tied], views)
         rest = [f for f in fits if all(f is not t for t in tied)]
         if (
             winner is not None
@@ -320,8 +326,7 @@ def _run(
     reason = f"{chosen.design_material} fits the part best (outline cost {best.cost:.2f}){runner}{interior}"
     if why:
         reason += f"; {why}"
-    model_key = _model_key(geometry)
-    _, mesh = full_model(*model_key, cache_dir)
+    mesh = design_mesh(*_model_key(geometry))
     return _Result(
         _answer("identified", reason, scores, chosen.design_material, best, appearance),
         views,
@@ -331,7 +336,7 @@ def _run(
 
 
 def _evidence(geometry: _Geometry, fit: Fit, views: Sequence[View], cache_dir: Path | None) -> OutlineEvidence:
-    model, _ = full_model(*_model_key(geometry), cache_dir)
+    model = full_model(*_model_key(geometry), cache_dir)
     return outline_evidence(model, views, fit.alignment.pose)
 
 
@@ -435,7 +440,7 @@ def _verify(
     descriptors = [g.descriptors for g in geometries]
     fits = []
     for group in groups[:VERIFY_MAX]:
-        model, _ = full_model(*_model_key(geometries[group]), cache_dir)
+        model = full_model(*_model_key(geometries[group]), cache_dir)
         own = [h for h in ranked if h.group == group]
         known = {(h.rest, round(h.yaw, 2)) for h in own}
         more = [
