@@ -10,11 +10,14 @@ moves a part of the outline by millimetres, does not drag the fit.
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import open3d as o3d
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
@@ -25,8 +28,8 @@ from amflow_edge.inspection.geometry.silhouette import (
     Window,
     bounding_window,
     cast_silhouette,
+    outer_outline_points,
     silhouette,
-    silhouette_edge_points,
     to_scaled,
     window_rays,
 )
@@ -43,6 +46,9 @@ GAP_FREE_MM = 0.5
 GAP_COST_PER_MM = 0.02
 CONTOUR_SPACING_PX = 3.0
 MAX_POINTS_PER_CAMERA = 400
+OUTLINE_BESIDE_PX = 1.0
+"""How far past a contour edge (full-resolution pixels) the ray that tells an outer outline from a hidden or
+inner one looks for the part."""
 SDF_CLIP_PX = 40.0
 LOSS_SCALE_PX = 1.5
 INLIER_PX = 2.0
@@ -253,22 +259,20 @@ def _diverse(candidates: list[tuple[float, np.ndarray, int]]) -> list[tuple[floa
 def contour_points(model: DesignModel, view: View, pose: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Part-frame points on the outer outline of the model as `view` sees it at `pose`."""
     vertices = transform(pose, model.vertices)
-    points = silhouette_edge_points(
-        view.calib, vertices, model.faces, model.edges, model.edge_faces, CONTOUR_SPACING_PX
+    points = outer_outline_points(
+        view.calib,
+        design_scene(model),
+        pose,
+        vertices,
+        model.faces,
+        model.edges,
+        model.edge_faces,
+        CONTOUR_SPACING_PX,
+        OUTLINE_BESIDE_PX,
     )
     if len(points) == 0:
         return np.zeros((0, 3))
     pixels = view.calib.project(points)
-    window = bounding_window(pixels, view.calib, 0.5, 6)
-    if window is None:
-        return np.zeros((0, 3))
-    mask = silhouette(view.calib, vertices, model.faces, window)
-    boundary = mask - cv2.erode(mask, np.ones((3, 3), np.uint8))
-    distance = cv2.distanceTransform(255 - boundary, cv2.DIST_L2, 3)
-    local = np.round(to_scaled(pixels, 0.5) - (window.x0, window.y0)).astype(int)
-    local[:, 0] = np.clip(local[:, 0], 0, window.width - 1)
-    local[:, 1] = np.clip(local[:, 1], 0, window.height - 1)
-    outer = distance[local[:, 1], local[:, 0]] <= 1.0
     margin = 3
     inside_image = (
         (pixels[:, 0] > margin)
@@ -276,11 +280,31 @@ def contour_points(model: DesignModel, view: View, pose: np.ndarray, rng: np.ran
         & (pixels[:, 0] < view.calib.image_width - margin)
         & (pixels[:, 1] < view.calib.image_height - margin)
     )
-    chosen = points[outer & inside_image]
+    chosen = points[inside_image]
     if len(chosen) > MAX_POINTS_PER_CAMERA:
         chosen = chosen[rng.choice(len(chosen), MAX_POINTS_PER_CAMERA, replace=False)]
     inverse = np.linalg.inv(pose)
     return transform(inverse, chosen)
+
+
+_SCENES: OrderedDict[str, o3d.t.geometry.RaycastingScene] = OrderedDict()
+_SCENES_SIZE = 32
+_SCENES_LOCK = threading.Lock()
+
+
+def design_scene(model: DesignModel) -> o3d.t.geometry.RaycastingScene:
+    """The design in its own frame as a ray-casting scene, for every pose and camera; the most recent kept."""
+    with _SCENES_LOCK:
+        found = _SCENES.get(model.sha1)
+        if found is not None:
+            _SCENES.move_to_end(model.sha1)
+            return found
+    scene = triangle_scene(model.vertices, model.faces)
+    with _SCENES_LOCK:
+        _SCENES[model.sha1] = scene
+        while len(_SCENES) > _SCENES_SIZE:
+            _SCENES.popitem(last=False)
+    return scene
 
 
 def moved_pose(pose: np.ndarray, x: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:

@@ -181,7 +181,7 @@ def two_sided(faces: np.ndarray) -> np.ndarray:
 
 def _two_sided_adjacency(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(E, 2) edges and (E, 2) pairs of faces of `two_sided(faces)` whose change of facing makes the edge part of
-    an outline (geometry.silhouette.silhouette_edge_points).
+    an outline (geometry.silhouette.outer_outline_points).
 
     An edge of two faces wound alike joins them; of two wound against each other, one face and the other's
     other side. An edge of one face (a hole's rim) or of more than two (bodies touching) can be on the

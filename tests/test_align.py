@@ -5,7 +5,9 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
+import cv2
 import numpy as np
+import open3d as o3d
 import pytest
 import trimesh
 
@@ -28,6 +30,7 @@ from amflow_edge.inspection.geometry.raycast import triangle_scene
 from amflow_edge.inspection.geometry.silhouette import (
     bounding_window,
     cast_silhouette,
+    outer_outline_points,
     silhouette,
     window_rays,
 )
@@ -170,6 +173,37 @@ def test_a_silhouette_cast_in_the_design_frame_matches_the_drawn_one() -> None:
         triangle_scene(mesh.vertices, mesh.faces), calib.centre, window_rays(calib, window), shifted, window
     )
     assert np.count_nonzero(moved & drawn) / np.count_nonzero(moved | drawn) < 0.9
+
+
+def test_the_outline_points_are_on_the_drawn_outline_and_none_hidden_or_inside_it(tmp_path: Path) -> None:
+    """The fit matches the model's outline to the photo's, so a contour edge hidden behind the part (an arm's
+    far side, the nut pocket's rim) must not be taken for outline; every point the ray past it keeps lies on
+    the boundary of the drawn silhouette, and together they follow all of it."""
+    pose, _ = placed("cross_knob_ck40", 4)
+    model = design_model(design("cross_knob_ck40"), tmp_path)
+    vertices = transform(pose, model.vertices)
+    scene = triangle_scene(model.vertices, model.faces)
+    for calib in rig():
+        window = bounding_window(calib.project(vertices), calib, 1.0, 8)
+        assert window is not None
+        drawn = silhouette(calib, vertices, model.faces, window)
+        boundary = drawn - cv2.erode(drawn, np.ones((3, 3), np.uint8))
+        to_boundary = cv2.distanceTransform(255 - boundary, cv2.DIST_L2, 5)
+
+        def distances(points: np.ndarray) -> np.ndarray:
+            local = np.round(calib.project(points) - (window.x0, window.y0)).astype(int)  # noqa: B023
+            return to_boundary[local[:, 1], local[:, 0]]  # noqa: B023
+
+        args = (pose, vertices, model.faces, model.edges, model.edge_faces, 3.0, 1.0)
+        kept = outer_outline_points(calib, scene, *args)
+        every = outer_outline_points(calib, o3d.t.geometry.RaycastingScene(), *args)
+        assert np.mean(distances(every) > 3.0) > 0.05, f"{calib.name}: no hidden contour edges to leave out"
+        assert np.percentile(distances(kept), 99) <= 1.5, calib.name
+        ys, xs = np.nonzero(boundary)
+        near = np.zeros_like(boundary)
+        for x, y in np.round(calib.project(kept) - (window.x0, window.y0)).astype(int):
+            cv2.circle(near, (int(x), int(y)), 4, 255, -1)
+        assert np.mean(near[ys, xs] > 0) > 0.9, f"{calib.name}: the points miss part of the outline"
 
 
 @pytest.mark.parametrize("seed", [9041, 1042])

@@ -120,30 +120,56 @@ def bounding_window(pixels: np.ndarray, calib: CameraCalibration, scale: float, 
     return Window(x0, y0, x1 - x0, y1 - y0, scale)
 
 
-def silhouette_edge_points(
+def outer_outline_points(
     calib: CameraCalibration,
+    scene: o3d.t.geometry.RaycastingScene,
+    pose: np.ndarray,
     vertices_world: np.ndarray,
     faces: np.ndarray,
     edges: np.ndarray,
     edge_faces: np.ndarray,
     spacing_px: float,
+    beside_px: float,
 ) -> np.ndarray:
-    """(N,3) world points sampled along the mesh edges that separate front- from back-facing triangles.
+    """(N,3) world points along the mesh edges that make the outer outline as the camera sees it.
 
-    These are the only places the outline can come from; which of them are on the outer outline
-    (not hidden behind the part) is decided by the caller against the rendered mask.
+    A contour edge is on the outer outline where the ray `beside_px` past it, on the side away from its
+    faces, meets nothing of the part: edges hidden behind the part, and folds inside the outline (a
+    hole's rim), have the part there. One ray per point against `scene` (the design in its own frame)
+    replaces drawing the whole mesh to find the outline, which cost 8 ms per camera and pose.
     """
     tri = vertices_world[faces]
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     facing = np.einsum("ij,ij->i", normals, tri[:, 0] - calib.centre) < 0
     contour = facing[edge_faces[:, 0]] != facing[edge_faces[:, 1]]
-    ends = vertices_world[edges[contour]]
-    if len(ends) == 0:
+    if not contour.any():
         return np.zeros((0, 3))
+    ends = vertices_world[edges[contour]]
+    front = np.where(facing[edge_faces[contour, 0]], edge_faces[contour, 0], edge_faces[contour, 1])
     projected = calib.project(ends.reshape(-1, 3)).reshape(-1, 2, 2)
-    lengths = np.linalg.norm(projected[:, 1] - projected[:, 0], axis=1)
+    centres = calib.project(tri[front].mean(axis=1))
+    along = projected[:, 1] - projected[:, 0]
+    lengths = np.linalg.norm(along, axis=1)
+    usable = lengths > 1e-6
+    ends, projected, centres, along, lengths = (
+        ends[usable],
+        projected[usable],
+        centres[usable],
+        along[usable],
+        lengths[usable],
+    )
+    away = np.column_stack([-along[:, 1], along[:, 0]]) / lengths[:, None]
+    towards_face = np.einsum("ij,ij->i", away, centres - projected[:, 0]) > 0
+    away[towards_face] *= -1.0
     counts = np.maximum(1, np.ceil(lengths / spacing_px).astype(int))
     index = np.repeat(np.arange(len(ends)), counts)
     within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     t = ((within + 0.5) / counts[index])[:, None]
-    return ends[index, 0] * (1 - t) + ends[index, 1] * t
+    points = ends[index, 0] * (1 - t) + ends[index, 1] * t
+    beside = projected[index, 0] * (1 - t) + projected[index, 1] * t + beside_px * away[index]
+    rotation = pose[:3, :3]
+    rays = np.empty((len(points), 6), dtype=np.float32)
+    rays[:, :3] = rotation.T @ (calib.centre - pose[:3, 3])
+    rays[:, 3:] = calib.rays(beside) @ rotation
+    hit = scene.test_occlusions(tensor(rays)).numpy().astype(bool)
+    return points[~hit]
