@@ -224,18 +224,20 @@ def highlight_basis(
     points: np.ndarray, normals: np.ndarray, lamps: np.ndarray, eye: np.ndarray, shininess: float
 ) -> np.ndarray:
     """(N, K) Blinn-Phong highlight of lamp k at each point as a camera at `eye` sees it, scaled like the lamp's
-    irradiance so that one weight per lamp serves both."""
-    to_lamp_n, d2, distance = _towards(points, normals, lamps)
-    points = np.asarray(points, dtype=np.float32)
-    to_eye = eye.astype(np.float32)[None, :] - points
+    irradiance so that one weight per lamp serves both. In float64: where a lamp faces the camera across the
+    part, 2 + 2 l·e cancels, and float32 was 1e-3 off there."""
+    to_lamp_n, d2, distance = _towards(points, normals, lamps, np.float64)
+    points = np.asarray(points, dtype=np.float64)
+    lamps = np.asarray(lamps, dtype=np.float64)
+    to_eye = np.asarray(eye, dtype=np.float64)[None, :] - points
     to_eye /= np.linalg.norm(to_eye, axis=1, keepdims=True)
     # The half vector (l + e)/|l + e| without (N, K, 3) arrays: n·h = (n·l + n·e)/√(2 + 2 l·e).
     lamp_dot_eye = (to_eye @ lamps.T - np.einsum("nc,nc->n", points, to_eye)[:, None]) / distance
-    eye_n = np.einsum("nc,nc->n", to_eye, np.asarray(normals, dtype=np.float32))[:, None]
+    eye_n = np.einsum("nc,nc->n", to_eye, np.asarray(normals, dtype=np.float64))[:, None]
     cos = np.maximum((to_lamp_n + eye_n) / np.sqrt(np.maximum(2.0 + 2.0 * lamp_dot_eye, 1e-12)), 0.0)
     cos[to_lamp_n <= 0] = 0.0
-    reach2 = np.einsum("kc,kc->k", lamps, lamps).astype(np.float32)
-    return (np.power(cos, np.float32(shininess)) * (reach2[None, :] / d2)).astype(np.float32)
+    reach2 = np.einsum("kc,kc->k", lamps, lamps)
+    return (np.power(cos, shininess) * (reach2[None, :] / d2)).astype(np.float32)
 
 
 def gain_and_gloss(
@@ -267,15 +269,14 @@ def irradiance_basis(points: np.ndarray, normals: np.ndarray, lamps: np.ndarray)
     return (np.maximum(cos, 0.0) * reach2[None, :] / d2).astype(np.float32)
 
 
-def _towards(points: np.ndarray, normals: np.ndarray, lamps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _towards(
+    points: np.ndarray, normals: np.ndarray, lamps: np.ndarray, dtype: type[np.floating] = np.float32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, K) cosine between each normal and the way to lamp k, squared distance and distance, by matrix
     products rather than (N, K, 3) arrays: the comparison asks this for every cell of every candidate pose."""
-    points = np.asarray(points, dtype=np.float32)
-    normals = np.asarray(normals, dtype=np.float32)
-    lamps = np.asarray(lamps, dtype=np.float32)
-    # Relative to the first lamp: float32 keeps its precision at a lamp's distance from the tray.
-    origin = lamps[:1]
-    points, lamps = points - origin, lamps - origin
+    points = np.asarray(points, dtype=dtype)
+    normals = np.asarray(normals, dtype=dtype)
+    lamps = np.asarray(lamps, dtype=dtype)
     d2 = (
         np.einsum("nc,nc->n", points, points)[:, None]
         - 2.0 * (points @ lamps.T)
@@ -314,9 +315,9 @@ def candidate_lamps(camera_centres: np.ndarray) -> np.ndarray:
 def fit_light(samples: Sequence[FitSamples], lamps: np.ndarray) -> tuple[LearnedLight, dict[str, float]]:
     """The light that best explains the samples, and each key's gain (median 1).
 
-    First every candidate lamp with point shadows, which finds the few dozen that carry light; then those
-    lamps again with the soft shadows and the highlights the inspection predicts, for each of SHININESS,
-    keeping the one that explains the samples best. Each fit alternates the weights (NNLS) and each key's gain
+    First every candidate lamp with point shadows on ROUGH_FIT_SAMPLES per key, which finds the few dozen that
+    carry light; then those lamps again with the soft shadows and the highlights the inspection predicts, for
+    each of SHININESS, keeping the one that explains the samples best. Each fit alternates the weights (NNLS) and each key's gain
     and gloss, with a Huber re-weighting so that stray cells do not pull.
     """
     if not samples:

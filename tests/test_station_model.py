@@ -25,6 +25,8 @@ from amflow_edge.inspection.learned_light import (
     LearnedLight,
     candidate_lamps,
     fit_light,
+    highlight_basis,
+    irradiance_basis,
     learn_light_held_out,
     unblocked,
 )
@@ -235,6 +237,30 @@ def test_outliers_do_not_move_the_light(
     assert np.percentile(np.abs(ratio / np.median(ratio) - 1), 95) < 0.03
     assert [soiled_gains[key] for key in gains] == pytest.approx(list(gains.values()), rel=0.01)
     assert spreads["soiled"] < 1.2 * spreads["noisy"]
+
+
+def test_the_bases_are_the_vector_formulas_also_for_a_lamp_facing_the_camera_across_the_part() -> None:
+    """irradiance_basis and highlight_basis avoid (N, K, 3) arrays for speed; they must still be the formulas,
+    also where the half vector between a lamp and the camera nearly vanishes."""
+    rng = np.random.default_rng(5)
+    points = rng.uniform(-60.0, 60.0, (400, 3))
+    points[:, 2] = np.abs(points[:, 2])
+    normals = rng.normal(size=(400, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    eye = CENTRES[1]
+    lamps = np.vstack([candidate_lamps(CENTRES)[::20], -eye * np.array([1.0, 1.0, -0.2])])
+    to_lamp = lamps[None, :, :] - points[:, None, :]
+    d2 = np.einsum("nkc,nkc->nk", to_lamp, to_lamp)
+    towards = to_lamp / np.sqrt(d2)[:, :, None]
+    reach = np.einsum("kc,kc->k", lamps, lamps)[None, :] / d2
+    lit = np.einsum("nkc,nc->nk", towards, normals)
+    assert np.allclose(irradiance_basis(points, normals, lamps), np.maximum(lit, 0.0) * reach, atol=1e-5)
+    to_eye = (eye - points) / np.linalg.norm(eye - points, axis=1, keepdims=True)
+    half = towards + to_eye[:, None, :]
+    half /= np.linalg.norm(half, axis=2, keepdims=True)
+    for shininess in (8.0, 32.0):
+        glint = np.where(lit > 0, np.maximum(np.einsum("nkc,nc->nk", half, normals), 0.0) ** shininess, 0.0) * reach
+        assert np.allclose(highlight_basis(points, normals, lamps, eye, shininess), glint, atol=1e-5)
 
 
 def test_the_light_seen_from_above_is_brightest_towards_its_lamp() -> None:
