@@ -105,20 +105,28 @@ _MEMORY: OrderedDict[tuple[str, str], Descriptors] = OrderedDict()
 _MEMORY_SIZE = 400
 
 
-def design_descriptors(mesh_path: Path, units: Units, cache_dir: Path | None) -> Descriptors:
-    """The design's descriptors: from memory, else from `cache_dir`, else computed (and stored there)."""
+def design_descriptors(
+    mesh_path: Path, units: Units, cache_dir: Path | None, model: DesignModel | None = None
+) -> Descriptors:
+    """The design's descriptors: from memory, else from `cache_dir`, else computed (and stored there). Given the
+    design's current `model` (prepare_design has it), descriptors of another geometry (the mesh repair changed
+    since they were stored) are made again: full_model reads the model they name, and identification must fit
+    the one inspection will measure."""
     sha1 = cached_file_sha1(mesh_path)
     key = (sha1, units)
     with _LOCK:
         found = _MEMORY.get(key)
-        if found is not None:
+        if found is not None and (model is None or found.geometry_sha1 == model.sha1):
             _MEMORY.move_to_end(key)
             return found
     path = descriptor_path(cache_dir, sha1, units) if cache_dir is not None else None
     descriptors = _read(path, sha1, units) if path is not None and path.is_file() else None
+    if descriptors is not None and model is not None and descriptors.geometry_sha1 != model.sha1:
+        log.info("%s: identification cache made from another geometry; made again", path)
+        descriptors = None
     if descriptors is None:
         mesh = design_mesh(mesh_path, units)  # loaded and repaired once, for both
-        descriptors = compute_descriptors(mesh, design_model(mesh, cache_dir), sha1, units)
+        descriptors = compute_descriptors(mesh, model or design_model(mesh, cache_dir), sha1, units)
         if path is not None:
             _write(path, descriptors)
     with _LOCK:
@@ -137,7 +145,7 @@ _MESHES_SIZE = 4
 def full_model(mesh_path: Path, units: Units, cache_dir: Path | None) -> DesignModel:
     """The alignment's model of a shortlisted design; the few most recent kept in memory, the rest read from
     `cache_dir` by the geometry hash its descriptors name. A worker fits a dozen of a 50-design batch's designs
-    per scan: reading and repairing each one's mesh again, when it had left memory, cost 0.4 s per scan."""
+    per scan: reading and repairing each one's mesh again, when it had left memory, cost about 50 ms per scan."""
     key = f"{cached_file_sha1(mesh_path)}.{units}"
     with _LOCK:
         found = _MODELS.get(key)

@@ -102,8 +102,7 @@ def prepare_design(mesh_path: Path, units: str, cache_dir: Path | None) -> MeshP
     cache_dir: the station calls it per design at session start, so the first scan does not wait for it. Returns
     what had to be done to the mesh as sent (the design's processing report)."""
     mesh = design_mesh(Path(mesh_path), _units(units))
-    design_model(mesh, cache_dir)
-    design_descriptors(Path(mesh_path), _units(units), cache_dir)
+    design_descriptors(Path(mesh_path), _units(units), cache_dir, design_model(mesh, cache_dir))
     return mesh_processing(mesh)
 
 
