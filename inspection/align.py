@@ -288,7 +288,7 @@ def contour_points(model: DesignModel, view: View, pose: np.ndarray, rng: np.ran
 
 
 _SCENES: OrderedDict[str, o3d.t.geometry.RaycastingScene] = OrderedDict()
-_SCENES_SIZE = 32
+_SCENES_SIZE = 24
 _SCENES_LOCK = threading.Lock()
 
 

@@ -186,7 +186,7 @@ def _two_sided_adjacency(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     An edge of two faces wound alike joins them; of two wound against each other, one face and the other's
     other side. An edge of one face (a hole's rim) or of more than two (bodies touching) can be on the
     outline at any pose, so it is paired with its face's other side, whose facing is always the opposite:
-    which of these lie on the outer outline the caller decides against the drawn silhouette.
+    which of these lie on the outer outline the caller decides by a ray past each (outer_outline_points).
     """
     count = len(faces)
     directed = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)

@@ -140,7 +140,8 @@ def choose_symmetric(
     period of its exact turns (120° for three holes). Each candidate is scored by the cells that would
     read as a defect (the mean difference hardly moves: lettering is a small part of a face), on
     CHOICE_STEP_PX cells; at 4 px the strokes of a cube's lettering vanish among the edge cells.
-    Shadows are predicted for every score but the coarse turns': without them the arms' shadows on a
+    Shadows are predicted, with one ray per lamp (a choice among turns needs where shadows fall, not their soft
+    edges), for every score but the coarse turns': without them the arms' shadows on a
     knob read as ~4000 defect cells at every candidate and the hex pocket's 300 were lost in them
     (a quarter-turned knob rejected as intact); with them the right turn scored 58, the wrong 363.
     """
