@@ -227,6 +227,8 @@ def test_descriptors_of_another_geometry_are_made_again_when_the_design_is_prepa
 ) -> None:
     """full_model reads the model its descriptors name; after a change to the mesh repair they would name the
     old geometry, and identification would fit another model than the one inspection measures."""
+    for memory in ("_MEMORY", "_MODELS", "_MESHES"):  # what other tests left there is not written to tmp_path
+        monkeypatch.setattr(descriptors, memory, type(getattr(descriptors, memory))())
     path, other = (VORON / f"{name}.stl" for name in MIRRORS[::-1])
     prepare_design(path, "mm", tmp_path)
     prepare_design(other, "mm", tmp_path)
