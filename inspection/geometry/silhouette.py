@@ -166,7 +166,7 @@ def outer_outline_points(
     within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     t = ((within + 0.5) / counts[index])[:, None]
     points = ends[index, 0] * (1 - t) + ends[index, 1] * t
-    beside = calib.project(points) + beside_px * away[index]
+    beside = projected[index, 0] * (1 - t) + projected[index, 1] * t + beside_px * away[index]
     rotation = pose[:3, :3]
     rays = np.empty((len(points), 6), dtype=np.float32)
     rays[:, :3] = rotation.T @ (calib.centre - pose[:3, 3])
