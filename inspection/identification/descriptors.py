@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import cv2
 import numpy as np
@@ -30,6 +30,8 @@ from amflow_edge.inspection.designs import load_mesh_mm
 log = logging.getLogger(__name__)
 
 Units = Literal["mm", "inch", "m"]
+K = TypeVar("K")
+V = TypeVar("V")
 
 DESCRIPTOR_VERSION = 1
 FOOTPRINT_PX = 56
@@ -114,11 +116,9 @@ def design_descriptors(
     the one inspection will measure."""
     sha1 = cached_file_sha1(mesh_path)
     key = (sha1, units)
-    with _LOCK:
-        found = _MEMORY.get(key)
-        if found is not None and (model is None or found.geometry_sha1 == model.sha1):
-            _MEMORY.move_to_end(key)
-            return found
+    found = _recall(_MEMORY, key)
+    if found is not None and (model is None or found.geometry_sha1 == model.sha1):
+        return found
     path = descriptor_path(cache_dir, sha1, units) if cache_dir is not None else None
     descriptors = _read(path, sha1, units) if path is not None and path.is_file() else None
     if descriptors is not None and model is not None and descriptors.geometry_sha1 != model.sha1:
@@ -129,11 +129,7 @@ def design_descriptors(
         descriptors = compute_descriptors(mesh, model or design_model(mesh, cache_dir), sha1, units)
         if path is not None:
             _write(path, descriptors)
-    with _LOCK:
-        _MEMORY[key] = descriptors
-        while len(_MEMORY) > _MEMORY_SIZE:
-            _MEMORY.popitem(last=False)
-    return descriptors
+    return _remember(_MEMORY, key, descriptors, _MEMORY_SIZE)
 
 
 _MODELS: OrderedDict[str, DesignModel] = OrderedDict()
@@ -147,34 +143,37 @@ def full_model(mesh_path: Path, units: Units, cache_dir: Path | None) -> DesignM
     `cache_dir` by the geometry hash its descriptors name. A worker fits a dozen of a 50-design batch's designs
     per scan: reading and repairing each one's mesh again, when it had left memory, cost about 50 ms per scan."""
     key = f"{cached_file_sha1(mesh_path)}.{units}"
-    with _LOCK:
-        found = _MODELS.get(key)
-        if found is not None:
-            _MODELS.move_to_end(key)
-            return found
+    found = _recall(_MODELS, key)
+    if found is not None:
+        return found
     model = _stored_model(mesh_path, units, cache_dir) or design_model(design_mesh(mesh_path, units), cache_dir)
-    with _LOCK:
-        _MODELS[key] = model
-        while len(_MODELS) > _MODELS_SIZE:
-            _MODELS.popitem(last=False)
-    return model
+    return _remember(_MODELS, key, model, _MODELS_SIZE)
 
 
 def design_mesh(mesh_path: Path, units: Units) -> trimesh.Trimesh:
     """The design's mesh in mm, repaired as the station uses it; the last few kept, for the inspection that
     follows an identification."""
     key = f"{cached_file_sha1(mesh_path)}.{units}"
+    found = _recall(_MESHES, key)
+    return found if found is not None else _remember(_MESHES, key, load_mesh_mm(mesh_path, units), _MESHES_SIZE)
+
+
+def _recall(memory: OrderedDict[K, V], key: K) -> V | None:
+    """An entry of one of this module's in-memory caches, marked as the most recent."""
     with _LOCK:
-        found = _MESHES.get(key)
+        found = memory.get(key)
         if found is not None:
-            _MESHES.move_to_end(key)
-            return found
-    mesh = load_mesh_mm(mesh_path, units)
+            memory.move_to_end(key)
+        return found
+
+
+def _remember(memory: OrderedDict[K, V], key: K, value: V, size: int) -> V:
+    """`value` kept under `key`, the oldest entries dropped beyond `size`; returns `value`."""
     with _LOCK:
-        _MESHES[key] = mesh
-        while len(_MESHES) > _MESHES_SIZE:
-            _MESHES.popitem(last=False)
-    return mesh
+        memory[key] = value
+        while len(memory) > size:
+            memory.popitem(last=False)
+    return value
 
 
 def _stored_model(mesh_path: Path, units: Units, cache_dir: Path | None) -> DesignModel | None:
@@ -182,8 +181,7 @@ def _stored_model(mesh_path: Path, units: Units, cache_dir: Path | None) -> Desi
     if cache_dir is None:
         return None
     sha1 = cached_file_sha1(mesh_path)
-    with _LOCK:
-        descriptors = _MEMORY.get((sha1, units))
+    descriptors = _recall(_MEMORY, (sha1, units))
     if descriptors is None:
         path = descriptor_path(cache_dir, sha1, units)
         descriptors = _read(path, sha1, units) if path.is_file() else None
