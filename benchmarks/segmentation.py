@@ -38,6 +38,7 @@ def _inspection_benchmark() -> ModuleType:
     spec = importlib.util.spec_from_file_location("inspection_benchmark", REPO / "benchmarks" / "inspection.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being made
     spec.loader.exec_module(module)
     return module
 
