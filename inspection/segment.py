@@ -26,6 +26,10 @@ PLAIN_BRIGHT_RATIO = 1.06
 HIDDEN_DARK = 1.2
 """Below CLEAR_PART_EVIDENCE: see _hidden_dark."""
 HIDDEN_WIDTH_PX = 41
+HIDDEN_MAJORITY_SIGMA_PX = 3.0
+DARK_PART_RATIO = 0.5
+"""A part whose pixels unlike the tray are, in the median, darker than this share of the tray is a dark part:
+see _hidden_dark. Dyed-black PA12 reads 0.19-0.31 on the textured trays; grey and white parts 1 or more."""
 SHADOW_RATIO = 0.5
 PART_RATIO = 0.35
 """Where the tray shows no texture to tell a shadow by, a pixel darker than SHADOW_RATIO of the empty tray starts to
@@ -181,7 +185,10 @@ def _evidence(im: np.ndarray, ref: np.ndarray, noise_var: float = 0.25) -> Evide
     deep = ~plain_tray & ~lit
     bright = (ratio - 1.0) / (BRIGHT_RATIO - 1.0)
     uncorrelated = (NCC_TRAY - ncc) / (NCC_TRAY - NCC_THRESHOLD)
-    in_the_dark = np.where(_hidden_dark(deep & (shown < MIN_EXPECTED_NCC)), HIDDEN_DARK, 0.0)
+    hidden = deep & (shown < MIN_EXPECTED_NCC)
+    faces = hidden | (lit & (uncorrelated > 1.0))
+    dark_part = faces.any() and float(np.median(ratio[faces | (bright > 1.0)])) < DARK_PART_RATIO
+    in_the_dark = np.where(_hidden_dark(hidden, faces if dark_part else None), HIDDEN_DARK, 0.0)
     plain = _plain_tray_evidence(im, ref, ratio, noise_var)
     cues = np.maximum(bright, np.where(lit, uncorrelated, np.where(deep, in_the_dark, plain)))
     score = blur(np.clip(cues, 0.0, 2.0).astype(np.float32), SCORE_SIGMA_PX)
@@ -206,17 +213,27 @@ def _plain_tray_evidence(im: np.ndarray, ref: np.ndarray, ratio: np.ndarray, noi
     return np.maximum(brighter, np.minimum(np.maximum(new_texture, darker), HIDDEN_DARK))
 
 
-def _hidden_dark(dark: np.ndarray) -> np.ndarray:
+def _hidden_dark(dark: np.ndarray, dark_faces: np.ndarray | None = None) -> np.ndarray:
     """Of a textured tray's pixels so dark that its texture cannot show, those in patches at least HIDDEN_WIDTH_PX
     across: a dyed-black part's face, or the floor of a hole seen from above, as part for the fit (HIDDEN_DARK,
     never part beyond doubt, so no material is judged extra on it); not the contact shadow along a part's
     base or under its arms, up to HIDDEN_WIDTH_PX wide, which would widen every outline it runs along (a propped
-    part read 2.9° of curl from it; a knob's shadow was taken for part 15-22 px out)."""
+    part read 2.9° of curl from it; a knob's shadow was taken for part 15-22 px out).
+
+    A dyed-black part's face straddles DARK_RATIO: its darkest pixels lie scattered among lit ones that show no
+    texture either, and alone they made patches too narrow to count (a black plate lost up to two thirds of its
+    silhouette). For a dark part (`dark_faces`: its pixels unlike the tray, lit or not) the patch is measured on
+    all of them, mostly so within HIDDEN_MAJORITY_SIGMA_PX to bridge the noise. Not for a grey or white one: its
+    lit faces would carry a contact shadow beside them along (demo rig, shadows taken for part 16 → 33 px out).
+    """
     if not dark.any():
         return dark
     size = HIDDEN_WIDTH_PX
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-    return cv2.morphologyEx(dark.astype(np.uint8), cv2.MORPH_OPEN, disc).astype(bool)
+    if dark_faces is None:
+        return cv2.morphologyEx(dark.astype(np.uint8), cv2.MORPH_OPEN, disc).astype(bool)
+    mostly = cv2.GaussianBlur(dark_faces.astype(np.float32), (0, 0), HIDDEN_MAJORITY_SIGMA_PX) > 0.5
+    return dark & cv2.morphologyEx(mostly.astype(np.uint8), cv2.MORPH_OPEN, disc).astype(bool)
 
 
 def _near_tray_edge(ref: np.ndarray) -> np.ndarray:
