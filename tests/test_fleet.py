@@ -23,7 +23,7 @@ from tests.postgres import fresh_database
 
 STATIONS = 6
 INTERVAL_S = 2.0
-FAULT_S = 12.0
+FAULT_S = 20.0
 
 _missing = is_available()
 pytestmark = pytest.mark.skipif(
