@@ -28,8 +28,10 @@ HIDDEN_DARK = 1.2
 HIDDEN_WIDTH_PX = 41
 HIDDEN_MAJORITY_SIGMA_PX = 3.0
 DARK_PART_RATIO = 0.5
-"""A part whose pixels unlike the tray are, in the median, darker than this share of the tray is a dark part:
-see _hidden_dark. Dyed-black PA12 reads 0.19-0.31 on the textured trays; grey and white parts 1 or more."""
+"""A part whose pixels unlike the tray (hiding its texture, lit or not, or brighter) are, in the median, darker than
+this share of the tray is a dark part: see _hidden_dark. Dyed-black PA12 reads 0.19-0.31 on the textured trays, grey
+and white parts 1 or more. The median counts deep shadows too (leaving them out lost black parts under the soft
+boxes, whose highlights lift their lit faces): a grey part whose shadows outnumber its faces would be taken as dark."""
 SHADOW_RATIO = 0.5
 PART_RATIO = 0.35
 """Where the tray shows no texture to tell a shadow by, a pixel darker than SHADOW_RATIO of the empty tray starts to
@@ -223,8 +225,10 @@ def _hidden_dark(dark: np.ndarray, dark_faces: np.ndarray | None = None) -> np.n
     A dyed-black part's face straddles DARK_RATIO: its darkest pixels lie scattered among lit ones that show no
     texture either, and alone they made patches too narrow to count (a black plate lost up to two thirds of its
     silhouette). For a dark part (`dark_faces`: its pixels unlike the tray, lit or not) the patch is measured on
-    all of them, mostly so within HIDDEN_MAJORITY_SIGMA_PX to bridge the noise. Not for a grey or white one: its
-    lit faces would carry a contact shadow beside them along (demo rig, shadows taken for part 16 → 33 px out).
+    all of them, mostly so within HIDDEN_MAJORITY_SIGMA_PX to bridge the noise. The price: a contact shadow along
+    a black face joins its patch and counts as part (black parts on the demo rig: shadow taken for part 4 → 10 px
+    out in the median view, part taken for tray 37 → 3 px), which is why a grey or white part keeps the rule above
+    (its lit faces would carry their shadows along too: demo rig, 16 → 33 px at worst).
     """
     if not dark.any():
         return dark
