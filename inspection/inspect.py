@@ -42,6 +42,7 @@ from amflow_edge.inspection.segment import SegmentationError, check_pair, segmen
 from amflow_edge.inspection.shading import choose_symmetric, compare_shading
 from amflow_edge.inspection.station_model.model import StationModel, calibration_digest, load_station_model
 from amflow_edge.inspection.timing import Stopwatch, one_blas_thread
+from amflow_edge.inspection.tray_views import without_shadows
 from amflow_edge.inspection.warp import fit_bend
 
 DEFAULT_CALIBRATION = DEMO_CALIBRATION
@@ -112,7 +113,7 @@ def inspect_scan(
     if views is None:
         with watch.stage("segment"):
             views = segment_views(images, references, cameras)
-    found = _fit_and_measure(model, views, images, watch, alignment, light, light_doubt)
+    found = _fit_and_measure(model, views, images, references, watch, alignment, light, light_doubt)
     report = _report(_doubted(found, outline_doubt), profile, design_material, scan, intact)
     if out_dir is not None:
         with watch.stage("overlays"):
@@ -155,6 +156,7 @@ def _fit_and_measure(
     model: DesignModel,
     views: Sequence[View],
     images: Mapping[str, np.ndarray],
+    references: Mapping[str, np.ndarray],
     watch: Stopwatch,
     given: Alignment | None = None,
     light: LearnedLight | None = None,
@@ -168,6 +170,8 @@ def _fit_and_measure(
     # Without look-alikes to choose from, the model masks are timed with the metrics.
     with watch.stage("look_alikes" if _has_look_alikes(model) else "metrics"):
         alignment, masks = _choose_look_alike(model, views, alignment, images, None if light_doubt else light)
+    with watch.stage("shadows"):
+        views, alignment, masks = without_shadows(model, views, alignment, images, references, masks)
     with watch.stage("metrics"):
         metrics, drawn = _measure(model, views, alignment, images, masks, light, light_doubt)
     return _Found(alignment, metrics, drawn, [])

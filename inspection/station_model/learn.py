@@ -39,6 +39,7 @@ from amflow_edge.inspection.station_model.model import (
 )
 from amflow_edge.inspection.station_model.tray_appearance import TrayAppearance
 from amflow_edge.inspection.surface_samples import SurfaceSamples, surface_samples
+from amflow_edge.inspection.tray_views import without_shadows
 
 MIN_SCANS = 2
 """The light's quality is measured on scans left out of its fit: with one scan there is nothing to leave out."""
@@ -118,7 +119,9 @@ def samples_of_scan(
     except AlignmentError as exc:
         refused = f"{source}: the part could not be aligned ({exc}); give a scan of an intact part of this design"
         return LearnedScanSamples(source, design, [], _empty_scene(), dict.fromkeys(cameras_of(views), 0.0), refused)
-    masks = model_masks(model, views, alignment.pose)
+    views, alignment, masks = without_shadows(
+        model, views, alignment, images, references, model_masks(model, views, alignment.pose)
+    )
     scene = triangle_scene(transform(alignment.pose, model.vertices), model.faces)
     ious: dict[str, float] = {
         view.calib.name: _iou(view, masks[view.calib.name]) for view in views if view.calib.name in masks

@@ -1,0 +1,182 @@
+"""Shadows told from material by the other cameras: what lies on the tray looks the same darkened to every camera.
+
+A part's shadow on the tray darkens the tray by the share of light the part takes away, and a matte tray sends
+what light it gets to every camera alike: photo ÷ empty-tray reference reads the same at that tray point in every
+camera that sees it. Material standing above the tray does not: the ray through it meets the tray at a point that
+another camera, looking past the part, sees as bare or shadowed tray, lit as it is and not as the material.
+
+One camera alone cannot tell a shadow from a dark part where the tray shows no texture (plain plates), or where the
+shadow takes the tray's texture with it (brushed metal's sheen), and the segmentation takes such shadows for part.
+Once the design is aligned, the other cameras say which of those pixels are tray: a pixel of the mask beyond the
+design's drawn outline is explained as tray when its tray point, seen by another camera whose drawn design does not
+hide it, reads the same there. Only then: before the pose is known, a low flat part's own faces (the same material
+seen by another camera a few millimetres away) would explain each other away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import cv2
+import numpy as np
+
+from amflow_edge.inspection.align import Alignment, View, refit
+from amflow_edge.inspection.design_cache import DesignModel
+from amflow_edge.inspection.metrics import model_masks
+from amflow_edge.inspection.segment import brightness_gain, noise_variance
+
+RATIO_SIGMA_PX = 2.0
+"""Both ratio images are smoothed so: the tray point is found to a pixel or so (calibration, the tray's flatness)."""
+BEYOND_OUTLINE_PX = 3
+"""Mask pixels this far beyond the design's drawn outline are candidates: nearer, the outline's own blur."""
+HIDDEN_MARGIN_PX = 4
+"""A camera's drawn design grown by this much hides a tray point: the pose is good to a pixel or two."""
+AGREE_RATIO = 0.06
+"""Photo ÷ reference agreeing within this (plus the noise's share) is the same tray point, lit alike."""
+NOISE_SIGMAS = 3.0
+DARKENED = 0.9
+"""Only a pixel darker than this share of its reference can be a shadow; one about as bright as the tray is in the
+mask because it lacks the tray's texture, which a shadow keeps, and it would agree with bare tray anywhere."""
+REFIT_SHARE = 0.02
+"""When shadows explained away are this share of the masks or more, the pose is fitted again without them: a hard
+shadow taken for part pulls the outline fit by a millimetre or more (key light over matte black)."""
+MIN_OTHERS = 2
+"""Cameras that must agree: one alone may see, instead of the tray point, extra material that hides it and reads
+as the material in front of the first camera does (a 6 mm block beside a grey plate lost 10-50 % of its pixels in
+three cameras to one camera's agreement, none to two's; a hard shadow on a black tray is still 81 % explained)."""
+
+
+def _ratio(image: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(smoothed photo ÷ reference, smoothed reference, noise variance of the photo): whole images, float32."""
+    gain = brightness_gain(image, reference)
+    noise = noise_variance(image, reference, gain)
+    ref = cv2.GaussianBlur(reference.astype(np.float32) * np.float32(gain), (0, 0), RATIO_SIGMA_PX)
+    photo = cv2.GaussianBlur(image.astype(np.float32), (0, 0), RATIO_SIGMA_PX)
+    return photo / np.maximum(ref, 1.0), ref, noise
+
+
+def without_shadows(
+    model: DesignModel,
+    views: Sequence[View],
+    alignment: Alignment,
+    images: Mapping[str, np.ndarray],
+    references: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray],
+) -> tuple[list[View], Alignment, dict[str, np.ndarray]]:
+    """The views with the shadows the other cameras explain removed, the alignment (fitted again when they were
+    many), and the model masks of those views at it. The shadows are explained from the first pose, then again
+    from the second, each time from the segmentation's own masks."""
+    refined, removed = explain_shadows(views, images, references, masks)
+    if not removed:
+        return list(views), alignment, dict(masks)
+    area = sum(int(v.mask.sum()) for v in views if not v.empty)
+    if sum(removed.values()) >= REFIT_SHARE * max(area, 1):
+        alignment = refit(model, refined, alignment, alignment.pose)
+        refined, _ = explain_shadows(views, images, references, model_masks(model, views, alignment.pose))
+    return refined, alignment, model_masks(model, refined, alignment.pose)
+
+
+def explain_shadows(
+    views: Sequence[View],
+    images: Mapping[str, np.ndarray],
+    references: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray],
+) -> tuple[list[View], dict[str, int]]:
+    """The views with the mask pixels beyond the drawn design that other cameras see as the same tray removed, and
+    per camera how many were; `masks` are `metrics.model_masks` of `views` at the aligned pose."""
+    seen = [v for v in views if not v.empty and v.calib.name in masks]
+    if len(seen) < 2:
+        return list(views), {}
+    ratios: dict[str, tuple[np.ndarray, np.ndarray, float]] = {
+        v.calib.name: _ratio(images[v.calib.name], references[v.calib.name]) for v in seen
+    }
+    hidden: dict[str, np.ndarray] = {v.calib.name: _grown(masks[v.calib.name], HIDDEN_MARGIN_PX) for v in seen}
+    refined: list[View] = []
+    removed: dict[str, int] = {}
+    for view in views:
+        if view not in seen:
+            refined.append(view)
+            continue
+        name = view.calib.name
+        window = view.sdf_window
+        drawn = _grown(masks[name], BEYOND_OUTLINE_PX)
+        beyond = window.crop(view.mask) & ~drawn
+        ys, xs = np.nonzero(beyond)
+        if len(xs) == 0:
+            refined.append(view)
+            continue
+        pixels = np.column_stack([xs + window.x0, ys + window.y0]).astype(np.float64)
+        ratio, ref, noise = ratios[name]
+        own = ratio[pixels[:, 1].astype(int), pixels[:, 0].astype(int)]
+        own_ref = ref[pixels[:, 1].astype(int), pixels[:, 0].astype(int)]
+        tolerance = AGREE_RATIO + NOISE_SIGMAS * _smoothed_noise(noise) / np.maximum(own_ref, 1.0)
+        points = _on_tray(view, pixels)
+        agreeing = np.zeros(len(pixels), dtype=np.int32)
+        for other in seen:
+            if other is view:
+                continue
+            agreeing += _agrees(other, points, own, tolerance, ratios, hidden)
+        explained = (agreeing >= MIN_OTHERS) & (own < DARKENED)
+        if not explained.any():
+            refined.append(view)
+            continue
+        mask = view.mask.copy()
+        mask[ys[explained] + window.y0, xs[explained] + window.x0] = False
+        clear_part = None if view.clear_part is None else view.clear_part & mask
+        refined.append(View(view.calib, mask, view.clear_tray, clear_part))
+        removed[name] = int(explained.sum())
+    return refined, removed
+
+
+def _smoothed_noise(noise_variance_dn2: float) -> float:
+    """The noise's standard deviation (DN) left after the RATIO_SIGMA_PX Gaussian: σ ÷ (2σ_blur√π) for white noise."""
+    return float(np.sqrt(noise_variance_dn2)) / (2.0 * RATIO_SIGMA_PX * np.sqrt(np.pi))
+
+
+def _grown(mask: np.ndarray, px: int) -> np.ndarray:
+    size = 2 * px + 1
+    return cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))).astype(bool)
+
+
+def _on_tray(view: View, pixels: np.ndarray) -> np.ndarray:
+    """Where each pixel's ray meets the tray's plane (z = 0, the tray frame), (N, 3); NaN for a ray that does not."""
+    directions = view.calib.rays(pixels)
+    origin = view.calib.centre
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = -origin[2] / directions[:, 2]
+    t = np.where(t > 0, t, np.nan)
+    return origin + directions * t[:, None]
+
+
+def _agrees(
+    other: View,
+    points: np.ndarray,
+    own: np.ndarray,
+    tolerance: np.ndarray,
+    ratios: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
+    hidden: Mapping[str, np.ndarray],
+) -> np.ndarray:
+    """Per tray point, whether `other` sees it (in its image, not behind its drawn design) reading as `own` does."""
+    valid = np.isfinite(points).all(axis=1)
+    result = np.zeros(len(points), dtype=bool)
+    if not valid.any():
+        return result
+    calib = other.calib
+    index = np.flatnonzero(valid)
+    inside = calib.visible(points[index], margin_px=2.0)
+    index = index[inside]
+    if len(index) == 0:
+        return result
+    q = calib.project(points[index])
+    col, row = np.rint(q[:, 0]).astype(int), np.rint(q[:, 1]).astype(int)
+    window = other.sdf_window
+    in_window = (col >= window.x0) & (col < window.x0 + window.width) & (row >= window.y0)
+    in_window &= row < window.y0 + window.height
+    behind = np.zeros(len(index), dtype=bool)
+    drawn = hidden[calib.name]
+    behind[in_window] = drawn[row[in_window] - window.y0, col[in_window] - window.x0]
+    ratio = ratios[calib.name][0]
+    height, width = ratio.shape
+    theirs = ratio[np.clip(row, 0, height - 1), np.clip(col, 0, width - 1)]
+    result[index] = ~behind & (np.abs(theirs - own[index]) <= tolerance[index])
+    return result
