@@ -98,7 +98,8 @@ def inspect_scan(
 
     `views` (the segmented cameras, in `cameras` order) and `alignment` (the design's fit to them) are what an
     identification already made (inspection.identification): given, the scan is neither segmented nor aligned
-    again, which would cost a second and could find another pose than the one the design was chosen by.
+    again, which would cost a second and could find another pose than the one the design was chosen by (only
+    refined, where shadows the other cameras explain had pulled it: tray_views.without_shadows).
 
     `light` is the station's light as commissioning learned it (`station_light`); without it, or with a
     `light_doubt` (why the station no longer looks as it did then), the shading criteria abstain. With an
@@ -117,7 +118,7 @@ def inspect_scan(
     report = _report(_doubted(found, outline_doubt), profile, design_material, scan, intact)
     if out_dir is not None:
         with watch.stage("overlays"):
-            report.overlays = _write_overlays(Path(out_dir), images, views, found.drawn, report)
+            report.overlays = _write_overlays(Path(out_dir), images, found.views or views, found.drawn, report)
     report.timings_s = watch.rounded()
     if out_dir is not None:
         write_report(report, out_dir)
@@ -131,8 +132,10 @@ class _Found:
     alignment: Alignment | None
     metrics: InspectionMetrics | None
     drawn: dict[str, dict[str, np.ndarray]]
-    """Per camera, the masks the overlays draw."""
+    """Per camera, the masks the overlays draw, in the windows of `views`."""
     notes: list[str]
+    views: Sequence[View] = ()
+    """The views measured: the segmentation's, less the shadows the other cameras explained (tray_views)."""
 
 
 def _design(mesh_mm: trimesh.Trimesh, cache_dir: Path | str | None, design_material: str) -> DesignModel:
@@ -174,7 +177,7 @@ def _fit_and_measure(
         views, alignment, masks = without_shadows(model, views, alignment, images, references, masks)
     with watch.stage("metrics"):
         metrics, drawn = _measure(model, views, alignment, images, masks, light, light_doubt)
-    return _Found(alignment, metrics, drawn, [])
+    return _Found(alignment, metrics, drawn, [], views)
 
 
 def _has_look_alikes(model: DesignModel) -> bool:
@@ -261,7 +264,7 @@ def _doubted(found: _Found, outline_doubt: str | None) -> _Found:
         if metric not in EVIDENCE_COUNTS:
             abstained.setdefault(metric, outline_doubt)
     metrics = found.metrics.model_copy(update={"abstained": abstained})
-    return _Found(found.alignment, metrics, found.drawn, found.notes)
+    return _Found(found.alignment, metrics, found.drawn, found.notes, found.views)
 
 
 def intact_readings(station: StationModel | None) -> dict[str, tuple[float, float]] | None:

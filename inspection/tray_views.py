@@ -8,9 +8,13 @@ another camera, looking past the part, sees as bare or shadowed tray, lit as it 
 One camera alone cannot tell a shadow from a dark part where the tray shows no texture (plain plates), or where the
 shadow takes the tray's texture with it (brushed metal's sheen), and the segmentation takes such shadows for part.
 Once the design is aligned, the other cameras say which of those pixels are tray: a pixel of the mask beyond the
-design's drawn outline is explained as tray when its tray point, seen by another camera whose drawn design does not
-hide it, reads the same there. Only then: before the pose is known, a low flat part's own faces (the same material
-seen by another camera a few millimetres away) would explain each other away.
+design's drawn outline is explained as tray when its tray point, seen by two other cameras whose drawn design does
+not hide it, reads the same there. Only then: before the pose is known, a low flat part's own faces (the same
+material seen by another camera a few millimetres away) would explain each other away.
+
+What lies on the tray's plane cannot be told from the tray this way, material included (a brim, an elephant's
+foot): pixels the segmentation proved part (`clear_part`: brighter than the tray, or without its texture) stay,
+and a camera votes only where height shows in it (a millimetre up the ray moves its view by PARALLAX_PX or more).
 """
 
 from __future__ import annotations
@@ -41,9 +45,21 @@ REFIT_SHARE = 0.02
 """When shadows explained away are this share of the masks or more, the pose is fitted again without them: a hard
 shadow taken for part pulls the outline fit by a millimetre or more (key light over matte black)."""
 MIN_OTHERS = 2
+PARALLAX_PX = 4.0
+DARK_PART = 0.5
+"""A part darker than this share of the tray (in the median over its drawn outline) is left as it is: dark material
+beside it, which hides the tray point from the other cameras as well, reads as its shadow does (a 6 mm block
+beside a dyed-black plate lost half its pixels), and none of it is proven material."""
 """Cameras that must agree: one alone may see, instead of the tray point, extra material that hides it and reads
 as the material in front of the first camera does (a 6 mm block beside a grey plate lost 10-50 % of its pixels in
 three cameras to one camera's agreement, none to two's; a hard shadow on a black tray is still 81 % explained)."""
+
+
+def ratio_images(
+    images: Mapping[str, np.ndarray], references: Mapping[str, np.ndarray], views: Sequence[View]
+) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Per camera with a part in view, what explain_shadows compares: `_ratio`."""
+    return {v.calib.name: _ratio(images[v.calib.name], references[v.calib.name]) for v in views if not v.empty}
 
 
 def _ratio(image: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -66,35 +82,36 @@ def without_shadows(
     """The views with the shadows the other cameras explain removed, the alignment (fitted again when they were
     many), and the model masks of those views at it. The shadows are explained from the first pose, then again
     from the second, each time from the segmentation's own masks."""
-    refined, removed = explain_shadows(views, images, references, masks)
+    ratios = ratio_images(images, references, views)
+    refined, removed = explain_shadows(views, ratios, masks)
     if not removed:
         return list(views), alignment, dict(masks)
     area = sum(int(v.mask.sum()) for v in views if not v.empty)
     if sum(removed.values()) >= REFIT_SHARE * max(area, 1):
         alignment = refit(model, refined, alignment, alignment.pose)
-        refined, _ = explain_shadows(views, images, references, model_masks(model, views, alignment.pose))
-    return refined, alignment, model_masks(model, refined, alignment.pose)
+        masks = model_masks(model, views, alignment.pose)
+        refined, removed = explain_shadows(views, ratios, masks)
+    changed = [v for v in refined if v.calib.name in removed]
+    return refined, alignment, {**masks, **model_masks(model, changed, alignment.pose)}
 
 
 def explain_shadows(
     views: Sequence[View],
-    images: Mapping[str, np.ndarray],
-    references: Mapping[str, np.ndarray],
+    ratios: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
     masks: Mapping[str, np.ndarray],
 ) -> tuple[list[View], dict[str, int]]:
     """The views with the mask pixels beyond the drawn design that other cameras see as the same tray removed, and
-    per camera how many were; `masks` are `metrics.model_masks` of `views` at the aligned pose."""
-    seen = [v for v in views if not v.empty and v.calib.name in masks]
-    if len(seen) < 2:
+    per camera how many were; `ratios` are `ratio_images` of the scan, `masks` `metrics.model_masks` of `views` at
+    the aligned pose (those of views left as they were stay valid)."""
+    seen = [v for v in views if not v.empty and v.calib.name in masks and v.calib.name in ratios]
+    if len(seen) < MIN_OTHERS + 1:
         return list(views), {}
-    ratios: dict[str, tuple[np.ndarray, np.ndarray, float]] = {
-        v.calib.name: _ratio(images[v.calib.name], references[v.calib.name]) for v in seen
-    }
     hidden: dict[str, np.ndarray] = {v.calib.name: _grown(masks[v.calib.name], HIDDEN_MARGIN_PX) for v in seen}
     refined: list[View] = []
     removed: dict[str, int] = {}
+    names = {v.calib.name for v in seen}
     for view in views:
-        if view not in seen:
+        if view.calib.name not in names:
             refined.append(view)
             continue
         name = view.calib.name
@@ -105,18 +122,22 @@ def explain_shadows(
         if len(xs) == 0:
             refined.append(view)
             continue
-        pixels = np.column_stack([xs + window.x0, ys + window.y0]).astype(np.float64)
         ratio, ref, noise = ratios[name]
+        if float(np.median(window.crop(ratio)[masks[name]])) < DARK_PART:
+            refined.append(view)
+            continue
+        pixels = np.column_stack([xs + window.x0, ys + window.y0]).astype(np.float64)
         own = ratio[pixels[:, 1].astype(int), pixels[:, 0].astype(int)]
         own_ref = ref[pixels[:, 1].astype(int), pixels[:, 0].astype(int)]
         tolerance = AGREE_RATIO + NOISE_SIGMAS * _smoothed_noise(noise) / np.maximum(own_ref, 1.0)
-        points = _on_tray(view, pixels)
+        points, raised = _on_tray(view, pixels)
         agreeing = np.zeros(len(pixels), dtype=np.int32)
         for other in seen:
-            if other is view:
-                continue
-            agreeing += _agrees(other, points, own, tolerance, ratios, hidden)
+            if other.calib.name != name:
+                agreeing += _agrees(other, points, raised, own, tolerance, ratios, hidden)
         explained = (agreeing >= MIN_OTHERS) & (own < DARKENED)
+        if view.clear_part is not None:
+            explained &= ~view.clear_part[pixels[:, 1].astype(int), pixels[:, 0].astype(int)]
         if not explained.any():
             refined.append(view)
             continue
@@ -138,26 +159,31 @@ def _grown(mask: np.ndarray, px: int) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))).astype(bool)
 
 
-def _on_tray(view: View, pixels: np.ndarray) -> np.ndarray:
-    """Where each pixel's ray meets the tray's plane (z = 0, the tray frame), (N, 3); NaN for a ray that does not."""
+def _on_tray(view: View, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each pixel's ray meets the tray's plane (z = 0, the tray frame), and where it is 1 mm above it, (N, 3)
+    each; NaN for a ray that does not."""
     directions = view.calib.rays(pixels)
     origin = view.calib.centre
     with np.errstate(divide="ignore", invalid="ignore"):
         t = -origin[2] / directions[:, 2]
+        t_raised = (1.0 - origin[2]) / directions[:, 2]
     t = np.where(t > 0, t, np.nan)
-    return origin + directions * t[:, None]
+    t_raised = np.where(t_raised > 0, t_raised, np.nan)
+    return origin + directions * t[:, None], origin + directions * t_raised[:, None]
 
 
 def _agrees(
     other: View,
     points: np.ndarray,
+    raised: np.ndarray,
     own: np.ndarray,
     tolerance: np.ndarray,
     ratios: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
     hidden: Mapping[str, np.ndarray],
 ) -> np.ndarray:
-    """Per tray point, whether `other` sees it (in its image, not behind its drawn design) reading as `own` does."""
-    valid = np.isfinite(points).all(axis=1)
+    """Per tray point, whether `other` sees it (in its image, not behind its drawn design or material it proved,
+    with the height along the first camera's ray showing: `raised`, 1 mm up it) reading as `own` does."""
+    valid = np.isfinite(points).all(axis=1) & np.isfinite(raised).all(axis=1)
     result = np.zeros(len(points), dtype=bool)
     if not valid.any():
         return result
@@ -168,6 +194,7 @@ def _agrees(
     if len(index) == 0:
         return result
     q = calib.project(points[index])
+    parallax = np.linalg.norm(calib.project(raised[index]) - q, axis=1) >= PARALLAX_PX
     col, row = np.rint(q[:, 0]).astype(int), np.rint(q[:, 1]).astype(int)
     window = other.sdf_window
     in_window = (col >= window.x0) & (col < window.x0 + window.width) & (row >= window.y0)
@@ -175,8 +202,13 @@ def _agrees(
     behind = np.zeros(len(index), dtype=bool)
     drawn = hidden[calib.name]
     behind[in_window] = drawn[row[in_window] - window.y0, col[in_window] - window.x0]
+    if other.clear_part is not None:
+        # Material proven there (extra material the drawn design lacks) hides the tray point as well.
+        behind |= other.clear_part[
+            np.clip(row, 0, other.clear_part.shape[0] - 1), np.clip(col, 0, other.clear_part.shape[1] - 1)
+        ]
     ratio = ratios[calib.name][0]
     height, width = ratio.shape
     theirs = ratio[np.clip(row, 0, height - 1), np.clip(col, 0, width - 1)]
-    result[index] = ~behind & (np.abs(theirs - own[index]) <= tolerance[index])
+    result[index] = parallax & ~behind & (np.abs(theirs - own[index]) <= tolerance[index])
     return result
