@@ -20,12 +20,14 @@ and a camera votes only where height shows in it (a millimetre up the ray moves 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from amflow_edge.inspection.align import Alignment, View, refit
 from amflow_edge.inspection.design_cache import DesignModel
+from amflow_edge.inspection.geometry.silhouette import Window
 from amflow_edge.inspection.metrics import model_masks
 from amflow_edge.inspection.segment import brightness_gain, noise_variance
 
@@ -55,20 +57,48 @@ as the material in front of the first camera does (a 6 mm block beside a grey pl
 three cameras to one camera's agreement, none to two's; a hard shadow on a black tray is still 81 % explained)."""
 
 
+@dataclass(frozen=True)
+class RatioImage:
+    """One camera's smoothed photo ÷ reference around its part (its view's window): a tray point another camera
+    projects outside it is near no part here, and has no vote."""
+
+    ratio: np.ndarray
+    reference: np.ndarray
+    window: Window
+    noise_variance: float
+
+    def at(self, col: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ratio, whether inside) at full-image pixel positions."""
+        x, y = col - self.window.x0, row - self.window.y0
+        inside = (x >= 0) & (y >= 0) & (x < self.window.width) & (y < self.window.height)
+        values = self.ratio[np.clip(y, 0, self.window.height - 1), np.clip(x, 0, self.window.width - 1)]
+        return values, inside
+
+
 def ratio_images(
     images: Mapping[str, np.ndarray], references: Mapping[str, np.ndarray], views: Sequence[View]
-) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
-    """Per camera with a part in view, what explain_shadows compares: `_ratio`."""
-    return {v.calib.name: _ratio(images[v.calib.name], references[v.calib.name]) for v in views if not v.empty}
+) -> dict[str, RatioImage]:
+    """Per camera with a part in view, what explain_shadows compares, over the view's window."""
+    return {
+        v.calib.name: _ratio(images[v.calib.name], references[v.calib.name], v.sdf_window) for v in views if not v.empty
+    }
 
 
-def _ratio(image: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """(smoothed photo ÷ reference, smoothed reference, noise variance of the photo): whole images, float32."""
+def _ratio(image: np.ndarray, reference: np.ndarray, window: Window) -> RatioImage:
     gain = brightness_gain(image, reference)
     noise = noise_variance(image, reference, gain)
-    ref = cv2.GaussianBlur(reference.astype(np.float32) * np.float32(gain), (0, 0), RATIO_SIGMA_PX)
-    photo = cv2.GaussianBlur(image.astype(np.float32), (0, 0), RATIO_SIGMA_PX)
-    return photo / np.maximum(ref, 1.0), ref, noise
+    pad = int(4 * RATIO_SIGMA_PX) + 1
+    height, width = image.shape
+    x0, y0 = max(window.x0 - pad, 0), max(window.y0 - pad, 0)
+    x1, y1 = min(window.x0 + window.width + pad, width), min(window.y0 + window.height + pad, height)
+    ref = cv2.GaussianBlur(reference[y0:y1, x0:x1].astype(np.float32) * np.float32(gain), (0, 0), RATIO_SIGMA_PX)
+    photo = cv2.GaussianBlur(image[y0:y1, x0:x1].astype(np.float32), (0, 0), RATIO_SIGMA_PX)
+    inner = (
+        slice(window.y0 - y0, window.y0 - y0 + window.height),
+        slice(window.x0 - x0, window.x0 + window.width - x0),
+    )
+    ratio = (photo / np.maximum(ref, 1.0))[inner]
+    return RatioImage(ratio, ref[inner], window, noise)
 
 
 def without_shadows(
@@ -97,7 +127,7 @@ def without_shadows(
 
 def explain_shadows(
     views: Sequence[View],
-    ratios: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
+    ratios: Mapping[str, RatioImage],
     masks: Mapping[str, np.ndarray],
 ) -> tuple[list[View], dict[str, int]]:
     """The views with the mask pixels beyond the drawn design that other cameras see as the same tray removed, and
@@ -122,14 +152,13 @@ def explain_shadows(
         if len(xs) == 0:
             refined.append(view)
             continue
-        ratio, ref, noise = ratios[name]
-        if float(np.median(window.crop(ratio)[masks[name]])) < DARK_PART:
+        mine = ratios[name]
+        if float(np.median(mine.ratio[masks[name]])) < DARK_PART:
             refined.append(view)
             continue
         pixels = np.column_stack([xs + window.x0, ys + window.y0]).astype(np.float64)
-        own = ratio[pixels[:, 1].astype(int), pixels[:, 0].astype(int)]
-        own_ref = ref[pixels[:, 1].astype(int), pixels[:, 0].astype(int)]
-        tolerance = AGREE_RATIO + NOISE_SIGMAS * _smoothed_noise(noise) / np.maximum(own_ref, 1.0)
+        own, own_ref = mine.ratio[ys, xs], mine.reference[ys, xs]
+        tolerance = AGREE_RATIO + NOISE_SIGMAS * _smoothed_noise(mine.noise_variance) / np.maximum(own_ref, 1.0)
         points, raised = _on_tray(view, pixels)
         agreeing = np.zeros(len(pixels), dtype=np.int32)
         for other in seen:
@@ -178,7 +207,7 @@ def _agrees(
     raised: np.ndarray,
     own: np.ndarray,
     tolerance: np.ndarray,
-    ratios: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
+    ratios: Mapping[str, RatioImage],
     hidden: Mapping[str, np.ndarray],
 ) -> np.ndarray:
     """Per tray point, whether `other` sees it (in its image, not behind its drawn design or material it proved,
@@ -207,8 +236,6 @@ def _agrees(
         behind |= other.clear_part[
             np.clip(row, 0, other.clear_part.shape[0] - 1), np.clip(col, 0, other.clear_part.shape[1] - 1)
         ]
-    ratio = ratios[calib.name][0]
-    height, width = ratio.shape
-    theirs = ratio[np.clip(row, 0, height - 1), np.clip(col, 0, width - 1)]
-    result[index] = parallax & ~behind & (np.abs(theirs - own[index]) <= tolerance[index])
+    theirs, near_part = ratios[calib.name].at(col, row)
+    result[index] = near_part & parallax & ~behind & (np.abs(theirs - own[index]) <= tolerance[index])
     return result

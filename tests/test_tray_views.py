@@ -76,7 +76,9 @@ def _with_block(plate: trimesh.Trimesh, pose: np.ndarray) -> trimesh.Trimesh:
     side = posed.vertices[np.argmax(posed.vertices[:, 0])]
     block = trimesh.creation.box(extents=(6.0, 6.0, 6.0))
     block.apply_translation((side[0] + 2.5, side[1], 3.0))
-    return trimesh.util.concatenate([posed, block])
+    joined = trimesh.util.concatenate([posed, block])
+    assert isinstance(joined, trimesh.Trimesh)
+    return joined
 
 
 @pytest.mark.parametrize("material", ["pa12_grey", "pa12_black"])
