@@ -47,14 +47,16 @@ REFIT_SHARE = 0.02
 """When shadows explained away are this share of the masks or more, the pose is fitted again without them: a hard
 shadow taken for part pulls the outline fit by a millimetre or more (key light over matte black)."""
 MIN_OTHERS = 2
+"""Cameras that must agree: one alone may see, instead of the tray point, extra material that hides it and reads
+as the material in front of the first camera does (a 6 mm block beside a grey plate lost 10-50 % of its pixels in
+three cameras to one camera's agreement, none to two's; a hard shadow on a black tray is still 81 % explained)."""
 PARALLAX_PX = 4.0
+"""A camera votes only where a millimetre up the first camera's ray moves its view by this much: nearer the same
+line of sight, material on the ray and the tray point behind it look alike to it."""
 DARK_PART = 0.5
 """A part darker than this share of the tray (in the median over its drawn outline) is left as it is: dark material
 beside it, which hides the tray point from the other cameras as well, reads as its shadow does (a 6 mm block
 beside a dyed-black plate lost half its pixels), and none of it is proven material."""
-"""Cameras that must agree: one alone may see, instead of the tray point, extra material that hides it and reads
-as the material in front of the first camera does (a 6 mm block beside a grey plate lost 10-50 % of its pixels in
-three cameras to one camera's agreement, none to two's; a hard shadow on a black tray is still 81 % explained)."""
 
 
 @dataclass(frozen=True)
