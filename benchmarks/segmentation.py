@@ -20,11 +20,12 @@ from types import ModuleType
 
 import cv2
 import numpy as np
+import trimesh
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from amflow_edge.drivers.simulator.looks import known_looks, load_look, load_material  # noqa: E402
+from amflow_edge.drivers.simulator.looks import PartMaterial, known_looks, load_look, load_material  # noqa: E402
 from amflow_edge.drivers.simulator.render import Renderer  # noqa: E402
 from amflow_edge.inspection.geometry.camera import load_rig  # noqa: E402
 from amflow_edge.inspection.geometry.placement import place_on_tray  # noqa: E402
@@ -64,13 +65,23 @@ def main() -> int:
     materials: list[str | None] = [m for m in args.materials.split(",") if m] or [None]
     for look_name in looks:
         renderer = Renderer(cameras, look=load_look(look_name))
-        for material_name in materials:
-            material = None if material_name is None else load_material(material_name)
-            _run(renderer, meshes, material, args.placements, args.seed, f"{look_name} {material_name or '-'}")
+        try:
+            for material_name in materials:
+                material = None if material_name is None else load_material(material_name)
+                _run(renderer, meshes, material, args.placements, args.seed, f"{look_name} {material_name or '-'}")
+        finally:
+            renderer.close()
     return 0
 
 
-def _run(renderer: Renderer, meshes: dict, material: object, placements: int, seed: int, label: str) -> None:
+def _run(
+    renderer: Renderer,
+    meshes: dict[str, trimesh.Trimesh],
+    material: PartMaterial | None,
+    placements: int,
+    seed: int,
+    label: str,
+) -> None:
     gross: list[float] = []
     false_part: list[float] = []
     false_tray: list[float] = []
@@ -82,7 +93,7 @@ def _run(renderer: Renderer, meshes: dict, material: object, placements: int, se
             seed += 1
             pose = place_on_tray(mesh, np.random.default_rng(seed))
             empty = renderer.render(None, None, seed + 500_000)
-            images = renderer.render(mesh, pose, seed, material=material)  # type: ignore[arg-type]
+            images = renderer.render(mesh, pose, seed, material=material)
             vertices = mesh.vertices @ pose[:3, :3].T + pose[:3, 3]
             ious = []
             for calib in renderer.cameras:
