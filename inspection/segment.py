@@ -27,6 +27,9 @@ HIDDEN_DARK = 1.2
 """Below CLEAR_PART_EVIDENCE: see _hidden_dark."""
 HIDDEN_WIDTH_PX = 41
 HIDDEN_MAJORITY_SIGMA_PX = 3.0
+DARK_PART_WIDTH_PX = 15
+"""A dark part's faces count from this width (see _hidden_dark): a black part's narrow faces (an arm's top, a thin
+wall) are narrower than HIDDEN_WIDTH_PX, and its contact shadows join its wide faces whatever the width."""
 DARK_PART_RATIO = 0.5
 """A part whose pixels unlike the tray (hiding its texture, lit or not, or brighter) are, in the median, darker than
 this share of the tray is a dark part: see _hidden_dark. Dyed-black PA12 reads 0.19-0.31 on the textured trays, grey
@@ -192,7 +195,12 @@ def _evidence(im: np.ndarray, ref: np.ndarray, noise_var: float = 0.25) -> Evide
     dark_part = faces.any() and float(np.median(ratio[faces | (bright > 1.0)])) < DARK_PART_RATIO
     in_the_dark = np.where(_hidden_dark(hidden, faces if dark_part else None), HIDDEN_DARK, 0.0)
     plain = _plain_tray_evidence(im, ref, ratio, noise_var)
-    cues = np.maximum(bright, np.where(lit, uncorrelated, np.where(deep, in_the_dark, plain)))
+    # Beside a dark part, where even tray would not show its texture (a shadow under a black bracket's arch), no
+    # correlation proves part: its shadows and its faces read alike there (grey and white parts keep the rule).
+    judged = uncorrelated
+    if dark_part:
+        judged = np.where(shown < MIN_EXPECTED_NCC, np.minimum(uncorrelated, HIDDEN_DARK), uncorrelated)
+    cues = np.maximum(bright, np.where(lit, judged, np.where(deep, in_the_dark, plain)))
     score = blur(np.clip(cues, 0.0, 2.0).astype(np.float32), SCORE_SIGMA_PX)
     clear_tray = (score < CLEAR_TRAY_EVIDENCE) & (ratio > DARK_RATIO) & ~_near_tray_edge(ref)
     return Evidence(score, clear_tray, score > CLEAR_PART_EVIDENCE)
@@ -228,7 +236,10 @@ def _hidden_dark(dark: np.ndarray, dark_faces: np.ndarray | None = None) -> np.n
     all of them, mostly so within HIDDEN_MAJORITY_SIGMA_PX to bridge the noise. The price: a contact shadow along
     a black face joins its patch and counts as part (black parts on the demo rig: shadow taken for part 4 → 10 px
     out in the median view, part taken for tray 37 → 3 px), which is why a grey or white part keeps the rule above
-    (its lit faces would carry their shadows along too: demo rig, 16 → 33 px at worst).
+    (its lit faces would carry their shadows along too: demo rig, 16 → 33 px at worst). Joined, a shadow no longer
+    depends on the patch width, so a dark part's patches count from DARK_PART_WIDTH_PX: at 41 px the top of a black
+    bracket's arm was lost (tuning parts under soft boxes: part taken for tray 28 → 3 px at p90, shadow taken for
+    part unchanged). Commissioned, tray_views tells the joined shadows by the station's light.
     """
     if not dark.any():
         return dark
@@ -237,6 +248,7 @@ def _hidden_dark(dark: np.ndarray, dark_faces: np.ndarray | None = None) -> np.n
     if dark_faces is None:
         return cv2.morphologyEx(dark.astype(np.uint8), cv2.MORPH_OPEN, disc).astype(bool)
     mostly = cv2.GaussianBlur(dark_faces.astype(np.float32), (0, 0), HIDDEN_MAJORITY_SIGMA_PX) > 0.5
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (DARK_PART_WIDTH_PX, DARK_PART_WIDTH_PX))
     return dark & cv2.morphologyEx(mostly.astype(np.uint8), cv2.MORPH_OPEN, disc).astype(bool)
 
 
