@@ -174,7 +174,8 @@ def _fit_and_measure(
     with watch.stage("look_alikes" if _has_look_alikes(model) else "metrics"):
         alignment, masks = _choose_look_alike(model, views, alignment, images, None if light_doubt else light)
     with watch.stage("shadows"):
-        views, alignment, masks = without_shadows(model, views, alignment, images, references, masks)
+        shadow_light = None if light_doubt else light
+        views, alignment, masks = without_shadows(model, views, alignment, images, references, masks, shadow_light)
     with watch.stage("metrics"):
         metrics, drawn = _measure(model, views, alignment, images, masks, light, light_doubt)
     return _Found(alignment, metrics, drawn, [], views)

@@ -15,6 +15,12 @@ material seen by another camera a few millimetres away) would explain each other
 What lies on the tray's plane cannot be told from the tray this way, material included (a brim, an elephant's
 foot): pixels the segmentation proved part (`clear_part`: brighter than the tray, or without its texture) stay,
 and a camera votes only where height shows in it (a millimetre up the ray moves its view by PARALLAX_PX or more).
+
+Where two other cameras cannot see the tray point (inside a U-shaped part, whose walls hide its floor from most
+cameras) or cannot be trusted to (beside a dark part: dark material hides the tray point from them too), a
+commissioned station has a second witness: its learned light (learned_light), which casts the posed design's
+shadow on the tray. A pixel reading the share of light the design leaves its tray point, with no camera that sees
+that point reading otherwise, is that shadow (`LitTray`).
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import open3d as o3d
 
-from amflow_edge.inspection.align import Alignment, View, refit
+from amflow_edge.inspection.align import Alignment, View, refit, transform
 from amflow_edge.inspection.design_cache import DesignModel
+from amflow_edge.inspection.geometry.raycast import triangle_scene
 from amflow_edge.inspection.geometry.silhouette import Window
+from amflow_edge.inspection.learned_light import LearnedLight
 from amflow_edge.inspection.metrics import model_masks
 from amflow_edge.inspection.segment import brightness_gain, noise_variance
 
@@ -56,7 +65,41 @@ line of sight, material on the ray and the tray point behind it look alike to it
 DARK_PART = 0.5
 """A part darker than this share of the tray (in the median over its drawn outline) is left as it is: dark material
 beside it, which hides the tray point from the other cameras as well, reads as its shadow does (a 6 mm block
-beside a dyed-black plate lost half its pixels), and none of it is proven material."""
+beside a dyed-black plate lost half its pixels), and none of it is proven material. The learned light still
+explains its shadows (LitTray)."""
+LIT_AGREE_RATIO = 0.06
+"""Photo ÷ reference within this (plus the noise's share) of the learned light's share at the tray point is its
+shadow, with no camera that sees that point reading otherwise. A black bracket's shadow between its arms reads
+0.01-0.06 above the prediction under the soft boxes (light the part throws back, which the light leaves out): 96 %
+of it explained; a block of black material in the bracket's shadow loses a tenth of its pixels in one camera (at
+0.08: 99 % and an eighth)."""
+
+
+@dataclass(frozen=True)
+class LitTray:
+    """The station's learned light over the tray around the posed design: how much of it reaches a tray point past
+    the design, as a share of what reaches it with no part on the tray (photo ÷ reference, for a matte tray)."""
+
+    light: LearnedLight
+    scene: o3d.t.geometry.RaycastingScene
+
+    @classmethod
+    def of(cls, light: LearnedLight, model: DesignModel, pose: np.ndarray) -> LitTray:
+        return cls(light, triangle_scene(transform(pose, model.vertices), model.faces))
+
+    def share(self, points: np.ndarray) -> np.ndarray:
+        """(N,) share of the light reaching (N, 3) tray points (z = 0); NaN for a point not given."""
+        result = np.full(len(points), np.nan, dtype=np.float32)
+        valid = np.isfinite(points).all(axis=1)
+        if not valid.any():
+            return result
+        at = points[valid].astype(np.float32)
+        up = np.zeros_like(at)
+        up[:, 2] = 1.0
+        shadowed = self.light.predict(self.scene, at, up, None, shadows=True).matte
+        open_tray = self.light.predict(self.scene, at, up, None, shadows=False).matte
+        result[valid] = shadowed / np.maximum(open_tray, 1e-6)
+        return result
 
 
 @dataclass(frozen=True)
@@ -110,19 +153,23 @@ def without_shadows(
     images: Mapping[str, np.ndarray],
     references: Mapping[str, np.ndarray],
     masks: Mapping[str, np.ndarray],
+    light: LearnedLight | None = None,
 ) -> tuple[list[View], Alignment, dict[str, np.ndarray]]:
-    """The views with the shadows the other cameras explain removed, the alignment (fitted again when they were
-    many), and the model masks of those views at it. The shadows are explained from the first pose, then again
-    from the second, each time from the segmentation's own masks."""
+    """The views with the shadows the other cameras (and the station's learned `light`, if it is known to hold)
+    explain removed, the alignment (fitted again when they were many), and the model masks of those views at it.
+    The shadows are explained from the first pose, then again from the second, each time from the segmentation's
+    own masks."""
     ratios = ratio_images(images, references, views)
-    refined, removed = explain_shadows(views, ratios, masks)
+    lit = None if light is None else LitTray.of(light, model, alignment.pose)
+    refined, removed = explain_shadows(views, ratios, masks, lit)
     if not removed:
         return list(views), alignment, dict(masks)
     area = sum(int(v.mask.sum()) for v in views if not v.empty)
     if sum(removed.values()) >= REFIT_SHARE * max(area, 1):
         alignment = refit(model, refined, alignment, alignment.pose)
         masks = model_masks(model, views, alignment.pose)
-        refined, removed = explain_shadows(views, ratios, masks)
+        lit = None if light is None else LitTray.of(light, model, alignment.pose)
+        refined, removed = explain_shadows(views, ratios, masks, lit)
     changed = [v for v in refined if v.calib.name in removed]
     return refined, alignment, {**masks, **model_masks(model, changed, alignment.pose)}
 
@@ -131,10 +178,11 @@ def explain_shadows(
     views: Sequence[View],
     ratios: Mapping[str, RatioImage],
     masks: Mapping[str, np.ndarray],
+    lit: LitTray | None = None,
 ) -> tuple[list[View], dict[str, int]]:
-    """The views with the mask pixels beyond the drawn design that other cameras see as the same tray removed, and
-    per camera how many were; `ratios` are `ratio_images` of the scan, `masks` `metrics.model_masks` of `views` at
-    the aligned pose (those of views left as they were stay valid)."""
+    """The views with the mask pixels beyond the drawn design that other cameras see as the same tray, or that read
+    as the `lit` tray's shadow there, removed, and per camera how many were; `ratios` are `ratio_images` of the scan,
+    `masks` `metrics.model_masks` of `views` at the aligned pose (those of views left as they were stay valid)."""
     seen = [v for v in views if not v.empty and v.calib.name in masks and v.calib.name in ratios]
     if len(seen) < MIN_OTHERS + 1:
         return list(views), {}
@@ -155,20 +203,34 @@ def explain_shadows(
             refined.append(view)
             continue
         mine = ratios[name]
-        if float(np.median(mine.ratio[masks[name]])) < DARK_PART:
+        dark_part = float(np.median(mine.ratio[masks[name]])) < DARK_PART
+        if dark_part and lit is None:
             refined.append(view)
             continue
         pixels = np.column_stack([xs + window.x0, ys + window.y0]).astype(np.float64)
-        own, own_ref = mine.ratio[ys, xs], mine.reference[ys, xs]
-        tolerance = AGREE_RATIO + NOISE_SIGMAS * _smoothed_noise(mine.noise_variance) / np.maximum(own_ref, 1.0)
-        points, raised = _on_tray(view, pixels)
-        agreeing = np.zeros(len(pixels), dtype=np.int32)
-        for other in seen:
-            if other.calib.name != name:
-                agreeing += _agrees(other, points, raised, own, tolerance, ratios, hidden)
-        explained = (agreeing >= MIN_OTHERS) & (own < DARKENED)
+        own = mine.ratio[ys, xs]
+        candidate = own < DARKENED
         if view.clear_part is not None:
-            explained &= ~view.clear_part[pixels[:, 1].astype(int), pixels[:, 0].astype(int)]
+            candidate &= ~view.clear_part[pixels[:, 1].astype(int), pixels[:, 0].astype(int)]
+        if not candidate.any():
+            refined.append(view)
+            continue
+        ys, xs, pixels, own = ys[candidate], xs[candidate], pixels[candidate], own[candidate]
+        own_ref = mine.reference[ys, xs]
+        noise = NOISE_SIGMAS * _smoothed_noise(mine.noise_variance) / np.maximum(own_ref, 1.0)
+        points, raised = _on_tray(view, pixels)
+        others = [_vote(other, points, raised, ratios, hidden) for other in seen if other.calib.name != name]
+        agreeing = np.zeros(len(pixels), dtype=np.int32)
+        for valid, theirs in others:
+            agreeing += valid & (np.abs(theirs - own) <= AGREE_RATIO + noise)
+        explained = (agreeing >= MIN_OTHERS) & (not dark_part)
+        if lit is not None:
+            share = lit.share(points)
+            tolerance = LIT_AGREE_RATIO + noise
+            contradicted = np.zeros(len(pixels), dtype=bool)
+            for valid, theirs in others:
+                contradicted |= valid & (np.abs(theirs - share) > tolerance)
+            explained |= (np.abs(own - share) <= tolerance) & ~contradicted
         if not explained.any():
             refined.append(view)
             continue
@@ -203,27 +265,26 @@ def _on_tray(view: View, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return origin + directions * t[:, None], origin + directions * t_raised[:, None]
 
 
-def _agrees(
+def _vote(
     other: View,
     points: np.ndarray,
     raised: np.ndarray,
-    own: np.ndarray,
-    tolerance: np.ndarray,
     ratios: Mapping[str, RatioImage],
     hidden: Mapping[str, np.ndarray],
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Per tray point, whether `other` sees it (in its image, not behind its drawn design or material it proved,
-    with the height along the first camera's ray showing: `raised`, 1 mm up it) reading as `own` does."""
+    with the height along the first camera's ray showing: `raised`, 1 mm up it), and what it reads there."""
     valid = np.isfinite(points).all(axis=1) & np.isfinite(raised).all(axis=1)
-    result = np.zeros(len(points), dtype=bool)
+    votes = np.zeros(len(points), dtype=bool)
+    readings = np.full(len(points), np.nan, dtype=np.float32)
     if not valid.any():
-        return result
+        return votes, readings
     calib = other.calib
     index = np.flatnonzero(valid)
     inside = calib.visible(points[index], margin_px=2.0)
     index = index[inside]
     if len(index) == 0:
-        return result
+        return votes, readings
     q = calib.project(points[index])
     parallax = np.linalg.norm(calib.project(raised[index]) - q, axis=1) >= PARALLAX_PX
     col, row = np.rint(q[:, 0]).astype(int), np.rint(q[:, 1]).astype(int)
@@ -239,5 +300,6 @@ def _agrees(
             np.clip(row, 0, other.clear_part.shape[0] - 1), np.clip(col, 0, other.clear_part.shape[1] - 1)
         ]
     theirs, near_part = ratios[calib.name].at(col, row)
-    result[index] = near_part & parallax & ~behind & (np.abs(theirs - own[index]) <= tolerance[index])
-    return result
+    votes[index] = near_part & parallax & ~behind
+    readings[index] = theirs
+    return votes, readings

@@ -1,4 +1,5 @@
-"""Shadows told from material by the other cameras (inspection.tray_views), on rendered scenes with known poses."""
+"""Shadows told from material by the other cameras and by the station's light (inspection.tray_views), on rendered
+scenes with known poses."""
 
 from __future__ import annotations
 
@@ -18,13 +19,17 @@ from amflow_edge.inspection.designs import load_mesh_mm
 from amflow_edge.inspection.geometry.placement import place_on_tray
 from amflow_edge.inspection.geometry.silhouette import full_window, silhouette
 from amflow_edge.inspection.inspect import inspect_scan, segment_views
+from amflow_edge.inspection.learned_light import LearnedLight, LearnedLightRecord
 from amflow_edge.inspection.metrics import model_masks
 from amflow_edge.inspection.profiles import load_profile
-from amflow_edge.inspection.tray_views import explain_shadows, ratio_images
+from amflow_edge.inspection.tray_views import LitTray, explain_shadows, ratio_images
 from tests.inspection_scenes import REPO, rig
 
 PLATE = REPO / "tests" / "data" / "meshes" / "voron2" / "Gantry__AB_Drive_Units__b_drive_frame_upper.stl"
+BRACKET = REPO / "tests" / "data" / "meshes" / "voron2" / "Gantry__Front_Idlers__[a]_tensioner_left.stl"
 SEED = 1003
+BRACKET_SEED = 1007
+"""A placement of the bracket whose arms open towards cam04, which sees the tray between them in their shadow."""
 
 
 @cache
@@ -33,12 +38,12 @@ def _plate() -> trimesh.Trimesh:
 
 
 def _scene(
-    look: str, shown: trimesh.Trimesh, pose: np.ndarray, material: str = "pa12_white"
+    look: str, shown: trimesh.Trimesh, pose: np.ndarray, material: str = "pa12_white", seed: int = SEED
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     renderer = Renderer(rig(), look=load_look(look))
     try:
-        images = renderer.render(shown, pose, SEED, material=load_material(material))
-        return images, renderer.render(None, None, SEED + 500_000)
+        images = renderer.render(shown, pose, seed, material=load_material(material))
+        return images, renderer.render(None, None, seed + 500_000)
     finally:
         renderer.close()
 
@@ -116,3 +121,68 @@ def test_an_inspection_that_explained_shadows_draws_its_overlays_on_the_views_it
     report = inspect_scan(images, references, rig(), plate, "plate", load_profile("default"), out_dir=tmp_path)
     assert report.timings_s["shadows"] > 0 and report.overlays, report.notes
     assert all((tmp_path / name).is_file() for name in report.overlays), report.overlays
+
+
+def _softbox_light() -> LearnedLight:
+    """The soft-box look's light as commissioning learned it from eight intact scans of the tuning parts, white and
+    black (benchmarks/inspection.py --looks softbox_brushed --materials pa12_white,pa12_black --commission 8)."""
+    return LearnedLightRecord.model_validate_json(
+        (REPO / "tests" / "data" / "lights" / "softbox_brushed.json").read_text()
+    ).light()
+
+
+def _bracket_in_its_shadow(
+    shown: trimesh.Trimesh | None = None,
+) -> tuple[list[View], list[View], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The dyed-black bracket (or `shown`, in the tray frame) under the soft boxes: its views before and after the
+    shadows the light explains, and the bracket's model masks at its true pose in each."""
+    bracket = load_mesh_mm(BRACKET, "mm")
+    pose = place_on_tray(bracket, np.random.default_rng(BRACKET_SEED))
+    images, references = _scene(
+        "softbox_brushed",
+        bracket if shown is None else shown,
+        pose if shown is None else np.eye(4),
+        "pa12_black",
+        BRACKET_SEED,
+    )
+    model = design_model(bracket)
+    views = segment_views(images, references, rig())
+    masks = model_masks(model, views, pose)
+    refined, _ = explain_shadows(
+        views, ratio_images(images, references, views), masks, LitTray.of(_softbox_light(), model, pose)
+    )
+    return views, refined, masks, model_masks(model, refined, pose)
+
+
+def test_the_shadow_between_a_black_brackets_arms_is_the_shadow_the_station_light_casts() -> None:
+    """Between a dyed-black bracket's arms the tray lies in their shadow, too dark to show its texture and as dark
+    as the bracket: the segmentation takes it for part, and the other cameras, whose view of it the arms hide or
+    which would see dark material there as dark, cannot say otherwise. The station's light can: the tray there
+    reads the share of light the posed bracket leaves it."""
+    views, refined, masks, refined_masks = _bracket_in_its_shadow()
+    before = _beyond(views, masks)
+    after = _beyond(refined, refined_masks)
+    cam04 = [v for v in views if v.calib.name == "cam04"]
+    assert _beyond(cam04, masks) > 1_000, "cam04 should see the shaded tray between the arms as part"
+    assert after < 0.1 * before, (before, after)
+
+
+def test_black_material_beside_a_black_part_is_no_shadow_of_the_station_light() -> None:
+    """A 6 mm block of the same dyed black beside the bracket reads as dark as its shadows, but not as dark as the
+    light leaves the tray behind it: it stays part. (Where the tray behind it lies in the bracket's shadow, its own
+    shaded face reads as that shadow does: a tenth of its pixels in one camera.)"""
+    bracket = load_mesh_mm(BRACKET, "mm")
+    pose = place_on_tray(bracket, np.random.default_rng(BRACKET_SEED))
+    shown = _with_block(bracket, pose)
+    views, refined, _, _ = _bracket_in_its_shadow(shown)
+    posed = bracket.vertices @ pose[:3, :3].T + pose[:3, 3]
+    for before, after in zip(views, refined, strict=True):
+        window = full_window(before.calib, 1.0)
+        block = silhouette(before.calib, np.asarray(shown.vertices), np.asarray(shown.faces), window) > 0
+        block &= ~(silhouette(before.calib, posed, np.asarray(bracket.faces), window) > 0)
+        if not block.any():
+            continue  # behind the bracket
+        seen = int((before.mask & block).sum())
+        assert seen >= 0.8 * block.sum(), f"{before.calib.name}: the segmentation saw {seen} of {block.sum()}"
+        kept = (after.mask & block).sum() / seen
+        assert kept >= 0.85, f"{before.calib.name}: {kept:.3f} of the block's {seen} px kept"
