@@ -53,31 +53,35 @@ BOX_POSE = trimesh.transformations.concatenate_matrices(
     trimesh.transformations.translation_matrix((5.0, -8.0, 10.0)),
     trimesh.transformations.rotation_matrix(np.radians(20.0), (0, 0, 1)),
 )
-# sha256 of each camera's image as the renderer drew them before station looks existed (seed 11, demo rig, full
-# resolution); tests and tuned benchmarks depend on the demo station's images bit for bit.
-DEMO_HASHES = {
+# sha256 of each camera's empty-tray image as the renderer drew it before station looks existed (seed 11, demo rig,
+# full resolution): numpy alone draws it, the same on every machine.
+DEMO_EMPTY_HASHES = {
+    "cam01": "7cb321bd99451b7cb976d744c1a6c2c11ef3509f11c8e58477d687f9d69ddd1a",
+    "cam02": "e9df6eea9f5c09272f95242cb042e7800835018742f8b03099b76752dd1a6b91",
+    "cam03": "224dd87d3bce887ac36b028587fe64c87c2495d7fa056d914e56dc83be3ec8c4",
+    "cam04": "67df68581d94615f831699634db7c2332f2ed887c5c94167aff1a8da0baaba23",
+    "cam05": "5b8b10377de556f3f695d21f8478bd2b5346535c3783cd15d3dd67ec81835270",
+}
+# What a part adds to those images, per camera: the sum of its change in DN and the pixels it changes. Drawing the
+# part casts rays (open3d), whose last bits differ between processors (one machine's images hashed otherwise), so
+# these are matched to DEMO_CHANGE_SHARE, far below what any change to the light, the tray or the part would move.
+DEMO_CHANGES = {
     "box": {
-        "cam01": "81c5d9bd75d5cfadaa26f856299f482654d822480b53410ed7a9cd5cc8d38cbe",
-        "cam02": "00d0b8f27e092cd23c96f0291f0804c51117142388a279656baebe86a2848e5d",
-        "cam03": "16e44d126ca992b3d54f4359f260e0343440012296fc7dd7fe065d515fb1c2f4",
-        "cam04": "f14b7aeaec5d06931655b50b2b892145252b0f48491901dd654957388cece8ab",
-        "cam05": "592d279e4ab0bd445a51d9200f0c4ee54e6e12319b32a3b2ef87037e118dc28e",
+        "cam01": (2224795, 326970),
+        "cam02": (1108383, 261991),
+        "cam03": (919372, 246973),
+        "cam04": (1057195, 254961),
+        "cam05": (997528, 259786),
     },
     "bracket_black": {
-        "cam01": "24e7a89e944b551ff2ffe82ee991a77c6eb472440b2efd621ab65edae3d6d5e4",
-        "cam02": "80161c4d247b9c77fca3a35246bd9a597c0288f70c8fe43c0ff4572fd2fb2ba1",
-        "cam03": "b40fc39ea06e8578b4d69095450341deddb1462332b3a4080173c49d3a507fb1",
-        "cam04": "076bb328ebf1dad0f89fb57c9c8d12e1ecd6fa8a775a4ed64ffd49cb52636a9f",
-        "cam05": "bca1609e1d371e076cc46dbf8a442a5ff77db1922e57e771a3e16811b6945fa8",
-    },
-    "empty": {
-        "cam01": "7cb321bd99451b7cb976d744c1a6c2c11ef3509f11c8e58477d687f9d69ddd1a",
-        "cam02": "e9df6eea9f5c09272f95242cb042e7800835018742f8b03099b76752dd1a6b91",
-        "cam03": "224dd87d3bce887ac36b028587fe64c87c2495d7fa056d914e56dc83be3ec8c4",
-        "cam04": "67df68581d94615f831699634db7c2332f2ed887c5c94167aff1a8da0baaba23",
-        "cam05": "5b8b10377de556f3f695d21f8478bd2b5346535c3783cd15d3dd67ec81835270",
+        "cam01": (-6885639, 631985),
+        "cam02": (-7091492, 408075),
+        "cam03": (-7225500, 553606),
+        "cam04": (-7903172, 637563),
+        "cam05": (-5905258, 444482),
     },
 }
+DEMO_CHANGE_SHARE = 0.001
 
 
 @pytest.fixture(scope="module")
@@ -175,26 +179,31 @@ def test_colour_tokens_map_to_catalogue_materials_and_keep_the_demo_albedos() ->
     assert ALBEDO_BY_COLOUR == {"BLACK": 0.08, "GREY": 0.46, "GRAY": 0.46, "WHITE": 0.8, "GREEN": 0.3, "NATURAL": 0.6}
 
 
-def test_the_demo_look_renders_bit_identical_images(box: trimesh.Trimesh) -> None:
+def test_the_demo_look_renders_the_images_the_renderer_drew_before_looks_existed(box: trimesh.Trimesh) -> None:
+    """Tests and tuned benchmarks depend on the demo station's images: the demo look draws them exactly as the
+    renderer without a look does, its empty tray bit for bit as before looks existed, and its parts as before."""
     rig = load_rig(DEMO_RIG)
     bracket = trimesh.load(REPO / "config" / "designs" / "angle_bracket_ab60.stl")
     assert isinstance(bracket, trimesh.Trimesh)
     bracket_pose = trimesh.transformations.translation_matrix((-60.0, 40.0, -float(bracket.bounds[0][2])))
     default, demo = Renderer(rig), Renderer(rig, look=load_look("demo"))
     try:
-        rendered = {
-            "box": default.render(box, BOX_POSE, 11),
-            "bracket_black": demo.render(bracket, bracket_pose, 11, albedo=0.08),
-            "empty": demo.render(None, None, 11),
-        }
+        box_default = default.render(box, BOX_POSE, 11)
+        box_demo = demo.render(box, BOX_POSE, 11)
+        rendered = {"box": box_default, "bracket_black": demo.render(bracket, bracket_pose, 11, albedo=0.08)}
+        empty = demo.render(None, None, 11)
     finally:
         default.close()
         demo.close()
-    hashes = {
-        scene: {name: hashlib.sha256(image.tobytes()).hexdigest() for name, image in images.items()}
-        for scene, images in rendered.items()
-    }
-    assert hashes == DEMO_HASHES
+    assert all(np.array_equal(box_default[name], box_demo[name]) for name in box_default)
+    assert {name: hashlib.sha256(image.tobytes()).hexdigest() for name, image in empty.items()} == DEMO_EMPTY_HASHES
+    for scene, images in rendered.items():
+        for name, image in images.items():
+            added = int(image.astype(np.int64).sum() - empty[name].astype(np.int64).sum())
+            changed = int(np.count_nonzero(image != empty[name]))
+            want_added, want_changed = DEMO_CHANGES[scene][name]
+            assert abs(added - want_added) <= DEMO_CHANGE_SHARE * abs(want_added), (scene, name, added, want_added)
+            assert abs(changed - want_changed) <= DEMO_CHANGE_SHARE * want_changed, (scene, name, changed, want_changed)
 
 
 def _edge_width(grid_factor: np.ndarray, origin: np.ndarray, cell: float, start: np.ndarray, end: np.ndarray) -> float:
