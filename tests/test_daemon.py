@@ -161,13 +161,17 @@ def test_failed_grab_stores_nothing_publishes_nothing_and_the_station_carries_on
         assert [p.name for p in (tmp_path / "data" / "scans").iterdir()] == [".incoming"]
         assert list((tmp_path / "data" / "scans" / ".incoming").iterdir()) == []
         assert station.loop.scans_failed == 1
+        # The state on connect may say "starting" (for seconds on a loaded machine); the station must come to
+        # "running" and stay there.
         states = [json.loads(subscriber.next(topic=f"{PREFIX}/state").payload)]
-        while True:  # the last state published: the one on connect may say "starting"
+        while states[-1]["mode"] != "running":
+            states.append(json.loads(subscriber.next(topic=f"{PREFIX}/state").payload))
+        while True:
             try:
                 states.append(json.loads(subscriber.next(timeout_s=1.0, topic=f"{PREFIX}/state").payload))
             except AssertionError:
                 break
-        assert states[-1]["mode"] == "running"
+        assert states[-1]["mode"] == "running", [state["mode"] for state in states]
     finally:
         station.shutdown()
     with pytest.raises(AssertionError):
