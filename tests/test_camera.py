@@ -230,3 +230,40 @@ def test_rig_rejects_a_file_describing_another_camera(tmp_path: Path) -> None:
     shutil.copy(DEMO_RIG / "cam02.yaml", tmp_path / "cam02.yaml")
     with pytest.raises(CalibrationError, match=r"cam05\.yaml: missing"):
         load_rig(tmp_path)
+
+
+def test_pixel_rays_are_kept_on_disk_for_other_processes_and_a_bad_file_is_computed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Undistorting a 5 MP camera's every pixel costs most of a second in every process that renders the mock: the
+    rays are stored once, read memory-mapped by the next calibration object, and a torn file is never used."""
+    from amflow_edge.inspection.geometry import ray_store
+    from amflow_edge.inspection.geometry.camera import load_rig
+
+    monkeypatch.setenv(ray_store.CACHE_ENV, str(tmp_path / "store"))
+    camera = load_rig(REPO / "config" / "calibration" / "demo")[0]
+
+    def fresh() -> CameraCalibration:
+        return CameraCalibration.model_validate(camera.model_dump())
+
+    first = fresh()
+    computed = first.pixel_rays()
+    (stored,) = list((tmp_path / "store" / "pixel-rays").glob("*.npy"))
+
+    def refuse(self: object) -> np.ndarray:
+        raise AssertionError("computed again though they were stored")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(type(first), "_compute_pixel_rays", refuse)
+        second = fresh().pixel_rays()
+    assert isinstance(second, np.memmap) and not second.flags.writeable
+    assert np.array_equal(second, computed)
+
+    stored.write_bytes(stored.read_bytes()[:1000])
+    third = fresh().pixel_rays()
+    assert np.array_equal(third, computed) and not isinstance(third, np.memmap)
+    assert stored.stat().st_size > 1000, "the torn file was not replaced"
+
+    (tmp_path / "blocked").write_text("a file where the store's directory would be")
+    monkeypatch.setenv(ray_store.CACHE_ENV, str(tmp_path / "blocked"))
+    assert np.array_equal(fresh().pixel_rays(), computed)
