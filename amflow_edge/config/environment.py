@@ -22,8 +22,6 @@ NON_SETTING_VARIABLES = frozenset(
         "AMFLOW_INSTALL_SKIP_VENV",
         # scripts/setup and tests/postgres.py: the PostgreSQL role the plant-side tests create databases as.
         "AMFLOW_TEST_POSTGRES",
-        # inspection.geometry.ray_store: where the cameras' pixel rays are kept between processes.
-        "AMFLOW_EDGE_CACHE_DIR",
     }
 )
 """AMFLOW_ variables of the project's other programs: they share the settings' prefix but set nothing, so they are
