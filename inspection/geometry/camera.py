@@ -26,7 +26,6 @@ from pydantic import (
 )
 
 from amflow_edge.common.durable import replacing
-from amflow_edge.inspection.geometry.ray_store import stored_rays
 
 CameraName = Literal["cam01", "cam02", "cam03", "cam04", "cam05"]
 RIG_CAMERAS: tuple[CameraName, ...] = ("cam01", "cam02", "cam03", "cam04", "cam05")
@@ -240,9 +239,8 @@ class CameraCalibration(BaseModel):
         """(H,W,3) float32 unit ray directions of every pixel centre in the tray frame, read-only.
 
         Undistorting 5 M points takes about a second, and the renderer needs them for every
-        scene, so they are computed once per calibration object and shared, and kept on disk for
-        other processes (ray_store). The cache is keyed by the parameters because
-        model_copy(update=...) copies private state along.
+        scene, so they are computed once per calibration object and shared. The cache is keyed
+        by the parameters because model_copy(update=...) copies private state along.
         """
         key = (
             tuple(map(tuple, self.camera_matrix)),
@@ -253,7 +251,7 @@ class CameraCalibration(BaseModel):
         )
         cached = self._rays_cache
         if cached is None or cached[0] != key:
-            cached = (key, stored_rays(key, (self.image_height, self.image_width), self._compute_pixel_rays))
+            cached = (key, self._compute_pixel_rays())
             self._rays_cache = cached
         return cached[1]
 
