@@ -195,8 +195,9 @@ def _evidence(im: np.ndarray, ref: np.ndarray, noise_var: float = 0.25) -> Evide
     dark_part = faces.any() and float(np.median(ratio[faces | (bright > 1.0)])) < DARK_PART_RATIO
     in_the_dark = np.where(_hidden_dark(hidden, faces if dark_part else None), HIDDEN_DARK, 0.0)
     plain = _plain_tray_evidence(im, ref, ratio, noise_var)
-    # Beside a dark part, where even tray would not show its texture (a shadow under a black bracket's arch), no
-    # correlation proves part: its shadows and its faces read alike there (grey and white parts keep the rule).
+    # In a dark part's view, where even tray would not show its texture (a shadow under a black bracket's arch, the
+    # part's own dim faces), no correlation proves part: its shadows and its faces read alike there. So extra
+    # material on a dark part is proven only where it is brighter than the tray (grey and white keep the rule).
     judged = uncorrelated
     if dark_part:
         judged = np.where(shown < MIN_EXPECTED_NCC, np.minimum(uncorrelated, HIDDEN_DARK), uncorrelated)

@@ -54,7 +54,7 @@ BOX_POSE = trimesh.transformations.concatenate_matrices(
     trimesh.transformations.rotation_matrix(np.radians(20.0), (0, 0, 1)),
 )
 # sha256 of each camera's empty-tray image as the renderer drew it before station looks existed (seed 11, demo rig,
-# full resolution): numpy alone draws it, the same on every machine.
+# full resolution): no ray is cast against a part, and it has hashed alike on every machine it ran on so far.
 DEMO_EMPTY_HASHES = {
     "cam01": "7cb321bd99451b7cb976d744c1a6c2c11ef3509f11c8e58477d687f9d69ddd1a",
     "cam02": "e9df6eea9f5c09272f95242cb042e7800835018742f8b03099b76752dd1a6b91",
