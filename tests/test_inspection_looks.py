@@ -12,6 +12,7 @@ import pytest
 
 from amflow_edge.drivers.simulator.looks import load_look, load_material
 from amflow_edge.drivers.simulator.render import Renderer
+from amflow_edge.inspection.geometry.camera import CameraCalibration
 from amflow_edge.inspection.inspect import inspect_scan, station_light
 from amflow_edge.inspection.models import InspectionMetrics
 from amflow_edge.inspection.profiles import load_profile
@@ -183,18 +184,16 @@ def test_dark_and_white_parts_are_segmented_under_other_lights_and_trays(look: s
     assert sorted(ious)[1] >= 0.85, f"{look} {material}: silhouette IoU per camera {np.round(ious, 3)}"
 
 
-@pytest.mark.parametrize("look", ["demo", "softbox_brushed"])
-def test_a_dyed_black_plate_is_part_across_its_whole_face_not_only_where_it_is_darkest(look: str) -> None:
-    """A dyed-black plate's face straddles the darkness below which a textured tray's texture cannot show: its
-    darkest pixels lie scattered among lit ones that show no texture either. Taken alone they made patches too
-    small to be part, and the plate lost up to two thirds of its silhouette (IoU 0.33-0.82 per camera)."""
+def _black_part(
+    part: str, seed: int, look: str
+) -> list[tuple[CameraCalibration, dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]]:
+    """A tuning Voron part in dyed black under `look`, per camera: the scan, its empty-tray reference and the true
+    silhouette."""
     from amflow_edge.inspection.designs import load_mesh_mm
     from amflow_edge.inspection.geometry.placement import place_on_tray
     from amflow_edge.inspection.geometry.silhouette import full_window, silhouette
 
-    plate = REPO / "tests" / "data" / "meshes" / "voron2" / "Gantry__AB_Drive_Units__b_drive_frame_upper.stl"
-    mesh = load_mesh_mm(plate, "mm")
-    seed = 1003
+    mesh = load_mesh_mm(REPO / "tests" / "data" / "meshes" / "voron2" / f"{part}.stl", "mm")
     pose = place_on_tray(mesh, np.random.default_rng(seed))
     renderer = Renderer(rig(), look=load_look(look))
     try:
@@ -203,10 +202,20 @@ def test_a_dyed_black_plate_is_part_across_its_whole_face_not_only_where_it_is_d
     finally:
         renderer.close()
     vertices = mesh.vertices @ pose[:3, :3].T + pose[:3, 3]
+    return [
+        (calib, images, references, silhouette(calib, vertices, np.asarray(mesh.faces), full_window(calib, 1.0)) > 0)
+        for calib in rig()
+    ]
+
+
+@pytest.mark.parametrize("look", ["demo", "softbox_brushed"])
+def test_a_dyed_black_plate_is_part_across_its_whole_face_not_only_where_it_is_darkest(look: str) -> None:
+    """A dyed-black plate's face straddles the darkness below which a textured tray's texture cannot show: its
+    darkest pixels lie scattered among lit ones that show no texture either. Taken alone they made patches too
+    small to be part, and the plate lost up to two thirds of its silhouette (IoU 0.33-0.82 per camera)."""
     ious = []
-    for calib in rig():
+    for calib, images, references, truth in _black_part("Gantry__AB_Drive_Units__b_drive_frame_upper", 1003, look):
         found = segment_scan(calib.name, images[calib.name], references[calib.name]).mask
-        truth = silhouette(calib, vertices, np.asarray(mesh.faces), full_window(calib, 1.0)) > 0
         ious.append((found & truth).sum() / max((found | truth).sum(), 1))
     assert min(ious) >= 0.9, f"{look}: silhouette IoU per camera {np.round(ious, 3)}"
 
@@ -218,24 +227,10 @@ def test_a_black_brackets_narrow_arms_are_part_and_the_shadow_between_them_is_no
     take it for part (tray_views tells it by the station's light), but its correlation with the reference, noise
     there, must not prove it part, or no light could explain it away (2.3-5.4 % of the silhouette's area was, now
     at most 1.5 %)."""
-    from amflow_edge.inspection.designs import load_mesh_mm
-    from amflow_edge.inspection.geometry.placement import place_on_tray
-    from amflow_edge.inspection.geometry.silhouette import full_window, silhouette
-
-    bracket = REPO / "tests" / "data" / "meshes" / "voron2" / "Gantry__Front_Idlers__[a]_tensioner_left.stl"
-    mesh = load_mesh_mm(bracket, "mm")
-    seed = 1007
-    pose = place_on_tray(mesh, np.random.default_rng(seed))
-    renderer = Renderer(rig(), look=load_look("softbox_brushed"))
-    try:
-        images = renderer.render(mesh, pose, seed, material=load_material("pa12_black"))
-        references = renderer.render(None, None, seed + 500_000)
-    finally:
-        renderer.close()
-    vertices = mesh.vertices @ pose[:3, :3].T + pose[:3, 3]
-    for calib in rig():
+    for calib, images, references, truth in _black_part(
+        "Gantry__Front_Idlers__[a]_tensioner_left", 1007, "softbox_brushed"
+    ):
         found = segment_scan(calib.name, images[calib.name], references[calib.name])
-        truth = silhouette(calib, vertices, np.asarray(mesh.faces), full_window(calib, 1.0)) > 0
         assert found.clear_part is not None
         lost = truth & ~found.mask
         assert lost.sum() < 0.02 * truth.sum(), f"{calib.name}: {lost.sum()} of the bracket's {truth.sum()} px lost"
