@@ -171,11 +171,11 @@ def _fit_and_measure(
         except AlignmentError as exc:
             return _Found(None, None, {}, [f"no part could be aligned: {exc}"])
     # Without look-alikes to choose from, the model masks are timed with the metrics.
+    trusted_light = None if light_doubt else light
     with watch.stage("look_alikes" if _has_look_alikes(model) else "metrics"):
-        alignment, masks = _choose_look_alike(model, views, alignment, images, None if light_doubt else light)
+        alignment, masks = _choose_look_alike(model, views, alignment, images, trusted_light)
     with watch.stage("shadows"):
-        shadow_light = None if light_doubt else light
-        views, alignment, masks = without_shadows(model, views, alignment, images, references, masks, shadow_light)
+        views, alignment, masks = without_shadows(model, views, alignment, images, references, masks, trusted_light)
     with watch.stage("metrics"):
         metrics, drawn = _measure(model, views, alignment, images, masks, light, light_doubt)
     return _Found(alignment, metrics, drawn, [], views)
