@@ -244,13 +244,16 @@ def _hidden_dark(dark: np.ndarray, dark_faces: np.ndarray | None = None) -> np.n
     """
     if not dark.any():
         return dark
-    size = HIDDEN_WIDTH_PX
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
     if dark_faces is None:
-        return cv2.morphologyEx(dark.astype(np.uint8), cv2.MORPH_OPEN, disc).astype(bool)
+        return _opened(dark, HIDDEN_WIDTH_PX)
     mostly = cv2.GaussianBlur(dark_faces.astype(np.float32), (0, 0), HIDDEN_MAJORITY_SIGMA_PX) > 0.5
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (DARK_PART_WIDTH_PX, DARK_PART_WIDTH_PX))
-    return dark & cv2.morphologyEx(mostly.astype(np.uint8), cv2.MORPH_OPEN, disc).astype(bool)
+    return dark & _opened(mostly, DARK_PART_WIDTH_PX)
+
+
+def _opened(mask: np.ndarray, width_px: int) -> np.ndarray:
+    """The mask's patches at least `width_px` across."""
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (width_px, width_px))
+    return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, disc).astype(bool)
 
 
 def _near_tray_edge(ref: np.ndarray) -> np.ndarray:
