@@ -70,8 +70,9 @@ explains its shadows (LitTray)."""
 LIT_AGREE_RATIO = 0.06
 """Photo ÷ reference within this (plus the noise's share) of the learned light's share at the tray point is its
 shadow, with no camera that sees that point reading otherwise. A black bracket's shadow between its arms reads
-within 0.06 of the prediction either way under the soft boxes (0.04 left a tenth of it unexplained): 96 % explained; a block of black material in the bracket's shadow loses a tenth of its pixels in one camera (at
-0.08: 99 % and an eighth)."""
+within 0.06 of the prediction either way under the soft boxes (0.04 left a tenth of it unexplained): 96 %
+explained; a block of black material in the bracket's shadow loses a tenth of its pixels in one camera (at 0.08:
+99 % and an eighth)."""
 
 
 @dataclass(frozen=True)
@@ -228,15 +229,7 @@ def explain_shadows(
             # Where two other cameras can vote, theirs is the better witness for a grey or white part.
             voters = np.sum([valid for valid, _ in others], axis=0)
             asked = ~explained & (dark_part | (voters < MIN_OTHERS))
-            share = np.full(len(pixels), np.nan, dtype=np.float32)
-            share[asked] = lit.share(points[asked])
-            tolerance = LIT_AGREE_RATIO + noise
-            contradicted = np.zeros(len(pixels), dtype=bool)
-            for valid, theirs in others:
-                contradicted |= valid & (
-                    (np.abs(theirs - own) > AGREE_RATIO + noise) | (np.abs(theirs - share) > tolerance)
-                )
-            explained |= (np.abs(own - share) <= tolerance) & ~contradicted
+            explained |= _lit_shadow(lit, points, own, noise, others, asked)
         if not explained.any():
             refined.append(view)
             continue
@@ -246,6 +239,25 @@ def explain_shadows(
         refined.append(View(view.calib, mask, view.clear_tray, clear_part))
         removed[name] = int(explained.sum())
     return refined, removed
+
+
+def _lit_shadow(
+    lit: LitTray,
+    points: np.ndarray,
+    own: np.ndarray,
+    noise: np.ndarray,
+    others: Sequence[tuple[np.ndarray, np.ndarray]],
+    asked: np.ndarray,
+) -> np.ndarray:
+    """Of the `asked` pixels, those reading the share of light the posed design leaves their tray `points`, which no
+    other camera that sees the point (`others`: `_vote`s) reads otherwise than this one or than that share."""
+    share = np.full(len(points), np.nan, dtype=np.float32)
+    share[asked] = lit.share(points[asked])
+    tolerance = LIT_AGREE_RATIO + noise
+    contradicted = np.zeros(len(points), dtype=bool)
+    for valid, theirs in others:
+        contradicted |= valid & ((np.abs(theirs - own) > AGREE_RATIO + noise) | (np.abs(theirs - share) > tolerance))
+    return (np.abs(own - share) <= tolerance) & ~contradicted
 
 
 def _smoothed_noise(noise_variance_dn2: float) -> float:
