@@ -305,6 +305,17 @@ def test_one_geometry_in_two_materials_is_told_apart_by_its_look(cache_dir: Path
         assert found.design_material == candidate(name, colour).design_material, found.reason
 
 
+def test_a_part_standing_past_the_trays_edge_reads_its_materials_look() -> None:
+    """A white front skirt standing 67 mm tall reaches past the tray's edge in the side cameras; divided by the
+    dark floor behind it there, it read 7.5, more than twice its material's look, and the scan was left to the
+    operator. Only pixels in front of the tray are measured."""
+    white = _look(MIXED[0], "WHITE", 52)
+    images = scene("Skirts__300__front_skirt_a_300", 54006, "WHITE")
+    value = measure(_segment(images, reference(), rig()), images, reference())
+    assert value is not None
+    assert abs(value - white.mean) <= 3 * white.spread, (value, white.mean)
+
+
 def test_one_geometry_in_two_materials_without_known_looks_is_left_to_the_operator(cache_dir: Path) -> None:
     name = "Superceded_Parts__Frame_Brackets__raspberry_pi_bracket"
     batch = [candidate(name, "GREY"), candidate(name, "WHITE")]
